@@ -1,0 +1,40 @@
+# The two commands a learner needs are `make lab` and `make test`; the rest are for authors.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+LAB_ARGS ?=
+NB ?=
+
+.PHONY: install lab test notebooks bench clean
+
+install: $(STAMP)
+
+# Re-run only when pyproject.toml changes (or the venv is gone).
+$(STAMP): pyproject.toml tools/install_torch.py
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade pip setuptools wheel
+	$(VPY) tools/install_torch.py
+	$(VPY) -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/00-setup.ipynb $(LAB_ARGS)
+
+test: install
+	COURSE_QUICK=1 $(VPY) -m pytest
+
+# Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
+notebooks: install
+	$(VPY) tools/build_notebooks.py $(NB)
+
+bench: install
+	@set -e; for f in bench/*.py; do \
+	  [ -e "$$f" ] || continue; \
+	  echo "== $$f"; COURSE_QUICK=$${COURSE_QUICK:-} $(VPY) "$$f"; \
+	done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache runs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +

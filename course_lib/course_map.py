@@ -1,0 +1,69 @@
+"""The course map: which notebook teaches which study-plan item, and its exercises.
+
+One source of truth used by 00-setup, the README and `course_lib.grading.progress()`.
+`exercises` lists exercise stems (files `exercises/<stem>.py`); planned lessons may list none
+yet. Lesson ids ("4.0.1") map to exercise files named `ex401_*.py`.
+"""
+from __future__ import annotations
+
+COURSE_MAP: list[dict] = [
+    {"id": "00", "notebook": "00-setup.ipynb", "title_zh": "环境检查与课程导览",
+     "study_plan_item": "准备：环境、课程地图、练习与自检", "exercises": ["ex00_rmsnorm"]},
+    {"id": "4.0.1", "notebook": "4.0.1-checkpoint-resume.ipynb", "title_zh": "Checkpoint 与恢复训练",
+     "study_plan_item": "4.0 第 1 项 Checkpoint 与恢复训练", "exercises": []},
+    {"id": "4.0.2", "notebook": "4.0.2-lr-warmup.ipynb", "title_zh": "学习率与 warmup",
+     "study_plan_item": "4.0 第 2 项 学习率与 warmup", "exercises": []},
+    {"id": "4.0.3", "notebook": "4.0.3-grad-clipping.ipynb", "title_zh": "梯度裁剪",
+     "study_plan_item": "4.0 第 3 项 梯度裁剪 (Gradient Clipping)", "exercises": []},
+    {"id": "4.0.4", "notebook": "4.0.4-logging-monitoring.ipynb", "title_zh": "Loss 与日志监控",
+     "study_plan_item": "4.0 第 4 项 Loss 与日志监控", "exercises": []},
+    {"id": "4.0.5", "notebook": "4.0.5-memory-estimation.ipynb", "title_zh": "数据量与显存估算",
+     "study_plan_item": "4.0 第 5 项 数据量与显存估算", "exercises": []},
+    {"id": "4.1.1", "notebook": "4.1.1-checkpoint-management.ipynb", "title_zh": "Checkpoint 管理",
+     "study_plan_item": "4.1 第 1 项 Checkpoint 管理（巩固 4.0）", "exercises": []},
+    {"id": "4.1.2", "notebook": "4.1.2-ddp-torchrun.ipynb", "title_zh": "分布式训练 DDP 与 torchrun",
+     "study_plan_item": "4.1 第 2 项 分布式训练（DDP）", "exercises": []},
+    {"id": "4.1.3", "notebook": "4.1.3-data-loading.ipynb", "title_zh": "数据加载",
+     "study_plan_item": "4.1 第 4 项 数据加载（第 3 项 日志与监控见 4.0.4）", "exercises": []},
+    {"id": "4.1.4", "notebook": "4.1.4-grad-accumulation.ipynb", "title_zh": "梯度累积",
+     "study_plan_item": "4.1 第 5 项 梯度累积", "exercises": []},
+    {"id": "4.1.5", "notebook": "4.1.5-mixed-precision.ipynb", "title_zh": "混合精度",
+     "study_plan_item": "4.1 第 6 项 混合精度", "exercises": []},
+    {"id": "4.2.1", "notebook": "4.2.1-inference-artifacts.ipynb", "title_zh": "推理产物导出",
+     "study_plan_item": "4.2 第 1 项 模型保存与加载（推理产物 safetensors + config）", "exercises": []},
+    {"id": "4.2.2", "notebook": "4.2.2-quantization.ipynb", "title_zh": "量化",
+     "study_plan_item": "4.2 第 2 项 量化 (Quantization)", "exercises": []},
+    {"id": "4.2.3", "notebook": "4.2.3-kv-cache.ipynb", "title_zh": "KV Cache",
+     "study_plan_item": "4.2 第 3 项 KV Cache 优化", "exercises": []},
+    {"id": "4.2.4", "notebook": "4.2.4-batched-inference.ipynb", "title_zh": "批量推理",
+     "study_plan_item": "4.2 第 4 项 Batch 推理", "exercises": []},
+]
+
+
+def lesson(lesson_id: str) -> dict:
+    for entry in COURSE_MAP:
+        if entry["id"] == lesson_id:
+            return entry
+    raise KeyError(f"课程地图里没有 {lesson_id!r}；已有: {[e['id'] for e in COURSE_MAP]}")
+
+
+def exercise_prefix(lesson_id: str) -> str:
+    """"4.0.1" -> "ex401", "00" -> "ex00"."""
+    return "ex" + lesson_id.replace(".", "")
+
+
+def markdown_table(root=None) -> str:
+    """The course map as a Markdown table (notebook, study-plan item, exercises).
+
+    With `root` (the repository path), notebooks that do not exist yet are marked 计划中.
+    """
+    from pathlib import Path
+
+    rows = ["| 编号 | Notebook | 内容 | 学习计划条目 | 练习 |", "|---|---|---|---|---|"]
+    for e in COURSE_MAP:
+        nb = f"`{e['notebook']}`"
+        if root is not None and not (Path(root) / "notebooks" / e["notebook"]).exists():
+            nb += "（计划中）"
+        ex = ", ".join(f"`{x}`" for x in e["exercises"]) or "—"
+        rows.append(f"| {e['id']} | {nb} | {e['title_zh']} | {e['study_plan_item']} | {ex} |")
+    return "\n".join(rows)

@@ -1,0 +1,11 @@
+"""参考答案 ex00：RMSNorm。"""
+import torch
+from torch import Tensor
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # Compute in float32: squaring bf16/fp16 values and averaging them loses precision
+    # (and fp16 can overflow), the same reason Llama's RMSNorm upcasts.
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return y.to(x.dtype) * weight
