@@ -1,0 +1,63 @@
+"""Stored notebooks never drift from their jupytext sources, and always hold a clean full run.
+
+- every notebooks/src/<name>.py has notebooks/<name>.ipynb whose cells (type and source)
+  equal the jupytext conversion of the source  -> rebuild with `make notebooks NB=<name>`;
+- every stored notebook was executed (all code cells have an execution count, some output)
+  and holds no error output;
+- no notebook or source uses NBVAL_RAISES_EXCEPTION (it passes even when nothing is raised).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+sys.path.insert(0, str(ROOT / "tools"))
+from build_notebooks import to_notebook  # noqa: E402
+
+SOURCES = sorted((NB_DIR / "src").glob("*.py"))
+STORED = sorted(NB_DIR.glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert SOURCES, "notebooks/src/ 里没有任何 notebook 源文件"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_stored_notebook_matches_source(src):
+    stored_path = NB_DIR / f"{src.stem}.ipynb"
+    assert stored_path.is_file(), (
+        f"缺少 {stored_path.name}：请运行 `make notebooks NB={src.stem}` 生成它")
+    want = [(c.cell_type, c.source) for c in to_notebook(src).cells]
+    got = [(c.cell_type, c.source) for c in nbformat.read(stored_path, as_version=4).cells]
+    for i, (w, g) in enumerate(zip(want, got)):
+        assert w == g, (
+            f"{stored_path.name} 第 {i} 个单元格与源文件 {src.name} 不一致 (drift)；"
+            f"请运行 `make notebooks NB={src.stem}`。\n期望: {w!r:.300}\n实际: {g!r:.300}")
+    assert len(want) == len(got), (
+        f"{stored_path.name} 有 {len(got)} 个单元格，源文件转换后应有 {len(want)} 个；"
+        f"请运行 `make notebooks NB={src.stem}`")
+
+
+@pytest.mark.parametrize("path", STORED, ids=lambda p: p.stem)
+def test_stored_notebook_has_clean_outputs(path):
+    assert (NB_DIR / "src" / f"{path.stem}.py").is_file(), (
+        f"{path.name} 没有对应的源文件 notebooks/src/{path.stem}.py")
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    not_run = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.execution_count is None]
+    assert not not_run, f"{path.name} 的单元格 {not_run} 没有执行过：请用 `make notebooks` 生成"
+    assert any(c.outputs for c in code), f"{path.name} 没有任何输出 (outputs)"
+    errors = [(i, o.get("ename")) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{path.name} 保存了错误输出 (error outputs): {errors}"
+
+
+@pytest.mark.parametrize("path", SOURCES + STORED, ids=lambda p: p.name)
+def test_no_nbval_raises_exception(path):
+    assert "NBVAL_RAISES_EXCEPTION" not in path.read_text(encoding="utf-8"), (
+        f"{path.name} 使用了 NBVAL_RAISES_EXCEPTION：即使没有抛出异常它也会通过，不能用来证明任何事")
