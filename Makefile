@@ -28,10 +28,11 @@ test: install
 notebooks: install
 	$(VPY) tools/build_notebooks.py $(NB)
 
+# Every bench script prints ratios against a baseline measured in the same run.
 bench: install
 	@set -e; for f in bench/*.py; do \
 	  [ -e "$$f" ] || continue; \
-	  echo "== $$f"; COURSE_QUICK=$${COURSE_QUICK:-} $(VPY) "$$f"; \
+	  echo "== $$f"; $(VPY) "$$f"; \
 	done
 
 clean:
