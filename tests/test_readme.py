@@ -1,0 +1,20 @@
+"""The README opens with exactly the two commands, and its course map is course_map's."""
+import re
+from pathlib import Path
+
+from course_lib.course_map import markdown_table
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_opens_with_the_two_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S)
+    assert first_block, "README 里没有命令代码块"
+    assert first_block.group(1).split("\n")[:-1] == ["make lab", "make test"], (
+        f"README 的第一个代码块应当正好是 make lab 和 make test，实际是 {first_block.group(1)!r}")
+    assert README.index(first_block.group(0)) < README.index("\n## "), "两条命令应在第一个小节之前"
+
+
+def test_readme_course_map_matches_course_map_module():
+    assert markdown_table() in README, (
+        "README 的课程地图与 course_lib/course_map.py 不一致：请把 markdown_table() 的输出粘贴到 README")
