@@ -1,0 +1,239 @@
+"""Training checkpoints that survive crashes: atomic save, checksums, keep-last-K, safe load.
+
+On disk, one folder per checkpoint::
+
+    out_dir/checkpoints/step_00000100/state.pt       torch.save of the full training state
+    out_dir/checkpoints/step_00000100/COMPLETE.json  written last: size + SHA-256 of state.pt
+
+A save writes into a temporary folder, fsyncs the file, writes the marker, fsyncs it, then
+renames the folder into place (an atomic operation on POSIX file systems) and fsyncs the
+parent. A crash at any moment therefore leaves either the old set of checkpoints or the old
+set plus one complete new one, never a half-written checkpoint under a real name. Old
+checkpoints are deleted only *after* the new one is complete (the opposite order, as in some
+trainers, can leave you with nothing).
+
+Loading uses ``torch.load(..., weights_only=True)`` only: a file that would need full pickle
+(and could run code) is refused. Training checkpoints hold everything needed to *continue
+training*; the inference artefact of lesson 4.2.1 (safetensors + config.json) holds only the
+weights and the config and is a different file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Tuple
+
+import torch
+
+FORMAT = "course_lib.checkpoint/1"
+STATE_FILE = "state.pt"
+MARKER_FILE = "COMPLETE.json"
+_DIR_RE = re.compile(r"^step_(\d{8,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used. The message names the file and the problem."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_bytes_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; failures become a ``CheckpointError``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty (0 bytes): the save was cut off")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure mode gets the same clear wrapper
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "UnpicklingError" in type(e).__name__:
+            raise CheckpointError(
+                f"{path}: refused to load: the file needs full pickle (it contains objects other than "
+                f"tensors and plain containers, which could run code). Only weights_only files are "
+                f"accepted. Detail: {msg}") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupted?): {msg}") from None
+
+
+class CheckpointManager:
+    """Save every ``interval`` steps, keep the last ``keep_last``, find and load the latest good one.
+
+    ``save(step, state)`` and ``load_latest()`` work on plain dicts; the trainer decides what
+    goes in (model, optimizer, scheduler, scaler, RNG, data position, config).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, keep_last: int = 3, interval: int = 100,
+                 verbose: bool = True) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last={keep_last}: keep at least one checkpoint")
+        self.dir = Path(out_dir) / "checkpoints"
+        self.keep_last, self.interval, self.verbose = keep_last, interval, verbose
+        self.last_save_seconds = 0.0
+        self.total_save_seconds = 0.0
+
+    # ---- listing -------------------------------------------------------------------------
+    def path_for(self, step: int) -> Path:
+        return self.dir / f"step_{step:08d}"
+
+    def list_complete(self) -> List[Tuple[int, Path]]:
+        """(step, folder) of every checkpoint with a completion marker, oldest first."""
+        if not self.dir.exists():
+            return []
+        out = []
+        for p in self.dir.iterdir():
+            m = _DIR_RE.match(p.name)
+            if m and p.is_dir() and (p / MARKER_FILE).exists():
+                out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def latest(self) -> Optional[Path]:
+        items = self.list_complete()
+        return items[-1][1] if items else None
+
+    def should_save(self, step: int) -> bool:
+        return self.interval > 0 and step > 0 and step % self.interval == 0
+
+    # ---- save ----------------------------------------------------------------------------
+    def save(self, step: int, state: dict, on_written=None) -> Path:
+        """Atomically write ``state`` as checkpoint ``step``; then rotate old ones.
+
+        ``on_written`` (tests only) is called between the file write and the rename, to
+        simulate a crash inside a save.
+        """
+        t0 = time.perf_counter()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(step)
+        tmp = self.dir / f".tmp-{final.name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        state = dict(state, format=FORMAT, step=step)
+        state_path = tmp / STATE_FILE
+        with open(state_path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if on_written is not None:
+            on_written(tmp)
+        marker = {"format": FORMAT, "step": step, "file": STATE_FILE, "bytes": state_path.stat().st_size,
+                  "sha256": sha256_file(state_path), "time": time.time()}
+        _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it safely
+            old = self.dir / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(self.dir)
+        self.rotate()
+        self.last_save_seconds = time.perf_counter() - t0
+        self.total_save_seconds += self.last_save_seconds
+        return final
+
+    def rotate(self) -> List[Path]:
+        """Delete complete checkpoints beyond the newest ``keep_last``, and stale temp folders."""
+        items = self.list_complete()
+        removed = []
+        for _, p in items[: max(0, len(items) - self.keep_last)]:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        for p in self.dir.glob(".tmp-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid != str(os.getpid()):
+                shutil.rmtree(p, ignore_errors=True)
+        return removed
+
+    # ---- load ----------------------------------------------------------------------------
+    @staticmethod
+    def verify(folder: str | os.PathLike) -> dict:
+        """Check the marker, size and checksum of a checkpoint folder; return the marker."""
+        folder = Path(folder)
+        marker_path, state_path = folder / MARKER_FILE, folder / STATE_FILE
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: not a checkpoint folder")
+        if not marker_path.exists():
+            raise CheckpointError(f"{folder}: incomplete checkpoint (no {MARKER_FILE}): the save was interrupted")
+        try:
+            marker = json.loads(marker_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{marker_path}: completion marker is not valid JSON ({e})") from None
+        if marker.get("format") != FORMAT:
+            raise CheckpointError(f"{marker_path}: unknown checkpoint format {marker.get('format')!r}; expected {FORMAT}")
+        if not state_path.exists():
+            raise CheckpointError(f"{state_path}: missing although the marker exists")
+        size = state_path.stat().st_size
+        if size == 0:
+            raise CheckpointError(f"{state_path}: file is empty (0 bytes)")
+        if size != marker.get("bytes"):
+            raise CheckpointError(f"{state_path}: size {size} bytes differs from the recorded {marker.get('bytes')} (truncated?)")
+        digest = sha256_file(state_path)
+        if digest != marker.get("sha256"):
+            raise CheckpointError(f"{state_path}: SHA-256 mismatch (file corrupted on disk, e.g. a flipped bit)")
+        return marker
+
+    def load(self, folder: str | os.PathLike, map_location: Any = "cpu") -> dict:
+        """Verify, then load with ``weights_only=True``. Raises ``CheckpointError``."""
+        folder = Path(folder)
+        self.verify(folder)
+        state = safe_torch_load(folder / STATE_FILE, map_location)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{folder / STATE_FILE}: not a course_lib training checkpoint (no format tag {FORMAT!r})")
+        return state
+
+    def load_latest(self, map_location: Any = "cpu", validate=None) -> Optional[Tuple[dict, Path]]:
+        """Newest checkpoint that loads (and passes ``validate(state)``, if given).
+
+        A bad one is reported and skipped in favour of the one before it; ``None`` when there
+        is no usable checkpoint at all.
+        """
+        for step, folder in reversed(self.list_complete()):
+            try:
+                state = self.load(folder, map_location)
+                if validate is not None:
+                    validate(state)
+                return state, folder
+            except CheckpointError as e:
+                warnings.warn(f"skipping checkpoint {folder.name}: {e}", stacklevel=2)
+                if self.verbose:
+                    print(f"[checkpoint] skipping {folder}: {e}", file=sys.stderr)
+        return None

@@ -1,0 +1,167 @@
+"""Text generation with the KV cache: prefill once, then decode one token at a time.
+
+``generate(model, input_ids, ...)`` is greedy when ``temperature == 0`` and samples otherwise
+(temperature, top-k, top-p). Prompts of different lengths go in as one left-padded batch with an
+``attention_mask``; position ids are derived from the mask inside the model, and a sequence that
+emits ``eos_id`` is finished: it only receives padding afterwards.
+
+``python -m course_lib.generate --run runs/default --prompt "def "`` loads the latest training
+checkpoint of a run and prints a sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kv_cache import DynamicCache
+
+
+def sample_next(logits: Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Pick the next token from ``logits`` of shape (batch, vocab). Returns (batch,) int64."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass *before* it already reaches top_p (the top token always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """Batch token lists by padding on the left; returns (input_ids, attention_mask)."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("every prompt needs at least one token")
+    T = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), T), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, T - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, T - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Optional[Tensor] = None,
+             temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+             eos_id: Optional[int] = None, pad_id: int = 0, use_cache: bool = True, cache=None,
+             generator: Optional[torch.Generator] = None,
+             on_token: Optional[Callable[[Tensor], None]] = None) -> Tensor:
+    """Generate up to ``max_new_tokens`` after ``input_ids``; returns only the new tokens.
+
+    ``use_cache=False`` recomputes the whole sequence every step (the slow baseline the KV
+    cache is compared with). ``cache`` lets you pass a preallocated cache object.
+    ``on_token(next_ids)`` is called with every new column of tokens (for streaming).
+    """
+    model.eval()
+    B = input_ids.shape[0]
+    device = input_ids.device
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    out: List[Tensor] = []
+    seq, mask = input_ids, attention_mask
+    past = (cache if cache is not None else DynamicCache()) if use_cache else None
+    step_ids = seq
+    for _ in range(max_new_tokens):
+        if use_cache:
+            res = model(step_ids, attention_mask=mask, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+        else:
+            res = model(seq, attention_mask=mask)
+        nxt = sample_next(res.logits[:, -1, :], temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        new_mask_col = (~finished).long()[:, None]
+        if eos_id is not None:
+            finished = finished | (nxt == eos_id)
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, new_mask_col], dim=1)
+        step_ids = nxt[:, None]
+        if eos_id is not None and bool(finished.all()):
+            break
+    return torch.stack(out, dim=1) if out else input_ids.new_zeros((B, 0))
+
+
+def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 100, **kw) -> List[str] | str:
+    """Strings in, strings out (left-padded batch for several prompts)."""
+    single = isinstance(prompts, str)
+    plist = [prompts] if single else list(prompts)
+    device = next(model.parameters()).device
+    ids, mask = left_pad([tokenizer.encode(p) for p in plist], tokenizer.pad_id, device)
+    new = generate(model, ids, max_new_tokens, attention_mask=mask, eos_id=tokenizer.eos_id,
+                   pad_id=tokenizer.pad_id, **kw)
+    texts = []
+    for row in new.tolist():
+        if tokenizer.eos_id in row:
+            row = row[: row.index(tokenizer.eos_id)]
+        texts.append(tokenizer.decode(row))
+    return texts[0] if single else texts
+
+
+def load_model_from_run(run_dir: str | Path, map_location="cpu"):
+    """Model + tokenizer from the latest good training checkpoint of a run folder."""
+    from .checkpoint import CheckpointManager
+    from .config import ModelConfig
+    from .data import tokenizer_from_description
+    from .model import DIYModel
+
+    found = CheckpointManager(run_dir, verbose=False).load_latest(map_location=map_location)
+    if found is None:
+        raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
+                                "train first: python -m course_lib.train --out-dir " + str(run_dir))
+    state, path = found
+    cfg = ModelConfig.from_dict(state["config"]["model"])
+    model = DIYModel(cfg)
+    model.load_state_dict(state["model"])
+    return model.eval(), tokenizer_from_description(state.get("tokenizer", {"type": "byte"})), path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m course_lib.generate",
+                                description="Generate text from a trained run (latest checkpoint).")
+    p.add_argument("--run", default="runs/default", help="run folder written by course_lib.train (default: runs/default)")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat the flag for a batch of prompts")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow baseline)")
+    args = p.parse_args(argv)
+    try:
+        model, tok, path = load_model_from_run(args.run)
+    except Exception as e:  # noqa: BLE001
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    g = torch.Generator().manual_seed(args.seed)
+    prompts = args.prompt or ["def "]
+    texts = generate_text(model, tok, prompts, args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, generator=g, use_cache=not args.no_cache)
+    print(f"[generate] model from {path}", file=sys.stderr)
+    for prompt, text in zip(prompts, texts):
+        print(prompt + text)
+        print("-" * 40)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

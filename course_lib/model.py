@@ -1,0 +1,247 @@
+"""DIYModel: a small decoder-only transformer in the Llama style.
+
+RMSNorm, rotary position embeddings (RoPE), SwiGLU feed-forward, optional grouped-query
+attention (GQA), and ``F.scaled_dot_product_attention``. The forward takes the same inputs as a
+Hugging Face causal LM: ``attention_mask`` (1 = real token, 0 = padding), ``position_ids``,
+``past_key_values`` (a cache from ``kv_cache``) and ``use_cache``.
+
+Parameter names follow HF's ``LlamaForCausalLM`` (``q_proj``, ``gate_proj``, ``input_layernorm``,
+...) and RoPE uses HF's rotate-half layout, so exporting to the HF format (lesson 4.2.1) is a
+plain renaming of the top-level prefixes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ModelConfig
+from .kv_cache import Cache, DynamicCache
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    loss: Optional[Tensor] = None
+    past_key_values: Optional[Cache] = None
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back.
+
+    Doing the reduction in fp32 matters under bf16/fp16 autocast: the mean of squares of a
+    wide vector loses precision quickly in 16-bit formats.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(dtype)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin tables of shape (max_seq_len, head_dim), rotate-half layout (as in HF Llama)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    t = torch.arange(max_seq_len, dtype=torch.float64)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, T, D); cos/sin: (B, T, D) already gathered at the tokens' positions."""
+    cos = cos.unsqueeze(1).to(x.dtype)
+    sin = sin.unsqueeze(1).to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+def build_attention_mask(attention_mask: Optional[Tensor], q_len: int, past_len: int,
+                         k_len: int, device: torch.device) -> Optional[Tensor]:
+    """Boolean mask (B or 1, 1, q_len, k_len); True = may attend.
+
+    Query i sits at cache position ``past_len + i`` and may see keys ``j <= past_len + i``
+    (causal) that are not padding. Rows that can see nothing at all (a padding token at the
+    very left of a left-padded sequence) are opened fully: their output is never used, and an
+    all-False row would make softmax produce NaN.
+    """
+    q_pos = torch.arange(past_len, past_len + q_len, device=device)
+    k_pos = torch.arange(k_len, device=device)
+    mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, q, k)
+    if attention_mask is not None:
+        am = attention_mask.to(device=device, dtype=torch.bool)
+        if am.shape[1] < k_len:  # e.g. a preallocated cache longer than the tokens seen so far
+            am = F.pad(am, (0, k_len - am.shape[1]), value=True)
+        mask = mask & am[:, None, None, :k_len]
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask
+
+
+def position_ids_from_mask(attention_mask: Tensor, q_len: int) -> Tensor:
+    """Positions counted over real tokens only: left padding does not shift the positions."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.clamp(min=0)
+    return pos[:, -q_len:]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Optional[Tensor],
+                cache: Optional[Cache], is_causal: bool) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # The cache keeps the un-repeated kv heads: GQA's memory saving is in the cache.
+            k, v = cache.update(self.layer_idx, k, v)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache, is_causal):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, is_causal)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DIYModel(nn.Module):
+    """Decoder-only language model. ``forward(input_ids, targets=...)`` returns logits and loss.
+
+    ``targets`` are already aligned with the inputs (``targets[:, t]`` is the token that should
+    follow ``input_ids[:, t]``), nanoGPT style; positions with ``-100`` are ignored in the loss.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # Not persistent: derived from the config, so they are never stored in checkpoints.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # GPT-2 / nanoGPT: residual output projections scaled by 1/sqrt(2 * n_layers).
+                s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                nn.init.normal_(p, mean=0.0, std=s)
+            else:
+                nn.init.ones_(p)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if exclude_embeddings and name.startswith("embed_tokens"):
+                continue
+            total += p.numel()
+        return total
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+                position_ids: Optional[Tensor] = None, past_key_values=None,
+                use_cache: bool = False, targets: Optional[Tensor] = None) -> ModelOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        legacy = isinstance(past_key_values, (tuple, list))
+        cache = DynamicCache.from_legacy(past_key_values) if legacy else past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past_len = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.shape != (B, past_len + T):
+            raise ValueError(
+                f"attention_mask must cover past + new tokens: expected shape {(B, past_len + T)}, "
+                f"got {tuple(attention_mask.shape)}")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = position_ids_from_mask(attention_mask, T)
+            else:
+                position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).expand(B, T)
+        if int(position_ids.max()) >= self.config.max_seq_len:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond max_seq_len={self.config.max_seq_len}; "
+                "use a shorter context or a model config with a larger max_seq_len")
+        cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+
+        # A plain causal forward (training) takes SDPA's fast is_causal path with no mask tensor.
+        # A cache may hand back more key slots than tokens seen (a preallocated static cache):
+        # it says how many via attended_length(), and the causal mask hides the unused ones.
+        k_len = cache.attended_length(T) if cache is not None else T
+        simple = attention_mask is None and past_len == 0 and k_len == T
+        mask = None if simple else build_attention_mask(attention_mask, T, past_len, k_len, input_ids.device)
+
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache, simple)
+        x = self.norm(x)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        out_cache = cache if use_cache else None
+        if legacy and out_cache is not None:
+            out_cache = out_cache.to_legacy()
+        return ModelOutput(logits=logits, loss=loss, past_key_values=out_cache)

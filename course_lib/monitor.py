@@ -1,0 +1,155 @@
+"""Watching a run: step metrics to the console, a JSONL file and TensorBoard; a NaN guard.
+
+``StepLogger.log(step, metrics)`` writes one record every ``log_interval`` steps (and always on
+the last step) with loss, lr, grad-norm, tokens/s, elapsed time and ETA. The JSONL file is the
+ground truth for plots (``read_jsonl``); TensorBoard gets the same scalars.
+
+``check_finite`` is the NaN guard: it raises ``NonFiniteError`` on the step where the loss or
+the gradient norm stops being a finite number, *before* the optimizer step, so non-finite
+weights can never reach a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+
+class NonFiniteError(FloatingPointError):
+    """Loss or gradient norm became NaN/Inf; training stopped before the bad update."""
+
+
+LIKELY_CAUSES = (
+    "learning rate too high (lower lr, or use/extend warmup)",
+    "exploding gradients (enable gradient clipping, e.g. grad_clip=1.0)",
+    "fp16 overflow without GradScaler (use bf16, or fp16 with GradScaler)",
+    "bad input batch (empty, wrong token ids, all targets ignored)",
+)
+
+
+def check_finite(step: int, loss: Optional[float] = None, grad_norm: Optional[float] = None) -> None:
+    bad = []
+    if loss is not None and not math.isfinite(loss):
+        bad.append(f"loss={loss}")
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        bad.append(f"grad_norm={grad_norm}")
+    if bad:
+        causes = "; ".join(LIKELY_CAUSES)
+        raise NonFiniteError(
+            f"non-finite value at step {step}: {', '.join(bad)}. Training stopped before the optimizer "
+            f"step, so weights and checkpoints are untouched. Likely causes: {causes}.")
+
+
+def format_seconds(s: float) -> str:
+    s = max(0, int(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{sec:02d}" if h else f"{m:d}:{sec:02d}"
+
+
+class StepLogger:
+    """Console + JSONL + TensorBoard, every ``interval`` steps. Create on rank 0 only."""
+
+    def __init__(self, out_dir: Optional[str | os.PathLike], total_steps: int, interval: int = 10,
+                 tensorboard: bool = True, console: bool = True, jsonl_name: str = "metrics.jsonl") -> None:
+        self.total_steps, self.interval, self.console = total_steps, interval, console
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.jsonl_path = None
+        self._jsonl = None
+        self._tb = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl_path = self.out_dir / jsonl_name
+            self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
+                except Exception as e:  # tensorboard missing: say so, keep training
+                    print(f"[monitor] TensorBoard disabled ({e})", file=sys.stderr)
+        self._t_last = None
+        self._tokens_since = 0
+        self._start_step = None
+        self._t_start = None
+        self.records: List[dict] = []
+
+    def start(self, step: int) -> None:
+        self._t_start = self._t_last = time.perf_counter()
+        self._start_step = step
+
+    def count_tokens(self, n: int) -> None:
+        self._tokens_since += int(n)
+
+    def should_log(self, step: int) -> bool:
+        return step % self.interval == 0 or step == self.total_steps
+
+    def log(self, step: int, metrics: dict, force: bool = False) -> Optional[dict]:
+        """Record ``metrics`` for optimizer step ``step`` (1-based count of finished steps)."""
+        if self._t_start is None:
+            self.start(step - 1)
+        if not (force or self.should_log(step)):
+            return None
+        now = time.perf_counter()
+        dt = max(1e-9, now - self._t_last)
+        elapsed = now - self._t_start
+        done = step - self._start_step
+        eta = elapsed / max(1, done) * (self.total_steps - step)
+        rec = {"step": step, **{k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
+                                for k, v in metrics.items()},
+               "tokens_per_s": self._tokens_since / dt, "elapsed_s": elapsed, "eta_s": eta, "time": time.time()}
+        self._t_last, self._tokens_since = now, 0
+        self.records.append(rec)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(rec) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in rec.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"train/{k}" if not k.startswith("eval") else k.replace("_", "/", 1), v, step)
+            self._tb.flush()
+        if self.console:
+            parts = [f"step {step:>6d}/{self.total_steps}"]
+            for k, fmt in (("loss", "{:.4f}"), ("eval_loss", "{:.4f}"), ("lr", "{:.2e}"), ("grad_norm", "{:.3f}")):
+                if k in rec and rec[k] is not None:
+                    parts.append(f"{k} " + fmt.format(rec[k]))
+            parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
+            parts.append(f"elapsed {format_seconds(elapsed)} eta {format_seconds(eta)}")
+            print(" | ".join(parts), flush=True)
+        return rec
+
+    def log_eval(self, step: int, eval_loss: float) -> None:
+        rec = {"step": step, "eval_loss": float(eval_loss), "time": time.time()}
+        self.records.append(rec)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(rec) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.add_scalar("eval/loss", float(eval_loss), step)
+            self._tb.flush()
+        if self.console:
+            print(f"step {step:>6d}/{self.total_steps} | eval_loss {eval_loss:.4f}", flush=True)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_jsonl(path: str | os.PathLike) -> List[dict]:
+    """All records of a metrics.jsonl file (skips a torn last line from a killed run)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out

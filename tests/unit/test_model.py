@@ -1,0 +1,102 @@
+"""DIYModel correctness: cache == full forward, left padding == alone, GQA, errors."""
+import pytest
+import torch
+
+from course_lib.config import ModelConfig
+from course_lib.kv_cache import DynamicCache
+from course_lib.model import DIYModel, RMSNorm
+
+
+def make(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=kw.pop("n_kv_heads", 2),
+                      ffn_hidden=128, max_seq_len=64, **kw)
+    return DIYModel(cfg).eval()
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_incremental_decoding_matches_full_forward(kv_heads):
+    model = make(n_kv_heads=kv_heads)
+    ids = torch.randint(0, 258, (2, 20))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache()
+        out = model(ids[:, :8], past_key_values=cache, use_cache=True)
+        steps = [out.logits]
+        for t in range(8, 20):
+            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    inc = torch.cat(steps, dim=1)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
+    assert cache.get_seq_length() == 20
+
+
+def test_legacy_tuple_cache_round_trip():
+    model = make()
+    ids = torch.randint(0, 258, (1, 10))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :6], past_key_values=(), use_cache=True)
+        assert isinstance(out.past_key_values, tuple) and len(out.past_key_values) == 2
+        out2 = model(ids[:, 6:], past_key_values=out.past_key_values, use_cache=True)
+    torch.testing.assert_close(out2.logits, full[:, 6:], atol=1e-5, rtol=0)
+
+
+def test_left_padded_batch_matches_each_sequence_alone():
+    model = make()
+    seqs = [torch.randint(0, 256, (n,)) for n in (5, 12, 9)]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((3, T), 256)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = s
+        mask[i, T - len(s):] = 1
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask).logits[:, -1]
+        for i, s in enumerate(seqs):
+            alone = model(s[None]).logits[:, -1]
+            torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=0)
+    assert torch.isfinite(batched).all()
+
+
+def test_left_padded_cached_decoding_matches_alone():
+    model = make()
+    a, b = torch.randint(0, 256, (4,)), torch.randint(0, 256, (10,))
+    ids = torch.full((2, 10), 256)
+    ids[0, 6:], ids[1] = a, b
+    mask = torch.zeros(2, 10, dtype=torch.long)
+    mask[0, 6:], mask[1] = 1, 1
+    nxt = torch.randint(0, 256, (2, 1))
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, use_cache=True)
+        mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        step = model(nxt, attention_mask=mask2, past_key_values=out.past_key_values, use_cache=True).logits[:, -1]
+        alone_a = model(torch.cat([a, nxt[0]])[None]).logits[:, -1]
+    torch.testing.assert_close(step[0:1], alone_a, atol=1e-5, rtol=0)
+
+
+def test_loss_ignores_minus_100_and_tied_weights():
+    model = make()
+    ids = torch.randint(0, 258, (2, 8))
+    tgt = ids.clone()
+    tgt[:, :4] = -100
+    out = model(ids, targets=tgt)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert model.lm_head.weight is model.embed_tokens.weight
+
+
+def test_rmsnorm_matches_torch():
+    x = torch.randn(3, 7, 16)
+    n = RMSNorm(16, eps=1e-6)
+    torch.nn.init.normal_(n.weight)
+    torch.testing.assert_close(n(x), torch.nn.functional.rms_norm(x, (16,), n.weight, 1e-6), atol=1e-6, rtol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = make()
+    with pytest.raises(ValueError, match="batch, seq_len"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3))
