@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml tools/install_torch.py
 	$(VPY) -m pip install -e ".[dev]"
 	@touch $(STAMP)
 
+# Jupyter refuses to run as root unless told; root is the usual user inside containers.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+
+# root_dir = the repository, so exercises/ is in the file browser next to notebooks/.
+# Extra options for JupyterLab: make lab LAB_ARGS="--no-browser --port 8888"
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/00-setup.ipynb $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/00-setup.ipynb $(ROOT_ARGS) $(LAB_ARGS)
 
 test: install
 	COURSE_QUICK=1 $(VPY) -m pytest
