@@ -1,0 +1,73 @@
+"""Unit tests for the set-up tooling: tools/install_torch.py decisions and grading id lookup."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import install_torch  # noqa: E402
+
+from course_lib import grading  # noqa: E402
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend-machine: set what install_torch sees."""
+    state = {"torch": None, "gpu": False, "dns": False}
+    monkeypatch.setattr(install_torch, "torch_version", lambda: state["torch"])
+    monkeypatch.setattr(install_torch, "has_nvidia_gpu", lambda: state["gpu"])
+    monkeypatch.setattr(install_torch, "resolves", lambda host, timeout=3.0: state["dns"])
+    monkeypatch.setattr(install_torch.sys, "platform", "linux")
+    monkeypatch.delenv("TORCH_SPEC", raising=False)
+    return state
+
+
+def test_torch_present_means_nothing_to_do(machine):
+    machine["torch"] = "2.5.1+cu121"
+    assert install_torch.plan() is None
+
+
+def test_gpu_gets_the_usual_cuda_build(machine):
+    machine["gpu"] = True
+    assert install_torch.plan() == ["install", "torch"]
+
+
+def test_cpu_with_pytorch_index_uses_cpu_index(machine):
+    machine["dns"] = True
+    assert install_torch.plan() == ["install", f"torch=={install_torch.CPU_VERSION}",
+                                    "--index-url", install_torch.CPU_INDEX]
+
+
+def test_cpu_offline_pins_version_without_extra_index(machine):
+    args = install_torch.plan()
+    assert args == ["install", f"torch=={install_torch.CPU_VERSION}"]
+    assert not any("index" in a for a in args), "不可达的索引 (index) 会让 pip 反复重试"
+
+
+def test_torch_spec_overrides(machine, monkeypatch):
+    monkeypatch.setenv("TORCH_SPEC", "torch==2.4.1")
+    assert install_torch.plan() == ["install", "torch==2.4.1"]
+
+
+def test_dns_lookup_times_out_quickly():
+    import time
+
+    t0 = time.perf_counter()
+    install_torch.resolves("nonexistent.invalid", timeout=0.5)
+    assert time.perf_counter() - t0 < 3.0
+
+
+def test_find_root_and_resolve_ids():
+    root = grading.find_root()
+    assert (root / "exercises").is_dir() and root == ROOT
+    assert grading.resolve("00", root) == ["ex00_rmsnorm"]
+    assert grading.resolve("ex00_rmsnorm", root) == ["ex00_rmsnorm"]
+    assert grading.resolve("exercises/ex00_rmsnorm.py", root) == ["ex00_rmsnorm"]
+
+
+def test_unknown_id_lists_known_exercises():
+    with pytest.raises(grading.GradingError, match="ex00_rmsnorm"):
+        grading.resolve("9.9.9")
