@@ -12,9 +12,11 @@ checkpoint of a run and prints a sample.
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
+import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,49 +58,168 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tu
     return ids.to(device), mask.to(device)
 
 
+CACHE_KINDS = ("dynamic", "static", "int8", "paged")
+
+
+def make_cache(kind: str, model, batch_size: int = 1, max_len: Optional[int] = None, block_size: int = 16,
+               pool=None):
+    """A fresh KV cache by name: ``dynamic`` | ``static`` | ``int8`` | ``paged``.
+
+    ``static`` preallocates ``max_len`` positions (default: the model's ``max_seq_len``);
+    ``paged`` takes blocks from ``pool`` (or a new pool sized for ``batch_size x max_len``).
+    """
+    from .kv_cache import BlockPool, PagedKVCache, QuantizedKVCache, StaticCache
+
+    if kind == "dynamic":
+        return DynamicCache()
+    if kind == "static":
+        return StaticCache.for_model(model, batch_size, max_len)
+    if kind == "int8":
+        return QuantizedKVCache()
+    if kind == "paged":
+        if pool is None:
+            n = -(-(max_len or model.config.max_seq_len) // block_size) * batch_size
+            pool = BlockPool.for_model(model, num_blocks=n, block_size=block_size)
+        return PagedKVCache(pool, batch_size)
+    raise ValueError(f"unknown cache kind {kind!r}; choose one of {CACHE_KINDS}")
+
+
+def prefill(model, input_ids: Tensor, attention_mask: Optional[Tensor], cache) -> Tensor:
+    """Phase 1: run the whole prompt once, filling ``cache``; returns the last position's logits."""
+    return model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+
+def decode_step(model, next_ids: Tensor, attention_mask: Optional[Tensor], cache) -> Tensor:
+    """Phase 2: one new token per row; K/V of everything before comes from ``cache``."""
+    return model(next_ids[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+
 @torch.no_grad()
 def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Optional[Tensor] = None,
              temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
              eos_id: Optional[int] = None, pad_id: int = 0, use_cache: bool = True, cache=None,
              generator: Optional[torch.Generator] = None,
-             on_token: Optional[Callable[[Tensor], None]] = None) -> Tensor:
+             on_token: Optional[Callable[[Tensor], None]] = None, drop_finished: bool = True) -> Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids``; returns only the new tokens.
 
     ``use_cache=False`` recomputes the whole sequence every step (the slow baseline the KV
-    cache is compared with). ``cache`` lets you pass a preallocated cache object.
-    ``on_token(next_ids)`` is called with every new column of tokens (for streaming).
+    cache is compared with). ``cache`` lets you pass a preallocated cache object (or a name
+    from ``CACHE_KINDS``). ``on_token(next_ids)`` is called with every new column of tokens
+    (for streaming). Rows that emitted ``eos_id`` receive ``pad_id`` afterwards; with
+    ``drop_finished`` they are also removed from the running batch (and from the cache, via
+    ``cache.reorder``), so finished sequences stop costing compute.
     """
     model.eval()
     B = input_ids.shape[0]
     device = input_ids.device
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    out: List[Tensor] = []
-    seq, mask = input_ids, attention_mask
+    if isinstance(cache, str):
+        cache = make_cache(cache, model, B, max_len=input_ids.shape[1] + max_new_tokens)
     past = (cache if cache is not None else DynamicCache()) if use_cache else None
-    step_ids = seq
-    for _ in range(max_new_tokens):
-        if use_cache:
-            res = model(step_ids, attention_mask=mask, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    active = torch.arange(B, device=device)          # original row index of each running row
+    finished = torch.zeros(B, dtype=torch.bool, device=device)  # per running row
+    seq, mask = input_ids, attention_mask
+    steps = 0
+    for step in range(max_new_tokens):
+        if not use_cache:
+            logits = model(seq, attention_mask=mask).logits[:, -1, :]
+        elif step == 0:
+            logits = prefill(model, seq, mask, past)
         else:
-            res = model(seq, attention_mask=mask)
-        nxt = sample_next(res.logits[:, -1, :], temperature, top_k, top_p, generator)
+            logits = decode_step(model, seq[:, -1], mask, past)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
         if eos_id is not None:
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
-        out.append(nxt)
+        out[active, step] = nxt
+        steps = step + 1
         if on_token is not None:
-            on_token(nxt)
-        new_mask_col = (~finished).long()[:, None]
+            col = torch.full((B,), pad_id, dtype=torch.long, device=device)
+            col[active] = nxt
+            on_token(col)
+        new_mask_col = (~finished).long()[:, None]   # the EOS token itself is real; pads after it are not
         if eos_id is not None:
             finished = finished | (nxt == eos_id)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
         mask = torch.cat([mask, new_mask_col], dim=1)
-        step_ids = nxt[:, None]
         if eos_id is not None and bool(finished.all()):
             break
-    return torch.stack(out, dim=1) if out else input_ids.new_zeros((B, 0))
+        if drop_finished and eos_id is not None and bool(finished.any()) and \
+                (past is None or hasattr(past, "reorder")):
+            keep = (~finished).nonzero().squeeze(-1)
+            if past is not None:
+                past.reorder(keep)
+            seq, mask, active, finished = seq[keep], mask[keep], active[keep], finished[keep]
+    return out[:, :steps]
+
+
+def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *, temperature: float = 0.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    generator: Optional[torch.Generator] = None) -> Iterator[str]:
+    """Yield text pieces as soon as they are decodable (one prompt, KV cache, prefill + decode).
+
+    Byte-level tokens can split a UTF-8 character (a Chinese character is 3 tokens): an
+    incremental decoder holds incomplete bytes back until the character is complete.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    cache = DynamicCache()
+    with torch.no_grad():
+        logits = prefill(model, ids, None, cache)
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            tok = int(nxt[0])
+            if tok == tokenizer.eos_id:
+                break
+            piece = dec.decode(bytes([tok])) if tok < 256 else ""
+            if piece:
+                yield piece
+            if i + 1 < max_new_tokens:
+                logits = decode_step(model, nxt, None, cache)
+    tail = dec.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+@torch.no_grad()
+def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int, *, cache: Optional[str] = "dynamic",
+                       repeats: int = 1, seed: int = 0) -> dict:
+    """Time prefill and decode separately (greedy, random prompt tokens, no EOS).
+
+    ``cache=None`` is the no-cache baseline: every decode step re-runs the whole sequence.
+    Returns tokens/s for both phases; decode tokens/s counts ``batch_size`` tokens per step.
+    The best of ``repeats`` runs is kept (least disturbed by other processes).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (batch_size, prompt_len), generator=g).to(device)
+    best_p, best_d = float("inf"), float("inf")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(repeats):
+        past = make_cache(cache, model, batch_size, max_len=prompt_len + new_tokens) if cache else None
+        sync()
+        t0 = time.perf_counter()
+        if past is not None:
+            logits = prefill(model, ids, None, past)
+        else:
+            logits = model(ids).logits[:, -1, :]
+        sync()
+        t1 = time.perf_counter()
+        seq = ids
+        for _ in range(new_tokens):
+            nxt = logits.argmax(-1)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            logits = decode_step(model, nxt, None, past) if past is not None else model(seq).logits[:, -1, :]
+        sync()
+        t2 = time.perf_counter()
+        best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
+    return {"batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens, "cache": cache or "none",
+            "prefill_s": best_p, "decode_s": best_d,
+            "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
 
 
 def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 100, **kw) -> List[str] | str:

@@ -8,7 +8,9 @@ methods (the same protocol HF transformers uses):
   ``(batch, kv_heads, new_tokens, head_dim)`` and return everything the attention should see;
 * ``get_seq_length() -> int``: how many positions are already cached.
 
-``DynamicCache`` grows by concatenation (simple, allocates every step).
+``DynamicCache`` grows by concatenation (simple, allocates every step); ``StaticCache`` is
+preallocated and written by position; ``QuantizedKVCache`` stores int8; ``PagedKVCache`` keeps
+fixed-size blocks from a shared ``BlockPool`` (block table + free list).
 """
 
 from __future__ import annotations
@@ -76,3 +78,248 @@ class DynamicCache(Cache):
         """Keep only / reorder batch rows (e.g. drop finished sequences)."""
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+
+    def reset(self) -> None:
+        self.keys, self.values = [], []
+
+
+# --------------------------------------------------------------------------------------------
+# Static (preallocated) cache
+# --------------------------------------------------------------------------------------------
+class StaticCache(Cache):
+    """Preallocated ``(batch, kv_heads, max_len, head_dim)`` buffers per layer, written by position.
+
+    No allocation after construction (what CUDA graphs / ``torch.compile`` want: fixed
+    addresses). ``attend_full=False`` (default) hands the attention a *view* of the first
+    ``length`` slots, so a decode step costs the same as with ``DynamicCache``.
+    ``attend_full=True`` hands back the whole buffer every step, as HF's ``StaticCache`` does
+    (fixed shapes), and reports that through ``attended_length``: the model's causal mask then
+    hides the slots not yet written.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device=None, attend_full: bool = False) -> None:
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = [0] * n_layers
+        self.max_len = max_len
+        self.attend_full = attend_full
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: Optional[int] = None, **kw) -> "StaticCache":
+        c = model.config
+        p = next(model.parameters())
+        kw.setdefault("dtype", p.dtype if p.is_floating_point() else torch.float32)
+        return cls(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len,
+                   device=p.device, **kw)
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        start, T = self.lengths[layer_idx], k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"StaticCache is full: {start} cached + {T} new tokens > max_len={self.max_len}; "
+                             "build the cache with a larger max_len")
+        if k.shape[0] != self.keys[layer_idx].shape[0]:
+            raise ValueError(f"StaticCache was built for batch {self.keys[layer_idx].shape[0]}, got batch {k.shape[0]}")
+        self.keys[layer_idx][:, :, start:start + T] = k
+        self.values[layer_idx][:, :, start:start + T] = v
+        self.lengths[layer_idx] = start + T
+        end = self.max_len if self.attend_full else start + T
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]
+
+    def attended_length(self, new_tokens: int) -> int:
+        return self.max_len if self.attend_full else self.get_seq_length() + new_tokens
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def used_bytes(self) -> int:
+        """Bytes of the slots actually written (the rest is reserved but unused)."""
+        return self.nbytes() * self.lengths[0] // self.max_len
+
+    def reorder(self, index: Tensor) -> None:
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+    def reset(self) -> None:
+        self.lengths = [0] * len(self.lengths)
+
+
+# --------------------------------------------------------------------------------------------
+# int8 quantized cache
+# --------------------------------------------------------------------------------------------
+def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Symmetric int8 with one scale per (batch, head, token): ``x ~= q * scale``."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-8) / 127.0
+    q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class QuantizedKVCache(Cache):
+    """Keys and values stored as int8 with one fp32 scale per token and head.
+
+    The choice: *per token* for both K and V (scale over ``head_dim``). KIVI (Liu et al.,
+    2024) quantizes keys *per channel* because a few key channels carry outliers; but a
+    per-channel scale spans many tokens, so it needs tokens grouped into blocks and a
+    full-precision residual for the newest ones. Per-token scales work one token at a time
+    (a decode step just appends), and at 8 bits the error is already small (measured in
+    lesson 4.2.3). Memory per token and head: ``head_dim`` bytes + 4 bytes of scale, instead
+    of ``4 * head_dim`` (fp32). ``update`` returns dequantized tensors: the attention math is
+    unchanged, only storage shrinks (a real kernel would read int8 directly).
+    """
+
+    def __init__(self) -> None:
+        self.qk: List[Tensor] = []
+        self.sk: List[Tensor] = []
+        self.qv: List[Tensor] = []
+        self.sv: List[Tensor] = []
+        self.dtype = torch.float32
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        self.dtype = k.dtype
+        qk, sk = quantize_per_token(k)
+        qv, sv = quantize_per_token(v)
+        if layer_idx == len(self.qk):
+            self.qk.append(qk), self.sk.append(sk), self.qv.append(qv), self.sv.append(sv)
+        elif layer_idx < len(self.qk):
+            self.qk[layer_idx] = torch.cat([self.qk[layer_idx], qk], 2)
+            self.sk[layer_idx] = torch.cat([self.sk[layer_idx], sk], 2)
+            self.qv[layer_idx] = torch.cat([self.qv[layer_idx], qv], 2)
+            self.sv[layer_idx] = torch.cat([self.sv[layer_idx], sv], 2)
+        else:
+            raise IndexError(f"QuantizedKVCache.update: layer {layer_idx} before layer {len(self.qk)}")
+        kd = (self.qk[layer_idx].float() * self.sk[layer_idx]).to(k.dtype)
+        vd = (self.qv[layer_idx].float() * self.sv[layer_idx]).to(v.dtype)
+        return kd, vd
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.qk[layer_idx].shape[2] if layer_idx < len(self.qk) else 0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.qk + self.sk + self.qv + self.sv)
+
+    def reorder(self, index: Tensor) -> None:
+        for lst in (self.qk, self.sk, self.qv, self.sv):
+            lst[:] = [t.index_select(0, index) for t in lst]
+
+
+# --------------------------------------------------------------------------------------------
+# Paged cache: fixed-size blocks from a shared pool
+# --------------------------------------------------------------------------------------------
+class BlockPool:
+    """A pool of KV blocks shared by many sequences (the idea behind vLLM's PagedAttention).
+
+    Storage per layer: ``(num_blocks, kv_heads, block_size, head_dim)`` for keys and values.
+    A sequence owns a *block table* (a list of block ids); blocks come from a free list and go
+    back to it when the sequence finishes, so memory is reserved in ``block_size`` steps
+    instead of ``max_len`` per sequence.
+    """
+
+    def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device=None) -> None:
+        shape = (num_blocks, n_kv_heads, block_size, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.block_size, self.num_blocks = block_size, num_blocks
+        self.free: List[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
+
+    @classmethod
+    def for_model(cls, model, num_blocks: int, block_size: int = 16) -> "BlockPool":
+        c, p = model.config, next(model.parameters())
+        return cls(c.n_layers, num_blocks, block_size, c.n_kv_heads, c.head_dim, dtype=p.dtype, device=p.device)
+
+    def allocate(self) -> int:
+        if not self.free:
+            raise RuntimeError(f"BlockPool out of blocks (all {self.num_blocks} in use); "
+                               "free finished sequences or build a pool with more blocks")
+        return self.free.pop()
+
+    def release(self, blocks: Sequence[int]) -> None:
+        self.free.extend(reversed(list(blocks)))
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block across all layers, keys and values."""
+        t = self.k[0]
+        return 2 * len(self.k) * t[0].numel() * t.element_size()
+
+    def nbytes(self) -> int:
+        return self.block_bytes * self.num_blocks
+
+    def used_blocks(self) -> int:
+        return self.num_blocks - len(self.free)
+
+
+class PagedKVCache(Cache):
+    """One batch of sequences whose keys/values live in ``BlockPool`` blocks.
+
+    ``block_tables[b]`` lists the blocks of row ``b`` in order; token position ``p`` of row
+    ``b`` is slot ``p % block_size`` of block ``block_tables[b][p // block_size]``. ``update``
+    writes the new tokens into their slots, then gathers each row's blocks into a contiguous
+    tensor for the attention (a fused kernel would read the blocks in place).
+    """
+
+    def __init__(self, pool: BlockPool, batch_size: int = 1) -> None:
+        self.pool = pool
+        self.block_tables: List[List[int]] = [[] for _ in range(batch_size)]
+        self.lengths = [0] * len(pool.k)
+
+    def _ensure_capacity(self, new_len: int) -> None:
+        need = -(-new_len // self.pool.block_size)
+        for table in self.block_tables:
+            while len(table) < need:
+                table.append(self.pool.allocate())
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        B, H, T, D = k.shape
+        if B != len(self.block_tables):
+            raise ValueError(f"PagedKVCache has {len(self.block_tables)} rows, got batch {B}")
+        start = self.lengths[layer_idx]
+        end = start + T
+        self._ensure_capacity(end)  # allocation happens once (first layer); later layers find it done
+        bs = self.pool.block_size
+        pos = torch.arange(start, end, device=k.device)
+        table = torch.tensor(self.block_tables, dtype=torch.long, device=k.device)  # (B, n_blocks)
+        blk = table[:, pos // bs]                                                   # (B, T)
+        slot = (pos % bs).expand(B, T)
+        kp, vp = self.pool.k[layer_idx], self.pool.v[layer_idx]
+        # pool[blk, :, slot] <- k[b, :, t]
+        kp[blk, :, slot] = k.permute(0, 2, 1, 3)
+        vp[blk, :, slot] = v.permute(0, 2, 1, 3)
+        self.lengths[layer_idx] = end
+        # gather: (B, n_blocks, H, bs, D) -> (B, H, n_blocks*bs, D) -> first `end` slots
+        n = -(-end // bs)
+        kk = kp[table[:, :n]].permute(0, 2, 1, 3, 4).reshape(B, H, n * bs, D)[:, :, :end]
+        vv = vp[table[:, :n]].permute(0, 2, 1, 3, 4).reshape(B, H, n * bs, D)[:, :, :end]
+        return kk, vv
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]
+
+    def nbytes(self) -> int:
+        """Bytes of the blocks this cache holds (reserved for it in the pool)."""
+        return sum(len(t) for t in self.block_tables) * self.pool.block_bytes
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep only the rows in ``index``; blocks of dropped rows go back to the pool at once."""
+        keep = [int(i) for i in index]
+        for i, table in enumerate(self.block_tables):
+            if i not in keep:
+                self.pool.release(table)
+        self.block_tables = [self.block_tables[i] for i in keep]
+
+    def free(self) -> None:
+        """Give every block back to the pool (the sequence is finished)."""
+        for table in self.block_tables:
+            self.pool.release(table)
+            table.clear()
+        self.lengths = [0] * len(self.lengths)
+
+
+def kv_cache_bytes_formula(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch_size: int,
+                           bytes_per_value: int) -> int:
+    """2 (K and V) x layers x kv_heads x head_dim x seq x batch x bytes."""
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_value

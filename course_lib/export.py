@@ -1,0 +1,277 @@
+"""Inference artefacts: weights + config, nothing else.
+
+A *training checkpoint* (``checkpoint.py``) holds everything needed to continue training:
+weights, AdamW moments (2x the weights again), scheduler, GradScaler, RNG of every rank, data
+position. To *serve* a model you need only the weights and a description of the architecture
+and tokenizer. This module writes exactly that::
+
+    out_dir/model.safetensors   the weights (safetensors: a JSON header + raw tensor bytes; no pickle)
+    out_dir/config.json         {"format", "model": ModelConfig, "tokenizer": describe(), "tied_weights", ...}
+
+and loads it back in a fresh process by *building the model from the config* and then filling
+in the tensors, after checking that every name and shape matches (a mismatch names the
+tensors and both shapes). Loading never unpickles anything.
+
+Tied weights: ``lm_head.weight`` *is* ``embed_tokens.weight`` (one tensor). safetensors refuses
+to save tensors that share memory, on purpose (a loader could not know they must stay tied),
+so the artefact stores the tensor once under ``embed_tokens.weight`` and records the tie in
+``config.json`` (``"tied_weights": {"lm_head.weight": "embed_tokens.weight"}``); the model
+built from the config re-ties them. HF does the same (``tie_word_embeddings``).
+
+``export_hf_llama`` writes the Hugging Face Llama layout (``config.json`` with
+``LlamaForCausalLM`` fields + ``model.safetensors``), loadable by
+``transformers.AutoModelForCausalLM.from_pretrained``: parameter names already follow HF, so
+the export adds the ``model.`` prefix and translates the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .config import ModelConfig
+
+FORMAT = "course_lib.inference/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class ExportError(ValueError):
+    """An artefact cannot be written or loaded; the message names the file/tensors and the fix."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def tied_weights(model) -> Dict[str, str]:
+    """``{alias: stored_name}`` for parameters that are the same tensor as an earlier one."""
+    seen: Dict[int, str] = {}
+    ties: Dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            ties[name] = seen[id(p)]
+        else:
+            seen[id(p)] = name
+    return ties
+
+
+def inference_state_dict(model, dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
+    """Persistent tensors minus tied aliases, contiguous, on CPU (optionally cast, e.g. fp16)."""
+    ties = tied_weights(model)
+    out = {}
+    for name, t in model.state_dict().items():
+        if name in ties:
+            continue
+        t = t.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        out[name] = t.contiguous().clone()
+    return out
+
+
+def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: Optional[torch.dtype] = None,
+                   extra: Optional[dict] = None) -> dict:
+    """Write ``model.safetensors`` + ``config.json``; return ``{"dir", "bytes", "tensors"}``."""
+    from safetensors.torch import save_file
+
+    from .data import ByteTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer or ByteTokenizer()
+    tensors = inference_state_dict(model, dtype)
+    stored_dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    meta = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": tok.describe(),
+            "tied_weights": tied_weights(model), "dtype": stored_dtype, "weights": WEIGHTS_FILE}
+    if extra:
+        meta.update(extra)
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "course_lib": FORMAT})
+    os.replace(tmp, out / WEIGHTS_FILE)
+    _atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return {"dir": out, "bytes": (out / WEIGHTS_FILE).stat().st_size + (out / CONFIG_FILE).stat().st_size,
+            "tensors": len(tensors)}
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    cfg_path = p / CONFIG_FILE if p.is_dir() else p
+    if not cfg_path.exists():
+        raise ExportError(f"{cfg_path} not found; an inference artefact is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise ExportError(f"{cfg_path}: no 'model' section; was it written by course_lib.export.save_inference?")
+    return meta
+
+
+def read_safetensors(path: str | os.PathLike) -> Dict[str, Tensor]:
+    """All tensors of a safetensors file; any other format (e.g. a pickled .pt) is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{path}: not a readable safetensors file ({e}); weights are never loaded "
+                          "from pickle files here, re-export them with save_inference()") from None
+
+
+def check_tensors(expected: Dict[str, Tuple[tuple, torch.dtype]], got: Dict[str, Tensor], where: str,
+                  check_dtype: bool = False) -> None:
+    """Raise ``ExportError`` listing missing, unexpected and wrongly shaped tensors."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    bad = []
+    for name in sorted(set(expected) & set(got)):
+        shape, dt = expected[name]
+        if tuple(got[name].shape) != tuple(shape) or (check_dtype and got[name].dtype != dt):
+            bad.append(f"{name}: file has {tuple(got[name].shape)} {str(got[name].dtype).removeprefix('torch.')}, "
+                       f"config expects {tuple(shape)} {str(dt).removeprefix('torch.')}")
+    if missing or unexpected or bad:
+        lines = [f"{where}: the weights do not match the model built from the config."]
+        if bad:
+            lines.append("  shape mismatch: " + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else ""))
+        if missing:
+            lines.append(f"  missing from the file: {missing[:8]}" + (f" ... ({len(missing)})" if len(missing) > 8 else ""))
+        if unexpected:
+            lines.append(f"  not in the model: {unexpected[:8]}" + (f" ... ({len(unexpected)})" if len(unexpected) > 8 else ""))
+        lines.append("  Use the config.json that was exported together with these weights.")
+        raise ExportError("\n".join(lines))
+
+
+def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32):
+    """Build ``DIYModel`` from ``config.json``, fill it from ``model.safetensors``.
+
+    Returns ``(model, tokenizer, meta)``; the model is in eval mode on ``device``.
+    """
+    from .data import tokenizer_from_description
+    from .model import DIYModel
+
+    folder = Path(path)
+    meta = read_config(folder)
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except Exception as e:  # ConfigError or TypeError from a hand-edited file
+        raise ExportError(f"{folder / CONFIG_FILE}: invalid model config ({e})") from None
+    tensors = read_safetensors(folder / meta.get("weights", WEIGHTS_FILE))
+    model = DIYModel(cfg)
+    ties = tied_weights(model)
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items() if k not in ties}
+    check_tensors(expected, tensors, str(folder / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert set(missing) <= set(ties) and not unexpected, (missing, unexpected)
+    tok = tokenizer_from_description(meta.get("tokenizer", {"type": "byte"}))
+    return model.to(device=device, dtype=dtype).eval(), tok, meta
+
+
+def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: Optional[torch.dtype] = None) -> dict:
+    """Latest good training checkpoint of ``run_dir`` -> inference artefact in ``out_dir``."""
+    from .checkpoint import CheckpointManager
+    from .data import tokenizer_from_description
+    from .model import DIYModel
+
+    found = CheckpointManager(run_dir, verbose=False).load_latest()
+    if found is None:
+        raise ExportError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; train first")
+    state, ckpt = found
+    model = DIYModel(ModelConfig.from_dict(state["config"]["model"]))
+    model.load_state_dict(state["model"])
+    tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
+    info = save_inference(model, out_dir, tok, dtype=dtype,
+                          extra={"source_checkpoint": {"step": int(state["step"]), "folder": ckpt.name}})
+    info.update(step=int(state["step"]), checkpoint=ckpt)
+    return info
+
+
+def describe_checkpoint(state: dict) -> Dict[str, int]:
+    """Bytes per top-level entry of a training state dict (what a checkpoint is made of)."""
+    def nbytes(obj) -> int:
+        if isinstance(obj, Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(nbytes(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(nbytes(v) for v in obj)
+        if isinstance(obj, (bytes, bytearray)):
+            return len(obj)
+        return 0
+    return {k: nbytes(v) for k, v in state.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face Llama layout
+# --------------------------------------------------------------------------------------------
+def hf_llama_config(cfg: ModelConfig, tokenizer=None) -> dict:
+    """``config.json`` for ``LlamaForCausalLM`` describing the same network as ``cfg``."""
+    from .data import ByteTokenizer
+
+    tok = tokenizer or ByteTokenizer()
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": cfg.dropout,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "pad_token_id": tok.pad_id,
+        "eos_token_id": tok.eos_id,
+        "bos_token_id": None,
+        "use_cache": True,
+        "torch_dtype": "float32",
+        "course_lib_tokenizer": tok.describe(),
+    }
+
+
+def hf_state_dict(model) -> Dict[str, Tensor]:
+    """Our names -> HF names: everything but ``lm_head`` moves under ``model.``; tied alias dropped."""
+    out = {}
+    for name, t in inference_state_dict(model).items():
+        out[name if name.startswith("lm_head.") else "model." + name] = t
+    return out
+
+
+def export_hf_llama(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Write an HF Llama checkpoint folder (``config.json`` + ``model.safetensors``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    _atomic_write_text(out / "config.json", json.dumps(hf_llama_config(model.config, tokenizer), indent=2) + "\n")
+    return out
+
+
+def artifact_size(path: str | os.PathLike) -> int:
+    """Total bytes of the files in an artefact folder (or of one file)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

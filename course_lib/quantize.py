@@ -1,0 +1,450 @@
+"""Weight quantization: int8 per-channel, int4 group-wise (packed), GPTQ-style int4, dynamic int8.
+
+Weight-only quantization stores each ``nn.Linear`` weight ``W`` (out x in) as small integers
+``q`` plus floating-point scales, ``W ~= q * scale``; activations stay in floating point and the
+weight is dequantized when used. What it buys: a smaller file and less memory (the number
+that limits how big a model fits on a device, and how many bytes each decode step must read).
+Whether it is *faster* depends on having a kernel that reads int8/int4 directly; the
+reference modules here dequantize in PyTorch, so on CPU they are typically slower (measured in
+lesson 4.2.2, not assumed).
+
+* ``quantize_int8(w)``: symmetric, one scale per output channel (row): ``scale = max|row| / 127``.
+* ``quantize_int4(w, group_size)``: symmetric, values in [-8, 7], one scale per ``group_size``
+  consecutive input weights of a row; two 4-bit values packed per byte (low nibble = even index).
+* ``gptq_quantize_model``: int4 with GPTQ's error compensation (Frantar et al., 2023): columns
+  are quantized one at a time and the rounding error of each is spread over the columns not yet
+  quantized, weighted by the inverse Hessian ``H = X^T X`` of the layer's inputs on a small
+  calibration set, so the layer's *outputs* move as little as possible.
+* ``dynamic_int8``: the study plan's ``torch.ao.quantization.quantize_dynamic`` (deprecated in
+  current torch in favour of torchao's ``quantize_``; the warning is captured and returned).
+
+Quantized models save/load as safetensors + config.json like the fp32 artefact.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+QFORMAT = "course_lib.quantized/1"
+METHODS = ("int8", "int4", "gptq-int4")
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor-level quantizers
+# --------------------------------------------------------------------------------------------
+def quantize_int8(w: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-output-channel symmetric int8: returns ``(q int8 (out, in), scale fp32 (out,))``.
+
+    Max error per element is ``scale / 2`` (round to nearest), i.e. ``max|row| / 254``.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"quantize_int8 expects a 2-D weight (out, in), got shape {tuple(w.shape)}")
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """int values in [-8, 7], shape (out, in) with even ``in`` -> uint8 (out, in/2)."""
+    u = (q.to(torch.int16) + 8).to(torch.uint8)
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    """uint8 (out, in/2) -> int8 (out, in) in [-8, 7]."""
+    lo = (packed & 0x0F).to(torch.int8) - 8
+    hi = (packed >> 4).to(torch.int8) - 8
+    return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
+
+
+def _check_group(w: Tensor, group_size: int) -> None:
+    if w.dim() != 2:
+        raise ValueError(f"int4 quantization expects a 2-D weight (out, in), got shape {tuple(w.shape)}")
+    if group_size <= 0 or group_size % 2:
+        raise ValueError(f"group_size={group_size} must be a positive even number (typical: 32, 64, 128)")
+
+
+def padded_width(in_features: int, group_size: int) -> int:
+    """Rows are zero-padded to a multiple of ``group_size`` (e.g. 352 -> 384 for groups of 64);
+    the padding quantizes to exact zeros and is cropped when dequantizing."""
+    return -(-in_features // group_size) * group_size
+
+
+def int4_scales(w: Tensor, group_size: int) -> Tensor:
+    """One symmetric scale per group: ``max|group| / 7`` (so the largest value maps to +-7)."""
+    g = w.float().reshape(w.shape[0], -1, group_size)
+    return g.abs().amax(dim=-1).clamp_min(1e-12) / 7.0
+
+
+def quantize_int4(w: Tensor, group_size: int = 64) -> Tuple[Tensor, Tensor]:
+    """Group-wise symmetric int4 (round to nearest): ``(packed uint8 (out, in/2), scales (out, in/group))``."""
+    _check_group(w, group_size)
+    w = F.pad(w.detach().float(), (0, padded_width(w.shape[1], group_size) - w.shape[1]))
+    scales = int4_scales(w, group_size)
+    q = torch.round(w.reshape(w.shape[0], -1, group_size) / scales[..., None]).clamp_(-8, 7)
+    return pack_int4(q.reshape_as(w)), scales
+
+
+def dequantize_int4(packed: Tensor, scales: Tensor, group_size: int, in_features: Optional[int] = None) -> Tensor:
+    q = unpack_int4(packed).float()
+    out = (q.reshape(q.shape[0], -1, group_size) * scales.float()[..., None]).reshape(q.shape)
+    return out if in_features is None else out[:, :in_features]
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+class Int8Linear(nn.Module):
+    """``y = (x @ q^T) * scale``: the per-row scale factors out of the matmul."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> "Int8Linear":
+        m = cls(lin.in_features, lin.out_features)
+        m.qweight, m.scale = quantize_int8(lin.weight)
+        return m
+
+    def dequantized(self) -> Tensor:
+        return dequantize_int8(self.qweight, self.scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 per-channel"
+
+
+class Int4Linear(nn.Module):
+    """Packed int4 weight, one scale per group; dequantized on the fly in ``forward``."""
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 64) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        width = padded_width(in_features, group_size)
+        self.register_buffer("qweight", torch.zeros(out_features, width // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, width // group_size))
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, group_size: int = 64) -> "Int4Linear":
+        m = cls(lin.in_features, lin.out_features, group_size)
+        m.qweight, m.scales = quantize_int4(lin.weight, group_size)
+        return m
+
+    def dequantized(self) -> Tensor:
+        return dequantize_int4(self.qweight, self.scales, self.group_size, self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.dequantized().to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4 group={self.group_size}"
+
+
+class QuantEmbedding(nn.Module):
+    """An embedding table stored like a quantized linear weight (one row per token).
+
+    The tied ``lm_head`` reads the same table through ``TiedQuantHead``, so the tensor is still
+    stored once.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner  # an Int8Linear / Int4Linear whose "out" axis is the vocabulary
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.inner.dequantized())
+
+
+class TiedQuantHead(nn.Module):
+    def __init__(self, emb: QuantEmbedding) -> None:
+        super().__init__()
+        self._emb = [emb]  # a list hides it from state_dict(): the table belongs to the embedding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._emb[0].inner(x)
+
+
+def effective_group(group_size: int, in_features: int) -> int:
+    """``group_size``, or the whole row when the row is shorter (tiny quick-mode models)."""
+    return min(group_size, in_features)
+
+
+def _make(method: str, lin: nn.Linear, group_size: int) -> nn.Module:
+    group_size = effective_group(group_size, lin.in_features)
+    if method == "int8":
+        return Int8Linear.from_linear(lin)
+    if method in ("int4", "gptq-int4"):
+        return Int4Linear.from_linear(lin, group_size)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def linear_names(model) -> List[str]:
+    """The transformer blocks' ``nn.Linear`` layers (not ``lm_head``, handled with the embedding)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith("lm_head")]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def quantize_model(model, method: str = "int8", group_size: int = 64, embeddings: bool = True,
+                   calibration: Optional[Tensor] = None, damp: float = 0.01):
+    """A quantized copy of ``model`` (the original is untouched).
+
+    ``method``: ``int8`` | ``int4`` (round to nearest) | ``gptq-int4`` (needs ``calibration``,
+    a (N, T) tensor of token ids). ``embeddings=True`` also quantizes the (tied) embedding table
+    with round-to-nearest, per vocabulary row.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method == "gptq-int4" and calibration is None:
+        raise ValueError("gptq-int4 needs calibration token ids (N, T): a few held-in sequences")
+    qm = copy.deepcopy(model).eval()
+    names = linear_names(qm)
+    if method == "gptq-int4":
+        hessians = collect_hessians(qm, calibration, names)
+        for n in names:
+            lin = qm.get_submodule(n)
+            g = effective_group(group_size, lin.in_features)
+            packed, scales = gptq_int4(lin.weight.detach(), hessians[n], g, damp)
+            new = Int4Linear(lin.in_features, lin.out_features, g)
+            new.qweight, new.scales = packed, scales
+            _set_module(qm, n, new)
+    else:
+        for n in names:
+            _set_module(qm, n, _make(method, qm.get_submodule(n), group_size))
+    if embeddings:
+        emb_w = qm.embed_tokens.weight.detach()
+        tied = qm.lm_head.weight is qm.embed_tokens.weight
+        fake = nn.Linear(emb_w.shape[1], emb_w.shape[0], bias=False)
+        fake.weight = nn.Parameter(emb_w.clone())
+        qm.embed_tokens = QuantEmbedding(_make("int8" if method == "int8" else "int4", fake, group_size))
+        if tied:
+            qm.lm_head = TiedQuantHead(qm.embed_tokens)
+        else:
+            qm.lm_head = _make("int8" if method == "int8" else "int4", qm.lm_head, group_size)
+    qm.quant_spec = {"method": method, "group_size": group_size, "embeddings": embeddings}
+    return qm
+
+
+# --------------------------------------------------------------------------------------------
+# GPTQ
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def collect_hessians(model, calibration: Tensor, names: Sequence[str], batch_size: int = 8) -> Dict[str, Tensor]:
+    """``H = 2/N * sum x x^T`` of each named linear's inputs over the calibration tokens.
+
+    One pass of the full-precision model (GPTQ proper re-runs each block on the outputs of the
+    already quantized blocks; this one-shot variant keeps the code short and, for a 4-layer
+    model, loses little).
+    """
+    H: Dict[str, Tensor] = {}
+    count: Dict[str, int] = {}
+    hooks = []
+    for n in names:
+        lin = model.get_submodule(n)
+        H[n] = torch.zeros(lin.in_features, lin.in_features, dtype=torch.float64)
+        count[n] = 0
+
+        def hook(mod, inp, out, n=n):
+            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).double().cpu()
+            H[n] += 2.0 * x.T @ x
+            count[n] += x.shape[0]
+        hooks.append(lin.register_forward_hook(hook))
+    try:
+        for i in range(0, calibration.shape[0], batch_size):
+            model(calibration[i:i + batch_size].to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (H[n] / max(count[n], 1)).float() for n in names}
+
+
+@torch.no_grad()
+def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) -> Tuple[Tensor, Tensor]:
+    """Quantize ``w`` (out, in) column by column, compensating each column's rounding error.
+
+    For column i: q_i = round(w_i / s); err = (w_i - q_i s) / Hinv[i, i];
+    w[:, i+1:] -= err * Hinv[i, i+1:]  (the OBS update), with ``Hinv`` the upper Cholesky
+    factor of H^-1 as in the reference implementation. A group's scale is fixed when its
+    first column is reached, from the weights *as updated so far*.
+    """
+    _check_group(w, group_size)
+    pad = padded_width(w.shape[1], group_size) - w.shape[1]
+    W = F.pad(w.detach().float(), (0, pad))
+    H = F.pad(H.detach().float(), (0, pad, 0, pad))  # padded columns are "dead": zeroed below
+    cols = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    Hinv = torch.linalg.cholesky(Hinv, upper=True)
+    Q = torch.zeros_like(W)
+    scales = torch.zeros(W.shape[0], cols // group_size)
+    for i in range(cols):
+        if i % group_size == 0:
+            scales[:, i // group_size] = W[:, i:i + group_size].abs().amax(dim=1).clamp_min(1e-12) / 7.0
+        s = scales[:, i // group_size]
+        q = torch.round(W[:, i] / s).clamp_(-8, 7)
+        Q[:, i] = q
+        err = (W[:, i] - q * s) / Hinv[i, i]
+        W[:, i + 1:] -= err[:, None] * Hinv[i, i + 1:][None, :]
+    return pack_int4(Q), scales
+
+
+# --------------------------------------------------------------------------------------------
+# Save / load
+# --------------------------------------------------------------------------------------------
+def save_quantized(qmodel, out_dir: str | os.PathLike, tokenizer=None) -> dict:
+    """``model.safetensors`` (int8 / packed uint8 tensors + fp32 scales) + ``config.json``."""
+    from safetensors.torch import save_file
+
+    from .data import ByteTokenizer
+    from .export import CONFIG_FILE, WEIGHTS_FILE, _atomic_write_text
+
+    spec = getattr(qmodel, "quant_spec", None)
+    if spec is None:
+        raise ValueError("save_quantized: this model was not made by quantize_model()")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in qmodel.state_dict().items()}
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", "course_lib": QFORMAT})
+    meta = {"format": QFORMAT, "model": qmodel.config.to_dict(), "quantization": spec,
+            "tokenizer": (tokenizer or ByteTokenizer()).describe(), "weights": WEIGHTS_FILE}
+    _atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    return {"dir": out, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
+
+
+def load_quantized(path: str | os.PathLike, device="cpu"):
+    """Rebuild the quantized structure from ``config.json``, fill it from safetensors (checked)."""
+    from .config import ModelConfig
+    from .data import tokenizer_from_description
+    from .export import ExportError, check_tensors, read_config, read_safetensors
+    from .model import DIYModel
+
+    folder = Path(path)
+    meta = read_config(folder)
+    if meta.get("format") != QFORMAT:
+        raise ExportError(f"{folder}: format {meta.get('format')!r} is not {QFORMAT}; "
+                          "for a full-precision artefact use export.load_inference()")
+    spec = meta["quantization"]
+    shell = DIYModel(ModelConfig.from_dict(meta["model"]))
+    qm = quantize_model(shell, spec["method"] if spec["method"] != "gptq-int4" else "int4",
+                        spec["group_size"], spec["embeddings"])
+    qm.quant_spec = spec
+    tensors = read_safetensors(folder / meta.get("weights", "model.safetensors"))
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in qm.state_dict().items()}
+    check_tensors(expected, tensors, str(folder), check_dtype=True)
+    qm.load_state_dict(tensors, strict=True)
+    return qm.to(device).eval(), tokenizer_from_description(meta.get("tokenizer", {"type": "byte"})), meta
+
+
+# --------------------------------------------------------------------------------------------
+# torch.ao dynamic quantization (the study plan's API)
+# --------------------------------------------------------------------------------------------
+TORCHAO_REPLACEMENT = """\
+# torchao (pip install torchao): the maintained replacement for torch.ao.quantization
+from torchao.quantization import quantize_, Int8DynamicActivationInt8WeightConfig
+quantize_(model, Int8DynamicActivationInt8WeightConfig())   # in place, nn.Linear -> int8
+# weight-only variants: Int8WeightOnlyConfig(), Int4WeightOnlyConfig(group_size=128)
+"""
+
+
+def dynamic_int8(model) -> Tuple[nn.Module, List[str]]:
+    """``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)``.
+
+    Weights int8 (per tensor), activations quantized on the fly per batch; uses fbgemm/qnnpack
+    kernels (CPU only). Returns ``(quantized copy, warning messages)``. Raises ``RuntimeError``
+    saying what to use instead if this torch no longer has the API.
+    """
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as e:  # removed in a future torch
+        raise RuntimeError(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({e}); "
+                           "use torchao: " + TORCHAO_REPLACEMENT) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qm = quantize_dynamic(copy.deepcopy(model).eval().cpu(), {nn.Linear}, dtype=torch.qint8)
+    msgs = list(dict.fromkeys(str(w.message).strip() for w in caught))
+    return qm, msgs
+
+
+# --------------------------------------------------------------------------------------------
+# Size and quality
+# --------------------------------------------------------------------------------------------
+def model_nbytes(model) -> int:
+    """Bytes of the tensors the model holds (parameters + buffers, shared ones once; packed
+    quantized weights of ``quantize_dynamic`` included). The RoPE tables are not counted:
+    they are derived from the config, not weights."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, Tensor):
+            key = (t.data_ptr(), t.numel()) if not t.is_quantized else id(t)
+            if key in seen:
+                return
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        elif isinstance(t, (tuple, list)):
+            for x in t:
+                add(x)
+    for name, t in model.state_dict(keep_vars=False).items():
+        add(t)
+    return total
+
+
+@torch.no_grad()
+def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: Optional[int] = None) -> float:
+    """exp(mean next-token cross-entropy) over non-overlapping windows of ``tokens`` (1-D)."""
+    from .data import eval_batches
+
+    model.eval()
+    device = next(iter(model.state_dict().values())).device
+    total, n = 0.0, 0
+    for x, y in eval_batches(tokens, seq_len, batch_size, max_batches or 10**9):
+        logits = model(x.to(device)).logits.float()
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum").item()
+        n += y.numel()
+    return math.exp(total / n)
+
+
+@torch.no_grad()
+def compare_to_reference(ref, model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16,
+                         max_batches: Optional[int] = None) -> dict:
+    """KL(ref || model) per token (nats) and top-1 agreement of next-token predictions."""
+    from .data import eval_batches
+
+    ref.eval(), model.eval()
+    kl, agree, n = 0.0, 0, 0
+    for x, _ in eval_batches(tokens, seq_len, batch_size, max_batches or 10**9):
+        lp = F.log_softmax(ref(x).logits.float(), -1)
+        lq = F.log_softmax(model(x).logits.float(), -1)
+        kl += (lp.exp() * (lp - lq)).sum(-1).sum().item()
+        agree += (lp.argmax(-1) == lq.argmax(-1)).sum().item()
+        n += x.numel()
+    return {"kl": kl / n, "top1_agreement": agree / n}
