@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -41,6 +42,38 @@ _DIR_RE = re.compile(r"^step_(\d{8,})$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used. The message names the file and the problem."""
+
+
+# ---- fault injection (tests and the 4.0.1 lesson only) -------------------------------------
+FAULT_ENV = "COURSE_FAULT"
+SAVE_PHASES = ("save_begin", "save_partial", "save_state_written", "save_marker_written",
+               "save_renamed", "save_rotated")
+
+
+def _requested_faults() -> set:
+    raw = os.environ.get(FAULT_ENV, "")
+    return {item.strip() for item in raw.split(",") if item.strip()}
+
+
+def fault_requested(phase: str, step: int) -> bool:
+    """True when ``COURSE_FAULT`` lists ``phase@step`` (e.g. ``save_renamed@6,backward@9``)."""
+    faults = _requested_faults()
+    return bool(faults) and f"{phase}@{step}" in faults
+
+
+def fault_point(phase: str, step: int) -> None:
+    """Kill this process with SIGKILL if ``COURSE_FAULT`` asks for ``phase@step``.
+
+    SIGKILL cannot be caught: no ``finally`` block, no atexit handler, no buffered flush runs,
+    exactly like a power cut or the OOM killer. This is how the kill-and-resume test crashes a
+    run at a chosen point, including in the middle of a checkpoint save. Unset, it costs one
+    environment lookup.
+    """
+    if fault_requested(phase, step):
+        print(f"[fault] SIGKILL at {phase}@{step}", file=sys.stderr, flush=True)
+        if hasattr(signal, "SIGKILL"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(137)  # Windows: the closest thing
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -139,6 +172,7 @@ class CheckpointManager:
         simulate a crash inside a save.
         """
         t0 = time.perf_counter()
+        fault_point("save_begin", step)
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path_for(step)
         tmp = self.dir / f".tmp-{final.name}-{os.getpid()}"
@@ -150,13 +184,19 @@ class CheckpointManager:
         with open(state_path, "wb") as f:
             torch.save(state, f)
             f.flush()
+            if fault_requested("save_partial", step):  # a torn write: half the bytes on disk
+                f.truncate(f.tell() // 2)
+                f.flush()
+                fault_point("save_partial", step)
             os.fsync(f.fileno())
+        fault_point("save_state_written", step)
         if on_written is not None:
             on_written(tmp)
         marker = {"format": FORMAT, "step": step, "file": STATE_FILE, "bytes": state_path.stat().st_size,
                   "sha256": sha256_file(state_path), "time": time.time()}
         _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
         _fsync_dir(tmp)
+        fault_point("save_marker_written", step)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it safely
             old = self.dir / f".old-{final.name}-{os.getpid()}"
             final.rename(old)
@@ -165,7 +205,9 @@ class CheckpointManager:
         else:
             tmp.rename(final)
         _fsync_dir(self.dir)
+        fault_point("save_renamed", step)
         self.rotate()
+        fault_point("save_rotated", step)
         self.last_save_seconds = time.perf_counter() - t0
         self.total_save_seconds += self.last_save_seconds
         return final
@@ -177,7 +219,7 @@ class CheckpointManager:
         for _, p in items[: max(0, len(items) - self.keep_last)]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
-        for p in self.dir.glob(".tmp-*"):
+        for p in [*self.dir.glob(".tmp-*"), *self.dir.glob(".old-*")]:  # left by a killed save
             pid = p.name.rsplit("-", 1)[-1]
             if pid != str(os.getpid()):
                 shutil.rmtree(p, ignore_errors=True)

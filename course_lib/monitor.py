@@ -93,6 +93,8 @@ class StepLogger:
         if self._t_start is None:
             self.start(step - 1)
         if not (force or self.should_log(step)):
+            if metrics.get("eval_loss") is not None:  # an eval on a non-logging step is not lost
+                self.log_eval(step, metrics["eval_loss"])
             return None
         now = time.perf_counter()
         dt = max(1e-9, now - self._t_last)
@@ -141,6 +143,56 @@ class StepLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def last_per_step(records: Iterable[dict], key: str = "loss") -> List[dict]:
+    """One record per step (the last one written), sorted by step, keeping records with ``key``.
+
+    A resumed run appends to the same metrics.jsonl: the steps between the last checkpoint and
+    the crash were logged twice (once before the kill, once after the resume). The resumed
+    values are the ones that led to the final weights, and they come later in the file, so
+    "last record per step wins" gives the true curve.
+    """
+    out: dict = {}
+    for r in records:
+        if key is None or key in r:
+            out[r["step"]] = r
+    return [out[s] for s in sorted(out)]
+
+
+class ProgressBar:
+    """A tqdm progress bar as a trainer callback (``Trainer(..., callbacks=[ProgressBar()], console=False)``).
+
+    ``tqdm.auto`` draws a widget bar in Jupyter and a text bar in a terminal. The bar shows the
+    latest loss, lr and grad-norm; it starts at the resumed step after a resume.
+    """
+
+    def __init__(self, desc: str = "train", leave: bool = True) -> None:
+        self.desc, self.leave, self.bar = desc, leave, None
+
+    def on_train_start(self, trainer) -> None:
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=trainer.cfg.max_steps, initial=trainer.step, desc=self.desc,
+                        leave=self.leave, dynamic_ncols=True)
+
+    def on_batch(self, trainer, x, y):
+        return x, y
+
+    def on_after_backward(self, trainer) -> None: ...
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}",
+                             gnorm=f"{metrics['grad_norm']:.2f}", refresh=False)
+
+    def on_checkpoint(self, trainer, path) -> None: ...
+
+    def on_train_end(self, trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def read_jsonl(path: str | os.PathLike) -> List[dict]:
