@@ -222,6 +222,42 @@ def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int,
             "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
 
 
+def long_context_copy(model, max_seq_len: int):
+    """The same weights in a model whose RoPE tables reach ``max_seq_len`` (for speed sweeps:
+    the tables are derived from the config, not stored, so the weights load unchanged)."""
+    from .model import DIYModel
+
+    big = DIYModel(model.config.replace(max_seq_len=max_seq_len))
+    big.load_state_dict(model.state_dict())
+    return big.to(next(model.parameters()).device).eval()
+
+
+def decode_speed_vs_context(model, contexts: Sequence[int], new_tokens: int = 16, repeats: int = 2,
+                            batch_size: int = 1) -> List[dict]:
+    """Decode tokens/s with the KV cache and without it (full recompute), per context length."""
+    rows = []
+    for L in contexts:
+        c = measure_generation(model, batch_size, L, new_tokens, cache="dynamic", repeats=repeats)
+        n = measure_generation(model, batch_size, L, new_tokens, cache=None, repeats=repeats)
+        rows.append({"context": L, "cache_tok_s": c["decode_tok_s"], "no_cache_tok_s": n["decode_tok_s"],
+                     "speedup": c["decode_tok_s"] / n["decode_tok_s"]})
+    return rows
+
+
+def throughput_vs_batch(model, batch_sizes: Sequence[int], prompt_len: int = 32, new_tokens: int = 32,
+                        repeats: int = 2) -> List[dict]:
+    """Decode throughput (generated tokens/s over the whole batch) per batch size, KV cache on."""
+    rows = []
+    for b in batch_sizes:
+        r = measure_generation(model, b, prompt_len, new_tokens, cache="dynamic", repeats=repeats)
+        rows.append({"batch_size": b, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
+                     "ms_per_step": 1000 * r["decode_s"] / new_tokens})
+    base = rows[0]["decode_tok_s"]
+    for r in rows:
+        r["vs_batch1"] = r["decode_tok_s"] / base
+    return rows
+
+
 def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 100, **kw) -> List[str] | str:
     """Strings in, strings out (left-padded batch for several prompts)."""
     single = isinstance(prompts, str)

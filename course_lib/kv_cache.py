@@ -323,3 +323,28 @@ def kv_cache_bytes_formula(n_layers: int, n_kv_heads: int, head_dim: int, seq_le
                            bytes_per_value: int) -> int:
     """2 (K and V) x layers x kv_heads x head_dim x seq x batch x bytes."""
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_value
+
+
+def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_size: int = 16) -> dict:
+    """Serve sequences of the given lengths from one ``BlockPool``; compare with preallocating
+    ``max_len`` positions per sequence (a ``StaticCache`` per sequence, as a server without paging
+    must, since it cannot know in advance how long each answer will be).
+
+    Returns bytes reserved by each scheme and bytes actually holding tokens.
+    """
+    c = model.config
+    p = next(model.parameters())
+    bpv = p.element_size()
+    pool = BlockPool.for_model(model, num_blocks=sum(-(-n // block_size) for n in lengths), block_size=block_size)
+    caches = []
+    with torch.no_grad():
+        for n in lengths:
+            cache = PagedKVCache(pool, 1)
+            model(torch.randint(0, c.vocab_size - 2, (1, n), device=p.device), past_key_values=cache, use_cache=True)
+            caches.append(cache)
+    used = sum(kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, n, 1, bpv) for n in lengths)
+    paged = sum(cache.nbytes() for cache in caches)
+    static = len(lengths) * kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, max_len, 1, bpv)
+    return {"sequences": len(lengths), "token_bytes": used, "paged_bytes": paged, "static_bytes": static,
+            "paged_waste": (paged - used) / paged, "static_waste": (static - used) / static,
+            "blocks_used": pool.used_blocks(), "block_size": block_size}

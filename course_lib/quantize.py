@@ -448,3 +448,43 @@ def compare_to_reference(ref, model, tokens: Tensor, seq_len: int = 128, batch_s
         agree += (lp.argmax(-1) == lq.argmax(-1)).sum().item()
         n += x.numel()
     return {"kl": kl / n, "top1_agreement": agree / n}
+
+
+def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = None, group_size: int = 64,
+                     big_batch: int = 8, prompt_len: int = 64, new_tokens: int = 16, eval_batches: int = 8,
+                     seq_len: int = 128, methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4", "gptq-int4"),
+                     out_dir: Optional[str | os.PathLike] = None) -> List[dict]:
+    """One row per method, all measured in this call: file size, model memory, prefill/decode
+    tokens/s at batch 1 and ``big_batch``, held-out perplexity, KL and top-1 agreement vs fp32."""
+    import tempfile
+
+    from .export import artifact_size, save_inference
+    from .generate import measure_generation
+
+    tmp = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="quant-"))
+    rows = []
+    for method in methods:
+        if method == "fp32":
+            qm = model
+            save_inference(model, tmp / method)
+        elif method == "dynamic-int8":
+            qm, _ = dynamic_int8(model)
+            torch.save(qm.state_dict(), tmp / "dynamic-int8.pt")  # torch.ao packed params: no safetensors form
+        else:
+            qm = quantize_model(model, method, group_size, calibration=calibration)
+            save_quantized(qm, tmp / method)
+        size = artifact_size(tmp / method) if method != "dynamic-int8" else (tmp / "dynamic-int8.pt").stat().st_size
+        s1 = measure_generation(qm, 1, prompt_len, new_tokens, repeats=2)
+        sb = measure_generation(qm, big_batch, prompt_len, new_tokens, repeats=2)
+        ppl = perplexity(qm, heldout, seq_len, 8, eval_batches)
+        cmp = compare_to_reference(model, qm, heldout, seq_len, 8, eval_batches)
+        rows.append({"method": method, "file_MB": size / 1e6, "memory_MB": model_nbytes(qm) / 1e6,
+                     "prefill_tok_s_b1": s1["prefill_tok_s"], "decode_tok_s_b1": s1["decode_tok_s"],
+                     f"decode_tok_s_b{big_batch}": sb["decode_tok_s"], "perplexity": ppl,
+                     "kl_vs_fp32": cmp["kl"], "top1_vs_fp32": cmp["top1_agreement"]})
+    base = rows[0]
+    for r in rows:
+        r["size_ratio"] = r["file_MB"] / base["file_MB"]
+        r["ppl_ratio"] = r["perplexity"] / base["perplexity"]
+        r["decode_ratio_b1"] = r["decode_tok_s_b1"] / base["decode_tok_s_b1"]
+    return rows

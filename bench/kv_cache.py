@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""KV cache vs no cache: decode tokens/s per context length (target >= 5x at 512 tokens of
+context), and paged vs preallocated cache memory. Baselines are measured in the same run.
+
+    python bench/kv_cache.py            # full: contexts 64 ... 1024
+    COURSE_QUICK=1 python bench/kv_cache.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from course_lib.config import quick_mode  # noqa: E402
+
+
+def run(quick: bool) -> list[dict]:
+    import torch
+
+    from course_lib.generate import decode_speed_vs_context, long_context_copy
+    from course_lib.kv_cache import paged_vs_static_memory
+    from course_lib.pretrained import load_reference_model
+
+    torch.manual_seed(0)
+    model, _ = load_reference_model()
+    contexts = [64, 128, 256] if quick else [64, 128, 256, 512, 1024]
+    big = long_context_copy(model, max(contexts) + 64)  # trained weights, RoPE tables to 1088 positions
+    rows = []
+    for r in decode_speed_vs_context(big, contexts, new_tokens=8 if quick else 16, repeats=1 if quick else 2):
+        target = 5.0 if r["context"] == 512 else None
+        rows.append({"name": f"decode tok/s with cache, context {r['context']}", "value": r["cache_tok_s"],
+                     "unit": "tok/s", "baseline": r["no_cache_tok_s"], "ratio": r["speedup"],
+                     "target": ">= 5x" if target else None, "met": (r["speedup"] >= target) if target else None})
+    lengths = [40, 700, 130, 260, 35, 900, 75, 510]
+    m = paged_vs_static_memory(big, lengths, max_len=1024, block_size=16)
+    rows.append({"name": f"paged KV memory, {len(lengths)} seqs of {min(lengths)}-{max(lengths)} tokens (block 16)",
+                 "value": m["paged_bytes"] / 1e6, "unit": "MB", "baseline": m["static_bytes"] / 1e6,
+                 "ratio": m["paged_bytes"] / m["static_bytes"],
+                 "target": f"waste {m['paged_waste']:.1%} vs {m['static_waste']:.1%} preallocated (max_len 1024)",
+                 "met": m["paged_bytes"] < m["static_bytes"]})
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        met = "" if r["met"] is None else ("  [met]" if r["met"] else "  [NOT met]")
+        tgt = f"  target {r['target']}" if r["target"] else ""
+        print(f"{r['name']}: {r['value']:.4g} {r['unit']} vs baseline {r['baseline']:.4g} -> {r['ratio']:.2f}x{tgt}{met}")
+
+
+if __name__ == "__main__":
+    print_rows(run(quick_mode()))
