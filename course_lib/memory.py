@@ -1,0 +1,247 @@
+"""How much memory does a training step need? Estimate it, measure it, find the largest batch.
+
+``estimate(model_cfg, batch_size, seq_len, dtype, optimizer)`` adds up, in bytes:
+
+* **params**: every parameter in fp32 (the master copy; autocast does not change it);
+* **grads**: one fp32 gradient per parameter (they exist from the backward pass until
+  ``zero_grad(set_to_none=True)``);
+* **optimizer state**: AdamW keeps two fp32 tensors per parameter (exp_avg, exp_avg_sq), SGD
+  with momentum one, plain SGD none;
+* **autocast weight copies**: under bf16/fp16 autocast every matrix weight is cast to 16 bits
+  once per forward and the copy is kept for the backward pass;
+* **activations**: the tensors autograd saves for the backward pass, counted layer by layer
+  from ``DIYModel``'s code (the list is in ``_activation_terms``), plus the logits and the
+  cross-entropy buffers, which for a small model with a 258-token vocabulary are a large share.
+
+The *peak* is not the sum of all of these: gradients are created while activations are freed
+during the backward pass. The estimate models the two moments that compete for the peak:
+the start of the backward pass (weights + optimizer state + all activations + the loss
+gradient buffers) and the optimizer step (weights + optimizer state + all gradients).
+
+``measure(...)`` runs real training steps and reports the real peak:
+
+* on CUDA, ``torch.cuda.max_memory_allocated()`` (the caching allocator's own counter);
+* on CPU there is no such counter, so we record every allocation and free of PyTorch's CPU
+  allocator with ``torch.profiler.profile(profile_memory=True)``: each ``[memory]`` event
+  carries the signed number of bytes, and the running sum over time is the live memory. Its
+  maximum is the peak. (The process RSS is no good for this: it includes the Python
+  interpreter, libraries and freed-but-cached pages, and never goes down.)
+
+``find_max_batch_size(budget_bytes, ...)`` searches the largest batch whose *estimated* peak
+fits the budget (the estimate is monotone in the batch size, so a doubling + bisection search
+is exact), and can confirm the answer with ``measure``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+
+from .config import ModelConfig
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
+MiB = 2 ** 20
+
+
+def count_params(cfg: ModelConfig) -> Dict[str, int]:
+    """Parameter counts of ``DIYModel(cfg)`` by kind, from the config alone."""
+    d, f, hd = cfg.d_model, cfg.ffn_hidden, cfg.head_dim
+    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2       # q, o + k, v
+    mlp = 3 * d * f
+    norms = 2 * d
+    embed = cfg.vocab_size * d
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    matrices = cfg.n_layers * (attn + mlp) + embed + head
+    return {"matrices": matrices, "vectors": cfg.n_layers * norms + d, "embedding": embed,
+            "total": matrices + cfg.n_layers * norms + d}
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes by category, and the modelled peak of one training step."""
+    params: int
+    grads: int
+    optimizer_state: int
+    autocast_copies: int
+    activations: int
+    loss_buffers: int
+    buffers: int
+    peak: int
+    peak_phase: str
+    detail: Dict[str, int] = field(default_factory=dict)
+
+    def breakdown(self) -> Dict[str, float]:
+        """MiB per category (for tables)."""
+        keys = ("params", "grads", "optimizer_state", "autocast_copies", "activations", "loss_buffers",
+                "buffers", "peak")
+        return {k: getattr(self, k) / MiB for k in keys}
+
+    def rule_of_thumb(self) -> Dict[str, float]:
+        """The naive answers: weights only, and the '16 bytes per parameter' AdamW rule."""
+        n = self.params // 4
+        return {"weights_fp32_MiB": n * 4 / MiB, "weights_fp16_MiB": n * 2 / MiB,
+                "adamw_16B_per_param_MiB": n * 16 / MiB}
+
+
+def _activation_terms(cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: int, act_bytes: int,
+                      amp: bool) -> Dict[str, int]:
+    """Bytes of the tensors autograd saves for backward, per category, for all layers.
+
+    Read off ``course_lib.model`` and checked tensor by tensor with
+    ``torch.autograd.graph.saved_tensors_hooks`` (lesson 4.0.5 shows how). N = tokens in the
+    batch, d = d_model, f = ffn_hidden, a = bytes of the activation dtype (4 fp32, 2 bf16/fp16):
+
+    per block
+      RMSNorm x2   input and normalised x (fp32, RMSNorm computes in fp32)   2 x 2*N*d*4
+                   + its output, as fed to the next matmul                    2 x N*d*a
+      attention    q and k after RoPE, v (k, v after the GQA repeat), the     4 x N*d*a
+                   SDPA output (flash kernel: no T x T matrix is stored);
+                   autocast adds 3 more casts of size N*d                     (+3 x N*d*a)
+                   log-sum-exp of the flash kernel, N*h fp32; rsqrt of the norms
+      MLP          gate out, silu(gate), up out, silu*up                      4 x N*f*a
+    after the blocks: the final norm (as above), RoPE cos/sin gathered at the positions
+    (fp32, and per block a 16-bit cast under autocast), and log_softmax of the logits (fp32:
+    the loss upcasts the logits) for the cross-entropy backward.
+    """
+    d, f, h, hd, V = cfg.d_model, cfg.ffn_hidden, cfg.n_heads, cfg.head_dim, cfg.vocab_size
+    L, N, B, T = cfg.n_layers, n_tok, batch_size, seq_len
+    a, fp = act_bytes, 4
+    return {
+        "rmsnorm": (L * 2 + 1) * (2 * N * d * fp + N * d * a + N * fp),
+        "attention": L * ((4 + (3 if amp else 0)) * N * d * a + N * h * fp),
+        "mlp": L * 4 * N * f * a,
+        "rope_tables": 2 * B * T * hd * fp + (L * 4 * B * T * hd * a if amp else 0),
+        "log_softmax": N * V * fp,
+    }
+
+
+def estimate(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
+             optimizer: str = "adamw") -> MemoryEstimate:
+    """Modelled memory of one training step of ``DIYModel`` (bytes), as a breakdown and a peak."""
+    if dtype not in BYTES:
+        raise ValueError(f"dtype={dtype!r}: use one of {sorted(BYTES)}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer={optimizer!r}: use one of {sorted(OPTIMIZER_STATES)}")
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size={batch_size}, seq_len={seq_len}: both must be >= 1")
+    amp = dtype != "fp32"
+    a = BYTES[dtype]
+    counts = count_params(model_cfg)
+    n = counts["total"]
+    params = n * 4
+    grads = n * 4
+    opt = OPTIMIZER_STATES[optimizer] * n * 4
+    autocast_copies = counts["matrices"] * a if amp else 0
+    buffers = 2 * model_cfg.max_seq_len * model_cfg.head_dim * 4          # RoPE cos/sin tables
+    N, V = batch_size * seq_len, model_cfg.vocab_size
+    terms = _activation_terms(model_cfg, N, batch_size, seq_len, a, amp)
+    activations = sum(terms.values())
+    # start of backward: d(loss)/d(log_softmax) and d(logits) in fp32 exist next to everything else
+    loss_buffers = 2 * N * V * 4
+    static = params + opt + buffers
+    at_backward = static + autocast_copies + activations + loss_buffers
+    at_step = static + grads
+    peak, phase = (at_backward, "backward start") if at_backward >= at_step else (at_step, "optimizer step")
+    return MemoryEstimate(params=params, grads=grads, optimizer_state=opt, autocast_copies=autocast_copies,
+                          activations=activations, loss_buffers=loss_buffers, buffers=buffers, peak=peak,
+                          peak_phase=phase, detail=terms)
+
+
+# ------------------------------------------------------------------------------------------
+# Measurement
+# ------------------------------------------------------------------------------------------
+def _cpu_peak_from_profiler(prof) -> int:
+    """Peak of the running sum of the CPU allocator's signed allocation sizes."""
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda t: t[0])
+    live = peak = 0
+    for _, b in events:
+        live += b
+        peak = max(peak, live)
+    return peak
+
+
+def _make_optimizer(model: torch.nn.Module, optimizer: str) -> torch.optim.Optimizer:
+    if optimizer in ("adamw", "adam"):
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9 if optimizer == "sgd_momentum" else 0.0)
+
+
+def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
+            optimizer: str = "adamw", device: str = "cpu", steps: int = 2, seed: int = 0) -> dict:
+    """Real peak bytes of ``steps`` training steps, counted from model creation on.
+
+    Returns ``{"peak": bytes, "method": ..., "seconds": ...}``. Two steps: the first creates the
+    optimizer state, the second runs with it in place (the steady state).
+    """
+    from .model import DIYModel
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
+    y = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
+    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+           if dtype != "fp32" else contextlib.nullcontext())
+
+    def run() -> None:
+        torch.manual_seed(seed)
+        model = DIYModel(model_cfg).to(dev)
+        opt = _make_optimizer(model, optimizer)
+        for _ in range(steps):
+            with amp:
+                loss = model(x, targets=y).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        del model, opt
+
+    t0 = time.perf_counter()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        run()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - base - x.nbytes - y.nbytes
+        method = "torch.cuda.max_memory_allocated"
+    else:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+        peak = _cpu_peak_from_profiler(prof)
+        method = "torch.profiler CPU allocation events"
+    return {"peak": int(peak), "method": method, "seconds": time.perf_counter() - t0}
+
+
+def find_max_batch_size(budget_bytes: int, model_cfg: ModelConfig, seq_len: int, dtype: str = "fp32",
+                        optimizer: str = "adamw", limit: int = 1 << 16) -> int:
+    """Largest batch size whose estimated peak fits ``budget_bytes`` (0 if even batch 1 does not)."""
+    def fits(b: int) -> bool:
+        return estimate(model_cfg, b, seq_len, dtype, optimizer).peak <= budget_bytes
+    if not fits(1):
+        return 0
+    lo = 1
+    while lo * 2 <= limit and fits(lo * 2):     # double until it does not fit
+        lo *= 2
+    hi = min(lo * 2, limit + 1)                  # fits(lo), not fits(hi) (or hi past the limit)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def compare(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
+            optimizer: str = "adamw", device: str = "cpu", name: str = "") -> dict:
+    """One row of the estimate-vs-measured table."""
+    est = estimate(model_cfg, batch_size, seq_len, dtype, optimizer)
+    got = measure(model_cfg, batch_size, seq_len, dtype, optimizer, device)
+    err = (est.peak - got["peak"]) / got["peak"]
+    return {"model": name or f"d{model_cfg.d_model}xL{model_cfg.n_layers}", "params": est.params // 4,
+            "batch": batch_size, "seq": seq_len, "dtype": dtype, "estimate_MiB": est.peak / MiB,
+            "measured_MiB": got["peak"] / MiB, "error_pct": 100 * err, "within_10pct": abs(err) <= 0.10,
+            "phase": est.peak_phase}
