@@ -1,0 +1,22 @@
+"""练习 ex405：估算训练时的「静态」显存/内存 (static memory)：参数、梯度、优化器状态。
+
+在 notebook 里运行 `from course_lib.grading import check; check("4.0.5")` 检查你的实现。
+完整版本（还包括激活值 activations 和峰值 peak）见 `course_lib/memory.py`。
+"""
+import torch
+
+
+def static_training_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> dict:
+    """返回训练 `model` 时参数、梯度和优化器状态各占多少字节 (bytes)。
+
+    约定 (contract)：
+    - 返回 dict：`{"params": int, "grads": int, "optimizer_state": int, "total": int}`；
+    - params：所有参数的字节数（`numel * element_size`）；**共享的参数只算一次**
+      （例如绑定的 embedding 和 lm_head，tied embeddings）；
+    - grads：只有 `requires_grad=True` 的参数才有梯度，梯度与参数同 dtype、同大小；
+    - optimizer_state：优化器只管 `requires_grad=True` 的参数；
+      "adamw" 每个参数两个同大小的状态 (exp_avg, exp_avg_sq)，"sgd_momentum" 一个，"sgd" 零个
+      （忽略 Adam 每个参数那个 0 维的 step 计数器）；
+    - total = params + grads + optimizer_state。
+    """
+    raise NotImplementedError("请实现 static_training_bytes")
