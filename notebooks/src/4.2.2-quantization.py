@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.2.2 · 量化 (quantization)：int8、int4、GPTQ
+#
+# **学习目标**
+# - 会用学习计划里的 `torch.ao.quantization.quantize_dynamic`，知道它已被弃用 (deprecated) 以及替代品 torchao `quantize_`；
+# - 理解并调用课程自己的实现：int8 逐通道对称量化、int4 分组量化（两个值打包进一个字节）、GPTQ 式误差补偿；
+# - 在训练好的参考模型上**同一次运行里**量出：文件大小、内存、prefill/decode 速度、困惑度 (perplexity)、与 fp32 的 KL 和 top-1 一致率；
+# - 能说明量化的作用：省显存/内存、（在有合适 kernel 时）加速——以及在这台 CPU 上实际看到了什么。
+#
+# **前置知识**：4.2.1 的推理产物；矩阵乘法与浮点数表示。
+#
+# **预计时间**：运行约 2 分钟（quick 模式 < 40 秒），阅读与练习约 45 分钟。
+
+# %%
+import warnings
+
+import torch
+
+from course_lib.config import pick
+from course_lib.plotting import new_axes, print_table
+from course_lib.pretrained import calibration_batch, heldout_tokens, load_reference_model
+from course_lib.quantize import (TORCHAO_REPLACEMENT, comparison_table, dequantize_int4, dequantize_int8,
+                                 dynamic_int8, quantize_int4, quantize_int8)
+
+torch.manual_seed(0)
+model, tok = load_reference_model()
+heldout = heldout_tokens()
+print(f"reference model: {model.num_parameters():,} params; held-out text: {len(heldout):,} tokens")
+
+# %% [markdown]
+# ## 1. 一个权重矩阵的量化
+#
+# **int8 逐通道对称 (per-channel symmetric)**：每一行（一个输出通道）一个缩放因子 `scale = max|row| / 127`，
+# `q = round(w / scale)`。四舍五入的误差最多是半个步长 `scale / 2`。
+#
+# **int4 分组 (group-wise)**：4 位只有 16 个值（[-8, 7]），一行一个 scale 太粗，于是每 `group_size` 个输入一组，各有自己的 scale；
+# 两个 4 位值打包进一个 `uint8`。组越小越准，但 scale 越多（文件越大）。
+
+# %%
+w = model.layers[0].mlp.up_proj.weight.detach()
+q8, s8 = quantize_int8(w)
+err8 = (dequantize_int8(q8, s8) - w).abs()
+rows = [{"format": "int8 per-channel", "bytes": q8.numel() + s8.numel() * 4, "max_err": err8.max().item(),
+         "mean_err": err8.mean().item()}]
+for g in (32, 64, 128):
+    p, s = quantize_int4(w, g)
+    e = (dequantize_int4(p, s, g, w.shape[1]) - w).abs()
+    rows.append({"format": f"int4 group {g}", "bytes": p.numel() + s.numel() * 4, "max_err": e.max().item(),
+                 "mean_err": e.mean().item()})
+print("fp32 bytes:", w.numel() * 4, "| weight shape", tuple(w.shape))
+print_table(rows)
+
+# %% [markdown]
+# ## 2. 学习计划的 API：`torch.ao.quantization.quantize_dynamic`
+#
+# 动态量化 (dynamic quantization)：权重存成 int8，激活在每次前向时临时量化，用 fbgemm/qnnpack 的 int8 kernel（仅 CPU）。
+# 在当前的 PyTorch 里它还能用，但会发出弃用警告；下面把警告原文打印出来，再给出 torchao 的替代写法（没有安装 torchao，只展示代码）。
+
+# %%
+print("torch", torch.__version__)
+qdyn, msgs = dynamic_int8(model)
+for m in msgs:
+    print("WARNING:", m.splitlines()[0])
+print(qdyn.layers[0].self_attn.q_proj)
+print(TORCHAO_REPLACEMENT)
+
+# %% [markdown]
+# ## 3. GPTQ：不只是四舍五入
+#
+# 逐元素四舍五入 (round-to-nearest, RTN) 只看权重本身。GPTQ 看的是**层的输出**：用一小批校准数据 (calibration set)
+# 得到输入的二阶统计 `H = XᵀX`，按列量化，每量化一列就把它的误差按 `H⁻¹` 分摊到还没量化的列上，让 `W·x` 尽量不变。
+# `course_lib.quantize.gptq_int4` 就是这个循环（约 20 行）。校准数据取自训练集，困惑度在留出集 (held-out) 上测。
+
+# %%
+calib = calibration_batch(pick(32, 8), 128)
+print("calibration:", tuple(calib.shape), "token ids from the training split")
+
+# %% [markdown]
+# ## 4. 对比表：同一次运行里全部测出来
+#
+# - `file_MB`：保存后的文件（safetensors + config；动态量化的 packed 参数只能 `torch.save`）；
+# - `memory_MB`：模型持有的张量字节数；
+# - `prefill`/`decode` tokens/s：batch 1 和 batch 8；
+# - `perplexity`（留出集）、`kl_vs_fp32`（每个 token 的 KL 散度，nats）、`top1_vs_fp32`（下一个 token 预测一致的比例）。
+
+# %%
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    table = comparison_table(model, heldout, calib, group_size=64, eval_batches=pick(20, 2), new_tokens=pick(16, 4),
+                             prompt_len=pick(64, 16))
+print_table(table, ["method", "file_MB", "size_ratio", "memory_MB", "perplexity", "ppl_ratio", "kl_vs_fp32",
+                    "top1_vs_fp32"])
+print_table(table, ["method", "prefill_tok_s_b1", "decode_tok_s_b1", "decode_tok_s_b8", "decode_ratio_b1"])
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, (a1, a2) = new_axes("Quantization on the reference model", "method", "file size (MB)", ncols=2)
+names = [r["method"] for r in table]
+a1.bar(names, [r["file_MB"] for r in table])
+a1.set_title("File size"); a1.set_ylabel("MB"); a1.tick_params(axis="x", rotation=30)
+a2.bar(names, [r["perplexity"] for r in table], color="tab:orange")
+a2.set_title("Held-out perplexity (lower is better)"); a2.set_ylabel("perplexity"); a2.set_xlabel("method")
+a2.set_ylim(min(r["perplexity"] for r in table) * 0.98, max(r["perplexity"] for r in table) * 1.01)
+a2.tick_params(axis="x", rotation=30)
+plt.tight_layout(); plt.show()
+
+# %%
+by = {r["method"]: r for r in table}
+print(f"int8: {by['int8']['size_ratio']:.2f}x the fp32 file (target <= 0.3), perplexity x{by['int8']['ppl_ratio']:.4f} (target <= 1.01)")
+print(f"int4 RTN: {by['int4']['size_ratio']:.2f}x the file (target <= 0.2), perplexity +{(by['int4']['ppl_ratio'] - 1) * 100:.2f}%")
+print(f"GPTQ int4: same size, perplexity +{(by['gptq-int4']['ppl_ratio'] - 1) * 100:.2f}% "
+      f"(recovers {(by['int4']['perplexity'] - by['gptq-int4']['perplexity']) / max(by['int4']['perplexity'] - by['fp32']['perplexity'], 1e-9):.0%} of the RTN loss)")
+print(f"decode speed at batch 1 vs fp32: int8 x{by['int8']['decode_ratio_b1']:.2f}, int4 x{by['int4']['decode_ratio_b1']:.2f}, "
+      f"dynamic-int8 x{by['dynamic-int8']['decode_ratio_b1']:.2f}")
+
+# %% [markdown]
+# **怎么读这些数**（数字来自上面这次运行）：
+# - 大小：int8 约 0.26×、int4 约 0.15×——这是确定的，也是量化最可靠的收益：同样的内存/显存放下更大的模型，
+#   每步 decode 要从内存读的字节也更少。
+# - 质量：int8 几乎无损（困惑度差别在千分之一量级）；int4 RTN 有可见的代价，GPTQ 用同样的位数把一部分代价补了回来。
+# - 速度：学习计划说「2–3 倍加速」。在这台 CPU 上，我们的纯 PyTorch 实现**更慢**：每次前向都要先把 int8/int4 反量化成 float
+#   再做 float 矩阵乘法，多了一步而没有省掉任何一步。加速需要直接读低比特权重的 kernel（GPU 上的 Marlin/AWQ kernel、
+#   CPU 上 torchao 的 int8/int4 kernel），并且通常在**内存带宽受限**的大模型上才明显；这个 0.77M 参数的模型整个放得进 CPU 缓存，
+#   根本不受带宽限制。`quantize_dynamic` 用了真正的 int8 kernel，但对这么小的矩阵，量化激活的开销抵消了收益（pytorch#42113 有同样的观察）。
+
+# %% [markdown]
+# ## 5. 保存与加载量化模型
+#
+# `save_quantized` 写 safetensors（int8 / 打包 uint8 张量 + fp32 scale）和带 `quantization` 段的 config.json；
+# `load_quantized` 按配置重建量化结构、核对名字/形状/dtype 后载入。
+
+# %%
+import tempfile
+from pathlib import Path
+
+from course_lib.generate import generate_text
+from course_lib.quantize import load_quantized, quantize_model, save_quantized
+
+q4 = quantize_model(model, "gptq-int4", 64, calibration=calib)
+d = Path(tempfile.mkdtemp()) / "gptq-int4"
+save_quantized(q4, d, tok)
+q4b, _, meta = load_quantized(d)
+print(meta["quantization"], "| files:", {p.name: p.stat().st_size for p in d.iterdir()})
+print("fp32:", repr(generate_text(model, tok, "def __init__(self", 50)))
+print("int4:", repr(generate_text(q4b, tok, "def __init__(self", 50)))
+
+# %% [markdown]
+# ## 小结
+#
+# - 量化 = 小整数 + 缩放因子。int8 逐通道几乎无损；int4 需要分组，RTN 有代价，GPTQ 用校准数据做误差补偿减小代价。
+# - 作用：**省内存/显存**（确定的收益）；**加速**只在有低比特 kernel、且内存带宽是瓶颈时出现——要量，不要假设。
+# - `torch.ao.quantization.quantize_dynamic` 仍能用但已弃用，新代码用 torchao 的 `quantize_`。
+#
+# ## 练习
+#
+# 打开 `exercises/ex422_int8_quant.py`，实现 int8 逐通道量化与反量化：
+
+# %%
+from course_lib.grading import check
+check("4.2.2")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.2.2 自检", [
+    Question("量化的作用是什么？", ["只是为了让训练更稳定", "减少模型占用的内存/显存和读取的字节；在有低比特 kernel 且带宽受限时还能加速",
+                                 "在任何硬件上都能加速 2–3 倍", "提高模型精度"], 1,
+             "本课的测量：大小稳定地变为 0.26×/0.15×，而纯 PyTorch 反量化实现在 CPU 上反而更慢。"),
+    Question("int8 逐通道对称量化中，一个元素的最大舍入误差是？", ["scale", "scale / 2", "1/127", "0"], 1,
+             "round-to-nearest 最多偏离半个量化步长。"),
+    Question("int4 为什么要分组 (group-wise)？", ["为了打包进一个字节", "只有 16 个量化级别，一整行共用一个 scale 太粗，离群值会吃掉精度",
+                                             "为了让文件更小", "GPU 要求"], 1, "组越小越准，但 scale 越多。"),
+    Question("GPTQ 比四舍五入好在哪里？", ["用更多位", "用校准数据估计输入统计，把每列的量化误差补偿到未量化的列上，减小层输出的误差",
+                                      "重新训练模型", "只量化一半的层"], 1, "位数和文件大小都没变，困惑度更低。"),
+]).show()
+
+# %% [markdown]
+# ## 下一步
+#
+# 模型权重变小了，但生成时还有另一块随上下文增长的内存：KV 缓存。4.2.3 就来看它。

@@ -1,0 +1,225 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.2.3 · KV 缓存 (KV cache)：动态、静态、int8、分页
+#
+# **学习目标**
+# - 把生成拆成两个阶段：**prefill**（一次处理整个提示）和 **decode**（每步一个 token，旧 token 的 K/V 从缓存读）；
+# - 比较动态缓存 (DynamicCache，拼接增长) 与静态缓存 (StaticCache，预分配、按位置写入)，并验证它们与不用缓存逐 token 相同；
+# - 测出不同上下文长度下有/无缓存的 decode 速度，画图；用公式 `2 × 层数 × kv 头数 × head_dim × 序列长度 × batch × 字节数` 核对实测缓存大小；
+# - 进阶：int8 量化缓存（省多少内存、质量代价多大）；分页缓存 (paged KV cache：固定大小的块、块表、空闲链表) 与预分配相比浪费多少内存。
+#
+# **前置知识**：注意力机制；4.2.1 的参考模型。
+#
+# **预计时间**：运行约 2 分钟，阅读与练习约 45 分钟。
+
+# %%
+import torch
+
+from course_lib.config import pick
+from course_lib.generate import (decode_speed_vs_context, decode_step, generate, long_context_copy, make_cache,
+                                 prefill)
+from course_lib.kv_cache import (BlockPool, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache,
+                                 kv_cache_bytes_formula, paged_vs_static_memory)
+from course_lib.plotting import new_axes, print_table
+from course_lib.pretrained import load_reference_model
+
+torch.manual_seed(0)
+model, tok = load_reference_model()
+cfg = model.config
+print(f"layers {cfg.n_layers}, heads {cfg.n_heads}, kv heads {cfg.n_kv_heads} (GQA), head_dim {cfg.head_dim}")
+
+# %% [markdown]
+# ## 1. Prefill 与 decode
+#
+# 没有缓存时，生成第 t 个 token 要把前面 t−1 个 token 全部重算一遍（每步 O(t) 个 token 的计算）。
+# 有了缓存：prefill 一次算完提示并把每层的 K、V 存下来；之后每步只算一个新 token 的 Q/K/V，K/V 追加进缓存，注意力读全部缓存。
+
+# %%
+ids = torch.tensor([tok.encode("def __init__(self, ")])
+cache = DynamicCache()
+with torch.no_grad():
+    logits = prefill(model, ids, None, cache)               # phase 1: the whole prompt
+    print("after prefill: cached positions =", cache.get_seq_length(), "| K of layer 0:", tuple(cache.keys[0].shape))
+    out = []
+    for _ in range(20):                                       # phase 2: one token per step
+        nxt = logits.argmax(-1)
+        out.append(int(nxt))
+        logits = decode_step(model, nxt, None, cache)
+print("after decode: cached positions =", cache.get_seq_length())
+print(repr(tok.decode(out)))
+
+# %% [markdown]
+# ## 2. 每种缓存都和「不用缓存」逐 token 相同
+#
+# 静态缓存预先分配 `max_len` 个位置，按位置写入，不再分配内存（CUDA graph / `torch.compile` 需要固定地址）。
+# `attend_full=True` 时它像 HF 的 StaticCache 一样每步把整块缓冲区交给注意力，模型的 `attended_length()` 钩子让因果掩码遮住还没写入的位置。
+# （`tests/unit/test_kv_cache.py` 在 CI 里检查同样的事。）
+
+# %%
+prompts = pick(["import os\nimport sys\n\n", "class Foo:\n    def ", "    return"], ["class Foo:\n    def "])
+N = pick(40, 12)
+rows = []
+for p in prompts:
+    x = torch.tensor([tok.encode(p)])
+    ref = generate(model, x, N, use_cache=False)
+    caches = {"dynamic": DynamicCache(), "static": StaticCache.for_model(model, 1, x.shape[1] + N),
+              "static(full)": StaticCache.for_model(model, 1, x.shape[1] + N, attend_full=True),
+              "int8": QuantizedKVCache(), "paged": make_cache("paged", model, 1, x.shape[1] + N)}
+    row = {"prompt": p[:14].replace("\n", "\\n")}
+    for name, c in caches.items():
+        row[name] = "same" if generate(model, x, N, cache=c).tolist() == ref.tolist() else "DIFFERENT"
+    rows.append(row)
+print_table(rows)
+
+# %% [markdown]
+# ## 3. 速度：有缓存 vs 无缓存，随上下文长度变化
+#
+# 参考模型训练时 `max_seq_len=256`；RoPE 表不存在权重里，而是由配置算出，所以 `long_context_copy` 用同样的权重建一个
+# `max_seq_len` 更大的模型来测速度（超过 256 的位置模型没训练过，但速度与内容无关）。
+
+# %%
+big = long_context_copy(model, 1088)
+contexts = pick([64, 128, 256, 512, 1024], [64, 128, 256])
+speed = decode_speed_vs_context(big, contexts, new_tokens=pick(16, 4), repeats=pick(2, 1))
+print_table(speed)
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = new_axes("Decode speed vs context length (batch 1, CPU)", "context length (tokens)", "decode tokens/s")
+ax.plot(contexts, [r["cache_tok_s"] for r in speed], "o-", label="with KV cache")
+ax.plot(contexts, [r["no_cache_tok_s"] for r in speed], "s-", label="no cache (recompute all)")
+ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.legend(); plt.show()
+
+# %% [markdown]
+# 无缓存时每步的计算量随上下文线性增长，速度随之下降；有缓存时每步只算一个 token，注意力读缓存的开销在这个小模型上相对很小，
+# 速度几乎不随上下文变化。两者之比随上下文增大（`bench/kv_cache.py` 的目标：512 个 token 时 ≥ 5×）。
+
+# %% [markdown]
+# ## 4. 缓存有多大？公式 vs 实测
+
+# %%
+rows = []
+for B, T in [(1, 128), (4, 128), (8, 256)]:
+    c = DynamicCache()
+    with torch.no_grad():
+        model(torch.randint(0, 256, (B, T)), past_key_values=c, use_cache=True)
+    formula = kv_cache_bytes_formula(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, T, B, 4)
+    rows.append({"batch": B, "seq": T, "formula_bytes": formula, "measured_bytes": c.nbytes(), "equal": formula == c.nbytes()})
+print("2 x layers x kv_heads x head_dim x seq x batch x 4 bytes (fp32)")
+print_table(rows)
+print("GQA saves", cfg.n_heads // cfg.n_kv_heads, "x: with n_kv_heads = n_heads the cache would be",
+      kv_cache_bytes_formula(cfg.n_layers, cfg.n_heads, cfg.head_dim, 256, 8, 4), "bytes")
+
+# %% [markdown]
+# ## 5. 进阶：int8 量化缓存
+#
+# 每个 token、每个头一个 scale（沿 head_dim），K 和 V 都按 token 量化。KIVI 等工作把 K 按**通道**量化（K 有少数离群通道），
+# 但按通道的 scale 跨越很多 token，需要把 token 分组并保留一段全精度的最新 token；按 token 量化可以一个 token 一个 token地追加，
+# 在 8 位下误差已经很小。下面测内存和质量代价：teacher forcing 下逐位置比较 logits。
+
+# %%
+from course_lib.data import eval_batches
+from course_lib.pretrained import heldout_tokens
+
+x = next(eval_batches(heldout_tokens(), pick(200, 32), 4, 1))[0]
+with torch.no_grad():
+    res = {}
+    for name, c in (("fp32", DynamicCache()), ("int8", QuantizedKVCache())):
+        outs = [model(x[:, :8], past_key_values=c, use_cache=True).logits]
+        for t in range(8, x.shape[1]):
+            outs.append(model(x[:, t:t + 1], past_key_values=c, use_cache=True).logits)
+        res[name] = (torch.cat(outs, 1), c.nbytes())
+lp, lq = res["fp32"][0].log_softmax(-1), res["int8"][0].log_softmax(-1)
+kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+top1 = (lp.argmax(-1) == lq.argmax(-1)).float().mean().item()
+print(f"cache bytes: fp32 {res['fp32'][1]:,} -> int8 {res['int8'][1]:,} ({res['int8'][1] / res['fp32'][1]:.2f}x)")
+print(f"quality: max |logit diff| {(res['fp32'][0] - res['int8'][0]).abs().max():.4f}, KL {kl:.2e} nats/token, top-1 agreement {top1:.4f}")
+
+# %% [markdown]
+# 内存约为 fp32 的 0.28×（int8 1 字节 + 每 32 个值 4 字节的 scale），质量代价：KL 在 1e-5 量级，top-1 几乎完全一致；
+# 第 2 节里 int8 缓存的贪心输出与无缓存完全相同。
+
+# %% [markdown]
+# ## 6. 进阶：分页缓存 (paged KV cache)
+#
+# 服务端事先不知道每个回答会多长。预分配缓存只能给每个序列留 `max_len` 个位置，大部分空着。
+# 分页缓存（vLLM 的 PagedAttention 的思路）把缓存切成固定大小的块 (block)：所有序列共享一个块池，每个序列有一张块表 (block table)
+# 记录它的块，块从空闲链表 (free list) 取、序列结束后还回去。
+
+# %%
+pool = BlockPool.for_model(model, num_blocks=24, block_size=16)
+seqs = {name: PagedKVCache(pool, 1) for name in ("A", "B", "C")}
+with torch.no_grad():
+    for (name, c), n in zip(seqs.items(), (20, 70, 33)):
+        generate(model, torch.randint(0, 256, (1, n)), 10, cache=c)
+for name, c in seqs.items():
+    print(f"seq {name}: {c.get_seq_length():3d} tokens -> block table {c.block_tables[0]}")
+print("free blocks:", len(pool.free), "of", pool.num_blocks)
+seqs["B"].free()
+print("after B finished, free blocks:", len(pool.free))
+d = PagedKVCache(pool, 1)
+with torch.no_grad():
+    generate(model, torch.randint(0, 256, (1, 50)), 5, cache=d)
+print("new seq D reuses B's blocks:", d.block_tables[0])
+
+# %%
+lengths = [n // pick(1, 4) for n in (40, 700, 130, 260, 35, 900, 75, 510)]
+max_len = pick(1024, 256)
+m = paged_vs_static_memory(big, lengths, max_len=max_len, block_size=16)
+print_table([{"scheme": f"preallocated (max_len {max_len} each)", "MB": m["static_bytes"] / 1e6, "wasted": m["static_waste"]},
+             {"scheme": "paged (16-token blocks)", "MB": m["paged_bytes"] / 1e6, "wasted": m["paged_waste"]},
+             {"scheme": "tokens actually cached", "MB": m["token_bytes"] / 1e6, "wasted": 0.0}])
+print(f"paged / preallocated = {m['paged_bytes'] / m['static_bytes']:.2f}x")
+
+# %% [markdown]
+# 分页后每个序列最多浪费不到一个块（< 16 个位置）；预分配浪费的是 `max_len − 实际长度`。省下来的内存可以拿去放更多并发序列——这正是 4.2.4 批量生成吞吐的来源。
+
+# %% [markdown]
+# ## 小结
+#
+# - 生成 = prefill（整段提示，一次）+ decode（每步一个 token，读缓存）。缓存让每步的计算不再随上下文增长。
+# - 缓存大小 = 2 × 层数 × kv 头数 × head_dim × 长度 × batch × 字节数；GQA 减少 kv 头数，int8 减少字节数，分页减少浪费。
+# - 每一种缓存都用「与无缓存逐 token 相同」来验证；int8 缓存的质量代价用 KL 和 top-1 量化。
+#
+# ## 练习
+#
+# 打开 `exercises/ex423_kv_attention_step.py`，实现带缓存的一步注意力：
+
+# %%
+from course_lib.grading import check
+check("4.2.3")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.2.3 自检", [
+    Question("KV 缓存省掉的是什么计算？", ["新 token 的 Q", "之前所有 token 的 K、V（以及它们经过的整层计算）", "softmax", "lm_head"], 1,
+             "decode 每步只对新 token 做整层计算；旧 token 的 K/V 直接从缓存读。"),
+    Question("4 层、2 个 kv 头、head_dim 32、序列 256、batch 8、fp32 的缓存有多少字节？",
+             ["2×4×2×32×256×8×4 = 4,194,304", "4×2×32×256×8×4", "2×4×4×32×256×8×4", "4×32×256×8"], 0,
+             "K 和 V 两份 × 层数 × kv 头数 × head_dim × 长度 × batch × 每个值的字节数。"),
+    Question("静态缓存相对动态缓存的主要好处是？", ["更省内存", "不再分配内存、地址和形状固定（便于 CUDA graph / torch.compile）",
+                                             "生成结果更准", "支持更长上下文"], 1, "它预留 max_len 个位置，可能更费内存。"),
+    Question("分页缓存为什么比预分配省内存？", ["它压缩了 K/V", "按固定小块按需分配，每个序列最多浪费不到一块，结束后块立即回收",
+                                         "它只缓存一半的层", "它用 int8"], 1, "浪费从 max_len − 长度 降到 < block_size。"),
+]).show()
+
+# %% [markdown]
+# ## 下一步
+#
+# 4.2.4：把长度不同的多个提示放进一个 batch 一起生成——左填充、注意力掩码、位置编号，以及吞吐随 batch 的变化。

@@ -1,0 +1,156 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.2.4 · 批量生成 (batched generation) 与流式输出 (streaming)
+#
+# **学习目标**
+# - 把长度不同的提示放进一个 batch：左填充 (left padding)、注意力掩码 (attention mask)、由掩码推出的位置编号 (position ids)；
+# - 先结束（输出 EOS）的序列不再参与计算；验证贪心批量输出 = 每个提示单独生成；
+# - 测吞吐量 (tokens/s) 随 batch 从 1 到 32 的变化，画图，解释收益从哪来、在这台机器上止于哪里；
+# - 单个提示的流式输出：token 一生成就打印。
+#
+# **前置知识**：4.2.3 的 KV 缓存。
+#
+# **预计时间**：运行约 2 分钟，阅读与练习约 30 分钟。
+
+# %%
+import sys
+import time
+
+import torch
+
+from course_lib.config import pick
+from course_lib.generate import generate, left_pad, stream_generate, throughput_vs_batch
+from course_lib.model import position_ids_from_mask
+from course_lib.plotting import new_axes, print_table
+from course_lib.pretrained import load_reference_model
+
+torch.manual_seed(0)
+model, tok = load_reference_model()
+
+# %% [markdown]
+# ## 1. 左填充、掩码、位置编号
+#
+# 生成是在序列**末尾**追加 token，所以填充要放在左边，让每行的最后一个位置都是真实 token。
+# 掩码把填充遮住；位置编号只数真实 token——否则左填充会把一个序列的位置整体后移，结果就和单独生成不同
+# （HF 的 #22707、#25790 就是这类问题）。
+
+# %%
+# NBVAL_CHECK_OUTPUT
+prompts = ["def ", "class Foo(object):\n    def __init__(self", "import", "    for i in range(n):\n        "]
+ids, mask = left_pad([tok.encode(p) for p in prompts], tok.pad_id)
+pos = position_ids_from_mask(mask, mask.shape[1])
+print("shape", tuple(ids.shape))
+print("mask row 0:", mask[0, -8:].tolist(), "| positions row 0:", pos[0, -8:].tolist())
+print("mask row 2:", mask[2, -8:].tolist(), "| positions row 2:", pos[2, -8:].tolist())
+
+# %% [markdown]
+# ## 2. 批量输出 = 单独输出
+#
+# `generate` 每步检查哪些行输出了 EOS：这些行之后只得到 `<pad>`，并且被移出正在运行的 batch（也从 KV 缓存里移除，`cache.reorder`），
+# 不再消耗计算。
+
+# %%
+N = pick(60, 20)
+batch = generate(model, ids, N, attention_mask=mask, eos_id=tok.eos_id, pad_id=tok.pad_id)
+for i, p in enumerate(prompts):
+    alone = generate(model, torch.tensor([tok.encode(p)]), N, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    same = batch[i, :alone.shape[1]].tolist() == alone[0].tolist()
+    print(f"row {i}: same as alone = {same} | {tok.decode(alone[0].tolist())[:50]!r}")
+
+# %% [markdown]
+# ## 3. 吞吐量随 batch 变化
+#
+# decode 每步对整个 batch 做一次前向。batch 为 1 时，每步的时间主要花在固定开销上（Python、算子调度、读一遍权重）；
+# batch 变大时这些开销被分摊，矩阵乘法也更饱满，所以每秒生成的 token 数上升。当计算本身成为瓶颈（CPU 核数用满），
+# 每步时间开始随 batch 线性增长，吞吐就不再上升。
+
+# %%
+sizes = pick([1, 2, 4, 8, 16, 32], [1, 4, 8])
+rows = throughput_vs_batch(model, sizes, prompt_len=32, new_tokens=pick(32, 4), repeats=pick(2, 1))
+print_table(rows)
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, (a1, a2) = new_axes("Batched decode on CPU", "batch size", "generated tokens/s", ncols=2)
+a1.plot(sizes, [r["decode_tok_s"] for r in rows], "o-", label="throughput")
+a1.plot(sizes, [rows[0]["decode_tok_s"] * b for b in sizes], "--", alpha=0.5, label="ideal (linear)")
+a1.set_xscale("log", base=2); a1.set_yscale("log"); a1.set_title("Throughput"); a1.legend()
+a2.plot(sizes, [r["ms_per_step"] for r in rows], "s-", color="tab:red")
+a2.set_xscale("log", base=2); a2.set_title("Latency per decode step"); a2.set_xlabel("batch size"); a2.set_ylabel("ms per step")
+plt.tight_layout(); plt.show()
+
+# %%
+best = max(rows, key=lambda r: r["decode_tok_s"])
+b8 = next((r for r in rows if r["batch_size"] == 8), None)
+if b8:
+    print(f"batch 8 vs batch 1: {b8['vs_batch1']:.1f}x throughput (bench target >= 4x)")
+print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
+      f"step latency grows from {rows[0]['ms_per_step']:.1f} ms to {rows[-1]['ms_per_step']:.1f} ms")
+
+# %% [markdown]
+# 代价是**延迟**：batch 越大，每一步越慢，每个用户等每个 token 的时间越长。服务端在吞吐与延迟之间取舍；
+# 4.2.3 的分页缓存让同样的内存容纳更多并发序列，是把 batch 做大的前提。
+
+# %% [markdown]
+# ## 4. 流式输出
+#
+# 用户不想等整段生成完。`stream_generate` 每解码出一段完整的文本就 `yield` 出来；字节级分词器的一个汉字是 3 个 token，
+# 增量解码器 (incremental decoder) 会把不完整的字节留到字符完整时再输出。
+
+# %%
+t0 = time.perf_counter()
+first = None
+for piece in stream_generate(model, tok, "def fibonacci(n):\n", pick(120, 30)):
+    if first is None:
+        first = time.perf_counter() - t0
+    print(piece, end="", flush=True)
+print(f"\n\n[time to first token: {first * 1000:.0f} ms, total {time.perf_counter() - t0:.2f} s]")
+
+# %% [markdown]
+# ## 小结
+#
+# - 批量生成 = 左填充 + 掩码 + 由掩码推出的位置编号；结束的行移出 batch。正确性标准：与逐个生成完全相同（`tests/unit/test_batched_generation.py`）。
+# - 吞吐随 batch 上升，直到计算饱和；代价是每步延迟变长。
+# - 流式输出改善的是「首个 token 的等待时间」，总时间不变。
+#
+# ## 练习
+#
+# 打开 `exercises/ex424_left_pad.py`，实现左填充、掩码与位置编号：
+
+# %%
+from course_lib.grading import check
+check("4.2.4")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.2.4 自检", [
+    Question("批量生成为什么要左填充？", ["节省内存", "生成在末尾追加 token，左填充让每行最后一个位置都是真实 token",
+                                   "右填充会报错", "HF 规定"], 1, "右填充时最后一个位置可能是 pad，下一个 token 就从 pad 的输出算出来了。"),
+    Question("位置编号为什么要由掩码推出？", ["更快", "否则左填充会让真实 token 的位置整体后移，结果与单独生成不同", "RoPE 要求从 1 开始", "为了省显存"], 1,
+             "position_ids = cumsum(mask) − 1：第一个真实 token 的位置是 0。"),
+    Question("batch 增大时吞吐为什么先上升？", ["模型变小了", "每步的固定开销（调度、读权重）被更多序列分摊，矩阵乘法更饱满",
+                                       "KV 缓存变小", "精度降低"], 1, "计算饱和后，每步时间随 batch 线性增长，吞吐停止上升。"),
+    Question("流式输出改善了什么？", ["总生成时间", "用户看到第一个 token 的等待时间", "吞吐量", "模型质量"], 1,
+             "token 还是一个一个生成的，只是生成一个就显示一个。"),
+]).show()
+
+# %% [markdown]
+# ## 下一步
+#
+# 回到 4.2.2：把量化模型和 KV 缓存、批量生成组合起来，自己量一量哪种组合在你的机器上吞吐最高。
