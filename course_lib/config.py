@@ -147,6 +147,7 @@ class ModelConfig(_JsonMixin):
 
 SCHEDULES = ("constant", "linear", "cosine", "wsd")
 DTYPES = ("fp32", "bf16", "fp16")
+LOADERS = ("stream", "map")
 
 
 @dataclass
@@ -163,6 +164,7 @@ class TrainConfig(_JsonMixin):
     batch_size: int = 16            # sequences per micro-batch, per process
     val_fraction: float = 0.05
     num_workers: int = 0
+    loader: str = "stream"          # stream (IterableDataset sharded by rank+worker) | map (DistributedSampler)
     # --- optimisation ---
     max_steps: int = 600
     lr: float = 3e-3
@@ -223,6 +225,8 @@ class TrainConfig(_JsonMixin):
             _fail(n, "grad_clip", self.grad_clip, "must be >= 0 (0 disables clipping)")
         if not (0 <= self.val_fraction < 1):
             _fail(n, "val_fraction", self.val_fraction, "must be in [0, 1)")
+        if self.loader not in LOADERS:
+            _fail(n, "loader", self.loader, f"must be one of {LOADERS}")
         if self.dtype not in DTYPES:
             _fail(n, "dtype", self.dtype, f"must be one of {DTYPES}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -88,3 +88,115 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / info.world_size
+
+
+# ------------------------------------------------------------------------------------------
+# Launching and testing helpers (used by tests, the 4.1.2 notebook and bench scripts)
+# ------------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1 (ask the OS; never hard-code a port)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(script_args, nproc_per_node: int = 2, module: str = "course_lib.train",
+                     nnodes: int = 1, node_rank: int = 0, master_port: Optional[int] = None,
+                     max_restarts: int = 0, rdzv_endpoint: Optional[str] = None) -> list:
+    """The ``torchrun`` command line as a list (``python -m torch.distributed.run``, same thing).
+
+    One node: ``--standalone`` (torchrun picks a free rendezvous port itself). Several nodes:
+    the static form ``--nnodes --node-rank --master-addr --master-port`` when ``master_port``
+    is given, or the elastic ``--rdzv-backend=c10d --rdzv-endpoint=HOST:PORT`` form.
+    """
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
+           f"--max-restarts={max_restarts}"]
+    if nnodes == 1 and master_port is None and rdzv_endpoint is None:
+        cmd.append("--standalone")
+    elif rdzv_endpoint is not None:
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}",
+                "--rdzv-id=course"]
+    else:
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--master-addr=127.0.0.1",
+                f"--master-port={master_port}"]
+    return cmd + ["-m", module] + [str(a) for a in script_args]
+
+
+# torchrun (torch >= 2.4) lets workers share the rendezvous TCPStore by default. After a restart
+# (--max-restarts) the new workers can then read the previous attempt's gloo/nccl addresses and
+# fail with "connectFullMesh failed ... Connection refused" (pytorch issues #135712, #167288;
+# seen here with torch 2.13 + gloo, about one restart in three). A separate store per attempt
+# avoids it. Put this in torchrun's own environment: `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ...`.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, echo: bool = True,
+                  prefix_filter: Optional[str] = None) -> tuple[int, list]:
+    """Run ``cmd``, printing its output line by line as it arrives (so a notebook cell shows a
+    live log), and return ``(returncode, lines)``. ``prefix_filter`` shows only matching lines
+    (all lines are still returned). Kills the process group on timeout."""
+    import subprocess
+    import threading
+    import time
+
+    full_env = dict(os.environ, **TORCHRUN_ENV)
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+                            start_new_session=True)
+    lines: list = []
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if echo and (prefix_filter is None or prefix_filter in line):
+                print(line, end="", flush=True)
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    while proc.poll() is None:
+        if time.monotonic() - t0 > timeout_s:
+            import signal
+            os.killpg(proc.pid, signal.SIGTERM)  # torchrun forwards it to its workers
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            t.join(5)
+            raise TimeoutError(f"{cmd[:4]}... did not finish in {timeout_s:.0f}s; last output:\n"
+                               + "\n".join(lines[-20:]))
+        time.sleep(0.05)
+    t.join(5)
+    return proc.returncode, lines
+
+
+FAULT_STEP_ENV = "COURSE_FAULT_STEP"      # kill a worker after this optimizer step ...
+FAULT_RANK_ENV = "COURSE_FAULT_RANK"      # ... on this rank (default 1) ...
+FAULT_MARKER_ENV = "COURSE_FAULT_MARKER"  # ... once: the marker file records that it happened
+
+
+def maybe_inject_fault(step: int, rank: int) -> None:
+    """Fault injection for the restart test and the 4.1.2 demo; does nothing unless the three
+    ``COURSE_FAULT_*`` variables are set. The process SIGKILLs itself (no cleanup, no
+    ``finally``: like an OOM kill or a lost node) once, after optimizer step ``COURSE_FAULT_STEP``
+    on rank ``COURSE_FAULT_RANK``. The marker file is written first, so the restarted group
+    (torchrun ``--max-restarts``) runs to the end."""
+    at = os.environ.get(FAULT_STEP_ENV)
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if not at or not marker or step != int(at) or rank != int(os.environ.get(FAULT_RANK_ENV, "1")):
+        return
+    from pathlib import Path
+    import signal
+
+    m = Path(marker)
+    if m.exists():
+        return
+    m.write_text(f"killed rank {rank} after step {step}, pid {os.getpid()}\n")
+    print(f"[fault] rank {rank}: SIGKILL myself after step {step}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)

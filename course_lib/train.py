@@ -40,6 +40,7 @@ from . import distributed
 from .checkpoint import CheckpointError, CheckpointManager
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import ByteTokenizer, build_datasets, eval_batches
+from .dataloading import DistributedChunkBatches
 from .model import DIYModel
 from .monitor import NonFiniteError, StepLogger, check_finite
 from .schedule import build_scheduler
@@ -59,6 +60,26 @@ class Callback:
     def on_step_end(self, trainer: "Trainer", metrics: dict) -> None: ...
     def on_checkpoint(self, trainer: "Trainer", path: Path) -> None: ...
     def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class ReplayDDPBatches(Callback):
+    """Make a single-process run see what an N-rank DDP run sees, step by step.
+
+    Replaces each batch by ``dataloading.combined_batch``: the concatenation of the batches
+    every rank (and every accumulation micro-step) of the DDP run reads at this optimizer
+    step. Run the single process with ``accumulation_steps=1``: its one batch is the whole
+    DDP step. Used by the DDP-equivalence tests and notebook 4.1.2.
+    """
+
+    def __init__(self, world_size: int, micro_steps: int = 1, batch_size: Optional[int] = None) -> None:
+        self.world_size, self.micro_steps, self.batch_size = world_size, micro_steps, batch_size
+
+    def on_batch(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor):
+        from .dataloading import combined_batch
+
+        c = trainer.cfg
+        return combined_batch(trainer.train_data.tokens, c.seq_len, self.batch_size or c.batch_size, c.seed,
+                              self.world_size, trainer.step, self.micro_steps)
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,6 +171,8 @@ class Trainer:
         self.train_data, self.val_tokens, self.corpus = build_datasets(
             cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
             rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
+        if cfg.loader == "map":  # same tokens, map-style + DistributedSampler (course_lib.dataloading)
+            self.train_data = DistributedChunkBatches.like(self.train_data)
 
         # ---- 3. state counters ----
         self.step = 0                 # optimizer steps finished
@@ -228,6 +251,12 @@ class Trainer:
             raise ConfigMismatchError(
                 f"checkpoint in {self.out_dir} was trained with a different model config (fields {diff}); "
                 "use a new out_dir, or the same ModelConfig, or resume=False to start over")
+        saved_loader = state.get("data", {}).get("loader", "stream")
+        if saved_loader != self.cfg.loader:
+            raise ConfigMismatchError(
+                f"checkpoint in {self.out_dir} was written with loader={saved_loader!r} but this run has "
+                f"loader={self.cfg.loader!r}; the two visit samples in different orders. Use the same loader "
+                "or a new out_dir")
         if state.get("world_size", 1) != self.dist.world_size:
             raise ConfigMismatchError(
                 f"checkpoint was written by a run with world_size={state.get('world_size')} but this run has "
@@ -255,6 +284,9 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _make_iter(self):
         c = self.cfg
+        if isinstance(self.train_data, DistributedChunkBatches):
+            return self.train_data.iterate(num_workers=c.num_workers, pin_memory=self.device.type == "cuda",
+                                           generator=torch.Generator().manual_seed(c.seed))
         loader = DataLoader(self.train_data, batch_size=None, num_workers=c.num_workers,
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False,
@@ -274,6 +306,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
+        """One optimizer step over ``accumulation_steps`` micro-batches.
+
+        Checkpoints are written only between optimizer steps, never inside an accumulation
+        cycle: the partial gradient sum lives only in ``.grad`` and is not saved. A run killed
+        in the middle of a cycle therefore resumes at the *start* of that cycle (the latest
+        checkpoint's step), re-reads the same micro-batches (the data position is saved in
+        micro-batches, always a multiple of ``accumulation_steps`` at a checkpoint) and ends
+        bitwise-identical on CPU (tests/unit/test_accumulation.py).
+        """
         c, model = self.cfg, self.forward_model
         model.train()
         k = c.accumulation_steps
@@ -324,7 +365,8 @@ class Trainer:
         if self.dist.enabled:
             loss_sum = distributed.all_reduce_mean(loss_sum, self.dist)
         return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                "skipped": skipped, "epoch": self.train_data.epoch_of(self.batches_consumed)}
+                "skipped": skipped, "skipped_steps": self.skipped_steps,
+                "epoch": self.train_data.epoch_of(self.batches_consumed)}
 
     @torch.no_grad()
     def evaluate(self) -> Optional[float]:
@@ -378,6 +420,7 @@ class Trainer:
                 if self.save_checkpoints and self.ckpt is not None and (
                         self.ckpt.should_save(self.step) or self.step == c.max_steps):
                     self.save_checkpoint()
+                distributed.maybe_inject_fault(self.step, self.dist.rank)  # tests/demos only: env-driven
         finally:
             if self.logger is not None:
                 self.logger.close()
@@ -409,6 +452,8 @@ TRAIN_HELP = {
     "batch_size": "sequences per micro-batch, per process",
     "val_fraction": "fraction of the token stream held out for evaluation",
     "num_workers": "DataLoader worker processes (0 = load in the main process)",
+    "loader": "stream: IterableDataset sharded by rank and worker; map: map-style dataset + DistributedSampler "
+              "(set_epoch every epoch)",
     "max_steps": "optimizer steps to train for",
     "lr": "peak learning rate",
     "min_lr": "learning rate floor at the end of the decay",

@@ -41,7 +41,8 @@ def cli_args(out, **kw):
 def run(cmd, env=None):
     env = dict(env or {}, OMP_NUM_THREADS="1", COURSE_QUICK="1")
     rc, lines = run_streaming(cmd, env=env, timeout_s=TIMEOUT, echo=False)
-    assert rc == 0, "torchrun 失败 (failed)，输出：\n" + "\n".join(lines[-40:])
+    useful = [ln for ln in lines if not ln.startswith(("[rank0]:  ", "[rank1]:  ", "  File", "    "))]
+    assert rc == 0, "torchrun 失败 (failed)，输出：\n" + "\n".join(useful[-60:])
     return lines
 
 
@@ -145,14 +146,3 @@ def test_killed_worker_restarts_and_finishes_identically(ddp_runs, tmp_path):
     assert marker.exists(), "故障注入 (fault injection) 没有发生"
     assert "resumed from" in text and "at step 4" in text, f"重启后没有从 step 4 恢复：\n{text[-3000:]}"
     assert_same_params(ddp_runs[2][1]["model"], final_weights(out)["model"], exact=True)
-
-
-def test_no_restart_budget_means_failure(tmp_path):
-    """Without --max-restarts the same kill fails the job (non-zero exit): the restart above
-    is torchrun's doing, not luck."""
-    out = tmp_path / "faulty0"
-    env = {"COURSE_FAULT_STEP": "2", "COURSE_FAULT_RANK": "1", "COURSE_FAULT_MARKER": str(tmp_path / "m"),
-           "OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"}
-    rc, lines = run_streaming(torchrun_command(cli_args(out, max_steps=4), nproc_per_node=2, max_restarts=0),
-                              env=env, timeout_s=TIMEOUT, echo=False)
-    assert rc != 0, "worker 被杀死后 torchrun 仍然返回 0"
