@@ -84,7 +84,7 @@ from safetensors.torch import save_file
 try:
     save_file(dict(trainer.model.state_dict()), str(run / "naive.safetensors"))
 except RuntimeError as e:
-    print("safetensors refuses:", str(e).splitlines()[0][:160])
+    print("safetensors refuses:", " ".join(str(e).split())[:300])
 
 # %%
 art = run / "artifact"
@@ -179,7 +179,7 @@ except ImportError:
 
 # %%
 from course_lib.grading import check
-check("4.2.1")
+result = check("4.2.1")
 
 # %% [markdown]
 # ## 自检
@@ -187,7 +187,7 @@ check("4.2.1")
 # %%
 from course_lib.quiz import Question, Quiz
 
-Quiz("4.2.1 自检", [
+quiz = Quiz("4.2.1 自检", [
     Question("要「保存仅权重+配置的推理用文件，并在新脚本中加载并生成」，新脚本最少需要哪些东西？",
              ["训练检查点 state.pt（含优化器）", "model.safetensors + config.json（含分词器描述），以及构建模型的代码",
               "只要 model.safetensors", "pickle 过的整个模型对象"], 1,

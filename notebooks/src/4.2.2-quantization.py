@@ -170,7 +170,7 @@ print("int4:", repr(generate_text(q4b, tok, "def __init__(self", 50)))
 
 # %%
 from course_lib.grading import check
-check("4.2.2")
+result = check("4.2.2")
 
 # %% [markdown]
 # ## 自检
@@ -178,7 +178,7 @@ check("4.2.2")
 # %%
 from course_lib.quiz import Question, Quiz
 
-Quiz("4.2.2 自检", [
+quiz = Quiz("4.2.2 自检", [
     Question("量化的作用是什么？", ["只是为了让训练更稳定", "减少模型占用的内存/显存和读取的字节；在有低比特 kernel 且带宽受限时还能加速",
                                  "在任何硬件上都能加速 2–3 倍", "提高模型精度"], 1,
              "本课的测量：大小稳定地变为 0.26×/0.15×，而纯 PyTorch 反量化实现在 CPU 上反而更慢。"),

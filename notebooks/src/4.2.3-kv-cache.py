@@ -199,7 +199,7 @@ print(f"paged / preallocated = {m['paged_bytes'] / m['static_bytes']:.2f}x")
 
 # %%
 from course_lib.grading import check
-check("4.2.3")
+result = check("4.2.3")
 
 # %% [markdown]
 # ## 自检
@@ -207,7 +207,7 @@ check("4.2.3")
 # %%
 from course_lib.quiz import Question, Quiz
 
-Quiz("4.2.3 自检", [
+quiz = Quiz("4.2.3 自检", [
     Question("KV 缓存省掉的是什么计算？", ["新 token 的 Q", "之前所有 token 的 K、V（以及它们经过的整层计算）", "softmax", "lm_head"], 1,
              "decode 每步只对新 token 做整层计算；旧 token 的 K/V 直接从缓存读。"),
     Question("4 层、2 个 kv 头、head_dim 32、序列 256、batch 8、fp32 的缓存有多少字节？",

@@ -131,7 +131,7 @@ print(f"\n\n[time to first token: {first * 1000:.0f} ms, total {time.perf_counte
 
 # %%
 from course_lib.grading import check
-check("4.2.4")
+result = check("4.2.4")
 
 # %% [markdown]
 # ## 自检
@@ -139,7 +139,7 @@ check("4.2.4")
 # %%
 from course_lib.quiz import Question, Quiz
 
-Quiz("4.2.4 自检", [
+quiz = Quiz("4.2.4 自检", [
     Question("批量生成为什么要左填充？", ["节省内存", "生成在末尾追加 token，左填充让每行最后一个位置都是真实 token",
                                    "右填充会报错", "HF 规定"], 1, "右填充时最后一个位置可能是 pad，下一个 token 就从 pad 的输出算出来了。"),
     Question("位置编号为什么要由掩码推出？", ["更快", "否则左填充会让真实 token 的位置整体后移，结果与单独生成不同", "RoPE 要求从 1 开始", "为了省显存"], 1,

@@ -16,18 +16,23 @@ def make(seed=0, **kw):
     return DIYModel(ModelConfig(**cfg)).eval()
 
 
+PROMPTS = ["def __init__(self", "import os\nimport sys\n\n", "    return"]
+
+
 @pytest.fixture(scope="module")
 def trained():
     from course_lib.pretrained import load_reference_model
-    return load_reference_model()
+    model, tok = load_reference_model()
+    refs = {p: generate(model, torch.tensor([tok.encode(p)]), 40, use_cache=False) for p in PROMPTS}
+    return model, tok, refs
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "static", "static-full", "paged", "int8"])
 def test_greedy_with_cache_equals_no_cache_trained_model(trained, kind):
-    model, tok = trained
-    for prompt in ["def __init__(self", "import os\nimport sys\n\n", "    return"]:
+    model, tok, refs = trained
+    for prompt in PROMPTS:
         ids = torch.tensor([tok.encode(prompt)])
-        ref = generate(model, ids, 40, use_cache=False)
+        ref = refs[prompt]
         if kind == "static-full":
             cache = StaticCache.for_model(model, 1, ids.shape[1] + 40, attend_full=True)
         else:
