@@ -1,0 +1,22 @@
+"""练习 ex411 参考答案：检查点轮换 (checkpoint rotation)。"""
+import re
+import shutil
+from pathlib import Path
+from typing import List
+
+_DIR_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def rotate_checkpoints(ckpt_dir: Path, keep_last: int) -> List[Path]:
+    if keep_last < 1:
+        raise ValueError(f"keep_last={keep_last}: keep at least one checkpoint")
+    items = []
+    for p in Path(ckpt_dir).iterdir():
+        m = _DIR_RE.match(p.name)
+        if m and p.is_dir() and (p / "COMPLETE.json").exists():
+            items.append((int(m.group(1)), p))
+    items.sort()
+    removed = [p for _, p in items[: max(0, len(items) - keep_last)]]
+    for p in removed:
+        shutil.rmtree(p)
+    return removed

@@ -1,0 +1,21 @@
+"""练习 ex414 参考答案：梯度累积 (gradient accumulation)。"""
+from typing import Callable, List, Tuple
+
+import torch
+from torch import Tensor
+
+
+def accumulation_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      micro_batches: List[Tuple[Tensor, Tensor]],
+                      loss_fn: Callable[[Tensor, Tensor], Tensor], max_norm: float = 0.0) -> float:
+    n = len(micro_batches)
+    total = 0.0
+    for x, y in micro_batches:
+        loss = loss_fn(model(x), y)
+        total += float(loss.detach()) / n
+        (loss / n).backward()
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
