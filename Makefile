@@ -6,7 +6,7 @@ STAMP := $(VENV)/.install-stamp
 LAB_ARGS ?=
 NB ?=
 
-.PHONY: install lab test notebooks bench clean
+.PHONY: install lab test notebooks bench benchmarks progress clean
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ bench: install
 	  [ -e "$$f" ] || continue; \
 	  echo "== $$f"; $(VPY) "$$f"; \
 	done
+
+# Your exercise progress: which pass, which fail and why, which are untouched.
+progress: install
+	$(VPY) -m course_lib.grading
+
+# Run every bench/ script and write BENCHMARKS.md (figures from this machine).
+benchmarks: install
+	$(VPY) tools/benchmarks_page.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache runs

@@ -227,37 +227,55 @@ def check(exercise_id: str, show: bool = True) -> CheckResult:
 
 @dataclass
 class Progress:
-    rows: list[tuple[str, str, int, int]]   # (exercise, 状态, passed, total)
+    rows: list[tuple]   # (exercise, 状态, passed, total, why) — why: first failing test and message
+
+    @property
+    def counts(self) -> dict:
+        out: dict = {}
+        for r in self.rows:
+            out[r[1]] = out.get(r[1], 0) + 1
+        return out
 
     def to_text(self) -> str:
-        return "\n".join(["练习进度 (progress):"] +
-                         [f"  {ex:<28} {st:<6} {p}/{t}" for ex, st, p, t in self.rows])
+        lines = ["练习进度 (progress):"]
+        for ex, st, p, t, why in self.rows:
+            lines.append(f"  {ex:<28} {st:<6} {p}/{t}" + (f"   原因: {why}" if why else ""))
+        c = self.counts
+        lines.append("合计: " + "，".join(f"{k} {v}" for k, v in c.items()))
+        return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         body = "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td><td>{st}</td>"
-                       f"<td>{p}/{t}</td></tr>" for ex, st, p, t in self.rows)
-        return f"<table><tr><th>练习</th><th>状态</th><th>通过</th></tr>{body}</table>"
+                       f"<td>{p}/{t}</td><td style='text-align:left'>{html.escape(why)}</td></tr>"
+                       for ex, st, p, t, why in self.rows)
+        return f"<table><tr><th>练习</th><th>状态</th><th>通过</th><th>原因</th></tr>{body}</table>"
 
     def __repr__(self) -> str:
         return self.to_text()
 
 
-def progress(show: bool = True) -> Progress:
-    """Run every exercise's graders once and summarise: 全部通过 / 部分通过 / 未开始."""
+def progress(show: bool = True, only: list[str] | None = None) -> Progress:
+    """Run every exercise's graders once and summarise: 全部通过 / 部分通过 / 未通过 / 未开始,
+    with the first failing test and its message. ``only`` limits it to some exercise stems."""
     root = find_root()
     names = known_exercises(root)
+    if only is not None:
+        names = [n for n in names if n in set(only)]
     result = run_graders(names, root, exercise_id="all") if names else CheckResult("all", [])
     rows = []
     for n in names:
         mine = [r for r in result.rows if r.exercise == n]
         p = sum(r.passed for r in mine)
+        failing = [r for r in mine if not r.passed]
         if mine and p == len(mine):
-            status = "全部通过"
+            status, why = "全部通过", ""
         elif not mine or all(r.status == STATUS_TODO for r in mine):
-            status = "未开始"
+            status, why = "未开始", ("" if mine else "没有收集到任何测试")
         else:
-            status = "部分通过"
-        rows.append((n, status, p, len(mine)))
+            status = "部分通过" if p else "未通过"
+            first = next((r for r in failing if r.status != STATUS_TODO), failing[0])
+            why = f"{first.test}: {first.message}"
+        rows.append((n, status, p, len(mine), why))
     out = Progress(rows)
     if show:
         _display(out)
