@@ -135,9 +135,10 @@ TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, echo: bool = True,
-                  prefix_filter: Optional[str] = None) -> tuple[int, list]:
+                  prefix_filter=None) -> tuple[int, list]:
     """Run ``cmd``, printing its output line by line as it arrives (so a notebook cell shows a
-    live log), and return ``(returncode, lines)``. ``prefix_filter`` shows only matching lines
+    live log), and return ``(returncode, lines)``. ``prefix_filter`` (a string or a tuple of
+    strings) shows only lines containing one of them
     (all lines are still returned). Kills the process group on timeout."""
     import subprocess
     import threading
@@ -153,7 +154,8 @@ def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, ech
     def pump():
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
-            if echo and (prefix_filter is None or prefix_filter in line):
+            if echo and (prefix_filter is None or any(p in line for p in
+                                                      ((prefix_filter,) if isinstance(prefix_filter, str) else prefix_filter))):
                 print(line, end="", flush=True)
 
     t = threading.Thread(target=pump, daemon=True)

@@ -1,0 +1,219 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.1.2 · 数据并行 DDP 与 torchrun（含容错重启）
+#
+# **学习目标**
+# - 用标准方式启动多进程训练：`torchrun --nproc_per_node=N -m course_lib.train`，和单进程 `python -m course_lib.train` 是**同一个入口**；
+# - 知道 torchrun 给每个进程的环境变量 (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`)，以及后端 (backend) 怎么选：CPU 上 gloo，GPU 上 nccl（每个进程用 `cuda:LOCAL_RANK`）；
+# - 亲眼验证：2 个 rank 的 DDP 训练 k 步后的参数 = 单进程在「合并批次」(combined batch) 上训练的参数；
+# - 看到容错 (fault tolerance)：杀掉一个 worker，`torchrun --max-restarts=1` 重启整个进程组，从最新检查点恢复，最终权重与不中断的运行逐位相同。
+#
+# **前置知识**：4.0.1（检查点与恢复），4.1.1（检查点管理）。
+#
+# **预计时间**：CPU 笔记本上运行约 1–2 分钟（要启动好几次 torchrun），阅读 + 练习约 40 分钟。
+#
+# > 本节所有多进程都是 `torchrun` 子进程 (subprocess)，运行的是 `course_lib.train` 里的代码，不是 notebook 里定义的函数
+# > （notebook 里的函数无法被 spawn 出来的进程导入）。
+
+# %%
+import json
+import os
+
+import torch
+
+from course_lib.checkpoint import CheckpointManager
+from course_lib.config import pick
+from course_lib.distributed import run_streaming, torchrun_command
+from course_lib.monitor import read_jsonl
+from course_lib.paths import runs_dir
+from course_lib.plotting import new_axes, print_table
+from course_lib.train import ReplayDDPBatches, Trainer, build_parser, configs_from_args
+
+STEPS = pick(40, 8)
+ROOT = runs_dir("4.1.2", fresh=True)
+print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| steps:", STEPS)
+
+# %% [markdown]
+# ## 1. torchrun 做了什么
+#
+# `torchrun --nproc_per_node=2 -m course_lib.train ...` 启动 2 个 Python 进程，每个进程的环境变量里有：
+#
+# | 变量 | 含义 |
+# |---|---|
+# | `RANK` | 全局编号 0..WORLD_SIZE-1（rank 0 负责写日志和检查点） |
+# | `LOCAL_RANK` | 本机上的编号：GPU 上用 `cuda:LOCAL_RANK` |
+# | `WORLD_SIZE` | 进程总数 |
+# | `MASTER_ADDR` / `MASTER_PORT` | 会合点 (rendezvous)：进程们在这里互相找到对方 |
+#
+# `course_lib.distributed.setup()` 读取它们，调用 `init_process_group`（CPU 用 gloo，GPU 用 nccl），
+# 然后 `Trainer` 用 `DistributedDataParallel` (DDP) 包装模型：每个 rank 在**自己的**数据分片上前向、反向，
+# 反向时 DDP 对所有 rank 的梯度做 all-reduce 求平均，于是每个 rank 做的 optimizer step 完全一样，参数始终一致。
+#
+# 下面是我们要运行的命令（`torchrun` 就是 `python -m torch.distributed.run`）：
+
+# %%
+ARGS = dict(max_steps=STEPS, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64,
+            seq_len=32, batch_size=4, warmup_steps=2, eval_interval=STEPS, eval_batches=1, log_interval=max(1, STEPS // 8),
+            ckpt_interval=max(2, STEPS // 4), device="cpu", seed=7)
+
+
+def cli(out, **kw):
+    a = dict(ARGS, out_dir=str(out), **kw)
+    return [x for k, v in a.items() for x in ("--" + k.replace("_", "-"), str(v))] + ["--no-tensorboard"]
+
+
+cmd = torchrun_command(cli(ROOT / "ddp"), nproc_per_node=2)
+print(" ".join(c if not c.startswith("/") else os.path.basename(c) for c in cmd))
+
+# %% [markdown]
+# ## 2. 启动 2 个进程，把 rank 0 的输出实时显示在这里
+#
+# `run_streaming` 逐行读取子进程的输出并立刻打印。只有 rank 0 打印 `[train]` 和 `step` 行（其他 rank 安静地训练）；
+# torchrun 自己的提示也会出现。`device=cpu`：这台机器没有 GPU 时用 gloo；有 GPU 时去掉 `--device cpu`，
+# 同样的命令会自动用 nccl 和 `cuda:LOCAL_RANK`（需要至少 2 块 GPU 才能 `--nproc_per_node=2`）。
+
+# %%
+rc, lines = run_streaming(cmd, env={"OMP_NUM_THREADS": "1"}, timeout_s=600,
+                          prefix_filter=None)
+assert rc == 0, "\n".join(lines[-30:])
+
+# %% [markdown]
+# ## 3. 等价性：DDP 的 2 个 rank = 一个进程看「合并批次」
+#
+# 流式数据集 (streaming dataset) 按 rank 分片：第 j 步 rank 0 读 `perm[0::2]` 里的第 j 批，rank 1 读 `perm[1::2]` 里的第 j 批。
+# DDP 平均两个 rank 的梯度 = 在两批**拼接**起来的大批次上求平均损失的梯度。`ReplayDDPBatches` 让单进程每一步都读这个拼接批次。
+# 两边只差浮点加法的顺序（all-reduce），所以比较用 `allclose`（测试里是 atol 2e-5）。
+
+# %%
+mc, tc = configs_from_args(build_parser().parse_args(cli(ROOT / "single")))
+single = Trainer(mc, tc, callbacks=[ReplayDDPBatches(world_size=2)], console=False)
+single.fit()
+ddp_state, _ = CheckpointManager(ROOT / "ddp").load_latest()
+diff = max((single.model.state_dict()[k] - v).abs().max().item() for k, v in ddp_state["model"].items())
+init = Trainer(mc, tc.replace(out_dir=str(ROOT / "init")), console=False, save_checkpoints=False).model.state_dict()
+moved = max((init[k] - v).abs().max().item() for k, v in ddp_state["model"].items())
+print(f"after {STEPS} steps: max |DDP - single process| = {diff:.2e}   (parameters moved by up to {moved:.2e})")
+print("equal within atol 2e-5:", diff < 2e-5)
+
+# %%
+ddp_log = [r for r in read_jsonl(ROOT / "ddp" / "metrics.jsonl") if "loss" in r]
+fig, ax = new_axes("2-rank DDP vs one process on the combined batch", "optimizer step", "training loss (nats/token)")
+ax.plot([h["step"] for h in single.history], [h["loss"] for h in single.history], label="1 process, combined batch")
+ax.plot([r["step"] for r in ddp_log], [r["loss"] for r in ddp_log], "o", label="torchrun, 2 ranks (rank 0 log)")
+ax.legend();
+
+# %% [markdown]
+# 两条曲线重合：DDP 不改变算法，只把一个大批次分给了多个进程。所以「扩大到 N 个 GPU」在数学上等于
+# 把批次放大 N 倍（学习率要不要跟着调，是另一个问题）。
+#
+# ## 4. 容错：杀掉一个 worker，torchrun 重启整个进程组
+#
+# 真实集群里进程会死：显存溢出 (OOM)、节点故障、被抢占。`torchrun --max-restarts=1` 的做法是：
+# 任何一个 worker 退出失败，就**终止所有 worker，重新启动整个组**（不是只重启死掉的那个）。
+# 重新启动的进程不知道自己是「第二次」：`Trainer` 启动时总会在 `out_dir` 里找最新的完整检查点并从那里继续 (`resume=True`)。
+#
+# 演示用的故障注入 (fault injection)：环境变量 `COURSE_FAULT_STEP/RANK/MARKER` 让 rank 1 在第 k 步之后给自己发 `SIGKILL`
+# （只发生一次：先写标记文件）。另外，torchrun 的进程要带 `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`
+# （`run_streaming` 已经加上）：否则重启后的 worker 有时会读到上一轮的旧地址而连接失败（pytorch #135712）。
+
+# %%
+marker = ROOT / "fault.marker"
+kill_at = ARGS["ckpt_interval"] + 1
+rc, lines = run_streaming(torchrun_command(cli(ROOT / "faulty"), nproc_per_node=2, max_restarts=1),
+                          env={"OMP_NUM_THREADS": "1", "COURSE_FAULT_STEP": str(kill_at), "COURSE_FAULT_RANK": "1",
+                               "COURSE_FAULT_MARKER": str(marker)},
+                          timeout_s=600, prefix_filter=("[train]", "[fault]", "step ", "RuntimeError", "exitcode"))
+print("\nexit code:", rc, "| fault happened:", marker.exists())
+print([ln for ln in lines if "resumed from" in ln])
+
+# %%
+faulty, _ = CheckpointManager(ROOT / "faulty").load_latest()
+same = all(torch.equal(v, faulty["model"][k]) for k, v in ddp_state["model"].items())
+print(f"killed after step {kill_at}, restarted, resumed from the checkpoint at step {ARGS['ckpt_interval']}:")
+print("final weights bitwise equal to the uninterrupted DDP run:", same)
+
+# %%
+log = [r for r in read_jsonl(ROOT / "faulty" / "metrics.jsonl") if "loss" in r]
+fig, ax = new_axes("Kill a worker, torchrun restarts, training resumes", "optimizer step", "training loss (nats/token)")
+ax.plot([r["step"] for r in ddp_log], [r["loss"] for r in ddp_log], lw=4, alpha=0.4, label="uninterrupted DDP")
+ax.plot([r["step"] for r in log], [r["loss"] for r in log], "x", label="with a kill + restart (both attempts' logs)")
+ax.axvline(kill_at, color="red", ls="--", label=f"rank 1 killed after step {kill_at}")
+ax.legend();
+
+# %% [markdown]
+# 被杀之前记录的第 `ckpt_interval+1` 步在重启后又被算了一次（从检查点那一步重新开始），两次的损失相同——恢复是精确的。
+#
+# ## 5. 多机 (multi-node)：同一个命令，多加几个参数
+#
+# 两台机器各跑一条命令（`--node-rank` 分别是 0 和 1）：
+#
+# ```bash
+# torchrun --nnodes=2 --node-rank=0 --nproc-per-node=8 --master-addr=10.0.0.1 --master-port=29500 -m course_lib.train ...
+# torchrun --nnodes=2 --node-rank=1 --nproc-per-node=8 --master-addr=10.0.0.1 --master-port=29500 -m course_lib.train ...
+# # 或弹性 (elastic) 形式：--rdzv-backend=c10d --rdzv-endpoint=10.0.0.1:29500 --rdzv-id=job42
+# ```
+#
+# 测试 `tests/reliability/test_ddp_torchrun.py::test_two_nodes_on_loopback` 在一台机器上用 127.0.0.1 启动这样的两个「节点」，
+# 并验证结果与单节点 2 进程逐位相同。端口由操作系统分配 (`free_port()`)，从不写死。
+#
+# **在 GPU 上**：去掉 `--device cpu`，后端自动变成 nccl、每个进程绑定 `cuda:LOCAL_RANK`。
+# 本节的数字都是在 CPU + gloo 上测得的；本次会话没有 GPU，nccl 路径没有在 GPU 上运行过（代码路径相同，见 `course_lib/distributed.py`）。
+#
+# ## 小结
+# - 一个入口：`python -m course_lib.train`（单进程）和 `torchrun ... -m course_lib.train`（DDP）；rank/world 来自环境变量。
+# - DDP = 每个 rank 一份数据分片 + 反向时梯度 all-reduce 平均；k 步后的参数与单进程在合并批次上的参数一致（只差浮点顺序）。
+# - 只有 rank 0 写日志和检查点；所有 rank 都从检查点恢复（包括每个 rank 自己的 RNG 状态）。
+# - `--max-restarts` 重启的是**整个组**，脚本必须自己找到并加载最新检查点。
+#
+# ## 练习
+# 打开 `exercises/ex412_ddp_setup.py`：从环境变量建立进程组、建 `DistributedSampler` 和 DataLoader、用 DDP 包装模型。
+# 评分测试会真的启动 2 个 gloo 进程运行你的函数。
+
+# %%
+from course_lib.grading import check
+
+check("4.1.2")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.1.2 自检", [
+    Question("能说明 DDP 下 DataLoader 与 Sampler 的配合方式吗？下面哪一项是对的？",
+             ["每个 rank 的 DataLoader 都读全部数据，DDP 在反向时自动去重",
+              "每个 rank 用 DistributedSampler(num_replicas=WORLD_SIZE, rank=RANK) 只取自己那一份索引，DataLoader 按这些索引读数据、组批；每个 epoch 开始前调用 sampler.set_epoch(epoch)",
+              "只有 rank 0 读数据，再广播给其他 rank",
+              "DataLoader 的 shuffle=True 就能保证各 rank 不重复"],
+             1, "DistributedSampler 用同一个种子 (seed+epoch) 打乱，然后第 r 个 rank 取每隔 WORLD_SIZE 个的索引，所以各 rank 不重叠；"
+                "不调用 set_epoch，每个 epoch 的顺序都一样。流式数据集 (IterableDataset) 则在数据集内部按 rank 和 worker 分片。"),
+    Question("DDP 训练中，反向传播结束时各 rank 的梯度是什么？",
+             ["各自不同", "所有 rank 梯度的平均，每个 rank 都一样", "只有 rank 0 有梯度", "所有 rank 梯度之和"],
+             1, "DDP 在 backward 中对梯度分桶 (bucket) 做 all-reduce 并除以 WORLD_SIZE，所以随后的 optimizer.step 在每个 rank 上完全相同。"),
+    Question("torchrun --max-restarts=1 时，rank 1 被 SIGKILL 杀掉，会发生什么？",
+             ["只重启 rank 1，rank 0 继续", "torchrun 终止所有 worker，重新启动整个组；训练脚本要自己从最新检查点恢复",
+              "训练自动从内存里的状态继续", "torchrun 直接退出"],
+             1, "重启的单位是整个 worker 组；新进程从头运行脚本，所以脚本必须在启动时找到并加载最新检查点。"),
+    Question("为什么只让 rank 0 写检查点？",
+             ["其他 rank 没有模型", "DDP 下各 rank 参数相同，多个进程写同一个文件会互相覆盖、浪费 I/O；但各 rank 的 RNG 状态要收集到 rank 0 一起存",
+              "gloo 不支持其他 rank 写文件", "为了更快收敛"],
+             1, "参数和优化器状态在各 rank 上相同，一份就够；不同的是每个 rank 的随机数状态，Trainer 用 all_gather_object 收集后由 rank 0 保存。"),
+]).show();
+
+# %% [markdown]
+# ## 下一步
+# - 4.1.3：数据加载 (DataLoader workers、pin_memory、prefetch) 到底有多快，怎么在 worker × rank 之间分片；
+# - 在有 2 块以上 GPU 的机器上，去掉 `--device cpu` 重跑第 2 节，看 nccl 的速度；
+# - 改 `kill_at` 到检查点之前的某一步，预测恢复后会从哪一步开始。
