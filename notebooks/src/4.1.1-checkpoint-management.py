@@ -1,0 +1,160 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.1.1 · 检查点管理 (checkpoint management) 深入
+#
+# **学习目标**
+# - 配置「每 N 步保存、只保留最近 K 个」，并理解轮换 (rotation) 为什么要**先写新的、再删旧的**；
+# - 说清训练状态 (training state) 里每一项为什么必须存：模型、优化器、调度器、GradScaler、步数、每个 rank 的 RNG、数据位置；
+# - 亲眼验证精确恢复 (exact resume)，并看到漏掉其中一项时损失曲线怎样偏离；
+# - 知道常见陷阱（来自 HF / accelerate / torchtitan / Lightning 的 issue）。
+#
+# **前置知识**：4.0.1（检查点与自动恢复）。
+#
+# **预计时间**：CPU 笔记本上运行约 1 分钟，阅读 + 练习约 30 分钟。
+
+# %%
+import torch
+
+from course_lib.checkpoint import CheckpointManager
+from course_lib.config import ModelConfig, TrainConfig, pick
+from course_lib.paths import runs_dir
+from course_lib.plotting import new_axes, print_table
+from course_lib.train import Callback, Trainer
+
+ROOT = runs_dir("4.1.1", fresh=True)
+MC = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
+STEPS = pick(40, 12)
+
+
+def cfg(name, **kw):
+    base = dict(max_steps=STEPS, batch_size=4, seq_len=32, warmup_steps=3, eval_interval=STEPS, eval_batches=1,
+                log_interval=10_000, ckpt_interval=STEPS // 4, keep_last=2, out_dir=str(ROOT / name), tensorboard=False,
+                device="cpu", seed=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+# %% [markdown]
+# ## 1. 每 N 步保存，保留最近 K 个
+
+# %%
+ref = Trainer(MC, cfg("ref"), console=False)
+ref.fit()
+mgr = CheckpointManager(ROOT / "ref", keep_last=2)
+# NBVAL_CHECK_OUTPUT
+print("ckpt_interval =", ref.cfg.ckpt_interval, "| keep_last = 2 | on disk:", [p.name for _, p in mgr.list_complete()])
+
+# %% [markdown]
+# 保存顺序（`CheckpointManager.save`）：写到临时目录 → fsync → 写 `COMPLETE.json`（含 SHA-256）→ 原子 rename → **然后**才删除最旧的。
+# accelerate 曾经先删旧的再写新的：如果写的时候崩溃，磁盘上一个可用的检查点都没有。顺序决定了任何时刻崩溃都至少留下一个完整检查点。
+#
+# ## 2. 状态里有什么，为什么
+
+# %%
+state = mgr.load(mgr.latest())
+rows = []
+why = {"model": "weights", "optimizer": "AdamW moments m, v and step count: without them the first steps after resume are wrong-sized",
+       "scheduler": "lr position: without it warmup restarts (HF #33336-style loss jump)",
+       "scaler": "fp16 loss scale + growth tracker (None in fp32 runs)", "step": "where the loop continues",
+       "rng": "python/numpy/torch RNG of EVERY rank (dropout, sampling)", "data": "batches consumed: no sample re-read or skipped",
+       "config": "model + train config: refuse to resume a different model", "world_size": "data order depends on it",
+       "epoch": "for logging", "skipped_steps": "GradScaler skips so far", "tokenizer": "what the ids mean"}
+for k, v in state.items():
+    n = sum(t.numel() * t.element_size() for t in v.values() if torch.is_tensor(t)) if k == "model" else None
+    rows.append({"key": k, "why it is saved": why.get(k, "bookkeeping (format, step)")})
+print_table(rows)
+print("data position:", state["data"])
+
+# %% [markdown]
+# ## 3. 精确恢复，以及漏掉一项会怎样
+#
+# 模拟崩溃（在第 `ckpt_interval+1` 步后抛异常），重新构造 `Trainer`：它自动从最新完整检查点恢复。
+# 然后做一个「坏」的恢复：只恢复模型和优化器（很多手写训练脚本就是这样），调度器、RNG 和数据位置都从头开始。
+
+# %%
+class Crash(Callback):
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == trainer.cfg.ckpt_interval * 2 + 1:
+            raise KeyboardInterrupt
+
+
+try:
+    Trainer(MC, cfg("good"), callbacks=[Crash()], console=False).fit()
+except KeyboardInterrupt:
+    pass
+good = Trainer(MC, cfg("good"), console=False)
+resumed_at = good.step
+good.fit()
+exact = all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), good.model.state_dict().values()))
+
+bad = Trainer(MC, cfg("bad", resume=False), console=False)
+st = CheckpointManager(ROOT / "good").load(CheckpointManager(ROOT / "good").path_for(resumed_at))
+bad.model.load_state_dict(st["model"]); bad.optimizer.load_state_dict(st["optimizer"]); bad.step = st["step"]
+bad.fit()
+print(f"resumed at step {resumed_at}; full-state resume bitwise equal to uninterrupted: {exact}")
+fig, ax = new_axes("Resume with full state vs model+optimizer only", "optimizer step", "training loss (nats/token)")
+ax.plot([h["step"] for h in ref.history], [h["loss"] for h in ref.history], lw=4, alpha=0.4, label="uninterrupted")
+ax.plot([h["step"] for h in good.history], [h["loss"] for h in good.history], "x", label="resumed: full state")
+ax.plot([h["step"] for h in bad.history], [h["loss"] for h in bad.history], ".--", label="resumed: model+optimizer only")
+ax.legend();
+print("lr at resume  full:", good.history[0]["lr"], " partial:", bad.history[0]["lr"], "(scheduler restarted warmup)")
+
+# %% [markdown]
+# 部分恢复的曲线偏离：学习率重新预热 (warmup)、数据从第 0 批重新读（模型已经见过的样本）。
+#
+# ## 4. 已知陷阱（来自大项目的 issue）
+# - 恢复后 loss 跳变：没有恢复调度器、GradScaler、RNG 或数据位置（HF transformers #33336、#17032；accelerate #2016；torchtitan #809；Lightning #10766）。
+#   主流训练框架都不承诺逐位相同的恢复；本课承诺并测试它（`tests/unit/test_train.py`）。
+# - 先删旧检查点再写新的（accelerate）：崩溃时可能一个都不剩。
+# - `torchrun --max-restarts` 重启**整个组**：脚本必须自己找到并加载最新检查点（4.1.2）。
+# - DDP：只有 rank 0 写；每个 rank 的 RNG 不同，要收集起来一起存；恢复时进程数必须相同（数据顺序依赖它）。
+# - 梯度累积：本课只在 optimizer step 之间保存，周期中间崩溃从周期开头恢复（4.1.4）。
+# - 加载用 `weights_only=True`：检查点文件可能被篡改，完整 pickle 会执行任意代码。
+#
+# ## 小结
+# - 每 N 步保存、保留最近 K 个；先写后删；`COMPLETE.json` 最后写。
+# - 状态 = 模型 + 优化器 + 调度器 + scaler + 步数 + 所有 rank 的 RNG + 数据位置 + 配置。漏一项，恢复就不再精确。
+#
+# ## 练习
+# 打开 `exercises/ex411_keep_last_k.py`：实现检查点轮换（按步数数值排序，只删完整的旧检查点）。
+
+# %%
+from course_lib.grading import check
+
+check("4.1.1")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.1.1 自检", [
+    Question("保存新检查点并只保留最近 K 个，正确的顺序是？",
+             ["先删最旧的，再写新的", "先完整写好新的（含完成标记），再删最旧的", "同时进行", "不删，磁盘够大"],
+             1, "先删后写时如果写到一半崩溃，可能一个可用检查点都不剩。"),
+    Question("只恢复模型和优化器、不恢复调度器，会看到什么？",
+             ["完全一样", "学习率从头预热，loss 曲线在恢复点出现跳变", "训练报错", "只影响日志"],
+             1, "LambdaLR 的位置在 scheduler.state_dict() 里；从 0 开始就重新 warmup。"),
+    Question("为什么数据位置 (data position) 也是状态？",
+             ["不是状态", "否则恢复后从第 0 批重新读：重复训练见过的样本、跳过没见过的，结果与不中断的训练不同", "为了节省内存", "为了日志"],
+             1, "流式数据集保存已消费的批次数，恢复后从下一批继续。"),
+    Question("按什么给检查点排序找「最新」？",
+             ["文件修改时间 mtime", "文件夹名字符串", "文件夹名中的步数数值（且必须有完成标记）", "文件大小"],
+             2, "mtime 会被复制/同步改变；字符串排序在位数不同时出错；没有完成标记的可能只写了一半。"),
+]).show();
+
+# %% [markdown]
+# ## 下一步
+# - 4.1.2：多进程 DDP，以及杀掉一个 worker 后的自动重启恢复；
+# - 把 `keep_last` 改成 1，用 `COURSE_FAULT=save_partial@N`（见 4.0.1）让保存中途崩溃，确认仍能恢复。

@@ -1,0 +1,168 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.1.3 · 数据加载 (data loading)：DataLoader、worker、Sampler 与分片
+#
+# **学习目标**
+# - 能说明 DDP 下 DataLoader 与 Sampler 的配合方式：map-style 数据集 + `DistributedSampler`（每个 epoch `set_epoch`），
+#   以及流式数据集 (IterableDataset) 自己按 rank 和 worker 分片；
+# - 亲眼看到每个样本在一个 epoch 里**恰好被读一次**（跨 worker × rank），以及 `DistributedSampler(drop_last=False)` 用重复样本补齐的陷阱；
+# - 测量输入管线的吞吐 (samples/s)：`num_workers`、`prefetch_factor`、`pin_memory`（仅 CUDA）、流式 vs map-style，并知道怎样解读自己机器上的数字。
+#
+# **前置知识**：PyTorch `Dataset`/`DataLoader`，4.1.2（DDP）。
+#
+# **预计时间**：CPU 笔记本上运行约 1 分钟，阅读约 30 分钟。
+
+# %%
+import os
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from course_lib.config import pick
+from course_lib.data import TokenChunkDataset, load_corpus, tokenize_corpus
+from course_lib.dataloading import make_loader, measure_throughput
+from course_lib.plotting import new_axes, print_table
+
+print("CPU cores:", os.cpu_count(), "| CUDA:", torch.cuda.is_available())
+
+# %% [markdown]
+# ## 1. 谁负责「不重复」？
+#
+# **map-style**（`ds[i]`）：`DistributedSampler(ds, num_replicas=W, rank=r, seed=s)` 用 `seed + epoch` 打乱全部索引，
+# rank r 取 `perm[r::W]`。DataLoader 再把这些索引分成批次，**轮流**派给它的 worker 进程——所以 worker 之间也不重复。
+# 每个 epoch 开始前必须 `sampler.set_epoch(epoch)`，否则每个 epoch 顺序相同。
+#
+# **流式**（`IterableDataset`）：DataLoader 不知道数据有多少，每个 worker 都会从头迭代同一个数据集对象——
+# 所以数据集自己必须按 `get_worker_info()` 和 rank 分片。`course_lib.data.StreamingTokenDataset` 就是这样做的。
+#
+# 用「token 值 = 位置」的假数据，我们能从每个样本的第一个 token 认出它的编号：
+
+# %%
+T, B = 10, 4
+TOK = torch.arange(4021, dtype=torch.int32)   # 402 samples
+N = (len(TOK) - 1) // T
+rows = []
+for kind in ("stream", "map"):
+    for world, workers in [(1, 2), (2, 2), (3, 2)]:
+        seen = []
+        for rank in range(world):
+            loader = make_loader(kind, TOK, T, B, num_workers=workers, seed=1, rank=rank, world_size=world)
+            for i, (x, _) in enumerate(loader):
+                if i == (N // world) // B:
+                    break
+                seen += (x[:, 0] // T).tolist()
+        rows.append({"dataset": kind, "ranks": world, "workers/rank": workers, "samples read": len(seen),
+                     "distinct": len(set(seen)), "duplicates": len(seen) - len(set(seen)), "left out (drop_last)": N - len(seen)})
+# NBVAL_CHECK_OUTPUT
+print_table(rows)
+
+# %% [markdown]
+# 重复数为 0；被留下的样本少于 `ranks × batch`（最后凑不满一批的部分；每个 epoch 换一批被留下，因为顺序每 epoch 不同）。
+#
+# **陷阱**：`DistributedSampler` 默认 `drop_last=False`：样本数不能被 rank 数整除时，它**重复**开头的样本来补齐，让每个 rank 一样长：
+
+# %%
+ds = TokenChunkDataset(TOK, T)
+for drop_last in (False, True):
+    idx = [i for r in range(4) for i in DistributedSampler(ds, num_replicas=4, rank=r, seed=0, drop_last=drop_last)]
+    # NBVAL_CHECK_OUTPUT
+    print(f"drop_last={drop_last}: {len(idx)} indices over 4 ranks, {len(set(idx))} distinct, {len(idx) - len(set(idx))} repeated")
+s = DistributedSampler(ds, num_replicas=2, rank=0, seed=0)
+e0 = list(s)[:6]; e0b = list(s)[:6]; s.set_epoch(1); e1 = list(s)[:6]
+print("epoch 0:", e0, "| again without set_epoch:", e0b, "| after set_epoch(1):", e1)
+
+# %% [markdown]
+# ## 2. 吞吐：输入管线本身有多快？
+#
+# `measure_throughput` 只迭代 DataLoader（不跑模型），报告稳态 samples/s 和拿到第一批的时间（worker 启动开销）。
+# 每个设置都和**同一数据集、同一次运行里** `num_workers=0` 的结果相比。最后两行给 map-style 数据集加了每个样本 2 ms 的
+# 等待（模拟网络盘或解码），这是 worker 真正能帮上忙的情形。`pin_memory` 只在有 CUDA 时测（它加速的是主机→GPU 的拷贝）。
+
+# %%
+tokens = tokenize_corpus(load_corpus("stdlib"))
+NB = pick(30, 6)
+settings = [("stream", 0, None, 0), ("stream", 1, 2, 0), ("stream", 2, 2, 0), ("stream", 2, 4, 0),
+            ("map", 0, None, 0), ("map", 1, 2, 0), ("map", 2, 2, 0), ("map", 2, 4, 0),
+            ("map", 0, None, 2.0), ("map", 2, 2, 2.0)]
+if torch.cuda.is_available():
+    settings += [("map", 2, 2, "pin")]
+res, base = [], {}
+for kind, w, pf, delay in settings:
+    pin = delay == "pin"
+    d = 0.0 if pin else delay
+    loader = make_loader(kind, tokens, 128, 16, num_workers=w, prefetch_factor=pf, pin_memory=pin, delay_ms=d)
+    r = measure_throughput(loader, n_batches=NB if not d else max(3, NB // 3))
+    if w == 0:
+        base[(kind, d)] = r["samples_per_s"]
+    name = f"{kind} w={w}" + (f" pf={pf}" if pf else "") + (" pin" if pin else "") + (f" +{d:g}ms" if d else "")
+    res.append({"setting": name, "samples/s": round(r["samples_per_s"]), "vs workers=0": round(r["samples_per_s"] / base[(kind, d)], 2),
+                "first batch (s)": round(r["first_batch_s"], 3)})
+print_table(res)
+fig, ax = new_axes("Input pipeline throughput vs num_workers=0 (same run)", "setting", "speed-up vs num_workers=0 (x)")
+ax.bar(range(len(res)), [r["vs workers=0"] for r in res], color=["C0" if "stream" in r["setting"] else "C1" for r in res])
+ax.axhline(1.0, color="k", lw=0.8)
+ax.set_xticks(range(len(res)), [r["setting"] for r in res], rotation=40, ha="right", fontsize=8);
+
+# %% [markdown]
+# **怎样读这些数字（以你机器上的结果为准）**
+# - 我们的数据是已经分好词的内存张量，取一个样本只是切片：在 2 核机器上，worker 进程的启动和进程间传输（pickle + 共享内存）
+#   比「读数据」本身还贵，所以 `workers>0` 往往**更慢**（比例 < 1）。这不是 bug：这种数据不需要 worker。
+# - 当取样本要**等待**（磁盘、网络、解码）时，worker 能把等待重叠起来：上面 `+2ms` 那两行的比例 > 1。
+# - `prefetch_factor` 是每个 worker 预先备好的批次数；它只在生产速度波动时有用，不能让生产整体变快。
+# - `pin_memory=True` 让主机→GPU 的拷贝可以异步 (`non_blocking=True`)，只在 CUDA 上有意义；本次会话没有 GPU，那一行没有测。
+# - 真正的判据：训练一步的时间里，等数据占多少？如果 GPU 在等数据（利用率低），再加 worker；否则保持 `num_workers=0` 最简单。
+#
+# `bench/data_loading.py` 打印同一张表（带 CUDA 时加 pin_memory 一行）。
+#
+# ## 小结
+# - map-style：`DistributedSampler` 分 rank（每 epoch `set_epoch`，`drop_last=True` 避免重复补齐），DataLoader 把批次轮流派给 worker。
+# - 流式：数据集自己按 rank 和 worker 分片；`StreamingTokenDataset` 还能从保存的位置恢复。
+# - worker 不是越多越好：先测量。
+#
+# ## 练习
+# 本课的采样器部分在练习 ex412（DDP setup：`DistributedSampler` + DataLoader + DDP）里评分：
+
+# %%
+from course_lib.grading import check
+
+check("4.1.2")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.1.3 自检", [
+    Question("能说明 DDP 下 DataLoader 与 Sampler 的配合方式吗？",
+             ["每个 rank 的 DataLoader 传 shuffle=True 即可",
+              "每个 rank 建一个 DistributedSampler(num_replicas=WORLD_SIZE, rank=RANK)，把它传给 DataLoader(sampler=...)；sampler 决定本 rank 的索引，DataLoader 的 worker 轮流取这些索引组成的批次；每个 epoch 前 set_epoch",
+              "DataLoader 的 worker 数等于 rank 数",
+              "只有 rank 0 有 DataLoader"],
+             1, "Sampler 负责「哪些样本归我」，DataLoader 负责「用几个进程、怎么组批、预取多少」。"),
+    Question("忘了调用 sampler.set_epoch(epoch) 会怎样？",
+             ["报错", "每个 epoch 的打乱顺序都一样", "各 rank 读到相同的数据", "数据不再打乱"],
+             1, "DistributedSampler 用 seed + epoch 作为打乱的种子；epoch 不变，顺序就不变（各 rank 之间仍不重复）。"),
+    Question("IterableDataset 配 num_workers=2，但数据集没有按 worker 分片，会怎样？",
+             ["自动分片", "每个样本被读两次（每个 worker 都从头迭代一遍）", "只有一个 worker 工作", "报错"],
+             1, "DataLoader 把同一个数据集对象复制给每个 worker；分片必须在 __iter__ 里用 get_worker_info() 自己做。"),
+    Question("在 2 核 CPU 上，内存里的 token 数据，num_workers=2 比 0 慢，说明什么？",
+             ["DataLoader 有 bug", "取样本很便宜，worker 的进程间传输开销大于它省下的时间；这种数据不需要 worker", "应该设 pin_memory=True", "应该加大 batch"],
+             1, "worker 的价值在于把慢的 I/O 或解码与训练重叠；先测量训练是否在等数据。"),
+]).show();
+
+# %% [markdown]
+# ## 下一步
+# - 4.1.4：梯度累积；
+# - 试试 `python -m course_lib.train --loader map --num-workers 2`，与默认的流式数据集对比 tokens/s。

@@ -1,0 +1,192 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.1.5 · 混合精度训练 (mixed precision)：autocast、bf16、fp16 + GradScaler
+#
+# **学习目标**
+# - 会用 `torch.autocast`：CPU 上 bf16，GPU 上 bf16 或 fp16；知道哪些运算被降精度、哪些保持 fp32；
+# - 理解 fp16 为什么需要梯度缩放器 (GradScaler)，而 bf16 通常不需要；
+# - 看到 GradScaler 的完整行为：裁剪前先 `unscale_`、遇到 inf 跳过这一步并计数、跳过时学习率调度器 (scheduler) 不前进、scale 状态存进检查点；
+# - 在这台机器上**测量** fp32 与 bf16 的损失曲线、速度和内存。
+#
+# **前置知识**：4.0.3（梯度裁剪）、4.0.5（显存估算）、4.1.4（梯度累积）。
+#
+# **预计时间**：CPU 笔记本上运行约 2 分钟，阅读 + 练习约 30 分钟。
+
+# %%
+import torch
+
+from course_lib.config import ModelConfig, TrainConfig, pick
+from course_lib.memory import estimate, measure
+from course_lib.paths import runs_dir
+from course_lib.plotting import new_axes, print_table, smooth
+from course_lib.train import Callback, Trainer
+
+ROOT = runs_dir("4.1.5", fresh=True)
+STEPS = pick(120, 15)
+MC = ModelConfig.small()
+print("CUDA:", torch.cuda.is_available(), "| model params:", f"{sum(p.numel() for p in __import__('course_lib.model', fromlist=['DIYModel']).DIYModel(MC).parameters()):,}")
+
+# %% [markdown]
+# ## 1. 三种浮点格式
+#
+# | 格式 | 指数位 | 尾数位 | 最大值 | 相对精度 (machine eps) |
+# |---|---|---|---|---|
+# | fp32 | 8 | 23 | 3.4e38 | 1.2e-7 |
+# | bf16 | 8 | 7 | 3.4e38 | 7.8e-3 |
+# | fp16 | 5 | 10 | 65504 | 9.8e-4 |
+#
+# 关键在**指数位**：bf16 和 fp32 的指数位一样多，能表示的数值范围一样大；fp16 只有 5 位指数，
+# 比 6e-8 小的梯度会下溢 (underflow) 成 0，比 65504 大的会溢出成 inf。下面直接在这台机器上看：
+
+# %%
+g = torch.tensor([1e-3, 1e-6, 1e-8, 7e4])
+rows = [{"value (fp32)": f"{v:.0e}", "as bf16": f"{float(v.to(torch.bfloat16)):.3e}",
+         "as fp16": f"{float(v.to(torch.float16)):.3e}"} for v in g]
+print_table(rows)
+print("finfo eps  bf16:", torch.finfo(torch.bfloat16).eps, " fp16:", torch.finfo(torch.float16).eps)
+
+# %% [markdown]
+# 所以：**fp16 需要把 loss 乘一个大数 (scale) 再反向**，让小梯度落在 fp16 能表示的范围里，
+# 更新参数前再除回来 (unscale)；如果乘得太大出现 inf，就跳过这一步、把 scale 减半。这就是 GradScaler。
+# **bf16 的范围和 fp32 一样，小梯度不会下溢，所以通常不需要 scaler**；它付出的代价是精度低（7 位尾数），
+# 因此 autocast 只把矩阵乘法等「对精度不敏感、耗时多」的运算降到 bf16，softmax、归一化、loss 和参数本身仍在 fp32
+# （参数和优化器状态始终是 fp32：这叫 *mixed* precision）。
+#
+# ## 2. 损失曲线：fp32 vs bf16 autocast（在这台机器上训练）
+
+# %%
+def run(dtype, **kw):
+    cfg = TrainConfig.default(max_steps=STEPS, dtype=dtype, warmup_steps=pick(10, 2), out_dir=str(ROOT / dtype),
+                              tensorboard=False, eval_interval=STEPS, log_interval=10_000, ckpt_interval=0, device="cpu", **kw)
+    tr = Trainer(MC, cfg, console=False, save_checkpoints=False)
+    return tr, tr.fit()
+
+
+import time
+
+t0 = time.perf_counter(); tr32, h32 = run("fp32"); t32 = (time.perf_counter() - t0) / STEPS
+t0 = time.perf_counter(); tr16, hb16 = run("bf16"); tb16 = (time.perf_counter() - t0) / STEPS
+fig, ax = new_axes("fp32 vs bf16 autocast (CPU)", "optimizer step", "training loss (nats/token)")
+ax.plot([h["loss"] for h in h32], alpha=0.3, color="C0"); ax.plot(smooth([h["loss"] for h in h32]), color="C0", label="fp32")
+ax.plot([h["loss"] for h in hb16], alpha=0.3, color="C1"); ax.plot(smooth([h["loss"] for h in hb16]), color="C1", label="bf16 autocast")
+ax.legend();
+print(f"final loss fp32 {h32[-1]['loss']:.4f} | bf16 {hb16[-1]['loss']:.4f} | eval fp32 {h32[-1]['eval_loss']:.4f} bf16 {hb16[-1]['eval_loss']:.4f}")
+
+# %% [markdown]
+# ## 3. 速度与内存：这台机器上测得的数字
+
+# %%
+m32 = measure(MC, batch_size=8, seq_len=128, dtype="fp32")
+mb16 = measure(MC, batch_size=8, seq_len=128, dtype="bf16")
+print_table([
+    {"setting": "fp32", "s/step (whole run)": round(t32, 3), "speed-up vs fp32": 1.0, "peak MiB (measured)": round(m32["peak"] / 2**20, 1)},
+    {"setting": "bf16 autocast", "s/step (whole run)": round(tb16, 3), "speed-up vs fp32": round(t32 / tb16, 2),
+     "peak MiB (measured)": round(mb16["peak"] / 2**20, 1)},
+])
+print("memory measured with", m32["method"], "| step time includes data loading and evaluation, same run")
+
+# %% [markdown]
+# 在 CPU 上 bf16 可能**不**更快（没有 AMX / AVX512-BF16 指令的 CPU 要模拟 bf16 矩阵乘法，autocast 还要做类型转换），
+# 小模型的峰值内存也可能**更高**：参数本身仍是 fp32，autocast 额外缓存了一份 bf16 的权重副本，而小模型的激活值 (activations) 本来就不大。
+# 上表就是这台机器的实际结果——以它为准，不要背结论。`bench/mixed_precision.py` 打印同样的比例。
+#
+# **GPU 上会怎样**：激活值占大头时，bf16 把它们减半；tensor core 的 bf16/fp16 吞吐是 fp32 的数倍。
+# 下面用 `course_lib.memory.estimate`（4.0.5 的估算器）算一个 GPT-2 small 规模的模型在 batch 8 × 1024 token 下的内存——
+# 这些是**估算**，不是本次会话在 GPU 上的测量（本次会话没有 GPU）。
+
+# %%
+gpt2 = ModelConfig(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024)
+rows = []
+for dt in ("fp32", "bf16", "fp16"):
+    e = estimate(gpt2, batch_size=8, seq_len=1024, dtype=dt)
+    b = e.breakdown()
+    rows.append({"dtype": dt, "params+grads+AdamW MiB": round(b["params"] + b["grads"] + b["optimizer_state"]),
+                 "activations MiB": round(b["activations"]), "autocast copies MiB": round(b["autocast_copies"]),
+                 "peak MiB": round(b["peak"])})
+print_table(rows)
+e32, e16 = estimate(gpt2, 8, 1024, "fp32"), estimate(gpt2, 8, 1024, "bf16")
+print(f"estimated peak bf16 / fp32 = {e16.peak / e32.peak:.2f} (activations {e16.activations / e32.activations:.2f})")
+
+# %% [markdown]
+# ## 4. fp16 + GradScaler：强制一个 inf 梯度，看它被跳过
+#
+# `Trainer` 的 fp16 路径（`course_lib/train.py`）：`scaler.scale(loss).backward()` → `scaler.unscale_(optimizer)` →
+# 在**真实**梯度上 `clip_grad_norm_` → `scaler.step(optimizer)`（有 inf/NaN 就不更新）→ `scaler.update()`；
+# 如果 scale 变小了，说明这一步被跳过：`skipped_steps += 1`，**不**调用 `scheduler.step()`（否则学习率会比实际更新次数走得快）。
+# CPU 上 fp16 很慢，这里只做演示；在 GPU 上它是常用的选择（老 GPU 没有 bf16）。
+
+# %%
+class InfGradAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_after_backward(self, trainer):
+        if trainer.step + 1 == self.step:
+            next(trainer.model.parameters()).grad.view(-1)[0] = float("inf")
+
+
+cfg16 = TrainConfig.default(max_steps=6, dtype="fp16", warmup_steps=1, out_dir=str(ROOT / "fp16"), tensorboard=False,
+                            log_interval=1, eval_interval=100, ckpt_interval=3, device="cpu")
+tr = Trainer(MC, cfg16, callbacks=[InfGradAt(3)], console=False)
+h = tr.fit()
+print_table([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items() if k in
+              ("step", "loss", "lr", "grad_norm", "skipped", "skipped_steps")} for r in h])
+print("scaler scale now:", tr.scaler.get_scale(), "| scheduler steps:", tr.scheduler.last_epoch, "of", len(h), "optimizer calls")
+print("scaler state in the checkpoint:", tr.state_dict()["scaler"])
+
+# %% [markdown]
+# 第 3 步的梯度里有 inf：参数没有更新，scale 从 65536 减半到 32768，学习率在第 4 步和第 3 步相同（调度器没有前进）。
+# grad_norm 是 unscale 之后的真实范数（约 1），不是乘了 65536 的值——这就是「先 unscale_ 再裁剪」。
+# scaler 的状态（scale、growth tracker）在检查点里，恢复后继续用同一个 scale（测试：`tests/unit/test_amp.py`）。
+#
+# ## 小结
+# - `torch.autocast(device_type, dtype)` 只降低部分运算的精度；参数、优化器状态、loss 仍是 fp32。
+# - fp16 范围小 → 需要 GradScaler（scale、unscale_ 后裁剪、inf 时跳过并减半 scale、跳过时调度器不动）；bf16 范围与 fp32 相同 → 通常不需要。
+# - 速度和内存要在自己的硬件上量：CPU 上 bf16 可能更慢；GPU 上激活值减半、tensor core 更快。
+#
+# ## 练习
+# 打开 `exercises/ex415_amp_step.py`，写出 autocast + GradScaler 的一个训练步。
+
+# %%
+from course_lib.grading import check
+
+check("4.1.5")
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+Quiz("4.1.5 自检", [
+    Question("为什么 bf16 训练通常不需要 GradScaler，而 fp16 需要？",
+             ["bf16 的尾数位更多", "bf16 与 fp32 指数位相同、数值范围相同，小梯度不会下溢；fp16 只有 5 位指数，小梯度会变成 0",
+              "bf16 只用于推理", "GradScaler 不支持 bf16"],
+             1, "问题是范围 (range) 而不是精度：fp16 最小正规数约 6e-5，更小的梯度会损失或变 0；乘上 scale 把它们抬进可表示范围。"),
+    Question("使用 GradScaler 时，梯度裁剪应该放在哪里？",
+             ["scale 之前", "scaler.unscale_(optimizer) 之后、scaler.step 之前", "scaler.step 之后", "不能裁剪"],
+             1, "反向得到的是放大了 scale 倍的梯度；先 unscale_ 得到真实梯度，再按真实范数裁剪，阈值才有意义。"),
+    Question("GradScaler 跳过了一步（梯度有 inf），学习率调度器应该怎样？",
+             ["照常 step", "不 step：这一步参数没有更新，学习率日程应该按真正发生的更新计数", "重置为 0", "把学习率减半"],
+             1, "否则每跳过一次，学习率日程就比真实更新多走一步；Trainer 只在未跳过时调用 scheduler.step() 并记录 skipped_steps。"),
+    Question("autocast 下，模型参数以什么精度存储？",
+             ["bf16/fp16", "fp32（autocast 在运算时临时转换，并缓存低精度副本）", "int8", "取决于 batch size"],
+             1, "所以参数 + 梯度 + AdamW 状态的内存不变，省的是激活值；小模型在 CPU 上峰值内存甚至可能更高。"),
+]).show();
+
+# %% [markdown]
+# ## 下一步
+# - 在有 GPU 的机器上运行 `python bench/mixed_precision.py`（会加上 fp16 + GradScaler 一行），与本页 CPU 的比例对比；
+# - 把第 4 节的 inf 改到第 1 步，看看 scale 和学习率怎样变化；
+# - 4.2：把训练好的模型导出、量化、高效推理。
