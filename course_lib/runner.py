@@ -2,7 +2,7 @@
 
 ``train_command(out_dir, max_steps=200, grad_clip=1.0)`` builds the ``python -m course_lib.train``
 command line from keyword flags (``True``/``False`` become ``--flag``/``--no-flag``);
-``torchrun_command(2, ...)`` the same under ``torchrun --nproc_per_node=2``. ``run`` waits for a
+``torchrun_train_command(2, ...)`` the same under ``torchrun --nproc_per_node=2``. ``run`` waits for a
 process to finish; ``run_and_kill`` watches the run's ``metrics.jsonl`` and sends ``SIGKILL``
 once a given step has been logged: no cleanup code runs, exactly like a power cut or the OOM
 killer. Both return a ``RunResult`` with the exit code, the last logged step and the output.
@@ -55,23 +55,28 @@ def train_command(out_dir: str | os.PathLike, **flags) -> List[str]:
     return [sys.executable, "-m", "course_lib.train", "--out-dir", str(out_dir), *_flags(flags)]
 
 
-def torchrun_command(nproc: int, out_dir: str | os.PathLike, max_restarts: int = 0, **flags) -> List[str]:
-    """``torchrun --standalone --nproc_per_node=N -m course_lib.train ...`` (a free port is
-    picked by ``--standalone``)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            f"--max-restarts={max_restarts}", "-m", "course_lib.train", "--out-dir", str(out_dir), *_flags(flags)]
+def torchrun_train_command(nproc: int, out_dir: str | os.PathLike, max_restarts: int = 0, **flags) -> List[str]:
+    """``torchrun --standalone --nproc-per-node=N -m course_lib.train ...`` (``--standalone``
+    picks a free rendezvous port). Run it with ``run``/``run_and_kill``, which add
+    ``distributed.TORCHRUN_ENV`` to the environment."""
+    from .distributed import torchrun_command
+
+    return torchrun_command(["--out-dir", str(out_dir), *_flags(flags)], nproc_per_node=nproc,
+                            max_restarts=max_restarts)
 
 
 def _last_step(out_dir: Path) -> int:
     path = out_dir / "metrics.jsonl"
     if not path.exists():
         return 0
-    steps = [r["step"] for r in read_jsonl(path) if "step" in r]
+    steps = [r["step"] for r in read_jsonl(path) if "loss" in r]
     return max(steps) if steps else 0
 
 
 def _env(extra: Optional[dict]) -> dict:
-    env = dict(os.environ)
+    from .distributed import TORCHRUN_ENV
+
+    env = dict(os.environ, **TORCHRUN_ENV)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra or {})
     return env
