@@ -51,8 +51,9 @@ def cfg(name, **kw):
 ref = Trainer(MC, cfg("ref"), console=False)
 ref.fit()
 mgr = CheckpointManager(ROOT / "ref", keep_last=2)
-# NBVAL_CHECK_OUTPUT
 print("ckpt_interval =", ref.cfg.ckpt_interval, "| keep_last = 2 | on disk:", [p.name for _, p in mgr.list_complete()])
+# NBVAL_CHECK_OUTPUT
+print("complete checkpoints kept:", len(mgr.list_complete()), "| newest is the final step:", mgr.latest().name.endswith(f"{STEPS:08d}"))
 
 # %% [markdown]
 # 保存顺序（`CheckpointManager.save`）：写到临时目录 → fsync → 写 `COMPLETE.json`（含 SHA-256）→ 原子 rename → **然后**才删除最旧的。
@@ -94,11 +95,11 @@ except KeyboardInterrupt:
     pass
 good = Trainer(MC, cfg("good"), console=False)
 resumed_at = good.step
+st = CheckpointManager(ROOT / "good").load(good.resumed_from)  # read it now: keep_last=2 rotates it away later
 good.fit()
 exact = all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), good.model.state_dict().values()))
 
 bad = Trainer(MC, cfg("bad", resume=False), console=False)
-st = CheckpointManager(ROOT / "good").load(CheckpointManager(ROOT / "good").path_for(resumed_at))
 bad.model.load_state_dict(st["model"]); bad.optimizer.load_state_dict(st["optimizer"]); bad.step = st["step"]
 bad.fit()
 print(f"resumed at step {resumed_at}; full-state resume bitwise equal to uninterrupted: {exact}")

@@ -84,7 +84,8 @@ print_table(rows)
 #
 # ## 3. 代价和收益：内存 vs 时间（在这台机器上测）
 #
-# 同样的「有效批次」(effective batch) 16，用不同的 (micro-batch, N) 组合：峰值内存随 micro-batch 下降，每步时间上升（小矩阵乘法效率低）。
+# 同样的「有效批次」(effective batch) 16，用不同的 (micro-batch, N) 组合，测峰值内存和每个 optimizer step 的时间。
+# 预期：峰值内存随 micro-batch 下降；时间通常随 N 上升（小矩阵乘法效率低、循环开销多），但在繁忙或很小的机器上计时噪声可能盖过它——以下表为准。
 
 # %%
 combos = [(16, 1), (8, 2), (4, 4), (2, 8)]
