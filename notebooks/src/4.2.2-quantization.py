@@ -131,10 +131,13 @@ print(f"decode speed at batch 1 vs fp32: int8 x{by['int8']['decode_ratio_b1']:.2
 # - 大小：int8 约 0.26×、int4 约 0.15×——这是确定的，也是量化最可靠的收益：同样的内存/显存放下更大的模型，
 #   每步 decode 要从内存读的字节也更少。
 # - 质量：int8 几乎无损（困惑度差别在千分之一量级）；int4 RTN 有可见的代价，GPTQ 用同样的位数把一部分代价补了回来。
-# - 速度：学习计划说「2–3 倍加速」。在这台 CPU 上，我们的纯 PyTorch 实现**更慢**：每次前向都要先把 int8/int4 反量化成 float
-#   再做 float 矩阵乘法，多了一步而没有省掉任何一步。加速需要直接读低比特权重的 kernel（GPU 上的 Marlin/AWQ kernel、
-#   CPU 上 torchao 的 int8/int4 kernel），并且通常在**内存带宽受限**的大模型上才明显；这个 0.77M 参数的模型整个放得进 CPU 缓存，
-#   根本不受带宽限制。`quantize_dynamic` 用了真正的 int8 kernel，但对这么小的矩阵，量化激活的开销抵消了收益（pytorch#42113 有同样的观察）。
+# - 速度：学习计划说「2–3 倍加速」——看上表的 `decode_ratio_b1` 列，而不是相信这句话。我们的 int8/int4 模块是纯 PyTorch：
+#   每次前向先把 int8/int4 反量化成 float 再做 float 矩阵乘法，多了一步而没有省掉任何一步，所以在空闲的 CPU 上它们通常**更慢**
+#   （一次 `bench/quantization.py` 的测量：int8 0.45×、int4 0.29×）。真正的加速需要直接读低比特权重的 kernel（GPU 上的 Marlin 等、
+#   CPU 上 torchao 的 int8/int4 kernel），并且在**内存带宽受限**的大模型上才明显；这个 0.77M 参数的模型整个放得进 CPU 缓存。
+#   `quantize_dynamic` 用了真正的 int8 kernel，但对这么小的矩阵，量化激活的开销会吃掉收益（pytorch#42113）。
+#   注意：CPU 同时被其它进程占用时，计时噪声可能比这些差别还大（2 个核上跑多个进程，每个 2 线程，会相互抢占）；
+#   要下结论，请在机器空闲时重跑、多测几次。大小和质量的数字不受影响。
 
 # %% [markdown]
 # ## 5. 保存与加载量化模型
