@@ -1,0 +1,229 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.0.1 · 检查点与自动恢复 (checkpoint + resume)
+#
+# **学习目标**
+# - 知道一个训练检查点 (training checkpoint) 里必须有什么：模型、优化器、学习率调度器、GradScaler、步数、随机数状态 (RNG state)、数据位置 (data position)；
+# - 亲眼看到：训练进程被 `SIGKILL` 杀掉后重启，结果与从未中断的训练**逐位相同** (bitwise-identical)；
+# - 知道怎样让保存本身不怕崩溃（临时目录 + fsync + 原子 rename + 最后写的完成标记 COMPLETE.json）；坏文件怎样被识别、怎样回退 (fallback)；
+# - 能凭记忆写出 `save_checkpoint` / `load_checkpoint`（练习 ex401）。
+#
+# **前置知识**：PyTorch 训练循环（`loss.backward()`、`optimizer.step()`），`state_dict()`。
+#
+# **预计时间**：CPU 笔记本上运行约 2–3 分钟，阅读 + 练习约 40 分钟。
+#
+# > 训练检查点和**推理权重** (inference weights) 是两种不同的文件：检查点用来**继续训练**（含优化器状态、RNG、数据位置，约为权重的 3 倍大），
+# > 推理权重只含权重和配置（safetensors + config.json），用来部署。4.2.1 会做后者。
+
+# %%
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from course_lib.checkpoint import CheckpointError, CheckpointManager, safe_torch_load
+from course_lib.config import pick
+from course_lib.monitor import last_per_step, read_jsonl
+from course_lib.paths import repo_root, runs_dir
+from course_lib.plotting import new_axes, print_table
+
+STEPS, INTERVAL = pick(160, 30), pick(20, 5)
+KILL_AFTER = pick(90, 17)          # kill once the log shows at least this step
+base = runs_dir("4.0.1", fresh=True)
+
+def train_cmd(out_dir):
+    # the real CLI, on CPU: bitwise equality is a CPU promise (CUDA kernels may be non-deterministic)
+    return [sys.executable, "-m", "course_lib.train", "--out-dir", str(out_dir), "--max-steps", str(STEPS),
+            "--ckpt-interval", str(INTERVAL), "--log-interval", "1", "--eval-interval", str(STEPS),
+            "--device", "cpu", "--no-tensorboard", "--keep-last", "2"]
+
+print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
+
+# %% [markdown]
+# ## 1. 训练、杀掉、重启
+#
+# 我们用 `subprocess.Popen` 启动真正的训练进程 `python -m course_lib.train`，盯着它写的 `metrics.jsonl`，
+# 到第 `KILL_AFTER` 步之后发送 `SIGKILL`——不能被捕获，不会执行任何清理代码，和断电、OOM killer 一样。
+# 然后用**完全相同的命令**再启动一次：`Trainer` 在 `out_dir` 里找到最新的完整检查点，自动从那一步继续。
+
+# %%
+killed = base / "killed"
+env = dict(os.environ, PYTHONUNBUFFERED="1")
+t0 = time.perf_counter()
+proc = subprocess.Popen(train_cmd(killed), cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+while proc.poll() is None:
+    recs = read_jsonl(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
+    if recs and recs[-1].get("step", 0) >= KILL_AFTER:
+        proc.send_signal(signal.SIGKILL)
+        break
+    time.sleep(0.05)
+proc.wait()
+last_logged = max(r["step"] for r in read_jsonl(killed / "metrics.jsonl"))
+mgr = CheckpointManager(killed, verbose=False)
+print(f"exit code {proc.returncode} (-9 = SIGKILL); last logged step {last_logged}; "
+      f"complete checkpoints: {[s for s, _ in mgr.list_complete()]}")
+
+# %%
+r = subprocess.run(train_cmd(killed), cwd=repo_root(), env=env, capture_output=True, text=True)
+print("\n".join(l for l in r.stdout.splitlines() if "resumed" in l or "done" in l))
+assert r.returncode == 0, r.stderr[-2000:]
+
+# %% [markdown]
+# 再跑一次从不中断的参照运行 (reference run)，比较两者最后一个检查点里的每个张量：
+
+# %%
+ref = base / "uninterrupted"
+r2 = subprocess.run(train_cmd(ref), cwd=repo_root(), env=env, capture_output=True, text=True)
+assert r2.returncode == 0, r2.stderr[-2000:]
+print(f"three processes took {time.perf_counter() - t0:.0f}s")
+
+a = CheckpointManager(killed, verbose=False).load(CheckpointManager(killed).path_for(STEPS))
+b = CheckpointManager(ref, verbose=False).load(CheckpointManager(ref).path_for(STEPS))
+same_model = all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+same_opt = all(torch.equal(x, y) for k in b["optimizer"]["state"] for x, y in
+               zip(a["optimizer"]["state"][k].values(), b["optimizer"]["state"][k].values()))
+print(f"model tensors bitwise equal: {same_model}; optimizer state bitwise equal: {same_opt}")
+
+# %% [markdown]
+# ## 2. 两条 loss 曲线叠在一起
+#
+# 恢复后的进程**追加**写同一个 `metrics.jsonl`：从最后一个检查点到被杀之间的那几步被记录了两次（杀之前一次、恢复后一次）。
+# 我们对每一步只保留**最后一条**记录（`course_lib.monitor.last_per_step`）：后写的那条才是通向最终权重的那次计算。
+
+# %%
+raw = [r for r in read_jsonl(killed / "metrics.jsonl") if "loss" in r]
+resumed_curve = last_per_step(raw)
+ref_curve = last_per_step(read_jsonl(ref / "metrics.jsonl"))
+dup = len(raw) - len(resumed_curve)
+print(f"{len(raw)} records, {dup} duplicated steps (logged before the kill and again after the resume)")
+fig, ax = new_axes("Killed + resumed vs uninterrupted run", "optimizer step", "training loss (nats/token)")
+ax.plot([r["step"] for r in ref_curve], [r["loss"] for r in ref_curve], lw=4, alpha=0.35, label="uninterrupted")
+ax.plot([r["step"] for r in resumed_curve], [r["loss"] for r in resumed_curve], lw=1.2, label="killed + resumed")
+ax.axvline(last_logged, color="red", ls="--", lw=1, label=f"SIGKILL after step {last_logged}")
+ax.legend();
+
+# %%
+identical = [x["loss"] for x in resumed_curve] == [y["loss"] for y in ref_curve]
+print("loss curves identical step by step:", identical)
+
+# %% [markdown]
+# 为什么能逐位相同？`Trainer.state_dict()` 保存了**所有**会影响后续计算的状态：
+#
+# | 状态 | 不保存会怎样 |
+# |---|---|
+# | 优化器 (AdamW 的一阶/二阶矩、步数) | 恢复后更新量变大，loss 跳一下 |
+# | 学习率调度器 (`last_epoch`) | warmup 重新开始 |
+# | GradScaler 的 scale (fp16) | 前几步被跳过或溢出 |
+# | RNG（python、numpy、torch CPU/CUDA） | dropout、采样不同 |
+# | 数据位置 (`batches_consumed`) | 重新看一遍同样的数据 |
+#
+# 这些都是 HF Trainer、accelerate、torchtitan、Lightning 的 issue 里真实出现过的坑（见 CONVENTIONS.md）。
+# 测试 `tests/reliability/test_kill_resume.py` 在 24 个随机位置（训练步中间、保存过程中间）杀掉进程，每次都要求逐位相同。
+
+# %% [markdown]
+# ## 3. 保存过程中被杀怎么办：原子保存 (atomic save)
+#
+# 在磁盘上，一个检查点是一个目录：`checkpoints/step_00000100/state.pt` + `COMPLETE.json`（大小和 SHA-256，**最后**写）。
+# 保存顺序：写到临时目录 → fsync → 写标记 → 重命名 (rename，原子操作) → 然后才删除旧的。
+# 任何时刻被杀，磁盘上要么是旧的那一组检查点，要么多一个完整的新检查点。我们用测试用的故障注入 (fault injection) 演示：
+
+# %%
+from course_lib.checkpoint import FAULT_ENV, SAVE_PHASES
+print("fault points inside a save:", SAVE_PHASES)
+torn = base / "torn"
+env_fault = dict(env, **{FAULT_ENV: f"save_partial@{2 * INTERVAL}"})   # half of state.pt on disk, then SIGKILL
+r = subprocess.run(train_cmd(torn), cwd=repo_root(), env=env_fault, capture_output=True, text=True)
+m = CheckpointManager(torn, verbose=False)
+print("exit code", r.returncode, "| complete checkpoints:", [s for s, _ in m.list_complete()],
+      "| leftover temp dirs:", sorted(p.name for p in m.dir.glob(".tmp-*")))
+
+# %% [markdown]
+# ## 4. 坏文件：清楚的错误 + 回退到上一个好的
+#
+# 截断 (truncated)、0 字节、位翻转 (bit flip)、别人的文件 (foreign)、恶意 pickle：每一种都得到一条写明**文件名和问题**的错误；
+# 自动恢复跳过它，用上一个好的。（模型配置不同则是硬错误 `ConfigMismatchError`：那是另一个实验的目录，不能覆盖。）
+
+# %%
+mgr = CheckpointManager(killed, verbose=False)
+newest = mgr.latest()
+data = bytearray((newest / "state.pt").read_bytes())
+data[len(data) // 2] ^= 0x01                        # flip one bit
+(newest / "state.pt").write_bytes(bytes(data))
+try:
+    mgr.load(newest)
+except CheckpointError as e:
+    print("error:", e)
+import warnings
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    state, folder = mgr.load_latest()
+print("fell back to:", folder.name, "| warning:", str(w[0].message)[:100], "...")
+
+# %% [markdown]
+# `torch.load` 默认会执行文件里的 pickle 代码。我们只用 `weights_only=True`（`safe_torch_load`）：
+
+# %%
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {base / 'PWNED'}",))
+
+torch.save({"model": {}, "x": Evil()}, base / "evil.pt")
+try:
+    safe_torch_load(base / "evil.pt")
+except CheckpointError as e:
+    print(str(e)[:160], "...")
+print("payload ran:", (base / "PWNED").exists())
+
+# %% [markdown]
+# ## 小结
+# - 检查点 = 继续训练所需的**全部**状态，不只是权重；RNG 和数据位置也是状态。
+# - 原子保存：临时目录 → fsync → 完成标记 → rename → 再轮换删除旧的。
+# - 只用 `weights_only=True` 加载；坏文件给出清楚的错误并回退。
+# - 检查代价：`bench/checkpoint_overhead.py` 在默认间隔下测得保存时间占训练时间的比例（目标 ≤ 5%）。
+#
+# ## 练习
+# 打开 `exercises/ex401_checkpoint.py`，实现 `save_checkpoint` 和 `load_checkpoint`（CS336 风格：模型、优化器、iteration），然后运行：
+
+# %%
+from course_lib.grading import check
+check("4.0.1");
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+quiz = Quiz("4.0.1 检查点与恢复", [
+    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
+             ["它们能让模型更大", "长时间训练一定会遇到中断和不稳定：没有它们，一次崩溃或一次 loss 爆炸就浪费全部算力，而且你看不见发生了什么",
+              "只是为了符合规范", "它们能提高最终精度"], 1,
+             "checkpoint 让中断可恢复，warmup 和裁剪让早期与异常步稳定，日志让问题可见；规模越大，出问题的概率和代价都越大。"),
+    Question("恢复后 loss 突然跳高，最可能漏存了什么？",
+             ["模型权重", "优化器状态或学习率调度器状态", "tokenizer", "config.json"], 1,
+             "权重恢复了但 Adam 的矩估计或调度器步数没有恢复，更新幅度就不对了（HF #33336 等）。"),
+    Question("为什么要先写临时目录、最后写 COMPLETE.json、再 rename？",
+             ["更快", "保存中途被杀时，不会留下一个名字正确但内容残缺的检查点", "节省磁盘", "为了兼容 Windows"], 1,
+             "rename 是原子的；没有完成标记的目录不会被当作检查点。"),
+    Question("`torch.load(path)` 不加 `weights_only=True` 有什么风险？",
+             ["加载慢", "文件里的 pickle 可以执行任意代码", "张量精度下降", "没有风险"], 1,
+             "pickle 的 __reduce__ 可以调用 os.system；weights_only 只允许张量和普通容器。"),
+]).show()
+
+# %% [markdown]
+# ## 下一步
+# - 在终端里自己试：运行 `python -m course_lib.train --out-dir runs/try`，中途 Ctrl-C 或 `kill -9`，再运行同一条命令。
+# - 4.0.2：学习率预热 (warmup)。
