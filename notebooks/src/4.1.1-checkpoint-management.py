@@ -108,7 +108,10 @@ ax.plot([h["step"] for h in ref.history], [h["loss"] for h in ref.history], lw=4
 ax.plot([h["step"] for h in good.history], [h["loss"] for h in good.history], "x", label="resumed: full state")
 ax.plot([h["step"] for h in bad.history], [h["loss"] for h in bad.history], ".--", label="resumed: model+optimizer only")
 ax.legend();
-print("lr at resume  full:", good.history[0]["lr"], " partial:", bad.history[0]["lr"], "(scheduler restarted warmup)")
+# the optimizer's state_dict carries the lr of the saved step, so the first step looks fine; from the
+# second step on, the restarted scheduler drives the lr back into warmup
+print(f"lr on the 2nd step after resume  full state: {good.history[1]['lr']:.2e} | model+optimizer only: "
+      f"{bad.history[1]['lr']:.2e} (scheduler restarted its warmup)")
 
 # %% [markdown]
 # 部分恢复的曲线偏离：学习率重新预热 (warmup)、数据从第 0 批重新读（模型已经见过的样本）。
