@@ -52,6 +52,8 @@ ref = Trainer(MC, cfg("ref"), console=False)
 ref.fit()
 mgr = CheckpointManager(ROOT / "ref", keep_last=2)
 print("ckpt_interval =", ref.cfg.ckpt_interval, "| keep_last = 2 | on disk:", [p.name for _, p in mgr.list_complete()])
+
+# %%
 # NBVAL_CHECK_OUTPUT
 print("complete checkpoints kept:", len(mgr.list_complete()), "| newest is the final step:", mgr.latest().name.endswith(f"{STEPS:08d}"))
 
