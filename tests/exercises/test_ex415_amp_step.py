@@ -29,7 +29,7 @@ def oracle_step(m, o, s, x, y, max_norm):
     s.step(o)
     s.update()
     o.zero_grad()
-    return float(loss), n
+    return float(loss.detach()), n
 
 
 def test_matches_reference_steps(impl):
