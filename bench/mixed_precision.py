@@ -45,14 +45,18 @@ def step_time(dtype: str, steps: int, warmup: int = 2) -> float:
 def run(quick: bool) -> list[dict]:
     steps = 3 if quick else 12
     dtypes = ["fp32", "bf16"] + (["fp16"] if torch.cuda.is_available() else [])
-    times = {dt: step_time(dt, steps) for dt in dtypes}
+    # two alternating rounds, best of two: the first measurement must not pay for warm-up alone
+    times = {dt: float("inf") for dt in dtypes}
+    for _ in range(2):
+        for dt in dtypes:
+            times[dt] = min(times[dt], step_time(dt, steps))
     rows = []
     for dt in dtypes:
         rows.append({"name": f"train step {dt}" + (" (autocast)" if dt != "fp32" else "")
                      + (" + GradScaler" if dt == "fp16" else ""),
                      "value": round(times[dt] * 1000, 1), "unit": "ms/step", "baseline": round(times["fp32"] * 1000, 1),
                      "ratio": round(times["fp32"] / times[dt], 2),
-                     "target": "report speed-up vs fp32 (>1 expected on GPU only)",
+                     "target": "report speed-up vs fp32 (hardware-dependent, no target)",
                      "met": True})
     return rows
 
