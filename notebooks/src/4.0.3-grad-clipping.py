@@ -1,0 +1,130 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.0.3 · 梯度裁剪 (gradient clipping)
+#
+# **学习目标**：每一步测量全局梯度范数 (global grad-norm) 并记录；知道裁剪放在循环的哪里（backward 之后、AMP 反缩放 unscale 之后、optimizer.step 之前）；
+# 看到一个异常批次 (bad batch) 造成的梯度尖峰 (spike) 怎样在不裁剪时毁掉之后几百步，裁剪时几乎没有影响；学会从记录的范数里选 `max_norm`。
+#
+# **前置知识**：4.0.2；AdamW 的一阶/二阶矩。 **预计时间**：CPU 上运行约 2 分钟，阅读 + 练习约 30 分钟。
+
+# %%
+import torch
+
+from course_lib.config import ModelConfig, TrainConfig, pick
+from course_lib.paths import runs_dir
+from course_lib.plotting import new_axes, print_table
+from course_lib.train import Callback, Trainer
+
+# %% [markdown]
+# ## 1. 裁剪在循环里的位置
+# `course_lib/train.py` 的 `train_step`（节选）：
+# ```python
+# loss.backward()                        # 1. 梯度
+# scaler.unscale_(optimizer)             # 2. fp16: 先把梯度除回真实大小，否则裁剪的是放大后的梯度
+# grad_norm = clip_grad_norm_(params, c.grad_clip)   # 3. 测量并裁剪（返回裁剪前的范数，用于记录）
+# check_finite(step, loss, grad_norm)    # 4. NaN 守卫（4.0.4）
+# optimizer.step()                       # 5. 更新
+# ```
+#
+# ## 2. 实验：注入梯度尖峰
+# 一个回调 (callback) 在几个固定步把梯度放大 1000 倍，模拟一个坏批次（比如一段全是乱码的数据）。同样的种子，比较 `grad_clip=0`（不裁剪）和 `grad_clip=1.0`。
+
+# %%
+STEPS = pick(240, 40)
+SPIKES = (pick(60, 12), pick(150, 28))
+
+class GradSpike(Callback):
+    """Multiply every gradient by `factor` at the given steps (a simulated bad batch)."""
+    def __init__(self, steps, factor=1000.0):
+        self.steps, self.factor = set(steps), factor
+    def on_after_backward(self, trainer):
+        if trainer.step + 1 in self.steps:
+            for p in trainer.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(self.factor)
+
+runs = {}
+for clip in (0.0, 1.0):
+    cfg = TrainConfig.default(max_steps=STEPS, grad_clip=clip, out_dir=str(runs_dir(f"4.0.3/clip{clip}", fresh=True)),
+                              ckpt_interval=0, tensorboard=False, eval_interval=STEPS, eval_batches=1, seed=0)
+    runs[clip] = Trainer(ModelConfig.small(), cfg, callbacks=[GradSpike(SPIKES)], console=False, save_checkpoints=False).fit()
+clean_cfg = TrainConfig.default(max_steps=STEPS, grad_clip=1.0, out_dir=str(runs_dir("4.0.3/clean", fresh=True)),
+                                ckpt_interval=0, tensorboard=False, eval_interval=STEPS, eval_batches=1, seed=0)
+runs["clean"] = Trainer(ModelConfig.small(), clean_cfg, console=False, save_checkpoints=False).fit()
+
+# %%
+fig, (ax, ax2) = new_axes("Injected gradient spikes: with vs without clipping", "optimizer step", "training loss (nats/token)", ncols=2)
+for key, lab in ((0.0, "no clipping"), (1.0, "clip max_norm=1.0"), ("clean", "no spikes (reference)")):
+    h = runs[key]
+    ax.plot([r["step"] for r in h], [r["loss"] for r in h], label=lab, lw=1.2)
+    ax2.semilogy([r["step"] for r in h], [r["grad_norm"] for r in h], label=lab, lw=1)
+for s in SPIKES:
+    ax.axvline(s, color="red", ls=":", lw=1)
+ax.legend(); ax2.set_ylabel("grad-norm before clipping (log)"); ax2.set_title("logged grad-norm"); ax2.legend();
+
+# %%
+rows = [{"run": k if isinstance(k, str) else f"grad_clip={k}", "final loss (mean last 10)": sum(r["loss"] for r in h[-10:]) / 10,
+         "max grad-norm": max(r["grad_norm"] for r in h)} for k, h in runs.items()]
+print_table(rows)
+
+# %% [markdown]
+# 读图：不裁剪时，尖峰那一步的梯度进入 Adam 的二阶矩 v（梯度平方的滑动平均），v 一下子大了上百万倍；之后每一步的更新量 m / sqrt(v) 都被压得很小，
+# 要过几百步（β₂ = 0.95 时约 0.95ⁿ 衰减）才恢复——loss 曲线在尖峰之后停滞。裁剪后，尖峰那一步的梯度被缩到范数 1，几乎不留痕迹。
+#
+# ## 3. 怎么选 max_norm
+# 看**干净运行**记录的梯度范数分布：`max_norm` 取在正常范围的上沿（例如 90–99 分位数附近，或中位数的 2–5 倍），
+# 这样正常步几乎不被裁剪，异常步被压住。常见默认值 1.0 正是这样来的。
+
+# %%
+import statistics
+norms = sorted(r["grad_norm"] for r in runs["clean"][len(runs["clean"]) // 10:])   # skip the first 10% (warmup)
+q = lambda p: norms[min(len(norms) - 1, int(p * len(norms)))]
+print_table([{"median": statistics.median(norms), "p90": q(0.9), "p99": q(0.99), "max": norms[-1],
+              "share of steps clipped at 1.0": sum(n > 1.0 for n in norms) / len(norms)}])
+fig, ax = new_axes("Grad-norm distribution (clean run)", "grad-norm before clipping", "steps")
+ax.hist(norms, bins=30); ax.axvline(1.0, color="red", ls="--", label="max_norm = 1.0"); ax.legend();
+
+# %% [markdown]
+# ## 小结
+# - 每一步记录裁剪前的全局梯度范数：它是训练健康状况最灵敏的指标之一。
+# - 裁剪放在 backward（和 AMP unscale）之后、optimizer.step 之前；按全局范数裁剪保持梯度方向不变。
+#
+# ## 练习
+# 实现 `exercises/ex403_clip_grad_norm.py`，评分与 `torch.nn.utils.clip_grad_norm_` 比较（包括没有梯度的参数）：
+
+# %%
+from course_lib.grading import check
+check("4.0.3");
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+Quiz("4.0.3 梯度裁剪", [
+    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
+             ["为了让代码更复杂", "一个坏批次或一次尖峰就可能毁掉之后的训练；裁剪挡住它，日志让你看见它，checkpoint 让你能退回去", "为了更快", "为了省内存"], 1,
+             "稳定性与可恢复性是规模化训练的前提。"),
+    Question("fp16 + GradScaler 时，裁剪应在哪一步之后？", ["scaler.scale(loss)", "scaler.unscale_(optimizer)", "scaler.step", "scaler.update"], 1,
+             "先反缩放，才是在真实大小的梯度上裁剪。"),
+    Question("按全局范数裁剪会改变梯度方向吗？", ["会", "不会，所有梯度乘同一个系数", "只改变最大的那个", "取决于学习率"], 1,
+             "clip_coef = max_norm / total，对所有参数相同。"),
+]).show();
+
+# %% [markdown]
+# ## 下一步
+#
+# - 把 `SPIKES` 改成更多、更大的尖峰，看 `max_norm` 取多小才能挡住它们，又不至于在正常步里一直生效。
+# - 在 4.1.5 里，裁剪要放在 `scaler.unscale_(optimizer)` 之后：对照 `course_lib/train.py` 的 `train_step` 看看顺序。
+# - 下一课 4.0.4：把 grad-norm 和 loss 一起记录下来，出问题时一眼看出是哪一步。

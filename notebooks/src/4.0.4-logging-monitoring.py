@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4.0.4 · 日志与监控 (logging and monitoring)
+#
+# **学习目标**：每 N 步记录 loss、lr、梯度范数、tokens/s、已用时间和 ETA，写到控制台（notebook 里是 tqdm 进度条）、JSONL 文件和 TensorBoard；
+# 用 matplotlib 从 JSONL 画图，用 TensorBoard 在 JupyterLab 里看同一次运行；NaN/Inf 出现的那一步就停下，并说明可能原因。
+#
+# **前置知识**：4.0.1–4.0.3。 **预计时间**：CPU 上运行约 1–2 分钟，阅读 + 练习约 25 分钟。
+
+# %%
+import os
+
+import torch
+
+from course_lib.checkpoint import CheckpointManager
+from course_lib.config import ModelConfig, TrainConfig, pick, quick_mode
+from course_lib.monitor import NonFiniteError, ProgressBar, read_jsonl
+from course_lib.paths import runs_dir
+from course_lib.plotting import new_axes
+from course_lib.train import Callback, Trainer
+
+out = runs_dir("4.0.4/run", fresh=True)
+cfg = TrainConfig.default(max_steps=pick(200, 30), out_dir=str(out), tensorboard=True, ckpt_interval=0, log_interval=pick(5, 2))
+trainer = Trainer(ModelConfig.small(), cfg, callbacks=[ProgressBar()], console=False, save_checkpoints=False)
+history = trainer.fit()
+
+# %% [markdown]
+# ## 1. JSONL：画图的依据
+# 每条记录一行 JSON（`course_lib.monitor.StepLogger`）。它是纯文本，断电也最多丢最后一行（`read_jsonl` 会跳过写了一半的行）。
+
+# %%
+recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+print(sorted(recs[-1]))
+fig, axes = new_axes("One run, four signals (from metrics.jsonl)", "optimizer step", "", ncols=4, figsize=(14, 3.4))
+for ax, key, ylabel in zip(axes, ("loss", "lr", "grad_norm", "tokens_per_s"),
+                           ("loss (nats/token)", "learning rate", "grad-norm", "tokens / s")):
+    ax.plot([r["step"] for r in recs], [r[key] for r in recs]); ax.set_ylabel(ylabel); ax.set_title(key)
+print(f"last record: elapsed {recs[-1]['elapsed_s']:.1f}s, eta {recs[-1]['eta_s']:.1f}s")
+
+# %% [markdown]
+# ## 2. TensorBoard
+# 同样的标量写在 `out/tb`。在 JupyterLab 里运行下面的单元格会嵌入 TensorBoard 面板（它会启动一个服务进程，所以默认不启动：
+# 设置环境变量 `COURSE_TENSORBOARD=1` 或把 `SHOW_TB` 改成 `True`）。终端里：`tensorboard --logdir runs/4.0.4`。
+# 不管面板启动与否，我们都用 TensorBoard 自己的读取器 (EventAccumulator) 读回事件文件，证明数据在里面：
+
+# %%
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(str(out / "tb")); acc.Reload()
+print("scalar tags:", acc.Tags()["scalars"])
+print("train/loss points:", len(acc.Scalars("train/loss")))
+
+# %%
+SHOW_TB = os.environ.get("COURSE_TENSORBOARD") == "1" and not quick_mode()
+if SHOW_TB:
+    get_ipython().run_line_magic("load_ext", "tensorboard")
+    get_ipython().run_line_magic("tensorboard", f"--logdir {out / 'tb'}")
+else:
+    print("TensorBoard panel not started (set COURSE_TENSORBOARD=1 to embed it here)")
+
+# %% [markdown]
+# ## 3. NaN 守卫 (NaN guard)
+# 一个回调在第 `AT` 步把一个梯度改成 NaN（模拟 fp16 溢出或坏数据）。训练在**那一步**停下，报告步数和可能原因；
+# 这一步的 optimizer.step 没有执行，磁盘上的检查点全部是有限值。
+
+# %%
+AT = pick(25, 7)
+class PoisonGrad(Callback):
+    def on_after_backward(self, trainer):
+        if trainer.step + 1 == AT:
+            next(trainer.model.parameters()).grad.view(-1)[0] = float("nan")
+
+nan_dir = runs_dir("4.0.4/nan", fresh=True)
+cfg2 = TrainConfig.default(max_steps=AT + 10, warmup_steps=2, out_dir=str(nan_dir), tensorboard=False, ckpt_interval=5)
+t2 = Trainer(ModelConfig.small(), cfg2, callbacks=[PoisonGrad()], console=False)
+try:
+    t2.fit()
+except NonFiniteError as e:
+    print("stopped:", e)
+mgr = CheckpointManager(nan_dir, verbose=False)
+finite = all(torch.isfinite(t).all() for _, f in mgr.list_complete() for t in mgr.load(f)["model"].values())
+print(f"last finished step {t2.step}; checkpoints {[s for s, _ in mgr.list_complete()]}; all finite: {finite}")
+
+# %% [markdown]
+# ## 小结
+# - 一个 `StepLogger`，三个去处：控制台/tqdm（给人看）、JSONL（给画图和脚本）、TensorBoard（交互浏览）。
+# - tokens/s 与 ETA 告诉你"还要多久"，梯度范数告诉你"健不健康"，NaN 守卫保证坏的一步不会写进检查点。
+#
+# ## 练习
+# 实现 `exercises/ex404_nan_guard.py` 的 `guard_step`：
+
+# %%
+from course_lib.grading import check
+check("4.0.4");
+
+# %% [markdown]
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+Quiz("4.0.4 日志与监控", [
+    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
+             ["日志只是为了好看", "没有日志，你发现问题时可能已经浪费了几天的算力；其余三项让问题可恢复、可避免", "为了满足审计", "为了更快"], 1,
+             "看得见才能及时止损。"),
+    Question("loss 变成 NaN，应在什么时候停？", ["这个 epoch 结束时", "出现的那一步、optimizer.step 之前", "下一次保存检查点时", "不用停"], 1,
+             "在更新之前停下，权重和检查点都还是好的。"),
+    Question("tokens/s 突然下降一半，最先怀疑什么？", ["学习率", "数据加载或机器负载", "模型结构", "随机种子"], 1,
+             "吞吐量是系统指标，和优化无关。"),
+]).show();
+
+# %% [markdown]
+# ## 下一步
+#
+# - 用 `COURSE_TENSORBOARD=1` 打开上面的 TensorBoard 面板，在同一个 logdir 下放两次不同学习率的运行，对比曲线。
+# - 故意把学习率调到 1e4，看 NaN 守卫在第几步停下、报了哪些可能原因。
+# - 下一课 4.0.5：开训之前，先估算内存够不够。
