@@ -1,0 +1,239 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 99 · 综合项目 (capstone)：把阶段四串起来
+#
+# **学习目标**：在默认数据上把整个阶段四从头跑一遍，并让每一条「阶段四汇总」里的结果都由一个真实的检查打勾：
+#
+# 1. 一次带 warmup、梯度裁剪 (gradient clipping)、梯度累积 (gradient accumulation)、日志和 checkpoint 的训练，
+#    中途被 `SIGKILL` 杀掉，再用**同一条命令**重启后自动恢复 (automatic resume)，最终权重与不中断的训练逐位相同；
+# 2. 同一个入口用 `torchrun` 起 2 个进程做 DDP（CPU 上用 gloo）；
+# 3. 从训练 checkpoint 导出推理产物 (inference artefact：`model.safetensors` + `config.json`)，在**新进程**里加载并生成；
+# 4. int8 量化 (quantization)：体积和困惑度 (perplexity) 对比；
+# 5. 带 KV cache 的批量生成 (batched generation)：左填充 (left padding) 的批量结果与逐条生成一致。
+#
+# **前置知识**：4.0.1–4.2.4 全部课程（这里只调用 `course_lib`，不再讲原理）。
+#
+# **预计时间**：CPU 笔记本上约 4–5 分钟（`COURSE_QUICK=1` 时约 1 分钟）。
+
+# %%
+import json
+import subprocess
+import sys
+
+import torch
+
+from course_lib.checkpoint import CheckpointManager
+from course_lib.config import pick
+from course_lib.data import load_corpus, split_tokens, tokenize_corpus
+from course_lib.export import export_from_run, load_inference
+from course_lib.generate import generate, generate_text, left_pad
+from course_lib.monitor import last_per_step, read_jsonl
+from course_lib.paths import repo_root, runs_dir
+from course_lib.plotting import new_axes, print_table
+from course_lib.quantize import model_nbytes, perplexity, quantize_model
+from course_lib.runner import run, run_and_kill, torchrun_train_command, train_command
+
+checks = {}  # outcome -> (passed, evidence)
+
+
+def tick(key, passed, evidence):
+    checks[key] = (bool(passed), evidence)
+    print(("✓ " if passed else "✗ ") + key + " — " + evidence)
+
+
+base = runs_dir("99-capstone", fresh=True)
+STEPS = pick(240, 24)
+FLAGS = dict(max_steps=STEPS, warmup_steps=pick(30, 4), schedule="cosine", lr=3e-3, min_lr=3e-4,
+             grad_clip=1.0, batch_size=8, accumulation_steps=2, ckpt_interval=pick(40, 4), keep_last=2,
+             log_interval=pick(10, 2), eval_interval=pick(60, 8), tensorboard=True, seed=1337)
+print(" ".join(train_command(base / "run", **FLAGS)[1:]))
+
+# %% [markdown]
+# ## 1. 训练、被杀、自动恢复
+#
+# 先在后台启动训练，日志里出现第 `STEPS/2` 步后立刻 `SIGKILL`（整个进程组，不给任何清理机会）；
+# 然后**原样再运行一次同一条命令**：`Trainer` 在 `out_dir` 里找到最新的完整 checkpoint，恢复模型、优化器、
+# 学习率调度器、RNG 状态和数据位置，从那一步继续。最后和一次从未中断的训练比较最终权重。
+
+# %%
+killed = run_and_kill(train_command(base / "run", **FLAGS), base / "run", kill_after_step=pick(STEPS // 2, 6))
+print(f"first attempt: exit code {killed.returncode} (killed={killed.killed}), last logged step {killed.last_logged_step}")
+resumed = run(train_command(base / "run", **FLAGS), base / "run")
+print(resumed.tail(3))
+reference = run(train_command(base / "reference", **FLAGS), base / "reference")
+print(reference.tail(1))
+
+mgr_a, mgr_b = CheckpointManager(base / "run", verbose=False), CheckpointManager(base / "reference", verbose=False)
+final_a, final_b = mgr_a.load(mgr_a.latest()), mgr_b.load(mgr_b.latest())
+same = all(torch.equal(final_a["model"][k], final_b["model"][k]) for k in final_b["model"])
+resumed_line = next((l for l in resumed.output.splitlines() if "resumed from" in l), "")
+tick("4.0 checkpoint 恢复", killed.killed and "resumed from" in resumed_line and same,
+     f"{resumed_line.split('] ')[-1]}; final weights bitwise-identical to the uninterrupted run: {same}")
+kept = mgr_a.list_complete()
+tick("4.1 checkpoint 管理（每 N 步保存、保留最近 K 个）", len(kept) <= FLAGS["keep_last"] and kept[-1][0] == STEPS,
+     f"checkpoints on disk: {[s for s, _ in kept]} (keep_last={FLAGS['keep_last']})")
+
+# %% [markdown]
+# ## 2. 日志、warmup 与梯度裁剪：从 `metrics.jsonl` 读出来看
+#
+# 被杀的那次训练和恢复后的训练写的是同一个 `metrics.jsonl`：被杀前最后一个 checkpoint 之后记过的步会再记一次，
+# 画图时每一步取最后一条记录。
+
+# %%
+def curve(path, key):
+    return [(r["step"], r[key]) for r in last_per_step(read_jsonl(path / "metrics.jsonl"), key) if r[key] is not None]
+
+
+fig, (ax1, ax2) = new_axes("Capstone run: killed + resumed vs uninterrupted", "optimizer step", "train loss", ncols=2)
+for name, style in (("reference", "-"), ("run", "--")):
+    steps, loss = zip(*curve(base / name, "loss"))
+    ax1.plot(steps, loss, style, label="uninterrupted" if name == "reference" else "killed + resumed")
+ax1.axvline(killed.last_logged_step, color="red", lw=1, ls=":", label="SIGKILL")
+ax1.legend()
+steps, lr = zip(*curve(base / "run", "lr"))
+ax2.plot(steps, lr, color="tab:green")
+ax2.set_ylabel("learning rate")
+ax2.set_title("lr: warmup then cosine decay")
+fig.tight_layout()
+
+lrs = dict(curve(base / "run", "lr"))
+norms = [v for _, v in curve(base / "run", "grad_norm")]
+tb_files = list((base / "run" / "tb").glob("events.out.tfevents.*"))
+tick("4.0 warmup", lrs[min(lrs)] < lrs[min(s for s in lrs if s > FLAGS["warmup_steps"])],
+     f"lr at step {min(lrs)} = {lrs[min(lrs)]:.2e}, after warmup = {max(lrs.values()):.2e}")
+tick("4.0 梯度裁剪", FLAGS["grad_clip"] > 0 and len(norms) > 0,
+     f"grad_clip={FLAGS['grad_clip']}, grad-norm logged {len(norms)} times (max {max(norms):.2f}, pre-clip)")
+tick("4.0 日志与监控", len(tb_files) > 0 and len(norms) > 0,
+     f"metrics.jsonl with loss/lr/grad_norm/tokens_per_s, {len(tb_files)} TensorBoard event file(s)")
+
+# %% [markdown]
+# ## 3. 同一个入口，2 个进程的 DDP
+#
+# `torchrun --standalone --nproc_per_node=2 -m course_lib.train`：每个进程从环境变量读到自己的 rank，
+# CPU 上用 gloo 后端；数据按 rank 分片，只有 rank 0 写日志和 checkpoint。
+
+# %%
+ddp_flags = dict(FLAGS, max_steps=pick(20, 6), warmup_steps=pick(5, 2), ckpt_interval=pick(10, 3),
+                 eval_interval=pick(10, 3), tensorboard=False)
+ddp = run(torchrun_train_command(2, base / "ddp", **ddp_flags), base / "ddp")
+print("\n".join(l for l in ddp.output.splitlines() if l.startswith(("[train]", "error")))[-1500:])
+ddp_ckpt = CheckpointManager(base / "ddp", verbose=False).latest()
+ddp_state = CheckpointManager(base / "ddp", verbose=False).load(ddp_ckpt) if ddp_ckpt else {}
+tick("4.1 DDP（torchrun 启动，2 进程）", ddp.returncode == 0 and ddp_state.get("world_size") == 2,
+     f"exit code {ddp.returncode}, checkpoint {ddp_ckpt.name if ddp_ckpt else None} written by world_size={ddp_state.get('world_size')}")
+tick("4.1 梯度累积", final_a["config"]["train"]["accumulation_steps"] == 2,
+     "accumulation_steps=2 in the run above: 2 micro-batches of 8 per optimizer step")
+
+# %% [markdown]
+# ## 4. 推理产物：只有权重和配置，在新进程里加载
+#
+# 训练 checkpoint 里有优化器状态、RNG、数据位置——继续训练要它们，推理不要。导出的推理产物只有
+# `model.safetensors`（不经过 pickle）和 `config.json`（模型结构 + tokenizer 描述）。
+
+# %%
+art = base / "artifact"
+info = export_from_run(base / "run", art)
+ckpt_bytes = (mgr_a.latest() / "state.pt").stat().st_size
+art_bytes = sum(p.stat().st_size for p in art.iterdir())
+print_table([{"artefact": "training checkpoint (state.pt)", "bytes": ckpt_bytes},
+             {"artefact": "inference (safetensors + config.json)", "bytes": art_bytes}])
+
+model, tok, meta = load_inference(art)
+prompt = "def "
+here = generate_text(model, tok, prompt, 40, temperature=0.0)
+code = ("import sys; from course_lib.export import load_inference; from course_lib.generate import generate_text;"
+        "m, t, _ = load_inference(sys.argv[1]); print(generate_text(m, t, 'def ', 40, temperature=0.0), end='')")
+fresh = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, cwd=repo_root())
+print(repr(prompt + fresh.stdout))
+tick("4.2 训练 checkpoint 与推理权重分开保存和加载", fresh.returncode == 0 and fresh.stdout == here,
+     f"fresh process generated the same greedy text; artefact {art_bytes:,} B vs checkpoint {ckpt_bytes:,} B")
+
+# %% [markdown]
+# ## 5. int8 量化：体积与质量
+
+# %%
+val = split_tokens(tokenize_corpus(load_corpus("stdlib")), 0.05)[1]
+q8 = quantize_model(model, "int8")
+ppl32 = perplexity(model, val, seq_len=128, max_batches=pick(20, 4))
+ppl8 = perplexity(q8, val, seq_len=128, max_batches=pick(20, 4))
+size32, size8 = model_nbytes(model), model_nbytes(q8)
+print_table([{"model": "fp32", "bytes": size32, "size ratio": 1.0, "perplexity": ppl32},
+             {"model": "int8 (per-channel)", "bytes": size8, "size ratio": size8 / size32, "perplexity": ppl8}])
+tick("4.2 量化", size8 / size32 <= 0.3 and ppl8 <= ppl32 * 1.01,
+     f"int8 size {size8 / size32:.2f}x of fp32, perplexity {ppl32:.3f} -> {ppl8:.3f} ({(ppl8 / ppl32 - 1) * 100:+.2f}%)")
+
+# %% [markdown]
+# ## 6. 带 KV cache 的批量生成
+
+# %%
+prompts = ["def ", "import os\n", "class Config:\n    def __init__(self", "# 中文注释\n"]
+ids, mask = left_pad([tok.encode(p) for p in prompts], tok.pad_id)
+batched = generate(model, ids, 24, attention_mask=mask, eos_id=tok.eos_id, pad_id=tok.pad_id)
+alone = [generate(model, torch.tensor([tok.encode(p)]), 24, eos_id=tok.eos_id, pad_id=tok.pad_id)[0] for p in prompts]
+no_cache = generate(model, ids, 24, attention_mask=mask, eos_id=tok.eos_id, pad_id=tok.pad_id, use_cache=False)
+same_batch = all(torch.equal(batched[i, :len(a)], a) for i, a in enumerate(alone))
+same_cache = torch.equal(batched, no_cache)
+for p, row in zip(prompts, batched.tolist()):
+    print(repr(p + tok.decode(row)))
+tick("4.2 KV cache 与批量推理", same_batch and same_cache,
+     f"left-padded batch of {len(prompts)} == each alone: {same_batch}; cached == uncached: {same_cache}")
+
+# %% [markdown]
+# ## 阶段四结果清单 (stage-4 outcome checklist)
+#
+# 下表就是学习计划「阶段四汇总」的每一条，每一条都由上面某个真实的检查决定打勾与否。
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for key, (ok, _) in checks.items():
+    print(("[x] " if ok else "[ ] ") + key)
+print(f"{sum(ok for ok, _ in checks.values())}/{len(checks)} outcomes checked")
+
+# %% [markdown]
+# ## 小结
+#
+# - 同一条训练命令，被杀后原样重跑就能接着训练，最终权重逐位相同：前提是 checkpoint 里有**全部**状态
+#   （模型、优化器、调度器、RNG、数据位置），并且保存是原子的。
+# - DDP 用的是同一个入口和同一个训练循环，只多了 torchrun 给的环境变量。
+# - 推理产物和训练 checkpoint 是两种文件：一个给继续训练，一个给部署。
+# - 量化、KV cache、批量推理都由「与基线逐 token / 逐位比较」来证明正确，由同一次运行里的测量来说明收益。
+#
+# ## 练习
+#
+# 这一课没有新的练习：用 `from course_lib.grading import progress; progress()` 看看你在全部练习上的进度。
+#
+# ## 自检
+
+# %%
+from course_lib.quiz import Question, Quiz
+
+quiz = Quiz("综合项目", [
+    Question("训练被 SIGKILL 杀掉后，为什么用同一条命令重跑就能接着训练？",
+             ["因为 SIGKILL 会先触发一次保存", "因为 Trainer 启动时会在 out_dir 里找最新的完整 checkpoint 并恢复全部状态",
+              "因为 PyTorch 会自动缓存上次的权重"], 1,
+             "SIGKILL 不能被捕获，进程来不及做任何事；恢复靠的是之前按间隔原子写好的 checkpoint，以及启动时的自动查找。"),
+    Question("想让恢复后的训练与不中断的训练逐位相同，checkpoint 里除了模型和优化器，还必须有什么？",
+             ["只需要 step", "学习率调度器、RNG 状态和数据位置（以及用到时的 GradScaler）", "TensorBoard 日志"], 1,
+             "少了调度器 lr 会跳变；少了 RNG 和数据位置，后面的 batch 与随机数都会不同。"),
+    Question("部署时应该发布哪个文件？", ["训练 checkpoint state.pt", "model.safetensors + config.json", "metrics.jsonl"], 1,
+             "推理只需要权重和结构配置；safetensors 不经过 pickle，加载不会执行任意代码。"),
+])
+quiz.show();
+
+# %% [markdown]
+# ## 下一步
+#
+# - 把 `FLAGS` 换成你自己的数据 (`data="path/to/your.jsonl"`) 和更大的模型，再跑一遍清单。
+# - 在有 GPU 的机器上运行：同一个 notebook 会自动用 CUDA，`torchrun` 会改用 nccl。
+# - `make benchmarks` 会在你的机器上重新测量所有基准，写进 `BENCHMARKS.md`。
