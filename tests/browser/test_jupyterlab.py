@@ -29,8 +29,17 @@ def lab(tmp_path):
     root.mkdir()
     shutil.copy(src, root / src.name)
     port = free_port()
+    # Render every cell (JupyterLab 4 virtualizes long notebooks: off-screen cells have no DOM,
+    # so their prompts could not be checked), and no news pop-up over the page.
+    settings = tmp_path / "settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}')
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
     env = dict(os.environ, COURSE_QUICK="1", JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-               JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"))
+               JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTERLAB_SETTINGS_DIR=str(settings))
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
