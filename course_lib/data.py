@@ -241,6 +241,15 @@ class TokenChunkDataset(Dataset):
         return get_chunk(self.tokens, i, self.seq_len)
 
 
+def check_same_data(dataset, state: dict) -> None:
+    """Refuse a saved data position made with other data settings (it would point elsewhere)."""
+    for key in ("seed", "batch_size", "seq_len", "fingerprint"):
+        if key in state and state[key] != getattr(dataset, key):
+            raise DataError(
+                f"saved data position was made with {key}={state[key]!r} but this run has "
+                f"{key}={getattr(dataset, key)!r}; resume with the same data settings or start a new out_dir")
+
+
 class StreamingTokenDataset(IterableDataset):
     """Batches of ``(x, y)`` forever, epoch after epoch, sharded by rank and worker, resumable.
 
@@ -312,11 +321,7 @@ class StreamingTokenDataset(IterableDataset):
                 "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "seq_len", "fingerprint"):
-            if key in state and state[key] != getattr(self, key):
-                raise DataError(
-                    f"saved data position was made with {key}={state[key]!r} but this run has "
-                    f"{key}={getattr(self, key)!r}; resume with the same data settings or start a new out_dir")
+        check_same_data(self, state)
         self.start = int(state["batches_consumed"])
 
     def epoch_of(self, batches_consumed: int) -> int:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .data import DataError, StreamingTokenDataset, TokenChunkDataset
+from .data import DataError, StreamingTokenDataset, TokenChunkDataset, check_same_data
 
 
 class SkipSampler(Sampler):
@@ -109,11 +109,7 @@ class DistributedChunkBatches:
                 "fingerprint": self.fingerprint, "loader": "map"}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "seq_len", "fingerprint"):
-            if key in state and state[key] != getattr(self, key):
-                raise DataError(
-                    f"saved data position was made with {key}={state[key]!r} but this run has "
-                    f"{key}={getattr(self, key)!r}; resume with the same data settings or start a new out_dir")
+        check_same_data(self, state)
         if state.get("loader", "stream") != "map":
             raise DataError("the checkpoint was written with loader='stream'; resume with the same loader "
                             "(the two loaders visit samples in different orders)")

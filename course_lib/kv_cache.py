@@ -17,18 +17,22 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 
 
-class Cache:
+class Cache(ABC):
     """Base class: the protocol ``DIYModel`` relies on."""
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:  # pragma: no cover
-        raise NotImplementedError("subclasses implement update()")
+    @abstractmethod
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """Add this step's keys/values for ``layer_idx``; return all keys/values to attend to."""
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:  # pragma: no cover
-        raise NotImplementedError("subclasses implement get_seq_length()")
+    @abstractmethod
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Positions already cached."""
 
     def attended_length(self, new_tokens: int) -> int:
         """Length of the key axis ``update`` will return after adding ``new_tokens``."""
