@@ -20,19 +20,20 @@ weights and the config and is a different file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
+
+from .faults import fault_point, fault_requested
 
 FORMAT = "course_lib.checkpoint/1"
 STATE_FILE = "state.pt"
@@ -42,38 +43,6 @@ _DIR_RE = re.compile(r"^step_(\d{8,})$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used. The message names the file and the problem."""
-
-
-# ---- fault injection (tests and the 4.0.1 lesson only) -------------------------------------
-FAULT_ENV = "COURSE_FAULT"
-SAVE_PHASES = ("save_begin", "save_partial", "save_state_written", "save_marker_written",
-               "save_renamed", "save_rotated")
-
-
-def _requested_faults() -> set:
-    raw = os.environ.get(FAULT_ENV, "")
-    return {item.strip() for item in raw.split(",") if item.strip()}
-
-
-def fault_requested(phase: str, step: int) -> bool:
-    """True when ``COURSE_FAULT`` lists ``phase@step`` (e.g. ``save_renamed@6,backward@9``)."""
-    faults = _requested_faults()
-    return bool(faults) and f"{phase}@{step}" in faults
-
-
-def fault_point(phase: str, step: int) -> None:
-    """Kill this process with SIGKILL if ``COURSE_FAULT`` asks for ``phase@step``.
-
-    SIGKILL cannot be caught: no ``finally`` block, no atexit handler, no buffered flush runs,
-    exactly like a power cut or the OOM killer. This is how the kill-and-resume test crashes a
-    run at a chosen point, including in the middle of a checkpoint save. Unset, it costs one
-    environment lookup.
-    """
-    if fault_requested(phase, step):
-        print(f"[fault] SIGKILL at {phase}@{step}", file=sys.stderr, flush=True)
-        if hasattr(signal, "SIGKILL"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(137)  # Windows: the closest thing
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -181,21 +150,26 @@ class CheckpointManager:
         tmp.mkdir()
         state = dict(state, format=FORMAT, step=step)
         state_path = tmp / STATE_FILE
-        with open(state_path, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            if fault_requested("save_partial", step):  # a torn write: half the bytes on disk
-                f.truncate(f.tell() // 2)
+        try:
+            with open(state_path, "wb") as f:
+                torch.save(state, f)
                 f.flush()
-                fault_point("save_partial", step)
-            os.fsync(f.fileno())
-        fault_point("save_state_written", step)
-        if on_written is not None:
-            on_written(tmp)
-        marker = {"format": FORMAT, "step": step, "file": STATE_FILE, "bytes": state_path.stat().st_size,
-                  "sha256": sha256_file(state_path), "time": time.time()}
-        _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
-        _fsync_dir(tmp)
+                if fault_requested("save_partial", step):  # a torn write: half the bytes on disk
+                    f.truncate(f.tell() // 2)
+                    f.flush()
+                    fault_point("save_partial", step)
+                os.fsync(f.fileno())
+            fault_point("save_state_written", step)
+            if on_written is not None:
+                on_written(tmp)
+            marker = {"format": FORMAT, "step": step, "file": STATE_FILE, "bytes": state_path.stat().st_size,
+                      "sha256": sha256_file(state_path), "time": time.time()}
+            _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
+            _fsync_dir(tmp)
+        except (OSError, RuntimeError) as e:
+            # Nothing under a real name was touched yet: drop the partial temp folder and say why.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._save_error(final, e) from None
         fault_point("save_marker_written", step)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it safely
             old = self.dir / f".old-{final.name}-{os.getpid()}"
@@ -211,6 +185,19 @@ class CheckpointManager:
         self.last_save_seconds = time.perf_counter() - t0
         self.total_save_seconds += self.last_save_seconds
         return final
+
+    def _save_error(self, final: Path, e: BaseException) -> CheckpointError:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch.save reports a full disk as "unexpected pos ..." / "failed writing file" (RuntimeError)
+        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+            s in text for s in ("No space left", "unexpected pos", "failed writing file"))
+        if full:
+            return CheckpointError(
+                f"{final}: disk full while saving this checkpoint ({text}); the earlier checkpoints in "
+                f"{self.dir} are intact and nothing was renamed. Make room on that disk, or point --out-dir "
+                "at a disk with space, then run again: training resumes from the last complete checkpoint")
+        return CheckpointError(f"{final}: saving failed ({type(e).__name__}: {text}); the earlier "
+                               f"checkpoints in {self.dir} are intact")
 
     def rotate(self) -> List[Path]:
         """Delete complete checkpoints beyond the newest ``keep_last``, and stale temp folders."""
@@ -230,18 +217,30 @@ class CheckpointManager:
     def verify(folder: str | os.PathLike) -> dict:
         """Check the marker, size and checksum of a checkpoint folder; return the marker."""
         folder = Path(folder)
+        try:
+            return CheckpointManager._verify(folder)
+        except OSError as e:  # unreadable (permissions), a folder where a file should be, I/O error
+            raise CheckpointError(f"{e.filename or folder}: cannot read ({e.strerror or type(e).__name__})") from None
+
+    @staticmethod
+    def _verify(folder: Path) -> dict:
         marker_path, state_path = folder / MARKER_FILE, folder / STATE_FILE
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a checkpoint folder")
         if not marker_path.exists():
             raise CheckpointError(f"{folder}: incomplete checkpoint (no {MARKER_FILE}): the save was interrupted")
+        if not marker_path.is_file():
+            raise CheckpointError(f"{marker_path}: completion marker is not a file")
         try:
-            marker = json.loads(marker_path.read_text())
+            marker = json.loads(marker_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{marker_path}: completion marker is not valid JSON ({e})") from None
+        if not isinstance(marker, dict):
+            raise CheckpointError(f"{marker_path}: completion marker is not a JSON object "
+                                  f"(got {type(marker).__name__})")
         if marker.get("format") != FORMAT:
             raise CheckpointError(f"{marker_path}: unknown checkpoint format {marker.get('format')!r}; expected {FORMAT}")
-        if not state_path.exists():
+        if not state_path.is_file():
             raise CheckpointError(f"{state_path}: missing although the marker exists")
         size = state_path.stat().st_size
         if size == 0:
@@ -275,7 +274,6 @@ class CheckpointManager:
                     validate(state)
                 return state, folder
             except CheckpointError as e:
+                # one message per skipped checkpoint (a warning, so tests and notebooks can catch it)
                 warnings.warn(f"skipping checkpoint {folder.name}: {e}", stacklevel=2)
-                if self.verbose:
-                    print(f"[checkpoint] skipping {folder}: {e}", file=sys.stderr)
         return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,102 @@ def pick(full, quick):
 
 
 class ConfigError(ValueError):
-    """A setting is invalid. The message names the field and says how to fix it."""
+    """A setting is invalid. The message names the field, the problem and what to do:
+    ``TrainConfig.lr: must be > 0 (got -1.0); set a positive learning rate, e.g. 3e-3``."""
 
 
-def _fail(cls_name: str, name: str, value: Any, why: str) -> None:
-    raise ConfigError(f"{cls_name}.{name}={value!r}: {why}")
+def _fail(cls_name: str, name: str, value: Any, problem: str, todo: str = "") -> None:
+    raise ConfigError(f"{cls_name}.{name}: {problem} (got {value!r})" + (f"; {todo}" if todo else ""))
+
+
+# ---- field metadata: one description per field -------------------------------------------
+# ``help`` is the field's documentation; the CLI's --help is generated from it.
+# ``resume`` says what changing the field means when a run resumes from a checkpoint:
+RESUME_FREE = "free"          # bookkeeping only: the trained weights do not depend on it
+RESUME_SCHEDULE = "schedule"  # changes the learning-rate schedule from the resumed step on (warned)
+RESUME_RESULT = "result"      # changes what is trained (data, batch, seed, ...): allowed, warned
+RESUME_MUST_MATCH = "match"   # must equal the checkpoint's value: resuming is refused otherwise
+RESUME_KINDS = (RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT, RESUME_MUST_MATCH)
+
+
+def setting(default: Any, help: str, resume: str = RESUME_RESULT) -> Any:
+    """A dataclass field that carries its help text and its resume behaviour in metadata."""
+    assert resume in RESUME_KINDS, resume
+    return field(default=default, metadata={"help": help, "resume": resume})
+
+
+def field_help(cls, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def fields_by_resume(cls, kind: str) -> tuple:
+    """Names of the fields of ``cls`` whose ``resume`` metadata is ``kind``."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume") == kind)
+
+
+_JSON_TYPE = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "tuple": "a list of numbers"}
+
+
+def _check_types(obj) -> None:
+    """Check every field against its annotation, as JSON gives it: a JSON string "false" is
+    not a boolean (it would be truthy), 1.5 is not an integer, NaN/inf are not numbers we train with."""
+    n = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        v, kind = getattr(obj, f.name), str(f.type)
+        want = _JSON_TYPE.get(kind)
+        if kind == "bool":
+            ok = isinstance(v, bool)
+        elif kind == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif kind == "float":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if ok and not math.isfinite(v):
+                _fail(n, f.name, v, "must be a finite number", "NaN and infinity are not allowed")
+        elif kind == "str":
+            ok = isinstance(v, str)
+        elif kind == "tuple":
+            ok = isinstance(v, (list, tuple)) and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v)
+        else:  # pragma: no cover - every field has one of the types above
+            continue
+        if not ok:
+            quotes = " without quotes" if isinstance(v, str) and kind in ("bool", "int", "float") else ""
+            _fail(n, f.name, v, f"must be {want}, not {type(v).__name__}", f"write {want}{quotes}")
+
+
+def check_keys(cls, data: Any, where: str = "") -> dict:
+    """``data`` as a dict after checking it is a mapping with only known keys of ``cls``."""
+    where = where or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a JSON object {{\"key\": value, ...}}, got "
+                          f"{type(data).__name__} {data!r:.40}; write the settings as an object")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; check the spelling or remove the key "
+                          f"(known keys: {', '.join(sorted(known))})")
+    return dict(data)
+
+
+def read_json_file(path: str | os.PathLike, what: str = "config file") -> Any:
+    """Parse a JSON file; every failure is a one-line ``ConfigError`` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a {what}; pass the path of a .json file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: {what} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} ({e.strerror or e}); check its permissions") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                          "fix the syntax, e.g. double quotes around keys and no trailing commas") from None
 
 
 class _JsonMixin:
@@ -53,17 +145,8 @@ class _JsonMixin:
         return text
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__}: expected a JSON object / dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{cls.__name__}: unknown key(s) {unknown}; known keys are {sorted(known)}. "
-                "Check the spelling, or remove the key."
-            )
-        kwargs = dict(data)
+    def from_dict(cls, data: Mapping[str, Any], where: str = ""):
+        kwargs = check_keys(cls, data, where)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             # JSON has no tuples: turn lists back into tuples for tuple-typed fields.
             if f.name in kwargs and isinstance(kwargs[f.name], list) and "tuple" in str(f.type):
@@ -75,14 +158,11 @@ class _JsonMixin:
         """Build from a JSON string or from the path of a JSON file."""
         s = str(text_or_path)
         if not s.lstrip().startswith("{"):
-            p = Path(s)
-            if not p.exists():
-                raise ConfigError(f"{cls.__name__}: config file {p} does not exist")
-            s = p.read_text(encoding="utf-8")
+            return cls.from_dict(read_json_file(s), where=cls.__name__)
         try:
             data = json.loads(s)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{cls.__name__}: not valid JSON ({e})") from None
+            raise ConfigError(f"{cls.__name__}: not valid JSON ({e}); fix the syntax") from None
         return cls.from_dict(data)
 
     def replace(self, **changes):
@@ -90,47 +170,53 @@ class _JsonMixin:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+_M = RESUME_MUST_MATCH
+
+
 @dataclass
 class ModelConfig(_JsonMixin):
     """Shape of ``DIYModel``, a decoder-only transformer (Llama-style).
 
     ``n_kv_heads < n_heads`` gives grouped-query attention (GQA); ``n_kv_heads == n_heads`` is
-    ordinary multi-head attention.
+    ordinary multi-head attention. Every field must match the checkpoint on resume.
     """
 
-    vocab_size: int = 258          # 256 byte values + <pad> + <eos> (see data.ByteTokenizer)
-    d_model: int = 128             # hidden size
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2            # GQA: 2 key/value heads shared by 4 query heads
-    ffn_hidden: int = 352          # SwiGLU inner size (~8/3 * d_model, rounded to 32)
-    max_seq_len: int = 256         # longest sequence RoPE tables are built for
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
+    vocab_size: int = setting(258, "vocabulary size (>= the tokenizer's; 258 = 256 bytes + <pad> + <eos>)", _M)
+    d_model: int = setting(128, "hidden size of the transformer", _M)
+    n_layers: int = setting(4, "number of transformer blocks", _M)
+    n_heads: int = setting(4, "attention (query) heads; d_model must be divisible by it", _M)
+    n_kv_heads: int = setting(2, "key/value heads; fewer than n_heads gives grouped-query attention (GQA)", _M)
+    ffn_hidden: int = setting(352, "inner size of the SwiGLU feed-forward (~8/3 * d_model, rounded to 32)", _M)
+    max_seq_len: int = setting(256, "longest sequence the model supports (RoPE table size)", _M)
+    rope_theta: float = setting(10000.0, "RoPE base frequency", _M)
+    norm_eps: float = setting(1e-5, "RMSNorm epsilon", _M)
+    tie_embeddings: bool = setting(True, "share the input embedding and the output projection", _M)
+    dropout: float = setting(0.0, "dropout probability in attention (0 = off)", _M)
+    init_std: float = setting(0.02, "standard deviation of the weight initialisation", _M)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         n = type(self).__name__
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if v <= 0:
                 _fail(n, name, v, "must be a positive integer")
         if self.d_model % self.n_heads:
-            _fail(n, "d_model", self.d_model, f"must be divisible by n_heads={self.n_heads}")
+            _fail(n, "d_model", self.d_model, f"must be divisible by n_heads={self.n_heads}",
+                  "change d_model or n_heads")
         if self.n_heads % self.n_kv_heads:
-            _fail(n, "n_kv_heads", self.n_kv_heads, f"must divide n_heads={self.n_heads} (GQA groups)")
+            _fail(n, "n_kv_heads", self.n_kv_heads, f"must divide n_heads={self.n_heads} (GQA groups)",
+                  "pick a divisor of n_heads")
         if self.head_dim % 2:
-            _fail(n, "d_model", self.d_model, "d_model / n_heads must be even for RoPE")
+            _fail(n, "d_model", self.d_model, "d_model / n_heads must be even for RoPE", "change d_model or n_heads")
         if not (self.rope_theta > 0):
-            _fail(n, "rope_theta", self.rope_theta, "must be > 0")
+            _fail(n, "rope_theta", self.rope_theta, "must be > 0", "the usual value is 10000")
         if not (0 < self.norm_eps < 1):
-            _fail(n, "norm_eps", self.norm_eps, "must be in (0, 1)")
+            _fail(n, "norm_eps", self.norm_eps, "must be in (0, 1)", "the usual value is 1e-5")
         if not (0 <= self.dropout < 1):
-            _fail(n, "dropout", self.dropout, "must be in [0, 1)")
+            _fail(n, "dropout", self.dropout, "must be in [0, 1)", "use 0 to turn dropout off")
         if not (self.init_std > 0):
-            _fail(n, "init_std", self.init_std, "must be > 0")
+            _fail(n, "init_std", self.init_std, "must be > 0", "the usual value is 0.02")
 
     @property
     def head_dim(self) -> int:
@@ -141,13 +227,15 @@ class ModelConfig(_JsonMixin):
         """The course's default model (~0.8M parameters); smaller still in quick mode."""
         base = dict(d_model=pick(128, 64), n_layers=pick(4, 2), n_heads=4, n_kv_heads=2,
                     ffn_hidden=pick(352, 176), max_seq_len=pick(256, 128))
-        base.update(overrides)
+        base.update(check_keys(cls, overrides))
         return cls(**base)
 
 
 SCHEDULES = ("constant", "linear", "cosine", "wsd")
 DTYPES = ("fp32", "bf16", "fp16")
 LOADERS = ("stream", "map")
+MAX_SEED = 2 ** 32 - 1
+_F, _S, _R = RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT
 
 
 @dataclass
@@ -159,59 +247,65 @@ class TrainConfig(_JsonMixin):
     """
 
     # --- data ---
-    data: str = "stdlib"            # "stdlib" (built-in corpus) or a path to .txt/.jsonl file or folder
-    seq_len: int = 128
-    batch_size: int = 16            # sequences per micro-batch, per process
-    val_fraction: float = 0.05
-    num_workers: int = 0
-    loader: str = "stream"          # stream (IterableDataset sharded by rank+worker) | map (DistributedSampler)
+    data: str = setting("stdlib", "'stdlib' (built-in corpus: Python's own sources) or a .txt/.jsonl file or folder")
+    seq_len: int = setting(128, "tokens per training sequence")
+    batch_size: int = setting(16, "sequences per micro-batch, per process")
+    val_fraction: float = setting(0.05, "fraction of the token stream held out for evaluation")
+    num_workers: int = setting(0, "DataLoader worker processes (0 = load in the main process)", _F)
+    loader: str = setting("stream", "stream: IterableDataset sharded by rank and worker; map: map-style dataset "
+                          "+ DistributedSampler (set_epoch every epoch)", _M)
     # --- optimisation ---
-    max_steps: int = 600
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 50
-    schedule: str = "cosine"        # constant | linear | cosine | wsd
-    decay_fraction: float = 0.2     # wsd only: last fraction of steps spent decaying
-    weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.95)
-    grad_clip: float = 1.0          # max global grad-norm; 0 disables clipping
-    accumulation_steps: int = 1
+    max_steps: int = setting(600, "optimizer steps to train for (the lr schedule is laid out over them)", _S)
+    lr: float = setting(3e-3, "peak learning rate", _S)
+    min_lr: float = setting(3e-4, "learning rate floor at the end of the decay", _S)
+    warmup_steps: int = setting(50, "linear warmup steps (lr rises from 0 to lr)", _S)
+    schedule: str = setting("cosine", "lr schedule after warmup: constant, linear, cosine or wsd", _S)
+    decay_fraction: float = setting(0.2, "wsd only: fraction of the run spent decaying at the end", _S)
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)")
+    betas: tuple = setting((0.9, 0.95), "AdamW betas (two numbers)")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this value (0 = no clipping)")
+    accumulation_steps: int = setting(1, "micro-batches accumulated per optimizer step")
     # --- precision / device ---
-    dtype: str = "fp32"             # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA)
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    dtype: str = setting("fp32", "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA)")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)", _F)
     # --- bookkeeping ---
-    seed: int = 1337
-    eval_interval: int = 100
-    eval_batches: int = 10
-    log_interval: int = 10
-    ckpt_interval: int = 100        # save every N optimizer steps; 0 disables
-    keep_last: int = 3              # checkpoints kept on disk
-    out_dir: str = "runs/default"
-    resume: bool = True             # resume automatically from the latest good checkpoint in out_dir
-    tensorboard: bool = True
-    stop_on_nonfinite: bool = True
+    seed: int = setting(1337, f"random seed (model init, data order), 0..{MAX_SEED}")
+    eval_interval: int = setting(100, "evaluate on held-out text every N steps", _F)
+    eval_batches: int = setting(10, "batches per evaluation", _F)
+    log_interval: int = setting(10, "log metrics every N steps (the loss is read from the device only then)", _F)
+    ckpt_interval: int = setting(100, "save a checkpoint every N steps; 0 = only at the end", _F)
+    keep_last: int = setting(3, "checkpoints of this run kept on disk", _F)
+    out_dir: str = setting("runs/default", "folder for checkpoints, metrics.jsonl and TensorBoard logs", _F)
+    resume: bool = setting(True, "resume from the latest good checkpoint in out_dir; --no-resume starts over "
+                           "and moves that folder's earlier checkpoints aside (never deletes them)", _F)
+    tensorboard: bool = setting(True, "write TensorBoard event files", _F)
+    stop_on_nonfinite: bool = setting(True, "stop on NaN/Inf loss or gradient norm", _F)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         n = type(self).__name__
         pos_ints = ("seq_len", "batch_size", "max_steps", "accumulation_steps", "eval_interval",
                     "eval_batches", "log_interval")
         for name in pos_ints:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if v <= 0:
                 _fail(n, name, v, "must be a positive integer")
         for name in ("warmup_steps", "ckpt_interval", "num_workers", "seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            if v < 0:
                 _fail(n, name, v, "must be an integer >= 0")
-        if isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int) or self.keep_last < 1:
-            _fail(n, "keep_last", self.keep_last, "must be an integer >= 1 (keep at least one checkpoint)")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            _fail(n, "lr", self.lr, "learning rate must be > 0")
-        if not (isinstance(self.min_lr, (int, float)) and 0 <= self.min_lr <= self.lr):
-            _fail(n, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
+        if self.seed > MAX_SEED:
+            _fail(n, "seed", self.seed, f"must be at most {MAX_SEED} (2**32 - 1)", "pick a smaller seed")
+        if self.keep_last < 1:
+            _fail(n, "keep_last", self.keep_last, "must be an integer >= 1", "keep at least one checkpoint")
+        if not (self.lr > 0):
+            _fail(n, "lr", self.lr, "learning rate must be > 0", "e.g. 3e-3")
+        if not (0 <= self.min_lr <= self.lr):
+            _fail(n, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]", "lower min_lr or raise lr")
         if self.warmup_steps > self.max_steps:
             _fail(n, "warmup_steps", self.warmup_steps,
-                  f"must not exceed max_steps={self.max_steps} (warmup longer than the whole run)")
+                  f"must not exceed max_steps={self.max_steps} (warmup longer than the whole run)",
+                  "shorten the warmup or train longer")
         if self.schedule not in SCHEDULES:
             _fail(n, "schedule", self.schedule, f"must be one of {SCHEDULES}")
         if not (0 < self.decay_fraction <= 1):
@@ -219,10 +313,10 @@ class TrainConfig(_JsonMixin):
         if not (self.weight_decay >= 0):
             _fail(n, "weight_decay", self.weight_decay, "must be >= 0")
         if len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
-            _fail(n, "betas", self.betas, "must be two numbers in [0, 1)")
+            _fail(n, "betas", self.betas, "must be two numbers in [0, 1)", "e.g. 0.9 0.95")
         self.betas = tuple(float(b) for b in self.betas)
         if not (self.grad_clip >= 0):
-            _fail(n, "grad_clip", self.grad_clip, "must be >= 0 (0 disables clipping)")
+            _fail(n, "grad_clip", self.grad_clip, "must be >= 0", "0 disables clipping")
         if not (0 <= self.val_fraction < 1):
             _fail(n, "val_fraction", self.val_fraction, "must be in [0, 1)")
         if self.loader not in LOADERS:
@@ -231,6 +325,10 @@ class TrainConfig(_JsonMixin):
             _fail(n, "dtype", self.dtype, f"must be one of {DTYPES}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _fail(n, "device", self.device, "must be auto, cpu, cuda or cuda:N")
+        if not self.data:
+            _fail(n, "data", self.data, "must not be empty", "use 'stdlib' or the path of your text")
+        if not self.out_dir:
+            _fail(n, "out_dir", self.out_dir, "must not be empty", "name a folder for this run")
 
     @classmethod
     def default(cls, **overrides) -> "TrainConfig":
@@ -238,5 +336,5 @@ class TrainConfig(_JsonMixin):
         base = dict(max_steps=pick(600, 30), batch_size=pick(16, 8), seq_len=pick(128, 64),
                     warmup_steps=pick(50, 5), eval_interval=pick(100, 10), eval_batches=pick(10, 2),
                     log_interval=pick(10, 5), ckpt_interval=pick(100, 10))
-        base.update(overrides)
+        base.update(check_keys(cls, overrides))
         return cls(**base)

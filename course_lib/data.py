@@ -114,7 +114,10 @@ def _hash_documents(docs: Sequence[str]) -> str:
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__}); check the file's permissions") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -154,11 +157,11 @@ def files_corpus(path: str | os.PathLike) -> Corpus:
     folder searched recursively for both, in sorted order."""
     root = Path(path)
     if not root.exists():
-        raise DataError(f"data path {root} does not exist; pass a .txt/.jsonl file or a folder of them")
+        raise DataError(f"{root}: data path does not exist; pass a .txt/.jsonl file, a folder of them, or 'stdlib'")
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
-            raise DataError(f"folder {root} has no .txt or .jsonl files")
+            raise DataError(f"{root}: folder has no .txt or .jsonl files; put your text in .txt or .jsonl files")
     else:
         if root.suffix not in (".txt", ".jsonl"):
             raise DataError(f"{root}: unsupported file type {root.suffix!r}; use .txt or .jsonl")
@@ -176,7 +179,8 @@ def files_corpus(path: str | os.PathLike) -> Corpus:
                     raise DataError(f"{f}:{i}: not valid JSON ({e.msg}); each line must be an object "
                                     'like {"text": "..."}') from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise DataError(f'{f}:{i}: expected an object with a string field "text"')
+                    raise DataError(f'{f}:{i}: expected an object with a string field "text"; '
+                                    'write each line as {"text": "..."}')
                 if obj["text"]:
                     docs.append(obj["text"])
         elif text.strip():
@@ -336,8 +340,11 @@ def build_datasets(data: str, seq_len: int, batch_size: int, seed: int, val_frac
     tokens = tokenize_corpus(corpus, tokenizer)
     train_tokens, val_tokens = split_tokens(tokens, val_fraction)
     fp = hashlib.sha256(f"{corpus.sha256}:{len(train_tokens)}".encode()).hexdigest()[:16]
-    train = StreamingTokenDataset(train_tokens, seq_len, batch_size, seed=seed, rank=rank,
-                                  world_size=world_size, fingerprint=fp)
+    try:
+        train = StreamingTokenDataset(train_tokens, seq_len, batch_size, seed=seed, rank=rank,
+                                      world_size=world_size, fingerprint=fp)
+    except DataError as e:  # name the data source: the dataset only sees tokens
+        raise DataError(f"{corpus.source.removeprefix('files:')}: {e}") from None
     return train, val_tokens, corpus
 
 

@@ -11,11 +11,20 @@ single-process ``DistInfo`` without touching torch.distributed.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from .config import ConfigError
 
 
 @dataclass
@@ -46,7 +55,8 @@ def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={pref!r} asked for, but CUDA is not available; use device=auto or cpu")
+            raise ConfigError(f"TrainConfig.device: {pref!r} asked for, but CUDA is not available here; "
+                              "use --device auto or cpu")
         return torch.device(pref if ":" in pref else f"cuda:{local_rank}")
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -65,14 +75,24 @@ def setup(device_pref: str = "auto", timeout_s: float = 300.0) -> DistInfo:
         backend = "nccl"
     else:
         backend = "gloo"
+    if rank == 0 and restarts_may_fail():
+        print("[distributed] warning: torchrun shares its rendezvous store with the workers, so a restart "
+              "(--max-restarts) can fail with 'connectFullMesh failed'; launch with `python -m course_lib.launch "
+              "...` (same arguments as torchrun) or set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", flush=True)
     if not dist.is_initialized():
-        from datetime import timedelta
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, backend=backend, device=device)
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = True) -> None:
+    """Leave the process group. With ``synchronize`` (a normal end) every rank first waits at a
+    barrier: without it, rank 0 can tear the group down while rank 1 is still finishing its
+    last collective, and rank 1 aborts ("terminate called without an active exception",
+    SIGABRT, torchrun exit 1) although the run is complete. After an error, skip the barrier:
+    the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -95,8 +115,6 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
 # ------------------------------------------------------------------------------------------
 def free_port() -> int:
     """A TCP port that is free right now on 127.0.0.1 (ask the OS; never hard-code a port)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,15 +123,14 @@ def free_port() -> int:
 def torchrun_command(script_args, nproc_per_node: int = 2, module: str = "course_lib.train",
                      nnodes: int = 1, node_rank: int = 0, master_port: Optional[int] = None,
                      max_restarts: int = 0, rdzv_endpoint: Optional[str] = None) -> list:
-    """The ``torchrun`` command line as a list (``python -m torch.distributed.run``, same thing).
+    """The ``torchrun`` command line as a list, through ``python -m course_lib.launch`` (torchrun
+    with ``TORCHRUN_ENV`` applied, so ``--max-restarts`` restarts work; same arguments).
 
     One node: ``--standalone`` (torchrun picks a free rendezvous port itself). Several nodes:
     the static form ``--nnodes --node-rank --master-addr --master-port`` when ``master_port``
     is given, or the elastic ``--rdzv-backend=c10d --rdzv-endpoint=HOST:PORT`` form.
     """
-    import sys
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
+    cmd = [sys.executable, "-m", "course_lib.launch", f"--nproc-per-node={nproc_per_node}",
            f"--max-restarts={max_restarts}"]
     if nnodes == 1 and master_port is None and rdzv_endpoint is None:
         cmd.append("--standalone")
@@ -130,8 +147,25 @@ def torchrun_command(script_args, nproc_per_node: int = 2, module: str = "course
 # (--max-restarts) the new workers can then read the previous attempt's gloo/nccl addresses and
 # fail with "connectFullMesh failed ... Connection refused" (pytorch issues #135712, #167288;
 # seen here with torch 2.13 + gloo, about one restart in three). A separate store per attempt
-# avoids it. Put this in torchrun's own environment: `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun ...`.
+# avoids it. It must be in torchrun's own environment (the agent decides before any worker starts):
+# `python -m course_lib.launch ...` (launch.py) sets it and runs torchrun; `subprocess_env` adds it
+# for every process the course starts. A worker can only detect the problem: see restarts_may_fail.
 TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def restarts_may_fail() -> bool:
+    """True in a torchrun worker whose agent shares its store and may restart the group."""
+    return (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0)
+
+
+def subprocess_env(extra: Optional[dict] = None) -> dict:
+    """The environment for every training process the course starts (runner, notebooks, tests):
+    this process's environment, ``TORCHRUN_ENV``, unbuffered output (live logs), then ``extra``."""
+    env = dict(os.environ, **TORCHRUN_ENV)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
 
 
 def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, echo: bool = True,
@@ -140,14 +174,7 @@ def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, ech
     live log), and return ``(returncode, lines)``. ``prefix_filter`` (a string or a tuple of
     strings) shows only lines containing one of them
     (all lines are still returned). Kills the process group on timeout."""
-    import subprocess
-    import threading
-    import time
-
-    full_env = dict(os.environ, **TORCHRUN_ENV)
-    full_env.update(env or {})
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(env),
                             start_new_session=True)
     lines: list = []
 
@@ -163,7 +190,6 @@ def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, ech
     t0 = time.monotonic()
     while proc.poll() is None:
         if time.monotonic() - t0 > timeout_s:
-            import signal
             os.killpg(proc.pid, signal.SIGTERM)  # torchrun forwards it to its workers
             try:
                 proc.wait(15)
@@ -176,29 +202,3 @@ def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, ech
         time.sleep(0.05)
     t.join(5)
     return proc.returncode, lines
-
-
-FAULT_STEP_ENV = "COURSE_FAULT_STEP"      # kill a worker after this optimizer step ...
-FAULT_RANK_ENV = "COURSE_FAULT_RANK"      # ... on this rank (default 1) ...
-FAULT_MARKER_ENV = "COURSE_FAULT_MARKER"  # ... once: the marker file records that it happened
-
-
-def maybe_inject_fault(step: int, rank: int) -> None:
-    """Fault injection for the restart test and the 4.1.2 demo; does nothing unless the three
-    ``COURSE_FAULT_*`` variables are set. The process SIGKILLs itself (no cleanup, no
-    ``finally``: like an OOM kill or a lost node) once, after optimizer step ``COURSE_FAULT_STEP``
-    on rank ``COURSE_FAULT_RANK``. The marker file is written first, so the restarted group
-    (torchrun ``--max-restarts``) runs to the end."""
-    at = os.environ.get(FAULT_STEP_ENV)
-    marker = os.environ.get(FAULT_MARKER_ENV)
-    if not at or not marker or step != int(at) or rank != int(os.environ.get(FAULT_RANK_ENV, "1")):
-        return
-    from pathlib import Path
-    import signal
-
-    m = Path(marker)
-    if m.exists():
-        return
-    m.write_text(f"killed rank {rank} after step {step}, pid {os.getpid()}\n")
-    print(f"[fault] rank {rank}: SIGKILL myself after step {step}", flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)

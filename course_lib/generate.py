@@ -11,7 +11,6 @@ checkpoint of a run and prints a sample.
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import sys
 import time
@@ -292,33 +291,9 @@ def load_model_from_run(run_dir: str | Path, map_location="cpu"):
     return model.eval(), tokenizer_from_description(state.get("tokenizer", {"type": "byte"})), path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m course_lib.generate",
-                                description="Generate text from a trained run (latest checkpoint).")
-    p.add_argument("--run", default="runs/default", help="run folder written by course_lib.train (default: runs/default)")
-    p.add_argument("--prompt", action="append", help="prompt text; repeat the flag for a batch of prompts")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow baseline)")
-    args = p.parse_args(argv)
-    try:
-        model, tok, path = load_model_from_run(args.run)
-    except Exception as e:  # noqa: BLE001
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    g = torch.Generator().manual_seed(args.seed)
-    prompts = args.prompt or ["def "]
-    texts = generate_text(model, tok, prompts, args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, generator=g, use_cache=not args.no_cache)
-    print(f"[generate] model from {path}", file=sys.stderr)
-    for prompt, text in zip(prompts, texts):
-        print(prompt + text)
-        print("-" * 40)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m course_lib.generate`: the command line is in course_lib.cli (imported here, not
+    # at the top: cli imports this module).
+    from course_lib.cli import generate_main
+
+    sys.exit(generate_main())

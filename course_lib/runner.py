@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .distributed import subprocess_env, torchrun_command
 from .monitor import read_jsonl
 from .paths import repo_root
 
@@ -57,10 +58,7 @@ def train_command(out_dir: str | os.PathLike, **flags) -> List[str]:
 
 def torchrun_train_command(nproc: int, out_dir: str | os.PathLike, max_restarts: int = 0, **flags) -> List[str]:
     """``torchrun --standalone --nproc-per-node=N -m course_lib.train ...`` (``--standalone``
-    picks a free rendezvous port). Run it with ``run``/``run_and_kill``, which add
-    ``distributed.TORCHRUN_ENV`` to the environment."""
-    from .distributed import torchrun_command
-
+    picks a free rendezvous port; ``course_lib.launch`` sets ``distributed.TORCHRUN_ENV``)."""
     return torchrun_command(["--out-dir", str(out_dir), *_flags(flags)], nproc_per_node=nproc,
                             max_restarts=max_restarts)
 
@@ -73,19 +71,10 @@ def _last_step(out_dir: Path) -> int:
     return max(steps) if steps else 0
 
 
-def _env(extra: Optional[dict]) -> dict:
-    from .distributed import TORCHRUN_ENV
-
-    env = dict(os.environ, **TORCHRUN_ENV)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.update(extra or {})
-    return env
-
-
 def run(cmd: Sequence[str], out_dir: str | os.PathLike, timeout: float = 900, env: Optional[dict] = None) -> RunResult:
     """Run to the end (or ``timeout`` seconds) and collect the output."""
     t0 = time.perf_counter()
-    r = subprocess.run(list(cmd), cwd=repo_root(), env=_env(env), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(list(cmd), cwd=repo_root(), env=subprocess_env(env), capture_output=True, text=True, timeout=timeout)
     return RunResult(r.returncode, _last_step(Path(out_dir)), r.stdout + r.stderr, time.perf_counter() - t0)
 
 
@@ -98,7 +87,7 @@ def run_and_kill(cmd: Sequence[str], out_dir: str | os.PathLike, kill_after_step
     log_path = out_dir.parent / f".{out_dir.name}.log"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(list(cmd), cwd=repo_root(), env=_env(env), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(cmd), cwd=repo_root(), env=subprocess_env(env), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             while proc.poll() is None:

@@ -14,14 +14,13 @@ scheduler, GradScaler, step, RNG states (python, numpy, torch CPU/CUDA, every ra
 data position. On start, the latest good checkpoint in ``out_dir`` is loaded automatically,
 and a resumed run ends bitwise-identical to an uninterrupted one on CPU.
 
-Extension points are plain callbacks (``Callback``), no framework.
+Extension points are plain callbacks (``Callback``), no framework. The command line lives in
+``course_lib.cli``; ``python -m course_lib.train`` runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import random
@@ -37,10 +36,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .checkpoint import CheckpointError, CheckpointManager
-from .config import ConfigError, ModelConfig, TrainConfig
+from .checkpoint import CheckpointManager
+from .config import RESUME_FREE, RESUME_SCHEDULE, ConfigError, ModelConfig, TrainConfig, fields_by_resume
 from .data import ByteTokenizer, build_datasets, eval_batches
-from .dataloading import DistributedChunkBatches
+from .dataloading import DistributedChunkBatches, combined_batch
+from .faults import fault_point
 from .model import DIYModel
 from .monitor import NonFiniteError, StepLogger, check_finite
 from .schedule import build_scheduler
@@ -75,8 +75,6 @@ class ReplayDDPBatches(Callback):
         self.world_size, self.micro_steps, self.batch_size = world_size, micro_steps, batch_size
 
     def on_batch(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor):
-        from .dataloading import combined_batch
-
         c = trainer.cfg
         return combined_batch(trainer.train_data.tokens, c.seq_len, self.batch_size or c.batch_size, c.seed,
                               self.world_size, trainer.step, self.micro_steps)
@@ -137,6 +135,40 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: Optional[bo
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
+RUN_ARTEFACTS = ("checkpoints", "metrics.jsonl", "tb", "config.json", "data_manifest.json")
+
+
+def move_previous_run(out_dir: str | Path) -> Optional[Path]:
+    """Move an earlier run's checkpoints and logs out of the way; return where they went.
+
+    Used when a run starts over (``resume=False``) in a folder that already holds checkpoints.
+    Rotation keeps the highest step numbers, so a new, shorter run sharing the folder with an
+    old one would see its own checkpoints deleted right after writing them, while the old
+    run's stayed "latest". Nothing is deleted here: the old files are renamed into
+    ``out_dir/previous-<UTC time>/`` (a rename on the same disk: instant, no copy).
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = out_dir / f"previous-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out_dir / f"previous-{stamp}-{n}"
+    dest.mkdir()
+    for name in RUN_ARTEFACTS:
+        if (out_dir / name).exists():
+            (out_dir / name).rename(dest / name)
+    return dest
+
+
+def _lr_at(scheduler) -> float:
+    """The lr the scheduler gives the next optimizer step (without stepping it)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
+
 class Trainer:
     """Builds model, optimizer, schedule, data, checkpoints and logging from two configs."""
 
@@ -146,10 +178,11 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.tokenizer = tokenizer or ByteTokenizer()
         if self.tokenizer.vocab_size > model_cfg.vocab_size:
-            raise ConfigError(f"ModelConfig.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
-                              f"vocab_size={self.tokenizer.vocab_size}")
+            raise ConfigError(f"ModelConfig.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's "
+                              f"vocab_size={self.tokenizer.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
         if cfg.seq_len > model_cfg.max_seq_len:
-            raise ConfigError(f"TrainConfig.seq_len={cfg.seq_len} exceeds ModelConfig.max_seq_len={model_cfg.max_seq_len}")
+            raise ConfigError(f"TrainConfig.seq_len: {cfg.seq_len} exceeds ModelConfig.max_seq_len="
+                              f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len")
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         if cfg.dtype == "fp16" and self.device.type != "cuda":
@@ -180,12 +213,21 @@ class Trainer:
         self.skipped_steps = 0        # GradScaler skips (fp16)
         self.history: List[dict] = []
         self.resumed_from: Optional[Path] = None
+        self.previous_run: Optional[Path] = None   # where --no-resume moved an earlier run's files
+        self._resume_changes: dict = {}
 
         self.ckpt = CheckpointManager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval,
                                       verbose=self.is_main) if save_checkpoints or cfg.resume else None
         self.save_checkpoints = save_checkpoints
         if cfg.resume and self.ckpt is not None:
             self.try_resume()
+        elif save_checkpoints and self.is_main:
+            # A fresh run never shares rotation with another run's checkpoints (see move_previous_run).
+            self.previous_run = move_previous_run(self.out_dir)
+            if self.previous_run is not None:
+                print(f"[train] resume=False: {self.out_dir} already held a run; its checkpoints and logs "
+                      f"were moved to {self.previous_run} (nothing deleted). This run starts at step 0.",
+                      file=sys.stderr, flush=True)
 
         # ---- 4. DDP wrap (after loading, so every rank starts from the same weights) ----
         self.ddp: Optional[DDP] = None
@@ -249,26 +291,42 @@ class Trainer:
             diff = sorted(k for k in set(saved or {}) | set(self.model_cfg.to_dict())
                           if (saved or {}).get(k) != self.model_cfg.to_dict().get(k))
             raise ConfigMismatchError(
-                f"checkpoint in {self.out_dir} was trained with a different model config (fields {diff}); "
-                "use a new out_dir, or the same ModelConfig, or resume=False to start over")
+                f"{self.out_dir}: its checkpoint was trained with a different model config (fields {diff}); "
+                "use a new out_dir, or the checkpoint's model settings, or --no-resume (resume=False), which "
+                "starts a new run there and moves the old checkpoints aside without deleting them")
         saved_loader = state.get("data", {}).get("loader", "stream")
         if saved_loader != self.cfg.loader:
             raise ConfigMismatchError(
-                f"checkpoint in {self.out_dir} was written with loader={saved_loader!r} but this run has "
+                f"{self.out_dir}: its checkpoint was written with loader={saved_loader!r} but this run has "
                 f"loader={self.cfg.loader!r}; the two visit samples in different orders. Use the same loader "
                 "or a new out_dir")
         if state.get("world_size", 1) != self.dist.world_size:
             raise ConfigMismatchError(
-                f"checkpoint was written by a run with world_size={state.get('world_size')} but this run has "
-                f"{self.dist.world_size}; the data order depends on it. Resume with the same number of processes.")
+                f"{self.out_dir}: its checkpoint was written by a run with world_size={state.get('world_size')} "
+                f"but this run has {self.dist.world_size}; the data order depends on it. Resume with the same "
+                "number of processes.")
         saved_train = state.get("config", {}).get("train", {})
-        ignore = {"resume", "max_steps", "out_dir", "num_workers", "log_interval", "eval_interval",
-                  "eval_batches", "ckpt_interval", "keep_last", "tensorboard", "device"}
-        changed = [k for k, v in self.cfg.to_dict().items()
-                   if k not in ignore and saved_train.get(k, v) != v and not (isinstance(v, tuple) and list(v) == saved_train.get(k))]
-        if changed and self.is_main:
-            print(f"[train] warning: resuming with changed training settings {changed}; "
-                  "the run will not match an uninterrupted one", file=sys.stderr)
+        free = set(fields_by_resume(TrainConfig, RESUME_FREE))
+        now = self.cfg.to_dict()
+        self._resume_changes = {k: (saved_train[k], v) for k, v in now.items()
+                                if k not in free and k in saved_train
+                                and saved_train[k] != (list(v) if isinstance(v, tuple) else v)}
+
+    def _warn_resume_changes(self, lr_before: float) -> None:
+        """Say clearly what a resume with changed settings does (the run will not match an
+        uninterrupted one). Which fields count, and how, comes from the fields' metadata."""
+        if not self._resume_changes or not self.is_main:
+            return
+        sched = set(fields_by_resume(TrainConfig, RESUME_SCHEDULE))
+        desc = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(self._resume_changes.items()))
+        print(f"[train] warning: resuming from step {self.step} with changed settings: {desc}; "
+              "the run will not match an uninterrupted one", file=sys.stderr, flush=True)
+        if sched & set(self._resume_changes):
+            lr_after = _lr_at(self.scheduler)
+            print(f"[train] warning: {sorted(sched & set(self._resume_changes))} shape the learning-rate "
+                  f"schedule: from step {self.step + 1} on the lr follows the new schedule "
+                  f"({lr_before:.3g} -> {lr_after:.3g} at step {self.step + 1}). To continue the old "
+                  "schedule, resume with the checkpoint's values", file=sys.stderr, flush=True)
 
     def try_resume(self) -> Optional[Path]:
         found = self.ckpt.load_latest(map_location=self.device, validate=self._validate_checkpoint)
@@ -277,8 +335,13 @@ class Trainer:
         state, path = found
         self.load_state_dict(state)
         self.resumed_from = path
+        lr_before = self.optimizer.param_groups[0]["lr"]  # the saved lr of the next step
         if self.console or self.is_main:
             print(f"[train] resumed from {path} at step {self.step}", flush=True)
+        self._warn_resume_changes(lr_before)
+        if self.is_main and self.save_checkpoints and path == self.ckpt.latest():
+            # a run killed between the rename and the rotation of a save left keep_last + 1
+            self.ckpt.rotate()
         return path
 
     # ------------------------------------------------------------------ data
@@ -318,7 +381,7 @@ class Trainer:
         c, model = self.cfg, self.forward_model
         model.train()
         k = c.accumulation_steps
-        loss_sum = 0.0
+        loss_acc = torch.zeros((), device=self.device)   # stays on the device: no sync per micro-batch
         lr = self.optimizer.param_groups[0]["lr"]
         for micro in range(k):
             x, y = self.next_batch()
@@ -328,13 +391,8 @@ class Trainer:
                 self.ddp.require_backward_grad_sync = micro == k - 1
             with autocast_context(self.device, c.dtype):
                 out = model(x, targets=y)
-            loss = out.loss
-            loss_val = float(loss.detach())
-            if not self.dist.enabled and c.stop_on_nonfinite and not math.isfinite(loss_val):
-                self.optimizer.zero_grad(set_to_none=True)
-                check_finite(self.step + 1, loss=loss_val)
-            loss_sum += loss_val / k
-            scaled = loss / k     # mean over the k micro-batches = one big batch
+            scaled = out.loss / k     # mean over the k micro-batches = one big batch
+            loss_acc += scaled.detach().float()
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         for cb in self.callbacks:
             cb.on_after_backward(self)
@@ -342,12 +400,21 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)   # clip real gradients, not scaled ones
         params = [p for p in self.model.parameters() if p.grad is not None]
         if c.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, c.grad_clip))
+            grad_norm_t = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
         else:
-            grad_norm = float(grad_global_norm(params))
-        if self.scaler is None and c.stop_on_nonfinite and not math.isfinite(grad_norm):
+            grad_norm_t = grad_global_norm(params)
+        if self.dist.enabled:   # the global mean loss (grad-norm is already global after DDP's all-reduce)
+            dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
+            loss_acc /= self.dist.world_size
+        # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
+        # guard must see loss and grad-norm *before* optimizer.step() would write NaN into the
+        # weights (and into the next checkpoint). One .tolist() fetches both numbers together.
+        loss_sum, grad_norm = torch.stack([loss_acc, grad_norm_t.detach().float().to(loss_acc.device)]).tolist()
+        # (fp16: the GradScaler handles non-finite gradients itself by skipping the step)
+        if c.stop_on_nonfinite and not (math.isfinite(loss_sum)
+                                        and (self.scaler is not None or math.isfinite(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
-            check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm)
+            check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm if self.scaler is None else None)
         skipped = False
         if self.scaler is not None:
             scale_before = self.scaler.get_scale()
@@ -362,8 +429,6 @@ class Trainer:
         else:
             self.scheduler.step()
         self.step += 1
-        if self.dist.enabled:
-            loss_sum = distributed.all_reduce_mean(loss_sum, self.dist)
         return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                 "skipped": skipped, "skipped_steps": self.skipped_steps,
                 "epoch": self.train_data.epoch_of(self.batches_consumed)}
@@ -420,7 +485,7 @@ class Trainer:
                 if self.save_checkpoints and self.ckpt is not None and (
                         self.ckpt.should_save(self.step) or self.step == c.max_steps):
                     self.save_checkpoint()
-                distributed.maybe_inject_fault(self.step, self.dist.rank)  # tests/demos only: env-driven
+                fault_point("after_step", self.step, self.dist.rank)  # tests/demos only: COURSE_FAULT
         finally:
             if self.logger is not None:
                 self.logger.close()
@@ -429,140 +494,9 @@ class Trainer:
         return self.history
 
 
-# ------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------
-MODEL_HELP = {
-    "vocab_size": "vocabulary size (>= the tokenizer's; 258 for the byte tokenizer)",
-    "d_model": "hidden size of the transformer",
-    "n_layers": "number of transformer blocks",
-    "n_heads": "attention (query) heads; d_model must be divisible by it",
-    "n_kv_heads": "key/value heads; fewer than n_heads gives grouped-query attention",
-    "ffn_hidden": "inner size of the SwiGLU feed-forward",
-    "max_seq_len": "longest sequence the model supports (RoPE table size)",
-    "rope_theta": "RoPE base frequency",
-    "norm_eps": "RMSNorm epsilon",
-    "tie_embeddings": "share the input embedding and the output projection",
-    "dropout": "dropout probability in attention (0 = off)",
-    "init_std": "standard deviation of the weight initialisation",
-}
-TRAIN_HELP = {
-    "data": "'stdlib' (built-in corpus: Python's own sources) or a .txt/.jsonl file or folder",
-    "seq_len": "tokens per training sequence",
-    "batch_size": "sequences per micro-batch, per process",
-    "val_fraction": "fraction of the token stream held out for evaluation",
-    "num_workers": "DataLoader worker processes (0 = load in the main process)",
-    "loader": "stream: IterableDataset sharded by rank and worker; map: map-style dataset + DistributedSampler "
-              "(set_epoch every epoch)",
-    "max_steps": "optimizer steps to train for",
-    "lr": "peak learning rate",
-    "min_lr": "learning rate floor at the end of the decay",
-    "warmup_steps": "linear warmup steps (lr rises from 0 to lr)",
-    "schedule": "lr schedule after warmup: constant, linear, cosine or wsd",
-    "decay_fraction": "wsd only: fraction of the run spent decaying at the end",
-    "weight_decay": "AdamW weight decay (matrices only)",
-    "betas": "AdamW betas (two numbers)",
-    "grad_clip": "clip the global gradient norm to this value (0 = no clipping)",
-    "accumulation_steps": "micro-batches accumulated per optimizer step",
-    "dtype": "fp32, bf16 (autocast) or fp16 (autocast + GradScaler)",
-    "device": "auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)",
-    "seed": "random seed (model init, data order)",
-    "eval_interval": "evaluate on held-out text every N steps",
-    "eval_batches": "batches per evaluation",
-    "log_interval": "log metrics every N steps",
-    "ckpt_interval": "save a checkpoint every N steps (0 = only at the end)",
-    "keep_last": "checkpoints to keep on disk",
-    "out_dir": "folder for checkpoints, metrics.jsonl and TensorBoard logs",
-    "resume": "resume automatically from the latest good checkpoint in out_dir",
-    "tensorboard": "write TensorBoard event files",
-    "stop_on_nonfinite": "stop on NaN/Inf loss or gradient norm",
-}
-
-
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, defaults) -> None:
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        h = f"{helps[f.name]} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=h)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, type=float, nargs=len(default), default=None, help=h)
-        else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=None, help=h)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m course_lib.train",
-        description="Train DIYModel on the default corpus or your own text. Also runs under "
-                    "`torchrun --nproc_per_node=N -m course_lib.train` (DDP: gloo on CPU, nccl on GPU).")
-    p.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}}; flags override it")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    g = p.add_argument_group("model")
-    _add_dataclass_args(g, ModelConfig, MODEL_HELP, ModelConfig.small())
-    g = p.add_argument_group("training")
-    _add_dataclass_args(g, TrainConfig, TRAIN_HELP, TrainConfig.default())
-    return p
-
-
-def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    model_kw, train_kw = {}, {}
-    if args.config:
-        data = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        unknown = set(data) - {"model", "train"}
-        if unknown:
-            raise ConfigError(f"{args.config}: unknown top-level key(s) {sorted(unknown)}; use 'model' and 'train'")
-        model_kw.update(data.get("model", {}))
-        train_kw.update(data.get("train", {}))
-    for f in dataclasses.fields(ModelConfig):
-        if getattr(args, f.name, None) is not None:
-            model_kw[f.name] = getattr(args, f.name)
-    for f in dataclasses.fields(TrainConfig):
-        if getattr(args, f.name, None) is not None:
-            train_kw[f.name] = tuple(getattr(args, f.name)) if f.name == "betas" else getattr(args, f.name)
-    model_known = {f.name for f in dataclasses.fields(ModelConfig)}
-    bad = set(model_kw) - model_known
-    if bad:
-        raise ConfigError(f"ModelConfig: unknown key(s) {sorted(bad)}")
-    return ModelConfig.small(**model_kw), TrainConfig.default(**train_kw)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        model_cfg, train_cfg = configs_from_args(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
-        return 0
-    trainer = Trainer(model_cfg, train_cfg)
-    try:
-        if trainer.is_main:
-            print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
-                  f"world size {trainer.dist.world_size} | data {trainer.corpus.source} "
-                  f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
-        t0 = time.perf_counter()
-        history = trainer.fit()
-        if trainer.is_main:
-            if history:
-                first, last = history[0]["loss"], history[-1]["loss"]
-                ev = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
-                print(f"[train] done in {time.perf_counter() - t0:.1f}s: loss {first:.3f} -> {last:.3f}"
-                      + (f", eval loss {ev[-1]:.3f}" if ev else ""), flush=True)
-            else:
-                print(f"[train] nothing to do: already at step {trainer.step} of {train_cfg.max_steps}")
-            print(f"[train] checkpoints in {Path(train_cfg.out_dir) / 'checkpoints'}; try: "
-                  f"python -m course_lib.generate --run {train_cfg.out_dir} --prompt 'def '", flush=True)
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    finally:
-        distributed.cleanup()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m course_lib.train` / `torchrun ... -m course_lib.train`: the command line is in
+    # course_lib.cli (imported here, not at the top: cli imports this module).
+    from course_lib.cli import train_main
+
+    sys.exit(train_main())

@@ -142,7 +142,7 @@ print("loss curves identical step by step:", identical)
 # 任何时刻被杀，磁盘上要么是旧的那一组检查点，要么多一个完整的新检查点。我们用测试用的故障注入 (fault injection) 演示：
 
 # %%
-from course_lib.checkpoint import FAULT_ENV, SAVE_PHASES
+from course_lib.faults import FAULT_ENV, SAVE_PHASES
 print("fault points inside a save:", SAVE_PHASES)
 torn = base / "torn"
 env_fault = dict(env, **{FAULT_ENV: f"save_partial@{2 * INTERVAL}"})   # half of state.pt on disk, then SIGKILL

@@ -6,7 +6,7 @@
 * step phases, injected here through a callback: ``batch`` (batch drawn, before forward),
   ``backward`` (gradients computed, before clipping and the optimizer step), ``step_end``
   (optimizer + scheduler stepped, metrics logged, before the checkpoint of that step);
-* save phases, injected inside ``CheckpointManager.save`` through ``COURSE_FAULT``:
+* save phases, injected inside ``CheckpointManager.save`` (course_lib.faults, ``COURSE_FAULT``):
   ``save_begin``, ``save_partial`` (half of state.pt on disk), ``save_state_written``,
   ``save_marker_written`` (complete temp folder, not renamed), ``save_renamed`` (before
   rotation), ``save_rotated``.
@@ -35,7 +35,7 @@ def train_config(out_dir: str, data: str):
 def run(out_dir: str, data: str, fault, log_path: str) -> None:
     import torch
     torch.set_num_threads(1)  # the reference and every resumed run use the same kernels
-    from course_lib.checkpoint import FAULT_ENV, fault_point
+    from course_lib.faults import FAULT_ENV, fault_point
     from course_lib.config import ModelConfig
     from course_lib.train import Callback, Trainer
 

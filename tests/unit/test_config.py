@@ -19,7 +19,7 @@ def test_json_round_trip(tmp_path):
     (dict(dtype="fp8"), "dtype"), (dict(keep_last=0), "keep_last"), (dict(grad_clip=-1.0), "grad_clip"),
 ])
 def test_bad_train_values_name_the_field(kw, field):
-    with pytest.raises(ConfigError, match=rf"TrainConfig\.{field}="):
+    with pytest.raises(ConfigError, match=rf"TrainConfig\.{field}: "):
         TrainConfig(**kw)
 
 

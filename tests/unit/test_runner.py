@@ -12,7 +12,7 @@ def test_flags_render_like_the_cli():
     assert cmd[:3] == [sys.executable, "-m", "course_lib.train"]
     assert cmd[3:] == ["--out-dir", "out", "--max-steps", "5", "--no-tensorboard", "--resume", "--betas", "0.9", "0.95"]
     t = torchrun_train_command(2, "out", max_steps=5)
-    assert "torch.distributed.run" in t and "--nproc-per-node=2" in t and t[-4:] == ["--out-dir", "out", "--max-steps", "5"]
+    assert "course_lib.launch" in t and "--nproc-per-node=2" in t and t[-4:] == ["--out-dir", "out", "--max-steps", "5"]
 
 
 def test_run_and_kill_then_resume(tmp_path):

@@ -1,0 +1,207 @@
+"""Command lines: ``python -m course_lib.train`` and ``python -m course_lib.generate``.
+
+Flags are generated from the config dataclasses: every field of ``ModelConfig`` and
+``TrainConfig`` becomes ``--field-name``, with the help text stored in the field's metadata
+(config.py is the one place a setting is described). ``--config FILE`` reads
+``{"model": {...}, "train": {...}}``; flags override it.
+
+Every input error (config file, flag, data file) ends the same way: one line
+``error: <field or file>: <problem>; <what to do>`` on stderr and exit code 2, no traceback.
+A run that stops on NaN/Inf exits 3; any other failure while training exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from . import distributed
+from .checkpoint import CheckpointError
+from .config import ConfigError, ModelConfig, TrainConfig, check_keys, read_json_file
+from .data import DataError
+from .generate import generate_text, load_model_from_run
+from .monitor import NonFiniteError
+from .train import ConfigMismatchError, Trainer
+
+EXIT_INPUT, EXIT_NONFINITE, EXIT_FAILED = 2, 3, 1
+INPUT_ERRORS = (ConfigError, DataError, ConfigMismatchError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error: ...`` line (no usage block), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if message.startswith("argument "):
+            message = message[len("argument "):]
+        self.exit(EXIT_INPUT, f"error: {message}; run with --help to see the accepted values\n")
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <what>: <problem>; <what to do>`` for an exception (messages name their field/file)."""
+    if isinstance(e, OSError) and not isinstance(e, CheckpointError):
+        where = e.filename or "file"
+        return f"error: {where}: {e.strerror or type(e).__name__}; check the path, its permissions and free disk space"
+    return f"error: {' '.join(str(e).split())}"
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _print_error(e: BaseException) -> None:
+    if _is_rank0():  # under torchrun every rank fails the same way: say it once
+        print(error_line(e), file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Flags generated from the config dataclasses
+# ------------------------------------------------------------------------------------------
+def add_config_args(parser, cls, defaults) -> None:
+    """One ``--flag`` per dataclass field; type and help come from the field."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        h = f"{f.metadata['help']} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=h)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=f.name, type=float, nargs=len(default), default=None, help=h)
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(default), default=None, help=h)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m course_lib.train",
+        description="Train DIYModel on the default corpus or your own text. Also runs under "
+                    "`torchrun --nproc_per_node=N -m course_lib.train` (DDP: gloo on CPU, nccl on GPU); "
+                    "`python -m course_lib.launch` takes torchrun's arguments and makes --max-restarts reliable.")
+    p.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}}; flags override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    g = p.add_argument_group("model")
+    add_config_args(g, ModelConfig, ModelConfig.small())
+    g = p.add_argument_group("training")
+    add_config_args(g, TrainConfig, TrainConfig.default())
+    return p
+
+
+def _tuples(cls, kw: dict) -> dict:
+    """JSON has no tuples: lists for tuple-typed fields become tuples."""
+    for f in dataclasses.fields(cls):
+        if "tuple" in str(f.type) and isinstance(kw.get(f.name), list):
+            kw[f.name] = tuple(kw[f.name])
+    return kw
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """``--config`` file (if any), then the flags on top. Raises ``ConfigError`` naming the file/field."""
+    model_kw, train_kw = {}, {}
+    if args.config:
+        data = read_json_file(args.config)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{args.config}: expected a JSON object {{\"model\": {{...}}, \"train\": {{...}}}}, "
+                              f"got {type(data).__name__}; put the settings in an object")
+        unknown = sorted(set(data) - {"model", "train"})
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown top-level key(s) {unknown}; use 'model' and 'train'")
+        model_kw.update(check_keys(ModelConfig, data.get("model", {}), f"{args.config}: model"))
+        train_kw.update(check_keys(TrainConfig, data.get("train", {}), f"{args.config}: train"))
+    for f in dataclasses.fields(ModelConfig):
+        if getattr(args, f.name, None) is not None:
+            model_kw[f.name] = getattr(args, f.name)
+    for f in dataclasses.fields(TrainConfig):
+        if getattr(args, f.name, None) is not None:
+            train_kw[f.name] = getattr(args, f.name)
+    return (ModelConfig.small(**_tuples(ModelConfig, model_kw)),
+            TrainConfig.default(**_tuples(TrainConfig, train_kw)))
+
+
+# ------------------------------------------------------------------------------------------
+# python -m course_lib.train
+# ------------------------------------------------------------------------------------------
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model_cfg, train_cfg = configs_from_args(args)
+    except ConfigError as e:
+        _print_error(e)
+        return EXIT_INPUT
+    if args.print_config:
+        print(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
+        return 0
+    ok = False
+    try:
+        trainer = Trainer(model_cfg, train_cfg)
+        if trainer.is_main:
+            print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
+                  f"world size {trainer.dist.world_size} | data {trainer.corpus.source} "
+                  f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
+        t0 = time.perf_counter()
+        history = trainer.fit()
+        if trainer.is_main:
+            if history:
+                first, last = history[0]["loss"], history[-1]["loss"]
+                ev = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
+                print(f"[train] done in {time.perf_counter() - t0:.1f}s: loss {first:.3f} -> {last:.3f}"
+                      + (f", eval loss {ev[-1]:.3f}" if ev else ""), flush=True)
+            else:
+                print(f"[train] nothing to do: already at step {trainer.step} of {train_cfg.max_steps}")
+            print(f"[train] checkpoints in {Path(train_cfg.out_dir) / 'checkpoints'}; try: "
+                  f"python -m course_lib.generate --run {train_cfg.out_dir} --prompt 'def '", flush=True)
+        ok = True
+    except INPUT_ERRORS as e:
+        _print_error(e)
+        return EXIT_INPUT
+    except NonFiniteError as e:
+        _print_error(e)
+        return EXIT_NONFINITE
+    except (CheckpointError, OSError) as e:
+        _print_error(e)
+        return EXIT_FAILED
+    finally:
+        # a barrier before leaving the group on a normal end; none after an error (see cleanup)
+        distributed.cleanup(synchronize=ok)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# python -m course_lib.generate
+# ------------------------------------------------------------------------------------------
+def build_generate_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m course_lib.generate",
+                      description="Generate text from a trained run (latest checkpoint).")
+    p.add_argument("--run", default="runs/default", help="run folder written by course_lib.train (default: runs/default)")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat the flag for a batch of prompts")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow baseline)")
+    return p
+
+
+def generate_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_generate_parser().parse_args(argv)
+    try:
+        model, tok, path = load_model_from_run(args.run)
+    except Exception as e:  # noqa: BLE001 - any unusable run folder is an input error here
+        print(error_line(e), file=sys.stderr)
+        return EXIT_INPUT
+    g = torch.Generator().manual_seed(args.seed)
+    prompts = args.prompt or ["def "]
+    texts = generate_text(model, tok, prompts, args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, generator=g, use_cache=not args.no_cache)
+    print(f"[generate] model from {path}", file=sys.stderr)
+    for prompt, text in zip(prompts, texts, strict=True):
+        print(prompt + text)
+        print("-" * 40)
+    return 0
