@@ -38,8 +38,9 @@ class ConfigError(ValueError):
     ``TrainConfig.lr: must be > 0 (got -1.0); set a positive learning rate, e.g. 3e-3``."""
 
 
-def _fail(cls_name: str, name: str, value: Any, problem: str, todo: str = "") -> None:
-    raise ConfigError(f"{cls_name}.{name}: {problem} (got {value!r})" + (f"; {todo}" if todo else ""))
+def _fail(cls_name: str, name: str, value: Any, problem: str,
+          todo: str = "change it in the config file or on the command line") -> None:
+    raise ConfigError(f"{cls_name}.{name}: {problem} (got {value!r}); {todo}")
 
 
 # ---- field metadata: one description per field -------------------------------------------
