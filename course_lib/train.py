@@ -308,9 +308,10 @@ class Trainer:
         saved_train = state.get("config", {}).get("train", {})
         free = set(fields_by_resume(TrainConfig, RESUME_FREE))
         now = self.cfg.to_dict()
+        def norm(x):  # JSON/pickle may give a list where the config holds a tuple
+            return list(x) if isinstance(x, (list, tuple)) else x
         self._resume_changes = {k: (saved_train[k], v) for k, v in now.items()
-                                if k not in free and k in saved_train
-                                and saved_train[k] != (list(v) if isinstance(v, tuple) else v)}
+                                if k not in free and k in saved_train and norm(saved_train[k]) != norm(v)}
 
     def _warn_resume_changes(self, lr_before: float) -> None:
         """Say clearly what a resume with changed settings does (the run will not match an
