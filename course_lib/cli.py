@@ -18,8 +18,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -39,8 +39,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one ``error: ...`` line (no usage block), exit 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        if message.startswith("argument "):
-            message = message[len("argument "):]
+        message = message.removeprefix("argument ")
         self.exit(EXIT_INPUT, f"error: {message}; run with --help to see the accepted values\n")
 
 
@@ -127,7 +126,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
 # ------------------------------------------------------------------------------------------
 # python -m course_lib.train
 # ------------------------------------------------------------------------------------------
-def train_main(argv: Optional[Sequence[str]] = None) -> int:
+def train_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model_cfg, train_cfg = configs_from_args(args)
@@ -189,7 +188,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def generate_main(argv: Optional[Sequence[str]] = None) -> int:
+def generate_main(argv: Sequence[str] | None = None) -> int:
     args = build_generate_parser().parse_args(argv)
     try:
         model, tok, path = load_model_from_run(args.run)

@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
 
 FAULT_ENV = "COURSE_FAULT"
 FAULT_ONCE_ENV = "COURSE_FAULT_ONCE"
@@ -30,12 +29,12 @@ SAVE_PHASES = ("save_begin", "save_partial", "save_state_written", "save_marker_
                "save_renamed", "save_rotated")
 
 
-def fault_spec(phase: str, step: int, rank: Optional[int] = None) -> str:
+def fault_spec(phase: str, step: int, rank: int | None = None) -> str:
     """The ``COURSE_FAULT`` item for ``phase`` at ``step`` (on ``rank`` only, if given)."""
     return f"{phase}@{step}" + (f":{rank}" if rank is not None else "")
 
 
-def fault_env(phase: str, step: int, rank: Optional[int] = None, once: Optional[os.PathLike] = None) -> dict:
+def fault_env(phase: str, step: int, rank: int | None = None, once: os.PathLike | None = None) -> dict:
     """Environment variables that request one fault (add them to a subprocess's environment)."""
     env = {FAULT_ENV: fault_spec(phase, step, rank)}
     if once is not None:

@@ -38,7 +38,9 @@ from course_lib.distributed import run_streaming, torchrun_command
 from course_lib.monitor import read_jsonl
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes, print_table
-from course_lib.train import ReplayDDPBatches, Trainer, build_parser, configs_from_args
+from course_lib.cli import build_parser, configs_from_args
+from course_lib.faults import fault_env
+from course_lib.train import ReplayDDPBatches, Trainer
 
 STEPS = pick(40, 8)
 ROOT = runs_dir("4.1.2", fresh=True)
@@ -60,7 +62,7 @@ print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| ste
 # 然后 `Trainer` 用 `DistributedDataParallel` (DDP) 包装模型：每个 rank 在**自己的**数据分片上前向、反向，
 # 反向时 DDP 对所有 rank 的梯度做 all-reduce 求平均，于是每个 rank 做的 optimizer step 完全一样，参数始终一致。
 #
-# 下面是我们要运行的命令（`torchrun` 就是 `python -m torch.distributed.run`）：
+# 下面是我们要运行的命令（`torchrun` 就是 `python -m torch.distributed.run`；`python -m course_lib.launch` 是带上重启修正的 torchrun，参数相同，见第 4 节）：
 
 # %%
 ARGS = dict(max_steps=STEPS, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64,
@@ -123,16 +125,17 @@ ax.legend();
 # 任何一个 worker 退出失败，就**终止所有 worker，重新启动整个组**（不是只重启死掉的那个）。
 # 重新启动的进程不知道自己是「第二次」：`Trainer` 启动时总会在 `out_dir` 里找最新的完整检查点并从那里继续 (`resume=True`)。
 #
-# 演示用的故障注入 (fault injection)：环境变量 `COURSE_FAULT_STEP/RANK/MARKER` 让 rank 1 在第 k 步之后给自己发 `SIGKILL`
-# （只发生一次：先写标记文件）。另外，torchrun 的进程要带 `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`
-# （`run_streaming` 已经加上）：否则重启后的 worker 有时会读到上一轮的旧地址而连接失败（pytorch #135712）。
+# 演示用的故障注入 (fault injection)：`fault_env("after_step", k, rank=1, once=标记文件)` 生成环境变量
+# `COURSE_FAULT=after_step@k:1` 和 `COURSE_FAULT_ONCE`，让 rank 1 在第 k 步之后给自己发 `SIGKILL`
+# （只发生一次：先写标记文件）。另外，torchrun 自己的进程要带 `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`：
+# 否则重启后的 worker 有时会读到上一轮的旧地址而连接失败（pytorch #135712）。`torchrun_command` 生成的命令用
+# `python -m course_lib.launch`（参数与 torchrun 完全相同，它先设好这个变量再运行 torchrun），手敲命令时也用它。
 
 # %%
 marker = ROOT / "fault.marker"
 kill_at = ARGS["ckpt_interval"] + 1
 rc, lines = run_streaming(torchrun_command(cli(ROOT / "faulty"), nproc_per_node=2, max_restarts=1),
-                          env={"OMP_NUM_THREADS": "1", "COURSE_FAULT_STEP": str(kill_at), "COURSE_FAULT_RANK": "1",
-                               "COURSE_FAULT_MARKER": str(marker)},
+                          env={"OMP_NUM_THREADS": "1", **fault_env("after_step", kill_at, rank=1, once=marker)},
                           timeout_s=600, prefix_filter=("[train]", "[fault]", "step ", "RuntimeError", "exitcode"))
 print("\nexit code:", rc, "| fault happened:", marker.exists())
 print([ln for ln in lines if "resumed from" in ln])

@@ -14,14 +14,16 @@ small gradient entries, measured max difference ~1e-6).
 """
 from __future__ import annotations
 
-import os
+import subprocess
 
 import pytest
 import torch
 
 from course_lib.checkpoint import CheckpointManager
-from course_lib.distributed import free_port, run_streaming, torchrun_command
-from course_lib.train import ReplayDDPBatches, Trainer, build_parser, configs_from_args
+from course_lib.cli import build_parser, configs_from_args
+from course_lib.distributed import free_port, run_streaming, subprocess_env, torchrun_command
+from course_lib.faults import fault_env
+from course_lib.train import ReplayDDPBatches, Trainer
 
 TIMEOUT = 240
 ATOL, RTOL = 2e-5, 1e-4
@@ -113,9 +115,7 @@ def test_two_nodes_on_loopback(ddp_runs, tmp_path):
     one process each, form one world of 2 and give bitwise the same weights as one node x 2."""
     port = free_port()
     out = tmp_path / "two_nodes"
-    env = dict(os.environ, OMP_NUM_THREADS="1", COURSE_QUICK="1", PYTHONUNBUFFERED="1")
-    import subprocess
-
+    env = subprocess_env({"OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"})
     procs = [subprocess.Popen(torchrun_command(cli_args(out), nproc_per_node=1, nnodes=2, node_rank=r,
                                                master_port=port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -128,7 +128,7 @@ def test_two_nodes_on_loopback(ddp_runs, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for r, (p, o) in enumerate(zip(procs, outs)):
+    for r, (p, o) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"node {r} 失败：\n{o[-3000:]}"
     assert "world size 2" in outs[0] and "world size 2" not in outs[1], "只有 node 0 的 rank 0 应该打印日志"
     assert_same_params(ddp_runs[1][1]["model"], final_weights(out)["model"], exact=True)
@@ -140,7 +140,7 @@ def test_killed_worker_restarts_and_finishes_identically(ddp_runs, tmp_path):
     to the uninterrupted run."""
     out = tmp_path / "faulty"
     marker = tmp_path / "fault.marker"
-    env = {"COURSE_FAULT_STEP": "6", "COURSE_FAULT_RANK": "1", "COURSE_FAULT_MARKER": str(marker)}
+    env = fault_env("after_step", 6, rank=1, once=marker)
     lines = run(torchrun_command(cli_args(out, accumulation_steps=2), nproc_per_node=2, max_restarts=1), env=env)
     text = "\n".join(lines)
     assert marker.exists(), "故障注入 (fault injection) 没有发生"

@@ -69,3 +69,46 @@ def test_generation_cache_equals_no_cache(tmp_path):
     a = generate(m, ids, 15, use_cache=True)
     b = generate(m, ids, 15, use_cache=False)
     assert torch.equal(a, b)
+
+
+def test_no_host_sync_per_micro_batch(tmp_path, monkeypatch):
+    """One optimizer step over 4 micro-batches reads numbers back from the device once (the NaN
+    guard's loss + grad-norm), not once per micro-batch (nanoGPT style)."""
+    t = Trainer(ModelConfig(**MC), tc(tmp_path, accumulation_steps=4, data="stdlib"), console=False,
+                save_checkpoints=False)
+    t.next_batch = lambda: (torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32)))
+    reads, active = [], [True]
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, _name=name, **kw):
+            if active[0]:
+                reads.append(_name)
+            return _orig(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    step = t.optimizer.step
+
+    def optimizer_step(*a, **kw):  # AdamW reads its CPU step counters: not a device sync
+        active[0] = False
+        try:
+            return step(*a, **kw)
+        finally:
+            active[0] = True
+    t.optimizer.step = optimizer_step
+    t.train_step()
+    monkeypatch.undo()
+    assert reads == ["tolist"], f"每个 optimizer step 只应读回一次设备上的数值，实际：{reads}"
+
+
+def test_cli_help_comes_from_the_config_metadata():
+    import dataclasses
+
+    from course_lib.cli import build_parser
+
+    text = build_parser().format_help()
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} 缺少 help 元数据"
+            assert f.metadata.get("resume") in ("free", "schedule", "result", "match"), f.name
+            assert "--" + f.name.replace("_", "-") in text
+    assert "0 = only at the end" in text  # ckpt_interval: one description, the one in config.py
