@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kill_driver  # noqa: E402
 
-from course_lib.checkpoint import SAVE_PHASES, CheckpointManager  # noqa: E402
+from course_lib.checkpoint import CheckpointManager  # noqa: E402
+from course_lib.faults import SAVE_PHASES  # noqa: E402
 from course_lib.monitor import last_per_step, read_jsonl  # noqa: E402
 
 SEED = 4001

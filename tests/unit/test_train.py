@@ -71,6 +71,7 @@ def test_generation_cache_equals_no_cache(tmp_path):
     assert torch.equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_no_host_sync_per_micro_batch(tmp_path, monkeypatch):
     """One optimizer step over 4 micro-batches reads numbers back from the device once (the NaN
     guard's loss + grad-norm), not once per micro-batch (nanoGPT style)."""
