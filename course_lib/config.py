@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,7 +56,7 @@ RESUME_KINDS = (RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT, RESUME_MUST_MATCH)
 def setting(default: Any, help: str, resume: str = RESUME_RESULT) -> Any:
     """A dataclass field that carries its help text and its resume behaviour in metadata."""
     assert resume in RESUME_KINDS, resume
-    return field(default=default, metadata={"help": help, "resume": resume})
+    return dataclasses.field(default=default, metadata={"help": help, "resume": resume})
 
 
 def field_help(cls, name: str) -> str:
