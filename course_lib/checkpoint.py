@@ -30,7 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 

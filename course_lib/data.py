@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sysconfig
 from dataclasses import dataclass, field
@@ -298,7 +297,7 @@ class StreamingTokenDataset(IterableDataset):
         return mine[b * self.batch_size: (b + 1) * self.batch_size]
 
     def make_batch(self, idx: Tensor) -> Tuple[Tensor, Tensor]:
-        xs, ys = zip(*(get_chunk(self.tokens, int(i), self.seq_len) for i in idx))
+        xs, ys = zip(*(get_chunk(self.tokens, int(i), self.seq_len) for i in idx), strict=True)
         return torch.stack(xs), torch.stack(ys)
 
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
@@ -349,6 +348,6 @@ def eval_batches(val_tokens: Tensor, seq_len: int, batch_size: int, max_batches:
         if count >= max_batches:
             break
         idx = range(start, min(n, start + batch_size))
-        xs, ys = zip(*(get_chunk(val_tokens, i, seq_len) for i in idx))
+        xs, ys = zip(*(get_chunk(val_tokens, i, seq_len) for i in idx), strict=True)
         yield torch.stack(xs), torch.stack(ys)
         count += 1

@@ -24,7 +24,7 @@ setting; ``bench/data_loading.py`` and notebook 4.1.3 compare settings against
 from __future__ import annotations
 
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor

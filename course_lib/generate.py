@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .kv_cache import DynamicCache
@@ -314,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     texts = generate_text(model, tok, prompts, args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, generator=g, use_cache=not args.no_cache)
     print(f"[generate] model from {path}", file=sys.stderr)
-    for prompt, text in zip(prompts, texts):
+    for prompt, text in zip(prompts, texts, strict=True):
         print(prompt + text)
         print("-" * 40)
     return 0

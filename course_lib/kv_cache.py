@@ -69,7 +69,7 @@ class DynamicCache(Cache):
 
     def to_legacy(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
         """The tuple-of-(k, v)-per-layer format older HF code passes around."""
-        return tuple(zip(self.keys, self.values))
+        return tuple(zip(self.keys, self.values, strict=True))
 
     @classmethod
     def from_legacy(cls, past: Optional[Sequence[Tuple[Tensor, Tensor]]]) -> "DynamicCache":

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .checkpoint import CheckpointError, CheckpointManager
+from .checkpoint import CheckpointManager
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import ByteTokenizer, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches

@@ -39,7 +39,7 @@ from course_lib.checkpoint import CheckpointError, CheckpointManager, safe_torch
 from course_lib.config import pick
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.paths import repo_root, runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.plotting import new_axes
 
 STEPS, INTERVAL = pick(160, 30), pick(20, 5)
 KILL_AFTER = pick(90, 17)          # kill once the log shows at least this step
@@ -95,7 +95,7 @@ a = CheckpointManager(killed, verbose=False).load(CheckpointManager(killed).path
 b = CheckpointManager(ref, verbose=False).load(CheckpointManager(ref).path_for(STEPS))
 same_model = all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
 same_opt = all(torch.equal(x, y) for k in b["optimizer"]["state"] for x, y in
-               zip(a["optimizer"]["state"][k].values(), b["optimizer"]["state"][k].values()))
+               zip(a["optimizer"]["state"][k].values(), b["optimizer"]["state"][k].values(), strict=True))
 print(f"model tensors bitwise equal: {same_model}; optimizer state bitwise equal: {same_opt}")
 
 # %% [markdown]

@@ -27,7 +27,6 @@
 # > （notebook 里的函数无法被 spawn 出来的进程导入）。
 
 # %%
-import json
 import os
 
 import torch
@@ -37,7 +36,7 @@ from course_lib.config import pick
 from course_lib.distributed import run_streaming, torchrun_command
 from course_lib.monitor import read_jsonl
 from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.plotting import new_axes
 from course_lib.train import ReplayDDPBatches, Trainer, build_parser, configs_from_args
 
 STEPS = pick(40, 8)

@@ -162,7 +162,7 @@ print(f"quality: max |logit diff| {(res['fp32'][0] - res['int8'][0]).abs().max()
 pool = BlockPool.for_model(model, num_blocks=24, block_size=16)
 seqs = {name: PagedKVCache(pool, 1) for name in ("A", "B", "C")}
 with torch.no_grad():
-    for (name, c), n in zip(seqs.items(), (20, 70, 33)):
+    for (name, c), n in zip(seqs.items(), (20, 70, 33), strict=True):
         generate(model, torch.randint(0, 256, (1, n)), 10, cache=c)
 for name, c in seqs.items():
     print(f"seq {name}: {c.get_seq_length():3d} tokens -> block table {c.block_tables[0]}")

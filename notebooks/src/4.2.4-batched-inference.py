@@ -24,7 +24,6 @@
 # **预计时间**：运行约 2 分钟，阅读与练习约 30 分钟。
 
 # %%
-import sys
 import time
 
 import torch

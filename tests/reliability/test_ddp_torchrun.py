@@ -128,7 +128,7 @@ def test_two_nodes_on_loopback(ddp_runs, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for r, (p, o) in enumerate(zip(procs, outs)):
+    for r, (p, o) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"node {r} 失败：\n{o[-3000:]}"
     assert "world size 2" in outs[0] and "world size 2" not in outs[1], "只有 node 0 的 rank 0 应该打印日志"
     assert_same_params(ddp_runs[1][1]["model"], final_weights(out)["model"], exact=True)

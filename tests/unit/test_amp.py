@@ -21,7 +21,7 @@ def tc(out, **kw):
 def test_bf16_autocast_trains_close_to_fp32(tmp_path):
     f32 = Trainer(ModelConfig(**MC), tc(tmp_path / "a"), console=False, save_checkpoints=False).fit()
     b16 = Trainer(ModelConfig(**MC), tc(tmp_path / "b", dtype="bf16"), console=False, save_checkpoints=False).fit()
-    d = [abs(a["loss"] - b["loss"]) for a, b in zip(f32, b16)]
+    d = [abs(a["loss"] - b["loss"]) for a, b in zip(f32, b16, strict=True)]
     assert max(d) > 0, "bf16 与 fp32 的损失完全相同：autocast 没有生效"
     # bf16 has 8 significant bits (relative step 2**-8 ~ 0.4%); losses ~5.5 -> within 0.1
     assert max(d) < 0.1, f"bf16 损失偏离 fp32 太多：{d}"
