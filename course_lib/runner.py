@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .distributed import TORCHRUN_ENV, torchrun_command
 from .monitor import read_jsonl
 from .paths import repo_root
 
@@ -59,8 +60,6 @@ def torchrun_train_command(nproc: int, out_dir: str | os.PathLike, max_restarts:
     """``torchrun --standalone --nproc-per-node=N -m course_lib.train ...`` (``--standalone``
     picks a free rendezvous port). Run it with ``run``/``run_and_kill``, which add
     ``distributed.TORCHRUN_ENV`` to the environment."""
-    from .distributed import torchrun_command
-
     return torchrun_command(["--out-dir", str(out_dir), *_flags(flags)], nproc_per_node=nproc,
                             max_restarts=max_restarts)
 
@@ -74,8 +73,6 @@ def _last_step(out_dir: Path) -> int:
 
 
 def _env(extra: Optional[dict]) -> dict:
-    from .distributed import TORCHRUN_ENV
-
     env = dict(os.environ, **TORCHRUN_ENV)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra or {})

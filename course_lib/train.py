@@ -40,7 +40,7 @@ from . import distributed
 from .checkpoint import CheckpointManager
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import ByteTokenizer, build_datasets, eval_batches
-from .dataloading import DistributedChunkBatches
+from .dataloading import DistributedChunkBatches, combined_batch
 from .model import DIYModel
 from .monitor import NonFiniteError, StepLogger, check_finite
 from .schedule import build_scheduler
@@ -75,8 +75,6 @@ class ReplayDDPBatches(Callback):
         self.world_size, self.micro_steps, self.batch_size = world_size, micro_steps, batch_size
 
     def on_batch(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor):
-        from .dataloading import combined_batch
-
         c = trainer.cfg
         return combined_batch(trainer.train_data.tokens, c.seq_len, self.batch_size or c.batch_size, c.seed,
                               self.world_size, trainer.step, self.micro_steps)

@@ -27,10 +27,10 @@
 import torch
 
 from course_lib.config import pick
-from course_lib.generate import (decode_speed_vs_context, decode_step, generate, long_context_copy, make_cache,
-                                 prefill)
+from course_lib.generate import decode_step, generate, make_cache, prefill
 from course_lib.kv_cache import (BlockPool, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache,
-                                 kv_cache_bytes_formula, paged_vs_static_memory)
+                                 kv_cache_bytes_formula)
+from course_lib.measure import decode_speed_vs_context, long_context_copy, paged_vs_static_memory
 from course_lib.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
