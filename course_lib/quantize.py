@@ -422,15 +422,25 @@ def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, 
 
 
 @torch.no_grad()
+def logits_divergence(ref_logits: Tensor, logits: Tensor) -> dict:
+    """KL(ref || other) per token (nats) and top-1 agreement of two logits tensors (..., vocab),
+    averaged over all positions; ``tokens`` is the number of positions."""
+    lp = F.log_softmax(ref_logits.float(), -1)
+    lq = F.log_softmax(logits.float(), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    agree = lp.argmax(-1) == lq.argmax(-1)
+    return {"kl": kl.mean().item(), "top1_agreement": agree.float().mean().item(), "tokens": kl.numel()}
+
+
+@torch.no_grad()
 def compare_to_reference(ref, model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16,
                          max_batches: Optional[int] = None) -> dict:
     """KL(ref || model) per token (nats) and top-1 agreement of next-token predictions."""
     ref.eval(), model.eval()
-    kl, agree, n = 0.0, 0, 0
+    kl, agree, n = 0.0, 0.0, 0
     for x, _ in eval_batches(tokens, seq_len, batch_size, max_batches or 10**9):
-        lp = F.log_softmax(ref(x).logits.float(), -1)
-        lq = F.log_softmax(model(x).logits.float(), -1)
-        kl += (lp.exp() * (lp - lq)).sum(-1).sum().item()
-        agree += (lp.argmax(-1) == lq.argmax(-1)).sum().item()
-        n += x.numel()
+        d = logits_divergence(ref(x).logits, model(x).logits)
+        kl += d["kl"] * d["tokens"]
+        agree += d["top1_agreement"] * d["tokens"]
+        n += d["tokens"]
     return {"kl": kl / n, "top1_agreement": agree / n}
