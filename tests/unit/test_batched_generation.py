@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from course_lib.data import ByteTokenizer
 from course_lib.generate import generate, left_pad, stream_generate
@@ -123,3 +124,38 @@ def test_streaming_holds_back_incomplete_utf8():
     pieces = list(stream_generate(_ByteScript(text, tok.eos_id), tok, "x", 20))
     assert pieces == ["中", "a", "文"], f"each piece must be a whole character, got {pieces}"
     assert "\ufffd" not in "".join(pieces)
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records the ops that make the host wait for the device (on a GPU): reading a value back
+    (``.item()`` / ``int(t)`` / ``bool(t)``), ``nonzero`` and ``equal``. On the CPU they cost
+    nothing, but they are the same calls, so the count holds for a GPU run too."""
+
+    SYNC = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default, torch.ops.aten.equal.default}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNC:
+            self.calls.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static", "int8", "paged"])
+def test_decode_loop_does_not_wait_on_the_device(cache):
+    model, tok = _trained()
+    ids, mask = left_pad([tok.encode(p) for p in PROMPTS[:2]], tok.pad_id)
+    n = 8
+    free = _HostSyncs()
+    with free:
+        generate(model, ids, n, attention_mask=mask, cache=cache)
+    assert free.calls == [], f"without eos_id nothing may sync (e.g. int(position_ids.max()) per forward): {free.calls}"
+    eos = _HostSyncs()
+    with eos:
+        out = generate(model, ids, n, attention_mask=mask, cache=cache, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    # with eos_id: one read per token (the stop check), plus a nonzero on a step where a row finished
+    finished_steps = int((out == tok.eos_id).any(0).sum())
+    assert eos.calls.count("_local_scalar_dense") == out.shape[1], eos.calls
+    assert eos.calls.count("nonzero") <= finished_steps, eos.calls
