@@ -17,7 +17,7 @@ from course_lib.config import quick_mode  # noqa: E402
 def run(quick: bool) -> list[dict]:
     import torch
 
-    from course_lib.generate import throughput_vs_batch
+    from course_lib.measure import throughput_vs_batch
     from course_lib.pretrained import load_reference_model
 
     torch.manual_seed(0)

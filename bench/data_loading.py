@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from course_lib.config import pick, quick_mode  # noqa: E402
+from course_lib.config import quick_mode  # noqa: E402
 from course_lib.data import load_corpus, tokenize_corpus  # noqa: E402
 from course_lib.dataloading import make_loader, measure_throughput  # noqa: E402
 from course_lib.plotting import print_table  # noqa: E402

@@ -18,8 +18,7 @@ from course_lib.config import quick_mode  # noqa: E402
 def run(quick: bool) -> list[dict]:
     import torch
 
-    from course_lib.generate import decode_speed_vs_context, long_context_copy
-    from course_lib.kv_cache import paged_vs_static_memory
+    from course_lib.measure import decode_speed_vs_context, long_context_copy, paged_vs_static_memory
     from course_lib.pretrained import load_reference_model
 
     torch.manual_seed(0)

@@ -34,6 +34,8 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from .faults import fault_point, fault_requested
+from .fsio import fsync_dir as _fsync_dir
+from .fsio import write_bytes_durably as _write_bytes_durably
 
 FORMAT = "course_lib.checkpoint/1"
 STATE_FILE = "state.pt"
@@ -54,26 +56,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_bytes_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

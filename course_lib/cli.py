@@ -27,7 +27,8 @@ from . import distributed
 from .checkpoint import CheckpointError
 from .config import ConfigError, ModelConfig, TrainConfig, check_keys, read_json_file
 from .data import DataError
-from .generate import generate_text, load_model_from_run
+from .export import load_model_from_run
+from .generate import generate_text
 from .monitor import NonFiniteError
 from .train import ConfigMismatchError, Trainer
 

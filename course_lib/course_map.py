@@ -58,13 +58,6 @@ COURSE_MAP: list[dict] = [
 ]
 
 
-def lesson(lesson_id: str) -> dict:
-    for entry in COURSE_MAP:
-        if entry["id"] == lesson_id:
-            return entry
-    raise KeyError(f"课程地图里没有 {lesson_id!r}；已有: {[e['id'] for e in COURSE_MAP]}")
-
-
 def exercise_prefix(lesson_id: str) -> str:
     """"4.0.1" -> "ex401", "00" -> "ex00"."""
     return "ex" + lesson_id.replace(".", "")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sysconfig
 from dataclasses import dataclass, field
@@ -254,7 +253,67 @@ def check_same_data(dataset, state: dict) -> None:
                 f"{key}={getattr(dataset, key)!r}; resume with the same data settings or start a new out_dir")
 
 
-class StreamingTokenDataset(IterableDataset):
+@dataclass
+class DataPosition:
+    """Where one rank is in its endless stream of batches: the resumable state of a loader.
+
+    Stateful in torchtitan's sense: ``state_dict()`` takes no argument and ``load_state_dict``
+    restores it. The position is one number, ``batches_consumed`` (batches numbered globally
+    across epochs); the other fields describe the stream it counts in, and a saved position
+    made for a different stream (seed, sizes, data, loader) is refused instead of pointing
+    elsewhere. Both loaders (``StreamingTokenDataset`` and ``dataloading.DistributedChunkBatches``)
+    hold one. The training loop sets ``batches_consumed`` to the batches it *used* (a DataLoader
+    prefetches ahead, so the loader itself cannot know).
+    """
+
+    seed: int
+    batch_size: int
+    seq_len: int
+    rank: int
+    world_size: int
+    fingerprint: str
+    loader: str                 # "stream" | "map": the two visit samples in different orders
+    batches_per_epoch: int
+    batches_consumed: int = 0
+
+    def epoch_of(self, batches_consumed: Optional[int] = None) -> int:
+        n = self.batches_consumed if batches_consumed is None else batches_consumed
+        return n // self.batches_per_epoch
+
+    def state_dict(self) -> dict:
+        return {"batches_consumed": int(self.batches_consumed), "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "fingerprint": self.fingerprint, "loader": self.loader}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_same_data(self, state)
+        saved = state.get("loader", "stream")  # positions saved before the key existed were streams
+        if saved != self.loader:
+            raise DataError(f"the checkpoint was written with loader={saved!r}, this run uses loader={self.loader!r}; "
+                            "resume with the same loader (the two loaders visit samples in different orders)")
+        self.batches_consumed = int(state["batches_consumed"])
+
+
+class PositionMixin:
+    """The position protocol both loaders share, delegated to their ``DataPosition``."""
+
+    position: DataPosition
+
+    def state_dict(self, batches_consumed: Optional[int] = None) -> dict:
+        """The position to save; ``batches_consumed`` (what the training loop used) updates it first."""
+        if batches_consumed is not None:
+            self.position.batches_consumed = int(batches_consumed)
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position: the next iteration starts at its batch."""
+        self.position.load_state_dict(state)
+
+    def epoch_of(self, batches_consumed: int) -> int:
+        return self.position.epoch_of(batches_consumed)
+
+
+class StreamingTokenDataset(PositionMixin, IterableDataset):
     """Batches of ``(x, y)`` forever, epoch after epoch, sharded by rank and worker, resumable.
 
     Order: each epoch draws a permutation of all sample indices from ``seed + epoch``. Rank
@@ -288,7 +347,8 @@ class StreamingTokenDataset(IterableDataset):
                 f"seq_len={seq_len}, fewer than batch_size={batch_size} x world_size={world_size}; "
                 "use more text, a smaller batch_size or a shorter seq_len")
         self.fingerprint = fingerprint
-        self.start = 0
+        self.position = DataPosition(seed, batch_size, seq_len, rank, world_size, fingerprint, "stream",
+                                     self.batches_per_epoch)
 
     # ---- order ---------------------------------------------------------------------------
     def epoch_permutation(self, epoch: int) -> Tensor:
@@ -302,13 +362,13 @@ class StreamingTokenDataset(IterableDataset):
         return mine[b * self.batch_size: (b + 1) * self.batch_size]
 
     def make_batch(self, idx: Tensor) -> Tuple[Tensor, Tensor]:
-        xs, ys = zip(*(get_chunk(self.tokens, int(i), self.seq_len) for i in idx))
+        xs, ys = zip(*(get_chunk(self.tokens, int(i), self.seq_len) for i in idx), strict=True)
         return torch.stack(xs), torch.stack(ys)
 
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        j = self.start + wid
+        j = self.position.batches_consumed + wid
         cached_epoch, perm_mine = -1, None
         while True:
             epoch, b = divmod(j, self.batches_per_epoch)
@@ -317,19 +377,6 @@ class StreamingTokenDataset(IterableDataset):
                 cached_epoch = epoch
             yield self.make_batch(perm_mine[b * self.batch_size: (b + 1) * self.batch_size])
             j += nw
-
-    # ---- position ------------------------------------------------------------------------
-    def state_dict(self, batches_consumed: int) -> dict:
-        return {"batches_consumed": int(batches_consumed), "seed": self.seed, "rank": self.rank,
-                "world_size": self.world_size, "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "fingerprint": self.fingerprint}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_same_data(self, state)
-        self.start = int(state["batches_consumed"])
-
-    def epoch_of(self, batches_consumed: int) -> int:
-        return batches_consumed // self.batches_per_epoch
 
 
 def build_datasets(data: str, seq_len: int, batch_size: int, seed: int, val_fraction: float = 0.05,
@@ -356,6 +403,6 @@ def eval_batches(val_tokens: Tensor, seq_len: int, batch_size: int, max_batches:
         if count >= max_batches:
             break
         idx = range(start, min(n, start + batch_size))
-        xs, ys = zip(*(get_chunk(val_tokens, i, seq_len) for i in idx))
+        xs, ys = zip(*(get_chunk(val_tokens, i, seq_len) for i in idx), strict=True)
         yield torch.stack(xs), torch.stack(ys)
         count += 1

@@ -24,13 +24,13 @@ setting; ``bench/data_loading.py`` and notebook 4.1.3 compare settings against
 from __future__ import annotations
 
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .data import DataError, StreamingTokenDataset, TokenChunkDataset, check_same_data
+from .data import DataError, DataPosition, PositionMixin, StreamingTokenDataset, TokenChunkDataset
 
 
 class SkipSampler(Sampler):
@@ -48,7 +48,7 @@ class SkipSampler(Sampler):
         return max(0, len(self.sampler) - self.skip)
 
 
-class DistributedChunkBatches:
+class DistributedChunkBatches(PositionMixin):
     """Map-style training data for one rank: ``TokenChunkDataset`` + ``DistributedSampler``.
 
     ``iterate()`` yields ``(x, y)`` batches forever, epoch after epoch, calling
@@ -73,7 +73,8 @@ class DistributedChunkBatches:
                 f"not enough text for one batch: {len(self.dataset)} samples of seq_len={seq_len} give "
                 f"{len(self.sampler)} per rank, fewer than batch_size={batch_size}; use more text, a smaller "
                 "batch_size or a shorter seq_len")
-        self.start = 0
+        self.position = DataPosition(seed, batch_size, seq_len, rank, world_size, fingerprint, "map",
+                                     self.batches_per_epoch)
 
     @classmethod
     def like(cls, stream: StreamingTokenDataset) -> "DistributedChunkBatches":
@@ -83,7 +84,7 @@ class DistributedChunkBatches:
 
     def iterate(self, num_workers: int = 0, pin_memory: bool = False, prefetch_factor: Optional[int] = None,
                 generator: Optional[torch.Generator] = None) -> Iterator[Tuple[Tensor, Tensor]]:
-        j = self.start
+        j = self.position.batches_consumed
         while True:
             epoch, b = divmod(j, self.batches_per_epoch)
             self.sampler.set_epoch(epoch)  # a new order every epoch, the same on every rank
@@ -101,22 +102,6 @@ class DistributedChunkBatches:
         self.sampler.set_epoch(epoch)
         idx = list(self.sampler)
         return torch.tensor(idx[b * self.batch_size: (b + 1) * self.batch_size])
-
-    # ---- position: the same protocol as StreamingTokenDataset ------------------------------
-    def state_dict(self, batches_consumed: int) -> dict:
-        return {"batches_consumed": int(batches_consumed), "seed": self.seed, "rank": self.rank,
-                "world_size": self.world_size, "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "fingerprint": self.fingerprint, "loader": "map"}
-
-    def load_state_dict(self, state: dict) -> None:
-        check_same_data(self, state)
-        if state.get("loader", "stream") != "map":
-            raise DataError("the checkpoint was written with loader='stream'; resume with the same loader "
-                            "(the two loaders visit samples in different orders)")
-        self.start = int(state["batches_consumed"])
-
-    def epoch_of(self, batches_consumed: int) -> int:
-        return batches_consumed // self.batches_per_epoch
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from .config import quick_mode  # the one parser of COURSE_QUICK (config imports no third-party package)
+
 # (import name, distribution name shown to the learner, required?)
 PACKAGES = [
     ("torch", "torch", True),
@@ -62,10 +64,6 @@ def check_packages() -> list[Check]:
             else:
                 out.append(Check(dist, "SKIP", "可选 (optional)，未安装；只有 HF 对齐测试需要它"))
     return out
-
-
-def quick_mode() -> bool:
-    return os.environ.get("COURSE_QUICK", "") not in ("", "0", "false", "False")
 
 
 def check_capabilities() -> list[Check]:

@@ -32,9 +32,15 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .checkpoint import CheckpointManager
 from .config import ModelConfig
+from .data import ByteTokenizer, tokenizer_from_description
+from .fsio import atomic_path, atomic_write_text
+from .model import DIYModel
 
 FORMAT = "course_lib.inference/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -45,10 +51,10 @@ class ExportError(ValueError):
     """An artefact cannot be written or loaded; the message names the file/tensors and the fix."""
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def save_safetensors(tensors: Dict[str, Tensor], path: str | os.PathLike, metadata: Optional[dict] = None) -> None:
+    """``safetensors.torch.save_file``, written atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def tied_weights(model) -> Dict[str, str]:
@@ -79,11 +85,10 @@ def inference_state_dict(model, dtype: Optional[torch.dtype] = None) -> Dict[str
 
 def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: Optional[torch.dtype] = None,
                    extra: Optional[dict] = None) -> dict:
-    """Write ``model.safetensors`` + ``config.json``; return ``{"dir", "bytes", "tensors"}``."""
-    from safetensors.torch import save_file
+    """Write ``model.safetensors`` + ``config.json``; return ``{"dir", "bytes", "tensors"}``.
 
-    from .data import ByteTokenizer
-
+    Each file is written atomically (fsync + rename): a crash leaves the previous file or the
+    new one, never a torn one."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tokenizer or ByteTokenizer()
@@ -93,10 +98,8 @@ def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: Opt
             "tied_weights": tied_weights(model), "dtype": stored_dtype, "weights": WEIGHTS_FILE}
     if extra:
         meta.update(extra)
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "course_lib": FORMAT})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    _atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    save_safetensors(tensors, out / WEIGHTS_FILE, metadata={"format": "pt", "course_lib": FORMAT})
+    atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return {"dir": out, "bytes": (out / WEIGHTS_FILE).stat().st_size + (out / CONFIG_FILE).stat().st_size,
             "tensors": len(tensors)}
 
@@ -117,9 +120,6 @@ def read_config(path: str | os.PathLike) -> dict:
 
 def read_safetensors(path: str | os.PathLike) -> Dict[str, Tensor]:
     """All tensors of a safetensors file; any other format (e.g. a pickled .pt) is refused."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path} not found")
@@ -158,9 +158,6 @@ def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = t
 
     Returns ``(model, tokenizer, meta)``; the model is in eval mode on ``device``.
     """
-    from .data import tokenizer_from_description
-    from .model import DIYModel
-
     folder = Path(path)
     meta = read_config(folder)
     try:
@@ -178,19 +175,35 @@ def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = t
     return model.to(device=device, dtype=dtype).eval(), tok, meta
 
 
-def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: Optional[torch.dtype] = None) -> dict:
-    """Latest good training checkpoint of ``run_dir`` -> inference artefact in ``out_dir``."""
-    from .checkpoint import CheckpointManager
-    from .data import tokenizer_from_description
-    from .model import DIYModel
+def load_training_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
+    """The latest good training checkpoint of a run folder, as ``(model, tokenizer, state, path)``.
 
-    found = CheckpointManager(run_dir, verbose=False).load_latest()
+    The model is rebuilt from the config stored in the checkpoint (never from the caller's),
+    then filled with the checkpoint's weights; ``state`` is the whole training state.
+    """
+    found = CheckpointManager(run_dir, verbose=False).load_latest(map_location=map_location)
     if found is None:
-        raise ExportError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; train first")
-    state, ckpt = found
+        raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
+                                "train first: python -m course_lib.train --out-dir " + str(run_dir))
+    state, path = found
     model = DIYModel(ModelConfig.from_dict(state["config"]["model"]))
     model.load_state_dict(state["model"])
     tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
+    return model.eval(), tok, state, path
+
+
+def load_model_from_run(run_dir: str | os.PathLike, map_location="cpu"):
+    """Model + tokenizer + checkpoint folder from the latest good training checkpoint of a run."""
+    model, tok, _, path = load_training_checkpoint(run_dir, map_location)
+    return model, tok, path
+
+
+def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: Optional[torch.dtype] = None) -> dict:
+    """Latest good training checkpoint of ``run_dir`` -> inference artefact in ``out_dir``."""
+    try:
+        model, tok, state, ckpt = load_training_checkpoint(run_dir)
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
     info = save_inference(model, out_dir, tok, dtype=dtype,
                           extra={"source_checkpoint": {"step": int(state["step"]), "folder": ckpt.name}})
     info.update(step=int(state["step"]), checkpoint=ckpt)
@@ -217,8 +230,6 @@ def describe_checkpoint(state: dict) -> Dict[str, int]:
 # --------------------------------------------------------------------------------------------
 def hf_llama_config(cfg: ModelConfig, tokenizer=None) -> dict:
     """``config.json`` for ``LlamaForCausalLM`` describing the same network as ``cfg``."""
-    from .data import ByteTokenizer
-
     tok = tokenizer or ByteTokenizer()
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -259,13 +270,11 @@ def hf_state_dict(model) -> Dict[str, Tensor]:
 
 
 def export_hf_llama(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
-    """Write an HF Llama checkpoint folder (``config.json`` + ``model.safetensors``)."""
-    from safetensors.torch import save_file
-
+    """Write an HF Llama checkpoint folder (``config.json`` + ``model.safetensors``), atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    _atomic_write_text(out / "config.json", json.dumps(hf_llama_config(model.config, tokenizer), indent=2) + "\n")
+    save_safetensors(hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
+    atomic_write_text(out / "config.json", json.dumps(hf_llama_config(model.config, tokenizer), indent=2) + "\n")
     return out
 
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import codecs
 import sys
-import time
-from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .kv_cache import DynamicCache
+from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache
 
 
 def sample_next(logits: Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -67,8 +64,6 @@ def make_cache(kind: str, model, batch_size: int = 1, max_len: Optional[int] = N
     ``static`` preallocates ``max_len`` positions (default: the model's ``max_seq_len``);
     ``paged`` takes blocks from ``pool`` (or a new pool sized for ``batch_size x max_len``).
     """
-    from .kv_cache import BlockPool, PagedKVCache, QuantizedKVCache, StaticCache
-
     if kind == "dynamic":
         return DynamicCache()
     if kind == "static":
@@ -107,14 +102,21 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
     (for streaming). Rows that emitted ``eos_id`` receive ``pad_id`` afterwards; with
     ``drop_finished`` they are also removed from the running batch (and from the cache, via
     ``cache.reorder``), so finished sequences stop costing compute.
+
+    Host syncs: the sequence length is checked once here, before the loop (the model then never
+    has to read positions back from the device). Inside the loop the only sync is the EOS check
+    (see there); without ``eos_id`` the loop never waits on the device.
     """
     model.eval()
     B = input_ids.shape[0]
     device = input_ids.device
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    check_room(model.config.max_seq_len, input_ids, attention_mask, max_new_tokens)
     if isinstance(cache, str):
         cache = make_cache(cache, model, B, max_len=input_ids.shape[1] + max_new_tokens)
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(f"cache must be a course_lib.kv_cache.Cache or one of {CACHE_KINDS}, got {type(cache).__name__}")
     past = (cache if cache is not None else DynamicCache()) if use_cache else None
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     active = torch.arange(B, device=device)          # original row index of each running row
@@ -138,19 +140,39 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
             col[active] = nxt
             on_token(col)
         new_mask_col = (~finished).long()[:, None]   # the EOS token itself is real; pads after it are not
-        if eos_id is not None:
-            finished = finished | (nxt == eos_id)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
         mask = torch.cat([mask, new_mask_col], dim=1)
-        if eos_id is not None and bool(finished.all()):
+        if eos_id is None:
+            continue
+        finished = finished | (nxt == eos_id)
+        # The one host sync per token, kept on purpose: to stop when every row has emitted EOS
+        # (and to shrink the batch when some have), Python must read the flags from the device.
+        n_done = int(finished.sum())
+        if n_done == finished.numel():
             break
-        if drop_finished and eos_id is not None and bool(finished.any()) and \
-                (past is None or hasattr(past, "reorder")):
+        if drop_finished and n_done:
+            # nonzero() syncs as well, but only on the steps where a row has just finished
+            # (finished rows leave the batch, so n_done is 0 again on the next step).
             keep = (~finished).nonzero().squeeze(-1)
             if past is not None:
                 past.reorder(keep)
             seq, mask, active, finished = seq[keep], mask[keep], active[keep], finished[keep]
     return out[:, :steps]
+
+
+def check_room(max_seq_len: int, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> None:
+    """Raise before generating if the longest prompt plus the new tokens would pass ``max_seq_len``.
+
+    Positions come from the mask (left padding does not count), so the padded width is only an
+    upper bound; the exact length costs one device read, made once per call and only when the
+    bound is exceeded.
+    """
+    if input_ids.shape[1] + max_new_tokens - 1 <= max_seq_len:
+        return
+    longest = int(attention_mask.sum(-1).max())
+    if longest + max_new_tokens - 1 > max_seq_len:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} passes the model's "
+                         f"max_seq_len={max_seq_len}; shorten the prompt or ask for fewer new tokens")
 
 
 def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *, temperature: float = 0.0,
@@ -183,80 +205,6 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *,
         yield tail
 
 
-@torch.no_grad()
-def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int, *, cache: Optional[str] = "dynamic",
-                       repeats: int = 1, seed: int = 0) -> dict:
-    """Time prefill and decode separately (greedy, random prompt tokens, no EOS).
-
-    ``cache=None`` is the no-cache baseline: every decode step re-runs the whole sequence.
-    Returns tokens/s for both phases; decode tokens/s counts ``batch_size`` tokens per step.
-    The best of ``repeats`` runs is kept (least disturbed by other processes).
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (batch_size, prompt_len), generator=g).to(device)
-    best_p, best_d = float("inf"), float("inf")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(repeats):
-        past = make_cache(cache, model, batch_size, max_len=prompt_len + new_tokens) if cache else None
-        sync()
-        t0 = time.perf_counter()
-        if past is not None:
-            logits = prefill(model, ids, None, past)
-        else:
-            logits = model(ids).logits[:, -1, :]
-        sync()
-        t1 = time.perf_counter()
-        seq = ids
-        for _ in range(new_tokens):
-            nxt = logits.argmax(-1)
-            seq = torch.cat([seq, nxt[:, None]], 1)
-            logits = decode_step(model, nxt, None, past) if past is not None else model(seq).logits[:, -1, :]
-        sync()
-        t2 = time.perf_counter()
-        best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
-    return {"batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens, "cache": cache or "none",
-            "prefill_s": best_p, "decode_s": best_d,
-            "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
-
-
-def long_context_copy(model, max_seq_len: int):
-    """The same weights in a model whose RoPE tables reach ``max_seq_len`` (for speed sweeps:
-    the tables are derived from the config, not stored, so the weights load unchanged)."""
-    from .model import DIYModel
-
-    big = DIYModel(model.config.replace(max_seq_len=max_seq_len))
-    big.load_state_dict(model.state_dict())
-    return big.to(next(model.parameters()).device).eval()
-
-
-def decode_speed_vs_context(model, contexts: Sequence[int], new_tokens: int = 16, repeats: int = 2,
-                            batch_size: int = 1) -> List[dict]:
-    """Decode tokens/s with the KV cache and without it (full recompute), per context length."""
-    rows = []
-    for L in contexts:
-        c = measure_generation(model, batch_size, L, new_tokens, cache="dynamic", repeats=repeats)
-        n = measure_generation(model, batch_size, L, new_tokens, cache=None, repeats=repeats)
-        rows.append({"context": L, "cache_tok_s": c["decode_tok_s"], "no_cache_tok_s": n["decode_tok_s"],
-                     "speedup": c["decode_tok_s"] / n["decode_tok_s"]})
-    return rows
-
-
-def throughput_vs_batch(model, batch_sizes: Sequence[int], prompt_len: int = 32, new_tokens: int = 32,
-                        repeats: int = 2) -> List[dict]:
-    """Decode throughput (generated tokens/s over the whole batch) per batch size, KV cache on."""
-    rows = []
-    for b in batch_sizes:
-        r = measure_generation(model, b, prompt_len, new_tokens, cache="dynamic", repeats=repeats)
-        rows.append({"batch_size": b, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
-                     "ms_per_step": 1000 * r["decode_s"] / new_tokens})
-    base = rows[0]["decode_tok_s"]
-    for r in rows:
-        r["vs_batch1"] = r["decode_tok_s"] / base
-    return rows
-
-
 def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 100, **kw) -> List[str] | str:
     """Strings in, strings out (left-padded batch for several prompts)."""
     single = isinstance(prompts, str)
@@ -273,22 +221,6 @@ def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens
     return texts[0] if single else texts
 
 
-def load_model_from_run(run_dir: str | Path, map_location="cpu"):
-    """Model + tokenizer from the latest good training checkpoint of a run folder."""
-    from .checkpoint import CheckpointManager
-    from .config import ModelConfig
-    from .data import tokenizer_from_description
-    from .model import DIYModel
-
-    found = CheckpointManager(run_dir, verbose=False).load_latest(map_location=map_location)
-    if found is None:
-        raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
-                                "train first: python -m course_lib.train --out-dir " + str(run_dir))
-    state, path = found
-    cfg = ModelConfig.from_dict(state["config"]["model"])
-    model = DIYModel(cfg)
-    model.load_state_dict(state["model"])
-    return model.eval(), tokenizer_from_description(state.get("tokenizer", {"type": "byte"})), path
 
 
 if __name__ == "__main__":

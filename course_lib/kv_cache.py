@@ -8,6 +8,9 @@ methods (the same protocol HF transformers uses):
   ``(batch, kv_heads, new_tokens, head_dim)`` and return everything the attention should see;
 * ``get_seq_length() -> int``: how many positions are already cached.
 
+``generate`` also calls ``reorder(index)`` (drop finished rows) and the lessons read ``nbytes()``;
+the ``Cache`` ABC requires all four.
+
 ``DynamicCache`` grows by concatenation (simple, allocates every step); ``StaticCache`` is
 preallocated and written by position; ``QuantizedKVCache`` stores int8; ``PagedKVCache`` keeps
 fixed-size blocks from a shared ``BlockPool`` (block table + free list).
@@ -15,16 +18,22 @@ fixed-size blocks from a shared ``BlockPool`` (block table + free list).
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
-
 from abc import ABC, abstractmethod
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from .absmax import absmax_quantize
+
 
 class Cache(ABC):
-    """Base class: the protocol ``DIYModel`` relies on."""
+    """The interface ``DIYModel`` and ``generate`` rely on; every cache implements all of it.
+
+    ``update`` and ``get_seq_length`` are what attention needs; ``nbytes`` is what the memory
+    lessons measure; ``reorder`` is what batched generation needs to drop finished rows. A
+    cache that cannot honour one of them must still define it and raise, saying why.
+    """
 
     @abstractmethod
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
@@ -38,9 +47,13 @@ class Cache(ABC):
         """Length of the key axis ``update`` will return after adding ``new_tokens``."""
         return self.get_seq_length() + new_tokens
 
+    @abstractmethod
     def nbytes(self) -> int:
-        """Bytes held by the cache's tensors."""
-        return 0
+        """Bytes of memory the cache holds (allocated or reserved for it)."""
+
+    @abstractmethod
+    def reorder(self, index: Tensor) -> None:
+        """Keep only the batch rows in ``index`` (1-D, in the new order), e.g. to drop finished sequences."""
 
 
 class DynamicCache(Cache):
@@ -69,7 +82,7 @@ class DynamicCache(Cache):
 
     def to_legacy(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
         """The tuple-of-(k, v)-per-layer format older HF code passes around."""
-        return tuple(zip(self.keys, self.values))
+        return tuple(zip(self.keys, self.values, strict=True))
 
     @classmethod
     def from_legacy(cls, past: Optional[Sequence[Tuple[Tensor, Tensor]]]) -> "DynamicCache":
@@ -82,9 +95,6 @@ class DynamicCache(Cache):
         """Keep only / reorder batch rows (e.g. drop finished sequences)."""
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
-
-    def reset(self) -> None:
-        self.keys, self.values = [], []
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,28 +150,14 @@ class StaticCache(Cache):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def used_bytes(self) -> int:
-        """Bytes of the slots actually written (the rest is reserved but unused)."""
-        return self.nbytes() * self.lengths[0] // self.max_len
-
     def reorder(self, index: Tensor) -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
-
-    def reset(self) -> None:
-        self.lengths = [0] * len(self.lengths)
 
 
 # --------------------------------------------------------------------------------------------
 # int8 quantized cache
 # --------------------------------------------------------------------------------------------
-def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Symmetric int8 with one scale per (batch, head, token): ``x ~= q * scale``."""
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp_min(1e-8) / 127.0
-    q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
-    return q, scale
-
-
 class QuantizedKVCache(Cache):
     """Keys and values stored as int8 with one fp32 scale per token and head.
 
@@ -184,8 +180,8 @@ class QuantizedKVCache(Cache):
 
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         self.dtype = k.dtype
-        qk, sk = quantize_per_token(k)
-        qv, sv = quantize_per_token(v)
+        qk, sk = absmax_quantize(k, 127, dim=-1)   # one scale per (batch, head, token)
+        qv, sv = absmax_quantize(v, 127, dim=-1)
         if layer_idx == len(self.qk):
             self.qk.append(qk), self.sk.append(sk), self.qv.append(qv), self.sv.append(sv)
         elif layer_idx < len(self.qk):
@@ -327,28 +323,3 @@ def kv_cache_bytes_formula(n_layers: int, n_kv_heads: int, head_dim: int, seq_le
                            bytes_per_value: int) -> int:
     """2 (K and V) x layers x kv_heads x head_dim x seq x batch x bytes."""
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_value
-
-
-def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_size: int = 16) -> dict:
-    """Serve sequences of the given lengths from one ``BlockPool``; compare with preallocating
-    ``max_len`` positions per sequence (a ``StaticCache`` per sequence, as a server without paging
-    must, since it cannot know in advance how long each answer will be).
-
-    Returns bytes reserved by each scheme and bytes actually holding tokens.
-    """
-    c = model.config
-    p = next(model.parameters())
-    bpv = p.element_size()
-    pool = BlockPool.for_model(model, num_blocks=sum(-(-n // block_size) for n in lengths), block_size=block_size)
-    caches = []
-    with torch.no_grad():
-        for n in lengths:
-            cache = PagedKVCache(pool, 1)
-            model(torch.randint(0, c.vocab_size - 2, (1, n), device=p.device), past_key_values=cache, use_cache=True)
-            caches.append(cache)
-    used = sum(kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, n, 1, bpv) for n in lengths)
-    paged = sum(cache.nbytes() for cache in caches)
-    static = len(lengths) * kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, max_len, 1, bpv)
-    return {"sequences": len(lengths), "token_bytes": used, "paged_bytes": paged, "static_bytes": static,
-            "paged_waste": (paged - used) / paged, "static_waste": (static - used) / static,
-            "blocks_used": pool.used_blocks(), "block_size": block_size}

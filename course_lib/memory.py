@@ -37,11 +37,12 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
 from .config import ModelConfig
+from .model import DIYModel
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
@@ -180,7 +181,6 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
     Returns ``{"peak": bytes, "method": ..., "seconds": ...}``. Two steps: the first creates the
     optimizer state, the second runs with it in place (the steady state).
     """
-    from .model import DIYModel
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)

@@ -200,6 +200,20 @@ class DIYModel(nn.Module):
             total += p.numel()
         return total
 
+    def _check_positions(self, position_ids: Tensor, width: int, derived: bool) -> None:
+        """Positions must index the RoPE tables. Derived positions never exceed ``width - 1``
+        (past + new tokens, padding included), so the usual case is checked on the host with no
+        device read: ``int(position_ids.max())`` would stall every decode step until the GPU
+        catches up (and break a torch.compile graph). Only caller-given positions, or a padded
+        width beyond the window, pay for that read."""
+        limit = self.config.max_seq_len
+        if derived and width <= limit:
+            return
+        top = int(position_ids.max())  # a device -> host sync, off the hot path (see above)
+        if top >= limit:
+            raise ValueError(f"position {top} is beyond max_seq_len={limit}; "
+                             "use a shorter context or a model config with a larger max_seq_len")
+
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 position_ids: Optional[Tensor] = None, past_key_values=None,
                 use_cache: bool = False, targets: Optional[Tensor] = None) -> ModelOutput:
@@ -215,15 +229,13 @@ class DIYModel(nn.Module):
             raise ValueError(
                 f"attention_mask must cover past + new tokens: expected shape {(B, past_len + T)}, "
                 f"got {tuple(attention_mask.shape)}")
+        explicit_positions = position_ids
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = position_ids_from_mask(attention_mask, T)
             else:
                 position_ids = torch.arange(past_len, past_len + T, device=input_ids.device).expand(B, T)
-        if int(position_ids.max()) >= self.config.max_seq_len:
-            raise ValueError(
-                f"position {int(position_ids.max())} is beyond max_seq_len={self.config.max_seq_len}; "
-                "use a shorter context or a model config with a larger max_seq_len")
+        self._check_positions(position_ids, past_len + T, derived=explicit_positions is None)
         cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
 
         # A plain causal forward (training) takes SDPA's fast is_causal path with no mask tensor.

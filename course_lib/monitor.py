@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from .callbacks import Callback
+
 
 class NonFiniteError(FloatingPointError):
     """Loss or gradient norm became NaN/Inf; training stopped before the bad update."""
@@ -160,7 +162,7 @@ def last_per_step(records: Iterable[dict], key: str = "loss") -> List[dict]:
     return [out[s] for s in sorted(out)]
 
 
-class ProgressBar:
+class ProgressBar(Callback):
     """A tqdm progress bar as a trainer callback (``Trainer(..., callbacks=[ProgressBar()], console=False)``).
 
     ``tqdm.auto`` draws a widget bar in Jupyter and a text bar in a terminal. The bar shows the
@@ -171,14 +173,9 @@ class ProgressBar:
         self.desc, self.leave, self.bar = desc, leave, None
 
     def on_train_start(self, trainer) -> None:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # third-party and only needed here: imported on first use
         self.bar = tqdm(total=trainer.cfg.max_steps, initial=trainer.step, desc=self.desc,
                         leave=self.leave, dynamic_ncols=True)
-
-    def on_batch(self, trainer, x, y):
-        return x, y
-
-    def on_after_backward(self, trainer) -> None: ...
 
     def on_step_end(self, trainer, metrics: dict) -> None:
         if self.bar is None:
@@ -186,8 +183,6 @@ class ProgressBar:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}",
                              gnorm=f"{metrics['grad_norm']:.2f}", refresh=False)
-
-    def on_checkpoint(self, trainer, path) -> None: ...
 
     def on_train_end(self, trainer) -> None:
         if self.bar is not None:

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .data import load_corpus, split_tokens, tokenize_corpus
+from .export import load_inference
+
 REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference_model"
 # The reference run read this many bytes of the stdlib corpus (full mode) and held out 5%.
 CORPUS_BYTES = 4_000_000
@@ -33,8 +36,6 @@ def reference_info() -> dict:
 
 def load_reference_model(device="cpu"):
     """``(model, tokenizer)`` of the shipped trained model, in eval mode."""
-    from .export import load_inference
-
     if not (REFERENCE_DIR / "model.safetensors").exists():
         raise FileNotFoundError(f"no reference model in {REFERENCE_DIR}; rebuild it with: "
                                 "python tools/train_reference_model.py")
@@ -50,8 +51,6 @@ def reference_split() -> tuple[Tensor, Tensor]:
     text the model never saw in that exact form, but numbers are not comparable across
     machines: a warning says so.
     """
-    from .data import load_corpus, split_tokens, tokenize_corpus
-
     corpus = load_corpus("stdlib", max_bytes=CORPUS_BYTES)
     try:
         recorded = reference_info()["data"]["sha256"]

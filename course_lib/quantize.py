@@ -29,12 +29,20 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .absmax import absmax_quantize, absmax_scale
+from .config import ModelConfig
+from .data import ByteTokenizer, eval_batches, tokenizer_from_description
+from .export import (CONFIG_FILE, WEIGHTS_FILE, ExportError, check_tensors, read_config, read_safetensors,
+                     save_safetensors)
+from .fsio import atomic_write_text
+from .model import DIYModel
 
 QFORMAT = "course_lib.quantized/1"
 METHODS = ("int8", "int4", "gptq-int4")
@@ -50,10 +58,8 @@ def quantize_int8(w: Tensor) -> Tuple[Tensor, Tensor]:
     """
     if w.dim() != 2:
         raise ValueError(f"quantize_int8 expects a 2-D weight (out, in), got shape {tuple(w.shape)}")
-    w = w.detach().float()
-    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+    q, scale = absmax_quantize(w, 127, dim=1)
+    return q, scale.squeeze(1)
 
 
 def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
@@ -86,19 +92,12 @@ def padded_width(in_features: int, group_size: int) -> int:
     return -(-in_features // group_size) * group_size
 
 
-def int4_scales(w: Tensor, group_size: int) -> Tensor:
-    """One symmetric scale per group: ``max|group| / 7`` (so the largest value maps to +-7)."""
-    g = w.float().reshape(w.shape[0], -1, group_size)
-    return g.abs().amax(dim=-1).clamp_min(1e-12) / 7.0
-
-
 def quantize_int4(w: Tensor, group_size: int = 64) -> Tuple[Tensor, Tensor]:
     """Group-wise symmetric int4 (round to nearest): ``(packed uint8 (out, in/2), scales (out, in/group))``."""
     _check_group(w, group_size)
     w = F.pad(w.detach().float(), (0, padded_width(w.shape[1], group_size) - w.shape[1]))
-    scales = int4_scales(w, group_size)
-    q = torch.round(w.reshape(w.shape[0], -1, group_size) / scales[..., None]).clamp_(-8, 7)
-    return pack_int4(q.reshape_as(w)), scales
+    q, scales = absmax_quantize(w.reshape(w.shape[0], -1, group_size), 7, dim=-1, qmin=-8)
+    return pack_int4(q.reshape_as(w)), scales.squeeze(-1)
 
 
 def dequantize_int4(packed: Tensor, scales: Tensor, group_size: int, in_features: Optional[int] = None) -> Tensor:
@@ -307,7 +306,7 @@ def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) ->
     scales = torch.zeros(W.shape[0], cols // group_size)
     for i in range(cols):
         if i % group_size == 0:
-            scales[:, i // group_size] = W[:, i:i + group_size].abs().amax(dim=1).clamp_min(1e-12) / 7.0
+            scales[:, i // group_size] = absmax_scale(W[:, i:i + group_size], 7, dim=1, keepdim=False)
         s = scales[:, i // group_size]
         q = torch.round(W[:, i] / s).clamp_(-8, 7)
         Q[:, i] = q
@@ -320,32 +319,23 @@ def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) ->
 # Save / load
 # --------------------------------------------------------------------------------------------
 def save_quantized(qmodel, out_dir: str | os.PathLike, tokenizer=None) -> dict:
-    """``model.safetensors`` (int8 / packed uint8 tensors + fp32 scales) + ``config.json``."""
-    from safetensors.torch import save_file
-
-    from .data import ByteTokenizer
-    from .export import CONFIG_FILE, WEIGHTS_FILE, _atomic_write_text
-
+    """``model.safetensors`` (int8 / packed uint8 tensors + fp32 scales) + ``config.json``,
+    each written atomically."""
     spec = getattr(qmodel, "quant_spec", None)
     if spec is None:
         raise ValueError("save_quantized: this model was not made by quantize_model()")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in qmodel.state_dict().items()}
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", "course_lib": QFORMAT})
+    save_safetensors(tensors, out / WEIGHTS_FILE, metadata={"format": "pt", "course_lib": QFORMAT})
     meta = {"format": QFORMAT, "model": qmodel.config.to_dict(), "quantization": spec,
             "tokenizer": (tokenizer or ByteTokenizer()).describe(), "weights": WEIGHTS_FILE}
-    _atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return {"dir": out, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
 
 
 def load_quantized(path: str | os.PathLike, device="cpu"):
     """Rebuild the quantized structure from ``config.json``, fill it from safetensors (checked)."""
-    from .config import ModelConfig
-    from .data import tokenizer_from_description
-    from .export import ExportError, check_tensors, read_config, read_safetensors
-    from .model import DIYModel
-
     folder = Path(path)
     meta = read_config(folder)
     if meta.get("format") != QFORMAT:
@@ -421,8 +411,6 @@ def model_nbytes(model) -> int:
 @torch.no_grad()
 def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: Optional[int] = None) -> float:
     """exp(mean next-token cross-entropy) over non-overlapping windows of ``tokens`` (1-D)."""
-    from .data import eval_batches
-
     model.eval()
     device = next(iter(model.state_dict().values())).device
     total, n = 0.0, 0
@@ -434,57 +422,25 @@ def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, 
 
 
 @torch.no_grad()
+def logits_divergence(ref_logits: Tensor, logits: Tensor) -> dict:
+    """KL(ref || other) per token (nats) and top-1 agreement of two logits tensors (..., vocab),
+    averaged over all positions; ``tokens`` is the number of positions."""
+    lp = F.log_softmax(ref_logits.float(), -1)
+    lq = F.log_softmax(logits.float(), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    agree = lp.argmax(-1) == lq.argmax(-1)
+    return {"kl": kl.mean().item(), "top1_agreement": agree.float().mean().item(), "tokens": kl.numel()}
+
+
+@torch.no_grad()
 def compare_to_reference(ref, model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16,
                          max_batches: Optional[int] = None) -> dict:
     """KL(ref || model) per token (nats) and top-1 agreement of next-token predictions."""
-    from .data import eval_batches
-
     ref.eval(), model.eval()
-    kl, agree, n = 0.0, 0, 0
+    kl, agree, n = 0.0, 0.0, 0
     for x, _ in eval_batches(tokens, seq_len, batch_size, max_batches or 10**9):
-        lp = F.log_softmax(ref(x).logits.float(), -1)
-        lq = F.log_softmax(model(x).logits.float(), -1)
-        kl += (lp.exp() * (lp - lq)).sum(-1).sum().item()
-        agree += (lp.argmax(-1) == lq.argmax(-1)).sum().item()
-        n += x.numel()
+        d = logits_divergence(ref(x).logits, model(x).logits)
+        kl += d["kl"] * d["tokens"]
+        agree += d["top1_agreement"] * d["tokens"]
+        n += d["tokens"]
     return {"kl": kl / n, "top1_agreement": agree / n}
-
-
-def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = None, group_size: int = 64,
-                     big_batch: int = 8, prompt_len: int = 64, new_tokens: int = 16, eval_batches: int = 8,
-                     seq_len: int = 128, methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4", "gptq-int4"),
-                     out_dir: Optional[str | os.PathLike] = None) -> List[dict]:
-    """One row per method, all measured in this call: file size, model memory, prefill/decode
-    tokens/s at batch 1 and ``big_batch``, held-out perplexity, KL and top-1 agreement vs fp32."""
-    import tempfile
-
-    from .export import artifact_size, save_inference
-    from .generate import measure_generation
-
-    tmp = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="quant-"))
-    rows = []
-    for method in methods:
-        if method == "fp32":
-            qm = model
-            save_inference(model, tmp / method)
-        elif method == "dynamic-int8":
-            qm, _ = dynamic_int8(model)
-            torch.save(qm.state_dict(), tmp / "dynamic-int8.pt")  # torch.ao packed params: no safetensors form
-        else:
-            qm = quantize_model(model, method, group_size, calibration=calibration)
-            save_quantized(qm, tmp / method)
-        size = artifact_size(tmp / method) if method != "dynamic-int8" else (tmp / "dynamic-int8.pt").stat().st_size
-        s1 = measure_generation(qm, 1, prompt_len, new_tokens, repeats=2)
-        sb = measure_generation(qm, big_batch, prompt_len, new_tokens, repeats=2)
-        ppl = perplexity(qm, heldout, seq_len, 8, eval_batches)
-        cmp = compare_to_reference(model, qm, heldout, seq_len, 8, eval_batches)
-        rows.append({"method": method, "file_MB": size / 1e6, "memory_MB": model_nbytes(qm) / 1e6,
-                     "prefill_tok_s_b1": s1["prefill_tok_s"], "decode_tok_s_b1": s1["decode_tok_s"],
-                     f"decode_tok_s_b{big_batch}": sb["decode_tok_s"], "perplexity": ppl,
-                     "kl_vs_fp32": cmp["kl"], "top1_vs_fp32": cmp["top1_agreement"]})
-    base = rows[0]
-    for r in rows:
-        r["size_ratio"] = r["file_MB"] / base["file_MB"]
-        r["ppl_ratio"] = r["perplexity"] / base["perplexity"]
-        r["decode_ratio_b1"] = r["decode_tok_s_b1"] / base["decode_tok_s_b1"]
-    return rows

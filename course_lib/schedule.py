@@ -5,6 +5,10 @@ optimizer step ``s`` (0-based) is ``lr_lambda(s)``; during warmup it is ``s / wa
 so the very first optimizer step uses lr = 0. nanoGPT instead uses ``(s + 1) / warmup`` so that
 no step is wasted; pass ``hf_convention=False`` for that. With ``min_lr_ratio = 0`` the linear
 and cosine schedules give exactly HF's values.
+
+``min_lr_ratio`` means the same for every decay (torchtitan's convention): the decay shape
+``d(progress)`` runs from 1 to 0, and the multiplier is ``min + (1 - min) * d``, so the floor is
+reached exactly at ``total_steps`` (not earlier) and held after it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def lr_multiplier(step: int, *, kind: str, warmup_steps: int, total_steps: int,
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     if kind == "linear":
-        return max(min_lr_ratio, max(0.0, float(total_steps - step) / decay_steps))
+        # (total - step) / decay_steps rather than 1 - progress: bit-identical to HF when min is 0
+        return min_lr_ratio + (1.0 - min_lr_ratio) * max(0.0, float(total_steps - step) / decay_steps)
     if kind == "cosine":
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if kind == "wsd":

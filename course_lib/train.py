@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import distributed
+from .callbacks import Callback
 from .checkpoint import CheckpointManager
 from .config import RESUME_FREE, RESUME_SCHEDULE, ConfigError, ModelConfig, TrainConfig, fields_by_resume
 from .data import ByteTokenizer, build_datasets, eval_batches
@@ -48,18 +49,6 @@ from .schedule import build_scheduler
 
 class ConfigMismatchError(RuntimeError):
     """A checkpoint in out_dir was made with a different model: refuse rather than overwrite it."""
-
-
-class Callback:
-    """Override what you need. ``trainer`` gives access to model, optimizer, step, config."""
-
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_batch(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor):
-        return x, y
-    def on_after_backward(self, trainer: "Trainer") -> None: ...
-    def on_step_end(self, trainer: "Trainer", metrics: dict) -> None: ...
-    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None: ...
-    def on_train_end(self, trainer: "Trainer") -> None: ...
 
 
 class ReplayDDPBatches(Callback):

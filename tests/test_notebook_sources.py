@@ -34,7 +34,7 @@ def test_stored_notebook_matches_source(src):
         f"缺少 {stored_path.name}：请运行 `make notebooks NB={src.stem}` 生成它")
     want = [(c.cell_type, c.source) for c in to_notebook(src).cells]
     got = [(c.cell_type, c.source) for c in nbformat.read(stored_path, as_version=4).cells]
-    for i, (w, g) in enumerate(zip(want, got)):
+    for i, (w, g) in enumerate(zip(want, got, strict=False)):
         assert w == g, (
             f"{stored_path.name} 第 {i} 个单元格与源文件 {src.name} 不一致 (drift)；"
             f"请运行 `make notebooks NB={src.stem}`。\n期望: {w!r:.300}\n实际: {g!r:.300}")

@@ -46,7 +46,6 @@ env_ok = run_checks()
 # 标着「计划中」的 notebook 还没有写好。
 
 # %%
-from pathlib import Path
 
 from IPython.display import Markdown, display
 

@@ -28,9 +28,6 @@
 
 # %%
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import torch
@@ -38,8 +35,9 @@ import torch
 from course_lib.checkpoint import CheckpointError, CheckpointManager, safe_torch_load
 from course_lib.config import pick
 from course_lib.monitor import last_per_step, read_jsonl
-from course_lib.paths import repo_root, runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.paths import runs_dir
+from course_lib.plotting import new_axes
+from course_lib.runner import run, run_and_kill, train_command
 
 STEPS, INTERVAL = pick(160, 30), pick(20, 5)
 KILL_AFTER = pick(90, 17)          # kill once the log shows at least this step
@@ -47,55 +45,46 @@ base = runs_dir("4.0.1", fresh=True)
 
 def train_cmd(out_dir):
     # the real CLI, on CPU: bitwise equality is a CPU promise (CUDA kernels may be non-deterministic)
-    return [sys.executable, "-m", "course_lib.train", "--out-dir", str(out_dir), "--max-steps", str(STEPS),
-            "--ckpt-interval", str(INTERVAL), "--log-interval", "1", "--eval-interval", str(STEPS),
-            "--device", "cpu", "--no-tensorboard", "--keep-last", "2"]
+    return train_command(out_dir, max_steps=STEPS, ckpt_interval=INTERVAL, log_interval=1, eval_interval=STEPS,
+                         device="cpu", tensorboard=False, keep_last=2)
 
 print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
 
 # %% [markdown]
 # ## 1. 训练、杀掉、重启
 #
-# 我们用 `subprocess.Popen` 启动真正的训练进程 `python -m course_lib.train`，盯着它写的 `metrics.jsonl`，
-# 到第 `KILL_AFTER` 步之后发送 `SIGKILL`——不能被捕获，不会执行任何清理代码，和断电、OOM killer 一样。
+# `course_lib.runner.run_and_kill` 用 `subprocess.Popen` 启动真正的训练进程 `python -m course_lib.train`，盯着它写的
+# `metrics.jsonl`，到第 `KILL_AFTER` 步之后发送 `SIGKILL`——不能被捕获，不会执行任何清理代码，和断电、OOM killer 一样。
 # 然后用**完全相同的命令**再启动一次：`Trainer` 在 `out_dir` 里找到最新的完整检查点，自动从那一步继续。
 
 # %%
 killed = base / "killed"
-env = dict(os.environ, PYTHONUNBUFFERED="1")
 t0 = time.perf_counter()
-proc = subprocess.Popen(train_cmd(killed), cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-while proc.poll() is None:
-    recs = read_jsonl(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
-    if recs and recs[-1].get("step", 0) >= KILL_AFTER:
-        proc.send_signal(signal.SIGKILL)
-        break
-    time.sleep(0.05)
-proc.wait()
-last_logged = max(r["step"] for r in read_jsonl(killed / "metrics.jsonl"))
+k = run_and_kill(train_cmd(killed), killed, kill_after_step=KILL_AFTER)
+last_logged = k.last_logged_step
 mgr = CheckpointManager(killed, verbose=False)
-print(f"exit code {proc.returncode} (-9 = SIGKILL); last logged step {last_logged}; "
+print(f"exit code {k.returncode} (-9 = SIGKILL); last logged step {last_logged}; "
       f"complete checkpoints: {[s for s, _ in mgr.list_complete()]}")
 
 # %%
-r = subprocess.run(train_cmd(killed), cwd=repo_root(), env=env, capture_output=True, text=True)
-print("\n".join(l for l in r.stdout.splitlines() if "resumed" in l or "done" in l))
-assert r.returncode == 0, r.stderr[-2000:]
+r = run(train_cmd(killed), killed)
+print("\n".join(l for l in r.output.splitlines() if "resumed" in l or "done" in l))
+assert r.returncode == 0, r.tail(20)
 
 # %% [markdown]
 # 再跑一次从不中断的参照运行 (reference run)，比较两者最后一个检查点里的每个张量：
 
 # %%
 ref = base / "uninterrupted"
-r2 = subprocess.run(train_cmd(ref), cwd=repo_root(), env=env, capture_output=True, text=True)
-assert r2.returncode == 0, r2.stderr[-2000:]
+r2 = run(train_cmd(ref), ref)
+assert r2.returncode == 0, r2.tail(20)
 print(f"three processes took {time.perf_counter() - t0:.0f}s")
 
 a = CheckpointManager(killed, verbose=False).load(CheckpointManager(killed).path_for(STEPS))
 b = CheckpointManager(ref, verbose=False).load(CheckpointManager(ref).path_for(STEPS))
 same_model = all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
 same_opt = all(torch.equal(x, y) for k in b["optimizer"]["state"] for x, y in
-               zip(a["optimizer"]["state"][k].values(), b["optimizer"]["state"][k].values()))
+               zip(a["optimizer"]["state"][k].values(), b["optimizer"]["state"][k].values(), strict=True))
 print(f"model tensors bitwise equal: {same_model}; optimizer state bitwise equal: {same_opt}")
 
 # %% [markdown]
@@ -145,8 +134,8 @@ print("loss curves identical step by step:", identical)
 from course_lib.faults import FAULT_ENV, SAVE_PHASES
 print("fault points inside a save:", SAVE_PHASES)
 torn = base / "torn"
-env_fault = dict(env, **{FAULT_ENV: f"save_partial@{2 * INTERVAL}"})   # half of state.pt on disk, then SIGKILL
-r = subprocess.run(train_cmd(torn), cwd=repo_root(), env=env_fault, capture_output=True, text=True)
+fault = {FAULT_ENV: f"save_partial@{2 * INTERVAL}"}   # half of state.pt on disk, then SIGKILL
+r = run(train_cmd(torn), torn, env=fault)
 m = CheckpointManager(torn, verbose=False)
 print("exit code", r.returncode, "| complete checkpoints:", [s for s, _ in m.list_complete()],
       "| leftover temp dirs:", sorted(p.name for p in m.dir.glob(".tmp-*")))

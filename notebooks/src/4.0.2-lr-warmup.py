@@ -19,7 +19,6 @@
 # **前置知识**：4.0.1；AdamW。 **预计时间**：CPU 上运行约 2–3 分钟，阅读 + 练习约 30 分钟。
 
 # %%
-import math
 
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.paths import runs_dir

@@ -19,7 +19,6 @@
 # **前置知识**：4.0.2；AdamW 的一阶/二阶矩。 **预计时间**：CPU 上运行约 2 分钟，阅读 + 练习约 30 分钟。
 
 # %%
-import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.paths import runs_dir

@@ -44,7 +44,7 @@ recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
 print(sorted(recs[-1]))
 fig, axes = new_axes("One run, four signals (from metrics.jsonl)", "optimizer step", "", ncols=4, figsize=(14, 3.4))
 for ax, key, ylabel in zip(axes, ("loss", "lr", "grad_norm", "tokens_per_s"),
-                           ("loss (nats/token)", "learning rate", "grad-norm", "tokens / s")):
+                           ("loss (nats/token)", "learning rate", "grad-norm", "tokens / s"), strict=True):
     ax.plot([r["step"] for r in recs], [r[key] for r in recs]); ax.set_ylabel(ylabel); ax.set_title(key)
 print(f"last record: elapsed {recs[-1]['elapsed_s']:.1f}s, eta {recs[-1]['eta_s']:.1f}s")
 

@@ -99,7 +99,7 @@ good = Trainer(MC, cfg("good"), console=False)
 resumed_at = good.step
 st = CheckpointManager(ROOT / "good").load(good.resumed_from)  # read it now: keep_last=2 rotates it away later
 good.fit()
-exact = all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), good.model.state_dict().values()))
+exact = all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), good.model.state_dict().values(), strict=True))
 
 bad = Trainer(MC, cfg("bad", resume=False), console=False)
 bad.model.load_state_dict(st["model"]); bad.optimizer.load_state_dict(st["optimizer"]); bad.step = st["step"]

@@ -27,19 +27,18 @@
 # > （notebook 里的函数无法被 spawn 出来的进程导入）。
 
 # %%
-import json
 import os
 
 import torch
 
 from course_lib.checkpoint import CheckpointManager
-from course_lib.config import pick
-from course_lib.distributed import run_streaming, torchrun_command
+from course_lib.config import ModelConfig, TrainConfig, pick
+from course_lib.distributed import run_streaming
 from course_lib.monitor import read_jsonl
 from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes, print_table
-from course_lib.cli import build_parser, configs_from_args
 from course_lib.faults import fault_env
+from course_lib.plotting import new_axes
+from course_lib.runner import torchrun_train_command
 from course_lib.train import ReplayDDPBatches, Trainer
 
 STEPS = pick(40, 8)
@@ -65,17 +64,12 @@ print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| ste
 # 下面是我们要运行的命令（`torchrun` 就是 `python -m torch.distributed.run`；`python -m course_lib.launch` 是带上重启修正的 torchrun，参数相同，见第 4 节）：
 
 # %%
-ARGS = dict(max_steps=STEPS, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64,
-            seq_len=32, batch_size=4, warmup_steps=2, eval_interval=STEPS, eval_batches=1, log_interval=max(1, STEPS // 8),
-            ckpt_interval=max(2, STEPS // 4), device="cpu", seed=7)
+MODEL = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
+TRAIN = dict(max_steps=STEPS, seq_len=32, batch_size=4, warmup_steps=2, eval_interval=STEPS, eval_batches=1,
+             log_interval=max(1, STEPS // 8), ckpt_interval=max(2, STEPS // 4), device="cpu", seed=7, tensorboard=False)
 
-
-def cli(out, **kw):
-    a = dict(ARGS, out_dir=str(out), **kw)
-    return [x for k, v in a.items() for x in ("--" + k.replace("_", "-"), str(v))] + ["--no-tensorboard"]
-
-
-cmd = torchrun_command(cli(ROOT / "ddp"), nproc_per_node=2)
+# course_lib.runner turns the keyword arguments into CLI flags (tensorboard=False -> --no-tensorboard)
+cmd = torchrun_train_command(2, ROOT / "ddp", **MODEL, **TRAIN)
 print(" ".join(c if not c.startswith("/") else os.path.basename(c) for c in cmd))
 
 # %% [markdown]
@@ -98,7 +92,8 @@ assert rc == 0, "\n".join(lines[-30:])
 # 两边只差浮点加法的顺序（all-reduce），所以比较用 `allclose`（测试里是 atol 2e-5）。
 
 # %%
-mc, tc = configs_from_args(build_parser().parse_args(cli(ROOT / "single")))
+# the same configs the CLI builds from those flags: ModelConfig.small / TrainConfig.default + overrides
+mc, tc = ModelConfig.small(**MODEL), TrainConfig.default(**TRAIN, out_dir=str(ROOT / "single"))
 single = Trainer(mc, tc, callbacks=[ReplayDDPBatches(world_size=2)], console=False)
 single.fit()
 ddp_state, _ = CheckpointManager(ROOT / "ddp").load_latest()
@@ -133,8 +128,8 @@ ax.legend();
 
 # %%
 marker = ROOT / "fault.marker"
-kill_at = ARGS["ckpt_interval"] + 1
-rc, lines = run_streaming(torchrun_command(cli(ROOT / "faulty"), nproc_per_node=2, max_restarts=1),
+kill_at = TRAIN["ckpt_interval"] + 1
+rc, lines = run_streaming(torchrun_train_command(2, ROOT / "faulty", max_restarts=1, **MODEL, **TRAIN),
                           env={"OMP_NUM_THREADS": "1", **fault_env("after_step", kill_at, rank=1, once=marker)},
                           timeout_s=600, prefix_filter=("[train]", "[fault]", "step ", "RuntimeError", "exitcode"))
 print("\nexit code:", rc, "| fault happened:", marker.exists())
@@ -143,7 +138,7 @@ print([ln for ln in lines if "resumed from" in ln])
 # %%
 faulty, _ = CheckpointManager(ROOT / "faulty").load_latest()
 same = all(torch.equal(v, faulty["model"][k]) for k, v in ddp_state["model"].items())
-print(f"killed after step {kill_at}, restarted, resumed from the checkpoint at step {ARGS['ckpt_interval']}:")
+print(f"killed after step {kill_at}, restarted, resumed from the checkpoint at step {TRAIN['ckpt_interval']}:")
 print("final weights bitwise equal to the uninterrupted DDP run:", same)
 
 # %%

@@ -72,7 +72,7 @@ for n in (2, 4):
     acc.fit()
     big = Trainer(MC, cfg(f"big{n}"), callbacks=[ReplayDDPBatches(1, n)], console=False, save_checkpoints=False)
     big.fit()
-    d = max((a - b).abs().max().item() for a, b in zip(acc.model.state_dict().values(), big.model.state_dict().values()))
+    d = max((a - b).abs().max().item() for a, b in zip(acc.model.state_dict().values(), big.model.state_dict().values(), strict=True))
     rows.append({"N micro-batches x B=2": n, "one batch of": 2 * n, "max |param diff| after steps": f"{d:.1e}",
                  "final loss (acc)": round(acc.history[-1]["loss"], 4), "final loss (big)": round(big.history[-1]["loss"], 4),
                  "optimizer steps": acc.optimizer.state_dict()["state"][0]["step"].item()})
@@ -137,7 +137,7 @@ res_tr = Trainer(MC, cfg("crash", accumulation_steps=n), console=False)
 print(f"resumed at optimizer step {res_tr.step}, micro-batches consumed {res_tr.batches_consumed} (= {res_tr.step} x {n})")
 res_tr.fit()
 print("bitwise equal to the uninterrupted run:",
-      all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), res_tr.model.state_dict().values())))
+      all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), res_tr.model.state_dict().values(), strict=True)))
 
 # %% [markdown]
 # ## 小结

@@ -24,8 +24,7 @@
 # **预计时间**：CPU 笔记本上运行约 1 分钟，阅读与练习约 40 分钟。
 
 # %%
-import json, subprocess, sys, tempfile
-from pathlib import Path
+import json, subprocess, sys
 
 import torch
 
@@ -61,7 +60,7 @@ print(f"trained {hist[-1]['step']} steps, loss {hist[0]['loss']:.2f} -> {hist[-1
 # 所有 rank 的随机数状态 (RNG state)、数据位置。推理只需要权重和「怎么搭出这个模型」的描述。
 
 # %%
-from course_lib.checkpoint import CheckpointManager, safe_torch_load
+from course_lib.checkpoint import CheckpointManager
 
 state, ckpt_dir = CheckpointManager(run / "train", verbose=False).load_latest()
 parts = describe_checkpoint(state)

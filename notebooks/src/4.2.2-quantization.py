@@ -31,8 +31,9 @@ import torch
 from course_lib.config import pick
 from course_lib.plotting import new_axes, print_table
 from course_lib.pretrained import calibration_batch, heldout_tokens, load_reference_model
-from course_lib.quantize import (TORCHAO_REPLACEMENT, comparison_table, dequantize_int4, dequantize_int8,
-                                 dynamic_int8, quantize_int4, quantize_int8)
+from course_lib.measure import comparison_table
+from course_lib.quantize import (TORCHAO_REPLACEMENT, dequantize_int4, dequantize_int8, dynamic_int8, quantize_int4,
+                                 quantize_int8)
 
 torch.manual_seed(0)
 model, tok = load_reference_model()

@@ -27,10 +27,10 @@
 import torch
 
 from course_lib.config import pick
-from course_lib.generate import (decode_speed_vs_context, decode_step, generate, long_context_copy, make_cache,
-                                 prefill)
+from course_lib.generate import decode_step, generate, make_cache, prefill
 from course_lib.kv_cache import (BlockPool, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache,
-                                 kv_cache_bytes_formula, paged_vs_static_memory)
+                                 kv_cache_bytes_formula)
+from course_lib.measure import decode_speed_vs_context, long_context_copy, paged_vs_static_memory
 from course_lib.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
@@ -132,6 +132,7 @@ print("GQA saves", cfg.n_heads // cfg.n_kv_heads, "x: with n_kv_heads = n_heads 
 # %%
 from course_lib.data import eval_batches
 from course_lib.pretrained import heldout_tokens
+from course_lib.quantize import logits_divergence
 
 x = next(eval_batches(heldout_tokens(), pick(200, 32), 4, 1))[0]
 with torch.no_grad():
@@ -141,9 +142,8 @@ with torch.no_grad():
         for t in range(8, x.shape[1]):
             outs.append(model(x[:, t:t + 1], past_key_values=c, use_cache=True).logits)
         res[name] = (torch.cat(outs, 1), c.nbytes())
-lp, lq = res["fp32"][0].log_softmax(-1), res["int8"][0].log_softmax(-1)
-kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
-top1 = (lp.argmax(-1) == lq.argmax(-1)).float().mean().item()
+d = logits_divergence(res["fp32"][0], res["int8"][0])   # the same KL / top-1 as lesson 4.2.2's table
+kl, top1 = d["kl"], d["top1_agreement"]
 print(f"cache bytes: fp32 {res['fp32'][1]:,} -> int8 {res['int8'][1]:,} ({res['int8'][1] / res['fp32'][1]:.2f}x)")
 print(f"quality: max |logit diff| {(res['fp32'][0] - res['int8'][0]).abs().max():.4f}, KL {kl:.2e} nats/token, top-1 agreement {top1:.4f}")
 
@@ -162,7 +162,7 @@ print(f"quality: max |logit diff| {(res['fp32'][0] - res['int8'][0]).abs().max()
 pool = BlockPool.for_model(model, num_blocks=24, block_size=16)
 seqs = {name: PagedKVCache(pool, 1) for name in ("A", "B", "C")}
 with torch.no_grad():
-    for (name, c), n in zip(seqs.items(), (20, 70, 33)):
+    for (name, c), n in zip(seqs.items(), (20, 70, 33), strict=True):
         generate(model, torch.randint(0, 256, (1, n)), 10, cache=c)
 for name, c in seqs.items():
     print(f"seq {name}: {c.get_seq_length():3d} tokens -> block table {c.block_tables[0]}")

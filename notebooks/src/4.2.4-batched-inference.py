@@ -24,13 +24,13 @@
 # **预计时间**：运行约 2 分钟，阅读与练习约 30 分钟。
 
 # %%
-import sys
 import time
 
 import torch
 
 from course_lib.config import pick
-from course_lib.generate import generate, left_pad, stream_generate, throughput_vs_batch
+from course_lib.generate import generate, left_pad, stream_generate
+from course_lib.measure import throughput_vs_batch
 from course_lib.model import position_ids_from_mask
 from course_lib.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model

@@ -27,7 +27,6 @@
 # **预计时间**：CPU 笔记本上约 4–5 分钟（`COURSE_QUICK=1` 时约 1 分钟）。
 
 # %%
-import json
 import subprocess
 import sys
 
@@ -97,11 +96,11 @@ def curve(path, key):
 
 fig, (ax1, ax2) = new_axes("Capstone run: killed + resumed vs uninterrupted", "optimizer step", "train loss", ncols=2)
 for name, style in (("reference", "-"), ("run", "--")):
-    steps, loss = zip(*curve(base / name, "loss"))
+    steps, loss = zip(*curve(base / name, "loss"), strict=True)
     ax1.plot(steps, loss, style, label="uninterrupted" if name == "reference" else "killed + resumed")
 ax1.axvline(killed.last_logged_step, color="red", lw=1, ls=":", label="SIGKILL")
 ax1.legend()
-steps, lr = zip(*curve(base / "run", "lr"))
+steps, lr = zip(*curve(base / "run", "lr"), strict=True)
 ax2.plot(steps, lr, color="tab:green")
 ax2.set_ylabel("learning rate")
 ax2.set_title("lr: warmup then cosine decay")
@@ -184,7 +183,7 @@ alone = [generate(model, torch.tensor([tok.encode(p)]), 24, eos_id=tok.eos_id, p
 no_cache = generate(model, ids, 24, attention_mask=mask, eos_id=tok.eos_id, pad_id=tok.pad_id, use_cache=False)
 same_batch = all(torch.equal(batched[i, :len(a)], a) for i, a in enumerate(alone))
 same_cache = torch.equal(batched, no_cache)
-for p, row in zip(prompts, batched.tolist()):
+for p, row in zip(prompts, batched.tolist(), strict=True):
     print(repr(p + tok.decode(row)))
 tick("4.2 KV cache 与批量推理", same_batch and same_cache,
      f"left-padded batch of {len(prompts)} == each alone: {same_batch}; cached == uncached: {same_cache}")

@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from course_lib.distributed import free_port  # noqa: F401  (re-exported for the tests)
 

@@ -50,7 +50,7 @@ def test_tensorboard_serves_logged_scalars(tmp_path, browser, screenshot_dir):
         steps = [int(p[1]) for p in series]
         values = [float(p[2]) for p in series]
         assert steps == list(range(1, 31)), f"期望 30 个 step (1..30)，TensorBoard 返回 {steps}"
-        assert all(abs(a - b) < 1e-5 for a, b in zip(values, losses)), "TensorBoard 返回的 loss 与写入的不一致"
+        assert all(abs(a - b) < 1e-5 for a, b in zip(values, losses, strict=True)), "TensorBoard 返回的 loss 与写入的不一致"
 
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(base + "/#timeseries")

@@ -22,7 +22,7 @@ def test_matches_torch(impl, scale, max_norm):
     want = torch.nn.utils.clip_grad_norm_(ref, max_norm)
     assert isinstance(got, torch.Tensor) and got.dim() == 0, f"应返回 0 维张量，实际 {got!r}"
     assert torch.allclose(got, want, rtol=1e-5), f"返回的范数应为裁剪前的 {want.item():.6g}，实际 {got.item():.6g}"
-    for i, (a, b) in enumerate(zip(ours, ref)):
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
         if b.grad is None:
             assert a.grad is None, f"参数 {i} 原本没有梯度，不应凭空创建梯度"
             continue

@@ -22,7 +22,7 @@ def test_finite_step_returns_grad_norm(impl):
     got = impl(EX).guard_step(3, loss, m.parameters())
     assert isinstance(got, float), f"应返回 float，实际 {type(got).__name__}"
     assert got == pytest.approx(want, rel=1e-5), f"全局梯度范数应为 {want:.6g}，实际 {got}"
-    assert all(torch.equal(a, p.grad) for a, p in zip(before, m.parameters())), "不应修改梯度"
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, m.parameters(), strict=True)), "不应修改梯度"
 
 
 @pytest.mark.parametrize("where,value", [("loss", float("nan")), ("loss", float("inf")),

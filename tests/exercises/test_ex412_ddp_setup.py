@@ -92,6 +92,6 @@ def test_two_process_gloo_setup(impl, tmp_path):
     torch.nn.functional.mse_loss(m(x), y).backward()
     torch.optim.SGD(m.parameters(), lr=0.1).step()
     want = [p.detach().flatten().tolist() for p in m.parameters()]
-    for g, w in zip(reps[0]["params"], want):
+    for g, w in zip(reps[0]["params"], want, strict=True):
         assert torch.allclose(torch.tensor(g), torch.tensor(w), atol=1e-6), (
             f"DDP 一步后的参数应等于单进程在两个 rank 批次合并后的一步：期望 {w}，实际 {g}")

@@ -45,7 +45,7 @@ def test_matches_reference_steps(impl):
             f"grad_norm 应为 unscale 之后的真实范数 {want_norm:.4g}，实际 {got['grad_norm']:.4g}"
             + ("（约为 scale 倍：是不是在 unscale_ 之前就裁剪/计算范数了？）" if got["grad_norm"] > 100 * want_norm else ""))
         assert got["skipped"] is False
-        for p, q in zip(m1.parameters(), m2.parameters()):
+        for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
             assert torch.equal(p, q), f"第 {step + 1} 步后参数与参考实现不同（最大差 {(p - q).abs().max():.3g}）"
 
 
@@ -59,7 +59,7 @@ def test_inf_gradient_skips_step_and_halves_scale(impl):
     got = impl(EX).amp_train_step(m, o, s, x, y, F.mse_loss, max_norm=1.0)
     assert got["skipped"] is True, "梯度含 inf 时这一步应被跳过 (skipped=True)"
     assert s.get_scale() == scale / 2, f"跳过后 scale 应减半：期望 {scale / 2}，实际 {s.get_scale()}"
-    for a, p in zip(before, m.parameters()):
+    for a, p in zip(before, m.parameters(), strict=True):
         assert torch.equal(a, p), "被跳过的一步不应改动参数"
     x2, y2 = batch(1)
     ok = impl(EX).amp_train_step(m, o, s, x2, y2, F.mse_loss, max_norm=1.0)

@@ -9,7 +9,6 @@ printed, so a failure is reproducible.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import random
 import signal
@@ -121,7 +120,7 @@ def test_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
         bad_loads = [w for e in events for w in e["warnings"] if "skipping" in w or "checkpoint" in w.lower()]
         assert not bad_loads, f"lineage {i}: 恢复时出现了损坏/被跳过的 checkpoint（应为 0 次）：{bad_loads}"
         # each resume starts from the newest checkpoint at or before the kill point
-        for e, fault in zip(events[1:], points):
+        for e, fault in zip(events[1:], points, strict=True):
             phase, step = fault.split("@")
             step = int(step)
             assert e["resumed_step"] <= step, (fault, e)

@@ -27,7 +27,7 @@ def test_tensorboard_and_jsonl_agree(tmp_path, tiny_corpus):
         assert tag in tags, f"TensorBoard 里缺少 {tag}；实际有 {tags}"
     tb_loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert [s for s, _ in tb_loss] == [2, 4, 6, 8, 10]
-    for (s, v), r in zip(tb_loss, recs):
+    for (s, v), r in zip(tb_loss, recs, strict=True):
         assert v == pytest.approx(r["loss"], rel=1e-6)   # TensorBoard stores float32
     assert [e.step for e in acc.Scalars("eval/loss")] == [5, 10]
 

@@ -32,7 +32,7 @@ def test_accumulation_equals_big_batch(tmp_path, n):
     for k, a in acc.model.state_dict().items():
         b = big.model.state_dict()[k]
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), f"{k}: 最大差 {(a - b).abs().max():.3g}"
-    for ha, hb in zip(acc.history, big.history):
+    for ha, hb in zip(acc.history, big.history, strict=True):
         assert abs(ha["loss"] - hb["loss"]) < 1e-5, "累积的损失 (loss) 应等于大批次的损失"
         assert abs(ha["grad_norm"] - hb["grad_norm"]) < 1e-4 * max(1.0, hb["grad_norm"])
     # one scheduler / optimizer step per accumulated batch, not per micro-batch

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig
+from course_lib.monitor import read_jsonl
 from course_lib.train import Callback, Trainer
 
 MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
@@ -21,7 +22,7 @@ def tc(out, **kw):
 def test_bf16_autocast_trains_close_to_fp32(tmp_path):
     f32 = Trainer(ModelConfig(**MC), tc(tmp_path / "a"), console=False, save_checkpoints=False).fit()
     b16 = Trainer(ModelConfig(**MC), tc(tmp_path / "b", dtype="bf16"), console=False, save_checkpoints=False).fit()
-    d = [abs(a["loss"] - b["loss"]) for a, b in zip(f32, b16)]
+    d = [abs(a["loss"] - b["loss"]) for a, b in zip(f32, b16, strict=True)]
     assert max(d) > 0, "bf16 与 fp32 的损失完全相同：autocast 没有生效"
     # bf16 has 8 significant bits (relative step 2**-8 ~ 0.4%); losses ~5.5 -> within 0.1
     assert max(d) < 0.1, f"bf16 损失偏离 fp32 太多：{d}"
@@ -47,7 +48,7 @@ class InfAt(Callback):
 
 def test_fp16_gradscaler_skips_inf_step_and_holds_scheduler(tmp_path):
     cb = InfAt(3)
-    tr = Trainer(ModelConfig(**MC), tc(tmp_path, dtype="fp16"), callbacks=[cb], console=False)
+    tr = Trainer(ModelConfig(**MC), tc(tmp_path, dtype="fp16", log_interval=1), callbacks=[cb], console=False)
     assert tr.scaler is not None
     scale0 = tr.scaler.get_scale()
     h = tr.fit()
@@ -62,9 +63,19 @@ def test_fp16_gradscaler_skips_inf_step_and_holds_scheduler(tmp_path):
     # clipping saw real (unscaled) gradients: norms are O(1), not O(scale=65536)
     finite = [x["grad_norm"] for x in h if not x["skipped"]]
     assert all(math.isfinite(g) and g < 100 for g in finite), finite
-    # skipped steps are logged
-    logged = [__import__("json").loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert any("skipped_steps" in r for r in logged) or any("skipped" in r for r in logged)
+    # with log_interval=1 every step is in metrics.jsonl: the skipped one is marked at step 3
+    logged = {r["step"]: r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r}
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    assert [logged[i]["skipped"] for i in range(1, 7)] == [False, False, True, False, False, False], logged
+    assert [logged[i]["skipped_steps"] for i in range(1, 7)] == [0, 0, 1, 1, 1, 1]
+
+
+def test_skipped_step_count_survives_a_log_interval_that_hides_the_step(tmp_path):
+    tr = Trainer(ModelConfig(**MC), tc(tmp_path, dtype="fp16", log_interval=4), callbacks=[InfAt(3)], console=False)
+    tr.fit()
+    logged = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in logged] == [4, 6], "step 3 is not a logging step"
+    assert [r["skipped_steps"] for r in logged] == [1, 1], "跳过的步数 (skipped_steps) 必须累计到后面的日志里"
 
 
 def test_fp16_scaler_state_is_checkpointed_and_resumed(tmp_path):

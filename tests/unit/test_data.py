@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from course_lib.data import (ByteTokenizer, DataError, StreamingTokenDataset, files_corpus, load_corpus,
-                             tokenize_corpus)
+from course_lib.data import (ByteTokenizer, DataError, StreamingTokenDataset, files_corpus, load_corpus)
 
 
 def test_byte_tokenizer_round_trips_chinese():
@@ -79,7 +78,7 @@ def test_position_resume_matches_with_workers():
     ds2 = StreamingTokenDataset(tokens, 10, 4, seed=1)
     ds2.load_state_dict(ds.state_dict(batches_consumed=13))
     rest = _collect(ds2, 7, workers=2)
-    for (a, _), (b, _) in zip(full[13:], rest):
+    for (a, _), (b, _) in zip(full[13:], rest, strict=True):
         assert torch.equal(a, b)
 
 

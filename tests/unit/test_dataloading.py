@@ -2,10 +2,10 @@
 for the streaming dataset and for map-style data + DistributedSampler; set_epoch; resume."""
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from course_lib.config import ModelConfig, TrainConfig
-from course_lib.data import StreamingTokenDataset, TokenChunkDataset
+from course_lib.data import TokenChunkDataset
 from course_lib.dataloading import DistributedChunkBatches, make_loader, measure_throughput
 from course_lib.train import Callback, Trainer
 

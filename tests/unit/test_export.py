@@ -49,7 +49,7 @@ def test_fresh_process_loads_and_generates(tmp_path):
     from course_lib.generate import generate
     want = generate(m, ids, 8).tolist()
     code = ("import sys, torch; from course_lib.export import load_inference; from course_lib.generate import generate;"
-            f"m, tok, _ = load_inference(sys.argv[1]); print(generate(m, torch.tensor([[100, 101, 32, 102]]), 8).tolist())")
+            "m, tok, _ = load_inference(sys.argv[1]); print(generate(m, torch.tensor([[100, 101, 32, 102]]), 8).tolist())")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(want)

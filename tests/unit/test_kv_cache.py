@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from course_lib.config import ModelConfig
-from course_lib.generate import generate, left_pad, make_cache
+from course_lib.generate import generate, make_cache
 from course_lib.kv_cache import (BlockPool, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache,
                                  kv_cache_bytes_formula)
 from course_lib.model import DIYModel

@@ -77,11 +77,21 @@ def test_left_padded_cached_decoding_matches_alone():
 
 def test_loss_ignores_minus_100_and_tied_weights():
     model = make()
+    torch.manual_seed(0)
     ids = torch.randint(0, 258, (2, 8))
-    tgt = ids.clone()
+    tgt = torch.randint(0, 258, (2, 8))
     tgt[:, :4] = -100
     out = model(ids, targets=tgt)
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    logits = out.logits.float()
+    # oracle: the mean cross-entropy over the kept positions only (it never sees -100); a loss that
+    # averaged over all 16 positions, or treated -100 as a class, would differ
+    want = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, logits.shape[-1]), tgt[:, 4:].reshape(-1))
+    assert out.loss.ndim == 0
+    torch.testing.assert_close(out.loss, want, atol=1e-6, rtol=1e-6)
+    # the logits at ignored positions get no gradient
+    out.logits.retain_grad()
+    out.loss.backward()
+    assert out.logits.grad[:, :4].abs().max() == 0 and out.logits.grad[:, 4:].abs().max() > 0
     assert model.lm_head.weight is model.embed_tokens.weight
 
 

@@ -56,3 +56,27 @@ def test_cosine_floor_wsd_and_constant():
     assert schedule_values("constant", 2.0, 4, 10)[4:] == [2.0] * 6
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_multiplier(20, kind="exp", warmup_steps=0, total_steps=30)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "wsd"])
+@pytest.mark.parametrize("warmup,total", [(0, 10), (5, 50), (10, 100)])
+def test_min_lr_is_reached_exactly_at_total_steps(kind, warmup, total):
+    """Every decay ends at the floor at total_steps, not before, and stays there."""
+    ratio = 0.1
+    m = [lr_multiplier(s, kind=kind, warmup_steps=warmup, total_steps=total, min_lr_ratio=ratio)
+         for s in range(total + 5)]
+    assert m[total] == pytest.approx(ratio, abs=1e-12), f"{kind}: 在 total_steps 处应正好等于下限 min_lr"
+    assert all(v == pytest.approx(ratio, abs=1e-12) for v in m[total:]), f"{kind}: total_steps 之后应保持在下限"
+    assert m[total - 1] > ratio + 1e-9, f"{kind}: 在 total_steps 之前就到了下限（过早变平）"
+    assert all(a >= b - 1e-12 for a, b in zip(m[warmup:], m[warmup + 1:], strict=False)), f"{kind}: 衰减应单调不增"
+
+
+def test_linear_with_min_lr_rescales_instead_of_clamping():
+    """linear with min_lr > 0: lr = min + (peak - min) * (total - s) / (total - warmup)."""
+    v = schedule_values("linear", 1.0, 10, 110, min_lr=0.2)
+    for s in (10, 35, 60, 85, 109):
+        want = 0.2 + 0.8 * (110 - s) / 100
+        assert v[s] == pytest.approx(want, abs=1e-12), (s, v[s], want)
+    # a clamp would reach the floor at step 90 and stay flat for the last 20 steps
+    assert v[95] > v[100] > v[105] > 0.2
+    assert lr_multiplier(110, kind="linear", warmup_steps=10, total_steps=110, min_lr_ratio=0.2) == pytest.approx(0.2)

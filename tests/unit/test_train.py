@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig
-from course_lib.generate import generate, generate_text, load_model_from_run
+from course_lib.generate import generate
 from course_lib.train import Callback, Trainer
 
 MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
@@ -39,7 +39,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert resumed.step == 8
     h = resumed.fit()
     assert [r["step"] for r in h] == [9, 10, 11, 12]
-    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert [r["loss"] for r in ref.history[8:]] == [r["loss"] for r in h]
 

@@ -1,0 +1,172 @@
+"""Lesson measurements: timing tables and size/quality comparisons.
+
+The core modules (``generate``, ``quantize``, ``kv_cache``) hold the library; the harnesses that
+*measure* it for a lesson or a benchmark live here, so a core module never imports the modules
+it is measured against (the quantizer does not need the generation loop or the exporter).
+
+* ``measure_generation`` / ``decode_speed_vs_context`` / ``throughput_vs_batch``: prefill and
+  decode tokens/s (lessons 4.2.3, 4.2.4; bench/kv_cache.py, bench/batched_generation.py);
+* ``comparison_table``: size, speed and quality per quantization method (lesson 4.2.2);
+* ``paged_vs_static_memory``: bytes reserved by paged vs preallocated KV caches (lesson 4.2.3).
+
+Timings keep the best of ``repeats`` runs (least disturbed by other processes) and every
+ratio compares numbers measured in the same call.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .export import artifact_size, save_inference
+from .generate import decode_step, make_cache, prefill
+from .kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
+from .model import DIYModel
+from .quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
+
+
+# --------------------------------------------------------------------------------------------
+# Generation speed
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int, *, cache: Optional[str] = "dynamic",
+                       repeats: int = 1, seed: int = 0) -> dict:
+    """Time prefill and decode separately (greedy, random prompt tokens, no EOS).
+
+    ``cache=None`` is the no-cache baseline: every decode step re-runs the whole sequence.
+    Returns tokens/s for both phases; decode tokens/s counts ``batch_size`` tokens per step.
+    The best of ``repeats`` runs is kept (least disturbed by other processes).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (batch_size, prompt_len), generator=g).to(device)
+    best_p, best_d = float("inf"), float("inf")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(repeats):
+        past = make_cache(cache, model, batch_size, max_len=prompt_len + new_tokens) if cache else None
+        sync()
+        t0 = time.perf_counter()
+        if past is not None:
+            logits = prefill(model, ids, None, past)
+        else:
+            logits = model(ids).logits[:, -1, :]
+        sync()
+        t1 = time.perf_counter()
+        seq = ids
+        for _ in range(new_tokens):
+            nxt = logits.argmax(-1)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            logits = decode_step(model, nxt, None, past) if past is not None else model(seq).logits[:, -1, :]
+        sync()
+        t2 = time.perf_counter()
+        best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
+    return {"batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens, "cache": cache or "none",
+            "prefill_s": best_p, "decode_s": best_d,
+            "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
+
+
+def long_context_copy(model, max_seq_len: int):
+    """The same weights in a model whose RoPE tables reach ``max_seq_len`` (for speed sweeps:
+    the tables are derived from the config, not stored, so the weights load unchanged)."""
+    big = DIYModel(model.config.replace(max_seq_len=max_seq_len))
+    big.load_state_dict(model.state_dict())
+    return big.to(next(model.parameters()).device).eval()
+
+
+def decode_speed_vs_context(model, contexts: Sequence[int], new_tokens: int = 16, repeats: int = 2,
+                            batch_size: int = 1) -> List[dict]:
+    """Decode tokens/s with the KV cache and without it (full recompute), per context length."""
+    rows = []
+    for L in contexts:
+        c = measure_generation(model, batch_size, L, new_tokens, cache="dynamic", repeats=repeats)
+        n = measure_generation(model, batch_size, L, new_tokens, cache=None, repeats=repeats)
+        rows.append({"context": L, "cache_tok_s": c["decode_tok_s"], "no_cache_tok_s": n["decode_tok_s"],
+                     "speedup": c["decode_tok_s"] / n["decode_tok_s"]})
+    return rows
+
+
+def throughput_vs_batch(model, batch_sizes: Sequence[int], prompt_len: int = 32, new_tokens: int = 32,
+                        repeats: int = 2) -> List[dict]:
+    """Decode throughput (generated tokens/s over the whole batch) per batch size, KV cache on."""
+    rows = []
+    for b in batch_sizes:
+        r = measure_generation(model, b, prompt_len, new_tokens, cache="dynamic", repeats=repeats)
+        rows.append({"batch_size": b, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
+                     "ms_per_step": 1000 * r["decode_s"] / new_tokens})
+    base = rows[0]["decode_tok_s"]
+    for r in rows:
+        r["vs_batch1"] = r["decode_tok_s"] / base
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization: size, speed and quality per method
+# --------------------------------------------------------------------------------------------
+def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = None, group_size: int = 64,
+                     big_batch: int = 8, prompt_len: int = 64, new_tokens: int = 16, eval_batches: int = 8,
+                     seq_len: int = 128, methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4", "gptq-int4"),
+                     out_dir: Optional[str | os.PathLike] = None) -> List[dict]:
+    """One row per method, all measured in this call: file size, model memory, prefill/decode
+    tokens/s at batch 1 and ``big_batch``, held-out perplexity, KL and top-1 agreement vs fp32."""
+    tmp = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="quant-"))
+    rows = []
+    for method in methods:
+        if method == "fp32":
+            qm = model
+            save_inference(model, tmp / method)
+        elif method == "dynamic-int8":
+            qm, _ = dynamic_int8(model)
+            torch.save(qm.state_dict(), tmp / "dynamic-int8.pt")  # torch.ao packed params: no safetensors form
+        else:
+            qm = quantize_model(model, method, group_size, calibration=calibration)
+            save_quantized(qm, tmp / method)
+        size = artifact_size(tmp / method) if method != "dynamic-int8" else (tmp / "dynamic-int8.pt").stat().st_size
+        s1 = measure_generation(qm, 1, prompt_len, new_tokens, repeats=2)
+        sb = measure_generation(qm, big_batch, prompt_len, new_tokens, repeats=2)
+        ppl = perplexity(qm, heldout, seq_len, 8, eval_batches)
+        cmp = compare_to_reference(model, qm, heldout, seq_len, 8, eval_batches)
+        rows.append({"method": method, "file_MB": size / 1e6, "memory_MB": model_nbytes(qm) / 1e6,
+                     "prefill_tok_s_b1": s1["prefill_tok_s"], "decode_tok_s_b1": s1["decode_tok_s"],
+                     f"decode_tok_s_b{big_batch}": sb["decode_tok_s"], "perplexity": ppl,
+                     "kl_vs_fp32": cmp["kl"], "top1_vs_fp32": cmp["top1_agreement"]})
+    base = rows[0]
+    for r in rows:
+        r["size_ratio"] = r["file_MB"] / base["file_MB"]
+        r["ppl_ratio"] = r["perplexity"] / base["perplexity"]
+        r["decode_ratio_b1"] = r["decode_tok_s_b1"] / base["decode_tok_s_b1"]
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache memory: paged vs preallocated
+# --------------------------------------------------------------------------------------------
+def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_size: int = 16) -> dict:
+    """Serve sequences of the given lengths from one ``BlockPool``; compare with preallocating
+    ``max_len`` positions per sequence (a ``StaticCache`` per sequence, as a server without paging
+    must, since it cannot know in advance how long each answer will be).
+
+    Returns bytes reserved by each scheme and bytes actually holding tokens.
+    """
+    c = model.config
+    p = next(model.parameters())
+    bpv = p.element_size()
+    pool = BlockPool.for_model(model, num_blocks=sum(-(-n // block_size) for n in lengths), block_size=block_size)
+    caches = []
+    with torch.no_grad():
+        for n in lengths:
+            cache = PagedKVCache(pool, 1)
+            model(torch.randint(0, c.vocab_size - 2, (1, n), device=p.device), past_key_values=cache, use_cache=True)
+            caches.append(cache)
+    used = sum(kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, n, 1, bpv) for n in lengths)
+    paged = sum(cache.nbytes() for cache in caches)
+    static = len(lengths) * kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, max_len, 1, bpv)
+    return {"sequences": len(lengths), "token_bytes": used, "paged_bytes": paged, "static_bytes": static,
+            "paged_waste": (paged - used) / paged, "static_waste": (static - used) / static,
+            "blocks_used": pool.used_blocks(), "block_size": block_size}

@@ -1,0 +1,117 @@
+"""The dependency graph of course_lib is explicit and acyclic.
+
+Every import of one course_lib module by another sits at the top of the importing module (so
+the graph can be read from the file heads), and that graph has no cycle. Imports of
+third-party or optional packages inside functions are fine (e.g. ``torch.ao`` guarded by
+``try``); this test only looks at imports between course_lib modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+PKG = Path(__file__).resolve().parents[1] / "course_lib"
+
+
+def _modules() -> Dict[str, ast.Module]:
+    return {p.stem: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(PKG.glob("*.py"))}
+
+
+def _targets(node: ast.AST, known: Set[str]) -> List[str]:
+    """course_lib modules named by an import node (relative or absolute)."""
+    out = []
+    if isinstance(node, ast.ImportFrom):
+        mod = node.module or ""
+        if node.level == 1 or mod == "course_lib" or mod.startswith("course_lib."):
+            base = mod.removeprefix("course_lib").lstrip(".") if node.level == 0 else mod
+            if base:
+                out.append(base.split(".")[0])
+            else:  # from . import x / from course_lib import x
+                out.extend(a.name for a in node.names if a.name in known)
+    elif isinstance(node, ast.Import):
+        for a in node.names:
+            if a.name.startswith("course_lib."):
+                out.append(a.name.split(".")[1])
+    return [t for t in out if t in known]
+
+
+def _top_level_imports(tree: ast.Module) -> List[ast.AST]:
+    """Imports executed when the module is imported (module body, incl. if/try blocks there)."""
+    found = []
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, (ast.If, ast.Try)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                stack.extend(getattr(node, field, []) or [])
+        elif isinstance(node, ast.ExceptHandler):
+            stack.extend(node.body)
+    return found
+
+
+def graph() -> Dict[str, Set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {name: {t for n in _top_level_imports(tree) for t in _targets(n, known)} - {name}
+            for name, tree in mods.items()}
+
+
+def test_no_function_local_imports_between_course_lib_modules():
+    mods = _modules()
+    known = set(mods)
+    bad = []
+    for name, tree in mods.items():
+        top = {id(n) for n in _top_level_imports(tree)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top and _targets(node, known):
+                bad.append(f"course_lib/{name}.py:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, ("course_lib 模块之间的 import 应写在文件开头（依赖关系一目了然）；"
+                     "这些写在函数里：\n" + "\n".join(bad))
+
+
+def find_cycle(g: Dict[str, Set[str]]) -> List[str]:
+    """One import cycle as a path [a, b, ..., a], or [] if the graph is acyclic."""
+    state: Dict[str, int] = {}  # 1 = on the stack, 2 = done
+    path: List[str] = []
+
+    def visit(n: str) -> List[str]:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(g.get(n, ())):
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        path.pop()
+        state[n] = 2
+        return []
+
+    for n in sorted(g):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return []
+
+
+def test_find_cycle_detects_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_course_lib_has_no_import_cycle():
+    cycle = find_cycle(graph())
+    assert not cycle, "course_lib 的 import 有环 (import cycle)：" + " -> ".join(cycle)
+
+
+def test_leaf_modules_import_nothing_from_course_lib():
+    g = graph()
+    for leaf in ("absmax", "fsio", "callbacks", "paths"):
+        if leaf in g:
+            assert not g[leaf], f"course_lib/{leaf}.py 应是叶子模块 (leaf)，却导入了 {sorted(g[leaf])}"
