@@ -37,10 +37,25 @@ def _targets(node: ast.AST, known: Set[str]) -> List[str]:
     return [t for t in out if t in known]
 
 
+def _is_main_guard(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``: entry-point code, never run when the module is imported."""
+    t = node.test if isinstance(node, ast.If) else None
+    return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name) and t.left.id == "__name__"
+            and len(t.comparators) == 1 and isinstance(t.comparators[0], ast.Constant)
+            and t.comparators[0].value == "__main__")
+
+
+def _main_guard_imports(tree: ast.Module) -> Set[int]:
+    """ids of imports inside a module-level ``if __name__ == "__main__":`` block (allowed: a
+    `python -m course_lib.X` entry point may import the command line that imports X)."""
+    return {id(n) for g in tree.body if _is_main_guard(g) for n in ast.walk(g)
+            if isinstance(n, (ast.Import, ast.ImportFrom))}
+
+
 def _top_level_imports(tree: ast.Module) -> List[ast.AST]:
     """Imports executed when the module is imported (module body, incl. if/try blocks there)."""
     found = []
-    stack = list(tree.body)
+    stack = [n for n in tree.body if not _is_main_guard(n)]
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -65,7 +80,7 @@ def test_no_function_local_imports_between_course_lib_modules():
     known = set(mods)
     bad = []
     for name, tree in mods.items():
-        top = {id(n) for n in _top_level_imports(tree)}
+        top = {id(n) for n in _top_level_imports(tree)} | _main_guard_imports(tree)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top and _targets(node, known):
                 bad.append(f"course_lib/{name}.py:{node.lineno}: {ast.unparse(node)}")
