@@ -10,12 +10,17 @@
 
 The graders run in a fresh `python -m pytest` subprocess against `exercises/` (the learner's
 files), so every call re-reads the learner's file: no kernel restart needed after an edit.
+A grading run that goes on too long (an endless loop in the learner's code) is stopped after
+``timeout`` seconds (default ``COURSE_GRADING_TIMEOUT`` or 120 per exercise) and reported as
+such; with pytest-timeout installed each test also gets that limit, so the others still report.
 """
 from __future__ import annotations
 
 import html
+import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +31,25 @@ from pathlib import Path
 STATUS_PASS = "通过"
 STATUS_FAIL = "未通过"
 STATUS_TODO = "未实现"
+DEFAULT_TIMEOUT_S = 120.0
+MAX_MESSAGE_LINES = 8
+STARTUP_S = 30.0     # pytest + torch start-up, added once to the whole run's time limit
+
+
+def timeout_message(seconds: float) -> str:
+    return f"你的代码运行超过 {seconds:g} 秒，可能有死循环 (infinite loop)：检查循环的结束条件"
+
+
+def grading_timeout() -> float:
+    """Seconds one exercise's graders may run: $COURSE_GRADING_TIMEOUT, else 120."""
+    raw = os.environ.get("COURSE_GRADING_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise GradingError(f"COURSE_GRADING_TIMEOUT 应是秒数（如 120），收到 {raw!r}") from None
+    if value <= 0:
+        raise GradingError(f"COURSE_GRADING_TIMEOUT 应大于 0，收到 {raw!r}")
+    return value
 
 
 class GradingError(RuntimeError):
@@ -37,7 +61,7 @@ class TestRow:
     exercise: str
     test: str
     status: str          # 通过 / 未通过 / 未实现
-    message: str = ""    # first line of the failure message
+    message: str = ""    # the failure message: what was expected and what came back
 
     @property
     def passed(self) -> bool:
@@ -79,7 +103,7 @@ class CheckResult:
     def to_text(self) -> str:
         lines = [self.summary()]
         for r in self.rows:
-            msg = f"  {r.message}" if r.message else ""
+            msg = ("  " + r.message.replace("\n", "\n      ")) if r.message else ""
             lines.append(f"  [{r.status}] {r.exercise} :: {r.test}{msg}")
         if not self.rows:
             lines.append("  （没有收集到测试，pytest 输出如下）\n" + self.output[-2000:])
@@ -91,7 +115,7 @@ class CheckResult:
             f"<tr><td style='text-align:left'>{html.escape(r.exercise)}</td>"
             f"<td style='text-align:left'><code>{html.escape(r.test)}</code></td>"
             f"<td style='color:{color[r.status]};font-weight:bold'>{r.status}</td>"
-            f"<td style='text-align:left'>{html.escape(r.message)}</td></tr>"
+            f"<td style='text-align:left;white-space:pre-wrap'>{html.escape(r.message)}</td></tr>"
             for r in self.rows)
         if not self.rows:
             body = f"<tr><td colspan=4><pre>{html.escape(self.output[-2000:])}</pre></td></tr>"
@@ -155,7 +179,28 @@ def _first_line(text: str | None) -> str:
     return ""
 
 
-def _parse_junit(xml_path: Path, names: list[str]) -> list[TestRow]:
+def _failure_message(text: str | None) -> str:
+    """The grader's own message, all of it (expected vs got), without pytest's introspection
+    ("assert x == y", "+  where ...") or the traceback."""
+    lines = []
+    for line in (text or "").strip().splitlines():
+        stripped = line.strip()
+        if lines and stripped.startswith(("assert ", "+", "where ", "AssertionError")):
+            break
+        if not lines and not stripped:
+            continue
+        lines.append(line.rstrip())
+    if not lines:
+        return ""
+    lines[0] = re.sub(r"^(AssertionError|assert|Failed)\s*:?\s*", "", lines[0].strip())
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) > MAX_MESSAGE_LINES:
+        lines = lines[:MAX_MESSAGE_LINES] + ["…"]
+    return "\n".join(lines)[:1500]
+
+
+def _parse_junit(xml_path: Path, names: list[str], timeout_s: float | None = None) -> list[TestRow]:
     rows = []
     for tc in ET.parse(xml_path).getroot().iter("testcase"):
         classname = tc.get("classname") or ""
@@ -170,9 +215,10 @@ def _parse_junit(xml_path: Path, names: list[str]) -> list[TestRow]:
             detail = (bad.get("message") or "") + "\n" + (bad.text or "")
             if "NotImplementedError" in detail:
                 rows.append(TestRow(exercise, tc.get("name"), STATUS_TODO, "NotImplementedError：还没有实现"))
+            elif "Timeout >" in detail and timeout_s:
+                rows.append(TestRow(exercise, tc.get("name"), STATUS_FAIL, timeout_message(timeout_s)))
             else:
-                msg = bad.get("message") or bad.text
-                msg = re.sub(r"^(AssertionError|assert)\s*:?\s*", "", _first_line(msg))
+                msg = _failure_message(bad.get("message") or bad.text)
                 rows.append(TestRow(exercise, tc.get("name"), STATUS_FAIL, msg))
         elif skipped is not None:
             rows.append(TestRow(exercise, tc.get("name"), STATUS_FAIL,
@@ -182,9 +228,16 @@ def _parse_junit(xml_path: Path, names: list[str]) -> list[TestRow]:
     return rows
 
 
+def _pytest_timeout_available() -> bool:
+    return importlib.util.find_spec("pytest_timeout") is not None
+
+
 def run_graders(names: list[str], root: Path | None = None, impl: str = "exercises",
-                exercise_id: str | None = None) -> CheckResult:
+                exercise_id: str | None = None, timeout: float | None = None) -> CheckResult:
+    """Run the graders of `names` in a fresh pytest process. ``timeout`` (seconds per exercise,
+    default ``grading_timeout()``) stops code that never returns, e.g. ``while True: pass``."""
     root = root or find_root()
+    per_test = float(timeout) if timeout is not None else grading_timeout()
     files = [str(root / "tests" / "exercises" / f"test_{n}.py") for n in names]
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
@@ -195,9 +248,21 @@ def run_graders(names: list[str], root: Path | None = None, impl: str = "exercis
         env.pop("COURSE_IMPL", None)
         cmd = [sys.executable, "-m", "pytest", *files, "--impl", impl, "-q",
                "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit2"]
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        output = proc.stdout + proc.stderr
-        rows = _parse_junit(xml, names) if xml.exists() else []
+        if _pytest_timeout_available():
+            cmd += [f"--timeout={per_test:g}", "--timeout-method=signal"]
+        # the whole run: every exercise's share plus pytest's own start-up
+        total = per_test * len(names) + STARTUP_S
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=total)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)    # pytest and anything the graders started
+            out, err = proc.communicate()
+            rows = [TestRow(n, "(全部测试)", STATUS_FAIL, timeout_message(per_test)) for n in names]
+            return CheckResult(exercise_id or ",".join(names), names, rows, out + err)
+        output = out + err
+        rows = _parse_junit(xml, names, per_test) if xml.exists() else []
     return CheckResult(exercise_id or ",".join(names), names, rows, output)
 
 
