@@ -20,11 +20,12 @@ def test_lesson_opens_and_closes_the_same_way(src):
         assert word in head, f"{src.name}: 开头应写明「{word}」"
     positions = []
     for word in CLOSING:
-        m = re.search(rf"^# #+ .*{word}", text, re.M)
+        m = re.search(rf"^# #+ .*{word}", text, re.MULTILINE)
         assert m, f"{src.name}: 结尾应有「{word}」小节 (markdown 标题)"
         positions.append(m.start())
     assert positions == sorted(positions), f"{src.name}: 结尾小节的顺序应为 {CLOSING}"
-    assert "Quiz(" in text and ".show()" in text, f"{src.name}: 自检小节应调用 course_lib.quiz.Quiz(...).show()"
+    lesson = src.name.split("-")[0]
+    assert f'quiz("{lesson}"' in text, f"{src.name}: 自检小节应调用 course_lib.quiz.quiz(\"{lesson}\", measured={{...}})"
     if "99-capstone" not in src.name:
         assert re.search(r"check\(\"\d\.\d\.\d\"\)", text), f"{src.name}: 练习小节应有 check(\"x.y.z\") 单元"
 

@@ -206,22 +206,10 @@ check("4.0.1");
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
-quiz = Quiz("4.0.1 检查点与恢复", [
-    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
-             ["它们能让模型更大", "长时间训练一定会遇到中断和不稳定：没有它们，一次崩溃或一次 loss 爆炸就浪费全部算力，而且你看不见发生了什么",
-              "只是为了符合规范", "它们能提高最终精度"], 1,
-             "checkpoint 让中断可恢复，warmup 和裁剪让早期与异常步稳定，日志让问题可见；规模越大，出问题的概率和代价都越大。"),
-    Question("恢复后 loss 突然跳高，最可能漏存了什么？",
-             ["模型权重", "优化器状态或学习率调度器状态", "tokenizer", "config.json"], 1,
-             "权重恢复了但 Adam 的矩估计或调度器步数没有恢复，更新幅度就不对了（HF #33336 等）。"),
-    Question("为什么要先写临时目录、最后写 COMPLETE.json、再 rename？",
-             ["更快", "保存中途被杀时，不会留下一个名字正确但内容残缺的检查点", "节省磁盘", "为了兼容 Windows"], 1,
-             "rename 是原子的；没有完成标记的目录不会被当作检查点。"),
-    Question("`torch.load(path)` 不加 `weights_only=True` 有什么风险？",
-             ["加载慢", "文件里的 pickle 可以执行任意代码", "张量精度下降", "没有风险"], 1,
-             "pickle 的 __reduce__ 可以调用 os.system；weights_only 只允许张量和普通容器。"),
-]).show()
+from course_lib.quiz import quiz
+
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.0.1", measured={"redo_over_interval": dup / INTERVAL})
 
 # %% [markdown]
 # ## 下一步

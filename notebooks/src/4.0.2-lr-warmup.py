@@ -128,16 +128,10 @@ check("4.0.2");
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
-quiz = Quiz("4.0.2 学习率预热", [
-    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
-             ["让训练更快", "大规模训练贵且长：warmup 防止初期发散，裁剪挡住异常梯度，checkpoint 让中断可恢复，日志让问题第一时间可见",
-              "为了减少显存", "为了让 loss 更低"], 1, "这四样是让一次昂贵的训练不白跑的保险。"),
-    Question("HF 的 linear warmup（warmup=10）在第 0 个优化器步的学习率是多少？", ["0", "peak/10", "peak", "min_lr"], 0,
-             "s / warmup，s = 0；nanoGPT 用 (s+1)/warmup，才是 peak/10。"),
-    Question("没有 warmup 时早期不稳定，主要因为：", ["数据没打乱", "Adam 的二阶矩估计在最初几步还不可靠，满学习率的更新太大", "模型太小", "batch 太大"], 1,
-             "二阶矩（梯度平方的滑动平均）开始时只基于很少的样本。"),
-]).show()
+from course_lib.quiz import quiz
+
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.0.2", measured={"hf_lr_step1": lr_multiplier(1, kind="linear", warmup_steps=4, total_steps=10)})
 
 # %% [markdown]
 # ## 下一步

@@ -216,20 +216,10 @@ print(f"{sum(ok for ok, _ in checks.values())}/{len(checks)} outcomes checked")
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
+from course_lib.quiz import quiz
 
-quiz = Quiz("综合项目", [
-    Question("训练被 SIGKILL 杀掉后，为什么用同一条命令重跑就能接着训练？",
-             ["因为 SIGKILL 会先触发一次保存", "因为 Trainer 启动时会在 out_dir 里找最新的完整 checkpoint 并恢复全部状态",
-              "因为 PyTorch 会自动缓存上次的权重"], 1,
-             "SIGKILL 不能被捕获，进程来不及做任何事；恢复靠的是之前按间隔原子写好的 checkpoint，以及启动时的自动查找。"),
-    Question("想让恢复后的训练与不中断的训练逐位相同，checkpoint 里除了模型和优化器，还必须有什么？",
-             ["只需要 step", "学习率调度器、RNG 状态和数据位置（以及用到时的 GradScaler）", "TensorBoard 日志"], 1,
-             "少了调度器 lr 会跳变；少了 RNG 和数据位置，后面的 batch 与随机数都会不同。"),
-    Question("部署时应该发布哪个文件？", ["训练 checkpoint state.pt", "model.safetensors + config.json", "metrics.jsonl"], 1,
-             "推理只需要权重和结构配置；safetensors 不经过 pickle，加载不会执行任意代码。"),
-])
-quiz.show();
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("99", measured={"checkpoint_over_artifact": ckpt_bytes / art_bytes})
 
 # %% [markdown]
 # ## 下一步
