@@ -71,3 +71,43 @@ def test_find_root_and_resolve_ids():
 def test_unknown_id_lists_known_exercises():
     with pytest.raises(grading.GradingError, match="ex00_rmsnorm"):
         grading.resolve("9.9.9")
+
+
+# --- torch thread count (course_lib.threads) and the CJK font check (course_lib.envcheck) ---
+
+def test_threads_follow_free_cores():
+    from course_lib.threads import MAX_THREADS, choose_threads
+
+    assert choose_threads(cores=2, load=0.1, env="").threads == 2          # idle: every core
+    assert choose_threads(cores=2, load=1.9, env="").threads == 1          # busy: degrade to 1
+    assert choose_threads(cores=2, load=7.0, env="").threads == 1          # never below 1
+    assert choose_threads(cores=64, load=0.0, env="").threads == MAX_THREADS
+    assert choose_threads(cores=4, load=None, env="").threads == 4
+    assert choose_threads(cores=2, load=1.9, env="3").threads == 3         # COURSE_THREADS wins
+    with pytest.raises(ValueError, match="COURSE_THREADS"):
+        choose_threads(cores=2, load=0.0, env="many")
+
+
+def test_setup_threads_applies_and_says_so(capsys, monkeypatch):
+    import torch
+
+    from course_lib.threads import setup_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("COURSE_THREADS", "1")
+    try:
+        assert setup_threads().threads == 1
+        assert torch.get_num_threads() == 1
+        assert "线程数" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cjk_font_check_warns_with_install_commands():
+    from course_lib.envcheck import check_cjk_font
+
+    assert check_cjk_font("linux", lambda: "Noto Sans CJK SC,Noto Sans CJK SC Regular\n").status == "OK"
+    missing = check_cjk_font("linux", lambda: "")
+    assert missing.status == "WARN" and "apt-get install fonts-noto-cjk" in missing.detail
+    assert check_cjk_font("linux", lambda: None).status == "WARN"
+    assert check_cjk_font("darwin").status == "OK"

@@ -16,7 +16,13 @@
 # **学习目标**：写出 warmup + 线性/余弦衰减 (linear / cosine decay) 与 WSD (warmup-stable-decay) 调度；知道 HF 的约定（第一步 lr = 0）和 nanoGPT 的不同；
 # 在图上看到：学习率偏大时，没有 warmup 的前几十步 loss 会冲高或停滞，有 warmup 则平稳下降。
 #
-# **前置知识**：4.0.1；AdamW。 **预计时间**：CPU 上运行约 2–3 分钟，阅读 + 练习约 30 分钟。
+# **前置知识**：4.0.1；AdamW。 **预计时间**：运行 {{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import math
@@ -25,6 +31,7 @@ from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes, print_table
 from course_lib.schedule import lr_multiplier, schedule_values
+from course_lib.monitor import ProgressBar
 from course_lib.train import Trainer
 
 # %% [markdown]
@@ -84,7 +91,8 @@ for warm in (0, WARMUP):
         cfg = TrainConfig.default(max_steps=STEPS, warmup_steps=warm, lr=LR, min_lr=LR / 10, grad_clip=0.0,
                                   seed=seed, out_dir=str(runs_dir(f"4.0.2/w{warm}-s{seed}", fresh=True)),
                                   ckpt_interval=0, tensorboard=False, eval_interval=STEPS, eval_batches=1)
-        h = Trainer(ModelConfig.small(), cfg, console=False, save_checkpoints=False).fit()
+        h = Trainer(ModelConfig.small(), cfg, callbacks=[ProgressBar(f"warmup {warm}, seed {seed}")], console=False,
+                    save_checkpoints=False).fit()
         curves[(warm, seed)] = h
 
 fig, (ax, ax2) = new_axes(f"Peak lr {LR}: with vs without warmup (3 seeds)", "optimizer step", "training loss (nats/token)", ncols=2)

@@ -16,7 +16,13 @@
 # **学习目标**：每一步测量全局梯度范数 (global grad-norm) 并记录；知道裁剪放在循环的哪里（backward 之后、AMP 反缩放 unscale 之后、optimizer.step 之前）；
 # 看到一个异常批次 (bad batch) 造成的梯度尖峰 (spike) 怎样在不裁剪时毁掉之后几百步，裁剪时几乎没有影响；学会从记录的范数里选 `max_norm`。
 #
-# **前置知识**：4.0.2；AdamW 的一阶/二阶矩。 **预计时间**：CPU 上运行约 2 分钟，阅读 + 练习约 30 分钟。
+# **前置知识**：4.0.2；AdamW 的一阶/二阶矩。 **预计时间**：运行 {{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import torch
@@ -24,6 +30,7 @@ import torch
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes, print_table
+from course_lib.monitor import ProgressBar
 from course_lib.train import Callback, Trainer
 
 # %% [markdown]
@@ -58,10 +65,11 @@ runs = {}
 for clip in (0.0, 1.0):
     cfg = TrainConfig.default(max_steps=STEPS, grad_clip=clip, out_dir=str(runs_dir(f"4.0.3/clip{clip}", fresh=True)),
                               ckpt_interval=0, tensorboard=False, eval_interval=STEPS, eval_batches=1, seed=0)
-    runs[clip] = Trainer(ModelConfig.small(), cfg, callbacks=[GradSpike(SPIKES)], console=False, save_checkpoints=False).fit()
+    runs[clip] = Trainer(ModelConfig.small(), cfg, callbacks=[GradSpike(SPIKES), ProgressBar(f"grad_clip={clip}")], console=False, save_checkpoints=False).fit()
 clean_cfg = TrainConfig.default(max_steps=STEPS, grad_clip=1.0, out_dir=str(runs_dir("4.0.3/clean", fresh=True)),
                                 ckpt_interval=0, tensorboard=False, eval_interval=STEPS, eval_batches=1, seed=0)
-runs["clean"] = Trainer(ModelConfig.small(), clean_cfg, console=False, save_checkpoints=False).fit()
+runs["clean"] = Trainer(ModelConfig.small(), clean_cfg, callbacks=[ProgressBar("no spikes")], console=False,
+                        save_checkpoints=False).fit()
 
 # %%
 fig, (ax, ax2) = new_axes("Injected gradient spikes: with vs without clipping", "optimizer step", "training loss (nats/token)", ncols=2)

@@ -16,7 +16,13 @@
 # **学习目标**：算出一个训练步需要多少内存：参数、梯度、优化器状态、autocast 权重副本、激活值 (activations)；
 # 知道"参数 × 4 字节 (fp32) 或 × 2 (fp16)"这条经验法则漏掉了什么；用测量验证估算（目标 ±10%）；找出预算内最大的 batch。
 #
-# **前置知识**：4.0.1–4.0.4；反向传播要保存前向的中间结果。 **预计时间**：CPU 上运行约 1–2 分钟，阅读 + 练习约 30 分钟。
+# **前置知识**：4.0.1–4.0.4；反向传播要保存前向的中间结果。 **预计时间**：运行 {{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 from course_lib.config import ModelConfig, pick

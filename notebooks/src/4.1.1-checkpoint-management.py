@@ -21,7 +21,13 @@
 #
 # **前置知识**：4.0.1（检查点与自动恢复）。
 #
-# **预计时间**：CPU 笔记本上运行约 1 分钟，阅读 + 练习约 30 分钟。
+# **预计时间**：运行 {{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import torch

@@ -21,10 +21,16 @@
 #
 # **前置知识**：4.0.1（检查点与恢复），4.1.1（检查点管理）。
 #
-# **预计时间**：CPU 笔记本上运行约 1–2 分钟（要启动好几次 torchrun），阅读 + 练习约 40 分钟。
+# **预计时间**：运行 {{run_time}}，阅读 + 练习约 40 分钟。
 #
 # > 本节所有多进程都是 `torchrun` 子进程 (subprocess)，运行的是 `course_lib.train` 里的代码，不是 notebook 里定义的函数
 # > （notebook 里的函数无法被 spawn 出来的进程导入）。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import json

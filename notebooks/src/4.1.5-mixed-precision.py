@@ -21,7 +21,13 @@
 #
 # **前置知识**：4.0.3（梯度裁剪）、4.0.5（显存估算）、4.1.4（梯度累积）。
 #
-# **预计时间**：CPU 笔记本上运行约 2 分钟，阅读 + 练习约 30 分钟。
+# **预计时间**：运行 {{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import torch
@@ -30,6 +36,7 @@ from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.memory import estimate, measure
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes, print_table, smooth
+from course_lib.monitor import ProgressBar
 from course_lib.train import Callback, Trainer
 
 ROOT = runs_dir("4.1.5", fresh=True)
@@ -69,7 +76,7 @@ print("finfo eps  bf16:", torch.finfo(torch.bfloat16).eps, " fp16:", torch.finfo
 def run(dtype, **kw):
     cfg = TrainConfig.default(max_steps=STEPS, dtype=dtype, warmup_steps=pick(10, 2), out_dir=str(ROOT / dtype),
                               tensorboard=False, eval_interval=STEPS, log_interval=10_000, ckpt_interval=0, device="cpu", **kw)
-    tr = Trainer(MC, cfg, console=False, save_checkpoints=False)
+    tr = Trainer(MC, cfg, callbacks=[ProgressBar(dtype)], console=False, save_checkpoints=False)
     return tr, tr.fit()
 
 

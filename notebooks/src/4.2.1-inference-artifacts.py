@@ -21,7 +21,13 @@
 #
 # **前置知识**：4.0.1 的检查点；`DIYModel` 的结构（RMSNorm、RoPE、GQA）。
 #
-# **预计时间**：CPU 笔记本上运行约 1 分钟，阅读与练习约 40 分钟。
+# **预计时间**：运行 {{run_time}}，阅读与练习约 40 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import json, subprocess, sys, tempfile
@@ -35,6 +41,7 @@ from course_lib.export import (describe_checkpoint, export_from_run, export_hf_l
 from course_lib.generate import generate_text
 from course_lib.paths import runs_dir
 from course_lib.plotting import print_table
+from course_lib.monitor import ProgressBar
 from course_lib.train import Trainer
 
 torch.manual_seed(0)
@@ -50,7 +57,7 @@ run = runs_dir("4.2.1-export", fresh=True)
 mc = ModelConfig.small()
 tc = TrainConfig.default(max_steps=pick(60, 10), ckpt_interval=pick(60, 10), eval_interval=pick(60, 10),
                          out_dir=str(run / "train"), tensorboard=False, device="cpu")
-trainer = Trainer(mc, tc, console=False)
+trainer = Trainer(mc, tc, callbacks=[ProgressBar("train")], console=False)
 hist = trainer.fit()
 print(f"trained {hist[-1]['step']} steps, loss {hist[0]['loss']:.2f} -> {hist[-1]['loss']:.2f}")
 

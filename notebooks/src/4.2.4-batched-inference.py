@@ -21,7 +21,13 @@
 #
 # **前置知识**：4.2.3 的 KV 缓存。
 #
-# **预计时间**：运行约 2 分钟，阅读与练习约 30 分钟。
+# **预计时间**：运行 {{run_time}}，阅读与练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import sys

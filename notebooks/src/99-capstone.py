@@ -24,7 +24,13 @@
 #
 # **前置知识**：4.0.1–4.2.4 全部课程（这里只调用 `course_lib`，不再讲原理）。
 #
-# **预计时间**：CPU 笔记本上约 4–5 分钟（`COURSE_QUICK=1` 时约 1 分钟）。
+# **预计时间**：运行 {{run_time}}。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import json
