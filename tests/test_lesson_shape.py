@@ -18,7 +18,7 @@ def test_lesson_opens_and_closes_the_same_way(src):
     head = text[: len(text) // 3]
     for word in OPENING:
         assert word in head, f"{src.name}: 开头应写明「{word}」"
-    assert re.search(r"预计时间\*\*：运行 \{\{run_time\}\}", head), (
+    assert re.search(r"预计时间\*\*：运行\{\{run_time\}\}", head), (
         f"{src.name}: 「预计时间」的运行时间应写成 {{{{run_time}}}}，由构建测得的 notebooks/timings.json 填写，不要手写")
     positions = []
     for word in CLOSING:

@@ -21,7 +21,7 @@
 #
 # **前置知识**：PyTorch 训练循环（`loss.backward()`、`optimizer.step()`），`state_dict()`。
 #
-# **预计时间**：运行 {{run_time}}，阅读 + 练习约 40 分钟。
+# **预计时间**：运行{{run_time}}，阅读 + 练习约 40 分钟。
 #
 # > 训练检查点和**推理权重** (inference weights) 是两种不同的文件：检查点用来**继续训练**（含优化器状态、RNG、数据位置，约为权重的 3 倍大），
 # > 推理权重只含权重和配置（safetensors + config.json），用来部署。4.2.1 会做后者。

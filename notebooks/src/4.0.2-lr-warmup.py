@@ -16,7 +16,7 @@
 # **学习目标**：写出 warmup + 线性/余弦衰减 (linear / cosine decay) 与 WSD (warmup-stable-decay) 调度；知道 HF 的约定（第一步 lr = 0）和 nanoGPT 的不同；
 # 在图上看到：学习率偏大时，没有 warmup 的前几十步 loss 会冲高或停滞，有 warmup 则平稳下降。
 #
-# **前置知识**：4.0.1；AdamW。 **预计时间**：运行 {{run_time}}，阅读 + 练习约 30 分钟。
+# **前置知识**：4.0.1；AdamW。 **预计时间**：运行{{run_time}}，阅读 + 练习约 30 分钟。
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
@@ -58,27 +58,7 @@ for s in range(4):
           "nanoGPT:", round(lr_multiplier(s, kind="linear", warmup_steps=4, total_steps=10, hf_convention=False), 4))
 
 # %% [markdown]
-# ## 2. 交互式调度浏览器 (schedule explorer)
-# 拖动滑块（需要运行中的 kernel；存储的 notebook 里只能看到上面的静态图）。
-
-# %%
-try:
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
-
-    def explore(peak_lr=3e-3, warmup=20, total=200, kind="cosine", min_lr_frac=0.1):
-        fig, ax = new_axes(f"{kind}: warmup {warmup}, total {total}", "optimizer step", "learning rate")
-        ax.plot(schedule_values(kind, peak_lr, min(warmup, total), total, min_lr=peak_lr * min_lr_frac))
-        plt.show()
-
-    w.interact(explore, peak_lr=w.FloatLogSlider(value=3e-3, base=10, min=-5, max=-1),
-               warmup=w.IntSlider(20, 0, 500), total=w.IntSlider(200, 10, 2000),
-               kind=["constant", "linear", "cosine", "wsd"], min_lr_frac=w.FloatSlider(value=0.1, min=0, max=1, step=0.05))
-except ImportError:
-    print("ipywidgets not installed: use the static plot above")
-
-# %% [markdown]
-# ## 3. 实验：学习率偏大时，warmup 有没有用？
+# ## 2. 实验：学习率偏大时，warmup 有没有用？
 #
 # 同样的模型和数据，峰值学习率取得偏大（`LR`），比较 `warmup_steps=0` 和 `warmup_steps=WARMUP`，每种 3 个随机种子。不裁剪梯度，让差别显露出来。
 
@@ -115,6 +95,26 @@ no_w, w_ = rows
 print(f"early spike: no warmup {no_w['max loss, first 20% of steps']:.3f} vs warmup {w_['max loss, first 20% of steps']:.3f}; "
       f"final: {no_w['final loss (mean last 5)']:.3f} vs {w_['final loss (mean last 5)']:.3f} "
       f"-> warmup {'helped' if w_['final loss (mean last 5)'] < no_w['final loss (mean last 5)'] else 'did not help'} at lr {LR} in this run")
+
+# %% [markdown]
+# ## 3. 交互式调度浏览器 (schedule explorer)
+# 实验跑完了，现在可以随意拖动滑块（需要运行中的 kernel；存储的 notebook 里只能看到上面的静态图）。
+
+# %%
+try:
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    def explore(peak_lr=3e-3, warmup=20, total=200, kind="cosine", min_lr_frac=0.1):
+        fig, ax = new_axes(f"{kind}: warmup {warmup}, total {total}", "optimizer step", "learning rate")
+        ax.plot(schedule_values(kind, peak_lr, min(warmup, total), total, min_lr=peak_lr * min_lr_frac))
+        plt.show()
+
+    w.interact(explore, peak_lr=w.FloatLogSlider(value=3e-3, base=10, min=-5, max=-1),
+               warmup=w.IntSlider(20, 0, 500), total=w.IntSlider(200, 10, 2000),
+               kind=["constant", "linear", "cosine", "wsd"], min_lr_frac=w.FloatSlider(value=0.1, min=0, max=1, step=0.05))
+except ImportError:
+    print("ipywidgets not installed: use the static plot above")
 
 # %% [markdown]
 # 读图（以上表和上一行的判定为准，它们是本次运行测得的）：没有 warmup 时，第 1 步就用满学习率，而 Adam 的二阶矩估计此时只基于一个批次，

@@ -16,7 +16,7 @@
 # **学习目标**：每 N 步记录 loss、lr、梯度范数、tokens/s、已用时间和 ETA，写到控制台（notebook 里是 tqdm 进度条）、JSONL 文件和 TensorBoard；
 # 用 matplotlib 从 JSONL 画图，用 TensorBoard 在 JupyterLab 里看同一次运行；NaN/Inf 出现的那一步就停下，并说明可能原因。
 #
-# **前置知识**：4.0.1–4.0.3。 **预计时间**：运行 {{run_time}}，阅读 + 练习约 25 分钟。
+# **前置知识**：4.0.1–4.0.3。 **预计时间**：运行{{run_time}}，阅读 + 练习约 25 分钟。
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
