@@ -51,10 +51,9 @@ test: install-test
 	COURSE_QUICK=1 $(VPY) -m pytest
 
 # Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
-# Records each notebook's run time in notebooks/timings.json; the README's time table follows it.
+# Records each notebook's run time in notebooks/timings.json and updates the README's time table.
 notebooks: install
 	$(VPY) tools/build_notebooks.py $(NB)
-	$(VPY) tools/lesson_times.py
 
 # Every bench script prints ratios against a baseline measured in the same run.
 bench: install

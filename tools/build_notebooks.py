@@ -211,6 +211,10 @@ def main(argv=None) -> int:
     print(f"build_notebooks: {len(sources)} notebook(s) -> {out_dir}")
     for src in sources:
         build(src, args.quick, out_dir)
+    if not args.quick:  # the README's time table follows notebooks/timings.json
+        import lesson_times  # here: lesson_times imports this module
+
+        lesson_times.main([])
     return 0
 
 
