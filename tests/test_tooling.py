@@ -1,6 +1,7 @@
 """Unit tests for the set-up tooling: tools/install_torch.py decisions and grading id lookup."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import install_torch  # noqa: E402
+import lab  # noqa: E402
 
 from course_lib import grading  # noqa: E402
 
@@ -111,3 +113,43 @@ def test_cjk_font_check_warns_with_install_commands():
     assert missing.status == "WARN" and "apt-get install fonts-noto-cjk" in missing.detail
     assert check_cjk_font("linux", lambda: None).status == "WARN"
     assert check_cjk_font("darwin").status == "OK"
+
+
+# --- the learner's working copies (tools/lab.py) and the Makefile's install split ---
+
+def test_lab_copies_keep_the_learners_edits(tmp_path):
+
+
+    stored = tmp_path / "notebooks"
+    stored.mkdir()
+    (stored / "00-setup.ipynb").write_text('{"v": 1}')
+    (stored / "4.0.1-x.ipynb").write_text('{"v": 1}')
+    done = lab.prepare(tmp_path, quiet=True)
+    copies = tmp_path / lab.LAB_DIR_NAME
+    assert sorted(done["added"]) == ["00-setup.ipynb", "4.0.1-x.ipynb"]
+    assert not os.access(stored / "00-setup.ipynb", os.W_OK) or os.geteuid() == 0, "存储的 notebook 应是只读的"
+
+    (copies / "00-setup.ipynb").write_text('{"v": "my edits"}')           # the learner's work
+    (stored / "00-setup.ipynb").chmod(0o644)
+    (stored / "00-setup.ipynb").write_text('{"v": 2}')                    # the course changed it
+    (stored / "4.2.1-new.ipynb").write_text('{"v": 1}')                   # and added a lesson
+    done = lab.prepare(tmp_path, quiet=True)                              # make lab: only adds
+    assert done["added"] == ["4.2.1-new.ipynb"]
+    assert (copies / "00-setup.ipynb").read_text() == '{"v": "my edits"}'
+
+    done = lab.prepare(tmp_path, refresh=True, quiet=True)                # make refresh-notebooks
+    assert (copies / "00-setup.ipynb").read_text() == '{"v": 2}'
+    assert (copies / "00-setup.bak.ipynb").read_text() == '{"v": "my edits"}'
+    assert (copies / "4.0.1-x.ipynb").read_text() == '{"v": 1}' and len(done["replaced"]) == 1
+    assert lab.start_path() == f"/lab/tree/{lab.LAB_DIR_NAME}/00-setup.ipynb"
+
+
+def test_makefile_learner_install_and_lab_url():
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    stamp_recipe = text.split("$(STAMP): ")[1].split("\n\n")[0]
+    assert "-e ." in stamp_recipe and "[test]" not in stamp_recipe and "[dev]" not in stamp_recipe, (
+        "make install 只应安装课程需要的包；测试用的包属于 .[test]，由 make test 安装")
+    assert "\ntest: install-test" in text, "make test 应先安装 .[test]"
+    assert "--LabApp.default_url" in text and "tools/lab.py prepare" in text, (
+        "make lab 应先准备 my-notebooks/ 副本，并让 JupyterLab 打印的网址直接打开 00-setup")
+    assert "my-notebooks/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
