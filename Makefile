@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml tools/install_torch.py
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	@$(PIP) --upgrade pip setuptools wheel
 	@$(VPY) tools/install_torch.py
-	@$(PIP) -e .
+	@PYTHONWARNINGS="ignore:Editable installation" $(PIP) -e .
 	@touch $(STAMP)
 	@echo "[install] 完成：课程依赖已装进 $(VENV)（$$($(VPY) -c 'import torch; print("torch", torch.__version__)')）。下一步：make lab"
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml tools/install_torch.py
 install-test: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	@$(PIP) -e ".[test]"
+	@PYTHONWARNINGS="ignore:Editable installation" $(PIP) -e ".[test]"
 	@touch $(TEST_STAMP)
 	@echo "[install] 测试用的额外依赖 (.[test]) 已安装"
 
