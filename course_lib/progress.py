@@ -11,10 +11,12 @@ state in the stored notebook: a finished bar with the elapsed time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -73,3 +75,34 @@ def follow_run(cmd: Sequence[str], out_dir: str | os.PathLike, total_steps: int,
         log.seek(0)
         output = log.read()
     return subprocess.CompletedProcess(list(cmd), proc.returncode, output, "")
+
+
+@contextlib.contextmanager
+def watch_steps(out_dir: str | os.PathLike, total_steps: int, desc: str = "train", poll_s: float = 0.5):
+    """Show a bar for a training run that some blocking call drives (a subprocess helper, torchrun):
+
+        with watch_steps(base / "run", STEPS, "reference"):
+            reference = run(train_command(base / "run", ...), base / "run")
+
+    A background thread follows out_dir/metrics.jsonl; the bar closes when the block ends.
+    """
+    stop = threading.Event()
+    bar = text_bar(total=total_steps, desc=desc)
+
+    def follow() -> None:
+        while not stop.wait(poll_s):
+            step = min(last_logged_step(out_dir), total_steps)
+            if step > bar.n:
+                bar.update(step - bar.n)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+        step = min(last_logged_step(out_dir), total_steps)
+        if step > bar.n:
+            bar.update(step - bar.n)
+        bar.close()

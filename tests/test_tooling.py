@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import install_torch  # noqa: E402
+import build_notebooks  # noqa: E402, F401  (the stored-output tests import from it)
 import lab  # noqa: E402
 
 from course_lib import grading  # noqa: E402
@@ -153,3 +154,48 @@ def test_makefile_learner_install_and_lab_url():
     assert "--LabApp.default_url" in text and "tools/lab.py prepare" in text, (
         "make lab 应先准备 my-notebooks/ 副本，并让 JupyterLab 打印的网址直接打开 00-setup")
     assert "my-notebooks/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
+
+
+# --- progress bars (course_lib.progress) and the static outputs of stored notebooks ---
+
+FAKE_TRAIN = ("import json, pathlib, sys, time\n"
+              "d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)\n"
+              "for s in range(1, 6):\n"
+              "    with open(d / 'metrics.jsonl', 'a') as f: f.write(json.dumps({'step': s, 'loss': 1.0}) + '\\n')\n"
+              "    time.sleep(0.05)\n"
+              "print('done')\n")
+
+
+def test_progress_bars_finish_on_stdout(tmp_path, capsys):
+    import subprocess
+
+    from course_lib.progress import follow_run, watch_steps
+
+    r = follow_run([sys.executable, "-c", FAKE_TRAIN, str(tmp_path / "a")], tmp_path / "a", 5, desc="fake", poll_s=0.01)
+    assert r.returncode == 0 and "done" in r.stdout
+    with watch_steps(tmp_path / "b", 5, "watched", poll_s=0.01):
+        subprocess.run([sys.executable, "-c", FAKE_TRAIN, str(tmp_path / "b")], check=True, capture_output=True)
+    out = capsys.readouterr()
+    assert "fake: 100%" in out.out and "5/5" in out.out and "watched: 100%" in out.out
+    assert out.err == "", "进度条不应写到 stderr"
+
+
+def test_stored_outputs_are_static():
+    import nbformat
+
+    from build_notebooks import static_outputs
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="\rrun:   0%|  | 0/4\rrun:  50%|"),
+        nbformat.v4.new_output("stream", name="stdout", text="#  | 2/4\rrun: 100%|##| 4/4\nafter\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": "quiz text",
+                                                     "application/vnd.jupyter.widget-view+json": {"model_id": "x"}},
+                               metadata={"course_static_text": True}),
+    ]
+    nb.cells.append(cell)
+    static_outputs(nb)
+    assert [o.output_type for o in cell.outputs] == ["stream", "display_data"]
+    assert cell.outputs[0].text == "run: 100%|##| 4/4\nafter\n"
+    assert dict(cell.outputs[1].data) == {"text/plain": "quiz text"}

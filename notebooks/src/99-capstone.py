@@ -48,6 +48,7 @@ from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.paths import repo_root, runs_dir
 from course_lib.plotting import new_axes, print_table
 from course_lib.quantize import model_nbytes, perplexity, quantize_model
+from course_lib.progress import watch_steps
 from course_lib.runner import run, run_and_kill, torchrun_train_command, train_command
 
 checks = {}  # outcome -> (passed, evidence)
@@ -73,11 +74,14 @@ print(" ".join(train_command(base / "run", **FLAGS)[1:]))
 # 学习率调度器、RNG 状态和数据位置，从那一步继续。最后和一次从未中断的训练比较最终权重。
 
 # %%
-killed = run_and_kill(train_command(base / "run", **FLAGS), base / "run", kill_after_step=pick(STEPS // 2, 6))
+with watch_steps(base / "run", pick(STEPS // 2, 6), "train until SIGKILL"):
+    killed = run_and_kill(train_command(base / "run", **FLAGS), base / "run", kill_after_step=pick(STEPS // 2, 6))
 print(f"first attempt: exit code {killed.returncode} (killed={killed.killed}), last logged step {killed.last_logged_step}")
-resumed = run(train_command(base / "run", **FLAGS), base / "run")
+with watch_steps(base / "run", STEPS, "same command again"):
+    resumed = run(train_command(base / "run", **FLAGS), base / "run")
 print(resumed.tail(3))
-reference = run(train_command(base / "reference", **FLAGS), base / "reference")
+with watch_steps(base / "reference", STEPS, "uninterrupted"):
+    reference = run(train_command(base / "reference", **FLAGS), base / "reference")
 print(reference.tail(1))
 
 mgr_a, mgr_b = CheckpointManager(base / "run", verbose=False), CheckpointManager(base / "reference", verbose=False)
