@@ -3,33 +3,55 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
+TEST_STAMP := $(VENV)/.install-test-stamp
+PIP := $(VPY) -m pip install -q --disable-pip-version-check
 LAB_ARGS ?=
 NB ?=
 
-.PHONY: install lab test notebooks bench benchmarks progress clean
+.PHONY: install install-test lab refresh-notebooks test notebooks bench benchmarks progress clean
 
 install: $(STAMP)
 
-# Re-run only when pyproject.toml changes (or the venv is gone).
+# What the lessons need. Re-run only when pyproject.toml changes (or the venv is gone).
 $(STAMP): pyproject.toml tools/install_torch.py
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install --upgrade pip setuptools wheel
-	$(VPY) tools/install_torch.py
-	$(VPY) -m pip install -e ".[dev]"
+	@$(PIP) --upgrade pip setuptools wheel
+	@$(VPY) tools/install_torch.py
+	@PYTHONWARNINGS="ignore:Editable installation" $(PIP) -e .
 	@touch $(STAMP)
+	@echo "[install] 完成：课程依赖已装进 $(VENV)（$$($(VPY) -c 'import torch; print("torch", torch.__version__)')）。下一步：make lab"
+
+# Test-only packages (the [test] extra: HF parity, browser tests, timeouts), only for `make test`.
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	@PYTHONWARNINGS="ignore:Editable installation" $(PIP) -e ".[test]"
+	@touch $(TEST_STAMP)
+	@echo "[install] 测试用的额外依赖 (.[test]) 已安装"
 
 # Jupyter refuses to run as root unless told; root is the usual user inside containers.
 ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-# root_dir = the repository, so exercises/ is in the file browser next to notebooks/.
+# The learner works in my-notebooks/ (git-ignored copies made on first use; the stored notebooks
+# in notebooks/ are never overwritten). root_dir = the repository, so exercises/ is in the file
+# browser too. JupyterLab's printed URL opens the copy of 00-setup, also with --no-browser.
 # Extra options for JupyterLab: make lab LAB_ARGS="--no-browser --port 8888"
+LAB_START := $(shell $(PY) tools/lab.py url 2>/dev/null || echo /lab)
 lab: install
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/00-setup.ipynb $(ROOT_ARGS) $(LAB_ARGS)
+	@$(VPY) tools/lab.py prepare
+	@echo "[lab] JupyterLab 启动后，打开它下面打印的网址（形如 http://localhost:8888$(LAB_START)?token=...）"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url="$(LAB_START)" \
+	  --ServerApp.default_url="$(LAB_START)" $(ROOT_ARGS) $(LAB_ARGS)
 
-test: install
+# Bring in notebooks the course added or changed; your changed copies are kept as <name>.bak.ipynb.
+refresh-notebooks: install
+	@$(VPY) tools/lab.py refresh
+
+test: install-test
 	COURSE_QUICK=1 $(VPY) -m pytest
 
 # Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
+# Records each notebook's run time in notebooks/timings.json and updates the README's time table.
 notebooks: install
 	$(VPY) tools/build_notebooks.py $(NB)
 
@@ -49,6 +71,6 @@ benchmarks: install
 	$(VPY) tools/benchmarks_page.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache runs
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache runs   # my-notebooks/ (your work) is kept
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +

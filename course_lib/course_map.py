@@ -63,10 +63,11 @@ def exercise_prefix(lesson_id: str) -> str:
     return "ex" + lesson_id.replace(".", "")
 
 
-def markdown_table(root=None) -> str:
+def markdown_table(root=None, with_tests: bool = True) -> str:
     """The course map as a Markdown table (notebook, study-plan item, exercises).
 
     With `root` (the repository path), notebooks that do not exist yet are marked 计划中.
+    `with_tests=False` leaves out the tests column (00-setup: the table fits the notebook's width).
     """
     from pathlib import Path
 
@@ -79,4 +80,6 @@ def markdown_table(root=None) -> str:
         graders = [f"tests/exercises/test_{x}.py" for x in e["exercises"]]
         tests = ", ".join(f"`{t}`" for t in graders + e.get("tests", [])) or "—"
         rows.append(f"| {e['id']} | {nb} | {e['title_zh']} | {e['study_plan_item']} | {ex} | {tests} |")
+    if not with_tests:
+        rows = ["|".join(r.split("|")[:-2]) + "|" for r in rows]
     return "\n".join(rows)

@@ -7,8 +7,11 @@
 """
 from __future__ import annotations
 
+from course_lib.threads import choose_threads, load_average  # no third-party import (works without torch)
+
 import importlib
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -33,7 +36,7 @@ PACKAGES = [
 @dataclass
 class Check:
     name: str
-    status: str   # OK / FAIL / SKIP / INFO
+    status: str   # OK / FAIL / SKIP / INFO / WARN (works, but something the learner should fix)
     detail: str = ""
 
     def line(self) -> str:
@@ -73,8 +76,9 @@ def check_capabilities() -> list[Check]:
     except Exception as e:
         return out + [Check("torch", "FAIL", f"无法导入: {e}")]
     out.append(Check("torch version", "OK", torch.__version__))
+    choice = choose_threads(load=load_average())
     out.append(Check("CPU threads", "OK", f"torch.get_num_threads() = {torch.get_num_threads()}, "
-                                          f"os.cpu_count() = {os.cpu_count()}"))
+                                          f"os.cpu_count() = {os.cpu_count()}；课程的选择：{choice.line()}"))
     if torch.cuda.is_available():
         out.append(Check("CUDA", "OK", f"可用: {torch.cuda.device_count()} 块 GPU，"
                                        f"{torch.cuda.get_device_name(0)}"))
@@ -102,9 +106,46 @@ def check_capabilities() -> list[Check]:
     return out
 
 
+CJK_INSTALL = {
+    "Debian / Ubuntu": "sudo apt-get install fonts-noto-cjk",
+    "Fedora": "sudo dnf install google-noto-sans-cjk-fonts",
+    "Arch": "sudo pacman -S noto-fonts-cjk",
+    "openSUSE": "sudo zypper install noto-sans-cjk-fonts",
+}
+
+
+def check_cjk_font(platform: str | None = None, fc_list=None) -> Check:
+    """Chinese text needs a CJK font on the machine the browser runs on (else every character is a box).
+
+    Linux: `fc-list :lang=zh` lists the installed fonts that cover Chinese. macOS and Windows
+    ship CJK fonts. `fc_list` (a callable returning fc-list's output, or None when fc-list is
+    missing) is for tests.
+    """
+    platform = sys.platform if platform is None else platform
+    name = "中文字体 (CJK font)"
+    if not platform.startswith("linux"):
+        return Check(name, "OK", "macOS / Windows 自带中文字体")
+    if fc_list is None:
+        def fc_list():
+            try:
+                r = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True,
+                                   timeout=20, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            return r.stdout if r.returncode == 0 else None
+    out = fc_list()
+    how = "；".join(f"{k}: {v}" for k, v in CJK_INSTALL.items())
+    if out is None:
+        return Check(name, "WARN", f"找不到 fc-list，无法确认有没有中文字体；如果浏览器里的中文显示成方框，请安装：{how}")
+    fonts = sorted({f.split(",")[0].strip() for f in out.splitlines() if f.strip()})
+    if not fonts:
+        return Check(name, "WARN", f"没有找到中文字体：浏览器里的中文会显示成方框。请安装（然后重启浏览器）：{how}")
+    return Check(name, "OK", ", ".join(fonts[:3]) + (" ..." if len(fonts) > 3 else ""))
+
+
 def run_checks(verbose: bool = True) -> bool:
     """Print every check; return True when no check is FAIL."""
-    checks = check_packages() + check_capabilities()
+    checks = check_packages() + check_capabilities() + [check_cjk_font()]
     if verbose:
         print("== 依赖包 (packages)")
         n_pkg = len(PACKAGES)
@@ -116,6 +157,9 @@ def run_checks(verbose: bool = True) -> bool:
     ok = not any(c.status == "FAIL" for c in checks)
     if verbose:
         print("\n环境检查通过 (all required checks OK)" if ok else "\n有检查未通过：见上面的 [FAIL]")
+        warns = [c.name for c in checks if c.status == "WARN"]
+        if warns:
+            print(f"注意 [WARN]：{', '.join(warns)}——课程能运行，但请按上面的提示处理")
     return ok
 
 

@@ -165,17 +165,18 @@ def last_per_step(records: Iterable[dict], key: str = "loss") -> List[dict]:
 class ProgressBar(Callback):
     """A tqdm progress bar as a trainer callback (``Trainer(..., callbacks=[ProgressBar()], console=False)``).
 
-    ``tqdm.auto`` draws a widget bar in Jupyter and a text bar in a terminal. The bar shows the
-    latest loss, lr and grad-norm; it starts at the resumed step after a resume.
+    A text bar on stdout (also in Jupyter: a widget bar saved in a notebook shows a frozen "0%",
+    see course_lib/progress.py). The bar shows the latest loss, lr and grad-norm and the ETA; it
+    starts at the resumed step after a resume.
     """
 
     def __init__(self, desc: str = "train", leave: bool = True) -> None:
         self.desc, self.leave, self.bar = desc, leave, None
 
     def on_train_start(self, trainer) -> None:
-        from tqdm.auto import tqdm  # third-party and only needed here: imported on first use
+        from tqdm import tqdm
         self.bar = tqdm(total=trainer.cfg.max_steps, initial=trainer.step, desc=self.desc,
-                        leave=self.leave, dynamic_ncols=True)
+                        leave=self.leave, file=sys.stdout, ncols=110, mininterval=1.0)
 
     def on_step_end(self, trainer, metrics: dict) -> None:
         if self.bar is None:

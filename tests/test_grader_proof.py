@@ -2,7 +2,12 @@
 on the reference solutions. A test that passes on a stub checks nothing.
 
 Runs `python -m pytest tests/exercises --impl exercises|solutions` in subprocesses and
-compares their JUnit XML reports.
+compares their JUnit XML reports. The stubs are the COMMITTED ones (tests/committed.py): a learner
+who has solved exercises in their checkout still gets a green `make test`; their own progress is
+`make progress` / `check()`.
+
+COURSE_PROOF_ONLY=ex402_lr_schedule,ex00_rmsnorm limits the proof to those exercises (used by
+the learner-steps test, which runs the integrity suite again in a throwaway copy).
 """
 from __future__ import annotations
 
@@ -12,17 +17,36 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from committed import course_copy  # noqa: E402
+
+INTEGRITY = ("这是课程自带的完整性检查 (integrity check)，与你自己的练习进度无关；"
+             "你的进度请用 `make progress` 或 notebook 里的 check() 查看。")
 
 
-def run_graders(kind: str, tmp_path: Path) -> dict[str, str]:
+def only() -> list[str]:
+    return [s.strip() for s in os.environ.get("COURSE_PROOF_ONLY", "").split(",") if s.strip()]
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    """A copy of the graders, solutions and the exercises as committed."""
+    return course_copy(tmp_path_factory.mktemp("course"))
+
+
+def run_graders(kind: str, tmp_path: Path, course: Path) -> dict[str, str]:
     """Return {test id: 'passed' | 'failed' | 'error' | 'skipped'}."""
     xml = tmp_path / f"graders-{kind}.xml"
-    env = dict(os.environ, COURSE_QUICK="1")
+    env = dict(os.environ, COURSE_QUICK="1", COURSE_ROOT=str(course),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     env.pop("COURSE_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", "tests/exercises", "--impl", kind, "-q",
+    targets = [f"tests/exercises/test_{n}.py" for n in only()] or ["tests/exercises"]
+    cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q",
            "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit2"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=1800)
     assert xml.exists(), f"pytest 没有生成报告 (report)：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     outcomes: dict[str, str] = {}
     for tc in ET.parse(xml).getroot().iter("testcase"):
@@ -39,20 +63,20 @@ def run_graders(kind: str, tmp_path: Path) -> dict[str, str]:
     return outcomes
 
 
-def test_every_exercise_has_solution_and_grader():
-    stubs = sorted(p.name for p in (ROOT / "exercises").glob("ex*.py"))
+def test_every_exercise_has_solution_and_grader(course):
+    stubs = sorted(p.name for p in (course / "exercises").glob("ex*.py"))
     assert stubs, "exercises/ 里没有任何练习 (exercise) 文件"
     for name in stubs:
         assert (ROOT / "solutions" / name).is_file(), f"练习 {name} 缺少参考答案 solutions/{name}"
         assert (ROOT / "tests" / "exercises" / f"test_{name}").is_file(), (
             f"练习 {name} 缺少评分测试 (grader) tests/exercises/test_{name}")
     for p in (ROOT / "solutions").glob("ex*.py"):
-        assert (ROOT / "exercises" / p.name).is_file(), f"solutions/{p.name} 没有对应的练习文件"
+        assert (course / "exercises" / p.name).is_file(), f"solutions/{p.name} 没有对应的练习文件"
 
 
-def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path):
-    on_stubs = run_graders("exercises", tmp_path)
-    on_solutions = run_graders("solutions", tmp_path)
+def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path, course):
+    on_stubs = run_graders("exercises", tmp_path, course)
+    on_solutions = run_graders("solutions", tmp_path, course)
     print(f"\n评分测试 (graders): {len(on_solutions)} 个")
     print(f"  stubs     (--impl exercises): {sum(v == 'failed' for v in on_stubs.values())} failed "
           f"/ {len(on_stubs)}")
@@ -64,6 +88,7 @@ def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path):
         f"仅 stubs: {sorted(set(on_stubs) - set(on_solutions))}, "
         f"仅 solutions: {sorted(set(on_solutions) - set(on_stubs))}")
     not_failing = {t: o for t, o in on_stubs.items() if o != "failed"}
-    assert not not_failing, f"这些测试在未完成的练习 (stub) 上没有失败，说明它们什么也没检查: {not_failing}"
+    assert not not_failing, (f"课程提交的练习模板 (stub) 上，这些评分测试没有失败，说明它们什么也没检查: "
+                             f"{not_failing}\n{INTEGRITY}")
     not_passing = {t: o for t, o in on_solutions.items() if o != "passed"}
-    assert not not_passing, f"这些测试在参考答案 (solution) 上没有通过: {not_passing}"
+    assert not not_passing, f"这些测试在参考答案 (solution) 上没有通过: {not_passing}\n{INTEGRITY}"

@@ -18,13 +18,16 @@ def test_lesson_opens_and_closes_the_same_way(src):
     head = text[: len(text) // 3]
     for word in OPENING:
         assert word in head, f"{src.name}: 开头应写明「{word}」"
+    assert re.search(r"预计时间\*\*：运行\{\{run_time\}\}", head), (
+        f"{src.name}: 「预计时间」的运行时间应写成 {{{{run_time}}}}，由构建测得的 notebooks/timings.json 填写，不要手写")
     positions = []
     for word in CLOSING:
-        m = re.search(rf"^# #+ .*{word}", text, re.M)
+        m = re.search(rf"^# #+ .*{word}", text, re.MULTILINE)
         assert m, f"{src.name}: 结尾应有「{word}」小节 (markdown 标题)"
         positions.append(m.start())
     assert positions == sorted(positions), f"{src.name}: 结尾小节的顺序应为 {CLOSING}"
-    assert "Quiz(" in text and ".show()" in text, f"{src.name}: 自检小节应调用 course_lib.quiz.Quiz(...).show()"
+    lesson = src.name.split("-")[0]
+    assert f'quiz("{lesson}"' in text, f"{src.name}: 自检小节应调用 course_lib.quiz.quiz(\"{lesson}\", measured={{...}})"
     if "99-capstone" not in src.name:
         assert re.search(r"check\(\"\d\.\d\.\d\"\)", text), f"{src.name}: 练习小节应有 check(\"x.y.z\") 单元"
 

@@ -1,6 +1,7 @@
 """Unit tests for the set-up tooling: tools/install_torch.py decisions and grading id lookup."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import install_torch  # noqa: E402
+import build_notebooks  # noqa: E402, F401  (the stored-output tests import from it)
+import lab  # noqa: E402
 
 from course_lib import grading  # noqa: E402
 
@@ -71,3 +74,128 @@ def test_find_root_and_resolve_ids():
 def test_unknown_id_lists_known_exercises():
     with pytest.raises(grading.GradingError, match="ex00_rmsnorm"):
         grading.resolve("9.9.9")
+
+
+# --- torch thread count (course_lib.threads) and the CJK font check (course_lib.envcheck) ---
+
+def test_threads_follow_free_cores():
+    from course_lib.threads import MAX_THREADS, choose_threads
+
+    assert choose_threads(cores=2, load=0.1, env="").threads == 2          # idle: every core
+    assert choose_threads(cores=2, load=1.9, env="").threads == 1          # busy: degrade to 1
+    assert choose_threads(cores=2, load=7.0, env="").threads == 1          # never below 1
+    assert choose_threads(cores=64, load=0.0, env="").threads == MAX_THREADS
+    assert choose_threads(cores=4, load=None, env="").threads == 4
+    assert choose_threads(cores=2, load=1.9, env="3").threads == 3         # COURSE_THREADS wins
+    with pytest.raises(ValueError, match="COURSE_THREADS"):
+        choose_threads(cores=2, load=0.0, env="many")
+
+
+def test_setup_threads_applies_and_says_so(capsys, monkeypatch):
+    import torch
+
+    from course_lib.threads import setup_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("COURSE_THREADS", "1")
+    try:
+        assert setup_threads().threads == 1
+        assert torch.get_num_threads() == 1
+        assert "线程数" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cjk_font_check_warns_with_install_commands():
+    from course_lib.envcheck import check_cjk_font
+
+    assert check_cjk_font("linux", lambda: "Noto Sans CJK SC,Noto Sans CJK SC Regular\n").status == "OK"
+    missing = check_cjk_font("linux", lambda: "")
+    assert missing.status == "WARN" and "apt-get install fonts-noto-cjk" in missing.detail
+    assert check_cjk_font("linux", lambda: None).status == "WARN"
+    assert check_cjk_font("darwin").status == "OK"
+
+
+# --- the learner's working copies (tools/lab.py) and the Makefile's install split ---
+
+def test_lab_copies_keep_the_learners_edits(tmp_path):
+
+
+    stored = tmp_path / "notebooks"
+    stored.mkdir()
+    (stored / "00-setup.ipynb").write_text('{"v": 1}')
+    (stored / "4.0.1-x.ipynb").write_text('{"v": 1}')
+    done = lab.prepare(tmp_path, quiet=True)
+    copies = tmp_path / lab.LAB_DIR_NAME
+    assert sorted(done["added"]) == ["00-setup.ipynb", "4.0.1-x.ipynb"]
+    assert not os.access(stored / "00-setup.ipynb", os.W_OK) or os.geteuid() == 0, "存储的 notebook 应是只读的"
+
+    (copies / "00-setup.ipynb").write_text('{"v": "my edits"}')           # the learner's work
+    (stored / "00-setup.ipynb").chmod(0o644)
+    (stored / "00-setup.ipynb").write_text('{"v": 2}')                    # the course changed it
+    (stored / "4.2.1-new.ipynb").write_text('{"v": 1}')                   # and added a lesson
+    done = lab.prepare(tmp_path, quiet=True)                              # make lab: only adds
+    assert done["added"] == ["4.2.1-new.ipynb"]
+    assert (copies / "00-setup.ipynb").read_text() == '{"v": "my edits"}'
+
+    done = lab.prepare(tmp_path, refresh=True, quiet=True)                # make refresh-notebooks
+    assert (copies / "00-setup.ipynb").read_text() == '{"v": 2}'
+    assert (copies / "00-setup.bak.ipynb").read_text() == '{"v": "my edits"}'
+    assert (copies / "4.0.1-x.ipynb").read_text() == '{"v": 1}' and len(done["replaced"]) == 1
+    assert lab.start_path() == f"/lab/tree/{lab.LAB_DIR_NAME}/00-setup.ipynb"
+
+
+def test_makefile_learner_install_and_lab_url():
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    stamp_recipe = text.split("$(STAMP): ")[1].split("\n\n")[0]
+    assert "-e ." in stamp_recipe and "[test]" not in stamp_recipe and "[dev]" not in stamp_recipe, (
+        "make install 只应安装课程需要的包；测试用的包属于 .[test]，由 make test 安装")
+    assert "\ntest: install-test" in text, "make test 应先安装 .[test]"
+    assert "--LabApp.default_url" in text and "tools/lab.py prepare" in text, (
+        "make lab 应先准备 my-notebooks/ 副本，并让 JupyterLab 打印的网址直接打开 00-setup")
+    assert "my-notebooks/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
+
+
+# --- progress bars (course_lib.progress) and the static outputs of stored notebooks ---
+
+FAKE_TRAIN = ("import json, pathlib, sys, time\n"
+              "d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)\n"
+              "for s in range(1, 6):\n"
+              "    with open(d / 'metrics.jsonl', 'a') as f: f.write(json.dumps({'step': s, 'loss': 1.0}) + '\\n')\n"
+              "    time.sleep(0.05)\n"
+              "print('done')\n")
+
+
+def test_progress_bars_finish_on_stdout(tmp_path, capsys):
+    import subprocess
+
+    from course_lib.progress import follow_run, watch_steps
+
+    r = follow_run([sys.executable, "-c", FAKE_TRAIN, str(tmp_path / "a")], tmp_path / "a", 5, desc="fake", poll_s=0.01)
+    assert r.returncode == 0 and "done" in r.stdout
+    with watch_steps(tmp_path / "b", 5, "watched", poll_s=0.01):
+        subprocess.run([sys.executable, "-c", FAKE_TRAIN, str(tmp_path / "b")], check=True, capture_output=True)
+    out = capsys.readouterr()
+    assert "fake: 100%" in out.out and "5/5" in out.out and "watched: 100%" in out.out
+    assert out.err == "", "进度条不应写到 stderr"
+
+
+def test_stored_outputs_are_static():
+    import nbformat
+
+    from build_notebooks import static_outputs
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="\rrun:   0%|  | 0/4\rrun:  50%|"),
+        nbformat.v4.new_output("stream", name="stdout", text="#  | 2/4\rrun: 100%|##| 4/4\nafter\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": "quiz text",
+                                                     "application/vnd.jupyter.widget-view+json": {"model_id": "x"}},
+                               metadata={"course_static_text": True}),
+    ]
+    nb.cells.append(cell)
+    static_outputs(nb)
+    assert [o.output_type for o in cell.outputs] == ["stream", "display_data"]
+    assert cell.outputs[0].text == "run: 100%|##| 4/4\nafter\n"
+    assert dict(cell.outputs[1].data) == {"text/plain": "quiz text"}

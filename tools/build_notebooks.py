@@ -11,12 +11,21 @@ Outputs:  notebooks/<name>.ipynb    (kernel python3, with the outputs of a FULL-
 Full mode runs with COURSE_QUICK removed from the environment and cwd = notebooks/. If any
 cell raises, the tool stops with a non-zero exit naming the notebook and cell, and the stored
 .ipynb is left untouched (a notebook with an error output is never written).
+
+Stored outputs are static: a progress bar's carriage-return updates are collapsed to its final
+(finished) line, and outputs marked "course_static_text" (the quizzes) keep only their text.
+
+A full-mode build records each notebook's run time in notebooks/timings.json. A lesson's
+"预计时间" is written as {{run_time}} in its source and filled in from that file (to_notebook),
+and the README's table of per-lesson times is generated from it (tools/lesson_times.py).
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -30,17 +39,87 @@ from nbclient.exceptions import CellExecutionError
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 SRC_DIR = NB_DIR / "src"
+TIMINGS = NB_DIR / "timings.json"
+RUN_TIME = "{{run_time}}"
 CELL_TIMEOUT = 900
 KERNEL = "python3"
 
 
-def to_notebook(src: Path) -> nbformat.NotebookNode:
-    """The jupytext conversion of a source file, with the python3 kernelspec."""
+def load_timings(path: Path = TIMINGS) -> dict:
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def format_duration(seconds: float) -> str:
+    """'约 40 秒' / '约 2.5 分钟': what a lesson header says."""
+    if seconds < 90:
+        return f"约 {max(10, round(seconds / 10) * 10)} 秒"
+    return f"约 {round(seconds / 30) / 2:g} 分钟"
+
+
+def run_time_text(name: str, timings: dict) -> str:
+    t = timings.get(name)
+    if not t:
+        return "时间（尚未测量：make notebooks 会测量并填写）"
+    return (f"{format_duration(t['seconds'])}（构建时在 {t['cpu_cores']} 核 CPU 上实测，"
+            f"见 README 的「每课运行时间」）")
+
+
+def fill_run_time(nb: nbformat.NotebookNode, name: str, timings: dict) -> None:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and RUN_TIME in cell.source:
+            cell.source = cell.source.replace(RUN_TIME, run_time_text(name, timings))
+
+
+def to_notebook(src: Path, timings: dict | None = None) -> nbformat.NotebookNode:
+    """The jupytext conversion of a source file, with the python3 kernelspec and the measured
+    run time filled in."""
     nb = jupytext.read(src, fmt="py:percent")
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     nb.metadata.setdefault("language_info", {"name": "python"})
     nb.metadata.pop("jupytext", None)  # the .ipynb is not a jupytext pair; src/ is the source
+    fill_run_time(nb, src.stem, load_timings() if timings is None else timings)
     return nb
+
+
+def _final_lines(text: str) -> str:
+    """What a terminal shows after carriage returns: per line, the text after the last \\r."""
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def static_outputs(nb: nbformat.NotebookNode) -> None:
+    """Make the outputs readable without a kernel (see the module docstring)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outs = []
+        for o in cell.outputs:
+            if o.output_type == "stream" and outs and outs[-1].output_type == "stream" \
+                    and outs[-1].name == o.name:
+                outs[-1].text += o.text          # one stream output, as a viewer shows it
+                continue
+            if o.output_type == "display_data" and o.get("metadata", {}).get("course_static_text"):
+                o.data = {"text/plain": o.data.get("text/plain", "")}
+            outs.append(o)
+        for o in outs:
+            if o.output_type == "stream" and "\r" in o.text:
+                o.text = _final_lines(o.text)
+        cell.outputs = outs
+
+
+def record_timing(name: str, seconds: float, path: Path = TIMINGS) -> dict:
+    timings = load_timings(path)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    timings[name] = {"seconds": round(seconds, 1), "cpu_cores": cores, "machine": platform.machine(),
+                     "date": time.strftime("%Y-%m-%d"), "source": "make notebooks"}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(timings.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return timings
 
 
 def find_sources(patterns: list[str]) -> list[Path]:
@@ -97,14 +176,22 @@ def build(src: Path, quick: bool, out_dir: Path) -> Path:
         src_line = nb.cells[idx].source.splitlines()[:3] if idx is not None else []
         raise SystemExit(f"\nbuild_notebooks: {src.name}: {where} failed; {target} NOT written.\n"
                          f"  cell starts: {src_line}\n{str(e)[-3000:]}")
+    seconds = time.perf_counter() - t0
     errs = error_cells(nb)
     if errs:
         raise SystemExit(f"build_notebooks: {src.name}: error outputs in cells {errs}; not written")
+    static_outputs(nb)
+    if not quick:  # the run time of this build goes into the file and into the header it fills
+        timings = record_timing(src.stem, seconds)
+        fresh = to_notebook(src, timings)
+        for cell, new in zip(nb.cells, fresh.cells, strict=True):
+            if cell.cell_type == "markdown":
+                cell.source = new.source
     nbformat.validate(nb)
     tmp = target.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     os.replace(tmp, target)
-    print(f"  {src.name} -> {target}  ({time.perf_counter() - t0:.1f}s, "
+    print(f"  {src.name} -> {target}  ({seconds:.1f}s, "
           f"{'quick' if quick else 'full'} mode)", flush=True)
     return target
 
@@ -124,6 +211,10 @@ def main(argv=None) -> int:
     print(f"build_notebooks: {len(sources)} notebook(s) -> {out_dir}")
     for src in sources:
         build(src, args.quick, out_dir)
+    if not args.quick:  # the README's time table follows notebooks/timings.json
+        import lesson_times  # here: lesson_times imports this module
+
+        lesson_times.main([])
     return 0
 
 

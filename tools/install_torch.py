@@ -86,8 +86,9 @@ def main() -> int:
     args = plan()
     if args is None:
         return 0
-    cmd = [sys.executable, "-m", "pip", *args]
-    print("[install_torch] $", " ".join(cmd), flush=True)
+    # -q: the learner sees one line per decision, not pip's download log (errors still show).
+    cmd = [sys.executable, "-m", "pip", *args[:1], "-q", "--disable-pip-version-check", *args[1:]]
+    print("[install_torch] $", " ".join(cmd), "(a few minutes the first time)", flush=True)
     rc = subprocess.call(cmd)
     if rc == 0:
         print(f"[install_torch] installed torch {torch_version()}")

@@ -22,6 +22,12 @@
 # 3. 演示练习和自检怎么用。
 #
 # 整个 notebook 在 CPU 上几秒钟就能跑完。
+#
+# **你的工作副本 (working copies)**：`make lab` 打开的是 `my-notebooks/` 里的 notebook——第一次运行时从 `notebooks/`
+# 复制过来，git 不跟踪它们，你可以随意运行、修改、保存。`notebooks/` 里保存的是课程的参考版本（完整运行的输出），
+# 不会被覆盖。课程更新了 notebook 时运行 `make refresh-notebooks`：缺的副本补上，你改过的副本另存为 `*.bak.ipynb` 再换成新版。
+# 你的练习进度用 `make progress` 或 notebook 里的 `check()` / `progress()` 查看；`make test` 检查的是课程本身，
+# 做练习、跑 notebook 都不会让它变红。
 
 # %% [markdown]
 # ## 1. 环境检查 (environment check)
@@ -33,6 +39,16 @@
 # - **gloo**：PyTorch 在 CPU 上做分布式训练 (DDP) 用的通信后端 (backend)，4.1.2 会用到；有 GPU 时还会检查 **nccl**。
 # - **bf16 autocast**：在 CPU 上真的用 bfloat16 跑一次小矩阵乘法，4.1.5 混合精度会用到。
 # - **quick mode**：环境变量 `COURSE_QUICK=1` 时，所有实验自动缩小规模（测试和 nbval 用它），代码路径不变。
+# - **CPU threads**：torch 默认每个核开一个线程。机器上还有别的程序在跑时，这会让线程互相抢占，训练慢上好几倍
+#   （在一台忙碌的 2 核机器上，30 步训练用 1 个线程要 10–15 秒，用默认的 2 个线程要 100–130 秒）。
+#   所以每一课的第一个单元格都调用 `setup_threads()`：按「可用核数 − 当前负载」选线程数，至少 1 个；
+#   想自己指定就设环境变量 `COURSE_THREADS=N`。
+# - **中文字体 (CJK font)**：Linux 上没有中文字体时，浏览器里的中文会显示成方框；这里会给出各发行版的安装命令。
+
+# %%
+from course_lib.threads import setup_threads
+
+threads = setup_threads()
 
 # %%
 from course_lib.envcheck import run_checks
@@ -42,7 +58,7 @@ env_ok = run_checks()
 # %% [markdown]
 # ## 2. 课程地图 (course map)
 #
-# 课程地图的数据在 `course_lib/course_map.py` 里（README 和 `progress()` 也用它）。
+# 课程地图的数据在 `course_lib/course_map.py` 里（README 和 `progress()` 也用它；README 的表还列出了每一课对应的测试）。
 # 标着「计划中」的 notebook 还没有写好。
 
 # %%
@@ -53,7 +69,7 @@ from course_lib.course_map import COURSE_MAP, markdown_table
 from course_lib.grading import find_root
 
 ROOT = find_root()
-display(Markdown(markdown_table(ROOT)))
+display(Markdown(markdown_table(ROOT, with_tests=False)))
 
 # %% [markdown]
 # 学习顺序与学习计划一致：先 **4.0**（可恢复、稳定、可观测），再 **4.1**（训练优化），最后 **4.2**（部署与推理优化）。
@@ -61,8 +77,8 @@ display(Markdown(markdown_table(ROOT)))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for entry in COURSE_MAP:
-    print(f"{entry['id']:>6}  {entry['notebook']}")
+missing = [e["notebook"] for e in COURSE_MAP if not (ROOT / "notebooks" / e["notebook"]).exists()]
+print("课程地图里的 notebook 都在 notebooks/ 里：", not missing, missing or "")
 
 # %% [markdown]
 # ## 3. 练习与自检怎么用 (exercises and self-checks)

@@ -21,10 +21,16 @@
 #
 # **前置知识**：PyTorch 训练循环（`loss.backward()`、`optimizer.step()`），`state_dict()`。
 #
-# **预计时间**：CPU 笔记本上运行约 2–3 分钟，阅读 + 练习约 40 分钟。
+# **预计时间**：运行{{run_time}}，阅读 + 练习约 40 分钟。
 #
 # > 训练检查点和**推理权重** (inference weights) 是两种不同的文件：检查点用来**继续训练**（含优化器状态、RNG、数据位置，约为权重的 3 倍大），
 # > 推理权重只含权重和配置（safetensors + config.json），用来部署。4.2.1 会做后者。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import os
@@ -37,6 +43,7 @@ from course_lib.config import pick
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes
+from course_lib.progress import watch_steps
 from course_lib.runner import run, run_and_kill, train_command
 
 STEPS, INTERVAL = pick(160, 30), pick(20, 5)
@@ -60,14 +67,16 @@ print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
 # %%
 killed = base / "killed"
 t0 = time.perf_counter()
-k = run_and_kill(train_cmd(killed), killed, kill_after_step=KILL_AFTER)
+with watch_steps(killed, KILL_AFTER, "train until SIGKILL"):
+    k = run_and_kill(train_cmd(killed), killed, kill_after_step=KILL_AFTER)
 last_logged = k.last_logged_step
 mgr = CheckpointManager(killed, verbose=False)
 print(f"exit code {k.returncode} (-9 = SIGKILL); last logged step {last_logged}; "
       f"complete checkpoints: {[s for s, _ in mgr.list_complete()]}")
 
 # %%
-r = run(train_cmd(killed), killed)
+with watch_steps(killed, STEPS, "same command again"):
+    r = run(train_cmd(killed), killed)
 print("\n".join(l for l in r.output.splitlines() if "resumed" in l or "done" in l))
 assert r.returncode == 0, r.tail(20)
 
@@ -76,7 +85,8 @@ assert r.returncode == 0, r.tail(20)
 
 # %%
 ref = base / "uninterrupted"
-r2 = run(train_cmd(ref), ref)
+with watch_steps(ref, STEPS, "uninterrupted"):
+    r2 = run(train_cmd(ref), ref)
 assert r2.returncode == 0, r2.tail(20)
 print(f"three processes took {time.perf_counter() - t0:.0f}s")
 
@@ -199,22 +209,10 @@ check("4.0.1");
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
-quiz = Quiz("4.0.1 检查点与恢复", [
-    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
-             ["它们能让模型更大", "长时间训练一定会遇到中断和不稳定：没有它们，一次崩溃或一次 loss 爆炸就浪费全部算力，而且你看不见发生了什么",
-              "只是为了符合规范", "它们能提高最终精度"], 1,
-             "checkpoint 让中断可恢复，warmup 和裁剪让早期与异常步稳定，日志让问题可见；规模越大，出问题的概率和代价都越大。"),
-    Question("恢复后 loss 突然跳高，最可能漏存了什么？",
-             ["模型权重", "优化器状态或学习率调度器状态", "tokenizer", "config.json"], 1,
-             "权重恢复了但 Adam 的矩估计或调度器步数没有恢复，更新幅度就不对了（HF #33336 等）。"),
-    Question("为什么要先写临时目录、最后写 COMPLETE.json、再 rename？",
-             ["更快", "保存中途被杀时，不会留下一个名字正确但内容残缺的检查点", "节省磁盘", "为了兼容 Windows"], 1,
-             "rename 是原子的；没有完成标记的目录不会被当作检查点。"),
-    Question("`torch.load(path)` 不加 `weights_only=True` 有什么风险？",
-             ["加载慢", "文件里的 pickle 可以执行任意代码", "张量精度下降", "没有风险"], 1,
-             "pickle 的 __reduce__ 可以调用 os.system；weights_only 只允许张量和普通容器。"),
-]).show()
+from course_lib.quiz import quiz
+
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.0.1", measured={"redo_over_interval": dup / INTERVAL})
 
 # %% [markdown]
 # ## 下一步

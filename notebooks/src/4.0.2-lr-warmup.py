@@ -16,7 +16,13 @@
 # **学习目标**：写出 warmup + 线性/余弦衰减 (linear / cosine decay) 与 WSD (warmup-stable-decay) 调度；知道 HF 的约定（第一步 lr = 0）和 nanoGPT 的不同；
 # 在图上看到：学习率偏大时，没有 warmup 的前几十步 loss 会冲高或停滞，有 warmup 则平稳下降。
 #
-# **前置知识**：4.0.1；AdamW。 **预计时间**：CPU 上运行约 2–3 分钟，阅读 + 练习约 30 分钟。
+# **前置知识**：4.0.1；AdamW。 **预计时间**：运行{{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 
@@ -24,6 +30,7 @@ from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes, print_table
 from course_lib.schedule import lr_multiplier, schedule_values
+from course_lib.monitor import ProgressBar
 from course_lib.train import Trainer
 
 # %% [markdown]
@@ -50,27 +57,7 @@ for s in range(4):
           "nanoGPT:", round(lr_multiplier(s, kind="linear", warmup_steps=4, total_steps=10, hf_convention=False), 4))
 
 # %% [markdown]
-# ## 2. 交互式调度浏览器 (schedule explorer)
-# 拖动滑块（需要运行中的 kernel；存储的 notebook 里只能看到上面的静态图）。
-
-# %%
-try:
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
-
-    def explore(peak_lr=3e-3, warmup=20, total=200, kind="cosine", min_lr_frac=0.1):
-        fig, ax = new_axes(f"{kind}: warmup {warmup}, total {total}", "optimizer step", "learning rate")
-        ax.plot(schedule_values(kind, peak_lr, min(warmup, total), total, min_lr=peak_lr * min_lr_frac))
-        plt.show()
-
-    w.interact(explore, peak_lr=w.FloatLogSlider(value=3e-3, base=10, min=-5, max=-1),
-               warmup=w.IntSlider(20, 0, 500), total=w.IntSlider(200, 10, 2000),
-               kind=["constant", "linear", "cosine", "wsd"], min_lr_frac=w.FloatSlider(value=0.1, min=0, max=1, step=0.05))
-except ImportError:
-    print("ipywidgets not installed: use the static plot above")
-
-# %% [markdown]
-# ## 3. 实验：学习率偏大时，warmup 有没有用？
+# ## 2. 实验：学习率偏大时，warmup 有没有用？
 #
 # 同样的模型和数据，峰值学习率取得偏大（`LR`），比较 `warmup_steps=0` 和 `warmup_steps=WARMUP`，每种 3 个随机种子。不裁剪梯度，让差别显露出来。
 
@@ -83,7 +70,8 @@ for warm in (0, WARMUP):
         cfg = TrainConfig.default(max_steps=STEPS, warmup_steps=warm, lr=LR, min_lr=LR / 10, grad_clip=0.0,
                                   seed=seed, out_dir=str(runs_dir(f"4.0.2/w{warm}-s{seed}", fresh=True)),
                                   ckpt_interval=0, tensorboard=False, eval_interval=STEPS, eval_batches=1)
-        h = Trainer(ModelConfig.small(), cfg, console=False, save_checkpoints=False).fit()
+        h = Trainer(ModelConfig.small(), cfg, callbacks=[ProgressBar(f"warmup {warm}, seed {seed}")], console=False,
+                    save_checkpoints=False).fit()
         curves[(warm, seed)] = h
 
 fig, (ax, ax2) = new_axes(f"Peak lr {LR}: with vs without warmup (3 seeds)", "optimizer step", "training loss (nats/token)", ncols=2)
@@ -108,6 +96,26 @@ print(f"early spike: no warmup {no_w['max loss, first 20% of steps']:.3f} vs war
       f"-> warmup {'helped' if w_['final loss (mean last 5)'] < no_w['final loss (mean last 5)'] else 'did not help'} at lr {LR} in this run")
 
 # %% [markdown]
+# ## 3. 交互式调度浏览器 (schedule explorer)
+# 实验跑完了，现在可以随意拖动滑块（需要运行中的 kernel；存储的 notebook 里只能看到上面的静态图）。
+
+# %%
+try:
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    def explore(peak_lr=3e-3, warmup=20, total=200, kind="cosine", min_lr_frac=0.1):
+        fig, ax = new_axes(f"{kind}: warmup {warmup}, total {total}", "optimizer step", "learning rate")
+        ax.plot(schedule_values(kind, peak_lr, min(warmup, total), total, min_lr=peak_lr * min_lr_frac))
+        plt.show()
+
+    w.interact(explore, peak_lr=w.FloatLogSlider(value=3e-3, base=10, min=-5, max=-1),
+               warmup=w.IntSlider(20, 0, 500), total=w.IntSlider(200, 10, 2000),
+               kind=["constant", "linear", "cosine", "wsd"], min_lr_frac=w.FloatSlider(value=0.1, min=0, max=1, step=0.05))
+except ImportError:
+    print("ipywidgets not installed: use the static plot above")
+
+# %% [markdown]
 # 读图（以上表和上一行的判定为准，它们是本次运行测得的）：没有 warmup 时，第 1 步就用满学习率，而 Adam 的二阶矩估计此时只基于一个批次，
 # 更新方向噪声很大，前期容易冲高或在平台上停留；有 warmup 时 lr 从 0 慢慢升上去，前期更平滑。学习率不够大时两者差别很小——
 # warmup 是为「偏大的学习率」准备的；快速模式 (quick mode) 步数太少，看不出差别。
@@ -127,16 +135,10 @@ check("4.0.2");
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
-quiz = Quiz("4.0.2 学习率预热", [
-    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
-             ["让训练更快", "大规模训练贵且长：warmup 防止初期发散，裁剪挡住异常梯度，checkpoint 让中断可恢复，日志让问题第一时间可见",
-              "为了减少显存", "为了让 loss 更低"], 1, "这四样是让一次昂贵的训练不白跑的保险。"),
-    Question("HF 的 linear warmup（warmup=10）在第 0 个优化器步的学习率是多少？", ["0", "peak/10", "peak", "min_lr"], 0,
-             "s / warmup，s = 0；nanoGPT 用 (s+1)/warmup，才是 peak/10。"),
-    Question("没有 warmup 时早期不稳定，主要因为：", ["数据没打乱", "Adam 的二阶矩估计在最初几步还不可靠，满学习率的更新太大", "模型太小", "batch 太大"], 1,
-             "二阶矩（梯度平方的滑动平均）开始时只基于很少的样本。"),
-]).show()
+from course_lib.quiz import quiz
+
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.0.2", measured={"hf_lr_step1": lr_multiplier(1, kind="linear", warmup_steps=4, total_steps=10)})
 
 # %% [markdown]
 # ## 下一步

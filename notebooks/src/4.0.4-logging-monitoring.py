@@ -16,7 +16,13 @@
 # **学习目标**：每 N 步记录 loss、lr、梯度范数、tokens/s、已用时间和 ETA，写到控制台（notebook 里是 tqdm 进度条）、JSONL 文件和 TensorBoard；
 # 用 matplotlib 从 JSONL 画图，用 TensorBoard 在 JupyterLab 里看同一次运行；NaN/Inf 出现的那一步就停下，并说明可能原因。
 #
-# **前置知识**：4.0.1–4.0.3。 **预计时间**：CPU 上运行约 1–2 分钟，阅读 + 练习约 25 分钟。
+# **前置知识**：4.0.1–4.0.3。 **预计时间**：运行{{run_time}}，阅读 + 练习约 25 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import os
@@ -107,16 +113,10 @@ check("4.0.4");
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
-Quiz("4.0.4 日志与监控", [
-    Question("为什么大规模训练前要先做 checkpoint、warmup、梯度裁剪、日志？",
-             ["日志只是为了好看", "没有日志，你发现问题时可能已经浪费了几天的算力；其余三项让问题可恢复、可避免", "为了满足审计", "为了更快"], 1,
-             "看得见才能及时止损。"),
-    Question("loss 变成 NaN，应在什么时候停？", ["这个 epoch 结束时", "出现的那一步、optimizer.step 之前", "下一次保存检查点时", "不用停"], 1,
-             "在更新之前停下，权重和检查点都还是好的。"),
-    Question("tokens/s 突然下降一半，最先怀疑什么？", ["学习率", "数据加载或机器负载", "模型结构", "随机种子"], 1,
-             "吞吐量是系统指标，和优化无关。"),
-]).show();
+from course_lib.quiz import quiz
+
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.0.4", measured={"stopped_minus_at": t2.step - AT})
 
 # %% [markdown]
 # ## 下一步

@@ -21,7 +21,13 @@
 #
 # **前置知识**：4.0.3（梯度裁剪），4.1.2（DDP）。
 #
-# **预计时间**：CPU 笔记本上运行约 1–2 分钟，阅读 + 练习约 30 分钟。
+# **预计时间**：运行{{run_time}}，阅读 + 练习约 30 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import time
@@ -157,19 +163,10 @@ check("4.1.4")
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
+from course_lib.quiz import quiz
 
-Quiz("4.1.4 自检", [
-    Question("梯度累积 N 步时，如果忘了把 loss 除以 N，会怎样？",
-             ["没有影响", "梯度变成大批次的 N 倍，相当于学习率放大 N 倍（Adam 下主要影响裁剪和 eps 的相对大小）", "梯度变成 1/N", "训练会报错"],
-             1, "SGD 下等价于学习率 ×N；Adam 对梯度尺度大体不敏感，但梯度裁剪阈值会按放大后的范数触发，结果仍然不同。"),
-    Question("DDP + 梯度累积时，为什么前 N-1 个小批次不同步梯度？",
-             ["为了省内存", "all-reduce 是线性的：先在本地累加再同步一次，结果相同而通信只有 1/N", "gloo 不支持", "为了随机性"],
-             1, "平均的和 = 和的平均；每个小批次都同步只是浪费带宽。"),
-    Question("在累积周期中间（第 2 个小批次）崩溃，本课的 Trainer 从哪里恢复？",
-             ["从崩溃的那个小批次", "从最近检查点所在的 optimizer step 边界（周期开头），重读同样的小批次", "从头开始", "无法恢复"],
-             1, "检查点只在 step 之间写；半个周期的梯度不保存。数据位置是 N 的整数倍，所以恢复后读的小批次与原来完全一样。"),
-]).show();
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.1.4", measured={"mem_ratio_b2_vs_b16": res[-1]["peak MiB (one micro-step)"] / res[0]["peak MiB (one micro-step)"]})
 
 # %% [markdown]
 # ## 下一步

@@ -21,7 +21,13 @@
 #
 # **前置知识**：注意力机制；4.2.1 的参考模型。
 #
-# **预计时间**：运行约 2 分钟，阅读与练习约 45 分钟。
+# **预计时间**：运行{{run_time}}，阅读与练习约 45 分钟。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import torch
@@ -212,19 +218,10 @@ result = check("4.2.3")
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
+from course_lib.quiz import quiz
 
-quiz = Quiz("4.2.3 自检", [
-    Question("KV 缓存省掉的是什么计算？", ["新 token 的 Q", "之前所有 token 的 K、V（以及它们经过的整层计算）", "softmax", "lm_head"], 1,
-             "decode 每步只对新 token 做整层计算；旧 token 的 K/V 直接从缓存读。"),
-    Question("4 层、2 个 kv 头、head_dim 32、序列 256、batch 8、fp32 的缓存有多少字节？",
-             ["2×4×2×32×256×8×4 = 4,194,304", "4×2×32×256×8×4", "2×4×4×32×256×8×4", "4×32×256×8"], 0,
-             "K 和 V 两份 × 层数 × kv 头数 × head_dim × 长度 × batch × 每个值的字节数。"),
-    Question("静态缓存相对动态缓存的主要好处是？", ["更省内存", "不再分配内存、地址和形状固定（便于 CUDA graph / torch.compile）",
-                                             "生成结果更准", "支持更长上下文"], 1, "它预留 max_len 个位置，可能更费内存。"),
-    Question("分页缓存为什么比预分配省内存？", ["它压缩了 K/V", "按固定小块按需分配，每个序列最多浪费不到一块，结束后块立即回收",
-                                         "它只缓存一半的层", "它用 int8"], 1, "浪费从 max_len − 长度 降到 < block_size。"),
-]).show()
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("4.2.3", measured={"int8_cache_ratio": res["int8"][1] / res["fp32"][1]})
 
 # %% [markdown]
 # ## 下一步

@@ -24,7 +24,13 @@
 #
 # **前置知识**：4.0.1–4.2.4 全部课程（这里只调用 `course_lib`，不再讲原理）。
 #
-# **预计时间**：CPU 笔记本上约 4–5 分钟（`COURSE_QUICK=1` 时约 1 分钟）。
+# **预计时间**：运行{{run_time}}。
+
+# %%
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
+
+setup_threads();
 
 # %%
 import subprocess
@@ -41,6 +47,7 @@ from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.paths import repo_root, runs_dir
 from course_lib.plotting import new_axes, print_table
 from course_lib.quantize import model_nbytes, perplexity, quantize_model
+from course_lib.progress import watch_steps
 from course_lib.runner import run, run_and_kill, torchrun_train_command, train_command
 
 checks = {}  # outcome -> (passed, evidence)
@@ -66,11 +73,14 @@ print(" ".join(train_command(base / "run", **FLAGS)[1:]))
 # 学习率调度器、RNG 状态和数据位置，从那一步继续。最后和一次从未中断的训练比较最终权重。
 
 # %%
-killed = run_and_kill(train_command(base / "run", **FLAGS), base / "run", kill_after_step=pick(STEPS // 2, 6))
+with watch_steps(base / "run", pick(STEPS // 2, 6), "train until SIGKILL"):
+    killed = run_and_kill(train_command(base / "run", **FLAGS), base / "run", kill_after_step=pick(STEPS // 2, 6))
 print(f"first attempt: exit code {killed.returncode} (killed={killed.killed}), last logged step {killed.last_logged_step}")
-resumed = run(train_command(base / "run", **FLAGS), base / "run")
+with watch_steps(base / "run", STEPS, "same command again"):
+    resumed = run(train_command(base / "run", **FLAGS), base / "run")
 print(resumed.tail(3))
-reference = run(train_command(base / "reference", **FLAGS), base / "reference")
+with watch_steps(base / "reference", STEPS, "uninterrupted"):
+    reference = run(train_command(base / "reference", **FLAGS), base / "reference")
 print(reference.tail(1))
 
 mgr_a, mgr_b = CheckpointManager(base / "run", verbose=False), CheckpointManager(base / "reference", verbose=False)
@@ -238,20 +248,10 @@ else:
 # ## 自检
 
 # %%
-from course_lib.quiz import Question, Quiz
+from course_lib.quiz import quiz
 
-quiz = Quiz("综合项目", [
-    Question("训练被 SIGKILL 杀掉后，为什么用同一条命令重跑就能接着训练？",
-             ["因为 SIGKILL 会先触发一次保存", "因为 Trainer 启动时会在 out_dir 里找最新的完整 checkpoint 并恢复全部状态",
-              "因为 PyTorch 会自动缓存上次的权重"], 1,
-             "SIGKILL 不能被捕获，进程来不及做任何事；恢复靠的是之前按间隔原子写好的 checkpoint，以及启动时的自动查找。"),
-    Question("想让恢复后的训练与不中断的训练逐位相同，checkpoint 里除了模型和优化器，还必须有什么？",
-             ["只需要 step", "学习率调度器、RNG 状态和数据位置（以及用到时的 GradScaler）", "TensorBoard 日志"], 1,
-             "少了调度器 lr 会跳变；少了 RNG 和数据位置，后面的 batch 与随机数都会不同。"),
-    Question("部署时应该发布哪个文件？", ["训练 checkpoint state.pt", "model.safetensors + config.json", "metrics.jsonl"], 1,
-             "推理只需要权重和结构配置；safetensors 不经过 pickle，加载不会执行任意代码。"),
-])
-quiz.show();
+# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
+q = quiz("99", measured={"checkpoint_over_artifact": ckpt_bytes / art_bytes})
 
 # %% [markdown]
 # ## 下一步
