@@ -30,8 +30,8 @@ import itertools
 import queue
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -48,8 +48,8 @@ class SeqBlocks:
     """The KV blocks of one sequence: a block table and how many positions each layer holds."""
 
     n_layers: int
-    table: List[int] = field(default_factory=list)
-    lengths: List[int] = field(default_factory=list)
+    table: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.lengths:
@@ -85,15 +85,15 @@ class RaggedPagedCache(Cache):
             mask[b, L - s.lengths[0]:] = 1
         return mask
 
-    def _slots(self, positions: List[List[int]]) -> Tuple[Tensor, Tensor]:
+    def _slots(self, positions: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Block id and slot of each (row, position); ``-1`` positions (padding) read slot (0, 0)."""
         bs, dev = self.pool.block_size, self.pool.k[0].device
         blk = [[s.table[p // bs] if p >= 0 else 0 for p in row] for s, row in zip(self.seqs, positions)]
         slot = [[p % bs if p >= 0 else 0 for p in row] for row in positions]
         return torch.tensor(blk, device=dev), torch.tensor(slot, device=dev)
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        B, H, T, D = k.shape
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        B, T = k.shape[0], k.shape[2]
         if B != len(self.seqs):
             raise ValueError(f"RaggedPagedCache has {len(self.seqs)} rows, got batch {B}")
         if B > 1 and T > 1:
@@ -142,26 +142,26 @@ _ids = itertools.count()
 class Request:
     """One completion request and everything the engine records about it."""
 
-    prompt_ids: List[int]
+    prompt_ids: list[int]
     max_tokens: int
     temperature: float = 0.0
-    top_p: Optional[float] = None
-    seed: Optional[int] = None
-    on_token: Optional[Callable[["Request", int], None]] = None   # called from the engine thread
-    on_finish: Optional[Callable[["Request"], None]] = None
+    top_p: float | None = None
+    seed: int | None = None
+    on_token: Callable[[Request, int], None] | None = None   # called from the engine thread
+    on_finish: Callable[[Request], None] | None = None
     id: int = field(default_factory=lambda: next(_ids))
-    output: List[int] = field(default_factory=list)
-    finish_reason: Optional[str] = None     # "stop" (EOS) | "length" | "abort" | "error"
-    error: Optional[str] = None
+    output: list[int] = field(default_factory=list)
+    finish_reason: str | None = None     # "stop" (EOS) | "length" | "abort" | "error"
+    error: str | None = None
     # bookkeeping for the scheduler and for latency measurements
-    blocks: Optional[SeqBlocks] = None
-    generator: Optional[torch.Generator] = None
+    blocks: SeqBlocks | None = None
+    generator: torch.Generator | None = None
     preemptions: int = 0
     t_submit: float = 0.0
-    t_first: Optional[float] = None
-    t_done: Optional[float] = None
+    t_first: float | None = None
+    t_done: float | None = None
     step_submit: int = 0
-    step_first: Optional[int] = None
+    step_first: int | None = None
     aborted: bool = False
 
     @property
@@ -185,8 +185,8 @@ class Engine:
     ends, as a plain ``generate`` over a fixed batch does.
     """
 
-    def __init__(self, model, *, eos_id: Optional[int] = None, max_batch: int = 8, max_step_tokens: int = 512,
-                 num_blocks: Optional[int] = None, block_size: int = 16, policy: str = "continuous",
+    def __init__(self, model, *, eos_id: int | None = None, max_batch: int = 8, max_step_tokens: int = 512,
+                 num_blocks: int | None = None, block_size: int = 16, policy: str = "continuous",
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if policy not in ("continuous", "static"):
             raise ValueError(f"policy must be 'continuous' or 'static', got {policy!r}")
@@ -200,9 +200,9 @@ class Engine:
             num_blocks = max_batch * -(-self.max_len // block_size)
         self.pool = BlockPool.for_model(model, num_blocks=num_blocks, block_size=block_size)
         self.device = next(model.parameters()).device
-        self.inbox: "queue.SimpleQueue[Request]" = queue.SimpleQueue()   # submit() from any thread
-        self.waiting: Deque[Request] = deque()
-        self.running: List[Request] = []
+        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()   # submit() from any thread
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
         self.steps = 0
         self.stats = {"decode_steps": 0, "decode_rows": 0, "idle_rows": 0, "prefill_tokens": 0, "preemptions": 0}
 
@@ -324,7 +324,7 @@ class Engine:
         self.stats["decode_rows"] += len(rows)
         self.stats["idle_rows"] += idle
 
-    def _forward(self, rows: List[Request]) -> Tensor:
+    def _forward(self, rows: list[Request]) -> Tensor:
         seqs = [r.blocks for r in rows]
         saved = [list(s.lengths) for s in seqs]
         cache = RaggedPagedCache(self.pool, seqs)
@@ -337,7 +337,7 @@ class Engine:
                 s.lengths[:] = n
             raise
 
-    def _reserve_or_preempt(self, rows: List[Request]) -> List[Request]:
+    def _reserve_or_preempt(self, rows: list[Request]) -> list[Request]:
         """Make sure every row has a slot for one more token; preempt the newest rows if the pool is dry."""
         for req in list(rows):
             if req not in rows:

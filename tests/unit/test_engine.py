@@ -84,7 +84,7 @@ def test_static_policy_same_outputs_but_idle_rows(model_tok):
 
 
 def test_max_batch_and_step_token_budget(model_tok):
-    model, tok = model_tok
+    model, _tok = model_tok
     eng = Engine(model, eos_id=None, max_batch=3, max_step_tokens=20)
     for _ in range(5):
         eng.submit(list(range(65, 65 + 15)), 10)
@@ -97,7 +97,7 @@ def test_max_batch_and_step_token_budget(model_tok):
 
 
 def test_requests_that_can_never_fit_are_refused(model_tok):
-    model, tok = model_tok
+    model, _tok = model_tok
     eng = Engine(model, num_blocks=4, block_size=8)
     with pytest.raises(RequestRefused, match="context"):
         eng.submit([1] * 250, 10)
