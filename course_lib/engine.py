@@ -216,7 +216,7 @@ class Engine:
         if n_prompt + max_tokens > self.max_len:
             raise RequestRefused(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's "
                                  f"context of {self.max_len} tokens; shorten the prompt or lower max_tokens")
-        need = -(-(n_prompt + max_tokens) // self.pool.block_size)
+        need = self.blocks_for(n_prompt + max_tokens)
         if need > self.pool.num_blocks:
             raise RequestRefused(f"needs {need} KV blocks but the pool has {self.pool.num_blocks}; "
                                  "lower max_tokens or start the engine with more blocks")
@@ -257,27 +257,42 @@ class Engine:
         raise RuntimeError(f"engine still busy after {max_steps} steps")
 
     # ---- 1. admit -------------------------------------------------------------------------------
+    def blocks_for(self, n_tokens: int) -> int:
+        """KV blocks needed to hold ``n_tokens`` positions (rounded up to whole blocks)."""
+        return -(-n_tokens // self.pool.block_size)
+
+    @staticmethod
+    def prefill_tokens(req: Request) -> int:
+        """Tokens a (re-)admission feeds through the model: the prompt, plus output if preempted."""
+        return len(req.prompt_ids) + len(req.output)
+
     def can_admit(self, req: Request, budget_used: int) -> bool:
         """Room for one more row? A batch slot, the token budget, and blocks for its prefill + 1."""
-        n = len(req.prompt_ids) + len(req.output)
+        n = self.prefill_tokens(req)
         if len(self.running) >= self.max_batch:
             return False
         # The budget caps prefill work per step (decode latency of the others); a prompt longer
         # than the whole budget still goes in when it is the first of the step, or it would starve.
         if budget_used > 0 and budget_used + n > self.max_step_tokens:
             return False
-        return -(-(n + 1) // self.pool.block_size) <= len(self.pool.free)
+        # + 1: the first decode step right after needs a slot for the token prefill sampled
+        return self.blocks_for(n + 1) <= len(self.pool.free)
 
     def admit(self) -> None:
+        """Move waiting requests into the batch, oldest first, while ``can_admit`` allows.
+
+        Strict FIFO: when the head of the queue does not fit, nobody behind it jumps ahead (a big
+        request would otherwise starve behind a stream of small ones).
+        """
         if self.policy == "static" and self.running:
             return                                       # static: the running batch must finish first
         budget = len(self.running)                       # each running row decodes one token this step
         while self.waiting and self.can_admit(self.waiting[0], budget):
             req = self.waiting.popleft()
-            budget += len(req.prompt_ids) + len(req.output)
-            self._prefill(req)
+            budget += self.prefill_tokens(req)
+            self.prefill(req)
 
-    def _prefill(self, req: Request) -> None:
+    def prefill(self, req: Request) -> None:
         """Prefill one request alone (B = 1, no padding); a fresh request samples its first token.
 
         A preempted request already has output: its newest token is still pending (sampled, not
@@ -364,7 +379,7 @@ class Engine:
 
     def _reserve(self, seq: SeqBlocks, n_positions: int) -> None:
         """Grow the block table to hold ``n_positions``; RuntimeError (pool dry) leaves it unchanged."""
-        need = -(-n_positions // self.pool.block_size) - len(seq.table)
+        need = self.blocks_for(n_positions) - len(seq.table)
         if need > len(self.pool.free):
             raise RuntimeError(f"BlockPool has {len(self.pool.free)} free blocks, {need} needed")
         for _ in range(max(need, 0)):
@@ -378,7 +393,7 @@ class Engine:
         keep = []
         for req in self.running:
             if req.done:
-                self._release(req)
+                self.release(req)
             else:
                 keep.append(req)
         self.running = keep
@@ -419,10 +434,11 @@ class Engine:
         req.error = f"{type(exc).__name__}: {exc}"
         if req in self.running:
             self.running.remove(req)
-        self._release(req)
+        self.release(req)
         self._finish(req, "error")
 
-    def _release(self, req: Request) -> None:
+    def release(self, req: Request) -> None:
+        """Give the request's KV blocks back to the pool (idempotent)."""
         if req.blocks is not None:
             self.pool.release(req.blocks.table)
             req.blocks = None
