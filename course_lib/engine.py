@@ -205,6 +205,7 @@ class Engine:
         self.running: list[Request] = []
         self.steps = 0
         self.stats = {"decode_steps": 0, "decode_rows": 0, "idle_rows": 0, "prefill_tokens": 0, "preemptions": 0}
+        self.history: list[tuple[int, int, int]] = []   # per decode step: (step, rows computed, idle rows)
 
     # ---- submitting ---------------------------------------------------------------------------
     def check(self, n_prompt: int, max_tokens: int) -> None:
@@ -336,6 +337,7 @@ class Engine:
             except Exception as e:  # noqa: BLE001  an engine error fails this request only
                 self._fail(req, e)
         self.stats["decode_steps"] += 1
+        self.history.append((self.steps, len(rows), idle))
         self.stats["decode_rows"] += len(rows)
         self.stats["idle_rows"] += idle
 
@@ -442,3 +444,115 @@ class Engine:
         if req.blocks is not None:
             self.pool.release(req.blocks.table)
             req.blocks = None
+
+
+# --------------------------------------------------------------------------------------------
+# Load experiments: a Poisson arrival trace replayed on a virtual clock (lesson 4.2.5, bench/)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Arrival:
+    time: float               # seconds after the start of the trace
+    prompt_ids: list[int]
+    max_tokens: int
+
+
+def poisson_trace(n: int, rate: float, prompts: Sequence[Sequence[int]], short: tuple[int, int] = (4, 16),
+                  long: tuple[int, int] = (64, 96), p_long: float = 0.25, seed: int = 0) -> list[Arrival]:
+    """``n`` requests with exponential gaps (a Poisson process of ``rate`` requests/s).
+
+    Answer lengths are a mix: mostly short, ``p_long`` of them long (chat traffic looks like this;
+    it is also exactly what makes static batching wait on its longest row).
+    """
+    g = torch.Generator().manual_seed(seed)
+    gaps = torch.empty(n, dtype=torch.float64).exponential_(rate, generator=g)
+    times = torch.cumsum(gaps, 0) - gaps[0]          # the first request arrives at t = 0
+    out = []
+    for i in range(n):
+        lo, hi = long if float(torch.rand((), generator=g)) < p_long else short
+        m = int(torch.randint(lo, hi + 1, (), generator=g))
+        out.append(Arrival(float(times[i]), list(prompts[int(torch.randint(len(prompts), (), generator=g))]), m))
+    return out
+
+
+def replay_trace(engine: Engine, trace: Sequence[Arrival]) -> dict:
+    """Feed ``trace`` to ``engine`` in real compute time, never sleeping.
+
+    The clock is the time spent computing plus a virtual offset: when the engine is idle and the
+    next request is in the future, the clock *jumps* to its arrival instead of waiting. A request
+    arriving during a step is submitted right after that step (as a server would see it).
+    Returns throughput (generated tokens / makespan) and latency percentiles: time to first token
+    (TTFT, from arrival) and time per output token after the first (TPOT).
+    """
+    t0, offset = time.perf_counter(), 0.0
+
+    def now() -> float:
+        return time.perf_counter() - t0 + offset
+
+    engine.clock = now
+    reqs, i = [], 0
+    while i < len(trace) or engine.has_work:
+        while i < len(trace) and trace[i].time <= now():
+            req = engine.submit(trace[i].prompt_ids, trace[i].max_tokens)
+            req.t_submit = trace[i].time          # latency counts from arrival, not from submit
+            reqs.append(req)
+            i += 1
+        if not engine.has_work:
+            offset += trace[i].time - now()       # idle: jump to the next arrival
+            continue
+        engine.step()
+    tokens = sum(len(r.output) for r in reqs)
+    makespan = max(r.t_done for r in reqs) - trace[0].time
+    ttft = [r.t_first - r.t_submit for r in reqs]
+    tpot = [(r.t_done - r.t_first) / (len(r.output) - 1) for r in reqs if len(r.output) > 1]
+    return {"requests": len(reqs), "tokens": tokens, "seconds": makespan, "tok_s": tokens / makespan,
+            "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
+            "tpot_p50": percentile(tpot, 50), "tpot_p95": percentile(tpot, 95),
+            "decode_steps": engine.stats["decode_steps"], "idle_rows": engine.stats["idle_rows"],
+            "decode_rows": engine.stats["decode_rows"], "outputs": [r.output for r in reqs]}
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), without numpy."""
+    return float(torch.quantile(torch.tensor(list(xs), dtype=torch.float64), q / 100))
+
+
+def step_seconds(model, batch: int, context: int = 64, repeats: int = 5) -> float:
+    """Median wall time of one batched decode step (used to pick arrival rates per machine)."""
+    eng = Engine(model, eos_id=None, max_batch=batch)
+    for _ in range(batch):
+        eng.submit([65] * context, repeats + 2)
+    eng.step()                                    # admit + prefill everything, first decode
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        eng.decode()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def batching_experiment(model, prompts: Sequence[Sequence[int]], loads: Sequence[float] = (0.5, 1.0, 2.0),
+                        n: int = 48, rounds: int = 3, max_batch: int = 8, eos_id: int | None = None,
+                        seed: int = 0) -> list[dict]:
+    """Static vs continuous batching on the same Poisson traces, at several offered loads.
+
+    ``load`` is the arrival rate as a fraction of the continuous engine's capacity, estimated on
+    this machine as ``max_batch / (mean answer length x one decode step)``, so the experiment
+    means the same thing on a fast and a slow CPU. Rounds interleave the two policies (static
+    first in even rounds, continuous first in odd ones) so a slow spell hits both. One row per
+    (load, round, policy).
+    """
+    t_step = step_seconds(model, max_batch)
+    probe = poisson_trace(1000, 1.0, prompts, seed=seed)
+    mean_len = sum(a.max_tokens for a in probe) / len(probe)
+    capacity = max_batch / (mean_len * t_step)        # requests/s the continuous engine can absorb
+    rows = []
+    for r in range(rounds):
+        for load in loads:
+            trace = poisson_trace(n, load * capacity, prompts, seed=seed + r)
+            order = ("static", "continuous") if r % 2 == 0 else ("continuous", "static")
+            for policy in order:
+                eng = Engine(model, eos_id=eos_id, max_batch=max_batch, policy=policy)
+                res = replay_trace(eng, trace)
+                res.update(policy=policy, load=load, rate=load * capacity, round=r, step_s=t_step)
+                rows.append(res)
+    return rows

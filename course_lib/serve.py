@@ -306,6 +306,35 @@ def create_app(engine: Engine, tokenizer, model_name: str) -> FastAPI:
     return app
 
 
+class ServerThread:
+    """uvicorn in a background thread on ``host``, port chosen by the OS unless given.
+
+    For tests, benchmarks and notebooks: ``with ServerThread(app) as srv: ... srv.url ...``;
+    leaving the block always stops the server (and the app's lifespan stops the engine thread).
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self.host, self.start_timeout = host, start_timeout
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"the server did not start within {self.start_timeout:.0f} s")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
 # --------------------------------------------------------------------------------------------
 # python -m course_lib.serve
 # --------------------------------------------------------------------------------------------

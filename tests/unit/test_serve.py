@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,13 +16,12 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
 from course_lib.distributed import free_port
 from course_lib.engine import Engine
 from course_lib.generate import generate
 from course_lib.pretrained import REFERENCE_DIR, load_reference_model
-from course_lib.serve import StopMatcher, create_app
+from course_lib.serve import ServerThread, StopMatcher, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "reference_model"
@@ -41,29 +39,6 @@ class Faulty(torch.nn.Module):
         if (ids == BAD_BYTE).any():
             raise RuntimeError("injected fault")
         return self.inner(ids, **kw)
-
-
-class ServerThread:
-    """uvicorn in a thread on 127.0.0.1, port chosen by the OS (port=0)."""
-
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
