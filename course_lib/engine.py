@@ -162,6 +162,7 @@ class Request:
     t_done: float | None = None
     step_submit: int = 0
     step_first: int | None = None
+    step_done: int | None = None
     aborted: bool = False
 
     @property
@@ -428,7 +429,7 @@ class Engine:
             self._finish(req, "length")
 
     def _finish(self, req: Request, reason: str) -> None:
-        req.finish_reason, req.t_done = reason, self.clock()
+        req.finish_reason, req.t_done, req.step_done = reason, self.clock(), self.steps
         if req.on_finish is not None:
             req.on_finish(req)
 
