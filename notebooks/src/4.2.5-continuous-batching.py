@@ -266,13 +266,14 @@ print(f"load {top}: continuous / static throughput = {throughput_ratio:.2f}x (be
       f"p95 TTFT static / continuous = {ttft_ratio:.1f}x; p50 TPOT continuous / static = {tpot_ratio:.2f}x")
 print(f"load {low}: continuous / static throughput = {low_ratio:.2f}x; p95 TTFT static / continuous = {low_ttft_ratio:.1f}x")
 assert throughput_ratio > 1 and ttft_ratio > 1
-assert low_ratio < throughput_ratio and low_ttft_ratio > 1
+assert low_ttft_ratio > 1
 
 # %% [markdown]
 # 上面的单元格断言：在最高负载下，连续批处理的吞吐更高、p95 首 token 延迟更低（`bench/continuous_batching.py`
 # 用 3 轮交替测量检查吞吐 ≥ 1.5 倍）。原因就是第 1 节的图：过载时静态批处理每步算的行里有很大一部分属于已经结束的请求，
-# 而新请求要等整批结束才能开始。低负载时吞吐的差距变小（也断言了）——请求少，两种引擎都有不少时间在等请求，
-# 吞吐主要由到达率决定；但静态批处理的首 token 延迟仍然更高，因为请求到达时常常恰好有一批正在跑，要等它全部结束。
+# 而新请求要等整批结束才能开始。较低负载下的吞吐比值见上面的第二行（本机本次的实测，随到达序列波动较大）：
+# 请求越稀疏，两种引擎花在等请求上的时间越多，吞吐越接近由到达率决定的上限；但在较低负载下，静态批处理的
+# p95 首 token 延迟仍然更高（也断言了），因为请求到达时常常恰好有一批正在跑，要等它全部结束。
 #
 # 每 token 延迟 (TPOT) 没有谁一定更低：连续批处理让新请求的预填充插在别人的解码步之间，正在生成的请求的某些步会变慢；
 # 表里的 TPOT 比值是这台机器上的实测。把长 prompt 的预填充切成小块、和解码混在同一步里（分块预填充，chunked prefill）
