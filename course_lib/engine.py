@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -147,15 +148,15 @@ class Request:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
-    on_token: Callable[[Request, int], None] | None = None   # called from the engine thread
-    on_finish: Callable[[Request], None] | None = None
+    on_token: Callable[[Request, int], None] | None = field(default=None, repr=False)  # from the engine thread
+    on_finish: Callable[[Request], None] | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_ids))
     output: list[int] = field(default_factory=list)
     finish_reason: str | None = None     # "stop" (EOS) | "length" | "abort" | "error"
     error: str | None = None
     # bookkeeping for the scheduler and for latency measurements
-    blocks: SeqBlocks | None = None
-    generator: torch.Generator | None = None
+    blocks: SeqBlocks | None = field(default=None, repr=False)
+    generator: torch.Generator | None = field(default=None, repr=False)
     preemptions: int = 0
     t_submit: float = 0.0
     t_first: float | None = None
@@ -228,7 +229,8 @@ class Engine:
         self.check(len(prompt_ids), max_tokens)
         req = Request(list(prompt_ids), int(max_tokens), **kw)
         req.generator = torch.Generator(device="cpu")
-        req.generator.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        # No seed: a fresh one from the OS (never from torch's global RNG, which the caller may rely on).
+        req.generator.manual_seed(req.seed if req.seed is not None else secrets.randbits(62))
         req.t_submit = self.clock()
         self.inbox.put(req)
         return req

@@ -233,9 +233,9 @@ def create_app(engine: Engine, tokenizer, model_name: str) -> FastAPI:
                 tok = await q.get()
                 if tok is None:
                     break
-                seen["tokens"] = seen.get("tokens", 0) + 1
                 if tok == tokenizer.eos_id or tok >= 256:
                     continue
+                seen["tokens"] = seen.get("tokens", 0) + 1
                 text, hit = stop.push(dec.decode(bytes([tok])))
                 if text:
                     yield text, None

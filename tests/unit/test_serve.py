@@ -91,6 +91,16 @@ def test_openai_client_streaming_joins_to_the_same_text(client, model_tok):
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
+def test_seeded_sampling_is_reproducible_and_matches_generate(client, model_tok):
+    model, tok = model_tok
+    kw = {"model": NAME, "prompt": "def ", "max_tokens": 12, "temperature": 0.9, "top_p": 0.95, "seed": 1234}
+    a, b = (client.completions.create(**kw).choices[0].text for _ in range(2))
+    g = torch.Generator().manual_seed(1234)
+    ids = generate(model, torch.tensor([tok.encode("def ")]), 12, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                   temperature=0.9, top_p=0.95, generator=g)[0].tolist()
+    assert a == b == tok.decode([t for t in ids if t < 256])
+
+
 def test_stop_string_cuts_the_text(client, model_tok):
     model, tok = model_tok
     full = greedy_alone(model, tok, "class Foo(object):\n    def __init__(self", 30)
