@@ -1,0 +1,222 @@
+"""The completion server, tested over real loopback HTTP with the official `openai` client.
+
+The server runs uvicorn in a background thread on an OS-chosen port (a fixture that always
+stops it); one test also starts `python -m course_lib.serve` as a subprocess and stops it with
+Ctrl-C (SIGINT).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from course_lib.distributed import free_port
+from course_lib.engine import Engine
+from course_lib.generate import generate
+from course_lib.pretrained import REFERENCE_DIR, load_reference_model
+from course_lib.serve import ServerThread, StopMatcher, create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "reference_model"
+BAD_BYTE = 7   # the fault-injecting model below raises when this token is in its batch
+
+
+class Faulty(torch.nn.Module):
+    """The reference model, except that any batch containing token BAD_BYTE raises."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, ids, **kw):
+        if (ids == BAD_BYTE).any():
+            raise RuntimeError("injected fault")
+        return self.inner(ids, **kw)
+
+
+@pytest.fixture(scope="module")
+def model_tok():
+    return load_reference_model()
+
+
+@pytest.fixture(scope="module")
+def server(model_tok):
+    model, tok = model_tok
+    engine = Engine(Faulty(model), eos_id=tok.eos_id, max_batch=8)
+    srv = ServerThread(create_app(engine, tok, NAME))
+    with srv:
+        try:
+            yield srv
+        finally:
+            pass   # __exit__ stops uvicorn; the app's lifespan stops the engine thread
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def greedy_alone(model, tok, prompt, max_tokens):
+    out = generate(model, torch.tensor([tok.encode(prompt)]), max_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    ids = out[0].tolist()
+    return tok.decode([t for t in ids if t < 256])
+
+
+def test_health_and_models(server, client):
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert [m.id for m in client.models.list()] == [NAME]
+
+
+def test_openai_client_completion_equals_greedy_alone(client, model_tok):
+    model, tok = model_tok
+    r = client.completions.create(model=NAME, prompt="def ", max_tokens=12, temperature=0)
+    assert r.choices[0].text == greedy_alone(model, tok, "def ", 12)
+    assert r.choices[0].finish_reason in ("length", "stop")
+    assert r.usage.prompt_tokens == 4 and r.usage.completion_tokens <= 12
+
+
+def test_openai_client_streaming_joins_to_the_same_text(client, model_tok):
+    model, tok = model_tok
+    chunks = list(client.completions.create(model=NAME, prompt="import", max_tokens=10, temperature=0, stream=True))
+    texts = [c.choices[0].text for c in chunks]
+    assert len([t for t in texts if t]) > 1, "streaming should deliver several pieces"
+    assert "".join(texts) == greedy_alone(model, tok, "import", 10)
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_seeded_sampling_is_reproducible_and_matches_generate(client, model_tok):
+    model, tok = model_tok
+    kw = {"model": NAME, "prompt": "def ", "max_tokens": 12, "temperature": 0.9, "top_p": 0.95, "seed": 1234}
+    a, b = (client.completions.create(**kw).choices[0].text for _ in range(2))
+    g = torch.Generator().manual_seed(1234)
+    ids = generate(model, torch.tensor([tok.encode("def ")]), 12, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                   temperature=0.9, top_p=0.95, generator=g)[0].tolist()
+    assert a == b == tok.decode([t for t in ids if t < 256])
+
+
+def test_stop_string_cuts_the_text(client, model_tok):
+    model, tok = model_tok
+    full = greedy_alone(model, tok, "class Foo(object):\n    def __init__(self", 30)
+    stop = full[5:7]
+    want = full[:full.index(stop)]
+    for stream in (False, True):
+        r = client.completions.create(model=NAME, prompt="class Foo(object):\n    def __init__(self", max_tokens=30,
+                                      temperature=0, stop=stop, stream=stream)
+        text = "".join(c.choices[0].text for c in r) if stream else r.choices[0].text
+        assert text == want
+
+
+def test_stop_matcher_holds_back_partial_matches():
+    m = StopMatcher(["END"])
+    assert m.push("abcE") == ("abc", False)
+    assert m.push("N") == ("", False)
+    assert m.push("Dxyz") == ("", True)
+    m = StopMatcher(["END"])
+    assert m.push("xEN") == ("x", False) and m.push("o") == ("ENo", False)
+
+
+BAD_REQUESTS = [
+    ({"model": NAME}, "prompt"),                                         # missing field
+    ({"prompt": "x", "max_tokens": 3}, "model"),
+    ({"model": NAME, "prompt": "x", "max_tokens": -1}, "max_tokens"),    # negative
+    ({"model": NAME, "prompt": "x", "max_tokens": "5"}, "max_tokens"),   # wrong type
+    ({"model": NAME, "prompt": 5}, "prompt"),
+    ({"model": NAME, "prompt": "x" * 300}, "prompt"),                   # longer than the context (256)
+    ({"model": NAME, "prompt": "x" * 200, "max_tokens": 100}, "max_tokens"),
+    ({"model": NAME, "prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"model": NAME, "prompt": "x", "top_p": 0}, "top_p"),
+    ({"model": NAME, "prompt": "x", "stream": "yes"}, "stream"),
+    ({"model": NAME, "prompt": "x", "stop": 3}, "stop"),
+]
+
+
+@pytest.mark.parametrize("body,field", BAD_REQUESTS, ids=[f for _, f in BAD_REQUESTS])
+def test_bad_request_gets_4xx_naming_the_field_then_server_still_serves(server, client, body, field):
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert err["param"] == field and field in err["message"], err
+    ok = client.completions.create(model=NAME, prompt="x = ", max_tokens=2, temperature=0)
+    assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("raw,field", [(b'{"model": "reference_model", "prompt": "\xff\xfe"}', "body"),
+                                       (b'{"model": ', "body"), (b'[1, 2]', "body")])
+def test_undecodable_body_gets_400(server, raw, field):
+    r = httpx.post(server.url + "/v1/completions", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+
+
+def test_unknown_model_is_404(server):
+    r = httpx.post(server.url + "/v1/completions", json={"model": "gpt-4", "prompt": "x"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_engine_error_fails_only_that_request(server, client, model_tok):
+    model, tok = model_tok
+    r = httpx.post(server.url + "/v1/completions", json={"model": NAME, "prompt": "a\x07b", "max_tokens": 3})
+    assert r.status_code == 500 and "injected fault" in r.json()["error"]["message"]
+    with pytest.raises(openai.APIError):
+        list(client.completions.create(model=NAME, prompt="a\x07b", max_tokens=3, stream=True))
+    ok = client.completions.create(model=NAME, prompt="def ", max_tokens=5, temperature=0)
+    assert ok.choices[0].text == greedy_alone(model, tok, "def ", 5)
+
+
+def test_load_200_requests_none_lost_or_corrupted(server, client, model_tok):
+    model, tok = model_tok
+    prompts = ["def ", "import", "class ", "x = ", "for i in ", "return ", "if ", "print(", "    self.", "# "]
+    jobs = [(prompts[i % len(prompts)], 1 + i % 6, i % 3 == 0) for i in range(200)]
+    want = {(p, n): greedy_alone(model, tok, p, n) for p, n, _ in jobs}
+
+    def one(job):
+        p, n, stream = job
+        r = client.completions.create(model=NAME, prompt=p, max_tokens=n, temperature=0, stream=stream)
+        return "".join(c.choices[0].text for c in r) if stream else r.choices[0].text
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        got = list(pool.map(one, jobs))
+    bad = [(j, g) for j, g in zip(jobs, got) if g != want[j[:2]]]
+    assert len(got) == 200 and not bad, f"{len(bad)} corrupted responses, e.g. {bad[:3]}"
+
+
+def test_python_m_serve_starts_answers_and_stops_on_ctrl_c():
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "course_lib.serve", "--model", str(REFERENCE_DIR),
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        assert c.completions.create(model=NAME, prompt="def ", max_tokens=3, temperature=0).choices[0].text
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+        assert rc == 0, err
+        assert "Traceback" not in err and "[serve] stopped" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_model_dir_is_one_clear_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "course_lib.serve", "--model", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
