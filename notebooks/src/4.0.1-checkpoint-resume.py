@@ -16,7 +16,7 @@
 # **学习目标**
 # - 知道一个训练检查点 (training checkpoint) 里必须有什么：模型、优化器、学习率调度器、GradScaler、步数、随机数状态 (RNG state)、数据位置 (data position)；
 # - 亲眼看到：训练进程被 `SIGKILL` 杀掉后重启，结果与从未中断的训练**逐位相同** (bitwise-identical)；
-# - 知道怎样让保存本身不怕崩溃（临时目录 + fsync + 原子 rename + 最后写的完成标记 COMPLETE.json）；坏文件怎样被识别、怎样回退 (fallback)；
+# - 知道怎样让保存本身不怕崩溃（保存顺序：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json` 并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的）；坏文件怎样被识别、怎样回退 (fallback)；
 # - 能凭记忆写出 `save_checkpoint` / `load_checkpoint`（练习 ex401）。
 #
 # **前置知识**：PyTorch 训练循环（`loss.backward()`、`optimizer.step()`），`state_dict()`。
@@ -61,7 +61,10 @@ print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
 # ## 1. 训练、杀掉、重启
 #
 # `course_lib.runner.run_and_kill` 用 `subprocess.Popen` 启动真正的训练进程 `python -m course_lib.train`，盯着它写的
-# `metrics.jsonl`，到第 `KILL_AFTER` 步之后发送 `SIGKILL`——不能被捕获，不会执行任何清理代码，和断电、OOM killer 一样。
+# `metrics.jsonl`，到第 `KILL_AFTER` 步之后发送 `SIGKILL`——不能被捕获，不会执行任何清理代码，和 OOM killer 杀进程一样。
+# 但 SIGKILL **不等于断电**：进程死了，操作系统的页缓存 (page cache) 还在，已经 `write` 却没落盘的字节照样会写到磁盘上。
+# 断电时只有 `fsync` 过的数据才可靠，所以保存代码每一步都 fsync；这个实验（以及 kill 测试）证明的是「进程随时被杀也能恢复」，
+# 证明不了「断电也不丢」——后者要靠保存顺序和 fsync 本身的正确性。
 # 然后用**完全相同的命令**再启动一次：`Trainer` 在 `out_dir` 里找到最新的完整检查点，自动从那一步继续。
 
 # %%
@@ -130,14 +133,14 @@ print("loss curves identical step by step:", identical)
 # | RNG（python、numpy、torch CPU/CUDA） | dropout、采样不同 |
 # | 数据位置 (`batches_consumed`) | 重新看一遍同样的数据 |
 #
-# 这些都是 HF Trainer、accelerate、torchtitan、Lightning 的 issue 里真实出现过的坑（见 CONVENTIONS.md）。
+# 这些都是 HF Trainer、accelerate、torchtitan、Lightning 的 issue 里真实出现过的坑（例如 HF transformers #33336、accelerate #2016、torchtitan #809、Lightning #10766）。
 # 测试 `tests/reliability/test_kill_resume.py` 在 24 个随机位置（训练步中间、保存过程中间）杀掉进程，每次都要求逐位相同。
 
 # %% [markdown]
 # ## 3. 保存过程中被杀怎么办：原子保存 (atomic save)
 #
 # 在磁盘上，一个检查点是一个目录：`checkpoints/step_00000100/state.pt` + `COMPLETE.json`（大小和 SHA-256，**最后**写）。
-# 保存顺序：写到临时目录 → fsync → 写标记 → 重命名 (rename，原子操作) → 然后才删除旧的。
+# 保存顺序：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json` 并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的。
 # 任何时刻被杀，磁盘上要么是旧的那一组检查点，要么多一个完整的新检查点。我们用测试用的故障注入 (fault injection) 演示：
 
 # %%
@@ -190,7 +193,7 @@ print("payload ran:", (base / "PWNED").exists())
 # %% [markdown]
 # ## 小结
 # - 检查点 = 继续训练所需的**全部**状态，不只是权重；RNG 和数据位置也是状态。
-# - 原子保存：临时目录 → fsync → 完成标记 → rename → 再轮换删除旧的。
+# - 原子保存：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json` 并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的。
 # - 只用 `weights_only=True` 加载；坏文件给出清楚的错误并回退。
 # - 检查代价：`bench/checkpoint_overhead.py` 在默认间隔下测得保存时间占训练时间的比例（目标 ≤ 5%）。
 #

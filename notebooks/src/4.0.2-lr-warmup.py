@@ -47,14 +47,17 @@ ax.legend();
 
 # %% [markdown]
 # **两种 warmup 约定**：HF `get_*_schedule_with_warmup` 在第 `s` 步用 `s / warmup`，所以**第 0 步 lr = 0**（这一步只更新了 Adam 的矩估计，权重没动）；
-# nanoGPT 用 `(s + 1) / warmup`，第 0 步就是 `1/warmup`，不浪费一步。本课的 `course_lib` 默认 HF 约定（`hf_convention=True`），
+# Karpathy 的 build-nanogpt 用 `(s + 1) / warmup`，第 0 步就是 `1/warmup`，不浪费一步（`hf_convention=False` 就是这个形式）；
+# nanoGPT 的 `train.py` 又稍有不同：`(it + 1) / (warmup_iters + 1)`，第 0 步是 `1/(warmup+1)`，第 `warmup` 步才到峰值。
+# 三种写法只差一两步，但读别人的代码时要知道自己用的是哪一种。本课的 `course_lib` 默认 HF 约定（`hf_convention=True`），
 # 这样和 `transformers` 的数值逐一相同（`tests/unit/test_schedule.py` 以 transformers 为参照 oracle 检查）。
 
 # %%
 # NBVAL_CHECK_OUTPUT
 for s in range(4):
     print(s, "HF:", round(lr_multiplier(s, kind="linear", warmup_steps=4, total_steps=10), 4),
-          "nanoGPT:", round(lr_multiplier(s, kind="linear", warmup_steps=4, total_steps=10, hf_convention=False), 4))
+          "build-nanogpt:", round(lr_multiplier(s, kind="linear", warmup_steps=4, total_steps=10, hf_convention=False), 4),
+          "nanoGPT train.py:", round((s + 1) / (4 + 1), 4))
 
 # %% [markdown]
 # ## 2. 实验：学习率偏大时，warmup 有没有用？

@@ -64,8 +64,9 @@ print("ckpt_interval =", ref.cfg.ckpt_interval, "| keep_last = 2 | on disk:", [p
 print("complete checkpoints kept:", len(mgr.list_complete()), "| newest is the final step:", mgr.latest().name.endswith(f"{STEPS:08d}"))
 
 # %% [markdown]
-# 保存顺序（`CheckpointManager.save`）：写到临时目录 → fsync → 写 `COMPLETE.json`（含 SHA-256）→ 原子 rename → **然后**才删除最旧的。
-# accelerate 曾经先删旧的再写新的：如果写的时候崩溃，磁盘上一个可用的检查点都没有。顺序决定了任何时刻崩溃都至少留下一个完整检查点。
+# 保存顺序（`CheckpointManager.save`）：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json`（含大小和 SHA-256）并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的。
+# accelerate 的 `save_state` 在写新检查点**之前**先把旧的删到 `total_limit − 1` 个：如果写的时候崩溃，磁盘上只剩 `total_limit − 1` 个完整检查点——
+# `total_limit = 1` 时一个都不剩。先写新的、再删旧的，任何时刻崩溃都至少留下 K 个完整检查点中的最新一批。
 #
 # ## 2. 状态里有什么，为什么
 
@@ -127,7 +128,7 @@ print(f"lr on the 2nd step after resume  full state: {good.history[1]['lr']:.2e}
 # ## 4. 已知陷阱（来自大项目的 issue）
 # - 恢复后 loss 跳变：没有恢复调度器、GradScaler、RNG 或数据位置（HF transformers #33336、#17032；accelerate #2016；torchtitan #809；Lightning #10766）。
 #   主流训练框架都不承诺逐位相同的恢复；本课承诺并测试它（`tests/unit/test_train.py`）。
-# - 先删旧检查点再写新的（accelerate）：崩溃时可能一个都不剩。
+# - 先删旧检查点再写新的（accelerate 删到 `total_limit − 1`）：写的时候崩溃就少一个完整检查点，`total_limit = 1` 时一个都不剩。
 # - `torchrun --max-restarts` 重启**整个组**：脚本必须自己找到并加载最新检查点（4.1.2）。
 # - DDP：只有 rank 0 写；每个 rank 的 RNG 不同，要收集起来一起存；恢复时进程数必须相同（数据顺序依赖它）。
 # - 梯度累积：本课只在 optimizer step 之间保存，周期中间崩溃从周期开头恢复（4.1.4）。

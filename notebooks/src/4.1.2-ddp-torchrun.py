@@ -120,6 +120,35 @@ ax.legend();
 # 两条曲线重合：DDP 不改变算法，只把一个大批次分给了多个进程。所以「扩大到 N 个 GPU」在数学上等于
 # 把批次放大 N 倍（学习率要不要跟着调，是另一个问题）。
 #
+# ### 保存时的 `module.` 前缀
+# `DistributedDataParallel(model)` 把模型包在 `.module` 里，所以**包装后**的 `state_dict()` 每个键都多了 `module.` 前缀；
+# 直接保存它，之后不用 DDP 加载时就会报 missing / unexpected keys。做法：保存 `ddp_model.module.state_dict()`（或者像
+# `course_lib` 的 `Trainer` 那样一直持有未包装的 `self.model`，只把 `self.ddp` 用于前向和反向）。已经存成带前缀的文件，
+# 加载前用 `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, "module.")` 去掉前缀。
+# 下面在 notebook 里起一个只有 1 个进程的 gloo 进程组（`HashStore`，不开端口），亲眼看看前缀：
+
+# %%
+import torch.distributed as dist
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+from torch.nn.parallel import DistributedDataParallel
+
+from course_lib.model import DIYModel
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    raw = DIYModel(mc)
+    wrapped = DistributedDataParallel(raw)
+    keys = list(wrapped.state_dict())
+    print("wrapped:  ", keys[0], "...", len(keys), "keys")
+    print("unwrapped:", list(wrapped.module.state_dict())[0])
+    sd = dict(wrapped.state_dict())
+    consume_prefix_in_state_dict_if_present(sd, "module.")
+    print("prefix removed, loads into a plain model:", DIYModel(mc).load_state_dict(sd))
+    assert keys[0].startswith("module.")
+finally:
+    dist.destroy_process_group()
+
+# %% [markdown]
 # ## 4. 容错：杀掉一个 worker，torchrun 重启整个进程组
 #
 # 真实集群里进程会死：显存溢出 (OOM)、节点故障、被抢占。`torchrun --max-restarts=1` 的做法是：

@@ -53,21 +53,26 @@ def cfg(name, **kw):
     return TrainConfig(**base)
 
 # %% [markdown]
-# ## 1. 在训练循环里（`Trainer.train_step`）
+# ## 1. 在训练循环里
+#
+# 用 DDP 的**公开 API** `no_sync()` 写：前 k−1 个小批次在 `no_sync()` 里做 forward + backward，梯度只在本地累加、不通信；
+# 最后一个小批次在它外面，backward 时一次 all-reduce 累加好的梯度。
 #
 # ```python
 # for micro in range(k):
-#     x, y = self.next_batch()
-#     if self.ddp is not None:
-#         self.ddp.require_backward_grad_sync = micro == k - 1   # 只在最后一个小批次 all-reduce
-#     with autocast_context(...):
-#         loss = model(x, targets=y).loss
-#     (loss / k).backward()                                     # 平均：k 个 1/k 相加 = 大批次的均值
+#     x, y = next_batch()
+#     sync = micro == k - 1
+#     ctx = contextlib.nullcontext() if (ddp is None or sync) else ddp.no_sync()
+#     with ctx:                                                # forward 和 backward 都要在 with 里面
+#         with torch.autocast(...):
+#             loss = model(x, targets=y).loss
+#         (loss / k).backward()                                # 平均：k 个 1/k 相加 = 大批次的均值
 # clip_grad_norm_(...); optimizer.step(); optimizer.zero_grad(); scheduler.step()   # 每个周期一次
 # ```
 #
-# 为什么用 `require_backward_grad_sync` 而不是 `with ddp.no_sync():`？效果相同（前 k-1 个小批次不通信，梯度留在本地累加），
-# 但设一个标志让每个小批次走**同一段代码**，不用为最后一个小批次复制一份 `with` 之外的分支（nanoGPT 也是这么做的）。
+# `course_lib` 的 `Trainer.train_step` 和 nanoGPT 一样，用的是另一种写法：`ddp.require_backward_grad_sync = (micro == k - 1)`。
+# 它让每个小批次走同一段代码，但它是 DDP 的**内部属性**，不是公开 API（将来的版本可能改名），而且必须在 **forward 之前**设好——
+# DDP 在 forward 时读它，决定这次 backward 要不要挂上 all-reduce；在 forward 之后才改就晚了。自己写代码时优先用 `no_sync()`。
 #
 # ## 2. 等价性：N 个大小为 B 的小批次 = 一个大小为 N·B 的批次
 

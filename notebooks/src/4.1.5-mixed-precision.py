@@ -67,9 +67,40 @@ print("finfo eps  bf16:", torch.finfo(torch.bfloat16).eps, " fp16:", torch.finfo
 # 所以：**fp16 需要把 loss 乘一个大数 (scale) 再反向**，让小梯度落在 fp16 能表示的范围里，
 # 更新参数前再除回来 (unscale)；如果乘得太大出现 inf，就跳过这一步、把 scale 减半。这就是 GradScaler。
 # **bf16 的范围和 fp32 一样，小梯度不会下溢，所以通常不需要 scaler**；它付出的代价是精度低（7 位尾数），
-# 因此 autocast 只把矩阵乘法等「对精度不敏感、耗时多」的运算降到 bf16，softmax、归一化、loss 和参数本身仍在 fp32
-# （参数和优化器状态始终是 fp32：这叫 *mixed* precision）。
+# 因此 autocast 按一张**运算清单**决定每个运算的精度：矩阵乘法、线性层这类「耗时多、对精度不太敏感」的运算降到 bf16。
+# 其余运算怎么处理，**CPU 和 CUDA 的清单不一样**：CUDA 的 autocast 把 softmax、log_softmax、layer_norm、exp、sum 等提升 (upcast) 到 fp32；
+# CPU 的 autocast 不提升它们——输入是 bf16（上一层矩阵乘法的输出），它们就在 bf16 上算、返回 bf16。不要背一张清单，
+# 在自己的设备上打印出来（下面的单元格把每个运算接在一次矩阵乘法后面，和模型里一样）。
+# 不管哪种设备，参数和优化器状态始终是 fp32：这才叫 *mixed* precision。
 #
+# > 旧写法 `torch.cuda.amp.autocast()` / `torch.cuda.amp.GradScaler()`（学习计划里的示例）已被弃用 (deprecated)，
+# > 对应的新写法是 `torch.autocast("cuda", dtype=torch.float16)` / `torch.amp.GradScaler("cuda")`：设备类型变成参数，CPU 也能用同一套 API。
+
+# %%
+import torch.nn.functional as F
+
+AUTOCAST_OPS = {
+    "matmul": lambda h, w: h @ w,
+    "softmax": lambda h, w: torch.softmax(h @ w, -1),
+    "log_softmax": lambda h, w: torch.log_softmax(h @ w, -1),
+    "layer_norm": lambda h, w: F.layer_norm(h @ w, (w.shape[1],)),
+    "exp": lambda h, w: torch.exp(h @ w),
+    "cross_entropy (loss)": lambda h, w: F.cross_entropy(h @ w, torch.zeros(h.shape[0], dtype=torch.long, device=h.device)),
+}
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+dtype_rows = []
+for name, op in AUTOCAST_OPS.items():
+    row = {"op (after a matmul)": name}
+    for dev in devices:
+        h, w = torch.randn(4, 8, device=dev), torch.randn(8, 8, device=dev)
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            row[f"{dev} autocast bf16 ->"] = str(op(h, w).dtype).replace("torch.", "")
+    dtype_rows.append(row)
+print_table(dtype_rows)
+cpu_col = {r["op (after a matmul)"]: r["cpu autocast bf16 ->"] for r in dtype_rows}
+assert cpu_col["matmul"] == "bfloat16" and cpu_col["softmax"] == "bfloat16", cpu_col   # the CPU list, as the text says
+
+# %% [markdown]
 # ## 2. 损失曲线：fp32 vs bf16 autocast（在这台机器上训练）
 
 # %%
@@ -104,16 +135,29 @@ print_table([
 print("memory measured with", m32["method"], "| step time includes data loading and evaluation, same run")
 
 # %% [markdown]
-# 在 CPU 上 bf16 可能**不**更快（没有 AMX / AVX512-BF16 指令的 CPU 要模拟 bf16 矩阵乘法，autocast 还要做类型转换），
-# 小模型的峰值内存也可能**更高**：参数本身仍是 fp32，autocast 额外缓存了一份 bf16 的权重副本，而小模型的激活值 (activations) 本来就不大。
-# 上表就是这台机器的实际结果——以它为准，不要背结论。`bench/mixed_precision.py` 打印同样的比例。
-#
-# **GPU 上会怎样**：激活值占大头时，bf16 把它们减半；tensor core 的 bf16/fp16 吞吐是 fp32 的数倍。
-# 下面用 `course_lib.memory.estimate`（4.0.5 的估算器）算一个 GPT-2 small 规模的模型在 batch 8 × 1024 token 下的内存——
-# 这些是**估算**，不是本次会话在 GPU 上的测量（本次会话没有 GPU）。
+# 怎么读这张表：
+# - **内存**：反向传播要保存的激活值 (activations) 在 autocast 下大多是 bf16，只占 fp32 的一半；代价是 autocast 给每个权重多缓存一份
+#   bf16 副本、参数和 AdamW 状态仍是 fp32。这个模型的激活值比权重副本大，所以峰值内存下降（下面一行由测量结果生成，并断言方向）。
+# - **速度**：CPU 上 bf16 不一定更快——没有 AMX / AVX512-BF16 指令的 CPU 要把 bf16 转换后再算矩阵乘法，autocast 每一步还要做类型转换；
+#   有这些指令的 CPU（以及 GPU 的 tensor core）上 bf16 才快。这一行同样由测量生成。`bench/mixed_precision.py` 在多轮交替测量里打印同样的比例。
 
 # %%
-gpt2 = ModelConfig(d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024)
+mem_ratio, speed = mb16["peak"] / m32["peak"], t32 / tb16
+print(f"peak memory bf16 / fp32 = {mem_ratio:.2f}: autocast {'saves' if mem_ratio < 1 else 'does not save'} memory on this model; "
+      f"bf16 steps run at {speed:.2f}x the fp32 speed here ({'faster' if speed > 1 else 'slower'} on this CPU).")
+assert mem_ratio < 1.0, f"bf16 autocast should lower the measured peak on this model: {mem_ratio:.2f}"
+
+# %% [markdown]
+#
+# **GPU 上会怎样**：激活值占大头时，bf16 把它们减半；tensor core 的 bf16/fp16 吞吐是 fp32 的数倍。
+# 下面用 `course_lib.memory.estimate`（4.0.5 的估算器）算一个 GPT-2 small 规模的模型（12 层、d=768、GPT-2 的词表 50,257）
+# 在 batch 8 × 1024 token 下的内存——这些是**估算**，不是在 GPU 上的测量。注意词表：本课程的字节级模型只有 258 个 token，
+# 换成 50,257 之后，logits 以及 loss 反向时的 fp32 缓冲区每个就有 8 × 1024 × 50,257 × 4 字节 ≈ 1.5 GiB，成了激活值里的大头；
+# bf16 对它们帮助有限（loss 会把 logits 提升到 fp32），所以省下的比例比 258 词表时小。
+
+# %%
+gpt2 = ModelConfig(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024)
+print(f"one fp32 logits-sized buffer: {8 * 1024 * gpt2.vocab_size * 4 / 2**30:.2f} GiB")
 rows = []
 for dt in ("fp32", "bf16", "fp16"):
     e = estimate(gpt2, batch_size=8, seq_len=1024, dtype=dt)
@@ -151,14 +195,16 @@ print_table([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.item
               ("step", "loss", "lr", "grad_norm", "skipped", "skipped_steps")} for r in h])
 print("scaler scale now:", tr.scaler.get_scale(), "| scheduler steps:", tr.scheduler.last_epoch, "of", len(h), "optimizer calls")
 print("scaler state in the checkpoint:", tr.state_dict()["scaler"])
+finite = [r["grad_norm"] for r in h if not r["skipped"]]
+assert max(finite) < 1000, f"logged grad-norms must be unscaled (true size), got {finite}"
 
 # %% [markdown]
 # 第 3 步的梯度里有 inf：参数没有更新，scale 从 65536 减半到 32768，学习率在第 4 步和第 3 步相同（调度器没有前进）。
-# grad_norm 是 unscale 之后的真实范数（约 1），不是乘了 65536 的值——这就是「先 unscale_ 再裁剪」。
+# grad_norm 是 unscale 之后的真实范数（表里是个位数），不是乘了 65536 的值（那会是几十万）——这就是「先 unscale_ 再裁剪」。
 # scaler 的状态（scale、growth tracker）在检查点里，恢复后继续用同一个 scale（测试：`tests/unit/test_amp.py`）。
 #
 # ## 小结
-# - `torch.autocast(device_type, dtype)` 只降低部分运算的精度；参数、优化器状态、loss 仍是 fp32。
+# - `torch.autocast(device_type, dtype)` 只降低部分运算的精度，哪些运算降、哪些提升到 fp32 因设备而异（CPU 上 softmax 等返回 bf16）；参数和优化器状态仍是 fp32。
 # - fp16 范围小 → 需要 GradScaler（scale、unscale_ 后裁剪、inf 时跳过并减半 scale、跳过时调度器不动）；bf16 范围与 fp32 相同 → 通常不需要。
 # - 速度和内存要在自己的硬件上量：CPU 上 bf16 可能更慢；GPU 上激活值减半、tensor core 更快。
 #

@@ -101,6 +101,10 @@ print("calibration:", tuple(calib.shape), "token ids from the training split")
 # - `memory_MB`：模型持有的张量字节数；
 # - `prefill`/`decode` tokens/s：batch 1 和 batch 8；
 # - `perplexity`（留出集）、`kl_vs_fp32`（每个 token 的 KL 散度，nats）、`top1_vs_fp32`（下一个 token 预测一致的比例）。
+#
+# 注意这里的困惑度是**每字节** (per-byte) 的：字节级模型的一个 token 就是一个字节，困惑度 = exp(每字节平均 loss)。
+# 它不能和 BPE 分词模型的每 token 困惑度直接比较——一个 BPE token 平均覆盖好几个字节，每 token 的困惑度大约是每字节困惑度的
+# 「字节数/token」次方。本表只比较**同一个模型**在不同量化方式下的相对变化（`ppl_ratio`），这个比值才有意义。
 
 # %%
 with warnings.catch_warnings():
@@ -132,6 +136,10 @@ print(f"GPTQ int4: same size, perplexity +{(by['gptq-int4']['ppl_ratio'] - 1) * 
       f"(recovers {(by['int4']['perplexity'] - by['gptq-int4']['perplexity']) / max(by['int4']['perplexity'] - by['fp32']['perplexity'], 1e-9):.0%} of the RTN loss)")
 print(f"decode speed at batch 1 vs fp32: int8 x{by['int8']['decode_ratio_b1']:.2f}, int4 x{by['int4']['decode_ratio_b1']:.2f}, "
       f"dynamic-int8 x{by['dynamic-int8']['decode_ratio_b1']:.2f}")
+for m in ("int8", "int4"):
+    r = by[m]["decode_ratio_b1"]
+    print(f"{m} weight-only decode is {'faster' if r > 1 else 'slower'} than fp32 on this run ({r:.2f}x): "
+          f"{'the dequantize step costs more than the smaller weights save' if r <= 1 else 'the smaller weights outweigh the dequantize step'}")
 
 # %% [markdown]
 # **怎么读这些数**（数字来自上面这次运行）：
@@ -140,11 +148,41 @@ print(f"decode speed at batch 1 vs fp32: int8 x{by['int8']['decode_ratio_b1']:.2
 # - 质量：int8 几乎无损（困惑度差别在千分之一量级）；int4 RTN 有可见的代价，GPTQ 用同样的位数把一部分代价补了回来。
 # - 速度：学习计划说「2–3 倍加速」——看上表的 `decode_ratio_b1` 列，而不是相信这句话。我们的 int8/int4 模块是纯 PyTorch：
 #   每次前向先把 int8/int4 反量化成 float 再做 float 矩阵乘法，多了一步而没有省掉任何一步，所以在空闲的 CPU 上它们通常**更慢**
-#   （一次 `bench/quantization.py` 的测量：int8 0.45×、int4 0.29×）。真正的加速需要直接读低比特权重的 kernel（GPU 上的 Marlin 等、
+#   （这次运行的比值见上面最后一行）。真正的加速需要直接读低比特权重的 kernel（GPU 上的 Marlin 等、
 #   CPU 上 torchao 的 int8/int4 kernel），并且在**内存带宽受限**的大模型上才明显；这个 0.77M 参数的模型整个放得进 CPU 缓存。
 #   `quantize_dynamic` 用了真正的 int8 kernel，但对这么小的矩阵，量化激活的开销会吃掉收益（pytorch#42113）。
 #   注意：CPU 同时被其它进程占用时，计时噪声可能比这些差别还大（2 个核上跑多个进程，每个 2 线程，会相互抢占）；
 #   要下结论，请在机器空闲时重跑、多测几次。大小和质量的数字不受影响。
+
+# %% [markdown]
+# ## 4b. bitsandbytes：LLM.int8() 与 NF4（只在 CUDA 上运行）
+#
+# 学习计划提到的 `bitsandbytes` 是 Hugging Face 生态里最常用的量化库（`load_in_8bit=True` / `load_in_4bit=True` 背后就是它），只支持 GPU：
+# - **LLM.int8()**：按行 absmax 把权重量化成 int8；激活里少数**离群特征维** (outlier features，幅值 > 6) 拆出来用 fp16 算，其余用 int8 矩阵乘法，
+#   所以大模型量化到 8 位几乎不掉点。它省显存，但因为要拆分离群值，速度通常**不**比 fp16 快。
+# - **NF4**（QLoRA 提出）：4 位的「正态浮点」——16 个量化格点按标准正态分布的分位数放置，正好匹配近似正态分布的权重；按 64 个值一组的
+#   absmax 缩放，缩放系数本身再量化一次（double quantization）。本课的 int4 是均匀格点 + 分组 scale，思路相同、格点不同。
+#
+# 下面的单元格在有 CUDA 且装了 bitsandbytes 时运行（`pip install bitsandbytes`），否则只打印跳过的原因。
+# 编写本课程时没有 GPU，这个单元格的 CUDA 分支没有在这里运行过。
+
+# %%
+import importlib.util
+
+if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+    print("bitsandbytes demo skipped: it needs a CUDA GPU and `pip install bitsandbytes`")
+else:
+    import bitsandbytes as bnb
+    lin = torch.nn.Linear(1024, 1024, bias=False).half().cuda()
+    xb = torch.randn(8, 1024, dtype=torch.float16, device="cuda")
+    ref = lin(xb)
+    int8 = bnb.nn.Linear8bitLt(1024, 1024, bias=False, has_fp16_weights=False, threshold=6.0)
+    int8.load_state_dict(lin.state_dict()); int8 = int8.cuda()     # quantized when moved to the GPU
+    nf4 = bnb.nn.Linear4bit(1024, 1024, bias=False, quant_type="nf4", compute_dtype=torch.float16)
+    nf4.load_state_dict(lin.state_dict()); nf4 = nf4.cuda()
+    for name, layer in (("LLM.int8()", int8), ("NF4", nf4)):
+        err = (layer(xb).float() - ref.float()).norm() / ref.float().norm()
+        print(f"{name}: relative output error {err:.4f}")
 
 # %% [markdown]
 # ## 5. 保存与加载量化模型
