@@ -192,7 +192,7 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *,
         logits = prefill(model, ids, None, cache)
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            tok = int(nxt[0])
+            tok = int(nxt[0])  # a host sync per token, on purpose: streaming means showing each token now
             if tok == tokenizer.eos_id:
                 break
             piece = dec.decode(bytes([tok])) if tok < 256 else ""

@@ -2,7 +2,7 @@
 
 The core modules (``generate``, ``quantize``, ``kv_cache``) hold the library; the harnesses that
 *measure* it for a lesson or a benchmark live here, so a core module never imports the modules
-it is measured against (the quantizer does not need the generation loop or the exporter).
+it is measured with (the quantizer no longer imports the generation loop to time itself).
 
 * ``measure_generation`` / ``decode_speed_vs_context`` / ``throughput_vs_batch``: prefill and
   decode tokens/s (lessons 4.2.3, 4.2.4; bench/kv_cache.py, bench/batched_generation.py);

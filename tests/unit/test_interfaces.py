@@ -55,18 +55,15 @@ def test_trainer_and_progress_bar_share_one_callback_base():
 
 # ---- caches -------------------------------------------------------------------------------
 def test_cache_interface_is_required():
-    class NoReorder(Cache):
-        def update(self, layer_idx, k, v):
-            return k, v
-
-        def get_seq_length(self, layer_idx=0):
-            return 0
-
-        def nbytes(self):
-            return 0
-
+    # a cache that leaves out one required method cannot even be created
+    NoReorder = type("NoReorder", (Cache,), {"update": lambda self, i, k, v: (k, v),
+                                             "get_seq_length": lambda self, i=0: 0, "nbytes": lambda self: 0})
     with pytest.raises(TypeError, match="reorder"):
         NoReorder()
+    NoBytes = type("NoBytes", (Cache,), {"update": lambda self, i, k, v: (k, v),
+                                         "get_seq_length": lambda self, i=0: 0, "reorder": lambda self, index: None})
+    with pytest.raises(TypeError, match="nbytes"):
+        NoBytes()
     for cls in (DynamicCache, StaticCache, QuantizedKVCache, PagedKVCache):
         assert issubclass(cls, Cache)
         assert not getattr(cls, "__abstractmethods__", None), f"{cls.__name__} leaves {cls.__abstractmethods__}"

@@ -110,3 +110,8 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="position 70 is beyond max_seq_len=64"):
+        model(torch.zeros(1, 2, dtype=torch.long), position_ids=torch.tensor([[3, 70]]))
+    # left padding does not count: 70 columns, 60 real tokens -> positions 0..59 fit the window
+    mask = torch.cat([torch.zeros(1, 10, dtype=torch.long), torch.ones(1, 60, dtype=torch.long)], 1)
+    assert model(torch.zeros(1, 70, dtype=torch.long), attention_mask=mask).logits.shape == (1, 70, 258)
