@@ -26,7 +26,17 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import MAX_SEED, ConfigError, ModelConfig, TrainConfig, check_keys, read_json_file
+from .config import (
+    MAX_SEED,
+    RESUME_MUST_MATCH,
+    RESUME_RESULT,
+    RESUME_SCHEDULE,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    check_keys,
+    read_json_file,
+)
 from .data import DataError
 from .generate import generate_text, load_model_from_run
 from .monitor import NonFiniteError
@@ -63,12 +73,20 @@ def _print_error(e: BaseException) -> None:
 # ------------------------------------------------------------------------------------------
 # Flags generated from the config dataclasses
 # ------------------------------------------------------------------------------------------
+RESUME_NOTE = {  # what the field's resume metadata means, in --help
+    RESUME_MUST_MATCH: "; must match the checkpoint to resume",
+    RESUME_SCHEDULE: "; changing it on resume changes the lr schedule (warned)",
+    RESUME_RESULT: "; changing it on resume is allowed, with a warning",
+}
+
+
 def add_config_args(parser, cls, defaults) -> None:
     """One ``--flag`` per dataclass field; type and help come from the field."""
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        h = f"{f.metadata['help']} (default: {default})"
+        note = RESUME_NOTE.get(f.metadata.get("resume"), "")
+        h = f"{f.metadata['help']} (default: {default}{note})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=h)
         elif isinstance(default, tuple):
