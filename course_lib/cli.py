@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -25,7 +26,17 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import ConfigError, ModelConfig, TrainConfig, check_keys, read_json_file
+from .config import (
+    MAX_SEED,
+    RESUME_MUST_MATCH,
+    RESUME_RESULT,
+    RESUME_SCHEDULE,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    check_keys,
+    read_json_file,
+)
 from .data import DataError
 from .export import load_model_from_run
 from .generate import generate_text
@@ -46,9 +57,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def error_line(e: BaseException) -> str:
     """``error: <what>: <problem>; <what to do>`` for an exception (messages name their field/file)."""
-    if isinstance(e, OSError) and not isinstance(e, CheckpointError):
-        where = e.filename or "file"
-        return f"error: {where}: {e.strerror or type(e).__name__}; check the path, its permissions and free disk space"
+    if isinstance(e, OSError) and e.filename:  # raised by the OS: name the file and what it said
+        return f"error: {e.filename}: {e.strerror or type(e).__name__}; check the path, its permissions and free disk space"
     return f"error: {' '.join(str(e).split())}"
 
 
@@ -64,12 +74,20 @@ def _print_error(e: BaseException) -> None:
 # ------------------------------------------------------------------------------------------
 # Flags generated from the config dataclasses
 # ------------------------------------------------------------------------------------------
+RESUME_NOTE = {  # what the field's resume metadata means, in --help
+    RESUME_MUST_MATCH: "; must match the checkpoint to resume",
+    RESUME_SCHEDULE: "; changing it on resume changes the lr schedule (warned)",
+    RESUME_RESULT: "; changing it on resume is allowed, with a warning",
+}
+
+
 def add_config_args(parser, cls, defaults) -> None:
     """One ``--flag`` per dataclass field; type and help come from the field."""
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        h = f"{f.metadata['help']} (default: {default})"
+        note = RESUME_NOTE.get(f.metadata.get("resume"), "")
+        h = f"{f.metadata['help']} (default: {default}{note})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=h)
         elif isinstance(default, tuple):
@@ -189,8 +207,26 @@ def build_generate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_generate_args(args: argparse.Namespace) -> None:
+    """Sampling flags in range, or a ``ConfigError`` naming the flag."""
+    checks = [("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "must be >= 1"),
+              ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature >= 0,
+               "must be a finite number >= 0 (0 = greedy)"),
+              ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "must be >= 1"),
+              ("--top-p", args.top_p, 0 < args.top_p <= 1, "must be in (0, 1]"),
+              ("--seed", args.seed, 0 <= args.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]")]
+    for flag, value, ok, problem in checks:
+        if not ok:
+            raise ConfigError(f"{flag}: {problem} (got {value!r}); change the flag")
+
+
 def generate_main(argv: Sequence[str] | None = None) -> int:
     args = build_generate_parser().parse_args(argv)
+    try:
+        check_generate_args(args)
+    except ConfigError as e:
+        print(error_line(e), file=sys.stderr)
+        return EXIT_INPUT
     try:
         model, tok, path = load_model_from_run(args.run)
     except Exception as e:  # noqa: BLE001 - any unusable run folder is an input error here

@@ -4,7 +4,10 @@ Two dataclasses, ``ModelConfig`` and ``TrainConfig``. Both:
 
 * check every field when constructed and raise ``ConfigError`` naming the field and what to do;
 * round-trip through JSON (``to_json`` / ``from_json``); unknown keys are an error, not ignored,
-  so a typo in a config file never silently falls back to a default;
+  so a typo in a config file never silently falls back to a default; values are type-checked as
+  JSON gives them (``"false"`` is not a boolean, ``NaN`` is not a learning rate);
+* describe each field once, in its metadata (``setting(default, help, resume)``): the command
+  line's ``--help`` and the trainer's resume check are generated from it;
 * have a ``quick mode``: when the environment variable ``COURSE_QUICK`` is ``1``, the *default
   sizes* shrink (fewer layers, steps, tokens) so tests and nbval run fast. Quick mode never
   changes a code path: it only changes numbers that a learner could also set by hand.
@@ -15,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -72,6 +77,12 @@ _JSON_TYPE = {"int": "an integer", "float": "a number", "bool": "true or false",
               "tuple": "a list of numbers"}
 
 
+def np_bool_types() -> tuple:
+    """numpy's bool type when numpy is installed (it is not a Python bool, nor an Integral)."""
+    np = sys.modules.get("numpy")
+    return (np.bool_,) if np is not None else ()
+
+
 def _check_types(obj) -> None:
     """Check every field against its annotation, as JSON gives it: a JSON string "false" is
     not a boolean (it would be truthy), 1.5 is not an integer, NaN/inf are not numbers we train with."""
@@ -80,11 +91,11 @@ def _check_types(obj) -> None:
         v, kind = getattr(obj, f.name), str(f.type)
         want = _JSON_TYPE.get(kind)
         if kind == "bool":
-            ok = isinstance(v, bool)
-        elif kind == "int":
-            ok = isinstance(v, int) and not isinstance(v, bool)
+            ok = isinstance(v, (bool, np_bool_types()))
+        elif kind == "int":  # numpy integers are accepted and stored as plain int (JSON-safe)
+            ok = isinstance(v, numbers.Integral) and not isinstance(v, (bool, np_bool_types()))
         elif kind == "float":
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np_bool_types()))
             if ok and not math.isfinite(v):
                 _fail(n, f.name, v, "must be a finite number", "NaN and infinity are not allowed")
         elif kind == "str":
@@ -94,6 +105,8 @@ def _check_types(obj) -> None:
                 isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v)
         else:  # pragma: no cover - every field has one of the types above
             continue
+        if ok and kind in ("bool", "int", "float") and type(v) not in (bool, int, float):
+            object.__setattr__(obj, f.name, {"bool": bool, "int": int, "float": float}[kind](v))
         if not ok:
             quotes = " without quotes" if isinstance(v, str) and kind in ("bool", "int", "float") else ""
             _fail(n, f.name, v, f"must be {want}, not {type(v).__name__}", f"write {want}{quotes}")

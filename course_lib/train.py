@@ -214,7 +214,7 @@ class Trainer:
             # A fresh run never shares rotation with another run's checkpoints (see move_previous_run).
             self.previous_run = move_previous_run(self.out_dir)
             if self.previous_run is not None:
-                print(f"[train] resume=False: {self.out_dir} already held a run; its checkpoints and logs "
+                print(f"[train] --no-resume (resume=False): {self.out_dir} already held a run; its checkpoints and logs "
                       f"were moved to {self.previous_run} (nothing deleted). This run starts at step 0.",
                       file=sys.stderr, flush=True)
 

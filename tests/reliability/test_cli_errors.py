@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from course_lib.cli import train_main
+from course_lib.cli import generate_main, train_main
 from course_lib.distributed import subprocess_env
 
 TINY = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-hidden", "64",
@@ -108,3 +108,23 @@ def test_real_generate_process_prints_one_line_and_exits_2(tmp_path):
     r = _run([sys.executable, "-m", "course_lib.generate", "--run", str(tmp_path / "no-run")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "no complete checkpoint" in r.stderr and "no-run" in r.stderr and "; " in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--max-new-tokens", "0"], "--max-new-tokens: must be >= 1"),
+    (["--temperature", "-1"], "--temperature: must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature: must be a finite number >= 0"),
+    (["--top-k", "0"], "--top-k: must be >= 1"),
+    (["--top-p", "1.5"], "--top-p: must be in (0, 1]"),
+    (["--seed", "-3"], "--seed: must be in"),
+    (["--max-new-tokens", "many"], "--max-new-tokens: invalid int value"),
+])
+def test_generate_flag_errors_are_one_line_exit_2(tmp_path, capsys, argv, expected):
+    try:
+        rc = generate_main(["--run", str(tmp_path), *argv])
+    except SystemExit as e:
+        rc = e.code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "; " in err[0], err
+    assert expected in err[0], err

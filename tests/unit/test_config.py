@@ -1,7 +1,7 @@
 
 import pytest
 
-from course_lib.config import ConfigError, ModelConfig, TrainConfig, quick_mode
+from course_lib.config import RESUME_KINDS, ConfigError, ModelConfig, TrainConfig, fields_by_resume, quick_mode
 
 
 def test_json_round_trip(tmp_path):
@@ -46,3 +46,38 @@ def test_quick_mode_only_shrinks_sizes(monkeypatch):
     # same code paths: every non-size field identical
     for k in ("schedule", "dtype", "grad_clip", "lr", "resume", "data"):
         assert getattr(q_t, k) == getattr(f_t, k)
+
+
+@pytest.mark.parametrize("cls, kw, field", [
+    (ModelConfig, {"tie_embeddings": "false"}, "tie_embeddings"),   # a non-empty string is truthy
+    (TrainConfig, {"resume": "false"}, "resume"),
+    (TrainConfig, {"stop_on_nonfinite": 0}, "stop_on_nonfinite"),
+    (TrainConfig, {"lr": "3e-3"}, "lr"),
+    (TrainConfig, {"max_steps": 10.5}, "max_steps"),
+    (TrainConfig, {"max_steps": True}, "max_steps"),
+    (TrainConfig, {"data": 123}, "data"),
+    (TrainConfig, {"device": 5}, "device"),
+    (TrainConfig, {"seed": 10 ** 30}, "seed"),
+    (TrainConfig, {"betas": ["0.9", 0.95]}, "betas"),
+    (ModelConfig, {"rope_theta": float("inf")}, "rope_theta"),
+    (ModelConfig, {"dropout": float("nan")}, "dropout"),
+])
+def test_json_values_are_type_checked(cls, kw, field):
+    with pytest.raises(ConfigError, match=rf"{cls.__name__}\.{field}: .*; "):
+        cls.from_dict(kw)
+
+
+def test_numpy_numbers_are_accepted_as_plain_numbers():
+    np = pytest.importorskip("numpy")
+    t = TrainConfig(max_steps=np.int64(12), warmup_steps=2, lr=np.float32(1e-3), resume=np.bool_(False))
+    assert type(t.max_steps) is int and type(t.lr) is float and t.resume is False
+    assert TrainConfig.from_json(t.to_json()) == t
+
+
+def test_every_field_has_help_and_resume_metadata():
+    for cls in (ModelConfig, TrainConfig):
+        for f in cls.__dataclass_fields__.values():
+            assert f.metadata.get("help") and f.metadata.get("resume") in RESUME_KINDS, f"{cls.__name__}.{f.name}"
+    assert "max_steps" in fields_by_resume(TrainConfig, "schedule")
+    assert "out_dir" in fields_by_resume(TrainConfig, "free")
+    assert set(fields_by_resume(ModelConfig, "match")) == set(ModelConfig.__dataclass_fields__)

@@ -102,13 +102,11 @@ def test_no_host_sync_per_micro_batch(tmp_path, monkeypatch):
 
 
 def test_cli_help_comes_from_the_config_metadata():
-    import dataclasses
-
     from course_lib.cli import build_parser
 
     text = build_parser().format_help()
     for cls in (ModelConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
+        for f in cls.__dataclass_fields__.values():
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} 缺少 help 元数据"
             assert f.metadata.get("resume") in ("free", "schedule", "result", "match"), f.name
             assert "--" + f.name.replace("_", "-") in text
