@@ -380,7 +380,8 @@ class Engine:
         req.preemptions += 1
         self.stats["preemptions"] += 1
         self.running.remove(req)
-        self.waiting.appendleft(req)                  # first in line when blocks free up again
+        if not req.done:                              # (a finished static-batch row just leaves)
+            self.waiting.appendleft(req)              # first in line when blocks free up again
 
     def _reserve(self, seq: SeqBlocks, n_positions: int) -> None:
         """Grow the block table to hold ``n_positions``; RuntimeError (pool dry) leaves it unchanged."""

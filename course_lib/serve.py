@@ -233,7 +233,7 @@ def create_app(engine: Engine, tokenizer, model_name: str) -> FastAPI:
                 tok = await q.get()
                 if tok is None:
                     break
-                if tok == tokenizer.eos_id or tok >= 256:
+                if tok == tokenizer.eos_id or tok >= 256:   # byte tokenizer: ids >= 256 are special
                     continue
                 seen["tokens"] = seen.get("tokens", 0) + 1
                 text, hit = stop.push(dec.decode(bytes([tok])))
@@ -281,10 +281,8 @@ def create_app(engine: Engine, tokenizer, model_name: str) -> FastAPI:
 
         if params["stream"]:
             async def sse():
-                n = 0
                 try:
                     async for text, finish in pieces(params, {}):
-                        n += 1
                         yield f"data: {json.dumps(chunk(text, finish))}\n\n"
                 except EngineError as e:
                     # headers are gone already: an error event (the openai client raises on it)

@@ -144,3 +144,12 @@ def test_abort_frees_the_request(model_tok):
     assert a.finish_reason == "abort" and len(a.output) < 50
     assert b.finish_reason == "length" and len(b.output) == 5
     assert eng.pool.used_blocks() == 0
+
+
+def test_static_policy_under_pool_pressure_finishes_with_exact_outputs(model_tok):
+    model, tok = model_tok
+    eng = Engine(model, eos_id=NL, max_batch=6, num_blocks=20, block_size=4, policy="static")
+    reqs, _ = replay(eng, tok, n=12, every=1)
+    for r in reqs:
+        assert r.output == alone(model, r)
+    assert eng.stats["preemptions"] > 0 and eng.pool.used_blocks() == 0 and not eng.waiting

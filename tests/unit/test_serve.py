@@ -50,12 +50,10 @@ def model_tok():
 def server(model_tok):
     model, tok = model_tok
     engine = Engine(Faulty(model), eos_id=tok.eos_id, max_batch=8)
-    srv = ServerThread(create_app(engine, tok, NAME))
-    with srv:
-        try:
-            yield srv
-        finally:
-            pass   # __exit__ stops uvicorn; the app's lifespan stops the engine thread
+    # Leaving the with-block always stops uvicorn (also when a test fails); the app's lifespan
+    # then stops the engine thread.
+    with ServerThread(create_app(engine, tok, NAME)) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -167,6 +165,20 @@ def test_engine_error_fails_only_that_request(server, client, model_tok):
         list(client.completions.create(model=NAME, prompt="a\x07b", max_tokens=3, stream=True))
     ok = client.completions.create(model=NAME, prompt="def ", max_tokens=5, temperature=0)
     assert ok.choices[0].text == greedy_alone(model, tok, "def ", 5)
+
+
+def test_client_that_disconnects_mid_stream_frees_its_row(server):
+    engine = server.server.config.app.state.runner.engine
+    body = {"model": NAME, "prompt": "def ", "max_tokens": 200, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+        steps0 = engine.steps
+    deadline = time.monotonic() + 30
+    while httpx.get(server.url + "/health").json()["running"]:
+        assert time.monotonic() < deadline, "the abandoned request is still running"
+        time.sleep(0.05)
+    assert engine.steps - steps0 < 150, "the engine generated (nearly) all 200 tokens for a client that left"
 
 
 def test_load_200_requests_none_lost_or_corrupted(server, client, model_tok):
