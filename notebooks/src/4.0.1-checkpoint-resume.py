@@ -46,7 +46,6 @@ from course_lib.config import pick
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.paths import repo_root, runs_dir
 from course_lib.plotting import new_axes, print_table
-from course_lib.progress import follow_run, text_bar
 
 STEPS, INTERVAL = pick(160, 30), pick(20, 5)
 KILL_AFTER = pick(90, 17)          # kill once the log shows at least this step
@@ -71,16 +70,13 @@ print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
 killed = base / "killed"
 env = dict(os.environ, PYTHONUNBUFFERED="1")
 t0 = time.perf_counter()
-proc = subprocess.Popen(train_cmd(killed), cwd=repo_root(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-with text_bar(total=KILL_AFTER, desc="train until SIGKILL") as bar:
-    while proc.poll() is None:
-        recs = read_jsonl(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
-        if recs:
-            bar.update(max(0, min(recs[-1].get("step", 0), KILL_AFTER) - bar.n))
-        if recs and recs[-1].get("step", 0) >= KILL_AFTER:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
+proc = subprocess.Popen(train_cmd(killed), cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+while proc.poll() is None:
+    recs = read_jsonl(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
+    if recs and recs[-1].get("step", 0) >= KILL_AFTER:
+        proc.send_signal(signal.SIGKILL)
+        break
+    time.sleep(0.05)
 proc.wait()
 last_logged = max(r["step"] for r in read_jsonl(killed / "metrics.jsonl"))
 mgr = CheckpointManager(killed, verbose=False)
@@ -88,17 +84,17 @@ print(f"exit code {proc.returncode} (-9 = SIGKILL); last logged step {last_logge
       f"complete checkpoints: {[s for s, _ in mgr.list_complete()]}")
 
 # %%
-r = follow_run(train_cmd(killed), killed, STEPS, desc="same command again", env=env)
+r = subprocess.run(train_cmd(killed), cwd=repo_root(), env=env, capture_output=True, text=True)
 print("\n".join(l for l in r.stdout.splitlines() if "resumed" in l or "done" in l))
-assert r.returncode == 0, r.stdout[-2000:]
+assert r.returncode == 0, r.stderr[-2000:]
 
 # %% [markdown]
 # 再跑一次从不中断的参照运行 (reference run)，比较两者最后一个检查点里的每个张量：
 
 # %%
 ref = base / "uninterrupted"
-r2 = follow_run(train_cmd(ref), ref, STEPS, desc="uninterrupted", env=env)
-assert r2.returncode == 0, r2.stdout[-2000:]
+r2 = subprocess.run(train_cmd(ref), cwd=repo_root(), env=env, capture_output=True, text=True)
+assert r2.returncode == 0, r2.stderr[-2000:]
 print(f"three processes took {time.perf_counter() - t0:.0f}s")
 
 a = CheckpointManager(killed, verbose=False).load(CheckpointManager(killed).path_for(STEPS))
