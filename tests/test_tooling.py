@@ -199,3 +199,21 @@ def test_stored_outputs_are_static():
     assert [o.output_type for o in cell.outputs] == ["stream", "display_data"]
     assert cell.outputs[0].text == "run: 100%|##| 4/4\nafter\n"
     assert dict(cell.outputs[1].data) == {"text/plain": "quiz text"}
+
+
+def test_lesson_header_time_comes_from_the_recorded_build(tmp_path):
+    import nbformat
+
+    from build_notebooks import RUN_TIME, fill_run_time, load_timings, record_timing
+
+    path = tmp_path / "timings.json"
+    timings = record_timing("4.9.9-demo", 151.0, path, load_before=0.1)
+    assert load_timings(path)["4.9.9-demo"]["seconds"] == 151.0
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"**预计时间**：运行{RUN_TIME}，阅读约 30 分钟。"))
+    fill_run_time(nb, "4.9.9-demo", timings)
+    assert "约 2.5 分钟" in nb.cells[0].source and RUN_TIME not in nb.cells[0].source
+    other = nbformat.v4.new_notebook()
+    other.cells.append(nbformat.v4.new_markdown_cell(f"运行{RUN_TIME}"))
+    fill_run_time(other, "unmeasured", timings)
+    assert "尚未测量" in other.cells[0].source

@@ -108,14 +108,22 @@ def static_outputs(nb: nbformat.NotebookNode) -> None:
         cell.outputs = outs
 
 
-def record_timing(name: str, seconds: float, path: Path = TIMINGS) -> dict:
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def record_timing(name: str, seconds: float, path: Path = TIMINGS, load_before: float | None = None) -> dict:
     timings = load_timings(path)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     timings[name] = {"seconds": round(seconds, 1), "cpu_cores": cores, "machine": platform.machine(),
-                     "date": time.strftime("%Y-%m-%d"), "source": "make notebooks"}
+                     "date": time.strftime("%Y-%m-%d"), "source": "make notebooks",
+                     "load_before": load_before}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(dict(sorted(timings.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -167,6 +175,10 @@ def execute(nb, quick: bool) -> None:
 def build(src: Path, quick: bool, out_dir: Path) -> Path:
     nb = to_notebook(src)
     target = out_dir / f"{src.stem}.ipynb"
+    load = _load_average()
+    if not quick and load is not None and load > 0.5:
+        print(f"  note: load average {load:.1f} before {src.name}: its recorded run time includes "
+              f"other programs' load (build on an idle machine for the lesson headers)", flush=True)
     t0 = time.perf_counter()
     try:
         execute(nb, quick)
@@ -182,7 +194,7 @@ def build(src: Path, quick: bool, out_dir: Path) -> Path:
         raise SystemExit(f"build_notebooks: {src.name}: error outputs in cells {errs}; not written")
     static_outputs(nb)
     if not quick:  # the run time of this build goes into the file and into the header it fills
-        timings = record_timing(src.stem, seconds)
+        timings = record_timing(src.stem, seconds, load_before=None if load is None else round(load, 2))
         fresh = to_notebook(src, timings)
         for cell, new in zip(nb.cells, fresh.cells, strict=True):
             if cell.cell_type == "markdown":
