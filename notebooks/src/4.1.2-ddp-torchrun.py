@@ -51,12 +51,6 @@ STEPS = pick(40, 8)
 ROOT = runs_dir("4.1.2", fresh=True)
 print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| steps:", STEPS)
 
-# %%
-# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
-
-setup_threads();
-
 # %% [markdown]
 # ## 1. torchrun 做了什么
 #
