@@ -38,10 +38,10 @@ def batching_rows(model, tok, quick: bool) -> list[dict]:
     rows = []
     for load in loads:
         by = {p: [r for r in rows_raw if r["load"] == load and r["policy"] == p] for p in ("static", "continuous")}
-        assert all(s["outputs"] == c["outputs"] for s, c in zip(by["static"], by["continuous"])), \
+        assert all(s["outputs"] == c["outputs"] for s, c in zip(by["static"], by["continuous"], strict=True)), \
             "static and continuous batching produced different tokens for the same trace"
-        tput = [c["tok_s"] / s["tok_s"] for s, c in zip(by["static"], by["continuous"])]
-        ttft = [s["ttft_p95"] / c["ttft_p95"] for s, c in zip(by["static"], by["continuous"])]
+        tput = [c["tok_s"] / s["tok_s"] for s, c in zip(by["static"], by["continuous"], strict=True)]
+        ttft = [s["ttft_p95"] / c["ttft_p95"] for s, c in zip(by["static"], by["continuous"], strict=True)]
         top = load == max(loads)
         rate = by["static"][0]["rate"]
         for pol in ("static", "continuous"):
@@ -95,7 +95,7 @@ def http_load_row(model, tok, n: int) -> dict:
         with ThreadPoolExecutor(max_workers=16) as pool:
             got = list(pool.map(one, jobs))
     lost = sum(g is None for g in got)
-    bad = sum(g is not None and g != want[j[:2]] for j, g in zip(jobs, got))
+    bad = sum(g is not None and g != want[j[:2]] for j, g in zip(jobs, got, strict=True))
     print(f"HTTP load test: {n} requests, {lost} lost, {bad} corrupted, {engine.steps} engine steps")
     return {"name": f"loopback HTTP load test: {n} requests, lost + corrupted responses", "value": lost + bad,
             "unit": "responses", "baseline": n, "ratio": (n - lost - bad) / n, "target": "0 lost or corrupted",

@@ -89,7 +89,7 @@ class RaggedPagedCache(Cache):
     def _slots(self, positions: list[list[int]]) -> tuple[Tensor, Tensor]:
         """Block id and slot of each (row, position); ``-1`` positions (padding) read slot (0, 0)."""
         bs, dev = self.pool.block_size, self.pool.k[0].device
-        blk = [[s.table[p // bs] if p >= 0 else 0 for p in row] for s, row in zip(self.seqs, positions)]
+        blk = [[s.table[p // bs] if p >= 0 else 0 for p in row] for s, row in zip(self.seqs, positions, strict=True)]
         slot = [[p % bs if p >= 0 else 0 for p in row] for row in positions]
         return torch.tensor(blk, device=dev), torch.tensor(slot, device=dev)
 
@@ -101,7 +101,7 @@ class RaggedPagedCache(Cache):
             # A multi-token step for rows of different lengths would write their padding too.
             raise ValueError("RaggedPagedCache: prefill one sequence at a time (B == 1) or decode one token (T == 1)")
         starts = [s.lengths[layer_idx] for s in self.seqs]
-        for s, n in zip(self.seqs, starts):
+        for s, n in zip(self.seqs, starts, strict=True):
             if n + T > len(s.table) * self.pool.block_size:
                 raise RuntimeError(f"sequence needs {n + T} slots but holds {len(s.table)} blocks; reserve blocks first")
         kp, vp = self.pool.k[layer_idx], self.pool.v[layer_idx]
@@ -353,7 +353,7 @@ class Engine:
             return self.model(x, attention_mask=cache.attention_mask(1), past_key_values=cache,
                               use_cache=True).logits[:, -1, :]
         except Exception:
-            for s, n in zip(seqs, saved):   # undo the layers that were written before the failure
+            for s, n in zip(seqs, saved, strict=True):   # undo the layers that were written before the failure
                 s.lengths[:] = n
             raise
 

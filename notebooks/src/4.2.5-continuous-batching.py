@@ -24,11 +24,15 @@
 #
 # **前置知识**：4.2.3 的 KV 缓存与分页缓存 (paged KV cache)，4.2.4 的左填充、掩码与位置编号。
 #
-# **预计时间**：运行约 2 分钟（CPU），阅读与练习约 40 分钟。
+# **预计时间**：运行{{run_time}}，阅读与练习约 40 分钟。
 
 # %%
-import bisect
+# 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
+from course_lib.threads import setup_threads
 
+setup_threads();
+
+# %%
 import matplotlib.pyplot as plt
 import torch
 
@@ -74,7 +78,7 @@ assert runs["continuous"][0].steps < runs["static"][0].steps
 
 # %%
 fig, axes = new_axes("Same 16 requests, max_batch = 8", "engine step", "request", ncols=2)
-for ax, (policy, (eng, reqs)) in zip(axes, runs.items()):
+for ax, (policy, (eng, reqs)) in zip(axes, runs.items(), strict=True):
     batch_end = {}
     if policy == "static":   # a static batch ends when its longest request ends
         for r in reqs:
@@ -122,7 +126,7 @@ from course_lib.kv_cache import BlockPool
 pool = BlockPool.for_model(model, num_blocks=8, block_size=4)
 seqs = [SeqBlocks(model.config.n_layers) for _ in range(3)]
 with torch.no_grad():
-    for s, text in zip(seqs, ["def f(x):", "import", "x = 1"]):   # prefill each alone, into its own blocks
+    for s, text in zip(seqs, ["def f(x):", "import", "x = 1"], strict=True):   # prefill each alone, into its own blocks
         ids = tok.encode(text)
         s.table.extend(pool.allocate() for _ in range(-(-(len(ids) + 1) // pool.block_size)))
         model(torch.tensor([ids]), past_key_values=RaggedPagedCache(pool, [s]), use_cache=True)
@@ -345,19 +349,9 @@ result = check("4.2.5")
 # 最后一题是「预测数字」：先凭第 1 节的图猜一猜，再对照第 3 节实测的 `throughput_ratio`。
 
 # %%
-from course_lib.quiz import Question, Quiz
-from course_lib.quiz_data_425 import QUESTIONS, TITLE
+from course_lib.quiz import quiz
 
-measured = {"throughput_ratio": throughput_ratio}
-items = []
-for d in QUESTIONS:
-    if "key" in d:   # predict-the-number: the right option is the range that holds this run's measurement
-        v = measured[d["key"]]
-        items.append(Question(d["prompt"], d["options"], bisect.bisect_right(d["edges"], v),
-                              f"本次运行测得 {d['key']} = {d['fmt'].format(v)}。" + d["why"]))
-    else:
-        items.append(Question(d["prompt"], d["options"], d["answer"], d["why"]))
-quiz = Quiz(f"4.2.5 {TITLE}", items).show()
+q = quiz("4.2.5", measured={"throughput_ratio": throughput_ratio})
 
 # %% [markdown]
 # ## 下一步

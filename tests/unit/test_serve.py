@@ -194,7 +194,7 @@ def test_load_200_requests_none_lost_or_corrupted(server, client, model_tok):
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         got = list(pool.map(one, jobs))
-    bad = [(j, g) for j, g in zip(jobs, got) if g != want[j[:2]]]
+    bad = [(j, g) for j, g in zip(jobs, got, strict=True) if g != want[j[:2]]]
     assert len(got) == 200 and not bad, f"{len(bad)} corrupted responses, e.g. {bad[:3]}"
 
 
