@@ -35,6 +35,8 @@ is exact), and can confirm the answer with ``measure``.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict
@@ -156,6 +158,28 @@ def estimate(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str =
 # ------------------------------------------------------------------------------------------
 # Measurement
 # ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """torch's CPU profiler prints ``USDT ... profiler_start`` / ``profiler_stop`` lines from C++
+    straight to file descriptor 2 (no logger or environment variable turns them off), which would
+    land in every notebook that measures memory. Point fd 2 at /dev/null only while the profiler
+    starts and stops; the measured code itself runs with stderr untouched."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak_from_profiler(prof) -> int:
     """Peak of the running sum of the CPU allocator's signed allocation sizes."""
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
@@ -211,8 +235,14 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
         method = "torch.cuda.max_memory_allocated"
     else:
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with _native_stderr_silenced():
+            prof.start()
+        try:
             run()
+        finally:
+            with _native_stderr_silenced():
+                prof.stop()
         peak = _cpu_peak_from_profiler(prof)
         method = "torch.profiler CPU allocation events"
     return {"peak": int(peak), "method": method, "seconds": time.perf_counter() - t0}
