@@ -174,12 +174,12 @@ class Trainer:
                               f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len")
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
-        if cfg.dtype == "fp16" and self.device.type != "cuda":
-            print("[train] note: fp16 on CPU is slow and meant for demonstration; bf16 is the CPU choice",
-                  file=sys.stderr)
         self.is_main = self.dist.is_main
         self.out_dir = Path(cfg.out_dir)
         self.console = console and self.is_main
+        if cfg.dtype == "fp16" and self.device.type != "cuda" and self.console:
+            # informational, so it goes with the console log (stdout), not stderr
+            print("[train] note: fp16 on CPU is slow and meant for demonstration; bf16 is the CPU choice", flush=True)
 
         # ---- 1. model, optimizer, schedule, scaler (same seed on every rank) ----
         seed_everything(cfg.seed)
