@@ -12,6 +12,7 @@ JupyterLab does not turn this test red.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -67,3 +68,39 @@ def test_no_nbval_raises_exception(path):
     text = path.read_text(encoding="utf-8") if path.suffix == ".py" else nbformat.writes(stored_notebook(path))
     assert "NBVAL_RAISES_EXCEPTION" not in text, (
         f"{path.name} 使用了 NBVAL_RAISES_EXCEPTION：即使没有抛出异常它也会通过，不能用来证明任何事")
+
+
+NOISE = [
+    (re.compile(r"USDT:|profiler_start|profiler_stop"), "性能分析器 (profiler) 的原生日志"),
+    (re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-fA-F]+>"), "对象的 repr（如 <torch._C.Generator at 0x…>）"),
+    (re.compile(r"(?<![\w.])0%\|"), "停在 0% 的进度条"),
+    (re.compile(r"(?<![\w.~])/(?:work|root|home|Users|tmp)/[\w.-]+"), "构建机器上的绝对路径"),
+]
+
+
+def _output_text(output) -> str:
+    if output.output_type == "stream":
+        return output.get("text", "")
+    data = output.get("data", {})
+    return "".join(data.get(k, "") for k in ("text/plain", "text/markdown", "text/html")
+                   if isinstance(data.get(k, ""), str))
+
+
+@pytest.mark.parametrize("path", STORED, ids=lambda p: p.stem)
+def test_stored_outputs_have_no_noise(path):
+    """A learner reads the stored outputs before running anything: no stderr, no profiler chatter,
+    no object reprs, no frozen progress bars, no paths of the machine that built them."""
+    found = []
+    for i, c in enumerate(stored_notebook(path).cells):
+        if c.cell_type != "code":
+            continue
+        for o in c.outputs:
+            if o.output_type == "stream" and o.get("name") == "stderr":
+                found.append(f"单元格 {i}: stderr 输出 {o.get('text', '')[:80]!r}")
+                continue
+            text = _output_text(o)
+            for pattern, what in NOISE:
+                m = pattern.search(text)
+                if m:
+                    found.append(f"单元格 {i}: {what}: {text[max(0, m.start() - 30):m.end() + 30]!r}")
+    assert not found, f"{path.name} 的保存输出里有噪声 {AUTHORS.format(path.stem)}：\n" + "\n".join(found[:10])

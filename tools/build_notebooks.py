@@ -25,6 +25,7 @@ import argparse
 import fnmatch
 import json
 import os
+import sysconfig
 import platform
 import sys
 import tempfile
@@ -88,8 +89,25 @@ def _final_lines(text: str) -> str:
     return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
+def _machine_paths() -> list[tuple[str, str]]:
+    """Absolute paths of the building machine and what a reader sees instead: paths inside the
+    repository become relative to it (as a learner types them from the repo root), the Python
+    standard library (the stdlib corpus) becomes <python-stdlib>, the home folder ~."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    pairs = [(str(ROOT) + os.sep, ""), (str(ROOT), "."), (stdlib, "<python-stdlib>"),
+             (os.path.realpath(stdlib), "<python-stdlib>"), (str(Path.home()) + os.sep, "~/")]
+    return sorted({p for p in pairs if p[0] not in ("", os.sep)}, key=lambda p: -len(p[0]))
+
+
+def _strip_machine_paths(text: str) -> str:
+    for path, shown in _machine_paths():
+        text = text.replace(path, shown)
+    return text
+
+
 def static_outputs(nb: nbformat.NotebookNode) -> None:
-    """Make the outputs readable without a kernel (see the module docstring)."""
+    """Make the outputs readable without a kernel (see the module docstring), and keep the
+    building machine's absolute paths out of them."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -105,6 +123,10 @@ def static_outputs(nb: nbformat.NotebookNode) -> None:
         for o in outs:
             if o.output_type == "stream" and "\r" in o.text:
                 o.text = _final_lines(o.text)
+            if o.output_type == "stream":
+                o.text = _strip_machine_paths(o.text)
+            elif "text/plain" in o.get("data", {}):
+                o.data["text/plain"] = _strip_machine_paths(o.data["text/plain"])
         cell.outputs = outs
 
 
