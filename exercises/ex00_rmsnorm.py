@@ -3,7 +3,6 @@
 在 notebook 里运行 `from course_lib.grading import check; check("00")` 检查你的实现；
 也可以在终端运行 `python -m course_lib.grading 00`。
 """
-import torch
 from torch import Tensor
 
 

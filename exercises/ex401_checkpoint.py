@@ -4,11 +4,11 @@
 完整版本见 `course_lib/checkpoint.py`（原子写入、校验和、保留最近 K 个）。
 """
 import os
-from typing import BinaryIO, IO, Union
+from typing import IO, BinaryIO
 
 import torch
 
-PathOrFile = Union[str, os.PathLike, BinaryIO, IO[bytes]]
+PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,

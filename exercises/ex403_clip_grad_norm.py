@@ -2,7 +2,7 @@
 
 在 notebook 里运行 `from course_lib.grading import check; check("4.0.3")` 检查你的实现。
 """
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

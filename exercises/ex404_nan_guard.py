@@ -3,7 +3,7 @@
 在 notebook 里运行 `from course_lib.grading import check; check("4.0.4")` 检查你的实现。
 完整版本见 `course_lib/monitor.py` 的 `check_finite` 和 `course_lib/train.py` 的 `train_step`。
 """
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

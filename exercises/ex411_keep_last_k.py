@@ -4,10 +4,9 @@
 完整版本见 `course_lib/checkpoint.py` 的 `CheckpointManager.rotate`。
 """
 from pathlib import Path
-from typing import List
 
 
-def rotate_checkpoints(ckpt_dir: Path, keep_last: int) -> List[Path]:
+def rotate_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
     """删除 `ckpt_dir` 里较旧的完整检查点，只保留步数 (step) 最大的 `keep_last` 个。
 
     约定 (contract)：

@@ -4,7 +4,6 @@
 评分测试会真的启动 2 个进程（gloo 后端，CPU）来运行你的函数。
 完整版本见 `course_lib/distributed.py` 的 `setup()` 和 `course_lib/dataloading.py`。
 """
-from typing import Tuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def setup_ddp(model: torch.nn.Module, dataset: Dataset, batch_size: int,
-              seed: int = 0) -> Tuple[DistributedDataParallel, DataLoader, DistributedSampler]:
+              seed: int = 0) -> tuple[DistributedDataParallel, DataLoader, DistributedSampler]:
     """在当前进程里完成 DDP 的三件事，返回 `(ddp_model, loader, sampler)`。
 
     约定 (contract)：

@@ -3,14 +3,14 @@
 在 notebook 里运行 `from course_lib.grading import check; check("4.1.4")` 检查你的实现。
 完整版本见 `course_lib/train.py` 的 `Trainer.train_step`。
 """
-from typing import Callable, List, Tuple
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
 def accumulation_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      micro_batches: List[Tuple[Tensor, Tensor]],
+                      micro_batches: list[tuple[Tensor, Tensor]],
                       loss_fn: Callable[[Tensor, Tensor], Tensor], max_norm: float = 0.0) -> float:
     """用 `micro_batches` 里的 N 个小批次做 **一次** 优化器步 (optimizer step)。
 

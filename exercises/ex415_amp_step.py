@@ -3,7 +3,7 @@
 在 notebook 里运行 `from course_lib.grading import check; check("4.1.5")` 检查你的实现。
 完整版本见 `course_lib/train.py` 的 `Trainer.train_step`。
 """
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

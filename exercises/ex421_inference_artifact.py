@@ -2,12 +2,8 @@
 
 在 notebook 里运行 `from course_lib.grading import check; check("4.2.1")` 检查你的实现。
 """
-import json
-from pathlib import Path
 
-import torch
 
-from course_lib.config import ModelConfig
 from course_lib.model import DIYModel
 
 

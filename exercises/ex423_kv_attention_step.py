@@ -2,7 +2,6 @@
 
 在 notebook 里运行 `from course_lib.grading import check; check("4.2.3")` 检查你的实现。
 """
-import torch
 from torch import Tensor
 
 

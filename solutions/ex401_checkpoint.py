@@ -1,10 +1,10 @@
 """参考答案 ex401：保存与加载训练检查点。"""
 import os
-from typing import BinaryIO, IO, Union
+from typing import IO, BinaryIO
 
 import torch
 
-PathOrFile = Union[str, os.PathLike, BinaryIO, IO[bytes]]
+PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,

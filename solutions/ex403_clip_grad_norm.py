@@ -1,5 +1,5 @@
 """参考答案 ex403：全局范数梯度裁剪。"""
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

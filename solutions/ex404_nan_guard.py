@@ -1,6 +1,6 @@
 """参考答案 ex404：NaN 守卫。"""
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -2,12 +2,11 @@
 import re
 import shutil
 from pathlib import Path
-from typing import List
 
 _DIR_RE = re.compile(r"^step_(\d{8,})$")
 
 
-def rotate_checkpoints(ckpt_dir: Path, keep_last: int) -> List[Path]:
+def rotate_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
     if keep_last < 1:
         raise ValueError(f"keep_last={keep_last}: keep at least one checkpoint")
     items = []

@@ -1,5 +1,5 @@
 """练习 ex415 参考答案：autocast + GradScaler 训练步。"""
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -2,8 +2,6 @@
 import json
 from pathlib import Path
 
-import torch
-
 from course_lib.config import ModelConfig
 from course_lib.model import DIYModel
 

@@ -35,13 +35,24 @@ def test_matches_checkpoint_manager(impl, tmp_path, steps, k):
         f"返回值应是被删除的文件夹（按步数从小到大）：期望 {want}，实际 {[p.name for p in removed]}")
 
 
-def test_numeric_not_string_or_mtime_order(impl, tmp_path):
+def test_numeric_not_string_order(impl, tmp_path):
+    # 'step_100000000' < 'step_99999999' as strings, but 100000000 is the larger step
     d = tmp_path / "checkpoints"
-    make(d, [100, 9, 1000000000])  # 10 digits: as a string 'step_1000000000' < 'step_00000100'? no, '1' > '0'; by mtime it is the oldest
-    old = time.time() - 1000
-    os.utime(d / "step_1000000000", (old, old))  # the newest step has the oldest mtime
+    make(d, [99999999, 100000000, 5])
     impl(EX).rotate_checkpoints(d, 1)
-    assert names(d) == ["step_1000000000"], f"应按步数保留 step_1000000000，实际剩下 {names(d)}"
+    assert names(d) == ["step_100000000"], (
+        f"应按步数数值保留 step_100000000（按字符串排序它反而最小），实际剩下 {names(d)}")
+
+
+def test_step_order_not_mtime_order(impl, tmp_path):
+    d = tmp_path / "checkpoints"
+    make(d, [3, 1, 2])
+    now = time.time()
+    for step, age in ((3, 300), (1, 100), (2, 200)):   # the newest step was touched longest ago
+        os.utime(d / f"step_{step:08d}", (now - age, now - age))
+    impl(EX).rotate_checkpoints(d, 2)
+    assert names(d) == ["step_00000002", "step_00000003"], (
+        f"应按步数保留 step 2 和 3（它们的修改时间 mtime 最旧，不能按 mtime 排序），实际剩下 {names(d)}")
 
 
 def test_incomplete_and_other_files_untouched(impl, tmp_path):

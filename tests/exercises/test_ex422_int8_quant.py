@@ -1,7 +1,7 @@
 """Grader for ex422: int8 per-channel quantization (oracle: course_lib.quantize + the error bound)."""
 import torch
 
-from course_lib.quantize import dequantize_int8 as ref_deq, quantize_int8 as ref_q
+from course_lib.quantize import quantize_int8 as ref_q
 
 EX = "ex422_int8_quant"
 

@@ -28,5 +28,5 @@ def test_decode_steps_match_full_causal_attention(impl, T):
 
 def test_cache_contents_in_order(impl):
     q, k, v = _seq(T=4)
-    out, kc, vc = impl(EX).attend_with_cache(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], k[:, :, :3], v[:, :, :3])
+    _out, kc, vc = impl(EX).attend_with_cache(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], k[:, :, :3], v[:, :, :3])
     assert torch.equal(kc, k) and torch.equal(vc, v), "新的 key/value 应接在缓存末尾（沿 dim=2）"

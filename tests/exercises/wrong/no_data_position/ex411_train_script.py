@@ -1,13 +1,4 @@
 """WRONG on purpose (tests/test_grader_strength.py): the data position is not restored: the data restarts at batch 0."""
-"""练习 ex411（综合）：自己写一个可以被随时杀掉、再启动就能接着训练的完整训练脚本。
-
-参考答案 (reference solution)。运行方式：
-
-    python solutions/ex411_train_script.py --out-dir runs/my_script --max-steps 40
-
-评分器 (grader) 会真的用 SIGKILL 在训练中途和保存 checkpoint 的过程中杀掉它，再用同一条命令
-重新启动，直到跑完；最后的权重必须与一次不中断的运行逐位相同 (bitwise-identical)。
-"""
 import argparse
 import json
 import math
