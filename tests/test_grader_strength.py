@@ -27,6 +27,7 @@ MUST_NAME = {
     "no_rng_state": ("ex411_train_script", "RNG"),
     "no_data_position": ("ex411_train_script", "数据位置"),
     "mtime_order": ("ex411_keep_last_k", "mtime"),
+    "repeated_kv_heads": ("ex423_kv_block", "n_kv_heads"),
 }
 
 
