@@ -102,7 +102,7 @@ class TinyLM(nn.Module):
     def forward(self, input_ids: Tensor, past_key_values=None, use_cache: bool = False):
         if past_key_values is not None or use_cache:
             raise NotImplementedError("请在 TinyLM.forward 里支持 past_key_values / use_cache")
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         pos = torch.arange(T)
         x = self.tok_emb(input_ids) + self.pos_emb(pos)[None]
         for block in self.blocks:

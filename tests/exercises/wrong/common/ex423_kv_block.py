@@ -79,9 +79,9 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids: Tensor, past_key_values=None, use_cache: bool = False):
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0    # NEW
-        pos = torch.arange(T)
+        pos = torch.arange(T) + 0 * past_len                                   # forgot the offset
         x = self.tok_emb(input_ids) + self.pos_emb(pos)[None]
         new_cache = [] if use_cache else None                                  # NEW
         for i, block in enumerate(self.blocks):

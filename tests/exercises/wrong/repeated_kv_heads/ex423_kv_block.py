@@ -80,7 +80,7 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids: Tensor, past_key_values=None, use_cache: bool = False):
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0    # NEW
         pos = torch.arange(past_len, past_len + T)                             # NEW: offset
         x = self.tok_emb(input_ids) + self.pos_emb(pos)[None]
