@@ -28,6 +28,7 @@ MUST_NAME = {
     "no_data_position": ("ex411_train_script", "数据位置"),
     "mtime_order": ("ex411_keep_last_k", "mtime"),
     "repeated_kv_heads": ("ex423_kv_block", "n_kv_heads"),
+    "eos_ignored": ("ex424_batched_generate", "eos"),
 }
 
 
