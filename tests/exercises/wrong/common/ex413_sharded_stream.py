@@ -24,7 +24,7 @@ class ShardedStream(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        _wid, _nw = (info.id, info.num_workers) if info is not None else (0, 1)   # read, then ignored
         # The DataLoader reads its workers round-robin: worker w takes items w, w+nw, ... of
         # what is left, so the loop sees them in order whatever the number of workers.
         yield from self.rank_order()[self.start:]
