@@ -1,7 +1,7 @@
 """练习 ex404：NaN 守卫 (NaN guard)。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.0.4")` 检查你的实现。
-完整版本见 `course_lib/monitor.py` 的 `check_finite` 和 `course_lib/train.py` 的 `train_step`。
+在 notebook 里运行 `from course_lib.grading import check; check("4.0.4")` 检查你的实现；
+卡住时 `from course_lib.hints import hint; hint("ex404_nan_guard")`，每调用一次多给一层提示。
 """
 from collections.abc import Iterable
 
@@ -16,10 +16,14 @@ def guard_step(step: int, loss: torch.Tensor, parameters: Iterable[torch.nn.Para
     """在 `backward()` 之后、`optimizer.step()` 之前调用：检查这一步是否还是有限值 (finite)。
 
     约定 (contract)：
-    - 计算所有 `p.grad is not None` 的参数梯度的全局 L2 范数 (global grad-norm)（不裁剪、不修改梯度）；
-    - 如果 `loss` 或这个范数是 NaN 或 ±Inf，抛出 `NonFiniteError`，信息里必须包含
-      `f"step {step}"`，以及可能的原因 (likely causes)，至少提到 "learning rate"（学习率太大）；
-    - 否则返回范数（Python float），训练照常进行；
+    - 输入：步数 `step`、这一步的 `loss`、模型参数（可能是生成器）；
+    - loss 和所有梯度都有限时：返回全局梯度范数 (global grad-norm，所有 `p.grad` 拼成一个向量的
+      L2 范数，Python float)，没有梯度的参数跳过；
+    - loss 或任何梯度含 NaN / ±Inf 时：抛出 `NonFiniteError`，信息里写出出问题的步数
+      （形如 `step 17`）和可能的原因，至少提到学习率过大（写「学习率」或 "learning rate" 都可以）；
     - 不得修改参数或梯度。
+
+    例子：`guard_step(17, loss, model.parameters())`，某个梯度是 NaN →
+    `NonFiniteError("step 17 出现 NaN/Inf：可能是学习率太大、……")`。
     """
     raise NotImplementedError("请实现 guard_step")

@@ -1,7 +1,7 @@
 """练习 ex415：混合精度 (mixed precision) 训练步：autocast + GradScaler。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.5")` 检查你的实现。
-完整版本见 `course_lib/train.py` 的 `Trainer.train_step`。
+在 notebook 里运行 `from course_lib.grading import check; check("4.1.5")` 检查你的实现；
+卡住时 `from course_lib.hints import hint; hint("ex415_amp_step")`，每调用一次多给一层提示。
 """
 from collections.abc import Callable
 
@@ -12,16 +12,18 @@ from torch import Tensor
 def amp_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                    x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor], max_norm: float,
                    device_type: str = "cpu", dtype: torch.dtype = torch.float16) -> dict:
-    """用 fp16 自动混合精度 (autocast) 和梯度缩放器 (GradScaler) 做一次训练步。
+    """用自动混合精度 (autocast, `dtype`) 和传入的梯度缩放器 `scaler` 做一次训练步。
 
-    约定 (contract)，按顺序：
-    1. 在 `torch.autocast(device_type=device_type, dtype=dtype)` 里做前向：`loss = loss_fn(model(x), y)`。
-    2. `scaler.scale(loss).backward()`：把 loss 乘上 scale，防止 fp16 的小梯度下溢 (underflow) 成 0。
-    3. `scaler.unscale_(optimizer)`：先把梯度除回真实大小，**再**用
-       `torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)` 裁剪（否则裁剪的是放大后的梯度）。
-    4. `scaler.step(optimizer)`（梯度里有 inf/NaN 时它会跳过这一步），然后 `scaler.update()`。
-    5. `optimizer.zero_grad()`。
-    返回 dict：`{"loss": float, "grad_norm": float（裁剪前、unscale 之后的总范数）,
-    "skipped": bool（这一步是否被跳过：update 之后 scale 变小了就是跳过）}`。
+    约定 (contract)：
+    - 前向在 `torch.autocast(device_type=device_type, dtype=dtype)` 里算；反向用 `scaler` 把 loss
+      放大后再算（fp16 的小梯度才不会下溢 (underflow) 成 0）；
+    - 按 `max_norm` 裁剪的是 **真实大小** 的梯度（不是放大后的），之后由 `scaler` 决定是否更新：
+      梯度里有 inf/NaN 时跳过这一步并把 scale 调小；
+    - 返回时梯度已清空；
+    - 返回 dict：`{"loss": float, "grad_norm": float（裁剪前的真实全局范数）,
+      "skipped": bool（这一步是否被跳过）}`。
+
+    例子：正常的一步 → `{"loss": 0.93, "grad_norm": 1.7, "skipped": False}`，参数更新与 fp32 下
+    先裁剪到 max_norm 再 step 的结果接近；如果某个梯度是 inf → `skipped=True`，参数不变。
     """
     raise NotImplementedError("请实现 amp_train_step")
