@@ -196,10 +196,14 @@ print("payload ran:", (base / "PWNED").exists())
 # - 检查代价：`bench/checkpoint_overhead.py` 在默认间隔下测得保存时间占训练时间的比例（目标 ≤ 5%）。
 #
 # ## 练习
-# 打开 `exercises/ex401_checkpoint.py`，实现 `save_checkpoint` 和 `load_checkpoint`（CS336 风格：模型、优化器、iteration），然后运行：
+# 热身：打开 `exercises/ex401_checkpoint.py`，实现 `save_checkpoint` 和 `load_checkpoint`（只有模型、优化器和
+# iteration）。它还不是完整的恢复：scheduler、RNG、数据位置都没存。完整的那一版是 4.1.1 的综合练习
+# `exercises/ex411_train_script.py`：你自己写整个训练脚本，评分器会真的把它杀掉再恢复。
+# 卡住时运行 `hint("4.0.1")`，每次多给一层提示。
 
 # %%
 from course_lib.grading import check
+from course_lib.hints import hint  # noqa: F401  hint("4.0.1") when stuck
 check("4.0.1");
 
 # %% [markdown]

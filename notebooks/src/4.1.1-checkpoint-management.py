@@ -132,10 +132,21 @@ print(f"lr on the 2nd step after resume  full state: {good.history[1]['lr']:.2e}
 # - 状态 = 模型 + 优化器 + 调度器 + scaler + 步数 + 所有 rank 的 RNG + 数据位置 + 配置。漏一项，恢复就不再精确。
 #
 # ## 练习
-# 打开 `exercises/ex411_keep_last_k.py`：实现检查点轮换（按步数数值排序，只删完整的旧检查点）。
+# 本课有两个练习：
+# 1. `exercises/ex411_keep_last_k.py`：检查点轮换（「最新」按步数数值算，只删完整的旧检查点）。
+# 2. **综合练习** `exercises/ex411_train_script.py`：自己写一个完整的训练脚本。模型和数据由
+#    `course_lib` 给出，循环是你的：每 N 步保存（模型、优化器、scheduler、步数、RNG、数据位置、配置），
+#    启动时从最新的完整 checkpoint 自动恢复，LambdaLR 预热，梯度裁剪，日志。
+#    评分器 (grader) 把它当真正的进程运行：在第 6 步之后、在保存写到一半时、再在第 5 步之后各 SIGKILL 一次，
+#    每次用同一条命令重新启动，最后要求权重与不中断的运行 **逐位相同**；不同时会说出哪一项状态没有恢复
+#    （例如「恢复后的学习率与不中断时不同：scheduler 状态没有保存/恢复？」）。
+#    自己试：`python exercises/ex411_train_script.py --out-dir runs/my_script`，中途 Ctrl-C 再运行一次。
+#
+# 卡住时运行 `hint("ex411_train_script")`（或 `hint("ex411_keep_last_k")`），每次多给一层提示。
 
 # %%
 from course_lib.grading import check
+from course_lib.hints import hint  # noqa: F401  hint("ex411_train_script") when stuck
 
 check("4.1.1")
 

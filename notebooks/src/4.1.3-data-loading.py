@@ -131,12 +131,16 @@ ax.set_xticks(range(len(res)), [r["setting"] for r in res], rotation=40, ha="rig
 # - worker 不是越多越好：先测量。
 #
 # ## 练习
-# 本课的采样器部分在练习 ex412（DDP setup：`DistributedSampler` + DataLoader + DDP）里评分：
+# 打开 `exercises/ex413_sharded_stream.py`，写一个流式数据集 `ShardedStream`（`IterableDataset`）：
+# 按 rank × DataLoader worker 切分，每个 epoch 每个样本恰好一次，训练循环看到的顺序与 worker 数无关，
+# 并能从 epoch 中间保存的位置精确地继续。评分器用真实的 DataLoader 在 1–3 个 rank × 0–2 个 worker 上检查。
+# 卡住时运行 `hint("4.1.3")`，每次多给一层提示。（采样器 `DistributedSampler` 的部分在 4.1.2 的 ex412 里评分。）
 
 # %%
 from course_lib.grading import check
+from course_lib.hints import hint  # noqa: F401  hint("4.1.3") when stuck
 
-check("4.1.2")
+check("4.1.3")
 
 # %% [markdown]
 # ## 自检

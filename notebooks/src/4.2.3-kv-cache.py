@@ -195,10 +195,17 @@ print(f"paged / preallocated = {m['paged_bytes'] / m['static_bytes']:.2f}x")
 #
 # ## 练习
 #
-# 打开 `exercises/ex423_kv_attention_step.py`，实现带缓存的一步注意力：
+# 1. `exercises/ex423_kv_attention_step.py`：带缓存的一步注意力（热身）。
+# 2. `exercises/ex423_kv_block.py`：把 KV 缓存接进一个完整的小模型（含 GQA）。文件里是一个能用但没有缓存的
+#    模型；你给 `Attention.forward` 和 `TinyLM.forward` 加上 `past_key_values` / `use_cache` 和位置偏移，
+#    改动的行标 `# NEW`（这几行 diff 就是这一课）。评分：带缓存的贪心生成与不带缓存的逐 token 相同、
+#    logits 误差 ≤ 1e-5、分块 prefill 与一次算完相同、缓存字节数等于上面的公式。
+#
+# 卡住时运行 `hint("ex423_kv_block")`，每次多给一层提示。
 
 # %%
 from course_lib.grading import check
+from course_lib.hints import hint  # noqa: F401  hint("ex423_kv_block") when stuck
 result = check("4.2.3")
 
 # %% [markdown]

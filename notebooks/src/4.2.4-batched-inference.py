@@ -127,10 +127,16 @@ print(f"\n\n[time to first token: {first * 1000:.0f} ms, total {time.perf_counte
 #
 # ## 练习
 #
-# 打开 `exercises/ex424_left_pad.py`，实现左填充、掩码与位置编号：
+# 1. `exercises/ex424_left_pad.py`：左填充、掩码与位置编号（热身）。
+# 2. `exercises/ex424_batched_generate.py`：完整的批量贪心生成：左填充、attention mask、由掩码得到的
+#    position ids、KV 缓存、EOS（结束的行不再变化，其他行继续）。评分器把每个提示 **单独** 生成，
+#    要求批量结果逐 token 相同，`pad_id` 换成别的值也一样。
+#
+# 卡住时运行 `hint("ex424_batched_generate")`，每次多给一层提示。
 
 # %%
 from course_lib.grading import check
+from course_lib.hints import hint  # noqa: F401  hint("ex424_batched_generate") when stuck
 result = check("4.2.4")
 
 # %% [markdown]

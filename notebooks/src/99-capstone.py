@@ -213,6 +213,29 @@ print(f"{sum(ok for ok, _ in checks.values())}/{len(checks)} outcomes checked")
 #
 # 这一课没有新的练习：用 `from course_lib.grading import progress; progress()` 看看你在全部练习上的进度。
 #
+# 上面的清单用的是 `course_lib` 的 Trainer。你在 4.1.1 综合练习里自己写的训练脚本
+# `exercises/ex411_train_script.py` 一旦通过评分，下一个单元就用它代替 Trainer 再做一次「杀掉 → 重跑 → 接着训练」：
+# 先运行评分器；通过了才启动你的脚本，在第 20 步被 SIGKILL，再用同一条命令跑完 40 步。
+
+# %%
+from course_lib.grading import check
+
+mine = check("ex411_train_script", show=False)
+if mine.passed:
+    my_dir = runs_dir("99-capstone/my_script", fresh=True)
+    my_cmd = [sys.executable, "exercises/ex411_train_script.py", "--out-dir", str(my_dir),
+              "--max-steps", "40", "--save-every", "5", "--log-every", "2"]
+    killed = run_and_kill(my_cmd, my_dir, kill_after_step=20, timeout=600)
+    finished = run(my_cmd, my_dir, timeout=600)
+    print(f"你的训练脚本通过了评分 ({mine.n_passed}/{mine.n_total})，这里用它代替 Trainer：")
+    print(f"  第一次运行在第 {killed.last_logged_step} 步被 SIGKILL（退出码 {killed.returncode}）；")
+    print(f"  同一条命令重跑：退出码 {finished.returncode}，"
+          f"{'写出了' if (my_dir / 'final_model.safetensors').exists() else '没有写出'} final_model.safetensors。")
+else:
+    print(f"你的训练脚本还没有通过评分（{mine.summary()}）：这里先跳过。"
+          "在 4.1.1 完成 exercises/ex411_train_script.py，通过 check(\"ex411_train_script\") 后再运行这个单元。")
+
+# %% [markdown]
 # ## 自检
 
 # %%
