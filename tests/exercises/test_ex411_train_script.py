@@ -58,7 +58,8 @@ def cli_args(out_dir: Path) -> list[str]:
 
 
 def run_once(script: Path, out_dir: Path, trace: Path, kill: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HARNESS_TRACE=str(trace), HARNESS_KILL=kill, PYTHONPATH=str(ROOT),
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, HARNESS_TRACE=str(trace), HARNESS_KILL=kill, PYTHONPATH=pythonpath,
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(HARNESS), str(script), *cli_args(out_dir)]
     try:
