@@ -29,7 +29,7 @@ COURSE_MAP: list[dict] = [
      "study_plan_item": "4.1 第 1 项 Checkpoint 管理（巩固 4.0）", "exercises": ["ex411_keep_last_k", "ex411_train_script"],
      "tests": ["tests/unit/test_train.py"]},
     {"id": "4.1.2", "notebook": "4.1.2-ddp-torchrun.ipynb", "title_zh": "分布式训练 DDP 与 torchrun",
-     "study_plan_item": "4.1 第 2 项 分布式训练（DDP）", "exercises": ["ex412_ddp_setup"],
+     "study_plan_item": "4.1 第 2 项 分布式训练（DDP）", "exercises": ["ex412_ddp_setup", "ex412_ddp_by_hand"],
      "tests": ["tests/reliability/test_ddp_torchrun.py"]},
     {"id": "4.1.3", "notebook": "4.1.3-data-loading.ipynb", "title_zh": "数据加载",
      "study_plan_item": "4.1 第 4 项 数据加载（第 3 项 日志与监控见 4.0.4）", "exercises": ["ex413_sharded_stream"],

@@ -339,7 +339,7 @@ def progress(show: bool = True, only: list[str] | None = None) -> Progress:
         else:
             status = "部分通过" if p else "未通过"
             first = next((r for r in failing if r.status != STATUS_TODO), failing[0])
-            why = f"{first.test}: {first.message}"
+            why = f"{first.test}: {_first_line(first.message)}"   # one line per exercise here
         rows.append((n, status, p, len(mine), why))
     out = Progress(rows)
     if show:

@@ -70,6 +70,13 @@ HINTS: dict[str, list[str]] = {
         ("`DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)`（有 sampler 就不传 shuffle）；"
         "模型包成 `DistributedDataParallel(model)`（CPU 上不传 device_ids）。"),
     ],
+    "ex412_ddp_by_hand": [
+        ("`dist.all_reduce(t, op=dist.ReduceOp.SUM)` 原地把所有进程的 t 加起来，每个进程都拿到和；"
+        "`dist.get_world_size()` 是进程数。"),
+        "average_gradients：对每个 `p.grad is not None` 的参数 all_reduce 求和，再 `p.grad.div_(world)`。",
+        ("钩子：`p.register_post_accumulate_grad_hook(hook)`，hook(p) 在 p.grad 累加完成后被调用，"
+        "在里面做同样的求和与除法；把返回的句柄收集成列表。"),
+    ],
     "ex413_sharded_stream": [
         ("先写 rank 的顺序：`perm = torch.randperm(n, generator=torch.Generator().manual_seed(...))`，"
         "种子由 seed 和 epoch 决定；rank r 取 `perm[r::world_size]`。"),

@@ -210,11 +210,22 @@ ax.legend();
 # - `--max-restarts` 重启的是**整个组**，脚本必须自己找到并加载最新检查点。
 #
 # ## 练习
-# 打开 `exercises/ex412_ddp_setup.py`：从环境变量建立进程组、建 `DistributedSampler` 和 DataLoader、用 DDP 包装模型。
-# 评分测试会真的启动 2 个 gloo 进程运行你的函数。
+# 1. `exercises/ex412_ddp_setup.py`：从环境变量建立进程组、建 `DistributedSampler` 和 DataLoader、用 DDP 包装模型。
+#    评分测试会真的启动 2 个 gloo 进程运行你的函数。
+# 2. **进阶（选做）** `exercises/ex412_ddp_by_hand.py`：不用 DDP，自己同步梯度。先在 backward 之后对每个梯度
+#    `all_reduce` 求平均；再改成钩子 (hook)：每个参数的梯度一算完就同步。评分器在 2 个 gloo 进程里把结果与
+#    `DistributedDataParallel` 比较。
+#
+#    这正是 DDP 在底层做的事：构造时把 rank 0 的参数广播给所有进程，backward 时对梯度做 all-reduce 求平均，
+#    于是每个进程各自 `step()` 之后参数仍然一致。DDP 多做的是 **分桶 (bucketing)**：把许多小梯度按反向的顺序装进
+#    约 25 MB 的桶，一个桶满了就发起一次 all-reduce，与还在进行的反向计算重叠。逐参数的钩子也能重叠，但每个参数一次
+#    通信，小张量多时延迟开销很大；一次性在 backward 之后同步则完全不重叠。
+#
+# 卡住时运行 `hint("ex412_ddp_by_hand")`，每次多给一层提示。
 
 # %%
 from course_lib.grading import check
+from course_lib.hints import hint  # noqa: F401  hint("ex412_ddp_by_hand") when stuck
 
 check("4.1.2")
 

@@ -58,10 +58,16 @@ def cli_args(out_dir: Path) -> list[str]:
 
 
 def run_once(script: Path, out_dir: Path, trace: Path, kill: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HARNESS_TRACE=str(trace), HARNESS_KILL=kill, PYTHONPATH=str(ROOT),
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, HARNESS_TRACE=str(trace), HARNESS_KILL=kill, PYTHONPATH=pythonpath,
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(HARNESS), str(script), *cli_args(out_dir)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    cmd = [sys.executable, str(HARNESS), str(script), *cli_args(out_dir)]
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                              check=False)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return subprocess.CompletedProcess(cmd, 124, out, f"你的脚本运行超过 {RUN_TIMEOUT} 秒，可能有死循环 (infinite loop)")
 
 
 def read_trace(trace: Path) -> list[list[dict]]:
