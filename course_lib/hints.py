@@ -132,6 +132,12 @@ HINTS: dict[str, list[str]] = {
         "`mask.sum(-1)`；mask 末尾加一列 1，再带上 `past_key_values` 只喂新 token。"),
         "用一个 `finished` 布尔向量：结束的行之后喂 pad、不再记录；全部结束就 break。",
     ],
+    "ex425_scheduler": [
+        "admit 只看 `engine.waiting[0]`：它放不下就 `break`，不要跳过它去看后面的请求（那会饿死大请求）。",
+        ("三个条件写成三个 `if ...: break`：`len(engine.running) >= engine.max_batch`；"
+         "`admitted and budget + n > engine.max_step_tokens`；`engine.blocks_for(n + 1) > len(engine.pool.free)`。"),
+        "evict：对每个 `req.done` 的请求先 `engine.release(req)`，再把没结束的留在一个新列表里赋回 `engine.running`。",
+    ],
 }
 
 _shown: dict[str, int] = {}

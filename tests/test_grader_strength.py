@@ -30,6 +30,7 @@ MUST_NAME = {
     "repeated_kv_heads": ("ex423_kv_block", "n_kv_heads"),
     "eos_ignored": ("ex424_batched_generate", "eos"),
     "sum_not_mean": ("ex412_ddp_by_hand", "平均"),
+    "no_release": ("ex425_scheduler", "release"),
 }
 
 
