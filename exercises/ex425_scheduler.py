@@ -30,7 +30,7 @@ def admit(engine: Engine) -> None:
        - 空闲块够：`engine.blocks_for(engine.prefill_tokens(req) + 1) <= len(engine.pool.free)`
          （+1：预填充后的第一个解码步还要放一个 token）。
 
-    例：max_batch=3、running 为空、等待 5 个请求 → 一次最多接纳 3 个（预算和块都够时）。
+    例子：max_batch=3、running 为空、等待 5 个请求 → 一次最多接纳 3 个（预算和块都够时）。
     """
     raise NotImplementedError("请实现 admit")
 
@@ -41,6 +41,6 @@ def evict(engine: Engine) -> None:
     - 请求结束的标志是 `req.done`（遇到 EOS 或达到 max_tokens，引擎已经记好了 `req.finish_reason`）；
     - 对每个结束的请求调用 `engine.release(req)`（把它的块还给 `engine.pool`）；
     - `engine.running` 只留下没结束的请求，保持原来的顺序。
-    例：running = [A(未结束), B(已结束), C(未结束)] → 之后 running = [A, C]，B 的块回到空闲列表。
+    例子：running = [A(未结束), B(已结束), C(未结束)] → 之后 running = [A, C]，B 的块回到空闲列表。
     """
     raise NotImplementedError("请实现 evict")

@@ -187,7 +187,7 @@ def test_resume_after_kills_is_bitwise(runs):
     segments = read_trace(runs.trace)
     done = 0                                  # optimizer steps known complete so far (global)
     resume_at = 0
-    for n, (kill, proc) in enumerate(zip(KILLS, runs.procs)):
+    for n, (kill, proc) in enumerate(zip(KILLS, runs.procs, strict=False)):
         label = f"第 {n + 1} 次运行（{describe(kill)}）"
         if kill:
             assert proc.returncode == -9, (

@@ -89,8 +89,8 @@ def compare(reps, how):
     a, b = reps[0]["got"], reps[1]["got"]
     assert a == b, f"{how}：两个 rank 的参数不同：梯度没有在进程间同步 (all_reduce)"
     for rep in reps:
-        for i, (g, w) in enumerate(zip(rep["got"], rep["want"])):
-            diff = max(abs(a - b) for a, b in zip(g, w))
+        for i, (g, w) in enumerate(zip(rep["got"], rep["want"], strict=True)):
+            diff = max(abs(a - b) for a, b in zip(g, w, strict=True))
             assert diff <= 1e-6, (
                 f"{how}：rank {rep['rank']} 训练 {STEPS} 步后第 {i} 个参数与 DistributedDataParallel 差 {diff:.3g}"
                 f"（允许 1e-6）。梯度应是各进程的 **平均**：all_reduce 求和之后还要除以进程数")

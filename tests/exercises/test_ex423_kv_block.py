@@ -56,7 +56,7 @@ def check_cache(cache, cfg, batch, tokens, where):
         + (f"（长度 {len(cache)}）" if isinstance(cache, (list, tuple)) else ""))
     want = (batch, cfg.n_kv_heads, tokens, cfg.d_model // cfg.n_heads)
     for i, kv in enumerate(cache):
-        for name, t in zip("kv", kv):
+        for name, t in zip("kv", kv, strict=True):
             assert tuple(t.shape) == want, (
                 f"{where}：第 {i} 层缓存的 {name} 形状期望 {want}（batch, n_kv_heads, 已见 token 数, head_dim），"
                 f"实际 {tuple(t.shape)}")
