@@ -35,9 +35,9 @@ import json, subprocess, sys
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
+from course_lib.demo import show_sample
 from course_lib.export import (describe_checkpoint, export_from_run, export_hf_llama, load_inference, save_inference,
                                ExportError)
-from course_lib.generate import generate_text
 from course_lib.paths import runs_dir
 from course_lib.plotting import print_table
 from course_lib.monitor import ProgressBar
@@ -112,18 +112,22 @@ print_table(rows)
 # ## 4. 在全新的进程里加载并生成
 #
 # 这才是「能在新脚本中加载并生成」的证明：一个独立的 Python 进程，只拿到这个文件夹。
+#
+# 生成用的是人实际会用的采样设置 (sampling)：温度 (temperature) 0.8、top-k 40、固定随机种子 (seed)，遇到空行（两个换行）或 EOS 就停。
+# 贪心解码 (greedy decoding) 让小模型陷入「the the the」式的循环；采样靠随机性跳出循环，固定种子让结果可复现。
+# 这个模型只训练了几十步，写出的只是「形状像代码」的字节；第 5 节的参考模型写得像样得多。
 
 # %%
+# DEMO_TEXT
 script = f"""
-import torch
 from course_lib.export import load_inference
-from course_lib.generate import generate_text
+from course_lib.demo import show_sample
 model, tok, meta = load_inference(r"{art}")
 print("built", type(model).__name__, "from config:", meta["model"]["n_layers"], "layers,", model.num_parameters(), "params")
-print(repr(generate_text(model, tok, "def ", 40, temperature=0.0)))
+show_sample(model, tok, "def ", 120, seed=0)
 """
 out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-print(out.stdout, out.stderr[-500:])
+print(out.stdout + out.stderr[-500:], end="")
 
 # %% [markdown]
 # ### 配置和权重对不上时
@@ -150,13 +154,14 @@ except ExportError as e:
 # 然后让 `transformers` 加载它，在同一输入上比较 logits（测试 `tests/unit/test_hf_export.py` 要求差 ≤ 1e-4）。
 
 # %%
+# DEMO_TEXT
 from course_lib.pretrained import load_reference_model, reference_info
 
 ref, tok = load_reference_model()
 rinfo = reference_info()
 print("reference model:", ref.num_parameters(), "params; trained with:\n ", rinfo["command"])
 print("final eval loss:", round(rinfo["final_eval_loss"], 4), "| data sha256:", rinfo["data"]["sha256"][:16])
-print(repr(generate_text(ref, tok, "def __init__(self", 60, temperature=0.0)))
+show_sample(ref, tok, "def __init__(self", 160, seed=0);
 
 # %%
 hf_dir = export_hf_llama(ref, run / "hf-llama", tok)
