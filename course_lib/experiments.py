@@ -18,13 +18,13 @@ from course_lib.train import Trainer
 
 
 def lr_warmup_grid(model_cfg: ModelConfig, lrs: Sequence[float], warmups: Sequence[int], seeds: Sequence[int],
-                   steps: int, name: str = "grid", early: int = 20, on_cell: Optional[Callable[[dict], None]] = None,
+                   steps: int, name: str = "grid", on_cell: Optional[Callable[[dict], None]] = None,
                    **train_overrides) -> Dict[Tuple[float, int], List[List[float]]]:
     """Train one run per (peak lr, warmup steps, seed); return {(lr, warmup): [loss curve per seed]}.
 
     ``train_overrides`` go to ``TrainConfig.default`` (e.g. ``betas``, ``grad_clip``, ``batch_size``);
     the schedule decays to ``lr / 10`` by the last step in every run. ``on_cell(summary)`` is called
-    after each (lr, warmup) cell with the dict ``cell_summary(..., early)`` returns.
+    after each (lr, warmup) cell with the dict ``cell_summary`` returns.
     """
     curves: Dict[Tuple[float, int], List[List[float]]] = {}
     for lr in lrs:
@@ -44,13 +44,14 @@ def lr_warmup_grid(model_cfg: ModelConfig, lrs: Sequence[float], warmups: Sequen
                 runs.append(losses)
             curves[(lr, warm)] = runs
             if on_cell is not None:
-                on_cell(cell_summary(lr, warm, runs, early))
+                on_cell(cell_summary(lr, warm, runs))
     return curves
 
 
-def spike(losses: Sequence[float], early: int) -> float:
-    """How far the loss rises above its first value within the first ``early`` steps (0 = never)."""
-    return max(losses[:early]) - losses[0]
+def spike(losses: Sequence[float], within: Optional[int] = None) -> float:
+    """How far the loss rises above its first value (in the first ``within`` steps; default: the
+    whole run, so a spike when a long warmup reaches the peak lr counts too). 0 = it never rose."""
+    return max(losses[:within] if within else losses) - losses[0]
 
 
 def final_loss(losses: Sequence[float], last: int = 10) -> float:
@@ -59,10 +60,10 @@ def final_loss(losses: Sequence[float], last: int = 10) -> float:
     return sum(tail) / len(tail)
 
 
-def cell_summary(lr: float, warmup: int, runs: Sequence[Sequence[float]], early: int = 20) -> dict:
-    """Mean over seeds of the early spike and the final loss of one (lr, warmup) cell."""
-    spikes = [spike(r, early) for r in runs]
+def cell_summary(lr: float, warmup: int, runs: Sequence[Sequence[float]]) -> dict:
+    """Mean over seeds (and the worst seed) of the loss spike and the final loss of one (lr, warmup) cell."""
+    spikes = [spike(r) for r in runs]
     finals = [final_loss(r) for r in runs]
-    return {"lr": lr, "warmup": warmup, "early spike (mean)": mean(spikes), "early spike (max seed)": max(spikes),
+    return {"lr": lr, "warmup": warmup, "spike (mean)": mean(spikes), "spike (max seed)": max(spikes),
             "final loss (mean)": mean(finals), "final loss (worst seed)": max(finals),
             "diverged runs": sum(not math.isfinite(r[-1]) for r in runs)}
