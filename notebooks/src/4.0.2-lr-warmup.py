@@ -97,8 +97,9 @@ def grid_of(key):
     return np.array([[next(c[key] for c in summary if c["lr"] == lr and c["warmup"] == w) for lr in LRS]
                      for w in WARMUPS])
 
-fig, (ax, ax2) = new_axes("Loss spike: max loss minus step-1 loss (mean of seeds)",
-                          "peak learning rate", "warmup steps", ncols=2, figsize=(12, 3.6))
+fig, (ax, ax2) = new_axes(f"lr x warmup grid, mean of {len(SEEDS)} seeds", "peak learning rate", "warmup steps",
+                          ncols=2, figsize=(12, 4), layout="constrained")
+ax.set_title("Loss spike (max loss minus step-1 loss, nats)")
 for a, key, cmap in ((ax, "spike (mean)", "Reds"), (ax2, "final loss (mean)", "Blues")):
     m = grid_of(key)
     a.imshow(np.where(np.isfinite(m), m, np.nan), cmap=cmap, aspect="auto")
@@ -108,10 +109,10 @@ for a, key, cmap in ((ax, "spike (mean)", "Reds"), (ax2, "final loss (mean)", "B
         for j in range(len(LRS)):
             a.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
                    color="white" if m[i, j] > np.nanmean(m[np.isfinite(m)]) else "black")
-ax2.set_title(f"Final loss (mean of last 10 steps, step {STEPS})");
+ax2.set_title(f"Final loss (mean of the last 10 of {STEPS} steps)");
 
 fig, axes = new_axes("Loss curves: mean over seeds, band = min..max", "optimizer step", "training loss (nats/token)",
-                     ncols=2, figsize=(12, 3.8))
+                     ncols=2, figsize=(12, 4), layout="constrained")
 for a, lr in zip(axes, LRS[-2:], strict=True):
     for k, w in enumerate(WARMUPS):
         runs = np.array(curves[(lr, w)])
@@ -124,10 +125,10 @@ for a, lr in zip(axes, LRS[-2:], strict=True):
 def spike_of(lr, w):
     return next(c["spike (mean)"] for c in summary if c["lr"] == lr and c["warmup"] == w)
 
-STABLE = 0.5   # nats: a rise above the step-1 loss smaller than this counts as stable
+STABLE = 1.0   # nats: a rise above the step-1 loss smaller than this counts as a stable start
 top, longest = LRS[-1], WARMUPS[-1]
 stable = {w: [lr for lr in LRS if spike_of(lr, w) < STABLE] for w in WARMUPS}
-print_table([{"warmup": w, "stable learning rates (spike < 0.5 nat)": ", ".join(f"{lr:g}" for lr in stable[w]) or "none",
+print_table([{"warmup": w, "stable learning rates (spike < 1 nat)": ", ".join(f"{lr:g}" for lr in stable[w]) or "none",
               f"spike at lr {top:g}": spike_of(top, w)} for w in WARMUPS])
 finals = grid_of("final loss (mean)")
 gap = float(np.max(np.abs(finals[-1] - finals[0])))
@@ -135,15 +136,16 @@ print(f"at lr {top:g}: no warmup rises {spike_of(top, 0):+.2f} nats above its st
       f"largest stable lr: {max(stable[0], default=0):g} without warmup, {max(stable[longest], default=0):g} with warmup {longest}; "
       f"final losses (warmup {longest} vs none) differ by at most {gap:.2f} nats")
 # the direction the prose below states, checked on this run (full and quick mode)
-assert spike_of(top, 0) > 1.0 and spike_of(top, longest) < STABLE, (spike_of(top, 0), spike_of(top, longest))
+assert spike_of(top, 0) > 2 * STABLE and spike_of(top, longest) < STABLE, (spike_of(top, 0), spike_of(top, longest))
 assert all(spike_of(lr, longest) <= spike_of(lr, 0) + 0.1 for lr in LRS), summary
 assert max(stable[longest]) > max(stable[0], default=0), stable
 assert gap < spike_of(top, 0), (gap, spike_of(top, 0))
+assert all(spike_of(LRS[0], w) < STABLE for w in WARMUPS), summary   # small lr: warmup makes no difference
 
 # %% [markdown]
-# **读图**：没有 warmup 时，学习率一大，loss 在最初几步就冲到随机猜测之上（左图第一行越往右越红）；同样的学习率配上 warmup，
-# loss 从第 1 步起就一路往下。也就是说，**warmup 拓宽了能平稳起步的学习率范围**：上表列出每种 warmup 下「平稳」的学习率，
-# 上面的断言在这次运行里检查了这个方向。
+# **读图**：没有 warmup 时，学习率一大，loss 在最初几步就冲到随机猜测之上（左图第一行越往右越红）；同样的学习率配上足够长的 warmup，
+# loss 几乎不再升高。把「整个运行中 loss 比第 1 步升高不到 1 nat」算作平稳起步，上表列出每种 warmup 下平稳的学习率：
+# **warmup 拓宽了能平稳起步的学习率范围**。上面的断言在这次运行里检查了这个方向（完整模式和快速模式都检查）。
 #
 # **为什么**：Adam 的更新是 `m̂ / (√v̂ + ε)`。第 1 步时 m̂ = g、v̂ = g²，更新正好是 `lr · sign(g)`——**每一个**参数都移动整整一个 lr，
 # 不管它的梯度有多小。权重初始化的标准差只有 0.02，lr = 0.3 的一步就把它们推得面目全非。之后几步里，二阶矩估计 v̂
