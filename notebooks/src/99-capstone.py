@@ -154,6 +154,7 @@ tick("4.1 梯度累积", final_a["config"]["train"]["accumulation_steps"] == 2,
 # 这个模型只训练了很短的时间，文本只是「形状像代码」。
 
 # %%
+# DEMO_TEXT
 art = base / "artifact"
 info = export_from_run(base / "run", art)
 ckpt_bytes = (mgr_a.latest() / "state.pt").stat().st_size
@@ -161,7 +162,6 @@ art_bytes = sum(p.stat().st_size for p in art.iterdir())
 print_table([{"artefact": "training checkpoint (state.pt)", "bytes": ckpt_bytes},
              {"artefact": "inference (safetensors + config.json)", "bytes": art_bytes}])
 
-# DEMO_TEXT
 model, tok, meta = load_inference(art)
 prompt = "def "
 here = sample_text(model, tok, prompt, 120, seed=0)   # temperature 0.8, top-k 40, stop at a blank line
