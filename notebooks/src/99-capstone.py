@@ -165,7 +165,8 @@ print_table([{"artefact": "training checkpoint (state.pt)", "bytes": ckpt_bytes}
 model, tok, meta = load_inference(art)
 prompt = "def "
 here = sample_text(model, tok, prompt, 120, seed=0)   # temperature 0.8, top-k 40, stop at a blank line
-code = ("import sys; from course_lib.export import load_inference; from course_lib.demo import show_sample;"
+code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()});"   # same threads: same float sums
+        "from course_lib.export import load_inference; from course_lib.demo import show_sample;"
         "m, t, _ = load_inference(sys.argv[1]); show_sample(m, t, 'def ', 120, seed=0)")
 fresh = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, cwd=repo_root())
 print(fresh.stdout + fresh.stderr[-500:], end="")
