@@ -41,7 +41,7 @@ import torch
 from course_lib.checkpoint import CheckpointManager
 from course_lib.config import pick
 from course_lib.data import load_corpus, split_tokens, tokenize_corpus
-from course_lib.demo import sample_blocks, sample_text
+from course_lib.demo import sample_text
 from course_lib.export import export_from_run, load_inference
 from course_lib.generate import generate, left_pad
 from course_lib.monitor import last_per_step, read_jsonl
@@ -150,11 +150,10 @@ tick("4.1 梯度累积", final_a["config"]["train"]["accumulation_steps"] == 2,
 #
 # 训练 checkpoint 里有优化器状态、RNG、数据位置——继续训练要它们，推理不要。导出的推理产物只有
 # `model.safetensors`（不经过 pickle）和 `config.json`（模型结构 + tokenizer 描述）。
-# 新进程用采样生成（温度 0.8、top-k 40、固定种子 0，遇到空行停）：同一个种子、同一份权重，两边写出同一段文本。
-# 这个模型只训练了很短的时间，文本只是「形状像代码」。
+# 新进程用采样生成（温度 0.8、top-k 40、固定种子 0，遇到空行停）：同一个种子、同一份权重，两边写出同一段文本——逐字相同才算通过。
+# 这里只比较、不展示文本：这个模型只训练了几百步，写出的还不像代码（4.2.1 展示了参考模型写的代码）。
 
 # %%
-# DEMO_TEXT
 art = base / "artifact"
 info = export_from_run(base / "run", art)
 ckpt_bytes = (mgr_a.latest() / "state.pt").stat().st_size
@@ -166,11 +165,13 @@ model, tok, meta = load_inference(art)
 prompt = "def "
 here = sample_text(model, tok, prompt, 120, seed=0)   # temperature 0.8, top-k 40, stop at a blank line
 code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()});"   # same threads: same float sums
-        "from course_lib.export import load_inference; from course_lib.demo import show_sample;"
-        "m, t, _ = load_inference(sys.argv[1]); show_sample(m, t, 'def ', 120, seed=0)")
+        "from course_lib.export import load_inference; from course_lib.demo import sample_text;"
+        "m, t, _ = load_inference(sys.argv[1]); print(ascii(sample_text(m, t, 'def ', 120, seed=0)))")   # ascii(): no newline or encoding surprises
 fresh = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, cwd=repo_root())
-print(fresh.stdout + fresh.stderr[-500:], end="")
-tick("4.2 训练 checkpoint 与推理权重分开保存和加载", fresh.returncode == 0 and sample_blocks(fresh.stdout) == [prompt + here],
+print(fresh.stderr[-500:], end="")
+same = fresh.stdout.strip() == ascii(here)
+print(f"{len(here)} characters sampled after {prompt!r} in this process; the fresh process's text is identical: {same}")
+tick("4.2 训练 checkpoint 与推理权重分开保存和加载", fresh.returncode == 0 and same,
      f"fresh process sampled the same text (same seed); artefact {art_bytes:,} B vs checkpoint {ckpt_bytes:,} B")
 
 # %% [markdown]
