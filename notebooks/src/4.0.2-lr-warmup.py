@@ -104,7 +104,7 @@ for a, key, cmap in ((ax, "spike (mean)", "Reds"), (ax2, "final loss (mean)", "B
     m = grid_of(key)
     a.imshow(np.where(np.isfinite(m), m, np.nan), cmap=cmap, aspect="auto")
     a.set_xticks(range(len(LRS)), [f"{lr:g}" for lr in LRS]); a.set_yticks(range(len(WARMUPS)), WARMUPS)
-    a.set_xlabel("peak learning rate"); a.set_ylabel("warmup steps")
+    a.set_xlabel("peak learning rate"); a.set_ylabel("warmup steps"); a.grid(False)
     for i in range(len(WARMUPS)):
         for j in range(len(LRS)):
             a.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
