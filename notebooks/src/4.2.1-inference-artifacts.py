@@ -43,7 +43,7 @@ from course_lib.plotting import print_table
 from course_lib.monitor import ProgressBar
 from course_lib.train import Trainer
 
-torch.manual_seed(0)
+torch.manual_seed(0);
 
 # %% [markdown]
 # ## 1. 先有一个训练检查点
@@ -178,6 +178,7 @@ hf_dir = export_hf_llama(ref, run / "hf-llama", tok)
 print(sorted(p.name for p in hf_dir.iterdir()))
 try:
     import transformers
+    transformers.utils.logging.disable_progress_bar()   # a saved progress bar would show a frozen "0%"
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = torch.tensor([tok.encode("import os\nimport sys\n\ndef main(")])
     with torch.no_grad():
