@@ -35,15 +35,15 @@ import json, subprocess, sys
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
+from course_lib.demo import sample_text, show_sample
 from course_lib.export import (describe_checkpoint, export_from_run, export_hf_llama, load_inference, save_inference,
                                ExportError)
-from course_lib.generate import generate_text
 from course_lib.paths import runs_dir
 from course_lib.plotting import print_table
 from course_lib.monitor import ProgressBar
 from course_lib.train import Trainer
 
-torch.manual_seed(0)
+torch.manual_seed(0);
 
 # %% [markdown]
 # ## 1. 先有一个训练检查点
@@ -112,18 +112,32 @@ print_table(rows)
 # ## 4. 在全新的进程里加载并生成
 #
 # 这才是「能在新脚本中加载并生成」的证明：一个独立的 Python 进程，只拿到这个文件夹。
+#
+# 新进程先加载刚导出的产物，用同一个随机种子生成，和本进程的结果逐字比较：相同，才说明配置和权重都完整地到了新进程。
+# 这个模型只训练了几十步，写出的只是一串「形状像代码」的字节，所以只比较、不展示；同一个新进程接着用同一个
+# `load_inference` 加载课程附带的参考模型（也是 `export_from_run` 导出的产物文件夹），把它写的代码打印出来。
+#
+# 生成用的是人实际会用的采样设置 (sampling)：温度 (temperature) 0.8、top-k 40、固定随机种子 (seed)，遇到空行（两个换行）或 EOS 就停。
+# 贪心解码 (greedy decoding) 会让小模型陷入「the the the」式的循环；采样靠随机性跳出循环，固定种子让结果可复现。
 
 # %%
+# DEMO_TEXT
+here = sample_text(trainer.model, trainer.tokenizer, "def ", 120, seed=0)
 script = f"""
 import torch
+torch.set_num_threads({torch.get_num_threads()})   # the same threads as here: the same float sums, the same samples
 from course_lib.export import load_inference
-from course_lib.generate import generate_text
+from course_lib.demo import sample_text, show_sample
+from course_lib.pretrained import REFERENCE_DIR
 model, tok, meta = load_inference(r"{art}")
 print("built", type(model).__name__, "from config:", meta["model"]["n_layers"], "layers,", model.num_parameters(), "params")
-print(repr(generate_text(model, tok, "def ", 40, temperature=0.0)))
+print("same sampled text as the training process:", sample_text(model, tok, "def ", 120, seed=0) == {here!r})
+ref, ref_tok, _ = load_inference(REFERENCE_DIR)
+show_sample(ref, ref_tok, "def __init__(self", 160, seed=0)
 """
 out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-print(out.stdout, out.stderr[-500:])
+print(out.stdout + out.stderr[-500:], end="")
+assert "same sampled text as the training process: True" in out.stdout, out.stdout + out.stderr[-500:]
 
 # %% [markdown]
 # ### 配置和权重对不上时
@@ -150,19 +164,21 @@ except ExportError as e:
 # 然后让 `transformers` 加载它，在同一输入上比较 logits（测试 `tests/unit/test_hf_export.py` 要求差 ≤ 1e-4）。
 
 # %%
+# DEMO_TEXT
 from course_lib.pretrained import load_reference_model, reference_info
 
 ref, tok = load_reference_model()
 rinfo = reference_info()
 print("reference model:", ref.num_parameters(), "params; trained with:\n ", rinfo["command"])
 print("final eval loss:", round(rinfo["final_eval_loss"], 4), "| data sha256:", rinfo["data"]["sha256"][:16])
-print(repr(generate_text(ref, tok, "def __init__(self", 60, temperature=0.0)))
+show_sample(ref, tok, "    def forward(self, x):\n", 160, seed=1);
 
 # %%
 hf_dir = export_hf_llama(ref, run / "hf-llama", tok)
 print(sorted(p.name for p in hf_dir.iterdir()))
 try:
     import transformers
+    transformers.utils.logging.disable_progress_bar()   # a saved progress bar would show a frozen "0%"
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = torch.tensor([tok.encode("import os\nimport sys\n\ndef main(")])
     with torch.no_grad():

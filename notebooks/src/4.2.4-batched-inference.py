@@ -30,12 +30,14 @@ from course_lib.threads import setup_threads
 setup_threads();
 
 # %%
+import codecs
 import time
 
 import torch
 
 from course_lib.config import pick
-from course_lib.generate import generate, left_pad, stream_generate
+from course_lib.demo import END, settings_line, stream_sample
+from course_lib.generate import generate, left_pad
 from course_lib.measure import throughput_vs_batch
 from course_lib.model import position_ids_from_mask
 from course_lib.plotting import new_axes, print_table
@@ -112,17 +114,43 @@ print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
 # %% [markdown]
 # ## 4. 流式输出
 #
-# 用户不想等整段生成完。`stream_generate` 每解码出一段完整的文本就 `yield` 出来；字节级分词器的一个汉字是 3 个 token，
-# 增量解码器 (incremental decoder) 会把不完整的字节留到字符完整时再输出。
+# 用户不想等整段生成完。`stream_generate` 每解码出一段完整的文本就 `yield` 出来。下面用参考模型流式生成一段代码，
+# 采样设置是人实际会用的：温度 (temperature) 0.8、top-k 40、固定种子 (seed)，遇到空行（两个换行）或 EOS 停止
+# （`course_lib.demo.stream_sample` 包装了 `stream_generate`）。在运行中的 kernel 里，文字是一段一段出现的。
 
 # %%
+# DEMO_TEXT
+prompt = "def fibonacci(n):\n"
 t0 = time.perf_counter()
-first = None
-for piece in stream_generate(model, tok, "def fibonacci(n):\n", pick(120, 30)):
+first, n_pieces = None, 0
+print(settings_line(seed=0))
+print(prompt, end="")
+for piece in stream_sample(model, tok, prompt, pick(160, 80), seed=0):
     if first is None:
         first = time.perf_counter() - t0
+    n_pieces += 1
     print(piece, end="", flush=True)
-print(f"\n\n[time to first token: {first * 1000:.0f} ms, total {time.perf_counter() - t0:.2f} s]")
+print("\n" + END)
+print(f"[{n_pieces} pieces; time to first piece: {first * 1000:.0f} ms, total {time.perf_counter() - t0:.2f} s]")
+
+# %% [markdown]
+# ### 一个汉字 = 3 个字节 token
+#
+# 字节级分词器 (byte-level tokenizer) 把一个汉字编码成 3 个 UTF-8 字节，也就是 3 个 token。逐个 token 解码时，前两个字节
+# 还不是完整的字符，直接 `bytes([t]).decode()` 会报错或输出乱码 `�`。`stream_generate` 用的是增量解码器
+# (incremental decoder, `codecs.getincrementaldecoder("utf-8")`)：它把不完整的字节留住，第 3 个字节到了才吐出整个汉字。
+# 下面把一行中文注释的 token 逐个喂给同一种解码器，看每个 token 输出了什么：
+
+# %%
+# NBVAL_CHECK_OUTPUT
+text = "# 求和\n"
+ids = tok.encode(text)
+dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+pieces = [dec.decode(bytes([t])) for t in ids]
+print_table([{"token": t, "byte": f"0x{t:02x}", "piece yielded": repr(p)} for t, p in zip(ids, pieces, strict=True)])
+print(f"{len(text)} characters -> {len(ids)} byte tokens; pieces yielded: {sum(1 for p in pieces if p)}")
+assert pieces[2:5] == ["", "", "求"] and pieces[5:8] == ["", "", "和"], pieces
+assert "".join(pieces) == text
 
 # %% [markdown]
 # ## 小结
