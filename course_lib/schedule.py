@@ -2,8 +2,9 @@
 
 Convention (the same as Hugging Face's ``get_*_schedule_with_warmup``): the multiplier for
 optimizer step ``s`` (0-based) is ``lr_lambda(s)``; during warmup it is ``s / warmup_steps``,
-so the very first optimizer step uses lr = 0. nanoGPT instead uses ``(s + 1) / warmup`` so that
-no step is wasted; pass ``hf_convention=False`` for that. With ``min_lr_ratio = 0`` the linear
+so the very first optimizer step uses lr = 0. Karpathy's build-nanogpt uses ``(s + 1) / warmup`` so
+that no step is wasted; pass ``hf_convention=False`` for that (nanoGPT's train.py itself uses
+``(it + 1) / (warmup_iters + 1)``). With ``min_lr_ratio = 0`` the linear
 and cosine schedules give exactly HF's values.
 
 ``min_lr_ratio`` means the same for every decay (torchtitan's convention): the decay shape

@@ -10,7 +10,7 @@ def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr
 
     约定 (contract)，与 Hugging Face `get_cosine_schedule_with_warmup` 的约定相同：
     - 预热段 `0 <= step < warmup_steps`：从 0 线性升到 peak_lr，第 0 步的 lr 就是 0（HF 的约定；
-      nanoGPT 的约定不同，第 0 步就大于 0）；
+      nanoGPT 系列的约定不同，第 0 步就大于 0）；
     - 衰减段 `warmup_steps <= step < total_steps`：半个余弦周期，从 peak_lr 平滑降向 min_lr；
     - `step >= total_steps`：一直是 min_lr（余弦不能再升回去）；
     - `warmup_steps = 0` 时没有预热段。
