@@ -25,6 +25,21 @@ from .config import ModelConfig
 from .kv_cache import Cache, DynamicCache
 
 
+def _sdpa_has_gqa() -> bool:
+    """torch >= 2.5 lets SDPA read grouped K/V heads directly (``enable_gqa=True``)."""
+    try:
+        F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2),
+                                       enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+# Checked once at import. Without it, K/V are repeated per query head on every call (a copy of the
+# whole cache per decode step: the cost this flag removes).
+SDPA_GQA = _sdpa_has_gqa()
+
+
 @dataclass
 class ModelOutput:
     logits: Tensor
@@ -121,13 +136,15 @@ class Attention(nn.Module):
         if cache is not None:
             # The cache keeps the un-repeated kv heads: GQA's memory saving is in the cache.
             k, v = cache.update(self.layer_idx, k, v)
-        if self.n_kv_heads != self.n_heads:
+        gqa = self.n_kv_heads != self.n_heads
+        if gqa and not SDPA_GQA:  # older torch: copy each kv head for its group of query heads
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
+        extra = {"enable_gqa": True} if gqa and SDPA_GQA else {}
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0)
+            dropout_p=self.dropout if self.training else 0.0, **extra)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -241,9 +258,13 @@ class DIYModel(nn.Module):
         # A plain causal forward (training) takes SDPA's fast is_causal path with no mask tensor.
         # A cache may hand back more key slots than tokens seen (a preallocated static cache):
         # it says how many via attended_length(), and the causal mask hides the unused ones.
+        # One new token with no padding and no unused slots sees every key: no mask at all (an
+        # all-True mask would be built, read and broadcast on every decode step for nothing).
         k_len = cache.attended_length(T) if cache is not None else T
         simple = attention_mask is None and past_len == 0 and k_len == T
-        mask = None if simple else build_attention_mask(attention_mask, T, past_len, k_len, input_ids.device)
+        sees_all = attention_mask is None and T == 1 and k_len == past_len + 1
+        mask = None if (simple or sees_all) else build_attention_mask(attention_mask, T, past_len, k_len,
+                                                                      input_ids.device)
 
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
