@@ -47,7 +47,7 @@ from .quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexi
 # --------------------------------------------------------------------------------------------
 def speed_config(quick: Optional[bool] = None, max_seq_len: int = 1088) -> ModelConfig:
     """The speed tables' model: d512 x 8 layers, 8 query / 2 kv heads, SwiGLU 1376 (22.3 M
-    parameters with the byte vocabulary). Quick mode (``COURSE_QUICK``) uses d256 x 4 (3.3 M)."""
+    parameters with the byte vocabulary). Quick mode (``COURSE_QUICK``) uses d256 x 4 (2.8 M)."""
     small = pick(False, True) if quick is None else quick
     if small:
         return ModelConfig(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_hidden=688, max_seq_len=max_seq_len)
