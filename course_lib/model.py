@@ -241,6 +241,8 @@ class DIYModel(nn.Module):
         cache = DynamicCache.from_legacy(past_key_values) if legacy else past_key_values
         if use_cache and cache is None:
             cache = DynamicCache()
+        if cache is not None and cache.tensor_positions:
+            return self._forward_tensor_positions(input_ids, attention_mask, position_ids, cache, use_cache, targets)
         past_len = cache.get_seq_length() if cache is not None else 0
         if attention_mask is not None and attention_mask.shape != (B, past_len + T):
             raise ValueError(
@@ -266,6 +268,25 @@ class DIYModel(nn.Module):
         mask = None if (simple or sees_all) else build_attention_mask(attention_mask, T, past_len, k_len,
                                                                       input_ids.device)
 
+        return self._finish(input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy)
+
+    def _forward_tensor_positions(self, input_ids, attention_mask, position_ids, cache, use_cache, targets):
+        """The compiled decode path (gpt-fast's): the positions come from ``cache.position()``, a
+        tensor, and the mask is built from them over the whole fixed-size cache. No Python number
+        here changes from step to step and nothing reads a value back from the device, so
+        ``torch.compile`` traces one graph for every position. The caller checks room on the host
+        (``TensorPositionCache.advance``)."""
+        if attention_mask is not None or position_ids is not None:
+            raise ValueError("a TensorPositionCache takes no attention_mask / position_ids: its rows are unpadded "
+                             "and positions are the cache slots; use a StaticCache or DynamicCache for padded batches")
+        B, T = input_ids.shape
+        pos = cache.position() + torch.arange(T, device=input_ids.device)  # (T,)
+        cos, sin = self.rope_cos[pos].expand(B, T, -1), self.rope_sin[pos].expand(B, T, -1)
+        k_pos = torch.arange(cache.max_len, device=input_ids.device)
+        mask = (k_pos[None, :] <= pos[:, None])[None, None]  # (1, 1, T, max_len): causal, unwritten slots hidden
+        return self._finish(input_ids, cos, sin, mask, cache, False, use_cache, targets, False)
+
+    def _finish(self, input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy) -> ModelOutput:
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache, simple)
