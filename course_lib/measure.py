@@ -36,7 +36,8 @@ from torch import Tensor
 
 from .config import ModelConfig, pick
 from .export import artifact_size, save_inference
-from .generate import decode_step, make_cache, prefill
+from .generate import (compile_available, compiled_decode_step, decode_step, make_cache, make_compiled_cache, prefill,
+                       warm_up_compiled)
 from .kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from .model import DIYModel
 from .quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
@@ -113,6 +114,47 @@ def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int,
     return {"batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens, "cache": cache or "none",
             "prefill_s": best_p, "decode_s": best_d,
             "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
+
+
+@torch.no_grad()
+def measure_compiled_decode(model, batch_size: int, prompt_len: int, new_tokens: int, seed: int = 0) -> float:
+    """Decode tokens/s of the compiled fast path (``TensorPositionCache`` + compiled step, greedy).
+    Call ``warm_up_compiled`` first, or this call pays the compile time."""
+    model = as_model(model)
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (batch_size, prompt_len), generator=g).to(device)
+    cache = make_compiled_cache(model, batch_size, prompt_len + new_tokens)
+    step = compiled_decode_step()
+    logits = prefill(model, ids, None, cache)
+    cache.advance(prompt_len)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = step(model, logits.argmax(-1), cache)
+        cache.advance(1)
+    sync()
+    return batch_size * new_tokens / (time.perf_counter() - t0)
+
+
+def compiled_vs_eager(model, batch_size: int = 1, prompt_len: int = 32, new_tokens: int = 32,
+                      rounds: int = 3) -> dict:
+    """Compile time of the decode step, then eager vs compiled decode tokens/s in interleaved
+    rounds (median and range). Returns ``{"available": False, "reason": ...}`` without a compiler."""
+    ok, why = compile_available()
+    if not ok:
+        return {"available": False, "reason": why}
+    model = as_model(model)
+    warm = warm_up_compiled(model, batch_size, prompt_len + new_tokens)
+    res = interleaved_rounds({
+        "eager": lambda: measure_generation(model, batch_size, prompt_len, new_tokens)["decode_tok_s"],
+        "compiled": lambda: measure_compiled_decode(model, batch_size, prompt_len, new_tokens)}, rounds)
+    return {"available": True, "compile_s": warm, "batch_size": batch_size,
+            "eager_tok_s": res["eager"]["median"], "eager_range": (res["eager"]["min"], res["eager"]["max"]),
+            "compiled_tok_s": res["compiled"]["median"],
+            "compiled_range": (res["compiled"]["min"], res["compiled"]["max"]),
+            "speedup": res["compiled"]["median"] / res["eager"]["median"]}
 
 
 def long_context_copy(model, max_seq_len: int):

@@ -75,3 +75,9 @@ def test_speed_config_and_config_inputs():
                                   prompt_len=4, new_tokens=2, rounds=1)
     assert [(r["method"], r["batch_size"]) for r in rows][:3] == [("fp32", 1), ("int8", 1), ("int4", 1)]
     assert all(r["min"] <= r["decode_tok_s"] <= r["max"] for r in rows) and rows[0]["vs_fp32"] == 1.0
+
+
+def test_compiled_vs_eager_reports_or_skips(monkeypatch):
+    import course_lib.measure as measure
+    monkeypatch.setattr(measure, "compile_available", lambda: (False, "no C++ compiler"))
+    assert measure.compiled_vs_eager(tiny()) == {"available": False, "reason": "no C++ compiler"}
