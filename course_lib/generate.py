@@ -118,11 +118,19 @@ def compiled_decode_step(mode: Optional[str] = None):
     return _COMPILED[mode]
 
 
-def make_compiled_cache(model, batch_size: int, max_len: int) -> TensorPositionCache:
-    if max_len > model.config.max_seq_len:
-        raise ValueError(f"max_len={max_len} passes the model's max_seq_len={model.config.max_seq_len}; "
+def compiled_cache_len(needed: int, max_seq_len: int) -> int:
+    """Cache length for ``needed`` tokens: the next power of two (at least 64), capped at the
+    model's ``max_seq_len``. The compiled step is specialised to this length, so generate calls of
+    similar lengths share one graph instead of compiling once per exact length."""
+    if needed > max_seq_len:
+        raise ValueError(f"{needed} tokens pass the model's max_seq_len={max_seq_len}; "
                          "ask for fewer new tokens or use a model config with a larger max_seq_len")
-    return TensorPositionCache.for_model(model, batch_size, max_len)
+    return min(max(64, 1 << (needed - 1).bit_length()), max_seq_len)
+
+
+def make_compiled_cache(model, batch_size: int, needed: int) -> TensorPositionCache:
+    """A ``TensorPositionCache`` with room for ``needed`` tokens (length from ``compiled_cache_len``)."""
+    return TensorPositionCache.for_model(model, batch_size, compiled_cache_len(needed, model.config.max_seq_len))
 
 
 @torch.no_grad()
@@ -202,7 +210,9 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
                 logits = prefill(model, seq, None, past)
                 past.advance(seq.shape[1])
             else:
-                logits = compiled_decode_step()(model, seq[:, -1], past).clone()
+                # contiguous: the compiled step is specialised to its inputs' strides, and a column
+                # of ``seq`` is strided; a different stride would mean a second compile
+                logits = compiled_decode_step()(model, seq[:, -1].contiguous(), past).clone()
                 past.advance(1)
         elif step == 0:
             logits = prefill(model, seq, mask, past)
