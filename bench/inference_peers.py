@@ -14,7 +14,6 @@ per-round ratios, so a loaded machine shows as a wide range rather than a wrong 
 """
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tempfile
@@ -25,15 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib.config import quick_mode  # noqa: E402
-
-
-def pin_threads() -> int:
-    import torch
-
-    n = int(os.environ.get("BENCH_THREADS", "1"))
-    torch.set_num_threads(n)
-    print(f"torch threads pinned to {torch.get_num_threads()} (BENCH_THREADS)", flush=True)
-    return n
 
 
 def _row(name, values, base_values, unit, target=None):
@@ -52,7 +42,7 @@ def run(quick: bool) -> list[dict]:
 
     from course_lib.export import export_hf_llama
     from course_lib.generate import compile_available, generate, warm_up_compiled
-    from course_lib.measure import as_model, interleaved_rounds, measure_generation, speed_config
+    from course_lib.measure import as_model, interleaved_rounds, measure_generation, pin_threads, speed_config
     from course_lib.quantize import dynamic_int8, quantize_model
 
     threads = pin_threads()
@@ -63,7 +53,7 @@ def run(quick: bool) -> list[dict]:
     print(f"speed model: {model.num_parameters() / 1e6:.1f}M params, prompt {prompt}, {new} new tokens", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="peers-"))
     export_hf_llama(model, tmp)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     rows = []
 
     def timed(fn):

@@ -210,9 +210,11 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
                 logits = prefill(model, seq, None, past)
                 past.advance(seq.shape[1])
             else:
-                # contiguous: the compiled step is specialised to its inputs' strides, and a column
-                # of ``seq`` is strided; a different stride would mean a second compile
-                logits = compiled_decode_step()(model, seq[:, -1].contiguous(), past).clone()
+                # a fresh (B,) tensor with stride (1,): the compiled step is specialised to its
+                # inputs' strides, and a column of ``seq`` has stride seq_len, new every step
+                # (even at B=1, where .contiguous() keeps it) -> one recompile per step
+                last = seq[:, -1].clone(memory_format=torch.contiguous_format)
+                logits = compiled_decode_step()(model, last, past).clone()
                 past.advance(1)
         elif step == 0:
             logits = prefill(model, seq, mask, past)

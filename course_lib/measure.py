@@ -63,6 +63,20 @@ def as_model(model_or_config, seed: int = 0):
     return model_or_config
 
 
+def pin_threads(default: int = 1) -> int:
+    """Benchmarks: set torch's thread count from ``BENCH_THREADS`` (default ``default``), print it
+    and return it. A figure means little without the thread count it was measured at."""
+    n = int(os.environ.get("BENCH_THREADS", str(default)))
+    torch.set_num_threads(n)
+    print(f"torch threads pinned to {torch.get_num_threads()} (BENCH_THREADS)", flush=True)
+    return torch.get_num_threads()
+
+
+def ratio_stats(values: Sequence[float]) -> dict:
+    """Median and range of per-round figures."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def interleaved_rounds(candidates: Mapping[str, Callable[[], float]], rounds: int = 3) -> Dict[str, dict]:
     """Call each candidate (returning a figure, e.g. tokens/s) once per round, in turn, for
     ``rounds`` rounds. Returns ``{name: {"median", "min", "max", "values"}}``."""

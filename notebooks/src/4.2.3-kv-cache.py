@@ -110,7 +110,7 @@ ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.legend(); plt.show()
 
 # %% [markdown]
 # 无缓存时每步的计算量随上下文线性增长，速度随之下降；有缓存时每步只算一个 token，注意力读缓存的开销在这个小模型上相对很小，
-# 速度几乎不随上下文变化。两者之比随上下文增大（`bench/kv_cache.py` 的目标：512 个 token 时 ≥ 5×）。
+# 速度几乎不随上下文变化。两者之比随上下文增大（`bench/kv_cache.py` 的目标：1 个线程、512 个 token 时 ≥ 20×）。
 
 # %% [markdown]
 # ### 3b. 同样的测量，换一个 22M 参数的模型

@@ -55,6 +55,13 @@ def test_generate_compiled_equals_eager():
     eager = generate(m, ids, 5)
     compiled = generate(m, ids, 5, compile=True)
     assert torch.equal(eager, compiled)
+    # one graph serves every step and every length in the same cache bucket: no recompiles
+    # (a strided input or a Python int that changes per step would recompile each step)
+    from torch._dynamo.utils import counters
+    before = counters["stats"]["unique_graphs"]
+    assert torch.equal(generate(m, ids[:, :4], 9, compile=True), generate(m, ids[:, :4], 9))
+    assert torch.equal(generate(m, ids[:1], 6, compile=True), generate(m, ids[:1], 6))
+    assert counters["stats"]["unique_graphs"] - before <= 1  # batch 1 is a new shape: at most one graph
     with pytest.raises(ValueError, match="unpadded"):
         generate(m, ids, 2, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]), compile=True)
     assert DynamicCache  # eager default unchanged
