@@ -153,7 +153,7 @@ for m in ("int8", "int4"):
 #   int8 用 `torch._weight_int8pack_mm`，int4 用 `_convert_weight_to_int4pack_for_cpu` + `_weight_int4pack_mm_for_cpu`。
 #   这些 kernel 直接读 1 字节 / 半字节的权重，激活用 bf16（同样的 kernel 配 fp32 激活反而比 fp32 矩阵乘法慢好几倍，
 #   见 `course_lib/quantize.py` 里的实测注释）；和教学版的差别只是 bf16 舍入，测试里规定了容差，困惑度变化在万分之几以内。
-#   保存格式不变：打包后的张量不进 state dict，加载时重新打包。
+#   保存格式不变：打包后的张量不进 state dict，加载时重新打包（代价：运行时 int4 层多占一份打包权重的内存，表里的 `memory_MB` 只算存储的张量）。
 #   但在这个 0.77M 参数的模型上，整个模型（3 MB）都放得进 CPU 缓存，一步 decode 的时间主要花在 Python、算子调度这类
 #   **固定开销** (overhead-bound) 上，读权重的字节数不是瓶颈，所以量化省下的字节换不来多少速度。下面 4c 换一个大模型再测。
 #   `quantize_dynamic` 也用了真正的 int8 kernel（fbgemm），但它每步还要量化激活。
