@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """course_lib's decode against its peers, all in one process on the same weights: HF
 ``LlamaForCausalLM.generate`` (eager) on course_lib's own HF export, course_lib eager and compiled
-(static cache + torch.compile), and weight-only int8/int4 on packed kernels and
+(static cache + torch.compile) against HF eager and HF static cache + torch.compile, and weight-only int8/int4 on packed kernels and
 ``quantize_dynamic`` against fp32. The speed model is ``measure.speed_config()`` (22.3 M
 parameters, random init: speed does not depend on what the weights learned; 2.8 M in quick mode).
 
@@ -14,6 +14,7 @@ per-round ratios, so a loaded machine shows as a wide range rather than a wrong 
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -54,6 +55,10 @@ def run(quick: bool) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="peers-"))
     export_hf_llama(model, tmp)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    hf_c = None  # HF's compiled peer: a second copy, forward compiled, static cache (BENCH_HF_COMPILE=0 skips it)
+    if os.environ.get("BENCH_HF_COMPILE", "1") != "0" and compile_available()[0]:
+        hf_c = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        hf_c.forward = torch.compile(hf_c.forward, dynamic=False)
     rows = []
 
     def timed(fn):
@@ -73,6 +78,17 @@ def run(quick: bool) -> list[dict]:
             warm = warm_up_compiled(model, b, prompt + new)
             print(f"compiled decode step warm-up: {warm:.1f} s", flush=True)
             cands["compiled"] = lambda b=b, ids=ids: b * new / timed(lambda: generate(model, ids, new, compile=True))
+            if hf_c is not None:
+                hf_kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
+                             cache_implementation="static")
+                try:
+                    with torch.no_grad():
+                        warm_hf = timed(lambda ids=ids, kw=hf_kw: hf_c.generate(ids, **kw))
+                    print(f"HF static cache + torch.compile warm-up: {warm_hf:.1f} s", flush=True)
+                    cands["hf_compiled"] = lambda b=b, ids=ids, kw=hf_kw: b * new / timed(
+                        lambda: hf_c.generate(ids, **kw))
+                except Exception as e:  # noqa: BLE001 - a peer that does not compile here is reported, not fatal
+                    print(f"HF static cache + torch.compile skipped: {type(e).__name__}: {str(e)[:200]}", flush=True)
         with torch.no_grad():
             res = interleaved_rounds(cands, rounds)
         v = {k: r["values"] for k, r in res.items()}
@@ -81,6 +97,9 @@ def run(quick: bool) -> list[dict]:
         if "compiled" in v:
             rows.append(_row("compiled static-cache generate vs HF eager generate (batch 1)", v["compiled"], v["hf"],
                              "tok/s", 1.8))
+        if "hf_compiled" in v:
+            rows.append(_row("compiled static-cache generate vs HF static cache + torch.compile (batch 1)",
+                             v["compiled"], v["hf_compiled"], "tok/s"))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation: shown in lesson 4.2.2
