@@ -12,13 +12,15 @@ checkpoint of a run and prints a sample.
 from __future__ import annotations
 
 import codecs
+import shutil
 import sys
+import time
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache
+from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 
 
 def sample_next(logits: Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -88,12 +90,70 @@ def decode_step(model, next_ids: Tensor, attention_mask: Optional[Tensor], cache
     return model(next_ids[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1, :]
 
 
+# --------------------------------------------------------------------------------------------
+# Compiled fast path (gpt-fast's recipe): static cache + torch.compile of the decode step
+# --------------------------------------------------------------------------------------------
+def compile_available() -> tuple[bool, str]:
+    """``torch.compile`` on CPU generates C++ and needs a compiler; on CUDA it needs Triton."""
+    if not hasattr(torch, "compile"):
+        return False, f"torch {torch.__version__} has no torch.compile"
+    if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+        return False, "torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH; none found"
+    return True, "ok"
+
+
+def _decode_logits(model, next_ids: Tensor, cache: TensorPositionCache) -> Tensor:
+    """The step that gets compiled: one token per row, fixed shapes, positions from the cache."""
+    return model(next_ids[:, None], past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+
+_COMPILED = {}
+
+
+def compiled_decode_step(mode: Optional[str] = None):
+    """``torch.compile(_decode_logits, fullgraph=True)``, made once per process (and mode).
+    ``fullgraph=True`` turns any graph break into an error rather than a silent slow path."""
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(_decode_logits, fullgraph=True, dynamic=False, mode=mode)
+    return _COMPILED[mode]
+
+
+def compiled_cache_len(needed: int, max_seq_len: int) -> int:
+    """Cache length for ``needed`` tokens: the next power of two (at least 64), capped at the
+    model's ``max_seq_len``. The compiled step is specialised to this length, so generate calls of
+    similar lengths share one graph instead of compiling once per exact length."""
+    if needed > max_seq_len:
+        raise ValueError(f"{needed} tokens pass the model's max_seq_len={max_seq_len}; "
+                         "ask for fewer new tokens or use a model config with a larger max_seq_len")
+    return min(max(64, 1 << (needed - 1).bit_length()), max_seq_len)
+
+
+def make_compiled_cache(model, batch_size: int, needed: int) -> TensorPositionCache:
+    """A ``TensorPositionCache`` with room for ``needed`` tokens (length from ``compiled_cache_len``)."""
+    return TensorPositionCache.for_model(model, batch_size, compiled_cache_len(needed, model.config.max_seq_len))
+
+
+@torch.no_grad()
+def warm_up_compiled(model, batch_size: int = 1, max_len: Optional[int] = None) -> float:
+    """Compile (or find compiled) the decode step for this model and batch size; returns the
+    seconds the first two calls took (the compile cost the first ``generate(compile=True)`` pays)."""
+    cache = make_compiled_cache(model, batch_size, max_len or model.config.max_seq_len)
+    ids = torch.zeros(batch_size, 1, dtype=torch.long, device=next(model.parameters()).device)
+    step = compiled_decode_step()
+    t0 = time.perf_counter()
+    for _ in range(2):
+        step(model, ids[:, 0], cache)
+        cache.advance(1)
+    return time.perf_counter() - t0
+
+
 @torch.no_grad()
 def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Optional[Tensor] = None,
              temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
              eos_id: Optional[int] = None, pad_id: int = 0, use_cache: bool = True, cache=None,
              generator: Optional[torch.Generator] = None,
-             on_token: Optional[Callable[[Tensor], None]] = None, drop_finished: bool = True) -> Tensor:
+             on_token: Optional[Callable[[Tensor], None]] = None, drop_finished: bool = True,
+             compile: bool = False) -> Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids``; returns only the new tokens.
 
     ``use_cache=False`` recomputes the whole sequence every step (the slow baseline the KV
@@ -106,13 +166,32 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
     Host syncs: the sequence length is checked once here, before the loop (the model then never
     has to read positions back from the device). Inside the loop the only sync is the EOS check
     (see there); without ``eos_id`` the loop never waits on the device.
+
+    ``compile=True`` is the compiled fast path: a ``TensorPositionCache`` (fixed shapes, positions
+    in a tensor), the prompt prefilled eagerly, each decode step run by ``torch.compile``d code
+    (compiled once per process and batch size: the first call pays seconds to minutes, see
+    ``warm_up_compiled``). It needs unpadded prompts (one length) and keeps finished rows in the
+    batch; on CPU it needs a C++ compiler (``compile_available()``).
     """
     model.eval()
     B = input_ids.shape[0]
     device = input_ids.device
-    if attention_mask is None:
+    if compile:
+        ok, why = compile_available()
+        if not ok:
+            raise RuntimeError(f"generate(compile=True): {why}; use compile=False")
+        if not use_cache or cache is not None:
+            raise ValueError("generate(compile=True) makes its own static cache: leave use_cache=True and cache=None")
+        if attention_mask is not None and not bool(attention_mask.all()):  # one host read, before the loop
+            raise ValueError("generate(compile=True) takes unpadded prompts of one length; "
+                             "for a left-padded batch use compile=False")
+        attention_mask = None
+        cache = make_compiled_cache(model, B, input_ids.shape[1] + max_new_tokens)
+        drop_finished = False
+    if attention_mask is None and not compile:
         attention_mask = torch.ones_like(input_ids)
-    check_room(model.config.max_seq_len, input_ids, attention_mask, max_new_tokens)
+    if not compile:
+        check_room(model.config.max_seq_len, input_ids, attention_mask, max_new_tokens)
     if isinstance(cache, str):
         cache = make_cache(cache, model, B, max_len=input_ids.shape[1] + max_new_tokens)
     if cache is not None and not isinstance(cache, Cache):
@@ -126,6 +205,17 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
     for step in range(max_new_tokens):
         if not use_cache:
             logits = model(seq, attention_mask=mask).logits[:, -1, :]
+        elif compile:
+            if step == 0:
+                logits = prefill(model, seq, None, past)
+                past.advance(seq.shape[1])
+            else:
+                # a fresh (B,) tensor with stride (1,): the compiled step is specialised to its
+                # inputs' strides, and a column of ``seq`` has stride seq_len, new every step
+                # (even at B=1, where .contiguous() keeps it) -> one recompile per step
+                last = seq[:, -1].clone(memory_format=torch.contiguous_format)
+                logits = compiled_decode_step()(model, last, past).clone()
+                past.advance(1)
         elif step == 0:
             logits = prefill(model, seq, mask, past)
         else:
@@ -139,9 +229,10 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
             col = torch.full((B,), pad_id, dtype=torch.long, device=device)
             col[active] = nxt
             on_token(col)
-        new_mask_col = (~finished).long()[:, None]   # the EOS token itself is real; pads after it are not
         seq = torch.cat([seq, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, new_mask_col], dim=1)
+        if mask is not None:
+            new_mask_col = (~finished).long()[:, None]   # the EOS token itself is real; pads after it are not
+            mask = torch.cat([mask, new_mask_col], dim=1)
         if eos_id is None:
             continue
         finished = finished | (nxt == eos_id)

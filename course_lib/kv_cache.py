@@ -43,6 +43,11 @@ class Cache(ABC):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Positions already cached."""
 
+    # A cache whose write position lives in a tensor (``position()``) rather than a Python int:
+    # the model then reads no Python number that changes per step, so a compiled decode step
+    # keeps one graph for every position (see ``TensorPositionCache``).
+    tensor_positions = False
+
     def attended_length(self, new_tokens: int) -> int:
         """Length of the key axis ``update`` will return after adding ``new_tokens``."""
         return self.get_seq_length() + new_tokens
@@ -153,6 +158,48 @@ class StaticCache(Cache):
     def reorder(self, index: Tensor) -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+
+
+class TensorPositionCache(StaticCache):
+    """A static cache for ``torch.compile`` (gpt-fast's ``KVCache``): fixed shapes, and the next
+    write slot kept in a 0-d tensor ``pos`` instead of a Python int.
+
+    ``update`` writes with ``index_copy_`` at ``pos + arange(T)`` and always returns the whole
+    buffer; the model builds the causal mask from the same tensor positions, so the slots not yet
+    written are hidden. Nothing in a step depends on a Python number that changes per token, so
+    one compiled graph serves every position. The host still counts tokens in ``advance`` (called
+    by the code that drives the steps, outside the compiled step) to refuse writing past
+    ``max_len``. Rows cannot be padded (positions = slots) and cannot be dropped (fixed batch).
+    """
+
+    tensor_positions = True
+
+    def __init__(self, *args, **kw) -> None:
+        kw["attend_full"] = True
+        super().__init__(*args, **kw)
+        self.pos = torch.zeros((), dtype=torch.long, device=self.keys[0].device if self.keys else None)
+
+    def position(self) -> Tensor:
+        return self.pos
+
+    def advance(self, new_tokens: int) -> None:
+        """Host-side bookkeeping after a forward of ``new_tokens``: count, check room, move ``pos``."""
+        n = self.lengths[0] + new_tokens
+        if n > self.max_len:
+            raise ValueError(f"TensorPositionCache is full: {n} tokens > max_len={self.max_len}; "
+                             "build the cache with a larger max_len")
+        self.lengths = [n] * len(self.lengths)
+        self.pos += new_tokens
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        idx = self.pos + torch.arange(k.shape[2], device=k.device)
+        self.keys[layer_idx].index_copy_(2, idx, k.to(self.keys[layer_idx].dtype))
+        self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def reorder(self, index: Tensor) -> None:
+        raise ValueError("TensorPositionCache keeps a fixed batch (one compiled graph): finished rows stay in "
+                         "the batch; use generate(..., drop_finished=False)")
 
 
 # --------------------------------------------------------------------------------------------

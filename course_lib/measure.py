@@ -10,7 +10,16 @@ it is measured with (the quantizer no longer imports the generation loop to time
 * ``paged_vs_static_memory``: bytes reserved by paged vs preallocated KV caches (lesson 4.2.3).
 
 Timings keep the best of ``repeats`` runs (least disturbed by other processes) and every
-ratio compares numbers measured in the same call.
+ratio compares numbers measured in the same call. ``interleaved_rounds`` runs candidates in turn,
+round after round, and reports the median and range: on a loaded machine the range widens
+instead of one candidate silently getting the quiet moment.
+
+Every speed harness takes a model or a ``ModelConfig`` (a random-init model is built from it:
+speed does not depend on what the weights learned). ``speed_config()`` is the >= 20 M-parameter
+configuration of the speed tables: the 0.77 M reference model's weights (3 MB) fit in the CPU's
+caches, so its decode step is bound by per-op overhead (Python, dispatch, small kernels); at
+22 M parameters (89 MB in fp32) every decode step streams all weights from memory, and the step
+is bound by memory bandwidth, which is what the KV cache, quantization and batching act on.
 """
 
 from __future__ import annotations
@@ -19,16 +28,63 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+import statistics
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .config import ModelConfig, pick
 from .export import artifact_size, save_inference
-from .generate import decode_step, make_cache, prefill
+from .generate import (compile_available, compiled_decode_step, decode_step, make_cache, make_compiled_cache, prefill,
+                       warm_up_compiled)
 from .kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from .model import DIYModel
 from .quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
+
+
+# --------------------------------------------------------------------------------------------
+# Models for speed tables, and interleaved timing
+# --------------------------------------------------------------------------------------------
+def speed_config(quick: Optional[bool] = None, max_seq_len: int = 1088) -> ModelConfig:
+    """The speed tables' model: d512 x 8 layers, 8 query / 2 kv heads, SwiGLU 1376 (22.3 M
+    parameters with the byte vocabulary). Quick mode (``COURSE_QUICK``) uses d256 x 4 (2.8 M)."""
+    small = pick(False, True) if quick is None else quick
+    if small:
+        return ModelConfig(d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_hidden=688, max_seq_len=max_seq_len)
+    return ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=2, ffn_hidden=1376, max_seq_len=max_seq_len)
+
+
+def as_model(model_or_config, seed: int = 0):
+    """A model as given, or a random-init ``DIYModel`` (eval mode) built from a ``ModelConfig``."""
+    if isinstance(model_or_config, ModelConfig):
+        torch.manual_seed(seed)
+        return DIYModel(model_or_config).eval()
+    return model_or_config
+
+
+def pin_threads(default: int = 1) -> int:
+    """Benchmarks: set torch's thread count from ``BENCH_THREADS`` (default ``default``), print it
+    and return it. A figure means little without the thread count it was measured at."""
+    n = int(os.environ.get("BENCH_THREADS", str(default)))
+    torch.set_num_threads(n)
+    print(f"torch threads pinned to {torch.get_num_threads()} (BENCH_THREADS)", flush=True)
+    return torch.get_num_threads()
+
+
+def ratio_stats(values: Sequence[float]) -> dict:
+    """Median and range of per-round figures."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def interleaved_rounds(candidates: Mapping[str, Callable[[], float]], rounds: int = 3) -> Dict[str, dict]:
+    """Call each candidate (returning a figure, e.g. tokens/s) once per round, in turn, for
+    ``rounds`` rounds. Returns ``{name: {"median", "min", "max", "values"}}``."""
+    values: Dict[str, List[float]] = {k: [] for k in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            values[name].append(float(fn()))
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "values": v} for k, v in values.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -42,7 +98,9 @@ def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int,
     ``cache=None`` is the no-cache baseline: every decode step re-runs the whole sequence.
     Returns tokens/s for both phases; decode tokens/s counts ``batch_size`` tokens per step.
     The best of ``repeats`` runs is kept (least disturbed by other processes).
+    ``model`` may be a ``ModelConfig`` (random init).
     """
+    model = as_model(model)
     model.eval()
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -72,6 +130,47 @@ def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int,
             "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
 
 
+@torch.no_grad()
+def measure_compiled_decode(model, batch_size: int, prompt_len: int, new_tokens: int, seed: int = 0) -> float:
+    """Decode tokens/s of the compiled fast path (``TensorPositionCache`` + compiled step, greedy).
+    Call ``warm_up_compiled`` first, or this call pays the compile time."""
+    model = as_model(model)
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (batch_size, prompt_len), generator=g).to(device)
+    cache = make_compiled_cache(model, batch_size, prompt_len + new_tokens)
+    step = compiled_decode_step()
+    logits = prefill(model, ids, None, cache)
+    cache.advance(prompt_len)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = step(model, logits.argmax(-1), cache)
+        cache.advance(1)
+    sync()
+    return batch_size * new_tokens / (time.perf_counter() - t0)
+
+
+def compiled_vs_eager(model, batch_size: int = 1, prompt_len: int = 32, new_tokens: int = 32,
+                      rounds: int = 3) -> dict:
+    """Compile time of the decode step, then eager vs compiled decode tokens/s in interleaved
+    rounds (median and range). Returns ``{"available": False, "reason": ...}`` without a compiler."""
+    ok, why = compile_available()
+    if not ok:
+        return {"available": False, "reason": why}
+    model = as_model(model)
+    warm = warm_up_compiled(model, batch_size, prompt_len + new_tokens)
+    res = interleaved_rounds({
+        "eager": lambda: measure_generation(model, batch_size, prompt_len, new_tokens)["decode_tok_s"],
+        "compiled": lambda: measure_compiled_decode(model, batch_size, prompt_len, new_tokens)}, rounds)
+    return {"available": True, "compile_s": warm, "batch_size": batch_size,
+            "eager_tok_s": res["eager"]["median"], "eager_range": (res["eager"]["min"], res["eager"]["max"]),
+            "compiled_tok_s": res["compiled"]["median"],
+            "compiled_range": (res["compiled"]["min"], res["compiled"]["max"]),
+            "speedup": res["compiled"]["median"] / res["eager"]["median"]}
+
+
 def long_context_copy(model, max_seq_len: int):
     """The same weights in a model whose RoPE tables reach ``max_seq_len`` (for speed sweeps:
     the tables are derived from the config, not stored, so the weights load unchanged)."""
@@ -83,6 +182,7 @@ def long_context_copy(model, max_seq_len: int):
 def decode_speed_vs_context(model, contexts: Sequence[int], new_tokens: int = 16, repeats: int = 2,
                             batch_size: int = 1) -> List[dict]:
     """Decode tokens/s with the KV cache and without it (full recompute), per context length."""
+    model = as_model(model)
     rows = []
     for L in contexts:
         c = measure_generation(model, batch_size, L, new_tokens, cache="dynamic", repeats=repeats)
@@ -95,6 +195,7 @@ def decode_speed_vs_context(model, contexts: Sequence[int], new_tokens: int = 16
 def throughput_vs_batch(model, batch_sizes: Sequence[int], prompt_len: int = 32, new_tokens: int = 32,
                         repeats: int = 2) -> List[dict]:
     """Decode throughput (generated tokens/s over the whole batch) per batch size, KV cache on."""
+    model = as_model(model)
     rows = []
     for b in batch_sizes:
         r = measure_generation(model, b, prompt_len, new_tokens, cache="dynamic", repeats=repeats)
@@ -141,6 +242,33 @@ def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = Non
         r["size_ratio"] = r["file_MB"] / base["file_MB"]
         r["ppl_ratio"] = r["perplexity"] / base["perplexity"]
         r["decode_ratio_b1"] = r["decode_tok_s_b1"] / base["decode_tok_s_b1"]
+    return rows
+
+
+def quantized_decode_speed(model, methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4"),
+                           batch_sizes: Sequence[int] = (1,), group_size: int = 64, prompt_len: int = 32,
+                           new_tokens: int = 16, rounds: int = 3) -> List[dict]:
+    """Decode tokens/s per quantization method and batch size, interleaved rounds (median and
+    range), with the ratio of medians to fp32. Speed only: ``model`` may be a ``ModelConfig``
+    (random init); quality belongs to ``comparison_table`` on a trained model."""
+    model = as_model(model)
+    variants = {}
+    for m in methods:
+        if m == "fp32":
+            variants[m] = model
+        elif m == "dynamic-int8":
+            variants[m] = dynamic_int8(model)[0]
+        else:
+            variants[m] = quantize_model(model, m, group_size)
+    rows = []
+    for b in batch_sizes:
+        res = interleaved_rounds({m: (lambda q=q, b=b: measure_generation(q, b, prompt_len, new_tokens)["decode_tok_s"])
+                                  for m, q in variants.items()}, rounds)
+        base = res[methods[0]]["median"]
+        for m in methods:
+            r = res[m]
+            rows.append({"method": m, "batch_size": b, "decode_tok_s": r["median"], "min": r["min"], "max": r["max"],
+                         "vs_" + methods[0]: r["median"] / base})
     return rows
 
 

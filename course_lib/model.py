@@ -25,6 +25,21 @@ from .config import ModelConfig
 from .kv_cache import Cache, DynamicCache
 
 
+def _sdpa_has_gqa() -> bool:
+    """torch >= 2.5 lets SDPA read grouped K/V heads directly (``enable_gqa=True``)."""
+    try:
+        F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2),
+                                       enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+# Checked once at import. Without it, K/V are repeated per query head on every call (a copy of the
+# whole cache per decode step: the cost this flag removes).
+SDPA_GQA = _sdpa_has_gqa()
+
+
 @dataclass
 class ModelOutput:
     logits: Tensor
@@ -121,13 +136,15 @@ class Attention(nn.Module):
         if cache is not None:
             # The cache keeps the un-repeated kv heads: GQA's memory saving is in the cache.
             k, v = cache.update(self.layer_idx, k, v)
-        if self.n_kv_heads != self.n_heads:
+        gqa = self.n_kv_heads != self.n_heads
+        if gqa and not SDPA_GQA:  # older torch: copy each kv head for its group of query heads
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
+        extra = {"enable_gqa": True} if gqa and SDPA_GQA else {}
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0)
+            dropout_p=self.dropout if self.training else 0.0, **extra)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -224,6 +241,8 @@ class DIYModel(nn.Module):
         cache = DynamicCache.from_legacy(past_key_values) if legacy else past_key_values
         if use_cache and cache is None:
             cache = DynamicCache()
+        if cache is not None and cache.tensor_positions:
+            return self._forward_tensor_positions(input_ids, attention_mask, position_ids, cache, use_cache, targets)
         past_len = cache.get_seq_length() if cache is not None else 0
         if attention_mask is not None and attention_mask.shape != (B, past_len + T):
             raise ValueError(
@@ -241,10 +260,33 @@ class DIYModel(nn.Module):
         # A plain causal forward (training) takes SDPA's fast is_causal path with no mask tensor.
         # A cache may hand back more key slots than tokens seen (a preallocated static cache):
         # it says how many via attended_length(), and the causal mask hides the unused ones.
+        # One new token with no padding and no unused slots sees every key: no mask at all (an
+        # all-True mask would be built, read and broadcast on every decode step for nothing).
         k_len = cache.attended_length(T) if cache is not None else T
         simple = attention_mask is None and past_len == 0 and k_len == T
-        mask = None if simple else build_attention_mask(attention_mask, T, past_len, k_len, input_ids.device)
+        sees_all = attention_mask is None and T == 1 and k_len == past_len + 1
+        mask = None if (simple or sees_all) else build_attention_mask(attention_mask, T, past_len, k_len,
+                                                                      input_ids.device)
 
+        return self._finish(input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy)
+
+    def _forward_tensor_positions(self, input_ids, attention_mask, position_ids, cache, use_cache, targets):
+        """The compiled decode path (gpt-fast's): the positions come from ``cache.position()``, a
+        tensor, and the mask is built from them over the whole fixed-size cache. No Python number
+        here changes from step to step and nothing reads a value back from the device, so
+        ``torch.compile`` traces one graph for every position. The caller checks room on the host
+        (``TensorPositionCache.advance``)."""
+        if attention_mask is not None or position_ids is not None:
+            raise ValueError("a TensorPositionCache takes no attention_mask / position_ids: its rows are unpadded "
+                             "and positions are the cache slots; use a StaticCache or DynamicCache for padded batches")
+        B, T = input_ids.shape
+        pos = cache.position() + torch.arange(T, device=input_ids.device)  # (T,)
+        cos, sin = self.rope_cos[pos].expand(B, T, -1), self.rope_sin[pos].expand(B, T, -1)
+        k_pos = torch.arange(cache.max_len, device=input_ids.device)
+        mask = (k_pos[None, :] <= pos[:, None])[None, None]  # (1, 1, T, max_len): causal, unwritten slots hidden
+        return self._finish(input_ids, cos, sin, mask, cache, False, use_cache, targets, False)
+
+    def _finish(self, input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy) -> ModelOutput:
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache, simple)

@@ -110,7 +110,58 @@ ax.set_xscale("log", base=2); ax.set_yscale("log"); ax.legend(); plt.show()
 
 # %% [markdown]
 # 无缓存时每步的计算量随上下文线性增长，速度随之下降；有缓存时每步只算一个 token，注意力读缓存的开销在这个小模型上相对很小，
-# 速度几乎不随上下文变化。两者之比随上下文增大（`bench/kv_cache.py` 的目标：512 个 token 时 ≥ 5×）。
+# 速度几乎不随上下文变化。两者之比随上下文增大（`bench/kv_cache.py` 的目标：1 个线程、512 个 token 时 ≥ 20×）。
+
+# %% [markdown]
+# ### 3b. 同样的测量，换一个 22M 参数的模型
+#
+# 0.77M 的参考模型每步 decode 主要花在固定开销上（Python、算子调度），权重 3 MB 整个放在 CPU 缓存里。
+# `speed_config()` 是随机初始化的 d512 × 8 层、约 2230 万参数的模型（权重 89 MB）：有缓存时每步要从内存读一遍全部权重，
+# 这一步由内存带宽决定；无缓存时每步要把整段上下文重新算一遍，算量随上下文线性增长，差距也就更大。
+# 快速模式下用小配置和短上下文，只检查代码能跑。
+
+# %%
+from course_lib.measure import speed_config
+
+big_speed = decode_speed_vs_context(speed_config(), pick([64, 256, 512], [64, 128]), new_tokens=pick(8, 2),
+                                    repeats=pick(2, 1))
+print(f"torch threads: {torch.get_num_threads()}")
+print_table(big_speed)
+
+# %% [markdown]
+# 编写本课时（1 个线程，机器负载很重，单次测量）：22M 模型在 512 个 token 的上下文上，有缓存约 77 tok/s，无缓存约 2.7 tok/s，约 28×；
+# 64 个 token 时约 4×。
+
+# %% [markdown]
+# ### 3c. 编译的快速路径：静态缓存 + `torch.compile`
+#
+# 有了缓存，一步 decode 只算一个 token，剩下的时间很大一部分是 Python 和算子调度的开销：几十个小算子，每个都要从 Python 发起。
+# gpt-fast 的做法是把整个 decode 步骤交给 `torch.compile`，让它把这些小算子融合成少数几个生成的 C++（CPU）或 Triton（GPU）kernel。
+# 这要求每一步的形状都不变、也不依赖每步都变的 Python 数字，否则每个新位置都会触发重新编译：
+# - `TensorPositionCache`：预分配的静态缓存，下一个写入位置存在一个**张量**里（`index_copy_` 写入），每步返回整个缓存，
+#   因果掩码由同一个位置张量算出，遮住还没写的位置；
+# - 模型前向在这条路径上不读回任何设备上的值（没有 `int(...)`、`.item()`），所以没有图中断 (graph break)：
+#   `tests/unit/test_compiled_decode.py` 用 `torch._dynamo.explain` 检查 decode 步骤是 1 个图、0 次中断，并且 token 与 eager 完全相同；
+# - `generate(..., compile=True)` 用这条路径（要求没有填充、batch 固定）。
+#
+# 代价是第一次调用时的编译时间（下面打印出来）；在 CPU 上它需要一个 C++ 编译器。
+
+# %%
+from course_lib.measure import compiled_vs_eager
+
+cmp = compiled_vs_eager(speed_config(), batch_size=1, prompt_len=32, new_tokens=pick(32, 8), rounds=pick(3, 1))
+if not cmp["available"]:
+    print("compiled decode skipped:", cmp["reason"])
+else:
+    print(f"compile (warm-up) time: {cmp['compile_s']:.1f} s, paid once per process and batch size")
+    print(f"decode tok/s, batch 1: eager {cmp['eager_tok_s']:.1f} (range {cmp['eager_range'][0]:.1f}-{cmp['eager_range'][1]:.1f}), "
+          f"compiled {cmp['compiled_tok_s']:.1f} (range {cmp['compiled_range'][0]:.1f}-{cmp['compiled_range'][1]:.1f}): "
+          f"x{cmp['speedup']:.2f}")
+
+# %% [markdown]
+# 编写本课时（1 个线程、机器负载很重）：22M 模型 batch 1 编译约 38 秒，decode 约 1.2×；小配置约 1.3×。
+# 加速来自省掉的调度开销，所以模型越小（每步的算量越少）越明显；受内存带宽限制的部分，编译也省不掉——那是量化（4.2.2）的事。
+# 编译时间要几十秒，只有在要生成很多 token 的服务里才划算。
 
 # %% [markdown]
 # ## 4. 缓存有多大？公式 vs 实测

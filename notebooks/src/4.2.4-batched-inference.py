@@ -112,6 +112,38 @@ print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
 # 4.2.3 的分页缓存让同样的内存容纳更多并发序列，是把 batch 做大的前提。
 
 # %% [markdown]
+# ## 3b. 吞吐在哪里饱和：22M 参数的模型
+#
+# 参考模型只有 0.77M 参数，权重（3 MB）整个放在 CPU 缓存里，batch 1 的一步几乎全是固定开销 (overhead-bound)。
+# 换成 `speed_config()`（随机初始化的 d512 × 8 层，约 2230 万参数，fp32 权重 89 MB）：batch 1 时每一步都要把 89 MB 权重
+# 从内存读一遍，一步的时间由**内存带宽**决定 (memory-bandwidth-bound)；batch 变大时，同一次读权重服务更多 token，
+# 每步时间几乎不变，吞吐近似线性上升。当每步的矩阵乘法算量大到 CPU 算不过来（计算受限，compute-bound），
+# 每步时间开始随 batch 线性增长，吞吐就饱和了——上限大约就是 prefill 的吞吐（prefill 一次处理很多 token，本来就是计算受限）。
+# 下表同时列出 prefill 吞吐作为这个上限；线程数也打印出来，因为上限随核数变化。快速模式下用小配置，只检查代码能跑。
+
+# %%
+from course_lib.measure import speed_config
+
+big_cfg = speed_config()
+big_sizes = pick([1, 2, 4, 8, 16, 32, 64], [1, 4, 16])
+big_rows = throughput_vs_batch(big_cfg, big_sizes, prompt_len=32, new_tokens=pick(16, 4), repeats=pick(2, 1))
+print(f"speed model: d{big_cfg.d_model} x {big_cfg.n_layers} layers; torch threads: {torch.get_num_threads()}")
+print_table(big_rows)
+ceiling = max(r["prefill_tok_s"] for r in big_rows)
+last = big_rows[-1]
+print(f"batch {last['batch_size']}: {last['vs_batch1']:.1f}x batch 1 "
+      f"(linear would be {last['batch_size']}x); decode {last['decode_tok_s']:.0f} tok/s vs prefill ceiling {ceiling:.0f} tok/s")
+# the direction the text states: throughput grows with batch, less than linearly, and stays under the compute ceiling
+assert big_rows[-1]["decode_tok_s"] > big_rows[0]["decode_tok_s"], "batching should raise throughput"
+assert last["vs_batch1"] < last["batch_size"], "throughput should grow less than linearly"
+assert last["decode_tok_s"] < 1.25 * ceiling, "decode throughput should stay under the prefill (compute-bound) rate"
+
+# %% [markdown]
+# 编写本课时（2 核 CPU、1 个线程、机器负载很重，单次测量）：batch 1 约 85 tok/s、一步约 12 ms；batch 8 约 5×；
+# 到 batch 16 以后每步时间明显变长（32 时约 34 ms、64 时约 55 ms），吞吐停在约 1200 tok/s，接近 prefill 的约 1500 tok/s。
+# 在有更多核或 GPU 的机器上，饱和点会往后推；读表时先看自己机器上的 `ms_per_step` 从哪里开始随 batch 上升。
+
+# %% [markdown]
 # ## 4. 流式输出
 #
 # 用户不想等整段生成完。`stream_generate` 每解码出一段完整的文本就 `yield` 出来。下面用参考模型流式生成一段代码，

@@ -57,3 +57,27 @@ def test_comparison_table_rows_are_relative_to_fp32(tmp_path):
     assert [r["method"] for r in rows] == ["fp32", "int8"]
     assert rows[0]["size_ratio"] == 1.0 and rows[0]["kl_vs_fp32"] == pytest.approx(0, abs=1e-9)
     assert rows[1]["size_ratio"] < 0.6 and rows[1]["top1_vs_fp32"] > 0.5
+
+
+def test_speed_config_and_config_inputs():
+    from course_lib.measure import as_model, interleaved_rounds, quantized_decode_speed, speed_config
+    big = DIYModel(speed_config(quick=False))
+    assert big.num_parameters() >= 20_000_000
+    small = speed_config(quick=True).replace(max_seq_len=64)
+    assert isinstance(as_model(small), DIYModel)
+    r = measure_generation(small, 1, 4, 2)  # a config is accepted: random init
+    assert r["decode_tok_s"] > 0
+    calls = []
+    res = interleaved_rounds({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 3.0}, 2)
+    assert calls == ["a", "b", "a", "b"]  # in turn, round after round
+    assert res["b"]["median"] == 3.0 and res["a"]["min"] == res["a"]["max"] == 1.0
+    rows = quantized_decode_speed(tiny(), methods=("fp32", "int8", "int4"), batch_sizes=(1, 2), group_size=32,
+                                  prompt_len=4, new_tokens=2, rounds=1)
+    assert [(r["method"], r["batch_size"]) for r in rows][:3] == [("fp32", 1), ("int8", 1), ("int4", 1)]
+    assert all(r["min"] <= r["decode_tok_s"] <= r["max"] for r in rows) and rows[0]["vs_fp32"] == 1.0
+
+
+def test_compiled_vs_eager_reports_or_skips(monkeypatch):
+    import course_lib.measure as measure
+    monkeypatch.setattr(measure, "compile_available", lambda: (False, "no C++ compiler"))
+    assert measure.compiled_vs_eager(tiny()) == {"available": False, "reason": "no C++ compiler"}

@@ -115,3 +115,41 @@ def test_bad_inputs_raise_clear_errors():
     # left padding does not count: 70 columns, 60 real tokens -> positions 0..59 fit the window
     mask = torch.cat([torch.zeros(1, 10, dtype=torch.long), torch.ones(1, 60, dtype=torch.long)], 1)
     assert model(torch.zeros(1, 70, dtype=torch.long), attention_mask=mask).logits.shape == (1, 70, 258)
+
+
+def test_gqa_without_copies_matches_repeat_interleave(monkeypatch):
+    """SDPA's enable_gqa reads the grouped K/V heads directly; the old repeat_interleave path
+    (kept for torch without it) must give the same logits, cached and uncached."""
+    import course_lib.model as model_mod
+    from course_lib.config import ModelConfig as MC
+    torch.manual_seed(0)
+    m = DIYModel(MC(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=64)).eval()
+    ids = torch.randint(0, 258, (2, 12))
+    with torch.no_grad():
+        fast = m(ids).logits
+        out = m(ids[:, :8], use_cache=True)
+        step = m(ids[:, 8:9], past_key_values=out.past_key_values, use_cache=True).logits
+        monkeypatch.setattr(model_mod, "SDPA_GQA", False)
+        slow = m(ids).logits
+    assert model_mod._sdpa_has_gqa(), "torch 2.5+ has enable_gqa; the fast path should be on"
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step[:, 0], slow[:, 8], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_without_padding_builds_no_mask(monkeypatch):
+    """A one-token decode step with no padding sees every cached key: no mask tensor is built."""
+    import course_lib.model as model_mod
+    from course_lib.config import ModelConfig as MC
+    m = DIYModel(MC(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=32)).eval()
+    calls = []
+    real = model_mod.build_attention_mask
+    monkeypatch.setattr(model_mod, "build_attention_mask", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with torch.no_grad():
+        out = m(torch.randint(0, 258, (1, 5)), use_cache=True)
+        m(torch.randint(0, 258, (1, 1)), past_key_values=out.past_key_values, use_cache=True)
+    assert calls == []
+    with torch.no_grad():  # with padding the mask is still needed
+        am = torch.tensor([[0, 1, 1, 1, 1, 1]])
+        out = m(torch.randint(0, 258, (1, 5)), attention_mask=am[:, :5], use_cache=True)
+        m(torch.randint(0, 258, (1, 1)), attention_mask=am, past_key_values=out.past_key_values, use_cache=True)
+    assert len(calls) == 2
