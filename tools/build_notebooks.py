@@ -119,6 +119,11 @@ def static_outputs(nb: nbformat.NotebookNode) -> None:
                 continue
             if o.output_type == "display_data" and o.get("metadata", {}).get("course_static_text"):
                 o.data = {"text/plain": o.data.get("text/plain", "")}
+            elif o.output_type in ("display_data", "execute_result") \
+                    and "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
+                # A widget needs its kernel: keep the live view, but show a reader of the stored
+                # notebook a sentence instead of the widget's repr ("interactive(children=...").
+                o.data["text/plain"] = "（交互控件 (widget)：在运行中的 JupyterLab 里显示；上面有对应的静态图）"
             outs.append(o)
         for o in outs:
             if o.output_type == "stream" and "\r" in o.text:
