@@ -169,11 +169,11 @@ def subprocess_env(extra: Optional[dict] = None) -> dict:
 
 
 def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, echo: bool = True,
-                  prefix_filter=None) -> tuple[int, list]:
+                  prefix_filter=None, max_width: Optional[int] = None) -> tuple[int, list]:
     """Run ``cmd``, printing its output line by line as it arrives (so a notebook cell shows a
     live log), and return ``(returncode, lines)``. ``prefix_filter`` (a string or a tuple of
-    strings) shows only lines containing one of them
-    (all lines are still returned). Kills the process group on timeout."""
+    strings) shows only lines containing one of them, ``max_width`` cuts each shown line to that
+    many characters (all lines are still returned whole). Kills the process group on timeout."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(env),
                             start_new_session=True)
     lines: list = []
@@ -183,7 +183,10 @@ def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, ech
             lines.append(line.rstrip("\n"))
             if echo and (prefix_filter is None or any(p in line for p in
                                                       ((prefix_filter,) if isinstance(prefix_filter, str) else prefix_filter))):
-                print(line, end="", flush=True)
+                shown = line.rstrip("\n")
+                if max_width is not None and len(shown) > max_width:
+                    shown = shown[:max_width] + " …"
+                print(shown, flush=True)
 
     t = threading.Thread(target=pump, daemon=True)
     t.start()

@@ -95,6 +95,7 @@ def _machine_paths() -> list[tuple[str, str]]:
     standard library (the stdlib corpus) becomes <python-stdlib>, the home folder ~."""
     stdlib = sysconfig.get_paths()["stdlib"]
     pairs = [(str(ROOT) + os.sep, ""), (str(ROOT), "."), (stdlib, "<python-stdlib>"),
+             (sys.prefix, ".venv"), (os.path.realpath(sys.prefix), ".venv"),
              (os.path.realpath(stdlib), "<python-stdlib>"), (str(Path.home()) + os.sep, "~/")]
     return sorted({p for p in pairs if p[0] not in ("", os.sep)}, key=lambda p: -len(p[0]))
 

@@ -160,13 +160,18 @@ finally:
 # （只发生一次：先写标记文件）。另外，torchrun 自己的进程要带 `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`：
 # 否则重启后的 worker 有时会读到上一轮的旧地址而连接失败（pytorch #135712）。`torchrun_command` 生成的命令用
 # `python -m course_lib.launch`（参数与 torchrun 完全相同，它先设好这个变量再运行 torchrun），手敲命令时也用它。
+#
+# 下面输出里的报错行是**预期中的**，正是要演示的故障：torchrun 报告 rank 1 `failed (exitcode: -9)`（-9 = SIGKILL）；
+# rank 0 若在 all-reduce 时先发现对端断开，还会打印 `RuntimeError: ... Connection reset by peer`。
+# 之后 torchrun 重启整个组，新进程从检查点继续（`resumed from ...`），最后退出码是 0。每行只显示前 140 个字符。
 
 # %%
 marker = ROOT / "fault.marker"
 kill_at = TRAIN["ckpt_interval"] + 1
 rc, lines = run_streaming(torchrun_train_command(2, ROOT / "faulty", max_restarts=1, **MODEL, **TRAIN),
                           env={"OMP_NUM_THREADS": "1", **fault_env("after_step", kill_at, rank=1, once=marker)},
-                          timeout_s=600, prefix_filter=("[train]", "[fault]", "step ", "RuntimeError", "exitcode"))
+                          timeout_s=600, prefix_filter=("[train]", "[fault]", "step ", "RuntimeError", "exitcode"),
+                          max_width=140)
 print("\nexit code:", rc, "| fault happened:", marker.exists())
 print([ln for ln in lines if "resumed from" in ln])
 
