@@ -124,7 +124,7 @@ def static_outputs(nb: nbformat.NotebookNode) -> None:
                     and "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
                 # A widget needs its kernel: keep the live view, but show a reader of the stored
                 # notebook a sentence instead of the widget's repr ("interactive(children=...").
-                o.data["text/plain"] = "（交互控件 (widget)：在运行中的 JupyterLab 里显示；上面有对应的静态图）"
+                o.data["text/plain"] = "（交互控件 (widget)：需要运行中的 kernel，在 JupyterLab 里运行这个单元格即可使用）"
             outs.append(o)
         for o in outs:
             if o.output_type == "stream" and "\r" in o.text:

@@ -19,7 +19,7 @@ OUT = ROOT / "docs" / "img"
 # (output file, notebook, text that appears in the source of the cell that draws it)
 FIGURES = [
     ("resume.png", "4.0.1-checkpoint-resume.ipynb", "new_axes("),
-    ("warmup.png", "4.0.2-lr-warmup.ipynb", "with vs without warmup"),
+    ("warmup.png", "4.0.2-lr-warmup.ipynb", "lr x warmup grid"),
     ("kv-cache.png", "4.2.3-kv-cache.ipynb", "new_axes("),
     ("batched.png", "4.2.4-batched-inference.ipynb", "new_axes("),
 ]
