@@ -478,6 +478,29 @@ def poisson_trace(n: int, rate: float, prompts: Sequence[Sequence[int]], short: 
     return out
 
 
+def run_staggered(engine: Engine, prompts: Sequence[Sequence[int]], n: int = 24, every: int = 2,
+                  max_steps: int = 2000) -> tuple[list[Request], list[int]]:
+    """Submit ``n`` requests, one every ``every`` engine steps, and step until all are finished.
+
+    Request ``i`` gets ``prompts[i % len(prompts)]`` (token ids) and ``max_tokens = 3 + (7 i) % 23``,
+    so prompt and output lengths differ from request to request. Returns the requests and the
+    running batch size after each step. The lesson's equivalence demo and the tests use this.
+    """
+    reqs: list[Request] = []
+    running_sizes: list[int] = []
+    step = 0
+    while len(reqs) < n or engine.has_work:
+        if len(reqs) < n and step % every == 0:
+            i = len(reqs)
+            reqs.append(engine.submit(list(prompts[i % len(prompts)]), 3 + (7 * i) % 23))
+        engine.step()
+        running_sizes.append(len(engine.running))
+        step += 1
+        if step >= max_steps:
+            raise RuntimeError(f"run_staggered: requests still running after {max_steps} steps")
+    return reqs, running_sizes
+
+
 def replay_trace(engine: Engine, trace: Sequence[Arrival]) -> dict:
     """Feed ``trace`` to ``engine`` in real compute time, never sleeping.
 

@@ -5,26 +5,23 @@ without its kernel, and tqdm's text fallback goes to stderr. A text bar on stdou
 in JupyterLab and a terminal (carriage returns), and tools/build_notebooks.py keeps only its final
 state in the stored notebook: a finished bar with the elapsed time.
 
-    from course_lib.progress import text_bar, follow_run
+    from course_lib.progress import text_bar, watch_steps
     for x in text_bar(items, desc="runs"): ...
-    result = follow_run(cmd, out_dir, total_steps=160, desc="train")   # a training subprocess
+    with watch_steps(out_dir, total_steps=160, desc="train"):    # beside course_lib.runner.run(...)
+        result = run(cmd, out_dir)
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from course_lib.monitor import read_jsonl
-from course_lib.paths import repo_root
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
@@ -44,37 +41,6 @@ def last_logged_step(out_dir: str | os.PathLike) -> int:
         return 0
     steps = [r["step"] for r in read_jsonl(path) if "step" in r]
     return max(steps, default=0)
-
-
-def follow_run(cmd: Sequence[str], out_dir: str | os.PathLike, total_steps: int, desc: str = "train",
-               env: dict | None = None, timeout: float = 1800, poll_s: float = 0.2) -> subprocess.CompletedProcess:
-    """Run a training command to the end, showing its progress from out_dir/metrics.jsonl.
-
-    Returns the CompletedProcess (stdout and stderr together in ``stdout``) like ``subprocess.run``.
-    """
-    t0 = time.perf_counter()
-    # The output goes to a file, not a pipe: a pipe nobody reads fills up and stalls the run.
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log, \
-            text_bar(total=total_steps, desc=desc) as bar:
-        proc = subprocess.Popen(list(cmd), cwd=repo_root(), env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            while proc.poll() is None:
-                step = min(last_logged_step(out_dir), total_steps)
-                if step > bar.n:
-                    bar.update(step - bar.n)
-                if time.perf_counter() - t0 > timeout:
-                    raise TimeoutError(f"{desc}: 训练命令 {timeout:.0f} 秒内没有结束（已停止它）")
-                time.sleep(poll_s)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        step = min(last_logged_step(out_dir), total_steps)
-        if step > bar.n:
-            bar.update(step - bar.n)
-        log.seek(0)
-        output = log.read()
-    return subprocess.CompletedProcess(list(cmd), proc.returncode, output, "")
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from course_lib.config import pick
-from course_lib.engine import Engine, RaggedPagedCache, SeqBlocks, batching_experiment
+from course_lib.engine import Engine, RaggedPagedCache, SeqBlocks, batching_experiment, run_staggered
 from course_lib.generate import generate
 from course_lib.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
@@ -169,16 +169,8 @@ CODE = ["def ", "class Foo(object):\n    def __init__(self", "import", "    for 
         "x = ", "# comment", "if __name__ == ", "return", "try:\n    ", "    self.", "with open(", "print("]
 
 
-def staggered(engine, n=24, every=2):
-    reqs, step, sizes = [], 0, []
-    while len(reqs) < n or engine.has_work:
-        if len(reqs) < n and step % every == 0:
-            i = len(reqs)
-            reqs.append(engine.submit(tok.encode(CODE[i % len(CODE)]), 3 + (7 * i) % 23))
-        engine.step()
-        sizes.append(len(engine.running))
-        step += 1
-    return reqs, sizes
+def staggered(engine, n=24, every=2):   # course_lib.engine.run_staggered: the same driver the tests use
+    return run_staggered(engine, [tok.encode(c) for c in CODE], n=n, every=every)
 
 
 def alone(r):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib.engine import Engine, RequestRefused
+from course_lib.engine import Engine, RequestRefused, run_staggered
 from course_lib.generate import generate
 from course_lib.pretrained import load_reference_model
 
@@ -25,16 +25,7 @@ def alone(model, req, eos_id=NL, generator=None):
 
 def replay(engine, tok, n=24, every=2):
     """n requests, one every `every` steps, prompts and max_tokens of different lengths."""
-    reqs, running_sizes, step = [], [], 0
-    while len(reqs) < n or engine.has_work:
-        if len(reqs) < n and step % every == 0:
-            i = len(reqs)
-            reqs.append(engine.submit(tok.encode(PROMPTS[i % len(PROMPTS)]), 3 + (7 * i) % 23))
-        engine.step()
-        running_sizes.append(len(engine.running))
-        step += 1
-        assert step < 2000
-    return reqs, running_sizes
+    return run_staggered(engine, [tok.encode(p) for p in PROMPTS], n=n, every=every)
 
 
 def test_staggered_requests_equal_generating_each_alone(model_tok):
