@@ -45,6 +45,7 @@ from course_lib.pretrained import load_reference_model
 
 torch.manual_seed(0)
 model, tok = load_reference_model()
+print(f"reference model: {model.num_parameters() / 1e6:.1f}M params, {model.num_parameters() * 4 / 1e6:.1f} MB of fp32 weights")
 
 # %% [markdown]
 # ## 1. 左填充、掩码、位置编号
@@ -114,7 +115,7 @@ print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
 # %% [markdown]
 # ## 3b. 吞吐在哪里饱和：22M 参数的模型
 #
-# 参考模型只有 0.77M 参数，权重（3 MB）整个放在 CPU 缓存里，batch 1 的一步几乎全是固定开销 (overhead-bound)。
+# 参考模型很小（开头打印了参数量和权重大小），权重基本放得进 CPU 缓存，batch 1 的一步有相当一部分是固定开销 (overhead)。
 # 换成 `speed_config()`（随机初始化的 d512 × 8 层，约 2230 万参数，fp32 权重 89 MB）：batch 1 时每一步都要把 89 MB 权重
 # 从内存读一遍，一步的时间由**内存带宽**决定 (memory-bandwidth-bound)；batch 变大时，同一次读权重服务更多 token，
 # 每步时间几乎不变，吞吐近似线性上升。当每步的矩阵乘法算量大到 CPU 算不过来（计算受限，compute-bound），
@@ -137,11 +138,16 @@ print(f"batch {last['batch_size']}: {last['vs_batch1']:.1f}x batch 1 "
 assert big_rows[-1]["decode_tok_s"] > big_rows[0]["decode_tok_s"], "batching should raise throughput"
 assert last["vs_batch1"] < last["batch_size"], "throughput should grow less than linearly"
 assert last["decode_tok_s"] < 1.25 * ceiling, "decode throughput should stay under the prefill (compute-bound) rate"
+knee = next((r for r in big_rows if r["ms_per_step"] >= 1.5 * big_rows[0]["ms_per_step"]), None)
+if knee:
+    print(f"on this machine the step time stays within 1.5x of batch 1's {big_rows[0]['ms_per_step']:.1f} ms until "
+          f"batch {knee['batch_size']} ({knee['ms_per_step']:.1f} ms): from there throughput rises more slowly and saturates")
+else:
+    print(f"the step time stayed within 1.5x of batch 1's up to batch {last['batch_size']}: not saturated yet on this machine")
 
 # %% [markdown]
-# 编写本课时（2 核 CPU、1 个线程、机器负载很重，单次测量）：batch 1 约 85 tok/s、一步约 12 ms；batch 8 约 5×；
-# 到 batch 16 以后每步时间明显变长（32 时约 34 ms、64 时约 55 ms），吞吐停在约 1200 tok/s，接近 prefill 的约 1500 tok/s。
-# 在有更多核或 GPU 的机器上，饱和点会往后推；读表时先看自己机器上的 `ms_per_step` 从哪里开始随 batch 上升。
+# 最后一行指出了这台机器上每一步的时间从哪个 batch 开始明显变长（超过 batch 1 的 1.5 倍）：在那之前，一次读权重服务更多 token，
+# 吞吐近似线性上升；从那里开始矩阵乘法的算量成为瓶颈，吞吐向 prefill 的上限靠拢。核数更多或换成 GPU，这个拐点会往后推。
 
 # %% [markdown]
 # ## 4. 流式输出
