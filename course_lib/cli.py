@@ -39,7 +39,7 @@ from .config import (
 )
 from .data import DataError
 from .export import load_model_from_run
-from .generate import generate_text
+from .generate import compile_available, generate_text
 from .monitor import NonFiniteError
 from .train import ConfigMismatchError, Trainer
 
@@ -204,6 +204,9 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--no-cache", action="store_true", help="disable the KV cache (slow baseline)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode with the compiled static-cache step (torch.compile; pays seconds to minutes "
+                        "of compiling once, then faster steps; one prompt at a time)")
     return p
 
 
@@ -218,6 +221,12 @@ def check_generate_args(args: argparse.Namespace) -> None:
     for flag, value, ok, problem in checks:
         if not ok:
             raise ConfigError(f"{flag}: {problem} (got {value!r}); change the flag")
+    if args.compile and args.no_cache:
+        raise ConfigError("--compile: the compiled path decodes from its own static KV cache; drop --no-cache")
+    if args.compile:
+        ok, why = compile_available()
+        if not ok:
+            raise ConfigError(f"--compile: {why}; run without --compile")
 
 
 def generate_main(argv: Sequence[str] | None = None) -> int:
@@ -234,8 +243,11 @@ def generate_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     g = torch.Generator().manual_seed(args.seed)
     prompts = args.prompt or ["def "]
-    texts = generate_text(model, tok, prompts, args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, generator=g, use_cache=not args.no_cache)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=g)
+    if args.compile:   # the compiled step needs unpadded rows of one length: one prompt per call, batch 1
+        texts = [generate_text(model, tok, p, args.max_new_tokens, compile=True, **sampling) for p in prompts]
+    else:
+        texts = generate_text(model, tok, prompts, args.max_new_tokens, use_cache=not args.no_cache, **sampling)
     print(f"[generate] model from {path}", file=sys.stderr)
     for prompt, text in zip(prompts, texts, strict=True):
         print(prompt + text)

@@ -290,21 +290,27 @@ assert low_ttft_ratio > 1
 # 这里在 notebook 里把它放进后台线程，端口由操作系统挑选，然后用官方的 `openai` 客户端调用。
 
 # %%
+# DEMO_TEXT
 import httpx
 import openai
 
+from course_lib.demo import END, STOP, settings_line
 from course_lib.serve import ServerThread, create_app
 
 engine = Engine(model, eos_id=tok.eos_id, max_batch=8)
 with ServerThread(create_app(engine, tok, "reference_model")) as srv:
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed")
     print("models:", [m.id for m in client.models.list()])
-    r = client.completions.create(model="reference_model", prompt="def ", max_tokens=pick(60, 24),
-                                  temperature=0)
-    print("non-streaming:", repr(r.choices[0].text), "| finish_reason:", r.choices[0].finish_reason, "| usage:", r.usage)
-    print("streaming:    ", end="")
+    # the sampling settings a person would use, with a fixed seed so the stored output is reproducible
+    r = client.completions.create(model="reference_model", prompt="def ", max_tokens=pick(160, 24),
+                                  temperature=0.8, top_p=0.95, seed=0, stop=[STOP])
+    print(settings_line(seed=0, top_k=None, top_p=0.95))
+    print("def " + r.choices[0].text)
+    print(END)
+    print("finish_reason:", r.choices[0].finish_reason, "| usage:", r.usage)
+    print("streaming:", end=" ")
     for chunk in client.completions.create(model="reference_model", prompt="import", max_tokens=pick(40, 16),
-                                           temperature=0, stream=True):
+                                           temperature=0.8, top_p=0.95, seed=1, stream=True):
         print(chunk.choices[0].text, end="|", flush=True)
     print()
     bad = httpx.post(srv.url + "/v1/completions", json={"model": "reference_model", "prompt": "x", "max_tokens": -1})

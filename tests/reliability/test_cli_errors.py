@@ -119,6 +119,7 @@ def test_real_generate_process_prints_one_line_and_exits_2(tmp_path):
     (["--top-p", "1.5"], "--top-p: must be in (0, 1]"),
     (["--seed", "-3"], "--seed: must be in"),
     (["--max-new-tokens", "many"], "--max-new-tokens: invalid int value"),
+    (["--compile", "--no-cache"], "--compile: the compiled path decodes from its own static KV cache"),
 ])
 def test_generate_flag_errors_are_one_line_exit_2(tmp_path, capsys, argv, expected):
     try:
@@ -128,3 +129,11 @@ def test_generate_flag_errors_are_one_line_exit_2(tmp_path, capsys, argv, expect
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "; " in err[0], err
     assert expected in err[0], err
+
+
+def test_generate_compile_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("course_lib.cli.compile_available", lambda: (False, "no C++ compiler found"))
+    rc = generate_main(["--run", str(tmp_path), "--compile"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --compile: no C++ compiler found"), err
+    assert "run without --compile" in err[0], err
