@@ -16,7 +16,7 @@ instead of one candidate silently getting the quiet moment.
 
 Every speed harness takes a model or a ``ModelConfig`` (a random-init model is built from it:
 speed does not depend on what the weights learned). ``speed_config()`` is the >= 20 M-parameter
-configuration of the speed tables: the 2.4 M reference model's weights (10 MB) mostly fit in the
+configuration of the speed tables: the 1.6 M reference model's weights (6.5 MB) mostly fit in the
 CPU's caches, so much of its decode step is per-op overhead (Python, dispatch, small kernels); at
 22 M parameters (89 MB in fp32) every decode step streams all weights from memory, and the step
 is bound by memory bandwidth, which is what the KV cache, quantization and batching act on.

@@ -160,7 +160,7 @@ assert by["int4"]["ppl_ratio"] > by["int8"]["ppl_ratio"], (by["int4"], by["int8"
 #   这些 kernel 直接读 1 字节 / 半字节的权重，激活用 bf16（同样的 kernel 配 fp32 激活反而比 fp32 矩阵乘法慢好几倍，
 #   见 `course_lib/quantize.py` 里的实测注释）；和教学版的差别只是 bf16 舍入，测试里规定了容差，困惑度变化在万分之几以内。
 #   保存格式不变：打包后的张量不进 state dict，加载时重新打包（代价：运行时 int4 层多占一份打包权重的内存，表里的 `memory_MB` 只算存储的张量）。
-#   参考模型的 fp32 权重只有十来 MB（上面打印了准确的数），基本放得进 CPU 的缓存，batch 1 的一步 decode 有相当一部分花在 Python、
+#   参考模型的 fp32 权重只有几 MB（上面打印了准确的数），基本放得进 CPU 的缓存，batch 1 的一步 decode 有相当一部分花在 Python、
 #   算子调度这类**固定开销** (overhead) 上，读权重的字节数不是唯一的瓶颈，所以量化省下的字节换来的速度有限。下面 4c 换一个大模型再测。
 #   `quantize_dynamic` 也用了真正的 int8 kernel（fbgemm），但它每步还要量化激活。
 #   CPU 同时被其它进程占用时，计时噪声可能比这些差别还大；大小和质量的数字不受影响。
