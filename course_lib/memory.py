@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
 
@@ -305,6 +305,40 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
         peak = _cpu_peak_from_profiler(prof)
         method = "torch.profiler CPU allocation events"
     return {"peak": int(peak), "method": method, "seconds": time.perf_counter() - t0}
+
+
+def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
+               optimizer: str = "adamw", activation_checkpointing: bool = False, steps: int = 2,
+               device: str = "cpu", seed: int = 0) -> Callable[[], float]:
+    """A callable that runs ``steps`` training steps (forward, backward, optimizer step) of one
+    model on one fixed batch and returns the seconds per step (CPU or CUDA, synchronised).
+
+    Build one per candidate, call each once to warm up (the first call pays for allocations
+    and lazy initialisation), then time them in turn with ``course_lib.measure.interleaved_rounds``,
+    so that no candidate gets the machine's quiet moment alone."""
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
+    torch.manual_seed(seed)
+    model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
+    opt = _make_optimizer(model, optimizer)
+    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+           if dtype != "fp32" else contextlib.nullcontext())
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def run() -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with amp:
+                loss = model(x, targets=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync()
+        return (time.perf_counter() - t0) / steps
+
+    return run
 
 
 def find_max_batch_size(budget_bytes: int, model_cfg: ModelConfig, seq_len: int, dtype: str = "fp32",
