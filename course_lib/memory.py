@@ -29,6 +29,10 @@ kind of moment competes: the backward's recompute of one block (``_checkpointed_
   maximum is the peak. (The process RSS is no good for this: it includes the Python
   interpreter, libraries and freed-but-cached pages, and never goes down.)
 
+``step_timer(...)`` times training steps of one fixed model and batch (seconds per step), for
+ratios measured in interleaved rounds: with vs without activation checkpointing (lesson 4.0.5),
+fp32 vs bf16 autocast (lesson 4.1.5).
+
 ``find_max_batch_size(budget_bytes, ...)`` searches the largest batch whose *estimated* peak
 fits the budget (the estimate is monotone in the batch size, so a doubling + bisection search
 is exact), and can confirm the answer with ``measure``.
