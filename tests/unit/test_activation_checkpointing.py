@@ -11,7 +11,7 @@ import torch
 import course_lib.model as model_mod
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.kv_cache import DynamicCache
-from course_lib.memory import compare, estimate, find_max_batch_size, measure
+from course_lib.memory import compare, estimate, find_max_batch_size, measure, step_timer
 from course_lib.model import DIYModel
 from course_lib.train import Callback, Trainer
 
@@ -148,3 +148,9 @@ def test_flag_may_change_across_a_resume(tmp_path):
     resumed.fit()
     for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_step_timer_returns_seconds_per_step():
+    timer = step_timer(TINY, 2, 16, "bf16", activation_checkpointing=True, steps=1)
+    first, second = timer(), timer()
+    assert first > 0 and second > 0
