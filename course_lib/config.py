@@ -281,6 +281,9 @@ class TrainConfig(_JsonMixin):
     accumulation_steps: int = setting(1, "micro-batches accumulated per optimizer step")
     # --- precision / device ---
     dtype: str = setting("fp32", "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA)")
+    activation_checkpointing: bool = setting(False, "recompute each transformer block's activations in the backward "
+                                             "instead of keeping them: less memory, about one more forward of compute "
+                                             "per step; the same gradients", _F)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)", _F)
     # --- bookkeeping ---
     seed: int = setting(1337, f"random seed (model init, data order), 0..{MAX_SEED}")

@@ -17,6 +17,8 @@ The *peak* is not the sum of all of these: gradients are created while activatio
 during the backward pass. The estimate models the two moments that compete for the peak:
 the start of the backward pass (weights + optimizer state + all activations + the loss
 gradient buffers) and the optimizer step (weights + optimizer state + all gradients).
+With ``activation_checkpointing=True`` the forward keeps only each block's input, and a third
+kind of moment competes: the backward's recompute of one block (``_checkpointed_phases``).
 
 ``measure(...)`` runs real training steps and reports the real peak:
 
@@ -26,6 +28,10 @@ gradient buffers) and the optimizer step (weights + optimizer state + all gradie
   carries the signed number of bytes, and the running sum over time is the live memory. Its
   maximum is the peak. (The process RSS is no good for this: it includes the Python
   interpreter, libraries and freed-but-cached pages, and never goes down.)
+
+``step_timer(...)`` times training steps of one fixed model and batch (seconds per step), for
+ratios measured in interleaved rounds: with vs without activation checkpointing (lesson 4.0.5),
+fp32 vs bf16 autocast (lesson 4.1.5).
 
 ``find_max_batch_size(budget_bytes, ...)`` searches the largest batch whose *estimated* peak
 fits the budget (the estimate is monotone in the batch size, so a doubling + bisection search
@@ -39,7 +45,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
 
@@ -123,9 +129,60 @@ def _activation_terms(cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: in
     }
 
 
+def _checkpointed_phases(model_cfg: ModelConfig, batch_size: int, seq_len: int, a: int, amp: bool,
+                         terms: Dict[str, int], counts: Dict[str, int], static: int,
+                         autocast_copies: int, loss_buffers: int) -> tuple:
+    """Activation checkpointing (one ``checkpoint`` per block): what is kept, and the phases
+    that compete for the peak. Returns ``(kept_activations, detail, {phase: bytes})``.
+
+    Derived from ``_activation_terms`` (the same per-tensor list, regrouped). N = B*T tokens,
+    L layers, d = d_model, f = ffn_hidden, a = activation bytes, V = vocab_size:
+
+    kept between forward and backward
+      block inputs       L x N*d*4 (the residual stream is fp32, also under autocast)
+      outside the blocks the final RMSNorm, RoPE cos/sin and log_softmax, as without AC
+    one block, recomputed in the backward (only one block at a time)
+      per_block = (2 RMSNorms + attention + MLP terms) / L, + 4 RoPE casts under autocast
+      + the MLP backward's gradient buffers: d(down_proj input), d(silu(gate)), d(up), each
+        N*f*a, while silu(gate)*up (consumed by down_proj's backward) is already freed: 2 x N*f*a
+      + under autocast, the block's 16-bit weight copies made again (the autocast cache of the
+        forward is gone) and the lm_head's copy, which the graph still holds
+    The backward walks the blocks from the last to the first: at block j (0 = last), the
+    gradients of the head and of j+1 blocks exist and L-j block inputs are still held. That is
+    linear in j, so the largest is at one of the two ends (j = 0 or j = L-1).
+    """
+    cfg = model_cfg
+    L, N, d, f, V, hd = cfg.n_layers, batch_size * seq_len, cfg.d_model, cfg.ffn_hidden, cfg.vocab_size, cfg.head_dim
+    one_norm = terms["rmsnorm"] // (2 * L + 1)
+    per_block = (2 * one_norm + terms["attention"] // L + terms["mlp"] // L
+                 + (4 * batch_size * seq_len * hd * a if amp else 0))
+    rope = 2 * batch_size * seq_len * hd * 4
+    inputs = L * N * d * 4
+    kept = inputs + one_norm + rope + terms["log_softmax"]
+    block_matrices = (counts["matrices"] - counts["embedding"] - (0 if cfg.tie_embeddings else V * d)) // L
+    block_grads = (block_matrices + 2 * d) * 4
+    head_grads = (V * d + d) * 4                       # lm_head (tied or not) + final norm weight
+    mlp_grad_buffers = 2 * N * f * a
+    copies = (block_matrices + V * d) * a if amp else 0
+    recompute = {j: static + head_grads + (j + 1) * block_grads + (L - j) * N * d * 4 + rope + per_block
+                 + mlp_grad_buffers + copies for j in (0, L - 1)}
+    phases = {"backward start": static + autocast_copies + kept + loss_buffers,
+              "recompute, last block": recompute[0], "recompute, first block": recompute[L - 1]}
+    detail = {"block_inputs": inputs, "final_rmsnorm": one_norm, "rope_tables": rope,
+              "log_softmax": terms["log_softmax"], "one_block_recomputed": per_block,
+              "mlp_grad_buffers": mlp_grad_buffers}
+    return kept, detail, phases
+
+
 def estimate(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-             optimizer: str = "adamw") -> MemoryEstimate:
-    """Modelled memory of one training step of ``DIYModel`` (bytes), as a breakdown and a peak."""
+             optimizer: str = "adamw", activation_checkpointing: bool = False) -> MemoryEstimate:
+    """Modelled memory of one training step of ``DIYModel`` (bytes), as a breakdown and a peak.
+
+    ``activation_checkpointing=True`` models ``model.set_activation_checkpointing(True)``:
+    ``activations`` is then what the forward keeps (each block's input plus the tensors outside
+    the blocks), and the peak also considers the backward's recompute of one block at a time
+    (formula in ``_checkpointed_phases``).
+    """
     if dtype not in BYTES:
         raise ValueError(f"dtype={dtype!r}: use one of {sorted(BYTES)}")
     if optimizer not in OPTIMIZER_STATES:
@@ -143,16 +200,20 @@ def estimate(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str =
     buffers = 2 * model_cfg.max_seq_len * model_cfg.head_dim * 4          # RoPE cos/sin tables
     N, V = batch_size * seq_len, model_cfg.vocab_size
     terms = _activation_terms(model_cfg, N, batch_size, seq_len, a, amp)
-    activations = sum(terms.values())
     # start of backward: d(loss)/d(log_softmax) and d(logits) in fp32 exist next to everything else
     loss_buffers = 2 * N * V * 4
     static = params + opt + buffers
-    at_backward = static + autocast_copies + activations + loss_buffers
-    at_step = static + grads
-    peak, phase = (at_backward, "backward start") if at_backward >= at_step else (at_step, "optimizer step")
+    if activation_checkpointing:
+        activations, detail, phases = _checkpointed_phases(model_cfg, batch_size, seq_len, a, amp, terms, counts,
+                                                           static, autocast_copies, loss_buffers)
+    else:
+        activations, detail = sum(terms.values()), terms
+        phases = {"backward start": static + autocast_copies + activations + loss_buffers}
+    phases["optimizer step"] = static + grads
+    phase = max(phases, key=phases.get)
     return MemoryEstimate(params=params, grads=grads, optimizer_state=opt, autocast_copies=autocast_copies,
-                          activations=activations, loss_buffers=loss_buffers, buffers=buffers, peak=peak,
-                          peak_phase=phase, detail=terms)
+                          activations=activations, loss_buffers=loss_buffers, buffers=buffers, peak=phases[phase],
+                          peak_phase=phase, detail=detail)
 
 
 # ------------------------------------------------------------------------------------------
@@ -199,11 +260,13 @@ def _make_optimizer(model: torch.nn.Module, optimizer: str) -> torch.optim.Optim
 
 
 def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-            optimizer: str = "adamw", device: str = "cpu", steps: int = 2, seed: int = 0) -> dict:
+            optimizer: str = "adamw", device: str = "cpu", steps: int = 2, seed: int = 0,
+            activation_checkpointing: bool = False) -> dict:
     """Real peak bytes of ``steps`` training steps, counted from model creation on.
 
     Returns ``{"peak": bytes, "method": ..., "seconds": ...}``. Two steps: the first creates the
     optimizer state, the second runs with it in place (the steady state).
+    ``activation_checkpointing=True`` trains with ``model.set_activation_checkpointing(True)``.
     """
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
@@ -214,7 +277,7 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
 
     def run() -> None:
         torch.manual_seed(seed)
-        model = DIYModel(model_cfg).to(dev)
+        model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
         opt = _make_optimizer(model, optimizer)
         for _ in range(steps):
             with amp:
@@ -248,11 +311,45 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
     return {"peak": int(peak), "method": method, "seconds": time.perf_counter() - t0}
 
 
+def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
+               optimizer: str = "adamw", activation_checkpointing: bool = False, steps: int = 2,
+               device: str = "cpu", seed: int = 0) -> Callable[[], float]:
+    """A callable that runs ``steps`` training steps (forward, backward, optimizer step) of one
+    model on one fixed batch and returns the seconds per step (CPU or CUDA, synchronised).
+
+    Build one per candidate, call each once to warm up (the first call pays for allocations
+    and lazy initialisation), then time them in turn with ``course_lib.measure.interleaved_rounds``,
+    so that no candidate gets the machine's quiet moment alone."""
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
+    torch.manual_seed(seed)
+    model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
+    opt = _make_optimizer(model, optimizer)
+    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+           if dtype != "fp32" else contextlib.nullcontext())
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def run() -> float:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with amp:
+                loss = model(x, targets=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync()
+        return (time.perf_counter() - t0) / steps
+
+    return run
+
+
 def find_max_batch_size(budget_bytes: int, model_cfg: ModelConfig, seq_len: int, dtype: str = "fp32",
-                        optimizer: str = "adamw", limit: int = 1 << 16) -> int:
+                        optimizer: str = "adamw", limit: int = 1 << 16, activation_checkpointing: bool = False) -> int:
     """Largest batch size whose estimated peak fits ``budget_bytes`` (0 if even batch 1 does not)."""
     def fits(b: int) -> bool:
-        return estimate(model_cfg, b, seq_len, dtype, optimizer).peak <= budget_bytes
+        return estimate(model_cfg, b, seq_len, dtype, optimizer, activation_checkpointing).peak <= budget_bytes
     if not fits(1):
         return 0
     lo = 1
@@ -266,12 +363,15 @@ def find_max_batch_size(budget_bytes: int, model_cfg: ModelConfig, seq_len: int,
 
 
 def compare(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-            optimizer: str = "adamw", device: str = "cpu", name: str = "") -> dict:
+            optimizer: str = "adamw", device: str = "cpu", name: str = "",
+            activation_checkpointing: bool = False) -> dict:
     """One row of the estimate-vs-measured table."""
-    est = estimate(model_cfg, batch_size, seq_len, dtype, optimizer)
-    got = measure(model_cfg, batch_size, seq_len, dtype, optimizer, device)
+    est = estimate(model_cfg, batch_size, seq_len, dtype, optimizer, activation_checkpointing)
+    got = measure(model_cfg, batch_size, seq_len, dtype, optimizer, device,
+                  activation_checkpointing=activation_checkpointing)
     err = (est.peak - got["peak"]) / got["peak"]
     return {"model": name or f"d{model_cfg.d_model}xL{model_cfg.n_layers}", "params": est.params // 4,
-            "batch": batch_size, "seq": seq_len, "dtype": dtype, "estimate_MiB": est.peak / MiB,
+            "batch": batch_size, "seq": seq_len, "dtype": dtype, "ac": activation_checkpointing,
+            "estimate_MiB": est.peak / MiB,
             "measured_MiB": got["peak"] / MiB, "error_pct": 100 * err, "within_10pct": abs(err) <= 0.10,
             "phase": est.peak_phase}

@@ -5,6 +5,12 @@ attention (GQA), and ``F.scaled_dot_product_attention``. The forward takes the s
 Hugging Face causal LM: ``attention_mask`` (1 = real token, 0 = padding), ``position_ids``,
 ``past_key_values`` (a cache from ``kv_cache``) and ``use_cache``.
 
+Activation checkpointing (``model.set_activation_checkpointing(True)``, lesson 4.0.5) wraps each
+block in ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` while training: the
+forward keeps only each block's input, and the backward runs the block's forward again to get
+the rest (torchtitan's per-block "full" AC). It is a runtime switch, not a config field: it
+changes neither the parameters, the state-dict keys nor the exported config.
+
 Parameter names follow HF's ``LlamaForCausalLM`` (``q_proj``, ``gate_proj``, ``input_layernorm``,
 ...) and RoPE uses HF's rotate-half layout, so exporting to the HF format (lesson 4.2.1) is a
 plain renaming of the top-level prefixes.
@@ -20,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .kv_cache import Cache, DynamicCache
@@ -194,7 +201,17 @@ class DIYModel(nn.Module):
         # Not persistent: derived from the config, so they are never stored in checkpoints.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False
         self.reset_parameters()
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> "DIYModel":
+        """Recompute each block's activations in the backward instead of keeping them.
+
+        Applies only to training forwards (``model.train()``, autograd on, no KV cache); eval,
+        ``torch.no_grad()`` and cached generation run the blocks as usual. A plain attribute, not
+        a parameter or buffer: the state dict and the exported config do not change."""
+        self.activation_checkpointing = bool(enabled)
+        return self
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -288,8 +305,16 @@ class DIYModel(nn.Module):
 
     def _finish(self, input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy) -> ModelOutput:
         x = self.embed_tokens(input_ids)
+        recompute = (self.activation_checkpointing and self.training and cache is None
+                     and torch.is_grad_enabled())
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache, simple)
+            if recompute:
+                # Only x (and the shared cos/sin/mask) is kept for the backward; the block's own
+                # activations are recomputed then. use_reentrant=False: the variant PyTorch
+                # recommends (works with inputs that need no grad and with torch.autograd.grad).
+                x = checkpoint(layer, x, cos, sin, mask, None, simple, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, simple)
         x = self.norm(x)
         logits = self.lm_head(x)
         loss = None

@@ -184,7 +184,7 @@ class Trainer:
 
         # ---- 1. model, optimizer, schedule, scaler (same seed on every rank) ----
         seed_everything(cfg.seed)
-        self.model = DIYModel(model_cfg).to(self.device)
+        self.model = DIYModel(model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr / cfg.lr, decay_fraction=cfg.decay_fraction)

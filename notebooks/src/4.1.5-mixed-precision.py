@@ -33,7 +33,8 @@ setup_threads();
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
-from course_lib.memory import estimate, measure
+from course_lib.measure import interleaved_rounds, ratio_stats
+from course_lib.memory import estimate, measure, step_timer
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes, print_table, smooth
 from course_lib.monitor import ProgressBar
@@ -111,10 +112,8 @@ def run(dtype, **kw):
     return tr, tr.fit()
 
 
-import time
-
-t0 = time.perf_counter(); tr32, h32 = run("fp32"); t32 = (time.perf_counter() - t0) / STEPS
-t0 = time.perf_counter(); tr16, hb16 = run("bf16"); tb16 = (time.perf_counter() - t0) / STEPS
+tr32, h32 = run("fp32")
+tr16, hb16 = run("bf16")
 fig, ax = new_axes("fp32 vs bf16 autocast (CPU)", "optimizer step", "training loss (nats/token)")
 ax.plot([h["loss"] for h in h32], alpha=0.3, color="C0"); ax.plot(smooth([h["loss"] for h in h32]), color="C0", label="fp32")
 ax.plot([h["loss"] for h in hb16], alpha=0.3, color="C1"); ax.plot(smooth([h["loss"] for h in hb16]), color="C1", label="bf16 autocast")
@@ -124,27 +123,53 @@ print(f"final loss fp32 {h32[-1]['loss']:.4f} | bf16 {hb16[-1]['loss']:.4f} | ev
 # %% [markdown]
 # ## 3. 速度与内存：这台机器上测得的数字
 
+# %% [markdown]
+# 上面两次训练的总耗时不能拿来比速度：先跑的 fp32 还要替后面的 bf16 付"热身"的钱（第一次分配内存、初始化线程池等），
+# 而且两次运行时机器上的其他负载也不一样。所以速度单独测：同一个模型、同一个 batch，两种精度**各先热身一次**，
+# 然后**交替轮次**计时（一轮里 fp32、bf16 各跑 2 步），每一轮算一个比值 fp32 时间 / bf16 时间（> 1 表示 bf16 更快），
+# 报告中位数和范围；计时时把 torch 线程数固定为 1。
+
 # %%
-m32 = measure(MC, batch_size=8, seq_len=128, dtype="fp32")
-mb16 = measure(MC, batch_size=8, seq_len=128, dtype="bf16")
+B_MP, T_MP = 8, 128
+m32 = measure(MC, batch_size=B_MP, seq_len=T_MP, dtype="fp32")
+mb16 = measure(MC, batch_size=B_MP, seq_len=T_MP, dtype="bf16")
+threads_before = torch.get_num_threads()
+torch.set_num_threads(1)   # pinned for the timing: the ratio compares precisions, not thread counts
+try:
+    timers = {dt: step_timer(MC, B_MP, T_MP, dt, steps=2) for dt in ("fp32", "bf16")}
+    for t in timers.values():
+        t()                                        # warm-up for both, not timed
+    res = interleaved_rounds(timers, rounds=pick(5, 3))
+finally:
+    torch.set_num_threads(threads_before)
+speedup = ratio_stats([a / b for a, b in zip(res["fp32"]["values"], res["bf16"]["values"], strict=True)])
 print_table([
-    {"setting": "fp32", "s/step (whole run)": round(t32, 3), "speed-up vs fp32": 1.0, "peak MiB (measured)": round(m32["peak"] / 2**20, 1)},
-    {"setting": "bf16 autocast", "s/step (whole run)": round(tb16, 3), "speed-up vs fp32": round(t32 / tb16, 2),
-     "peak MiB (measured)": round(mb16["peak"] / 2**20, 1)},
+    {"setting": "fp32", "s/step (median)": res["fp32"]["median"], "range": f"{res['fp32']['min']:.3f}-{res['fp32']['max']:.3f}",
+     "speed-up vs fp32": 1.0, "peak MiB (measured)": m32["peak"] / 2**20},
+    {"setting": "bf16 autocast", "s/step (median)": res["bf16"]["median"], "range": f"{res['bf16']['min']:.3f}-{res['bf16']['max']:.3f}",
+     "speed-up vs fp32": speedup["median"], "peak MiB (measured)": mb16["peak"] / 2**20},
 ])
-print("memory measured with", m32["method"], "| step time includes data loading and evaluation, same run")
+print(f"batch {B_MP} x seq {T_MP}; {len(res['fp32']['values'])} interleaved rounds of 2 steps, torch threads 1; "
+      f"speed-up per round {speedup['min']:.2f}-{speedup['max']:.2f}; memory measured with {m32['method']}")
 
 # %% [markdown]
 # 怎么读这张表：
 # - **内存**：反向传播要保存的激活值 (activations) 在 autocast 下大多是 bf16，只占 fp32 的一半；代价是 autocast 给每个权重多缓存一份
 #   bf16 副本、参数和 AdamW 状态仍是 fp32。这个模型的激活值比权重副本大，所以峰值内存下降（下面一行由测量结果生成，并断言方向）。
 # - **速度**：CPU 上 bf16 不一定更快——没有 AMX / AVX512-BF16 指令的 CPU 要把 bf16 转换后再算矩阵乘法，autocast 每一步还要做类型转换；
-#   有这些指令的 CPU（以及 GPU 的 tensor core）上 bf16 才快。这一行同样由测量生成。`bench/mixed_precision.py` 在多轮交替测量里打印同样的比例。
+#   有这些指令的 CPU（以及 GPU 的 tensor core）上 bf16 才快。速度的方向取决于这台机器，所以下面不断言它：只有**每一轮**都是同一个方向时，
+#   那一行才说"更快"或"更慢"，否则只报告比值。`bench/mixed_precision.py` 打印同样的比例。
 
 # %%
-mem_ratio, speed = mb16["peak"] / m32["peak"], t32 / tb16
+mem_ratio = mb16["peak"] / m32["peak"]
+if speedup["min"] > 1:
+    direction = "faster than fp32 in every round"
+elif speedup["max"] < 1:
+    direction = "slower than fp32 in every round"
+else:
+    direction = "no consistent direction: some rounds faster, some slower"
 print(f"peak memory bf16 / fp32 = {mem_ratio:.2f}: autocast {'saves' if mem_ratio < 1 else 'does not save'} memory on this model; "
-      f"bf16 steps run at {speed:.2f}x the fp32 speed here ({'faster' if speed > 1 else 'slower'} on this CPU).")
+      f"bf16 step speed = {speedup['median']:.2f}x fp32 (median; rounds {speedup['min']:.2f}-{speedup['max']:.2f}): {direction}.")
 assert mem_ratio < 1.0, f"bf16 autocast should lower the measured peak on this model: {mem_ratio:.2f}"
 
 # %% [markdown]
@@ -223,7 +248,7 @@ check("4.1.5")
 from course_lib.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.5", measured={"bf16_speedup": t32 / tb16})
+q = quiz("4.1.5", measured={"bf16_speedup": speedup["median"]})
 
 # %% [markdown]
 # ## 下一步
