@@ -20,6 +20,7 @@ weights and the config and is a different file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -283,6 +284,15 @@ def _dist_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every save/load without a process group ("assuming the intent is to ... in a
+    single process"); one process is a case the course uses on purpose (resume 2 -> 1, export)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def _barrier() -> None:
     if _dist_ready():
         torch.distributed.barrier()
@@ -348,7 +358,8 @@ class ShardedCheckpointManager(CheckpointManager):
         _barrier()
         fault_point("dcp_begin", step, rank)
         try:
-            dcp.save(shards, storage_writer=_ShardWriter(str(tmp), step, rank), no_dist=not _dist_ready())
+            with _single_process_quiet():
+                dcp.save(shards, storage_writer=_ShardWriter(str(tmp), step, rank), no_dist=not _dist_ready())
         except (OSError, RuntimeError) as e:
             raise self._save_error(final, e) from None
         fault_point("dcp_saved", step, rank)
@@ -446,7 +457,8 @@ class ShardedCheckpointManager(CheckpointManager):
         """Fill ``shards`` (a DCP state dict, e.g. model + optimizer) in place from ``folder``.
         Every rank calls it; each reads the slices its own shards cover."""
         try:
-            dcp.load(shards, storage_reader=dcp.FileSystemReader(str(folder)), no_dist=not _dist_ready())
+            with _single_process_quiet():
+                dcp.load(shards, storage_reader=dcp.FileSystemReader(str(folder)), no_dist=not _dist_ready())
         except Exception as e:  # noqa: BLE001 - any DCP failure: this checkpoint cannot be used
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{folder}: the sharded state could not be loaded ({text[:300]})") from None

@@ -25,14 +25,20 @@ rank writes its own slice. ``training_shards`` is what goes in them, ``global_da
 
 from __future__ import annotations
 
+import os
+import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import CheckpointError, ShardedCheckpointManager
 from .config import STRATEGIES, ConfigError, ModelConfig  # noqa: F401  (STRATEGIES re-exported)
@@ -103,6 +109,50 @@ def rank_state_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer
                     loc = _local(v)
                     opt += loc.numel() * loc.element_size()
     return {"params": params, "grads": grads, "optimizer": opt, "total": params + grads + opt}
+
+
+def _measure_worker(rank: int, world_size: int, init_file: str, model_cfg: dict, strategy: str,
+                    seq_len: int, out_dir: str) -> None:
+    """One rank of ``measure_rank_state``: build, wrap, one AdamW step, measure, report."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
+    try:
+        torch.manual_seed(0)
+        model = DIYModel(ModelConfig.from_dict(model_cfg))
+        if strategy == "fsdp":
+            apply_fsdp(model)
+            fwd = model
+        else:
+            fwd = DDP(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(rank))
+        fwd(x, targets=x).loss.backward()
+        opt.step()                         # AdamW creates its moments on the first step
+        measured = rank_state_bytes(model, opt)
+        torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def measure_rank_state(model_cfg: ModelConfig, world_size: int = 2, strategy: str = "fsdp",
+                       seq_len: int = 16) -> list:
+    """Measured ``rank_state_bytes`` of every rank after one AdamW step, for ``world_size``
+    CPU processes (gloo) under ``strategy`` ("ddp" or "fsdp"): a list of dicts, one per rank.
+
+    Spawns the processes itself (no torchrun needed, works from a notebook: the workers run
+    this module's function, never a notebook cell). Gradients are counted before
+    ``zero_grad``: under DDP each rank holds the whole gradient, under FSDP its shard.
+    DDP's gradient buckets (a second copy of the gradients while they are all-reduced) are
+    not counted.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: must be one of {STRATEGIES} (got {strategy!r})")
+    with tempfile.TemporaryDirectory(prefix="course_measure_") as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        mp.start_processes(_measure_worker, nprocs=world_size, join=True, start_method="spawn",
+                           args=(world_size, init_file, model_cfg.to_dict(), strategy, seq_len, tmp))
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
 
 
 # ------------------------------------------------------------------------------------------
