@@ -46,6 +46,8 @@ def straight(tmp_path_factory):
 def test_strategy_is_validated_in_one_line():
     with pytest.raises(ConfigError, match=r"TrainConfig.strategy: must be one of \('ddp', 'fsdp'\)"):
         TrainConfig(strategy="zero3")
+    with pytest.raises(ConfigError, match="TrainConfig.dtype: fp16 .* not supported with strategy fsdp"):
+        TrainConfig(strategy="fsdp", dtype="fp16")
     _, cfg = configs_from_args(build_parser().parse_args(["--strategy", "fsdp"]))
     assert cfg.strategy == "fsdp" and TrainConfig().strategy == "ddp"
 
