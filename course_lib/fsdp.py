@@ -188,9 +188,11 @@ def shards_finite(shards: dict) -> bool:
 def global_data_position(data_state: dict, accumulation_steps: int) -> dict:
     """Add the position in *global* terms to a rank's saved data position.
 
-    The stream (``data.StreamingTokenDataset``) gives rank ``r`` of ``W`` the samples
-    ``perm[r::W]`` in batches of ``B``; together the ranks' batch ``j`` is exactly
-    ``perm[j*B*W : (j+1)*B*W]``. So the global order depends only on ``B*W``, the samples one
+    Both loaders (``data.StreamingTokenDataset`` and ``DistributedSampler`` in
+    ``dataloading.DistributedChunkBatches``) give rank ``r`` of ``W`` the samples ``perm[r::W]``
+    of one permutation per epoch that does not depend on ``W``, in batches of ``B``; together
+    the ranks' batch ``j`` is exactly ``perm[j*B*W : (j+1)*B*W]``, and an epoch has
+    ``n // (B*W)`` such batches. So the global order depends only on ``B*W``, the samples one
     micro-step takes from the stream across all ranks, and the position is
     ``samples_consumed = batches_consumed * B * W``.
     """

@@ -18,6 +18,7 @@ from course_lib.checkpoint import (MARKER_FILE, SHARDED_FORMAT, TRAINER_FILE, Ch
 from course_lib.cli import build_parser, configs_from_args
 from course_lib.config import ConfigError, ModelConfig, TrainConfig
 from course_lib.data import DataError, StreamingTokenDataset
+from course_lib.dataloading import DistributedChunkBatches
 from course_lib.export import export_from_run, load_inference
 from course_lib.fsdp import global_data_position, rank_state_bytes, reshard_data_position
 from course_lib.model import DIYModel
@@ -142,12 +143,14 @@ def test_rank_state_bytes_counts_a_whole_model_once():
     assert got["grads"] == 4 * n and got["optimizer"] == 2 * 4 * n + 4 * n_tensors   # exp_avg, exp_avg_sq, step
 
 
-def test_global_batches_do_not_depend_on_the_number_of_ranks():
+@pytest.mark.parametrize("loader", [StreamingTokenDataset, DistributedChunkBatches])
+def test_global_batches_do_not_depend_on_the_number_of_ranks(loader):
     """Together, W ranks of batch B read exactly the samples one process of batch B*W reads at
-    the same batch number, across epoch boundaries: the basis of resharding the data position."""
+    the same batch number, across epoch boundaries: the basis of resharding the data position
+    (both loaders: the stream and map-style + DistributedSampler)."""
     tokens = torch.arange(20_000) % 251
-    one = StreamingTokenDataset(tokens, 32, 8, seed=3, rank=0, world_size=1)
-    two = [StreamingTokenDataset(tokens, 32, 4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    one = loader(tokens, 32, 8, seed=3, rank=0, world_size=1)
+    two = [loader(tokens, 32, 4, seed=3, rank=r, world_size=2) for r in (0, 1)]
     assert one.batches_per_epoch == two[0].batches_per_epoch
     for j in range(2 * one.batches_per_epoch + 3):
         both = torch.cat([d.batch_indices(j) for d in two])
