@@ -20,6 +20,7 @@ from course_lib.config import ConfigError, ModelConfig, TrainConfig
 from course_lib.data import DataError, StreamingTokenDataset
 from course_lib.dataloading import DistributedChunkBatches
 from course_lib.export import export_from_run, load_inference
+from course_lib.export import main as export_main
 from course_lib.fsdp import global_data_position, rank_state_bytes, reshard_data_position
 from course_lib.model import DIYModel
 from course_lib.train import ConfigMismatchError, Trainer
@@ -178,3 +179,13 @@ def test_marker_lists_every_file_and_a_missing_shard_is_caught(straight, tmp_pat
         ShardedCheckpointManager.verify(folder)
     marker = json.loads((out / "checkpoints" / "step_00000006" / MARKER_FILE).read_text())
     assert marker["world_size"] == 1 and marker["format"] == SHARDED_FORMAT
+
+
+def test_export_cli_detects_a_sharded_run(straight, tmp_path, capsys):
+    out, _ = straight
+    assert export_main([str(out), str(tmp_path / "art")]) == 0
+    assert "sharded checkpoint step_00000006" in capsys.readouterr().out
+    assert (tmp_path / "art" / "model.safetensors").is_file()
+    assert export_main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no complete checkpoint"), err
