@@ -115,6 +115,15 @@ def test_two_rank_fsdp_equals_one_process_on_the_combined_batch(two_rank_run, tm
     assert moved > 1e-3, f"参数几乎没变 (max change {moved:.3g})：训练没有发生"
 
 
+def test_activation_checkpointing_under_fsdp_gives_the_same_losses(two_rank_run, tmp_path):
+    """Per-block activation checkpointing inside FSDP units (wrapped first, then sharded, as in
+    torchtitan): the recomputed forward all-gathers again, and the training is unchanged."""
+    out = tmp_path / "fsdp2-ac"
+    run(torchrun_command(cli_args(out) + ["--activation-checkpointing"], nproc_per_node=2))
+    ref, got = losses(two_rank_run), losses(out)
+    assert_same_losses(ref, got, range(1, STEPS + 1))
+
+
 def test_per_rank_state_is_half_of_ddp():
     """Measured, not estimated: the bytes of the tensors each rank holds after one AdamW step."""
     m = measure_rank_state(ModelConfig(**MODEL), world_size=2, strategies=("ddp", "fsdp"))
