@@ -248,6 +248,7 @@ class ModelConfig(_JsonMixin):
 SCHEDULES = ("constant", "linear", "cosine", "wsd")
 DTYPES = ("fp32", "bf16", "fp16")
 LOADERS = ("stream", "map")
+STRATEGIES = ("ddp", "fsdp")
 MAX_SEED = 2 ** 32 - 1
 _F, _S, _R = RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT
 
@@ -282,6 +283,9 @@ class TrainConfig(_JsonMixin):
     # --- precision / device ---
     dtype: str = setting("fp32", "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)", _F)
+    strategy: str = setting("ddp", "ddp: every rank holds the whole model (gradients all-reduced); fsdp: "
+                            "parameters, gradients and optimizer state sharded across ranks (FSDP2), "
+                            "sharded checkpoints (DCP) that resume on another number of processes", _M)
     # --- bookkeeping ---
     seed: int = setting(1337, f"random seed (model init, data order), 0..{MAX_SEED}")
     eval_interval: int = setting(100, "evaluate on held-out text every N steps", _F)
@@ -335,6 +339,8 @@ class TrainConfig(_JsonMixin):
             _fail(n, "val_fraction", self.val_fraction, "must be in [0, 1)")
         if self.loader not in LOADERS:
             _fail(n, "loader", self.loader, f"must be one of {LOADERS}")
+        if self.strategy not in STRATEGIES:
+            _fail(n, "strategy", self.strategy, f"must be one of {STRATEGIES}", "use --strategy ddp or --strategy fsdp")
         if self.dtype not in DTYPES:
             _fail(n, "dtype", self.dtype, f"must be one of {DTYPES}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
