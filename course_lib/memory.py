@@ -379,7 +379,9 @@ def collective_bytes_per_step(model_cfg: ModelConfig, world_size: int, strategy:
     all-gather in the forward and, with ``reshard_after_forward``, another in the backward; the
     root once (kept until the end of the backward); one reduce-scatter of the gradients per unit.
     ``elements`` is the full size that passes through each kind of collective (all-gather:
-    output, reduce-scatter: input). ``sent_bytes`` uses the ring algorithm: an all-gather or a
+    output, reduce-scatter: input); under FSDP that is the *padded* size, every shard padded to
+    ``ceil(n0 / world_size)`` rows, so with dimensions that do not divide by the world size a
+    little more than the parameters moves. ``sent_bytes`` uses the ring algorithm: an all-gather or a
     reduce-scatter of S bytes sends (W-1)/W * S per rank, an all-reduce 2 (W-1)/W * S (it is a
     reduce-scatter followed by an all-gather). ``calls`` is exact for FSDP; DDP's number of
     all-reduce calls is its number of buckets (``None`` here: DDP decides it at run time).
@@ -388,16 +390,18 @@ def collective_bytes_per_step(model_cfg: ModelConfig, world_size: int, strategy:
     b, w = BYTES[dtype], world_size
     shapes = param_shapes(model_cfg)
     total = sum(math.prod(s) for s in shapes.values())
+    # FSDP moves equal pieces: every rank's shard padded to ceil(n0 / w) rows
+    padded = {n: -(-s[0] // w) * w * math.prod(s[1:]) for n, s in shapes.items()}
     if strategy == "ddp":
         elements = {"all_reduce": total, "all_gather": 0, "reduce_scatter": 0}
         calls = {"all_reduce": None, "all_gather": 0, "reduce_scatter": 0}
     else:
         units = fsdp_units(model_cfg)
-        sizes = {u: sum(math.prod(shapes[n]) for n in names) for u, names in units.items()}
+        sizes = {u: sum(padded[n] for n in names) for u, names in units.items()}
         blocks = [u for u in units if u != "root"]
         per_block = 2 if reshard_after_forward else 1
         gathered = sizes["root"] + per_block * sum(sizes[u] for u in blocks)
-        elements = {"all_reduce": 0, "all_gather": gathered, "reduce_scatter": total}
+        elements = {"all_reduce": 0, "all_gather": gathered, "reduce_scatter": sum(sizes.values())}
         calls = {"all_reduce": 0, "all_gather": 1 + per_block * len(blocks), "reduce_scatter": 1 + len(blocks)}
     frac = (w - 1) / w
     sent = {"all_reduce": 2 * frac * elements["all_reduce"] * b, "all_gather": frac * elements["all_gather"] * b,
