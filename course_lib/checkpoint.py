@@ -20,6 +20,7 @@ weights and the config and is a different file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 import torch
+import torch.distributed.checkpoint as dcp
 
 from .faults import fault_point, fault_requested
 from .fsio import fsync_dir as _fsync_dir
@@ -257,5 +259,226 @@ class CheckpointManager:
                 return state, folder
             except CheckpointError as e:
                 # one message per skipped checkpoint (a warning, so tests and notebooks can catch it)
+                warnings.warn(f"skipping checkpoint {folder.name}: {e}", stacklevel=2)
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# Sharded checkpoints (FSDP): every rank writes its own shard through torch.distributed.checkpoint
+# ------------------------------------------------------------------------------------------
+SHARDED_FORMAT = "course_lib.checkpoint.sharded/1"
+TRAINER_FILE = "trainer.pt"
+DCP_METADATA = ".metadata"
+
+
+def checkpoint_format(folder: str | os.PathLike) -> Optional[str]:
+    """The ``format`` recorded in a checkpoint's completion marker (``None`` if unreadable)."""
+    try:
+        marker = json.loads((Path(folder) / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker.get("format") if isinstance(marker, dict) else None
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every save/load without a process group ("assuming the intent is to ... in a
+    single process"); one process is a case the course uses on purpose (resume 2 -> 1, export)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _barrier() -> None:
+    if _dist_ready():
+        torch.distributed.barrier()
+
+
+class _ShardWriter(dcp.FileSystemWriter):
+    """DCP's file writer (one file per rank, fsynced) with a fault point once this rank's shard
+    is on disk and before rank 0 has written DCP's ``.metadata``: a kill there leaves a folder
+    with some shards and no index, the "half-written sharded checkpoint" case."""
+
+    def __init__(self, path: str, step: int, rank: int) -> None:
+        super().__init__(path, sync_files=True)
+        self._step, self._rank = step, rank
+
+    def write_data(self, plan, planner):
+        fut = super().write_data(plan, planner)
+        fut.wait()
+        fault_point("dcp_shard_written", self._step, self._rank)
+        return fut
+
+
+class ShardedCheckpointManager(CheckpointManager):
+    """Checkpoints written by every rank at once with ``torch.distributed.checkpoint`` (DCP).
+
+    On disk, one folder per checkpoint (torchtitan's layout plus the course's marker)::
+
+        out_dir/checkpoints/step_00000100/__0_0.distcp    rank 0's shard of model + optimizer
+        out_dir/checkpoints/step_00000100/__1_0.distcp    rank 1's shard
+        out_dir/checkpoints/step_00000100/.metadata       DCP's index: which bytes hold which slice
+        out_dir/checkpoints/step_00000100/trainer.pt      step, schedule, RNG of every rank, data
+                                                          position in global samples, config
+        out_dir/checkpoints/step_00000100/COMPLETE.json   written last: size + SHA-256 of every file
+
+    A save (a collective: every rank calls ``save``) writes into ``step_00000100.tmp/``; after a
+    barrier (every shard is on disk and fsynced) rank 0 writes ``trainer.pt`` and the marker,
+    renames the folder into place and rotates, then a second barrier releases the other ranks.
+    Only a folder with a valid marker counts, so a crash at any moment leaves the previous
+    checkpoints usable. DCP stores each tensor with its global shape and the slice each shard
+    holds, so a checkpoint written by N ranks loads on M ranks (or one process): each rank
+    reads exactly the slices its new shard needs ("resharding").
+
+    Listing, ``latest()``, keep-last-K rotation and the fallback to an older checkpoint are the
+    single-file manager's; ``load_latest(shards, ...)`` loads into the caller's state dict.
+    """
+
+    FORMAT = SHARDED_FORMAT
+
+    def tmp_path_for(self, step: int) -> Path:
+        return self.dir / f"step_{step:08d}.tmp"
+
+    def save(self, step: int, shards: dict, trainer_state: dict) -> Path:  # type: ignore[override]
+        """Write ``shards`` (the DCP state dict: model + optimizer, sharded) from every rank and
+        ``trainer_state`` (plain containers and tensors) from rank 0. Every rank calls this."""
+        t0 = time.perf_counter()
+        rank = torch.distributed.get_rank() if _dist_ready() else 0
+        world = torch.distributed.get_world_size() if _dist_ready() else 1
+        final, tmp = self.path_for(step), self.tmp_path_for(step)
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # left by a killed save of the same step
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        _barrier()
+        fault_point("dcp_begin", step, rank)
+        try:
+            with _single_process_quiet():
+                dcp.save(shards, storage_writer=_ShardWriter(str(tmp), step, rank), no_dist=not _dist_ready())
+        except (OSError, RuntimeError) as e:
+            raise self._save_error(final, e) from None
+        fault_point("dcp_saved", step, rank)
+        _barrier()  # every rank's shard is written and fsynced
+        if rank == 0:
+            try:
+                with open(tmp / TRAINER_FILE, "wb") as f:
+                    torch.save(dict(trainer_state, format=self.FORMAT, step=step, world_size=world), f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                fault_point("dcp_trainer_written", step, rank)
+                files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                         for p in sorted(tmp.iterdir()) if p.is_file()}
+                marker = {"format": self.FORMAT, "step": step, "world_size": world, "files": files,
+                          "time": time.time()}
+                _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
+                _fsync_dir(tmp)
+            except (OSError, RuntimeError) as e:
+                raise self._save_error(final, e) from None
+            fault_point("dcp_marker_written", step, rank)
+            if final.exists():  # re-saving the same step (e.g. after a resume): replace it safely
+                old = self.dir / f".old-{final.name}-{os.getpid()}"
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+            _fsync_dir(self.dir)
+            fault_point("dcp_renamed", step, rank)
+            self.rotate()
+            fault_point("dcp_rotated", step, rank)
+        _barrier()  # nobody runs ahead (or exits) before the checkpoint is complete
+        self.last_save_seconds = time.perf_counter() - t0
+        self.total_save_seconds += self.last_save_seconds
+        return final
+
+    def rotate(self) -> List[Path]:
+        """Also drop ``step_*.tmp`` folders: saves that were killed before their marker."""
+        removed = super().rotate()
+        if self.dir.exists():
+            for p in self.dir.glob("step_*.tmp"):
+                shutil.rmtree(p, ignore_errors=True)
+        return removed
+
+    @staticmethod
+    def verify(folder: str | os.PathLike) -> dict:
+        """Check the marker and the size + SHA-256 of every file it lists; return the marker."""
+        folder = Path(folder)
+        try:
+            return ShardedCheckpointManager._verify_sharded(folder)
+        except OSError as e:
+            raise CheckpointError(f"{e.filename or folder}: cannot read ({e.strerror or type(e).__name__})") from None
+
+    @staticmethod
+    def _verify_sharded(folder: Path) -> dict:
+        marker_path = folder / MARKER_FILE
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder}: not a checkpoint folder")
+        if not marker_path.is_file():
+            raise CheckpointError(f"{folder}: incomplete checkpoint (no {MARKER_FILE}): the save was interrupted")
+        try:
+            marker = json.loads(marker_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{marker_path}: completion marker is not valid JSON ({e})") from None
+        if not isinstance(marker, dict) or not isinstance(marker.get("files"), dict):
+            raise CheckpointError(f"{marker_path}: completion marker is not a sharded-checkpoint marker")
+        if marker.get("format") != SHARDED_FORMAT:
+            raise CheckpointError(f"{marker_path}: checkpoint format {marker.get('format')!r}; expected {SHARDED_FORMAT}")
+        for needed in (TRAINER_FILE, DCP_METADATA):
+            if needed not in marker["files"]:
+                raise CheckpointError(f"{marker_path}: lists no {needed}")
+        for name, rec in marker["files"].items():
+            p = folder / name
+            if not p.is_file():
+                raise CheckpointError(f"{p}: missing although the marker lists it")
+            size = p.stat().st_size
+            if size != rec.get("bytes"):
+                raise CheckpointError(f"{p}: size {size} bytes differs from the recorded {rec.get('bytes')} (truncated?)")
+            if sha256_file(p) != rec.get("sha256"):
+                raise CheckpointError(f"{p}: SHA-256 mismatch (file corrupted on disk, e.g. a flipped bit)")
+        return marker
+
+    def load(self, folder: str | os.PathLike, map_location: Any = "cpu") -> dict:
+        """Verify the whole folder, then load ``trainer.pt`` (``weights_only=True``)."""
+        folder = Path(folder)
+        self.verify(folder)
+        state = safe_torch_load(folder / TRAINER_FILE, map_location)
+        if not isinstance(state, dict) or state.get("format") != SHARDED_FORMAT:
+            raise CheckpointError(f"{folder / TRAINER_FILE}: not a course_lib sharded checkpoint "
+                                  f"(no format tag {SHARDED_FORMAT!r})")
+        return state
+
+    @staticmethod
+    def load_shards(folder: str | os.PathLike, shards: dict) -> None:
+        """Fill ``shards`` (a DCP state dict, e.g. model + optimizer) in place from ``folder``.
+        Every rank calls it; each reads the slices its own shards cover."""
+        try:
+            with _single_process_quiet():
+                dcp.load(shards, storage_reader=dcp.FileSystemReader(str(folder)), no_dist=not _dist_ready())
+        except Exception as e:  # noqa: BLE001 - any DCP failure: this checkpoint cannot be used
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{folder}: the sharded state could not be loaded ({text[:300]})") from None
+
+    def load_latest(self, shards_fn=None, map_location: Any = "cpu",  # type: ignore[override]
+                    validate=None) -> Optional[Tuple[dict, Path]]:
+        """Newest checkpoint that verifies, passes ``validate(trainer_state)`` and loads.
+
+        ``shards_fn()`` returns the state dict to load the shards into (built fresh for each
+        attempt); ``None`` loads only the trainer state. A bad checkpoint is reported and
+        skipped in favour of the one before it; ``None`` when none is usable.
+        """
+        for _, folder in reversed(self.list_complete()):
+            try:
+                state = self.load(folder, map_location)
+                if validate is not None:
+                    validate(state)
+                if shards_fn is not None:
+                    self.load_shards(folder, shards_fn())
+                return state, folder
+            except CheckpointError as e:
                 warnings.warn(f"skipping checkpoint {folder.name}: {e}", stacklevel=2)
         return None

@@ -160,7 +160,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(model_cfg, train_cfg)
         if trainer.is_main:
             print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
-                  f"world size {trainer.dist.world_size} | data {trainer.corpus.source} "
+                  f"world size {trainer.dist.world_size} | strategy {train_cfg.strategy} | data {trainer.corpus.source} "
                   f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
         t0 = time.perf_counter()
         history = trainer.fit()

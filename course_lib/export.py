@@ -26,8 +26,11 @@ the export adds the ``model.`` prefix and translates the config.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -36,9 +39,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .checkpoint import CheckpointManager
+from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .config import ModelConfig
 from .data import ByteTokenizer, tokenizer_from_description
+from .fsdp import load_full_model_state
 from .fsio import atomic_path, atomic_write_text
 from .model import DIYModel
 
@@ -175,12 +179,38 @@ def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = t
     return model.to(device=device, dtype=dtype).eval(), tok, meta
 
 
+def is_sharded_run(run_dir: str | os.PathLike) -> bool:
+    """True when the run's latest complete checkpoint is sharded (an ``--strategy fsdp`` run)."""
+    latest = CheckpointManager(run_dir, verbose=False).latest()
+    return latest is not None and checkpoint_format(latest) == SHARDED_FORMAT
+
+
+def load_sharded_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
+    """``load_training_checkpoint`` for a sharded (FSDP, DCP) run, offline: no process group,
+    any number of shards; the newest checkpoint that verifies and loads, older ones as fallback.
+    ``state`` is the trainer state (no optimizer: export does not need it)."""
+    mgr = ShardedCheckpointManager(run_dir, verbose=False)
+    for _, folder in reversed(mgr.list_complete()):
+        try:
+            model, state = load_full_model_state(folder, map_location)
+        except CheckpointError as e:
+            warnings.warn(f"skipping checkpoint {folder.name}: {e}", stacklevel=2)
+            continue
+        tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
+        return model.eval(), tok, state, folder
+    raise FileNotFoundError(f"no complete sharded checkpoint under {mgr.dir}; "
+                            "train first: python -m course_lib.train --strategy fsdp --out-dir " + str(run_dir))
+
+
 def load_training_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
     """The latest good training checkpoint of a run folder, as ``(model, tokenizer, state, path)``.
 
     The model is rebuilt from the config stored in the checkpoint (never from the caller's),
-    then filled with the checkpoint's weights; ``state`` is the whole training state.
+    then filled with the checkpoint's weights; ``state`` is the whole training state. A sharded
+    checkpoint (``--strategy fsdp``) is detected and gathered into one model offline.
     """
+    if is_sharded_run(run_dir):
+        return load_sharded_checkpoint(run_dir, map_location)
     found = CheckpointManager(run_dir, verbose=False).load_latest(map_location=map_location)
     if found is None:
         raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
@@ -284,3 +314,29 @@ def artifact_size(path: str | os.PathLike) -> int:
     if p.is_file():
         return p.stat().st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def main(argv=None) -> int:
+    """``python -m course_lib.export RUN_DIR OUT_DIR``: the latest good checkpoint of a run (single
+    file or sharded) -> ``OUT_DIR/model.safetensors`` + ``config.json``."""
+    p = argparse.ArgumentParser(prog="python -m course_lib.export",
+                                description="Export a training run's latest good checkpoint (single-file or "
+                                            "sharded by --strategy fsdp) to the inference artefact.")
+    p.add_argument("run_dir", help="the training run's folder (its --out-dir)")
+    p.add_argument("out_dir", help="folder for model.safetensors + config.json")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="dtype of the stored weights")
+    args = p.parse_args(argv)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    try:
+        info = export_from_run(args.run_dir, args.out_dir, dtype=dtype)
+    except (ExportError, CheckpointError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    kind = "sharded" if is_sharded_run(args.run_dir) else "single-file"
+    print(f"[export] step {info['step']} ({kind} checkpoint {info['checkpoint'].name}) -> {info['dir']} "
+          f"({info['bytes']:,} bytes, {info['tensors']} tensors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

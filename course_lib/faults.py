@@ -7,6 +7,11 @@ Phases used by the library:
 
 * ``save_begin``, ``save_partial`` (half of state.pt on disk), ``save_state_written``,
   ``save_marker_written``, ``save_renamed``, ``save_rotated``: inside ``CheckpointManager.save``;
+* ``dcp_begin`` (temp folder made, nothing written), ``dcp_shard_written`` (this rank's DCP
+  shard on disk, DCP's ``.metadata`` not yet), ``dcp_saved`` (every shard and ``.metadata``),
+  ``dcp_trainer_written``, ``dcp_marker_written``, ``dcp_renamed``, ``dcp_rotated``: inside
+  ``ShardedCheckpointManager.save`` (FSDP runs; ``@step:rank`` picks the rank, e.g.
+  ``dcp_shard_written@8:1`` kills rank 1 once its own shard of step 8 is written);
 * ``after_step``: at the end of each ``Trainer.fit`` iteration (after logging and saving);
 * tests add their own (``batch``, ``backward``, ``step_end`` in tests/reliability/kill_driver.py).
 
@@ -27,6 +32,8 @@ FAULT_ENV = "COURSE_FAULT"
 FAULT_ONCE_ENV = "COURSE_FAULT_ONCE"
 SAVE_PHASES = ("save_begin", "save_partial", "save_state_written", "save_marker_written",
                "save_renamed", "save_rotated")
+SHARDED_SAVE_PHASES = ("dcp_begin", "dcp_shard_written", "dcp_saved", "dcp_trainer_written",
+                       "dcp_marker_written", "dcp_renamed", "dcp_rotated")
 
 
 def fault_spec(phase: str, step: int, rank: int | None = None) -> str:

@@ -16,18 +16,34 @@ embedding, the final norm and the (tied) output projection. Build the optimizer 
 ``apply_fsdp``: the parameters are replaced by DTensors.
 
 ``rank_state_bytes(model, optimizer)`` measures what this rank really holds.
+
+Checkpoints of FSDP runs are sharded (``checkpoint.ShardedCheckpointManager``, DCP): every
+rank writes its own slice. ``training_shards`` is what goes in them, ``global_data_position`` /
+``reshard_data_position`` make the data position independent of the number of ranks, and
+``load_full_model_state`` reads the whole model back offline (no process group) for export.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from datetime import timedelta
+from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .config import STRATEGIES  # noqa: F401  (re-exported: the strategies TrainConfig accepts)
+from .checkpoint import CheckpointError, ShardedCheckpointManager
+from .config import STRATEGIES, ConfigError, ModelConfig  # noqa: F401  (STRATEGIES re-exported)
+from .data import DataError
+from .model import DIYModel
 
 
 
@@ -93,3 +109,142 @@ def rank_state_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer
                     loc = _local(v)
                     opt += loc.numel() * loc.element_size()
     return {"params": params, "grads": grads, "optimizer": opt, "total": params + grads + opt}
+
+
+def _measure_worker(rank: int, world_size: int, init_file: str, model_cfg: dict, strategies: tuple,
+                    seq_len: int, out_dir: str) -> None:
+    """One rank of ``measure_rank_state``: per strategy, build, wrap, one AdamW step, measure."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
+    try:
+        measured = {}
+        for strategy in strategies:
+            torch.manual_seed(0)
+            model = DIYModel(ModelConfig.from_dict(model_cfg))
+            fwd = apply_fsdp(model) if strategy == "fsdp" else DDP(model)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            x = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(rank))
+            fwd(x, targets=x).loss.backward()
+            opt.step()                     # AdamW creates its moments on the first step
+            measured[strategy] = rank_state_bytes(model, opt)
+            del fwd, model, opt
+        torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def measure_rank_state(model_cfg: ModelConfig, world_size: int = 2, strategies=("ddp", "fsdp"),
+                       seq_len: int = 16) -> dict:
+    """Measured ``rank_state_bytes`` of every rank after one AdamW step, for ``world_size`` CPU
+    processes (gloo): ``{strategy: [dict of rank 0, dict of rank 1, ...]}`` for each of
+    ``strategies`` ("ddp", "fsdp").
+
+    Spawns the processes itself (no torchrun needed, works from a notebook: the workers run
+    this module's function, never a notebook cell). Gradients are counted before
+    ``zero_grad``: under DDP each rank holds the whole gradient, under FSDP its shard.
+    DDP's gradient buckets (a second copy of the gradients while they are all-reduced) are
+    not counted.
+    """
+    strategies = tuple(strategies)
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise ConfigError(f"strategies: each must be one of {STRATEGIES} (got {strategies!r})")
+    with tempfile.TemporaryDirectory(prefix="course_measure_") as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        mp.start_processes(_measure_worker, nprocs=world_size, join=True, start_method="spawn",
+                           args=(world_size, init_file, model_cfg.to_dict(), strategies, seq_len, tmp))
+        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
+    return {s: [r[s] for r in per_rank] for s in strategies}
+
+
+# ------------------------------------------------------------------------------------------
+# What a sharded checkpoint holds
+# ------------------------------------------------------------------------------------------
+def training_shards(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """``{"model": ..., "optimizer": ...}`` keyed by parameter names (FQNs), not by the
+    optimizer's integer ids: under FSDP the values are DTensors (this rank's shard), in one
+    process plain tensors. DCP saves it, and loads it into the same structure built on any
+    number of ranks. An optimizer that has not stepped yet gets its state created here
+    (``get_state_dict`` initialises it), so a fresh run can load into it."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optimizer": optim_sd}
+
+
+def load_training_shards(model: nn.Module, optimizer: torch.optim.Optimizer, shards: dict) -> None:
+    """Put a loaded ``training_shards`` dict back into the model and the optimizer."""
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+
+
+def shards_finite(shards: dict) -> bool:
+    """True when every floating-point model tensor in this rank's shard is finite."""
+    return all(bool(torch.isfinite(_local(t)).all()) for t in shards["model"].values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------
+# The data position in global samples: independent of the number of ranks
+# ------------------------------------------------------------------------------------------
+def global_data_position(data_state: dict, accumulation_steps: int) -> dict:
+    """Add the position in *global* terms to a rank's saved data position.
+
+    The stream (``data.StreamingTokenDataset``) gives rank ``r`` of ``W`` the samples
+    ``perm[r::W]`` in batches of ``B``; together the ranks' batch ``j`` is exactly
+    ``perm[j*B*W : (j+1)*B*W]``. So the global order depends only on ``B*W``, the samples one
+    micro-step takes from the stream across all ranks, and the position is
+    ``samples_consumed = batches_consumed * B * W``.
+    """
+    b, w = int(data_state["batch_size"]), int(data_state["world_size"])
+    return dict(data_state, global_micro_batch=b * w, samples_consumed=int(data_state["batches_consumed"]) * b * w,
+                accumulation_steps=int(accumulation_steps))
+
+
+def reshard_data_position(saved: dict, batch_size: int, world_size: int, rank: int,
+                          accumulation_steps: int) -> dict:
+    """A saved data position rewritten for a run with ``world_size`` ranks of ``batch_size``.
+
+    Exact (no sample seen twice, none skipped) when the new run takes as many samples per
+    micro-step across ranks as the old one (``batch_size * world_size`` unchanged) with the
+    same ``accumulation_steps``: e.g. 2 ranks x 4 -> 1 process x 8. Anything else is refused
+    with one line that says which batch size to use.
+    """
+    if "samples_consumed" not in saved:
+        raise DataError("the checkpoint's data position has no global sample count (written by an older "
+                        "version?); resume with the world size it was written with")
+    g_old, g_new = int(saved["global_micro_batch"]), batch_size * world_size
+    if g_old != g_new:
+        hint = (f"use --batch-size {g_old // world_size}" if g_old % world_size == 0
+                else f"use a number of processes that divides {g_old}")
+        raise DataError(f"TrainConfig.batch_size: the checkpoint was written by {saved['world_size']} rank(s) x "
+                        f"batch_size {saved['batch_size']} = {g_old} samples per micro-step; this run has "
+                        f"{world_size} x {batch_size} = {g_new}, so the data order (and the loss curve) would "
+                        f"change; {hint}")
+    acc_old = int(saved.get("accumulation_steps", accumulation_steps))
+    if acc_old != accumulation_steps:
+        raise DataError(f"TrainConfig.accumulation_steps: the checkpoint used {acc_old}, this run {accumulation_steps}; "
+                        f"resume with --accumulation-steps {acc_old}")
+    out = dict(saved, batch_size=batch_size, world_size=world_size, rank=rank,
+               batches_consumed=int(saved["samples_consumed"]) // g_new)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Offline: the whole model from a sharded checkpoint (no process group, any world size)
+# ------------------------------------------------------------------------------------------
+def load_full_model_state(folder, map_location="cpu"):
+    """``(model, trainer_state)`` from one sharded checkpoint folder, in this one process.
+
+    The model is rebuilt from the config stored in ``trainer.pt``, and DCP fills its plain
+    (unsharded) tensors from however many shards were written: the offline counterpart of
+    ``get_model_state_dict(..., full_state_dict=True)``, needing no process group.
+    """
+    mgr = ShardedCheckpointManager(Path(folder).parent.parent, verbose=False)
+    state = mgr.load(folder, map_location)
+    try:
+        model = DIYModel(ModelConfig.from_dict(state["config"]["model"]))
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{Path(folder) / 'trainer.pt'}: no usable model config ({e})") from None
+    target = {"model": model.state_dict()}
+    mgr.load_shards(folder, target)
+    model.load_state_dict(target["model"])
+    return model, state

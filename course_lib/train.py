@@ -1,10 +1,12 @@
 """The training loop every lesson builds on, and ``python -m course_lib.train``.
 
 One ``Trainer`` runs single-process (``python -m course_lib.train``) and under DDP
-(``torchrun --nproc_per_node=N -m course_lib.train``) with the same code. One optimizer step:
+(``torchrun --nproc_per_node=N -m course_lib.train``) with the same code; ``--strategy fsdp``
+shards parameters, gradients and optimizer state instead (FSDP2, ``course_lib.fsdp``) and
+writes sharded checkpoints (DCP) that resume on another number of processes. One optimizer step:
 
     1. for each of ``accumulation_steps`` micro-batches: forward under autocast, loss / k,
-       backward (DDP gradient all-reduce only on the last micro-batch)
+       backward (DDP all-reduce / FSDP reduce-scatter of gradients only on the last micro-batch)
     2. unscale (fp16 GradScaler), measure the global grad-norm, clip it, NaN guard
     3. optimizer step (skipped by the GradScaler on inf/NaN gradients), zero grads
     4. scheduler step (not on a skipped step), log, evaluate, checkpoint
@@ -33,16 +35,20 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import distributed
 from .callbacks import Callback
-from .checkpoint import CheckpointManager
+from .checkpoint import FORMAT as SINGLE_FILE_FORMAT
+from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .config import RESUME_FREE, RESUME_SCHEDULE, ConfigError, ModelConfig, TrainConfig, fields_by_resume
-from .data import ByteTokenizer, build_datasets, eval_batches
+from .data import ByteTokenizer, DataError, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
+from .fsdp import (apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite,
+                   training_shards)
 from .model import DIYModel
 from .monitor import NonFiniteError, StepLogger, check_finite
 from .schedule import build_scheduler
@@ -185,6 +191,11 @@ class Trainer:
         # ---- 1. model, optimizer, schedule, scaler (same seed on every rank) ----
         seed_everything(cfg.seed)
         self.model = DIYModel(model_cfg).to(self.device)
+        self.sharded = cfg.strategy == "fsdp"   # FSDP: sharded model state and sharded checkpoints
+        if self.sharded and self.dist.enabled:
+            # Every rank built the same weights from the same seed; each now keeps only its shard.
+            # The optimizer comes after: it must hold the sharded (DTensor) parameters.
+            apply_fsdp(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr / cfg.lr, decay_fraction=cfg.decay_fraction)
@@ -206,8 +217,9 @@ class Trainer:
         self.previous_run: Optional[Path] = None   # where --no-resume moved an earlier run's files
         self._resume_changes: dict = {}
 
-        self.ckpt = CheckpointManager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval,
-                                      verbose=self.is_main) if save_checkpoints or cfg.resume else None
+        manager = ShardedCheckpointManager if self.sharded else CheckpointManager
+        self.ckpt = manager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval,
+                            verbose=self.is_main) if save_checkpoints or cfg.resume else None
         self.save_checkpoints = save_checkpoints
         if cfg.resume and self.ckpt is not None:
             self.try_resume()
@@ -221,7 +233,7 @@ class Trainer:
 
         # ---- 4. DDP wrap (after loading, so every rank starts from the same weights) ----
         self.ddp: Optional[DDP] = None
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.logger: Optional[StepLogger] = None
         self._data_iter = None
@@ -261,17 +273,43 @@ class Trainer:
             "tokenizer": self.tokenizer.describe(),
         }
 
+    def trainer_state(self) -> dict:
+        """``state_dict()`` without model and optimizer, which a sharded checkpoint stores through
+        DCP; the data position also in global samples (``fsdp.global_data_position``), so a run
+        with another number of ranks continues at the same sample."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "epoch": self.train_data.epoch_of(self.batches_consumed),
+            "skipped_steps": self.skipped_steps,
+            "config": {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()},
+            "rng": self._gather_rng(),
+            "data": global_data_position(self.train_data.state_dict(self.batches_consumed),
+                                         self.cfg.accumulation_steps),
+            "world_size": self.dist.world_size,
+            "tokenizer": self.tokenizer.describe(),
+        }
+
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "model" in state:   # a sharded checkpoint's trainer state has none: DCP loaded them
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.batches_consumed = int(state["data"]["batches_consumed"])
-        self.train_data.load_state_dict(state["data"])
+        data = state["data"]
+        if self.sharded and state.get("world_size", 1) != self.dist.world_size:
+            c = self.cfg
+            data = reshard_data_position(data, c.batch_size, self.dist.world_size, self.dist.rank,
+                                         c.accumulation_steps)
+        self.batches_consumed = int(data["batches_consumed"])
+        self.train_data.load_state_dict(data)
         rngs = state["rng"]
+        # A rank the saving run did not have (resharded 1 -> 2) takes rank 0's RNG state: the
+        # model's randomness (dropout) then repeats across ranks; with dropout 0 nothing uses it.
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         self._data_iter = None
 
@@ -290,7 +328,16 @@ class Trainer:
                 f"{self.out_dir}: its checkpoint was written with loader={saved_loader!r} but this run has "
                 f"loader={self.cfg.loader!r}; the two visit samples in different orders. Use the same loader "
                 "or a new out_dir")
-        if state.get("world_size", 1) != self.dist.world_size:
+        if self.sharded and state.get("world_size", 1) != self.dist.world_size:
+            # DCP reshards model and optimizer; the data position must map to the same sample
+            c = self.cfg
+            try:
+                reshard_data_position(state.get("data", {}), c.batch_size, self.dist.world_size, self.dist.rank,
+                                      c.accumulation_steps)
+            except DataError as e:
+                raise ConfigMismatchError(f"{self.out_dir}: cannot resume a checkpoint of {state.get('world_size')} "
+                                          f"rank(s) on {self.dist.world_size}: {e}") from None
+        elif state.get("world_size", 1) != self.dist.world_size:
             raise ConfigMismatchError(
                 f"{self.out_dir}: its checkpoint was written by a run with world_size={state.get('world_size')} "
                 f"but this run has {self.dist.world_size}; the data order depends on it. Resume with the same "
@@ -302,6 +349,9 @@ class Trainer:
             return list(x) if isinstance(x, (list, tuple)) else x
         self._resume_changes = {k: (saved_train[k], v) for k, v in now.items()
                                 if k not in free and k in saved_train and norm(saved_train[k]) != norm(v)}
+        if self.sharded and state.get("world_size", 1) != self.dist.world_size:
+            # batch_size per rank changed with the number of ranks, the global batch did not
+            self._resume_changes.pop("batch_size", None)
 
     def _warn_resume_changes(self, lr_before: float) -> None:
         """Say clearly what a resume with changed settings does (the run will not match an
@@ -319,8 +369,43 @@ class Trainer:
                   f"({lr_before:.3g} -> {lr_after:.3g} at step {self.step + 1}). To continue the old "
                   "schedule, resume with the checkpoint's values", file=sys.stderr, flush=True)
 
+    def _check_checkpoint_kind(self) -> None:
+        """An fsdp run cannot continue a ddp (single-file) checkpoint, nor the reverse: refuse
+        rather than start over in that folder (whose rotation would then delete them)."""
+        latest = self.ckpt.latest()
+        found = checkpoint_format(latest) if latest is not None else None
+        want = SHARDED_FORMAT if self.sharded else SINGLE_FILE_FORMAT
+        if found in (SHARDED_FORMAT, SINGLE_FILE_FORMAT) and found != want:
+            other = "fsdp" if found == SHARDED_FORMAT else "ddp"
+            raise ConfigMismatchError(
+                f"{self.out_dir}: its checkpoints were written with --strategy {other} but this run has "
+                f"--strategy {self.cfg.strategy}; resume with --strategy {other}, or use a new out_dir")
+
+    def _load_latest_sharded(self):
+        """Latest good sharded checkpoint: trainer state verified and validated first, then DCP
+        loads each rank's slices of model and optimizer (resharded if the world size changed)."""
+        holder: dict = {}
+
+        def shards_fn() -> dict:
+            holder["shards"] = training_shards(self.model, self.optimizer)
+            return holder["shards"]
+
+        found = self.ckpt.load_latest(shards_fn, map_location=self.device, validate=self._validate_checkpoint)
+        if found is None and holder:
+            # get_state_dict created optimizer state and DCP may have filled part of the model
+            raise CheckpointError(f"{self.ckpt.dir}: no sharded checkpoint could be loaded (see the warnings "
+                                  "above); this run's model may hold part of one, so it stops here. Use a new "
+                                  "out_dir, or --no-resume, which moves these checkpoints aside")
+        if found is not None:
+            load_training_shards(self.model, self.optimizer, holder["shards"])
+        return found
+
     def try_resume(self) -> Optional[Path]:
-        found = self.ckpt.load_latest(map_location=self.device, validate=self._validate_checkpoint)
+        self._check_checkpoint_kind()
+        if self.sharded:
+            found = self._load_latest_sharded()
+        else:
+            found = self.ckpt.load_latest(map_location=self.device, validate=self._validate_checkpoint)
         if found is None:
             return None
         state, path = found
@@ -380,6 +465,10 @@ class Trainer:
                 # All-reduce gradients only on the last micro-batch. Setting the flag (as nanoGPT
                 # does) instead of `with ddp.no_sync():` keeps one code path for every micro-step.
                 self.ddp.require_backward_grad_sync = micro == k - 1
+            elif self.sharded and self.dist.enabled:
+                # FSDP's public switch for the same thing: no reduce-scatter until the last
+                # micro-batch (the unsharded gradients accumulate locally in between)
+                self.model.set_requires_gradient_sync(micro == k - 1)
             with autocast_context(self.device, c.dtype):
                 out = model(x, targets=y)
             scaled = out.loss / k     # mean over the k micro-batches = one big batch
@@ -392,9 +481,15 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         if c.grad_clip > 0:
             grad_norm_t = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        elif self.sharded and self.dist.enabled:
+            grad_norm_t = torch.nn.utils.get_total_norm([p.grad for p in params])
         else:
             grad_norm_t = grad_global_norm(params)
-        if self.dist.enabled:   # the global mean loss (grad-norm is already global after DDP's all-reduce)
+        if isinstance(grad_norm_t, DTensor):
+            # FSDP: the norm of sharded gradients is a DTensor; computing it all-reduced the
+            # squared shard norms, so the full value is the global norm, the same on every rank
+            grad_norm_t = grad_norm_t.full_tensor()
+        if self.dist.enabled:   # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
             dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
             loss_acc /= self.dist.world_size
         # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
@@ -437,6 +532,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def save_checkpoint(self) -> Optional[Path]:
+        if self.sharded:
+            return self._save_sharded()
         state = self.state_dict()  # every rank joins the RNG gather
         path = None
         if self.is_main and self.save_checkpoints:
@@ -444,6 +541,23 @@ class Trainer:
                 if t.is_floating_point() and not torch.isfinite(t).all():
                     raise NonFiniteError(f"refusing to save step {self.step}: parameter {name} is not finite")
             path = self.ckpt.save(self.step, state)
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, path)
+        return path
+
+    def _save_sharded(self) -> Optional[Path]:
+        """Every rank writes its shard (DCP); rank 0 adds the trainer state and the marker."""
+        shards = training_shards(self.model, self.optimizer)
+        finite = torch.tensor([1.0 if shards_finite(shards) else 0.0], device=self.device)
+        if self.dist.enabled:   # all ranks must agree, or one would wait in the save forever
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            raise NonFiniteError(f"refusing to save step {self.step}: a parameter shard is not finite")
+        trainer_state = self.trainer_state()   # every rank joins the RNG gather
+        if not self.save_checkpoints:
+            return None
+        path = self.ckpt.save(self.step, shards, trainer_state)
+        if self.is_main:
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path)
         return path
