@@ -42,7 +42,7 @@ COURSE_MAP: list[dict] = [
      "tests": ["tests/unit/test_amp.py"]},
     {"id": "4.1.6", "notebook": "4.1.6-fsdp-sharded-checkpoints.ipynb", "title_zh": "FSDP2、分片检查点与换卡数恢复",
      "study_plan_item": "阶段四之后「若需进一步扩展，可再学习更多分布式策略」：FSDP2 与分片检查点", "exercises": ["ex416_per_rank_memory"],
-     "tests": ["tests/unit/test_fsdp_memory.py"]},
+     "tests": ["tests/unit/test_fsdp_memory.py", "tests/unit/test_fsdp.py", "tests/reliability/test_fsdp_torchrun.py"]},
     {"id": "4.2.1", "notebook": "4.2.1-inference-artifacts.ipynb", "title_zh": "推理产物导出",
      "study_plan_item": "4.2 第 1 项 模型保存与加载（推理产物 safetensors + config）", "exercises": ["ex421_inference_artifact"],
      "tests": ["tests/unit/test_export.py", "tests/unit/test_hf_export.py"]},

@@ -81,6 +81,7 @@ print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| ste
 # 分别用 DDP 和 FSDP（`course_lib.fsdp.apply_fsdp`）训练一步，再用 `fsdp.rank_state_bytes` 数每个 rank 真实持有的张量。
 
 # %%
+# NBVAL_CHECK_OUTPUT
 print("rows per rank (n0 rows over W ranks), next to torch.chunk:")
 for n0, w in [(258, 2), (7, 2), (4, 3), (5, 4)]:
     ours = [shard_rows(n0, w, r) for r in range(w)]
@@ -221,7 +222,7 @@ resumed = ROOT / "resumed_1rank"
 (resumed / "checkpoints").mkdir(parents=True)
 shutil.copytree(mid, resumed / "checkpoints" / mid.name)
 one = train_command(resumed, strategy="fsdp", **MODEL, **dict(TRAIN, batch_size=2 * B))
-rc, lines1 = run_streaming(one, env={"OMP_NUM_THREADS": "1"}, timeout_s=600, prefix_filter=("[train]", "resumed"))
+rc, lines1 = run_streaming(one, env={"OMP_NUM_THREADS": "1"}, timeout_s=600, prefix_filter=("[train]", "step "))
 assert rc == 0, "\n".join(lines1[-30:])
 
 # %%
