@@ -43,6 +43,7 @@ import shutil
 import torch
 
 from course_lib.checkpoint import ShardedCheckpointManager, safe_torch_load
+from course_lib.cli import build_parser, configs_from_args
 from course_lib.config import ModelConfig, pick
 from course_lib.distributed import run_streaming
 from course_lib.export import export_from_run, load_inference
@@ -53,6 +54,7 @@ from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.paths import runs_dir
 from course_lib.plotting import new_axes
 from course_lib.runner import torchrun_train_command, train_command
+from course_lib.train import ConfigMismatchError, Trainer
 
 STEPS = pick(16, 8)
 ROOT = runs_dir("4.1.6", fresh=True)
@@ -243,6 +245,23 @@ ax.plot(sorted(ref), [ref[s] for s in sorted(ref)], lw=4, alpha=0.4, label="2 ra
 ax.plot(after, [got[s] for s in after], "x", label="1 process, from the 2-rank checkpoint")
 ax.axvline(STEPS // 2, color="gray", ls="--", label="checkpoint")
 ax.legend();
+
+# %% [markdown]
+# 如果换卡数时忘了改批次（1 个进程仍用 `--batch-size 4`），每步读的样本就和原来不同，损失曲线会悄悄变样。
+# 训练在加载时就拒绝，并说出该用哪个批次（这里在 notebook 里构造同一条命令的 `Trainer`，它在读检查点时就停下）：
+
+# %%
+wrong = ROOT / "wrong_batch"
+(wrong / "checkpoints").mkdir(parents=True)
+shutil.copytree(mid, wrong / "checkpoints" / mid.name)
+mc, tc = configs_from_args(build_parser().parse_args(train_command(wrong, strategy="fsdp", **MODEL, **TRAIN)[3:]))
+try:
+    Trainer(mc, tc, console=False)
+    refused = False
+except ConfigMismatchError as e:
+    refused = True
+    print("refused:", str(e).split(": ", 1)[1])
+assert refused
 
 # %% [markdown]
 # 恢复后的损失与不中断的 2-rank 运行在每一步都相同（只差浮点加法的顺序，相对误差远小于 1e-5），样本计数也正好。
