@@ -139,7 +139,7 @@ ax.legend();
 #
 # | | DDP | FSDP（`reshard_after_forward=True`） |
 # |---|---|---|
-# | 前向 | 无 | 每个 block 一次 **all-gather**（根一次） |
+# | 前向 | 只广播 buffer（`broadcast_buffers=True`，这里是很小的 RoPE 表） | 每个 block 一次 **all-gather**（根一次） |
 # | 反向 | 梯度按桶 **all-reduce**（求平均） | 每个 block 再 **all-gather** 一次；梯度 **reduce-scatter**：每个 rank 只收到自己分片的和 |
 # | 优化器 | 每个 rank 更新完整参数 | 每个 rank 只更新自己的分片 |
 #
@@ -165,7 +165,7 @@ print("gloo's own events in the FSDP step:", run2["fsdp"]["collectives"]["backen
 
 # %% [markdown]
 # 调用次数和元素个数都与公式一致：all-gather 5 次（根 1 次，2 个 block 各 2 次），reduce-scatter 3 次（每个单元一次），
-# DDP 只有 1 次 all-reduce（这个小模型的全部梯度装得进 DDP 的第一个桶）。FSDP/DDP 的字节比不到 1.5，因为根只聚齐一次，
+# DDP 只有 1 次 all-reduce（这个小模型的全部梯度装得进 DDP 的第一个桶；表里没列的 broadcast 是前向时同步 buffer）。FSDP/DDP 的字节比不到 1.5，因为根只聚齐一次，
 # 而这个模型的根很大。
 #
 # 两点只属于 CPU + gloo：
@@ -266,6 +266,8 @@ assert refused
 # %% [markdown]
 # 恢复后的损失与不中断的 2-rank 运行在每一步都相同（只差浮点加法的顺序，相对误差远小于 1e-5），样本计数也正好。
 # 反方向（1 个进程写、2 个 rank 读）在 `tests/reliability/test_fsdp_torchrun.py` 里测试。
+# 两次运行最后的 `eval_loss` 不同，这不是恢复的问题：评估读验证集开头的 `eval_batches` 个大小为 `batch_size` 的批次，
+# 批次从 4 变成 8，评估的样本也就变了。要比较的是训练损失。
 #
 # ## 5. 从分片检查点导出推理产物
 #
