@@ -108,12 +108,13 @@ print(f"\nFSDP, 2 ranks: rank 0's params + optimizer = {shard_ratio:.4f} x DDP's
 
 # %% [markdown]
 # 估算与测量**逐字节相同**（容差 0：公式数的就是张量里的元素）。W=1 时 FSDP 与 DDP 一样；W=2 时 FSDP 每个 rank 的
-# 参数 + 优化器状态正好约是 DDP 的 1/2，多出来的一点点是每个 rank 各有一份的 `step` 计数器（20 个参数张量 × 4 字节）。
+# 参数 + 优化器状态是 DDP 的 1/2 再多一点点：多出来的是每个 rank 各有一份的 `step` 计数器（20 个参数张量 × 4 字节）。
 #
 # 这张表里没有的两样东西：
 # - **FSDP 临时聚齐的完整参数**：一个 block 计算前，它的参数被 all-gather 成完整的一份，算完（前向后、反向后）再释放；
-#   根 (root：embedding、最后的 norm、绑定的输出层) 在前向开始时聚齐，直到反向结束才释放。这是 FSDP 峰值里要加上的一项：
-# - **DDP 的梯度桶 (bucket)**：默认 `gradient_as_bucket_view=False` 时，all-reduce 用的桶是梯度的第二份副本。
+#   根 (root：embedding、最后的 norm、绑定的输出层) 在前向开始时聚齐，直到反向结束才释放。这是 FSDP 峰值里要加上的一项（下一格算出它）；
+# - **DDP 的梯度桶 (bucket)**：默认 `gradient_as_bucket_view=False` 时，all-reduce 用的桶是梯度的第二份副本（PyTorch 文档：
+#   设为 True 省下的正是全部梯度的大小）。
 
 # %%
 est = per_rank_state_bytes(CFG, 2, "fsdp")
