@@ -12,6 +12,9 @@ set plus one complete new one, never a half-written checkpoint under a real name
 checkpoints are deleted only *after* the new one is complete (the opposite order, as in some
 trainers, can leave you with nothing).
 
+``ShardedCheckpointManager`` (FSDP runs) keeps the same guarantees for checkpoints that every
+rank writes a part of, through ``torch.distributed.checkpoint`` (DCP); see its docstring.
+
 Loading uses ``torch.load(..., weights_only=True)`` only: a file that would need full pickle
 (and could run code) is refused. Training checkpoints hold everything needed to *continue
 training*; the inference artefact of lesson 4.2.1 (safetensors + config.json) holds only the

@@ -343,6 +343,11 @@ class TrainConfig(_JsonMixin):
             _fail(n, "strategy", self.strategy, f"must be one of {STRATEGIES}", "use --strategy ddp or --strategy fsdp")
         if self.dtype not in DTYPES:
             _fail(n, "dtype", self.dtype, f"must be one of {DTYPES}")
+        if self.dtype == "fp16" and self.strategy == "fsdp":
+            # torch.amp.GradScaler looks for inf/NaN in the gradients this rank holds; under FSDP
+            # those are shards, so ranks could disagree on skipping a step and drift apart
+            _fail(n, "dtype", self.dtype, "fp16 (GradScaler) is not supported with strategy fsdp: each rank "
+                  "would check only its own gradient shard for inf/NaN", "use --dtype bf16 (no GradScaler needed)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _fail(n, "device", self.device, "must be auto, cpu, cuda or cuda:N")
         if not self.data:

@@ -26,6 +26,7 @@ rank writes its own slice. ``training_shards`` is what goes in them, ``global_da
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +47,6 @@ from .data import DataError
 from .model import DIYModel
 
 
-
 def _blocks(model: nn.Module) -> list:
     """The repeated transformer blocks (``model.layers``) that become one FSDP unit each."""
     layers = getattr(model, "layers", None)
@@ -60,8 +60,8 @@ def apply_fsdp(model: nn.Module, mesh=None, reshard_after_forward: bool = True,
     ``mesh``: a 1-D ``DeviceMesh`` (default: every rank of the default process group).
     ``reshard_after_forward``: free each block's gathered parameters after its forward (less
     memory, one more all-gather in backward), as ZeRO-3; ``False`` keeps them until backward
-    (ZeRO-2-like: more memory, fewer collectives). The root is never resharded after forward
-    (torchtitan does the same: backward needs it first).
+    (ZeRO-2-like: more memory, fewer collectives). The root keeps its parameters after forward
+    (FSDP's own heuristic for the root: backward all-gathers them again immediately).
     ``mp_policy``: an optional ``MixedPrecisionPolicy`` (e.g. bf16 parameters for compute,
     fp32 gradient reduction); ``None`` computes in the parameters' dtype.
     """
@@ -130,8 +130,15 @@ def _measure_worker(rank: int, world_size: int, init_file: str, model_cfg: dict,
             del fwd, model, opt
         torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    dist.destroy_process_group()
+    # Complete: leave without interpreter teardown, where torch 2.13 + gloo can still abort
+    # (SIGABRT) after a clean destroy and the parent would report a failed worker (see train.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def measure_rank_state(model_cfg: ModelConfig, world_size: int = 2, strategies=("ddp", "fsdp"),
@@ -188,9 +195,11 @@ def shards_finite(shards: dict) -> bool:
 def global_data_position(data_state: dict, accumulation_steps: int) -> dict:
     """Add the position in *global* terms to a rank's saved data position.
 
-    The stream (``data.StreamingTokenDataset``) gives rank ``r`` of ``W`` the samples
-    ``perm[r::W]`` in batches of ``B``; together the ranks' batch ``j`` is exactly
-    ``perm[j*B*W : (j+1)*B*W]``. So the global order depends only on ``B*W``, the samples one
+    Both loaders (``data.StreamingTokenDataset`` and ``DistributedSampler`` in
+    ``dataloading.DistributedChunkBatches``) give rank ``r`` of ``W`` the samples ``perm[r::W]``
+    of one permutation per epoch that does not depend on ``W``, in batches of ``B``; together
+    the ranks' batch ``j`` is exactly ``perm[j*B*W : (j+1)*B*W]``, and an epoch has
+    ``n // (B*W)`` such batches. So the global order depends only on ``B*W``, the samples one
     micro-step takes from the stream across all ranks, and the position is
     ``samples_consumed = batches_consumed * B * W``.
     """

@@ -9,7 +9,11 @@
 * save phases, injected inside ``CheckpointManager.save`` (course_lib.faults, ``COURSE_FAULT``):
   ``save_begin``, ``save_partial`` (half of state.pt on disk), ``save_state_written``,
   ``save_marker_written`` (complete temp folder, not renamed), ``save_renamed`` (before
-  rotation), ``save_rotated``.
+  rotation), ``save_rotated``;
+* with ``strategy="fsdp"`` the checkpoints are sharded (DCP) and the save phases are
+  ``faults.SHARDED_SAVE_PHASES`` inside ``ShardedCheckpointManager.save``: ``dcp_begin``,
+  ``dcp_shard_written`` (the shard on disk, no ``.metadata``), ``dcp_saved``,
+  ``dcp_trainer_written``, ``dcp_marker_written``, ``dcp_renamed``, ``dcp_rotated``.
 
 The process kills itself with SIGKILL: nothing gets to clean up, as in a real crash.
 """
@@ -24,15 +28,15 @@ TINY_MODEL = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64
 MAX_STEPS, CKPT_INTERVAL = 16, 2
 
 
-def train_config(out_dir: str, data: str):
+def train_config(out_dir: str, data: str, strategy: str = "ddp"):
     from course_lib.config import TrainConfig
     return TrainConfig(data=data, max_steps=MAX_STEPS, batch_size=4, seq_len=32, warmup_steps=3,
                        eval_interval=8, eval_batches=1, log_interval=1, ckpt_interval=CKPT_INTERVAL,
                        keep_last=2, out_dir=out_dir, tensorboard=False, lr=3e-3, min_lr=3e-4,
-                       device="cpu", val_fraction=0.1)
+                       device="cpu", val_fraction=0.1, strategy=strategy)
 
 
-def run(out_dir: str, data: str, fault, log_path: str) -> None:
+def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp") -> None:
     import torch
     torch.set_num_threads(1)  # the reference and every resumed run use the same kernels
     from course_lib.faults import FAULT_ENV, fault_point
@@ -54,7 +58,7 @@ def run(out_dir: str, data: str, fault, log_path: str) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = Trainer(ModelConfig(**TINY_MODEL), train_config(out_dir, data),
+        trainer = Trainer(ModelConfig(**TINY_MODEL), train_config(out_dir, data, strategy),
                           callbacks=[StepFaults()], console=False)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as f:

@@ -18,7 +18,9 @@ from course_lib.checkpoint import (MARKER_FILE, SHARDED_FORMAT, TRAINER_FILE, Ch
 from course_lib.cli import build_parser, configs_from_args
 from course_lib.config import ConfigError, ModelConfig, TrainConfig
 from course_lib.data import DataError, StreamingTokenDataset
+from course_lib.dataloading import DistributedChunkBatches
 from course_lib.export import export_from_run, load_inference
+from course_lib.export import main as export_main
 from course_lib.fsdp import global_data_position, rank_state_bytes, reshard_data_position
 from course_lib.model import DIYModel
 from course_lib.train import ConfigMismatchError, Trainer
@@ -46,6 +48,8 @@ def straight(tmp_path_factory):
 def test_strategy_is_validated_in_one_line():
     with pytest.raises(ConfigError, match=r"TrainConfig.strategy: must be one of \('ddp', 'fsdp'\)"):
         TrainConfig(strategy="zero3")
+    with pytest.raises(ConfigError, match="TrainConfig.dtype: fp16 .* not supported with strategy fsdp"):
+        TrainConfig(strategy="fsdp", dtype="fp16")
     _, cfg = configs_from_args(build_parser().parse_args(["--strategy", "fsdp"]))
     assert cfg.strategy == "fsdp" and TrainConfig().strategy == "ddp"
 
@@ -140,12 +144,14 @@ def test_rank_state_bytes_counts_a_whole_model_once():
     assert got["grads"] == 4 * n and got["optimizer"] == 2 * 4 * n + 4 * n_tensors   # exp_avg, exp_avg_sq, step
 
 
-def test_global_batches_do_not_depend_on_the_number_of_ranks():
+@pytest.mark.parametrize("loader", [StreamingTokenDataset, DistributedChunkBatches])
+def test_global_batches_do_not_depend_on_the_number_of_ranks(loader):
     """Together, W ranks of batch B read exactly the samples one process of batch B*W reads at
-    the same batch number, across epoch boundaries: the basis of resharding the data position."""
+    the same batch number, across epoch boundaries: the basis of resharding the data position
+    (both loaders: the stream and map-style + DistributedSampler)."""
     tokens = torch.arange(20_000) % 251
-    one = StreamingTokenDataset(tokens, 32, 8, seed=3, rank=0, world_size=1)
-    two = [StreamingTokenDataset(tokens, 32, 4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    one = loader(tokens, 32, 8, seed=3, rank=0, world_size=1)
+    two = [loader(tokens, 32, 4, seed=3, rank=r, world_size=2) for r in (0, 1)]
     assert one.batches_per_epoch == two[0].batches_per_epoch
     for j in range(2 * one.batches_per_epoch + 3):
         both = torch.cat([d.batch_indices(j) for d in two])
@@ -173,3 +179,13 @@ def test_marker_lists_every_file_and_a_missing_shard_is_caught(straight, tmp_pat
         ShardedCheckpointManager.verify(folder)
     marker = json.loads((out / "checkpoints" / "step_00000006" / MARKER_FILE).read_text())
     assert marker["world_size"] == 1 and marker["format"] == SHARDED_FORMAT
+
+
+def test_export_cli_detects_a_sharded_run(straight, tmp_path, capsys):
+    out, _ = straight
+    assert export_main([str(out), str(tmp_path / "art")]) == 0
+    assert "sharded checkpoint step_00000006" in capsys.readouterr().out
+    assert (tmp_path / "art" / "model.safetensors").is_file()
+    assert export_main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no complete checkpoint"), err
