@@ -292,7 +292,7 @@ assert same
 # |---|---|---|
 # | 模型 + 梯度 + AdamW 状态（约 16 字节/参数）加上激活值放得进一张卡 | **DDP**：通信最少、最简单 | `torchrun` + DDP；HF accelerate 默认的多卡模式 |
 # | 放不进：状态太大 | **FSDP**（ZeRO-3）：状态约 1/W，通信约 1.5 倍 | torchtitan `--parallelism.data_parallel_shard_degree`；accelerate `fsdp_config`（`fsdp_version: 2`、`fsdp_reshard_after_forward`） |
-# | 状态分完了，激活值仍然太大（长序列、大批次） | **FSDP + 激活检查点**：反向时重算激活，多约一次前向的计算 | torchtitan `--activation_checkpoint.mode full`/`selective`；accelerate `fsdp_activation_checkpointing: true` |
+# | 状态分完了，激活值仍然太大（长序列、大批次） | **FSDP + 激活检查点**（4.0.5，`TrainConfig.activation_checkpointing`）：反向时重算激活，多约一次前向的计算 | torchtitan `--activation_checkpoint.mode full`/`selective`；accelerate `fsdp_activation_checkpointing: true` |
 # | 通信是瓶颈、内存还有余量 | FSDP `reshard_after_forward=False`（ZeRO-2 式）：少一次 all-gather，多占一份参数 | torchtitan 按层设置；accelerate 的 `fsdp_reshard_after_forward: false` |
 #
 # 先用第 1 节的估算算一遍：DDP 放得下就用 DDP。
