@@ -97,6 +97,14 @@ HINTS: dict[str, list[str]] = {
         ("`before = scaler.get_scale()`；`scaler.step(optimizer)`；`scaler.update()`；"
         "`skipped = scaler.get_scale() < before`。"),
     ],
+    "ex416_per_rank_memory": [
+        ("形状不用真的分配内存：`with torch.device(\"meta\"): model = DIYModel(model_cfg)`，"
+        "`[tuple(p.shape) for p in model.parameters()]`（共享的参数只出现一次）。"),
+        ("FSDP 一个形状 (n0, ...) 的参数：`c = math.ceil(n0 / world_size)`，`rows = max(0, min(c, n0 - rank * c))`，"
+        "本 rank 的元素数 = `rows * math.prod(shape[1:])`；DDP 就是 `math.prod(shape)`。"),
+        ("params = grads = 元素数 × 4；optimizer = 2 × params + 4 × 参数张量的个数（step 计数器不分片）；"
+        "先检查 `world_size >= 1` 和 `0 <= rank < world_size`，否则 `raise ValueError(...)`。"),
+    ],
     "ex421_inference_artifact": [
         ("`safetensors.torch.save_file(tensors, path)`：tensors 是 `{name: tensor}`，"
         "去掉 `lm_head.weight`（绑定时），每个张量 `.contiguous()`。"),

@@ -7,7 +7,9 @@ it is measured with (the quantizer no longer imports the generation loop to time
 * ``measure_generation`` / ``decode_speed_vs_context`` / ``throughput_vs_batch``: prefill and
   decode tokens/s (lessons 4.2.3, 4.2.4; bench/kv_cache.py, bench/batched_generation.py);
 * ``comparison_table``: size, speed and quality per quantization method (lesson 4.2.2);
-* ``paged_vs_static_memory``: bytes reserved by paged vs preallocated KV caches (lesson 4.2.3).
+* ``paged_vs_static_memory``: bytes reserved by paged vs preallocated KV caches (lesson 4.2.3);
+* ``rank_state_run`` / ``rank_state_table``: per-rank bytes and collectives of a real 1- or 2-rank
+  gloo run under DDP and FSDP, next to ``memory.per_rank_state_bytes`` (lesson 4.1.6, ex416).
 
 Timings keep the best of ``repeats`` runs (least disturbed by other processes) and every
 ratio compares numbers measured in the same call. ``interleaved_rounds`` runs candidates in turn,
@@ -24,7 +26,11 @@ is bound by memory bandwidth, which is what the KV cache, quantization and batch
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,13 +38,19 @@ import statistics
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import ProfilerActivity, profile
 
 from .config import ModelConfig, pick
+from .distributed import free_port, subprocess_env
 from .export import artifact_size, save_inference
 from .generate import (compile_available, compiled_decode_step, decode_step, make_cache, make_compiled_cache, prefill,
                        warm_up_compiled)
 from .kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
+from .fsdp import apply_fsdp, rank_state_bytes
+from .memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
 from .model import DIYModel
 from .quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
 
@@ -298,3 +310,193 @@ def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_si
     return {"sequences": len(lengths), "token_bytes": used, "paged_bytes": paged, "static_bytes": static,
             "paged_waste": (paged - used) / paged, "static_waste": (static - used) / static,
             "blocks_used": pool.used_blocks(), "block_size": block_size}
+
+
+# --------------------------------------------------------------------------------------------
+# Per-rank state and collectives under DDP and FSDP (lesson 4.1.6)
+# --------------------------------------------------------------------------------------------
+# c10d operator names (as the profiler records them) -> the collective they perform
+_C10D_KIND = {
+    "c10d::allreduce_": "all_reduce", "c10d::allreduce_coalesced_": "all_reduce",
+    "c10d::_allgather_base_": "all_gather", "c10d::allgather_": "all_gather",
+    "c10d::allgather_into_tensor_coalesced_": "all_gather",
+    "c10d::_reduce_scatter_base_": "reduce_scatter", "c10d::reduce_scatter_": "reduce_scatter",
+    "c10d::reduce_scatter_tensor_coalesced_": "reduce_scatter",
+    "c10d::broadcast_": "broadcast",
+}
+
+
+def _numel(shape) -> int:
+    return math.prod(shape) if shape else 0
+
+
+def count_collectives(prof) -> dict:
+    """Collectives in a ``torch.profiler`` trace (``record_shapes=True``) of one rank.
+
+    ``calls``: c10d calls per kind (all_reduce, all_gather, reduce_scatter, broadcast).
+    ``elements``: the full size that went through them (all-gather: its output; reduce-scatter:
+    its input; all-reduce: the buffers the backend reduced, less those of the reduce-scatters,
+    which gloo runs as all-reduces of the whole buffer). ``backend``: the backend's own events
+    (``gloo:all_reduce``, ...) with their call counts.
+    """
+    calls = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0, "broadcast": 0}
+    elements = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0}
+    backend: Dict[str, int] = {}
+    backend_all_reduce = 0
+    for e in prof.events():
+        kind = _C10D_KIND.get(e.name)
+        shapes = e.input_shapes or []
+        if kind is not None:
+            calls[kind] += 1
+            if kind == "all_gather" and shapes:
+                elements["all_gather"] += _numel(shapes[0])
+            elif kind == "reduce_scatter" and len(shapes) > 1:
+                elements["reduce_scatter"] += _numel(shapes[1])
+        elif e.name.startswith(("gloo:", "nccl:")):
+            backend[e.name] = backend.get(e.name, 0) + 1
+            if e.name.endswith(":all_reduce") and shapes:
+                backend_all_reduce += _numel(shapes[0])
+    if calls["all_reduce"]:
+        gloo_rs = elements["reduce_scatter"] if any(k.startswith("gloo:") for k in backend) else 0
+        elements["all_reduce"] = backend_all_reduce - gloo_rs
+    return {"calls": calls, "elements": elements, "backend": backend}
+
+
+def _train_step(forward, opt: torch.optim.Optimizer, x: Tensor) -> None:
+    forward(x, targets=x).loss.backward()
+    opt.step()
+
+
+def rank_state_worker() -> None:
+    """One rank of ``rank_state_run`` (started as a process; reads its spec from ``argv[1]``).
+
+    For each strategy: a fresh ``DIYModel`` (same seed on every rank), wrapped in DDP or sharded
+    with ``apply_fsdp``, AdamW built after the wrap, one warm-up step, then one profiled step;
+    ``rank_state_bytes`` is read after that step's ``optimizer.step()`` (gradients still there).
+    """
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = ModelConfig(**spec["model"])
+    g = torch.Generator().manual_seed(1000 + rank)            # each rank its own batch, as in training
+    x = torch.randint(0, min(256, cfg.vocab_size), (spec["batch_size"], spec["seq_len"]), generator=g)
+    report = {"rank": rank}
+    for strategy in spec["strategies"]:
+        torch.manual_seed(0)
+        model = DIYModel(cfg)
+        if strategy == "fsdp":
+            forward = apply_fsdp(model, reshard_after_forward=spec["reshard_after_forward"])
+        else:
+            forward = DistributedDataParallel(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        _train_step(forward, opt, x)
+        opt.zero_grad(set_to_none=True)
+        prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+        with _native_stderr_silenced():
+            prof.start()
+        try:
+            _train_step(forward, opt, x)
+        finally:
+            with _native_stderr_silenced():
+                prof.stop()
+        report[strategy] = {"state": rank_state_bytes(model, opt), "collectives": count_collectives(prof)}
+        del forward, model, opt
+    Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()
+    dist.destroy_process_group()
+    # torch + gloo can abort in C++ teardown at interpreter exit after a finished run (as
+    # course_lib.train's workers, leave without those destructors: the report is written)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def rank_state_run(model_cfg: ModelConfig, world_size: int = 2, strategies: Sequence[str] = ("ddp", "fsdp"),
+                   batch_size: int = 2, seq_len: int = 16, reshard_after_forward: bool = True,
+                   timeout_s: float = 180.0) -> dict:
+    """Start ``world_size`` gloo processes (CPU) and measure, per strategy, what each rank holds.
+
+    Returns ``{"world_size": W, "ddp": {"ranks": [rank_state_bytes of rank 0, 1, ...],
+    "collectives": count_collectives of rank 0's step}, "fsdp": {...}}``. The processes run
+    ``rank_state_worker`` from this module (never notebook code).
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size}: must be >= 1")
+    bad = [s for s in strategies if s not in ("ddp", "fsdp")]
+    if bad:
+        raise ValueError(f"strategies={list(strategies)}: each must be 'ddp' or 'fsdp'")
+    root = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory(prefix="rank_state_") as tmp:
+        spec = {"model": model_cfg.to_dict(), "strategies": list(strategies), "batch_size": batch_size,
+                "seq_len": seq_len, "reshard_after_forward": reshard_after_forward, "out_dir": tmp}
+        spec_path = Path(tmp, "spec.json")
+        spec_path.write_text(json.dumps(spec))
+        port = str(free_port())
+        code = "from course_lib.measure import rank_state_worker; rank_state_worker()"
+        procs = []
+        for r in range(world_size):
+            env = subprocess_env({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world_size),
+                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+                                  "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
+            procs.append(subprocess.Popen([sys.executable, "-c", code, str(spec_path)], env=env, cwd=root,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        errors = []
+        deadline = time.monotonic() + timeout_s
+        for r, p in enumerate(procs):
+            try:
+                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise RuntimeError(f"rank_state_run: rank {r} still running after {timeout_s:g} s "
+                                   "(a busy machine? pass a larger timeout_s)") from None
+            if p.returncode != 0 or not Path(tmp, f"rank{r}.json").exists():
+                errors.append(f"rank {r} exited with {p.returncode}:\n" + "\n".join(err.splitlines()[-15:]))
+        if errors:
+            raise RuntimeError("rank_state_run failed:\n" + "\n".join(errors))
+        reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world_size)]
+    return {"world_size": world_size,
+            **{s: {"ranks": [rep[s]["state"] for rep in reports], "collectives": reports[0][s]["collectives"]}
+               for s in strategies}}
+
+
+def rank_state_table(model_cfg: ModelConfig, runs: Sequence[dict], tolerance: float = 0.0) -> List[dict]:
+    """Rows of estimate (``memory.per_rank_state_bytes``) next to measured, per run, strategy and rank.
+
+    ``runs``: results of ``rank_state_run``. ``match`` is True when every part (params, grads,
+    optimizer, total) is within ``tolerance`` (relative; 0 = the same number of bytes).
+    """
+    rows = []
+    for run in runs:
+        w = run["world_size"]
+        for strategy in ("ddp", "fsdp"):
+            if strategy not in run:
+                continue
+            for rank, got in enumerate(run[strategy]["ranks"]):
+                est = per_rank_state_bytes(model_cfg, w, strategy, rank=rank)
+                ok = all(abs(est[k] - got[k]) <= tolerance * max(1, got[k]) for k in ("params", "grads", "optimizer", "total"))
+                rows.append({"world": w, "strategy": strategy, "rank": rank,
+                             **{f"{k}_est": est[k] for k in ("params", "grads", "optimizer", "total")},
+                             **{f"{k}_measured": got[k] for k in ("params", "grads", "optimizer", "total")},
+                             "gathered_unit_est": est["gathered_unit"], "gathered_root_est": est["gathered_root"],
+                             "match": ok})
+    return rows
+
+
+def collectives_table(model_cfg: ModelConfig, run: dict, reshard_after_forward: bool = True) -> List[dict]:
+    """Per strategy and collective: calls and elements from the formula
+    (``memory.collective_bytes_per_step``) next to those counted in rank 0's profiled step."""
+    rows = []
+    w = run["world_size"]
+    for strategy in ("ddp", "fsdp"):
+        if strategy not in run:
+            continue
+        est = collective_bytes_per_step(model_cfg, w, strategy, reshard_after_forward)
+        got = run[strategy]["collectives"]
+        for kind in ("all_reduce", "all_gather", "reduce_scatter"):
+            if not est["elements"][kind] and not got["calls"][kind]:
+                continue
+            rows.append({"strategy": strategy, "collective": kind, "calls_formula": est["calls"][kind],
+                         "calls_measured": got["calls"][kind], "elements_formula": est["elements"][kind],
+                         "elements_measured": got["elements"][kind], "sent_bytes_per_rank": est["sent_bytes"][kind]})
+    return rows

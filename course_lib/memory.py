@@ -41,6 +41,7 @@ is exact), and can confirm the answer with ``measure``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -375,3 +376,135 @@ def compare(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
             "estimate_MiB": est.peak / MiB,
             "measured_MiB": got["peak"] / MiB, "error_pct": 100 * err, "within_10pct": abs(err) <= 0.10,
             "phase": est.peak_phase}
+
+
+# ------------------------------------------------------------------------------------------
+# Per-rank state under DDP and FSDP (lesson 4.1.6)
+# ------------------------------------------------------------------------------------------
+# What one rank holds when the model is trained on ``world_size`` processes:
+#
+# * DDP: every rank holds the whole model, the whole gradient and the whole optimizer state;
+# * FSDP (``course_lib.fsdp.apply_fsdp``, FSDP2's ``fully_shard``, ZeRO-3 style): every
+#   parameter is a DTensor sharded on dim 0, its gradient and its optimizer state too. A
+#   parameter of ``n0`` rows is cut like ``torch.chunk``: ``c = ceil(n0 / world)`` rows per rank,
+#   rank ``r`` holds ``max(0, min(c, n0 - r * c))`` of them (the last ranks hold fewer, possibly
+#   none). Internally ``fully_shard`` pads every rank's parameter storage to ``c`` rows so that
+#   the all-gather moves equal pieces; the padding belongs to no parameter and is not counted
+#   here (nor by ``course_lib.fsdp.rank_state_bytes``, which counts ``DTensor.to_local()``).
+#
+# Not sharded on either strategy: AdamW's 0-dim ``step`` counter, one fp32 scalar per parameter
+# tensor on every rank. While a unit runs FSDP all-gathers it: ``gathered_unit`` is the largest
+# block's full parameters (freed again after its forward with ``reshard_after_forward=True``,
+# gathered again for its backward), ``gathered_root`` the root's (embedding, final norm, and
+# the output projection when it is not tied), which ``apply_fsdp`` keeps gathered from the
+# forward until the end of the backward.
+FSDP_STRATEGIES = ("ddp", "fsdp")
+STEP_COUNTER_BYTES = 4          # AdamW's state["step"]: a 0-dim float32 tensor per parameter
+
+
+def param_shapes(model_cfg: ModelConfig) -> Dict[str, tuple]:
+    """``{name: shape}`` of every parameter of ``DIYModel(model_cfg)``, a tied one once. Built on
+    the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        model = DIYModel(model_cfg)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def shard_rows(n0: int, world_size: int, rank: int) -> int:
+    """Rows of a dim-0 size ``n0`` tensor that ``rank`` holds under FSDP's dim-0 sharding."""
+    c = -(-n0 // world_size)
+    return max(0, min(c, n0 - rank * c))
+
+
+def _check_rank_args(world_size: int, rank: int, strategy: str, optimizer: str, dtype: str) -> None:
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size!r}: must be an integer >= 1")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank!r}: must be in 0..{world_size - 1} for world_size={world_size}")
+    if strategy not in FSDP_STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: use one of {FSDP_STRATEGIES}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer={optimizer!r}: use one of {sorted(OPTIMIZER_STATES)}")
+    if dtype not in BYTES:
+        raise ValueError(f"dtype={dtype!r}: use one of {sorted(BYTES)}")
+
+
+def per_rank_state_bytes(model_cfg: ModelConfig, world_size: int, strategy: str = "ddp",
+                         optimizer: str = "adamw", dtype: str = "fp32", rank: int = 0) -> Dict[str, int]:
+    """Bytes of model state that ``rank`` of ``world_size`` holds after an optimizer step.
+
+    ``dtype`` is the dtype the parameters are stored in (the course trains fp32 parameters;
+    autocast does not change them); gradients and AdamW's moments have the same dtype.
+    Returns ``{"params", "grads", "optimizer", "total", "gathered_unit", "gathered_root"}``:
+    ``total`` is the state that stays between steps (params + grads + optimizer, what
+    ``course_lib.fsdp.rank_state_bytes`` measures); the two ``gathered_*`` terms are FSDP's
+    transient full copies (0 under DDP). Rank 0 holds the largest shards.
+    """
+    _check_rank_args(world_size, rank, strategy, optimizer, dtype)
+    b = BYTES[dtype]
+    shapes = param_shapes(model_cfg)
+    if strategy == "fsdp":      # every parameter of DIYModel has at least one dimension
+        held = sum(math.prod(s[1:]) * shard_rows(s[0], world_size, rank) for s in shapes.values())
+    else:
+        held = sum(math.prod(s) for s in shapes.values())
+    params = held * b
+    counters = STEP_COUNTER_BYTES * len(shapes) if optimizer in ("adamw", "adam") else 0
+    opt = OPTIMIZER_STATES[optimizer] * params + counters
+    gathered_unit = gathered_root = 0
+    if strategy == "fsdp":
+        sizes = {u: sum(math.prod(shapes[n]) for n in names) * b for u, names in fsdp_units(model_cfg).items()}
+        gathered_root = sizes.pop("root")
+        gathered_unit = max(sizes.values(), default=0)
+    return {"params": params, "grads": params, "optimizer": opt, "total": 2 * params + opt,
+            "gathered_unit": gathered_unit, "gathered_root": gathered_root}
+
+
+def fsdp_units(model_cfg: ModelConfig) -> Dict[str, list]:
+    """The FSDP units ``apply_fsdp`` makes: ``{"layers.0": [param names], ..., "root": [...]}``
+    (one unit per transformer block, the rest in the root)."""
+    units: Dict[str, list] = {}
+    for name in param_shapes(model_cfg):
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if parts[0] == "layers" else "root"
+        units.setdefault(key, []).append(name)
+    units.setdefault("root", [])
+    return units
+
+
+def collective_bytes_per_step(model_cfg: ModelConfig, world_size: int, strategy: str = "ddp",
+                              reshard_after_forward: bool = True, dtype: str = "fp32") -> dict:
+    """The collectives of one training step and the bytes each rank sends, from the formula.
+
+    DDP: one all-reduce of every gradient (in buckets of about 25 MB). FSDP: per block an
+    all-gather in the forward and, with ``reshard_after_forward``, another in the backward; the
+    root once (kept until the end of the backward); one reduce-scatter of the gradients per unit.
+    ``elements`` is the full size that passes through each kind of collective (all-gather:
+    output, reduce-scatter: input); under FSDP that is the *padded* size, every shard padded to
+    ``ceil(n0 / world_size)`` rows, so with dimensions that do not divide by the world size a
+    little more than the parameters moves. ``sent_bytes`` uses the ring algorithm: an all-gather or a
+    reduce-scatter of S bytes sends (W-1)/W * S per rank, an all-reduce 2 (W-1)/W * S (it is a
+    reduce-scatter followed by an all-gather). ``calls`` is exact for FSDP; DDP's number of
+    all-reduce calls is its number of buckets (``None`` here: DDP decides it at run time).
+    """
+    _check_rank_args(world_size, 0, strategy, "adamw", dtype)
+    b, w = BYTES[dtype], world_size
+    shapes = param_shapes(model_cfg)
+    total = sum(math.prod(s) for s in shapes.values())
+    # FSDP moves equal pieces: every rank's shard padded to ceil(n0 / w) rows
+    padded = {n: -(-s[0] // w) * w * math.prod(s[1:]) for n, s in shapes.items()}
+    if strategy == "ddp":
+        elements = {"all_reduce": total, "all_gather": 0, "reduce_scatter": 0}
+        calls = {"all_reduce": None, "all_gather": 0, "reduce_scatter": 0}
+    else:
+        units = fsdp_units(model_cfg)
+        sizes = {u: sum(padded[n] for n in names) for u, names in units.items()}
+        blocks = [u for u in units if u != "root"]
+        per_block = 2 if reshard_after_forward else 1
+        gathered = sizes["root"] + per_block * sum(sizes[u] for u in blocks)
+        elements = {"all_reduce": 0, "all_gather": gathered, "reduce_scatter": sum(sizes.values())}
+        calls = {"all_reduce": 0, "all_gather": 1 + per_block * len(blocks), "reduce_scatter": 1 + len(blocks)}
+    frac = (w - 1) / w
+    sent = {"all_reduce": 2 * frac * elements["all_reduce"] * b, "all_gather": frac * elements["all_gather"] * b,
+            "reduce_scatter": frac * elements["reduce_scatter"] * b}
+    return {"elements": elements, "calls": calls, "sent_bytes": {k: int(round(v)) for k, v in sent.items()},
+            "sent_total": int(round(sum(sent.values())))}
