@@ -25,21 +25,14 @@ rank writes its own slice. ``training_shards`` is what goes in them, ``global_da
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import CheckpointError, ShardedCheckpointManager
 from .config import STRATEGIES, ConfigError, ModelConfig  # noqa: F401  (STRATEGIES re-exported)
@@ -109,60 +102,6 @@ def rank_state_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer
                     loc = _local(v)
                     opt += loc.numel() * loc.element_size()
     return {"params": params, "grads": grads, "optimizer": opt, "total": params + grads + opt}
-
-
-def _measure_worker(rank: int, world_size: int, init_file: str, model_cfg: dict, strategies: tuple,
-                    seq_len: int, out_dir: str) -> None:
-    """One rank of ``measure_rank_state``: per strategy, build, wrap, one AdamW step, measure."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=120))
-    try:
-        measured = {}
-        for strategy in strategies:
-            torch.manual_seed(0)
-            model = DIYModel(ModelConfig.from_dict(model_cfg))
-            fwd = apply_fsdp(model) if strategy == "fsdp" else DDP(model)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            x = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(rank))
-            fwd(x, targets=x).loss.backward()
-            opt.step()                     # AdamW creates its moments on the first step
-            measured[strategy] = rank_state_bytes(model, opt)
-            del fwd, model, opt
-        torch.save(measured, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    dist.destroy_process_group()
-    # Complete: leave without interpreter teardown, where torch 2.13 + gloo can still abort
-    # (SIGABRT) after a clean destroy and the parent would report a failed worker (see train.py).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def measure_rank_state(model_cfg: ModelConfig, world_size: int = 2, strategies=("ddp", "fsdp"),
-                       seq_len: int = 16) -> dict:
-    """Measured ``rank_state_bytes`` of every rank after one AdamW step, for ``world_size`` CPU
-    processes (gloo): ``{strategy: [dict of rank 0, dict of rank 1, ...]}`` for each of
-    ``strategies`` ("ddp", "fsdp").
-
-    Spawns the processes itself (no torchrun needed, works from a notebook: the workers run
-    this module's function, never a notebook cell). Gradients are counted before
-    ``zero_grad``: under DDP each rank holds the whole gradient, under FSDP its shard.
-    DDP's gradient buckets (a second copy of the gradients while they are all-reduced) are
-    not counted.
-    """
-    strategies = tuple(strategies)
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad or not strategies:
-        raise ConfigError(f"strategies: each must be one of {STRATEGIES} (got {strategies!r})")
-    with tempfile.TemporaryDirectory(prefix="course_measure_") as tmp:
-        init_file = os.path.join(tmp, "rendezvous")
-        mp.start_processes(_measure_worker, nprocs=world_size, join=True, start_method="spawn",
-                           args=(world_size, init_file, model_cfg.to_dict(), strategies, seq_len, tmp))
-        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(world_size)]
-    return {s: [r[s] for r in per_rank] for s in strategies}
 
 
 # ------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from course_lib.config import ModelConfig
 from course_lib.data import StreamingTokenDataset
 from course_lib.distributed import run_streaming, torchrun_command
 from course_lib.faults import fault_env
-from course_lib.fsdp import load_full_model_state, measure_rank_state
+from course_lib.fsdp import load_full_model_state
+from course_lib.measure import rank_state_run
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.train import Callback, ReplayDDPBatches, Trainer
 
@@ -126,7 +127,8 @@ def test_activation_checkpointing_under_fsdp_gives_the_same_losses(two_rank_run,
 
 def test_per_rank_state_is_half_of_ddp():
     """Measured, not estimated: the bytes of the tensors each rank holds after one AdamW step."""
-    m = measure_rank_state(ModelConfig(**MODEL), world_size=2, strategies=("ddp", "fsdp"))
+    run = rank_state_run(ModelConfig(**MODEL), world_size=2, strategies=("ddp", "fsdp"))
+    m = {s: run[s]["ranks"] for s in ("ddp", "fsdp")}
     for r in range(2):
         ddp, fsdp = m["ddp"][r], m["fsdp"][r]
         for key in ("params", "grads", "optimizer"):
