@@ -146,6 +146,8 @@ for m in ("int8", "int4"):
 assert by["int8"]["size_ratio"] <= 0.3 and by["int4"]["size_ratio"] <= 0.2, table
 assert by["int8"]["ppl_ratio"] <= 1.01, by["int8"]
 assert by["int4"]["ppl_ratio"] > by["int8"]["ppl_ratio"], (by["int4"], by["int8"])
+if not quick_mode():   # GPTQ recovers part of it (quick mode calibrates on 8 sequences: too few to be sure)
+    assert by["gptq-int4"]["perplexity"] < by["int4"]["perplexity"], (by["gptq-int4"], by["int4"])
 
 # %% [markdown]
 # **怎么读这些数**（数字来自上面这次运行，单元格末尾的断言检查了下面说的方向）：
