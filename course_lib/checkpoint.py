@@ -63,6 +63,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def check_recorded(path: Path, record: dict) -> None:
+    """``path`` has the size and SHA-256 that a completion marker recorded for it
+    (``record["bytes"]``, ``record["sha256"]``), or a ``CheckpointError`` says which differs."""
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        raise CheckpointError(f"{path}: size {size} bytes differs from the recorded {record.get('bytes')} (truncated?)")
+    if sha256_file(path) != record.get("sha256"):
+        raise CheckpointError(f"{path}: SHA-256 mismatch (file corrupted on disk, e.g. a flipped bit)")
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; failures become a ``CheckpointError``."""
     path = Path(path)
@@ -200,12 +210,12 @@ class CheckpointManager:
         return removed
 
     # ---- load ----------------------------------------------------------------------------
-    @staticmethod
-    def verify(folder: str | os.PathLike) -> dict:
+    @classmethod
+    def verify(cls, folder: str | os.PathLike) -> dict:
         """Check the marker, size and checksum of a checkpoint folder; return the marker."""
         folder = Path(folder)
         try:
-            return CheckpointManager._verify(folder)
+            return cls._verify(folder)
         except OSError as e:  # unreadable (permissions), a folder where a file should be, I/O error
             raise CheckpointError(f"{e.filename or folder}: cannot read ({e.strerror or type(e).__name__})") from None
 
@@ -229,14 +239,9 @@ class CheckpointManager:
             raise CheckpointError(f"{marker_path}: unknown checkpoint format {marker.get('format')!r}; expected {FORMAT}")
         if not state_path.is_file():
             raise CheckpointError(f"{state_path}: missing although the marker exists")
-        size = state_path.stat().st_size
-        if size == 0:
+        if state_path.stat().st_size == 0:
             raise CheckpointError(f"{state_path}: file is empty (0 bytes)")
-        if size != marker.get("bytes"):
-            raise CheckpointError(f"{state_path}: size {size} bytes differs from the recorded {marker.get('bytes')} (truncated?)")
-        digest = sha256_file(state_path)
-        if digest != marker.get("sha256"):
-            raise CheckpointError(f"{state_path}: SHA-256 mismatch (file corrupted on disk, e.g. a flipped bit)")
+        check_recorded(state_path, marker)
         return marker
 
     def load(self, folder: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -408,16 +413,8 @@ class ShardedCheckpointManager(CheckpointManager):
         return removed
 
     @staticmethod
-    def verify(folder: str | os.PathLike) -> dict:
-        """Check the marker and the size + SHA-256 of every file it lists; return the marker."""
-        folder = Path(folder)
-        try:
-            return ShardedCheckpointManager._verify_sharded(folder)
-        except OSError as e:
-            raise CheckpointError(f"{e.filename or folder}: cannot read ({e.strerror or type(e).__name__})") from None
-
-    @staticmethod
-    def _verify_sharded(folder: Path) -> dict:
+    def _verify(folder: Path) -> dict:
+        """The marker and the size + SHA-256 of every file it lists (``verify`` wraps it)."""
         marker_path = folder / MARKER_FILE
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a checkpoint folder")
@@ -438,11 +435,7 @@ class ShardedCheckpointManager(CheckpointManager):
             p = folder / name
             if not p.is_file():
                 raise CheckpointError(f"{p}: missing although the marker lists it")
-            size = p.stat().st_size
-            if size != rec.get("bytes"):
-                raise CheckpointError(f"{p}: size {size} bytes differs from the recorded {rec.get('bytes')} (truncated?)")
-            if sha256_file(p) != rec.get("sha256"):
-                raise CheckpointError(f"{p}: SHA-256 mismatch (file corrupted on disk, e.g. a flipped bit)")
+            check_recorded(p, rec)
         return marker
 
     def load(self, folder: str | os.PathLike, map_location: Any = "cpu") -> dict:

@@ -260,6 +260,16 @@ def _make_optimizer(model: torch.nn.Module, optimizer: str) -> torch.optim.Optim
     return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9 if optimizer == "sgd_momentum" else 0.0)
 
 
+def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, amp, steps: int) -> None:
+    """``steps`` plain training steps (forward under ``amp``, backward, AdamW step, free grads)."""
+    for _ in range(steps):
+        with amp:
+            loss = model(x, targets=y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
             optimizer: str = "adamw", device: str = "cpu", steps: int = 2, seed: int = 0,
             activation_checkpointing: bool = False) -> dict:
@@ -280,12 +290,7 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
         torch.manual_seed(seed)
         model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
         opt = _make_optimizer(model, optimizer)
-        for _ in range(steps):
-            with amp:
-                loss = model(x, targets=y).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        _train_steps(model, opt, x, y, amp, steps)
         del model, opt
 
     t0 = time.perf_counter()
@@ -334,12 +339,7 @@ def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str
     def run() -> float:
         sync()
         t0 = time.perf_counter()
-        for _ in range(steps):
-            with amp:
-                loss = model(x, targets=x).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        _train_steps(model, opt, x, x, amp, steps)
         sync()
         return (time.perf_counter() - t0) / steps
 

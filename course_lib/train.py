@@ -259,25 +259,19 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue this run exactly (rank 0's view plus all ranks' RNG)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "step": self.step,
-            "epoch": self.train_data.epoch_of(self.batches_consumed),
-            "skipped_steps": self.skipped_steps,
-            "config": {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()},
-            "rng": self._gather_rng(),
-            "data": self.train_data.state_dict(self.batches_consumed),
-            "world_size": self.dist.world_size,
-            "tokenizer": self.tokenizer.describe(),
-        }
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **self._run_state(), "data": self.train_data.state_dict(self.batches_consumed)}
 
     def trainer_state(self) -> dict:
         """``state_dict()`` without model and optimizer, which a sharded checkpoint stores through
         DCP; the data position also in global samples (``fsdp.global_data_position``), so a run
         with another number of ranks continues at the same sample."""
+        return {**self._run_state(),
+                "data": global_data_position(self.train_data.state_dict(self.batches_consumed),
+                                             self.cfg.accumulation_steps)}
+
+    def _run_state(self) -> dict:
+        """What both checkpoint kinds store besides weights, optimizer and data position."""
         return {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -286,8 +280,6 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "config": {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()},
             "rng": self._gather_rng(),
-            "data": global_data_position(self.train_data.state_dict(self.batches_consumed),
-                                         self.cfg.accumulation_steps),
             "world_size": self.dist.world_size,
             "tokenizer": self.tokenizer.describe(),
         }

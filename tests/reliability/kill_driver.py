@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 
 STEP_PHASES = ("batch", "backward", "step_end")
 TINY_MODEL = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
@@ -66,3 +67,19 @@ def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp") ->
                             "resumed_from": str(trainer.resumed_from) if trainer.resumed_from else None,
                             "warnings": [str(w.message) for w in caught]}) + "\n")
     trainer.fit()
+
+
+def lineage(ctx, out_dir: str, data: str, points, strategy: str = "ddp") -> list:
+    """One lineage: a chain of processes on one run folder, each killed at its fault point
+    (``None`` last: the run that finishes). Returns the exit codes."""
+    log = str(Path(out_dir) / "driver_log.jsonl")
+    codes = []
+    for fault in [*points, None]:
+        p = ctx.Process(target=run, args=(out_dir, data, fault, log, strategy))
+        p.start()
+        p.join(120)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        codes.append(p.exitcode)
+    return codes

@@ -21,11 +21,11 @@ import torch
 
 from course_lib.checkpoint import CheckpointManager
 from course_lib.cli import build_parser, configs_from_args
-from course_lib.distributed import free_port, run_streaming, subprocess_env, torchrun_command
+from course_lib.distributed import free_port, subprocess_env, torchrun_command
 from course_lib.faults import fault_env
 from course_lib.train import ReplayDDPBatches, Trainer
+from torchrun_util import TIMEOUT, flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)
 
-TIMEOUT = 240
 ATOL, RTOL = 2e-5, 1e-4
 
 
@@ -34,18 +34,7 @@ def cli_args(out, **kw):
              seq_len=32, batch_size=4, warmup_steps=2, eval_interval=100, eval_batches=1, log_interval=2,
              ckpt_interval=4, device="cpu", seed=7, out_dir=str(out))
     a.update(kw)
-    args = []
-    for k, v in a.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    return args + ["--no-tensorboard"]
-
-
-def run(cmd, env=None):
-    env = dict(env or {}, OMP_NUM_THREADS="1", COURSE_QUICK="1")
-    rc, lines = run_streaming(cmd, env=env, timeout_s=TIMEOUT, echo=False)
-    useful = [ln for ln in lines if not ln.startswith(("[rank0]:  ", "[rank1]:  ", "  File", "    "))]
-    assert rc == 0, "torchrun 失败 (failed)，输出：\n" + "\n".join(useful[-60:])
-    return lines
+    return flags(a)
 
 
 def final_weights(out):

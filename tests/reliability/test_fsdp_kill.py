@@ -37,17 +37,7 @@ POINTS = [f"{phase}@{2 * (i + 1)}" for i, phase in enumerate(SHARDED_SAVE_PHASES
 
 def lineage(args):
     ctx, out_dir, data, points = args
-    log = str(Path(out_dir) / "driver_log.jsonl")
-    codes = []
-    for fault in [*points, None]:
-        p = ctx.Process(target=kill_driver.run, args=(out_dir, data, fault, log, "fsdp"))
-        p.start()
-        p.join(120)
-        if p.is_alive():
-            p.kill()
-            p.join()
-        codes.append(p.exitcode)
-    return codes
+    return kill_driver.lineage(ctx, out_dir, data, points, "fsdp")
 
 
 def finished(out_dir, data):

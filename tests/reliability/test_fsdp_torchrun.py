@@ -24,14 +24,14 @@ from course_lib.checkpoint import ShardedCheckpointManager, safe_torch_load
 from course_lib.cli import build_parser, configs_from_args
 from course_lib.config import ModelConfig
 from course_lib.data import StreamingTokenDataset
-from course_lib.distributed import run_streaming, torchrun_command
+from course_lib.distributed import torchrun_command
 from course_lib.faults import fault_env
 from course_lib.fsdp import load_full_model_state
 from course_lib.measure import rank_state_run
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.train import Callback, ReplayDDPBatches, Trainer
+from torchrun_util import flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)
 
-TIMEOUT = 240
 ATOL, RTOL = 2e-5, 1e-4
 LOSS_RTOL = 1e-5
 STEPS, ACC, B2 = 8, 2, 4   # 2 ranks x batch 4 x 2 micro-steps == 1 process x batch 8 x 2 micro-steps
@@ -43,18 +43,7 @@ def cli_args(out, **kw):
              eval_batches=1, log_interval=1, ckpt_interval=4, device="cpu", seed=7, out_dir=str(out),
              strategy="fsdp", accumulation_steps=ACC)
     a.update(kw)
-    args = []
-    for k, v in a.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    return args + ["--no-tensorboard"]
-
-
-def run(cmd, env=None):
-    env = dict(env or {}, OMP_NUM_THREADS="1", COURSE_QUICK="1")
-    rc, lines = run_streaming(cmd, env=env, timeout_s=TIMEOUT, echo=False)
-    useful = [ln for ln in lines if not ln.startswith(("[rank0]:  ", "[rank1]:  ", "  File", "    "))]
-    assert rc == 0, "torchrun 失败 (failed)，输出：\n" + "\n".join(useful[-60:])
-    return lines
+    return flags(a)
 
 
 def in_process_trainer(out, callbacks=(), **kw):

@@ -66,17 +66,7 @@ def all_tensors(obj, prefix=""):
 def lineage_job(args):
     """Runs in a pool thread: one lineage = a chain of processes, each killed at its point."""
     ctx, out_dir, data, points = args
-    log = str(Path(out_dir) / "driver_log.jsonl")
-    codes = []
-    for fault in [*points, None]:
-        p = ctx.Process(target=kill_driver.run, args=(out_dir, data, fault, log))
-        p.start()
-        p.join(120)
-        if p.is_alive():
-            p.kill()
-            p.join()
-        codes.append(p.exitcode)
-    return codes
+    return kill_driver.lineage(ctx, out_dir, data, points)
 
 
 def test_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
