@@ -99,6 +99,10 @@ class CheckpointManager:
     goes in (model, optimizer, scheduler, scaler, RNG, data position, config).
     """
 
+    FORMAT = FORMAT               # the format tag in the marker and in the loaded state
+    STATE_FILE = STATE_FILE       # the file ``load`` reads (weights_only) after verifying the folder
+    KIND = "training checkpoint"
+
     def __init__(self, out_dir: str | os.PathLike, keep_last: int = 3, interval: int = 100,
                  verbose: bool = True) -> None:
         if keep_last < 1:
@@ -245,12 +249,13 @@ class CheckpointManager:
         return marker
 
     def load(self, folder: str | os.PathLike, map_location: Any = "cpu") -> dict:
-        """Verify, then load with ``weights_only=True``. Raises ``CheckpointError``."""
+        """Verify the folder, then load its state file with ``weights_only=True``. Raises ``CheckpointError``."""
         folder = Path(folder)
         self.verify(folder)
-        state = safe_torch_load(folder / STATE_FILE, map_location)
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError(f"{folder / STATE_FILE}: not a course_lib training checkpoint (no format tag {FORMAT!r})")
+        path = folder / self.STATE_FILE
+        state = safe_torch_load(path, map_location)
+        if not isinstance(state, dict) or state.get("format") != self.FORMAT:
+            raise CheckpointError(f"{path}: not a course_lib {self.KIND} (no format tag {self.FORMAT!r})")
         return state
 
     def load_latest(self, map_location: Any = "cpu", validate=None) -> Optional[Tuple[dict, Path]]:
@@ -347,6 +352,8 @@ class ShardedCheckpointManager(CheckpointManager):
     """
 
     FORMAT = SHARDED_FORMAT
+    STATE_FILE = TRAINER_FILE     # ``load`` reads trainer.pt; the shards load through ``load_shards``
+    KIND = "sharded checkpoint"
 
     def tmp_path_for(self, step: int) -> Path:
         return self.dir / f"step_{step:08d}.tmp"
@@ -437,16 +444,6 @@ class ShardedCheckpointManager(CheckpointManager):
                 raise CheckpointError(f"{p}: missing although the marker lists it")
             check_recorded(p, rec)
         return marker
-
-    def load(self, folder: str | os.PathLike, map_location: Any = "cpu") -> dict:
-        """Verify the whole folder, then load ``trainer.pt`` (``weights_only=True``)."""
-        folder = Path(folder)
-        self.verify(folder)
-        state = safe_torch_load(folder / TRAINER_FILE, map_location)
-        if not isinstance(state, dict) or state.get("format") != SHARDED_FORMAT:
-            raise CheckpointError(f"{folder / TRAINER_FILE}: not a course_lib sharded checkpoint "
-                                  f"(no format tag {SHARDED_FORMAT!r})")
-        return state
 
     @staticmethod
     def load_shards(folder: str | os.PathLike, shards: dict) -> None:
