@@ -172,7 +172,19 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             raise self._save_error(final, e) from None
         fault_point("save_marker_written", step)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it safely
+        self._move_into_place(tmp, final)
+        fault_point("save_renamed", step)
+        self.rotate()
+        fault_point("save_rotated", step)
+        self.last_save_seconds = time.perf_counter() - t0
+        self.total_save_seconds += self.last_save_seconds
+        return final
+
+    def _move_into_place(self, tmp: Path, final: Path) -> None:
+        """Rename a complete temp folder to its real name (the moment the checkpoint counts) and
+        fsync the parent. Re-saving a step (e.g. after a resume) moves the old folder of that step
+        aside first and deletes it after the rename; the other checkpoints are never touched here."""
+        if final.exists():
             old = self.dir / f".old-{final.name}-{os.getpid()}"
             final.rename(old)
             tmp.rename(final)
@@ -180,12 +192,6 @@ class CheckpointManager:
         else:
             tmp.rename(final)
         _fsync_dir(self.dir)
-        fault_point("save_renamed", step)
-        self.rotate()
-        fault_point("save_rotated", step)
-        self.last_save_seconds = time.perf_counter() - t0
-        self.total_save_seconds += self.last_save_seconds
-        return final
 
     def _save_error(self, final: Path, e: BaseException) -> CheckpointError:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -395,14 +401,7 @@ class ShardedCheckpointManager(CheckpointManager):
             except (OSError, RuntimeError) as e:
                 raise self._save_error(final, e) from None
             fault_point("dcp_marker_written", step, rank)
-            if final.exists():  # re-saving the same step (e.g. after a resume): replace it safely
-                old = self.dir / f".old-{final.name}-{os.getpid()}"
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(final)
-            _fsync_dir(self.dir)
+            self._move_into_place(tmp, final)
             fault_point("dcp_renamed", step, rank)
             self.rotate()
             fault_point("dcp_rotated", step, rank)
