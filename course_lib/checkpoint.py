@@ -63,6 +63,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def read_marker(folder: Path) -> tuple[Path, dict]:
+    """``(marker path, marker)`` of a checkpoint folder whose completion marker is a JSON object,
+    or a ``CheckpointError`` that says what is missing or wrong."""
+    marker_path = folder / MARKER_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a checkpoint folder")
+    if not marker_path.exists():
+        raise CheckpointError(f"{folder}: incomplete checkpoint (no {MARKER_FILE}): the save was interrupted")
+    if not marker_path.is_file():
+        raise CheckpointError(f"{marker_path}: completion marker is not a file")
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{marker_path}: completion marker is not valid JSON ({e})") from None
+    if not isinstance(marker, dict):
+        raise CheckpointError(f"{marker_path}: completion marker is not a JSON object (got {type(marker).__name__})")
+    return marker_path, marker
+
+
 def check_recorded(path: Path, record: dict) -> None:
     """``path`` has the size and SHA-256 that a completion marker recorded for it
     (``record["bytes"]``, ``record["sha256"]``), or a ``CheckpointError`` says which differs."""
@@ -231,20 +250,8 @@ class CheckpointManager:
 
     @staticmethod
     def _verify(folder: Path) -> dict:
-        marker_path, state_path = folder / MARKER_FILE, folder / STATE_FILE
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder}: not a checkpoint folder")
-        if not marker_path.exists():
-            raise CheckpointError(f"{folder}: incomplete checkpoint (no {MARKER_FILE}): the save was interrupted")
-        if not marker_path.is_file():
-            raise CheckpointError(f"{marker_path}: completion marker is not a file")
-        try:
-            marker = json.loads(marker_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{marker_path}: completion marker is not valid JSON ({e})") from None
-        if not isinstance(marker, dict):
-            raise CheckpointError(f"{marker_path}: completion marker is not a JSON object "
-                                  f"(got {type(marker).__name__})")
+        marker_path, marker = read_marker(folder)
+        state_path = folder / STATE_FILE
         if marker.get("format") != FORMAT:
             raise CheckpointError(f"{marker_path}: unknown checkpoint format {marker.get('format')!r}; expected {FORMAT}")
         if not state_path.is_file():
@@ -421,16 +428,8 @@ class ShardedCheckpointManager(CheckpointManager):
     @staticmethod
     def _verify(folder: Path) -> dict:
         """The marker and the size + SHA-256 of every file it lists (``verify`` wraps it)."""
-        marker_path = folder / MARKER_FILE
-        if not folder.is_dir():
-            raise CheckpointError(f"{folder}: not a checkpoint folder")
-        if not marker_path.is_file():
-            raise CheckpointError(f"{folder}: incomplete checkpoint (no {MARKER_FILE}): the save was interrupted")
-        try:
-            marker = json.loads(marker_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{marker_path}: completion marker is not valid JSON ({e})") from None
-        if not isinstance(marker, dict) or not isinstance(marker.get("files"), dict):
+        marker_path, marker = read_marker(folder)
+        if not isinstance(marker.get("files"), dict):
             raise CheckpointError(f"{marker_path}: completion marker is not a sharded-checkpoint marker")
         if marker.get("format") != SHARDED_FORMAT:
             raise CheckpointError(f"{marker_path}: checkpoint format {marker.get('format')!r}; expected {SHARDED_FORMAT}")
