@@ -64,7 +64,7 @@ bench: install
 
 # Your exercise progress: which pass, which fail and why, which are untouched.
 progress: install
-	$(VPY) -m course_lib.grading
+	$(VPY) -m course_lib.lab.grading
 
 # Run every bench/ script and write BENCHMARKS.md (figures from this machine).
 benchmarks: install

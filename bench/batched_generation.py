@@ -18,7 +18,7 @@ from course_lib.config import quick_mode  # noqa: E402
 def run(quick: bool) -> list[dict]:
     import torch
 
-    from course_lib.measure import pin_threads, ratio_stats, throughput_vs_batch
+    from course_lib.lab.measure import pin_threads, ratio_stats, throughput_vs_batch
     from course_lib.pretrained import load_reference_model
 
     threads = pin_threads()

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib.config import ModelConfig, TrainConfig, quick_mode  # noqa: E402
-from course_lib.plotting import print_table  # noqa: E402
+from course_lib.lab.plotting import print_table  # noqa: E402
 from course_lib.train import Trainer  # noqa: E402
 
 TARGET = 0.05

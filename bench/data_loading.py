@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from course_lib.config import quick_mode  # noqa: E402
 from course_lib.data import load_corpus, tokenize_corpus  # noqa: E402
 from course_lib.dataloading import make_loader, measure_throughput  # noqa: E402
-from course_lib.plotting import print_table  # noqa: E402
+from course_lib.lab.plotting import print_table  # noqa: E402
 
 
 def settings(cuda: bool):

@@ -43,7 +43,7 @@ def run(quick: bool) -> list[dict]:
 
     from course_lib.export import export_hf_llama
     from course_lib.generate import compile_available, generate, warm_up_compiled
-    from course_lib.measure import as_model, interleaved_rounds, measure_generation, pin_threads, speed_config
+    from course_lib.lab.measure import as_model, interleaved_rounds, measure_generation, pin_threads, speed_config
     from course_lib.quantize import dynamic_int8, quantize_model
 
     threads = pin_threads()

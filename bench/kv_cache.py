@@ -22,7 +22,7 @@ from course_lib.config import quick_mode  # noqa: E402
 def run(quick: bool) -> list[dict]:
     import torch
 
-    from course_lib.measure import (decode_speed_vs_context, long_context_copy, paged_vs_static_memory, pin_threads,
+    from course_lib.lab.measure import (decode_speed_vs_context, long_context_copy, paged_vs_static_memory, pin_threads,
                                     ratio_stats, speed_config)
     from course_lib.pretrained import load_reference_model
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib.config import ModelConfig, quick_mode  # noqa: E402
 from course_lib.memory import compare  # noqa: E402
-from course_lib.plotting import print_table  # noqa: E402
+from course_lib.lab.plotting import print_table  # noqa: E402
 
 SIZES = {
     "tiny (d64 L2 GQA)": ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=176, max_seq_len=256),

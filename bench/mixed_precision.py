@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from course_lib.config import ModelConfig, TrainConfig, quick_mode  # noqa: E402
-from course_lib.plotting import print_table  # noqa: E402
+from course_lib.lab.plotting import print_table  # noqa: E402
 from course_lib.train import Trainer  # noqa: E402
 
 

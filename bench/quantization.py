@@ -20,7 +20,7 @@ def run(quick: bool) -> list[dict]:
     import torch
 
     from course_lib.pretrained import calibration_batch, heldout_tokens, load_reference_model
-    from course_lib.measure import comparison_table, pin_threads
+    from course_lib.lab.measure import comparison_table, pin_threads
 
     pin_threads()
     torch.manual_seed(0)

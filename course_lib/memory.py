@@ -324,7 +324,7 @@ def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str
     model on one fixed batch and returns the seconds per step (CPU or CUDA, synchronised).
 
     Build one per candidate, call each once to warm up (the first call pays for allocations
-    and lazy initialisation), then time them in turn with ``course_lib.measure.interleaved_rounds``,
+    and lazy initialisation), then time them in turn with ``course_lib.lab.measure.interleaved_rounds``,
     so that no candidate gets the machine's quiet moment alone."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)

@@ -166,7 +166,7 @@ class ProgressBar(Callback):
     """A tqdm progress bar as a trainer callback (``Trainer(..., callbacks=[ProgressBar()], console=False)``).
 
     A text bar on stdout (also in Jupyter: a widget bar saved in a notebook shows a frozen "0%",
-    see course_lib/progress.py). The bar shows the latest loss, lr and grad-norm and the ETA; it
+    see course_lib/lab/progress_bars.py). The bar shows the latest loss, lr and grad-norm and the ETA; it
     starts at the resumed step after a resume.
     """
 

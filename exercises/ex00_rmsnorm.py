@@ -1,9 +1,9 @@
 """练习 ex00：RMSNorm（热身练习，用来熟悉练习与自检的流程）。
 
-在 notebook 里运行 `from course_lib.grading import check; check("00")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex00_rmsnorm")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("00")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex00_rmsnorm")`，每调用一次多给一层提示。
 
-也可以在终端运行 `python -m course_lib.grading 00`。
+也可以在终端运行 `python -m course_lib.lab.grading 00`。
 """
 from torch import Tensor
 

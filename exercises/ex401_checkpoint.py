@@ -1,7 +1,7 @@
 """练习 ex401（热身）：保存与加载训练检查点 (checkpoint)，CS336 风格。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.0.1")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex401_checkpoint")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.0.1")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex401_checkpoint")`，每调用一次多给一层提示。
 
 这是热身：只有模型和优化器。真正的恢复还要 scheduler、RNG、数据位置和配置，
 那是 4.1.1 的综合练习 `exercises/ex411_train_script.py`：它会被真的杀掉再恢复。

@@ -1,7 +1,7 @@
 """练习 ex402：学习率预热 (warmup) + 余弦衰减 (cosine decay) 调度。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.0.2")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex402_lr_schedule")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.0.2")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex402_lr_schedule")`，每调用一次多给一层提示。
 """
 
 

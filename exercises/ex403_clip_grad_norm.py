@@ -1,7 +1,7 @@
 """练习 ex403：按全局范数裁剪梯度 (gradient clipping by global norm)。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.0.3")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex403_clip_grad_norm")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.0.3")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex403_clip_grad_norm")`，每调用一次多给一层提示。
 """
 from collections.abc import Iterable
 

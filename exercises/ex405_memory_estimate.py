@@ -1,7 +1,7 @@
 """练习 ex405：估算训练时的「静态」显存/内存 (static memory)：参数、梯度、优化器状态。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.0.5")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex405_memory_estimate")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.0.5")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex405_memory_estimate")`，每调用一次多给一层提示。
 """
 import torch
 

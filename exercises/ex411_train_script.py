@@ -1,7 +1,7 @@
 """练习 ex411（综合）：自己写一个可以被随时杀掉、再启动就能接着训练的完整训练脚本。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.1")` 检查；卡住时
-`from course_lib.hints import hint; hint("ex411_train_script")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.1")` 检查；卡住时
+`from course_lib.lab.hints import hint; hint("ex411_train_script")`，每调用一次多给一层提示。
 自己运行：
 
     python exercises/ex411_train_script.py --out-dir runs/my_script --max-steps 40

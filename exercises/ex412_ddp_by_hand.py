@@ -1,7 +1,7 @@
 """练习 ex412（进阶，选做）：手写 DDP 的梯度同步 (gradient all-reduce by hand)。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.2")` 检查；卡住时
-`from course_lib.hints import hint; hint("ex412_ddp_by_hand")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.2")` 检查；卡住时
+`from course_lib.lab.hints import hint; hint("ex412_ddp_by_hand")`，每调用一次多给一层提示。
 评分器会真的启动 2 个进程（gloo 后端，CPU），把你的结果和 `DistributedDataParallel` 比较。
 """
 import torch

@@ -1,7 +1,7 @@
 """练习 ex412：DDP 初始化 (setup)：从 torchrun 的环境变量建立进程组、采样器、包装模型。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.2")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex412_ddp_setup")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.2")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex412_ddp_setup")`，每调用一次多给一层提示。
 
 评分测试会真的启动 2 个进程（gloo 后端，CPU）来运行你的函数。
 """

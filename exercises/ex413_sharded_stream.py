@@ -1,7 +1,7 @@
 """练习 ex413：按 rank × worker 切分、可以从中间恢复的流式数据集 (sharded streaming IterableDataset)。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.3")` 检查；卡住时
-`from course_lib.hints import hint; hint("ex413_sharded_stream")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.3")` 检查；卡住时
+`from course_lib.lab.hints import hint; hint("ex413_sharded_stream")`，每调用一次多给一层提示。
 """
 import torch  # noqa: F401  (you will probably need it)
 from torch.utils.data import IterableDataset

@@ -1,7 +1,7 @@
 """练习 ex414：梯度累积 (gradient accumulation)：N 个小批次 (micro-batch) = 一个 N 倍大的批次。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.4")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex414_grad_accumulation")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.4")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex414_grad_accumulation")`，每调用一次多给一层提示。
 """
 from collections.abc import Callable
 

@@ -1,7 +1,7 @@
 """练习 ex415：混合精度 (mixed precision) 训练步：autocast + GradScaler。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.5")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex415_amp_step")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.5")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex415_amp_step")`，每调用一次多给一层提示。
 """
 from collections.abc import Callable
 

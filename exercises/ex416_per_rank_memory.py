@@ -1,7 +1,7 @@
 """练习 ex416：每个 rank 上有多少字节？DDP 与 FSDP 的逐 rank 内存 (per-rank memory)。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.1.6")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex416_per_rank_memory")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.6")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex416_per_rank_memory")`，每调用一次多给一层提示。
 """
 from course_lib.config import ModelConfig
 

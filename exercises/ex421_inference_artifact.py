@@ -1,7 +1,7 @@
 """练习 ex421：保存与加载推理用文件（仅权重 + 配置）。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.2.1")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex421_inference_artifact")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.1")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex421_inference_artifact")`，每调用一次多给一层提示。
 """
 
 

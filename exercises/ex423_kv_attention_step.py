@@ -1,7 +1,7 @@
 """练习 ex423：带 KV 缓存 (KV cache) 的一步注意力。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.2.3")` 检查你的实现；
-卡住时 `from course_lib.hints import hint; hint("ex423_kv_attention_step")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.3")` 检查你的实现；
+卡住时 `from course_lib.lab.hints import hint; hint("ex423_kv_attention_step")`，每调用一次多给一层提示。
 """
 from torch import Tensor
 

@@ -1,7 +1,7 @@
 """练习 ex423（进阶）：把 KV 缓存 (KV cache) 接进一个小模型（含 GQA）。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.2.3")` 检查；卡住时
-`from course_lib.hints import hint; hint("ex423_kv_block")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.3")` 检查；卡住时
+`from course_lib.lab.hints import hint; hint("ex423_kv_block")`，每调用一次多给一层提示。
 
 下面是一个 **能用但没有缓存** 的小模型：每生成一个 token 都要把整段序列重新算一遍。
 你要改 `Attention.forward` 和 `TinyLM.forward`（`Block.forward` 已经把缓存传下去了），

@@ -1,7 +1,7 @@
 """练习 ex424（进阶）：批量贪心生成 (batched greedy generation)。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.2.4")` 检查；卡住时
-`from course_lib.hints import hint; hint("ex424_batched_generate")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.4")` 检查；卡住时
+`from course_lib.lab.hints import hint; hint("ex424_batched_generate")`，每调用一次多给一层提示。
 """
 import torch
 

@@ -1,7 +1,7 @@
 """练习 ex425：连续批处理 (continuous batching) 调度器的 admit / evict 两步。
 
-在 notebook 里运行 `from course_lib.grading import check; check("4.2.5")` 检查你的实现；卡住时
-`from course_lib.hints import hint; hint("ex425_scheduler")`，每调用一次多给一层提示。
+在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.5")` 检查你的实现；卡住时
+`from course_lib.lab.hints import hint; hint("ex425_scheduler")`，每调用一次多给一层提示。
 评分器把你的两个函数装进 `course_lib.engine.Engine`（替换它自己的 admit / evict），再检查：
 每个请求的贪心输出与单独用 `course_lib.generate.generate` 生成时逐 token 相同、KV 块用完即还、
 批大小不超过上限、先到先服务 (FIFO)。

@@ -2,7 +2,7 @@
 exercise file in exercises/ appears in it."""
 from pathlib import Path
 
-from course_lib.course_map import COURSE_MAP, exercise_prefix
+from course_lib.lab.course_map import COURSE_MAP, exercise_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 

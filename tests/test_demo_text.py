@@ -1,7 +1,7 @@
 """Every generation demo in a stored notebook prints text a person would believe.
 
 A demo cell carries a `# DEMO_TEXT` comment line and prints its text with
-`course_lib.demo.show_sample` (between "── sample ... ──" and "── end of sample ──"). For every
+`course_lib.lab.demo.show_sample` (between "── sample ... ──" and "── end of sample ──"). For every
 such cell of every stored notebook this test requires at least one printed sample, and each
 sample must
 - not loop: distinct character 4-grams / all 4-grams >= 0.5 ("the the the ..." scores ~0.1);
@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.demo import distinct_ngram_ratio, sample_blocks, whitespace_fraction
+from course_lib.lab.demo import distinct_ngram_ratio, sample_blocks, whitespace_fraction
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -93,7 +93,7 @@ def test_demo_text_reads_as_text(src):
     for i, cell in enumerate(cells):
         blocks = sample_blocks(cell_text(cell))
         if not blocks:
-            bad.append(f"第 {i + 1} 个 DEMO_TEXT 单元格没有打印样本（用 course_lib.demo.show_sample 打印）")
+            bad.append(f"第 {i + 1} 个 DEMO_TEXT 单元格没有打印样本（用 course_lib.lab.demo.show_sample 打印）")
         for text in blocks:
             for p in problems(text):
                 bad.append(f"第 {i + 1} 个 DEMO_TEXT 单元格: {p}: {text[:120]!r}")

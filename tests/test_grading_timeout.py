@@ -1,4 +1,4 @@
-"""course_lib.grading: an endless loop in the learner's code is stopped and reported in Chinese,
+"""course_lib.lab.grading: an endless loop in the learner's code is stopped and reported in Chinese,
 and a failure row carries the grader's whole message (expected and got), not its first line."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import grading
+from course_lib.lab import grading
 
 ROOT = Path(__file__).resolve().parents[1]
 EX = "ex00_rmsnorm"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import hints
+from course_lib.lab import hints
 
 ROOT = Path(__file__).resolve().parents[1]
 

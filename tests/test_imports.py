@@ -13,27 +13,60 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 PKG = Path(__file__).resolve().parents[1] / "course_lib"
+# The two layers: the ML core (course_lib/*.py) and the course machinery (course_lib/lab/*.py).
+# Module names below are relative to course_lib: "model", "lab.grading".
+SUBPACKAGES = ("lab",)
 
 
 def _modules() -> Dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(PKG.glob("*.py"))}
+    files = sorted(PKG.glob("*.py")) + [f for sub in SUBPACKAGES for f in sorted((PKG / sub).glob("*.py"))]
+    return {_name(f): ast.parse(f.read_text(encoding="utf-8"), str(f)) for f in files}
 
 
-def _targets(node: ast.AST, known: Set[str]) -> List[str]:
-    """course_lib modules named by an import node (relative or absolute)."""
+def _name(f: Path) -> str:
+    rel = f.relative_to(PKG).with_suffix("")
+    parts = [x for x in rel.parts if x != "__init__"]
+    return ".".join(parts) or "__init__"
+
+
+def _package(name: str) -> str:
+    """The package a module's relative imports start from ("" = course_lib, "lab" = course_lib.lab)."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _resolve(dotted: str, known: Set[str]) -> str | None:
+    """The known module that a dotted name (relative to course_lib) refers to, or None."""
+    while dotted:
+        if dotted in known:
+            return dotted
+        dotted = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+    return None
+
+
+def _targets(node: ast.AST, known: Set[str], importer: str = "") -> List[str]:
+    """course_lib modules named by an import node (relative or absolute), as names relative to course_lib."""
     out = []
     if isinstance(node, ast.ImportFrom):
         mod = node.module or ""
-        if node.level == 1 or mod == "course_lib" or mod.startswith("course_lib."):
-            base = mod.removeprefix("course_lib").lstrip(".") if node.level == 0 else mod
-            if base:
-                out.append(base.split(".")[0])
-            else:  # from . import x / from course_lib import x
-                out.extend(a.name for a in node.names if a.name in known)
+        if node.level >= 1:
+            pkg = _package(importer).split(".") if _package(importer) else []
+            pkg = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+            base = ".".join(pkg + ([mod] if mod else []))
+        elif mod == "course_lib" or mod.startswith("course_lib."):
+            base = mod.removeprefix("course_lib").lstrip(".")
+        else:
+            return []
+        for a in node.names:  # from X import name: name may be a submodule of X
+            sub = f"{base}.{a.name}" if base else a.name
+            hit = sub if sub in known else _resolve(base, known)
+            if hit:
+                out.append(hit)
     elif isinstance(node, ast.Import):
         for a in node.names:
             if a.name.startswith("course_lib."):
-                out.append(a.name.split(".")[1])
+                hit = _resolve(a.name.removeprefix("course_lib."), known)
+                if hit:
+                    out.append(hit)
     return [t for t in out if t in known]
 
 
@@ -71,7 +104,7 @@ def _top_level_imports(tree: ast.Module) -> List[ast.AST]:
 def graph() -> Dict[str, Set[str]]:
     mods = _modules()
     known = set(mods)
-    return {name: {t for n in _top_level_imports(tree) for t in _targets(n, known)} - {name}
+    return {name: {t for n in _top_level_imports(tree) for t in _targets(n, known, name)} - {name}
             for name, tree in mods.items()}
 
 
@@ -83,7 +116,7 @@ def test_no_function_local_imports_between_course_lib_modules():
         top = {id(n) for n in _top_level_imports(tree)} | _main_guard_imports(tree)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top and _targets(node, known):
-                bad.append(f"course_lib/{name}.py:{node.lineno}: {ast.unparse(node)}")
+                bad.append(f"course_lib/{name.replace('.', '/')}.py:{node.lineno}: {ast.unparse(node)}")
     assert not bad, ("course_lib 模块之间的 import 应写在文件开头（依赖关系一目了然）；"
                      "这些写在函数里：\n" + "\n".join(bad))
 
@@ -127,6 +160,29 @@ def test_course_lib_has_no_import_cycle():
 
 def test_leaf_modules_import_nothing_from_course_lib():
     g = graph()
-    for leaf in ("absmax", "fsio", "callbacks", "paths"):
+    for leaf in ("absmax", "fsio", "callbacks", "lab.paths"):
         if leaf in g:
-            assert not g[leaf], f"course_lib/{leaf}.py 应是叶子模块 (leaf)，却导入了 {sorted(g[leaf])}"
+            assert not g[leaf], f"course_lib/{leaf.replace('.', '/')}.py 应是叶子模块 (leaf)，却导入了 {sorted(g[leaf])}"
+
+
+def test_core_never_imports_the_course_machinery():
+    """The layer rule: the ML core (course_lib/*.py) is a library a learner can take away;
+    it never imports course_lib.lab (grading, quizzes, lesson measurements, plotting)."""
+    mods = _modules()
+    known = set(mods)
+    bad = []
+    for name, tree in mods.items():
+        if name.startswith("lab"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                hits = [t for t in _targets(node, known, name) if t == "lab" or t.startswith("lab.")]
+                if hits:
+                    bad.append(f"course_lib/{name}.py:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, "核心模块 (core) 不应导入课程工具 course_lib.lab：\n" + "\n".join(bad)
+
+
+def test_the_graph_sees_both_layers():
+    g = graph()
+    assert "lab.grading" in g and "model" in g
+    assert "model" in g["lab.measure"], "course_lib/lab/measure.py 导入 model（由 from ..model import 解析）"

@@ -27,7 +27,7 @@ def test_lesson_opens_and_closes_the_same_way(src):
         positions.append(m.start())
     assert positions == sorted(positions), f"{src.name}: 结尾小节的顺序应为 {CLOSING}"
     lesson = src.name.split("-")[0]
-    assert f'quiz("{lesson}"' in text, f"{src.name}: 自检小节应调用 course_lib.quiz.quiz(\"{lesson}\", measured={{...}})"
+    assert f'quiz("{lesson}"' in text, f"{src.name}: 自检小节应调用 course_lib.lab.quiz.quiz(\"{lesson}\", measured={{...}})"
     if "99-capstone" not in src.name:
         assert re.search(r"check\(\"\d\.\d\.\d\"\)", text), f"{src.name}: 练习小节应有 check(\"x.y.z\") 单元"
 

@@ -21,8 +21,8 @@ def _copy_course(dst: Path) -> None:
 def _progress(root: Path, only=None) -> str:
     env = dict(os.environ, COURSE_ROOT=str(root),
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    cmd = [sys.executable, "-m", "course_lib.grading"] if only is None else [
-        sys.executable, "-c", f"from course_lib.grading import progress; print(progress(show=False, only={only!r}))"]
+    cmd = [sys.executable, "-m", "course_lib.lab.grading"] if only is None else [
+        sys.executable, "-c", f"from course_lib.lab.grading import progress; print(progress(show=False, only={only!r}))"]
     r = subprocess.run(cmd, cwd=root, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from course_lib.course_map import markdown_table
+from course_lib.lab.course_map import markdown_table
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -17,7 +17,7 @@ def test_readme_opens_with_the_two_commands():
 
 def test_readme_course_map_matches_course_map_module():
     assert markdown_table() in README, (
-        "README 的课程地图与 course_lib/course_map.py 不一致：请把 markdown_table() 的输出粘贴到 README")
+        "README 的课程地图与 course_lib/lab/course_map.py 不一致：请把 markdown_table() 的输出粘贴到 README")
 
 
 def test_readme_time_table_is_generated_from_the_build():

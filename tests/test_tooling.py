@@ -13,7 +13,7 @@ import install_torch  # noqa: E402
 import build_notebooks  # noqa: E402, F401  (the stored-output tests import from it)
 import lab  # noqa: E402
 
-from course_lib import grading  # noqa: E402
+from course_lib.lab import grading  # noqa: E402
 
 
 @pytest.fixture
@@ -76,10 +76,10 @@ def test_unknown_id_lists_known_exercises():
         grading.resolve("9.9.9")
 
 
-# --- torch thread count (course_lib.threads) and the CJK font check (course_lib.envcheck) ---
+# --- torch thread count (course_lib.lab.threads) and the CJK font check (course_lib.lab.envcheck) ---
 
 def test_threads_follow_free_cores():
-    from course_lib.threads import MAX_THREADS, choose_threads
+    from course_lib.lab.threads import MAX_THREADS, choose_threads
 
     assert choose_threads(cores=2, load=0.1, env="").threads == 2          # idle: every core
     assert choose_threads(cores=2, load=1.9, env="").threads == 1          # busy: degrade to 1
@@ -94,7 +94,7 @@ def test_threads_follow_free_cores():
 def test_setup_threads_applies_and_says_so(capsys, monkeypatch):
     import torch
 
-    from course_lib.threads import setup_threads
+    from course_lib.lab.threads import setup_threads
 
     before = torch.get_num_threads()
     monkeypatch.setenv("COURSE_THREADS", "1")
@@ -107,7 +107,7 @@ def test_setup_threads_applies_and_says_so(capsys, monkeypatch):
 
 
 def test_cjk_font_check_warns_with_install_commands():
-    from course_lib.envcheck import check_cjk_font
+    from course_lib.lab.envcheck import check_cjk_font
 
     assert check_cjk_font("linux", lambda: "Noto Sans CJK SC,Noto Sans CJK SC Regular\n").status == "OK"
     missing = check_cjk_font("linux", lambda: "")
@@ -156,7 +156,7 @@ def test_makefile_learner_install_and_lab_url():
     assert "my-notebooks/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
 
 
-# --- progress bars (course_lib.progress) and the static outputs of stored notebooks ---
+# --- progress bars (course_lib.lab.progress_bars) and the static outputs of stored notebooks ---
 
 FAKE_TRAIN = ("import json, pathlib, sys, time\n"
               "d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)\n"
@@ -169,7 +169,7 @@ FAKE_TRAIN = ("import json, pathlib, sys, time\n"
 def test_progress_bars_finish_on_stdout(tmp_path, capsys):
     import subprocess
 
-    from course_lib.progress import text_bar, watch_steps
+    from course_lib.lab.progress_bars import text_bar, watch_steps
 
     for _ in text_bar(range(5), desc="fake"):
         pass

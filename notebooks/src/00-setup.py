@@ -46,27 +46,27 @@
 # - **中文字体 (CJK font)**：Linux 上没有中文字体时，浏览器里的中文会显示成方框；这里会给出各发行版的安装命令。
 
 # %%
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 threads = setup_threads()
 
 # %%
-from course_lib.envcheck import run_checks
+from course_lib.lab.envcheck import run_checks
 
 env_ok = run_checks()
 
 # %% [markdown]
 # ## 2. 课程地图 (course map)
 #
-# 课程地图的数据在 `course_lib/course_map.py` 里（README 和 `progress()` 也用它；README 的表还列出了每一课对应的测试）。
+# 课程地图的数据在 `course_lib/lab/course_map.py` 里（README 和 `progress()` 也用它；README 的表还列出了每一课对应的测试）。
 # 标着「计划中」的 notebook 还没有写好。
 
 # %%
 
 from IPython.display import Markdown, display
 
-from course_lib.course_map import COURSE_MAP, markdown_table
-from course_lib.grading import find_root
+from course_lib.lab.course_map import COURSE_MAP, markdown_table
+from course_lib.lab.grading import find_root
 
 ROOT = find_root()
 display(Markdown(markdown_table(ROOT, with_tests=False)))
@@ -99,7 +99,7 @@ print("课程地图里的 notebook 都在 notebooks/ 里：", not missing, missi
 # 3. 看表格：**通过** / **未通过**（附上期望值和实际值）/ **未实现**（还是 `NotImplementedError`）。
 #
 # `check` 每次都在一个新的 Python 子进程里运行评分测试，所以它总会重新读取你的文件：改完直接再运行，**不需要重启 kernel**。
-# 终端里也可以用：`python -m course_lib.grading 00`；不带参数的 `python -m course_lib.grading` 显示全部练习的进度。
+# 终端里也可以用：`python -m course_lib.lab.grading 00`；不带参数的 `python -m course_lib.lab.grading` 显示全部练习的进度。
 
 # %%
 print((ROOT / "exercises" / "ex00_rmsnorm.py").read_text(encoding="utf-8"))
@@ -108,7 +108,7 @@ print((ROOT / "exercises" / "ex00_rmsnorm.py").read_text(encoding="utf-8"))
 # 下面对**还没改过**的练习文件运行自检，你会看到每个测试都是「未实现」。实现之后再运行这个单元格，它们应该全部变成「通过」。
 
 # %%
-from course_lib.grading import check, progress
+from course_lib.lab.grading import check, progress
 
 result = check("00")
 

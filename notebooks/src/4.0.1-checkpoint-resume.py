@@ -28,7 +28,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -41,10 +41,10 @@ import torch
 from course_lib.checkpoint import CheckpointError, CheckpointManager, safe_torch_load
 from course_lib.config import pick
 from course_lib.monitor import last_per_step, read_jsonl
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes
-from course_lib.progress import watch_steps
-from course_lib.runner import run, run_and_kill, train_command
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes
+from course_lib.lab.progress_bars import watch_steps
+from course_lib.lab.runner import run, run_and_kill, train_command
 
 STEPS, INTERVAL = pick(160, 30), pick(20, 5)
 KILL_AFTER = pick(90, 17)          # kill once the log shows at least this step
@@ -60,7 +60,7 @@ print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
 # %% [markdown]
 # ## 1. 训练、杀掉、重启
 #
-# `course_lib.runner.run_and_kill` 用 `subprocess.Popen` 启动真正的训练进程 `python -m course_lib.train`，盯着它写的
+# `course_lib.lab.runner.run_and_kill` 用 `subprocess.Popen` 启动真正的训练进程 `python -m course_lib.train`，盯着它写的
 # `metrics.jsonl`，到第 `KILL_AFTER` 步之后发送 `SIGKILL`——不能被捕获，不会执行任何清理代码，和 OOM killer 杀进程一样。
 # 但 SIGKILL **不等于断电**：进程死了，操作系统的页缓存 (page cache) 还在，已经 `write` 却没落盘的字节照样会写到磁盘上。
 # 断电时只有 `fsync` 过的数据才可靠，所以保存代码每一步都 fsync；这个实验（以及 kill 测试）证明的是「进程随时被杀也能恢复」，
@@ -204,15 +204,15 @@ print("payload ran:", (base / "PWNED").exists())
 # 卡住时运行 `hint("4.0.1")`，每次多给一层提示。
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("4.0.1") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("4.0.1") when stuck
 check("4.0.1");
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.0.1", measured={"redo_over_interval": dup / INTERVAL})

@@ -20,7 +20,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -29,8 +29,8 @@ setup_threads();
 import numpy as np
 
 from course_lib.config import ModelConfig, pick
-from course_lib.experiments import lr_warmup_grid
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.experiments import lr_warmup_grid
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.schedule import lr_multiplier, schedule_values
 
 # %% [markdown]
@@ -72,7 +72,7 @@ for s in range(4):
 #   随机初始化的模型第 1 步 loss ≈ ln 258 ≈ 5.55，升到它之上，说明更新把模型推得比随机猜还差；
 # - **末期 loss**：最后 10 步训练 loss 的平均。
 #
-# `course_lib.experiments.lr_warmup_grid` 跑整个网格（每个单元格跑完打印一行）。
+# `course_lib.lab.experiments.lr_warmup_grid` 跑整个网格（每个单元格跑完打印一行）。
 
 # %%
 LRS = pick((0.01, 0.03, 0.1, 0.3), (0.01, 0.3))
@@ -186,14 +186,14 @@ except ImportError:
 # 实现 `exercises/ex402_lr_schedule.py` 的 `lr_at`（warmup + cosine，带下限 min_lr），评分与闭式解和 transformers 比较：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 check("4.0.2");
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.0.2", measured={"hf_lr_step1": lr_multiplier(1, kind="linear", warmup_steps=4, total_steps=10)})

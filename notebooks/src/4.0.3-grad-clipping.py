@@ -20,15 +20,15 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
 # %%
 
 from course_lib.config import ModelConfig, TrainConfig, pick
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.monitor import ProgressBar
 from course_lib.train import Callback, Trainer
 
@@ -124,14 +124,14 @@ ax.hist(norms, bins=30); ax.axvline(1.0, color="red", ls="--", label="max_norm =
 # 实现 `exercises/ex403_clip_grad_norm.py`，评分与 `torch.nn.utils.clip_grad_norm_` 比较（包括没有梯度的参数）：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 check("4.0.3");
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.0.3", measured={"clean_median_grad_norm": statistics.median(norms)})

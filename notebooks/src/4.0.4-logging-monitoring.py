@@ -20,7 +20,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -32,8 +32,8 @@ import torch
 from course_lib.checkpoint import CheckpointManager
 from course_lib.config import ModelConfig, TrainConfig, pick, quick_mode
 from course_lib.monitor import NonFiniteError, ProgressBar, read_jsonl
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes
 from course_lib.train import Callback, Trainer
 
 out = runs_dir("4.0.4/run", fresh=True)
@@ -109,14 +109,14 @@ print(f"last finished step {t2.step}; checkpoints {[s for s, _ in mgr.list_compl
 # 实现 `exercises/ex404_nan_guard.py` 的 `guard_step`：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 check("4.0.4");
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.0.4", measured={"stopped_minus_at": t2.step - AT})

@@ -21,14 +21,14 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
 # %%
 from course_lib.config import ModelConfig, pick
 from course_lib.memory import MiB, compare, estimate, find_max_batch_size
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.plotting import new_axes, print_table
 
 cfg = ModelConfig.small()
 B, T = pick(16, 4), pick(128, 64)
@@ -103,7 +103,7 @@ assert all(0.5 < v < 1.0 for v in bf16_ratio.values()), bf16_ratio
 # %%
 import torch
 
-from course_lib.measure import interleaved_rounds, ratio_stats
+from course_lib.lab.measure import interleaved_rounds, ratio_stats
 from course_lib.memory import step_timer
 from course_lib.model import DIYModel
 
@@ -204,14 +204,14 @@ except ImportError:
 # 实现 `exercises/ex405_memory_estimate.py`（参数、梯度、优化器状态的字节数；共享参数只算一次，冻结参数没有梯度）：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 check("4.0.5");
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.0.5", measured={"max_abs_error_pct": max(abs(r["error_pct"]) for r in rows + ac_rows)})

@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -34,8 +34,8 @@ import torch
 
 from course_lib.checkpoint import CheckpointManager
 from course_lib.config import ModelConfig, TrainConfig, pick
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.train import Callback, Trainer
 
 ROOT = runs_dir("4.1.1", fresh=True)
@@ -152,8 +152,8 @@ print(f"lr on the 2nd step after resume  full state: {good.history[1]['lr']:.2e}
 # 卡住时运行 `hint("ex411_train_script")`（或 `hint("ex411_keep_last_k")`），每次多给一层提示。
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("ex411_train_script") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("ex411_train_script") when stuck
 
 check("4.1.1")
 
@@ -161,7 +161,7 @@ check("4.1.1")
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.1.1", measured={"lr_ratio_partial_vs_full": bad.history[1]["lr"] / good.history[1]["lr"]})

@@ -28,7 +28,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -42,10 +42,10 @@ from course_lib.checkpoint import CheckpointManager
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.distributed import run_streaming
 from course_lib.monitor import read_jsonl
-from course_lib.paths import runs_dir
+from course_lib.lab.paths import runs_dir
 from course_lib.faults import fault_env
-from course_lib.plotting import new_axes
-from course_lib.runner import torchrun_train_command
+from course_lib.lab.plotting import new_axes
+from course_lib.lab.runner import torchrun_train_command
 from course_lib.train import ReplayDDPBatches, Trainer
 
 STEPS = pick(40, 8)
@@ -75,7 +75,7 @@ MODEL = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max
 TRAIN = dict(max_steps=STEPS, seq_len=32, batch_size=4, warmup_steps=2, eval_interval=STEPS, eval_batches=1,
              log_interval=max(1, STEPS // 8), ckpt_interval=max(2, STEPS // 4), device="cpu", seed=7, tensorboard=False)
 
-# course_lib.runner turns the keyword arguments into CLI flags (tensorboard=False -> --no-tensorboard)
+# course_lib.lab.runner turns the keyword arguments into CLI flags (tensorboard=False -> --no-tensorboard)
 cmd = torchrun_train_command(2, ROOT / "ddp", **MODEL, **TRAIN)
 print(" ".join(c if not c.startswith("/") else os.path.basename(c) for c in cmd))
 
@@ -236,8 +236,8 @@ ax.legend();
 # 卡住时运行 `hint("ex412_ddp_by_hand")`，每次多给一层提示。
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("ex412_ddp_by_hand") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("ex412_ddp_by_hand") when stuck
 
 check("4.1.2")
 
@@ -245,7 +245,7 @@ check("4.1.2")
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.1.2", measured={"ddp_max_abs_diff": diff})

@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -38,7 +38,7 @@ from torch.utils.data import DistributedSampler
 from course_lib.config import pick, quick_mode
 from course_lib.data import TokenChunkDataset, load_corpus, tokenize_corpus
 from course_lib.dataloading import make_loader, measure_throughput
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.plotting import new_axes, print_table
 
 print("CPU cores:", os.cpu_count(), "| CUDA:", torch.cuda.is_available())
 
@@ -149,8 +149,8 @@ ax.set_xticks(range(len(res)), [r["setting"] for r in res], rotation=40, ha="rig
 # 卡住时运行 `hint("4.1.3")`，每次多给一层提示。（采样器 `DistributedSampler` 的部分在 4.1.2 的 ex412 里评分。）
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("4.1.3") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("4.1.3") when stuck
 
 check("4.1.3")
 
@@ -158,7 +158,7 @@ check("4.1.3")
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.1.3", measured={"delay_speedup": next(r["vs workers=0"] for r in res if r["setting"] == "map w=2 pf=2 +2ms")})

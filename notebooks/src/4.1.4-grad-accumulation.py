@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -36,8 +36,8 @@ import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.memory import measure
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.train import Callback, ReplayDDPBatches, Trainer
 
 ROOT = runs_dir("4.1.4", fresh=True)
@@ -165,7 +165,7 @@ print("bitwise equal to the uninterrupted run:",
 # 打开 `exercises/ex414_grad_accumulation.py`：写一个与大批次等价的梯度累积步。
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 
 check("4.1.4")
 
@@ -173,7 +173,7 @@ check("4.1.4")
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.1.4", measured={"mem_ratio_b2_vs_b16": res[-1]["peak MiB (one micro-step)"] / res[0]["peak MiB (one micro-step)"]})

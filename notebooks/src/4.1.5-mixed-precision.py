@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -33,10 +33,10 @@ setup_threads();
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
-from course_lib.measure import interleaved_rounds, ratio_stats
+from course_lib.lab.measure import interleaved_rounds, ratio_stats
 from course_lib.memory import estimate, measure, step_timer
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes, print_table, smooth
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes, print_table, smooth
 from course_lib.monitor import ProgressBar
 from course_lib.train import Callback, Trainer
 
@@ -237,7 +237,7 @@ assert max(finite) < 1000, f"logged grad-norms must be unscaled (true size), got
 # 打开 `exercises/ex415_amp_step.py`，写出 autocast + GradScaler 的一个训练步。
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 
 check("4.1.5")
 
@@ -245,7 +245,7 @@ check("4.1.5")
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.1.5", measured={"bf16_speedup": speedup["median"]})

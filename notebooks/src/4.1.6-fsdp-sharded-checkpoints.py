@@ -31,7 +31,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -48,12 +48,12 @@ from course_lib.config import ModelConfig, pick
 from course_lib.distributed import run_streaming
 from course_lib.export import export_from_run, load_inference
 from course_lib.fsdp import load_full_model_state
-from course_lib.measure import collectives_table, rank_state_run, rank_state_table
+from course_lib.lab.measure import collectives_table, rank_state_run, rank_state_table
 from course_lib.memory import collective_bytes_per_step, count_params, per_rank_state_bytes, shard_rows
 from course_lib.monitor import last_per_step, read_jsonl
-from course_lib.paths import runs_dir
-from course_lib.plotting import new_axes
-from course_lib.runner import torchrun_train_command, train_command
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import new_axes
+from course_lib.lab.runner import torchrun_train_command, train_command
 from course_lib.train import ConfigMismatchError, Trainer
 
 STEPS = pick(16, 8)
@@ -79,7 +79,7 @@ print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| ste
 # rank r 持有 max(0, min(c, n0 − r·c)) 行（与 `torch.chunk` 相同，最后的 rank 可能少拿甚至 0 行）。梯度和 AdamW 状态
 # 与本 rank 的分片同形状。不分片的只有 AdamW 每个参数张量一个 4 字节的 `step` 计数器。
 #
-# `course_lib.memory.per_rank_state_bytes` 按这个规则计算；`course_lib.measure.rank_state_run` 启动 W 个 gloo 进程，
+# `course_lib.memory.per_rank_state_bytes` 按这个规则计算；`course_lib.lab.measure.rank_state_run` 启动 W 个 gloo 进程，
 # 分别用 DDP 和 FSDP（`course_lib.fsdp.apply_fsdp`）训练一步，再用 `fsdp.rank_state_bytes` 数每个 rank 真实持有的张量。
 
 # %%
@@ -315,8 +315,8 @@ assert same
 # 卡住时运行 `hint("ex416_per_rank_memory")`，每次多给一层提示。
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("ex416_per_rank_memory") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("ex416_per_rank_memory") when stuck
 
 check("4.1.6")
 
@@ -324,7 +324,7 @@ check("4.1.6")
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.1.6", measured={"fsdp_vs_ddp_traffic": traffic_ratio})

@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -35,11 +35,11 @@ import json, subprocess, sys
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
-from course_lib.demo import sample_text, show_sample
+from course_lib.lab.demo import sample_text, show_sample
 from course_lib.export import (describe_checkpoint, export_from_run, export_hf_llama, load_inference, save_inference,
                                ExportError)
-from course_lib.paths import runs_dir
-from course_lib.plotting import print_table
+from course_lib.lab.paths import runs_dir
+from course_lib.lab.plotting import print_table
 from course_lib.monitor import ProgressBar
 from course_lib.train import Trainer
 
@@ -127,7 +127,7 @@ script = f"""
 import torch
 torch.set_num_threads({torch.get_num_threads()})   # the same threads as here: the same float sums, the same samples
 from course_lib.export import load_inference
-from course_lib.demo import sample_text, show_sample
+from course_lib.lab.demo import sample_text, show_sample
 from course_lib.pretrained import REFERENCE_DIR
 model, tok, meta = load_inference(r"{art}")
 print("built", type(model).__name__, "from config:", meta["model"]["n_layers"], "layers,", model.num_parameters(), "params")
@@ -200,14 +200,14 @@ except ImportError:
 # 打开 `exercises/ex421_inference_artifact.py`，实现 `save_artifact` / `load_artifact`，然后运行：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 result = check("4.2.1")
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.2.1", measured={"artifact_vs_checkpoint": rows[1]["vs_checkpoint"]})

@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -35,9 +35,9 @@ import warnings
 import torch
 
 from course_lib.config import pick, quick_mode
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.pretrained import calibration_batch, heldout_tokens, load_reference_model
-from course_lib.measure import comparison_table
+from course_lib.lab.measure import comparison_table
 from course_lib.model import DIYModel
 from course_lib.quantize import (TORCHAO_REPLACEMENT, dequantize_int4, dequantize_int8, dynamic_int8, quantize_int4,
                                  quantize_int8)
@@ -176,7 +176,7 @@ if not quick_mode():   # GPTQ recovers part of it (quick mode calibrates on 8 se
 # 快速模式 (quick mode) 下用 d256 × 4 层的小配置，只为检查代码能跑。
 
 # %%
-from course_lib.measure import quantized_decode_speed, speed_config
+from course_lib.lab.measure import quantized_decode_speed, speed_config
 
 cfg = speed_config()
 print(f"speed model: d{cfg.d_model} x {cfg.n_layers} layers, {cfg.n_heads}/{cfg.n_kv_heads} heads, "
@@ -266,14 +266,14 @@ print("int4:", repr(generate_text(q4b, tok, "def __init__(self", 50)))
 # 打开 `exercises/ex422_int8_quant.py`，实现 int8 逐通道量化与反量化：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 result = check("4.2.2")
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.2.2", measured={"int8_size_ratio": by["int8"]["size_ratio"]})

@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -36,8 +36,8 @@ from course_lib.config import pick, quick_mode
 from course_lib.generate import decode_step, generate, make_cache, prefill
 from course_lib.kv_cache import (BlockPool, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache,
                                  kv_cache_bytes_formula)
-from course_lib.measure import decode_speed_vs_context, long_context_copy, paged_vs_static_memory
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.measure import decode_speed_vs_context, long_context_copy, paged_vs_static_memory
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
 torch.manual_seed(0)
@@ -127,7 +127,7 @@ if not quick_mode():
 # 快速模式下用小配置和短上下文，只检查代码能跑。
 
 # %%
-from course_lib.measure import speed_config
+from course_lib.lab.measure import speed_config
 
 big_speed = decode_speed_vs_context(speed_config(), pick([64, 256, 512], [64, 128]), new_tokens=pick(8, 2),
                                     repeats=pick(2, 1))
@@ -157,7 +157,7 @@ if not quick_mode():   # quick mode's two short contexts are too close to tell a
 # 代价是第一次调用时的编译时间（下面打印出来）；在 CPU 上它需要一个 C++ 编译器。
 
 # %%
-from course_lib.measure import compiled_vs_eager
+from course_lib.lab.measure import compiled_vs_eager
 
 cmp = compiled_vs_eager(speed_config(), batch_size=1, prompt_len=32, new_tokens=pick(32, 8), rounds=pick(3, 1))
 if not cmp["available"]:
@@ -281,15 +281,15 @@ print(f"paged / preallocated = {m['paged_bytes'] / m['static_bytes']:.2f}x")
 # 卡住时运行 `hint("ex423_kv_block")`，每次多给一层提示。
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("ex423_kv_block") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("ex423_kv_block") when stuck
 result = check("4.2.3")
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.2.3", measured={"int8_cache_ratio": res["int8"][1] / res["fp32"][1]})

@@ -25,7 +25,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -36,11 +36,11 @@ import time
 import torch
 
 from course_lib.config import pick
-from course_lib.demo import END, settings_line, stream_sample
+from course_lib.lab.demo import END, settings_line, stream_sample
 from course_lib.generate import generate, left_pad
-from course_lib.measure import throughput_vs_batch
+from course_lib.lab.measure import throughput_vs_batch
 from course_lib.model import position_ids_from_mask
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
 torch.manual_seed(0)
@@ -123,7 +123,7 @@ print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
 # 下表同时列出 prefill 吞吐作为这个上限；线程数也打印出来，因为上限随核数变化。快速模式下用小配置，只检查代码能跑。
 
 # %%
-from course_lib.measure import speed_config
+from course_lib.lab.measure import speed_config
 
 big_cfg = speed_config()
 big_sizes = pick([1, 2, 4, 8, 16, 32, 64], [1, 4, 16])
@@ -154,7 +154,7 @@ else:
 #
 # 用户不想等整段生成完。`stream_generate` 每解码出一段完整的文本就 `yield` 出来。下面用参考模型流式生成一段代码，
 # 采样设置是人实际会用的：温度 (temperature) 0.8、top-k 40、固定种子 (seed)，遇到空行（两个换行）或 EOS 停止
-# （`course_lib.demo.stream_sample` 包装了 `stream_generate`）。在运行中的 kernel 里，文字是一段一段出现的。
+# （`course_lib.lab.demo.stream_sample` 包装了 `stream_generate`）。在运行中的 kernel 里，文字是一段一段出现的。
 
 # %%
 # DEMO_TEXT
@@ -207,15 +207,15 @@ assert "".join(pieces) == text
 # 卡住时运行 `hint("ex424_batched_generate")`，每次多给一层提示。
 
 # %%
-from course_lib.grading import check
-from course_lib.hints import hint  # noqa: F401  hint("ex424_batched_generate") when stuck
+from course_lib.lab.grading import check
+from course_lib.lab.hints import hint  # noqa: F401  hint("ex424_batched_generate") when stuck
 result = check("4.2.4")
 
 # %% [markdown]
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("4.2.4", measured={"batch8_speedup": b8["vs_batch1"]})

@@ -28,7 +28,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -39,7 +39,7 @@ import torch
 from course_lib.config import pick
 from course_lib.engine import Engine, RaggedPagedCache, SeqBlocks, batching_experiment, run_staggered
 from course_lib.generate import generate
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
 torch.manual_seed(0)
@@ -294,7 +294,7 @@ assert low_ttft_ratio > 1
 import httpx
 import openai
 
-from course_lib.demo import END, STOP, settings_line
+from course_lib.lab.demo import END, STOP, settings_line
 from course_lib.serve import ServerThread, create_app
 
 engine = Engine(model, eos_id=tok.eos_id, max_batch=8)
@@ -337,7 +337,7 @@ with ServerThread(create_app(engine, tok, "reference_model")) as srv:
 # 然后跑上面的等价性检查、块归还、batch 上限和先到先服务 (FIFO) 的检查：
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 
 result = check("4.2.5")
 
@@ -347,7 +347,7 @@ result = check("4.2.5")
 # 最后一题是「预测数字」：先凭第 1 节的图猜一猜，再对照第 3 节实测的 `throughput_ratio`。
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 q = quiz("4.2.5", measured={"throughput_ratio": throughput_ratio})
 

@@ -28,7 +28,7 @@
 
 # %%
 # 先选定 torch 的 CPU 线程数：机器忙时少开线程，避免互相抢占（见 00-setup）。
-from course_lib.threads import setup_threads
+from course_lib.lab.threads import setup_threads
 
 setup_threads();
 
@@ -41,15 +41,15 @@ import torch
 from course_lib.checkpoint import CheckpointManager
 from course_lib.config import pick
 from course_lib.data import load_corpus, split_tokens, tokenize_corpus
-from course_lib.demo import sample_text
+from course_lib.lab.demo import sample_text
 from course_lib.export import export_from_run, load_inference
 from course_lib.generate import generate, left_pad
 from course_lib.monitor import last_per_step, read_jsonl
-from course_lib.paths import repo_root, runs_dir
-from course_lib.plotting import new_axes, print_table
+from course_lib.lab.paths import repo_root, runs_dir
+from course_lib.lab.plotting import new_axes, print_table
 from course_lib.quantize import model_nbytes, perplexity, quantize_model
-from course_lib.progress import watch_steps
-from course_lib.runner import run, run_and_kill, torchrun_train_command, train_command
+from course_lib.lab.progress_bars import watch_steps
+from course_lib.lab.runner import run, run_and_kill, torchrun_train_command, train_command
 
 checks = {}  # outcome -> (passed, evidence)
 
@@ -165,7 +165,7 @@ model, tok, meta = load_inference(art)
 prompt = "def "
 here = sample_text(model, tok, prompt, 120, seed=0)   # temperature 0.8, top-k 40, stop at a blank line
 code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()});"   # same threads: same float sums
-        "from course_lib.export import load_inference; from course_lib.demo import sample_text;"
+        "from course_lib.export import load_inference; from course_lib.lab.demo import sample_text;"
         "m, t, _ = load_inference(sys.argv[1]); print(ascii(sample_text(m, t, 'def ', 120, seed=0)))")   # ascii(): no newline or encoding surprises
 fresh = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, cwd=repo_root())
 print(fresh.stderr[-500:], end="")
@@ -227,14 +227,14 @@ print(f"{sum(ok for ok, _ in checks.values())}/{len(checks)} outcomes checked")
 #
 # ## 练习
 #
-# 这一课没有新的练习：用 `from course_lib.grading import progress; progress()` 看看你在全部练习上的进度。
+# 这一课没有新的练习：用 `from course_lib.lab.grading import progress; progress()` 看看你在全部练习上的进度。
 #
 # 上面的清单用的是 `course_lib` 的 Trainer。你在 4.1.1 综合练习里自己写的训练脚本
 # `exercises/ex411_train_script.py` 一旦通过评分，下一个单元就用它代替 Trainer 再做一次「杀掉 → 重跑 → 接着训练」：
 # 先运行评分器；通过了才启动你的脚本，在第 20 步被 SIGKILL，再用同一条命令跑完 40 步。
 
 # %%
-from course_lib.grading import check
+from course_lib.lab.grading import check
 
 mine = check("ex411_train_script", show=False)
 if mine.passed:
@@ -255,7 +255,7 @@ else:
 # ## 自检
 
 # %%
-from course_lib.quiz import quiz
+from course_lib.lab.quiz import quiz
 
 # 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
 q = quiz("99", measured={"checkpoint_over_artifact": ckpt_bytes / art_bytes})

@@ -1,4 +1,4 @@
-"""Grader for exercises/ex416_per_rank_memory.py. Oracle: real runs. ``course_lib.measure.rank_state_run``
+"""Grader for exercises/ex416_per_rank_memory.py. Oracle: real runs. ``course_lib.lab.measure.rank_state_run``
 starts 1 and 2 gloo processes on the CPU, trains one AdamW step under DDP and under FSDP2
 (``fully_shard``) and reads every rank's tensors with ``course_lib.fsdp.rank_state_bytes``
 (local shards, a tied parameter once, the optimizer's whole state). Exact integers: the
@@ -13,7 +13,7 @@ fails at once)."""
 import pytest
 
 from course_lib.config import ModelConfig
-from course_lib.measure import rank_state_run
+from course_lib.lab.measure import rank_state_run
 from course_lib.memory import param_shapes, per_rank_state_bytes
 
 EX = "ex416_per_rank_memory"

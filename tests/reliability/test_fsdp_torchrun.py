@@ -27,7 +27,7 @@ from course_lib.data import StreamingTokenDataset
 from course_lib.distributed import torchrun_command
 from course_lib.faults import fault_env
 from course_lib.fsdp import load_full_model_state
-from course_lib.measure import rank_state_run
+from course_lib.lab.measure import rank_state_run
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.train import Callback, ReplayDDPBatches, Trainer
 from torchrun_util import flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)

@@ -31,7 +31,7 @@ from course_lib.checkpoint import (
 )
 from course_lib.config import ModelConfig, TrainConfig
 from course_lib.faults import fault_env
-from course_lib.runner import run, train_command
+from course_lib.lab.runner import run, train_command
 from course_lib.train import ConfigMismatchError, Trainer
 
 MC = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64}

@@ -1,4 +1,4 @@
-"""course_lib.demo (sampling demos and the text checks) and course_lib.experiments (lr x warmup grid)."""
+"""course_lib.lab.demo (sampling demos and the text checks) and course_lib.lab.experiments (lr x warmup grid)."""
 import contextlib
 import io
 import math
@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-import course_lib.demo as demo
+import course_lib.lab.demo as demo
 from course_lib.config import ModelConfig
 from course_lib.data import ByteTokenizer
-from course_lib.demo import (distinct_ngram_ratio, sample_blocks, sample_text, show_sample, stream_sample,
+from course_lib.lab.demo import (distinct_ngram_ratio, sample_blocks, sample_text, show_sample, stream_sample,
                              whitespace_fraction)
-from course_lib.experiments import cell_summary, final_loss, lr_warmup_grid, spike
+from course_lib.lab.experiments import cell_summary, final_loss, lr_warmup_grid, spike
 from course_lib.model import DIYModel
 
 

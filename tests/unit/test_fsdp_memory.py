@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib.config import ModelConfig
-from course_lib.measure import collectives_table, rank_state_run, rank_state_table
+from course_lib.lab.measure import collectives_table, rank_state_run, rank_state_table
 from course_lib.memory import (collective_bytes_per_step, fsdp_units, param_shapes, per_rank_state_bytes,
                                shard_rows)
 from course_lib.model import DIYModel

@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from course_lib import callbacks, config, envcheck, export, fsio, monitor, quantize, train
+from course_lib import callbacks, config, export, fsio, monitor, quantize, train
+from course_lib.lab import envcheck
 from course_lib.config import ModelConfig
 from course_lib.data import DataError, DataPosition, StreamingTokenDataset
 from course_lib.dataloading import DistributedChunkBatches

@@ -1,11 +1,11 @@
-"""course_lib.measure: the lesson harnesses return what the lessons print (tiny model, quick)."""
+"""course_lib.lab.measure: the lesson harnesses return what the lessons print (tiny model, quick)."""
 
 import pytest
 import torch
 
 from course_lib.config import ModelConfig
 from course_lib.kv_cache import kv_cache_bytes_formula
-from course_lib.measure import (comparison_table, decode_speed_vs_context, long_context_copy, measure_generation,
+from course_lib.lab.measure import (comparison_table, decode_speed_vs_context, long_context_copy, measure_generation,
                                 paged_vs_static_memory, throughput_vs_batch)
 from course_lib.model import DIYModel
 
@@ -60,7 +60,7 @@ def test_comparison_table_rows_are_relative_to_fp32(tmp_path):
 
 
 def test_speed_config_and_config_inputs():
-    from course_lib.measure import as_model, interleaved_rounds, quantized_decode_speed, speed_config
+    from course_lib.lab.measure import as_model, interleaved_rounds, quantized_decode_speed, speed_config
     big = DIYModel(speed_config(quick=False))
     assert big.num_parameters() >= 20_000_000
     small = speed_config(quick=True).replace(max_seq_len=64)
@@ -78,6 +78,6 @@ def test_speed_config_and_config_inputs():
 
 
 def test_compiled_vs_eager_reports_or_skips(monkeypatch):
-    import course_lib.measure as measure
+    import course_lib.lab.measure as measure
     monkeypatch.setattr(measure, "compile_available", lambda: (False, "no C++ compiler"))
     assert measure.compiled_vs_eager(tiny()) == {"available": False, "reason": "no C++ compiler"}

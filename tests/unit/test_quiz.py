@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.quiz import LETTERS, Predict, Question, build_item, quiz
-from course_lib.quiz_data import QUIZZES
+from course_lib.lab.quiz import LETTERS, Predict, Question, build_item, quiz
+from course_lib.lab.quiz_data import QUIZZES
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {p.name.split("-")[0]: p for p in sorted((ROOT / "notebooks" / "src").glob("*.py"))}
@@ -64,7 +64,7 @@ def test_each_lesson_predicts_a_measured_number(lesson):
 def test_answers_are_not_in_the_notebook(lesson):
     text = SOURCES[lesson].read_text(encoding="utf-8")
     assert "Question(" not in text and "Quiz(" not in text, (
-        f"{SOURCES[lesson].name}: 题目和答案应放在 course_lib/quiz_data.py，notebook 只调用 quiz(\"{lesson}\")")
+        f"{SOURCES[lesson].name}: 题目和答案应放在 course_lib/lab/quiz_data.py，notebook 只调用 quiz(\"{lesson}\")")
 
 
 def test_predict_grades_against_the_measurement(capsys):

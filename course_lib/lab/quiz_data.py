@@ -1,4 +1,4 @@
-"""The self-check questions of every lesson, as plain data (read by ``course_lib.quiz.quiz``).
+"""The self-check questions of every lesson, as plain data (read by ``course_lib.lab.quiz.quiz``).
 
 Two shapes:
 - ``Q(prompt, options, answer, why)``: multiple choice; ``answer`` indexes ``options``.

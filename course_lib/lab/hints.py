@@ -1,6 +1,6 @@
 """Hints for the exercises, one level at a time.
 
-    from course_lib.hints import hint
+    from course_lib.lab.hints import hint
     hint("4.0.2")               # level 1 of the lesson's exercise
     hint("4.0.2")               # level 2, ... (each call reveals one more)
     hint("ex411_train_script")  # a lesson with two exercises needs the exercise name

@@ -1,6 +1,6 @@
 """The course map: which notebook teaches which study-plan item, and its exercises.
 
-One source of truth used by 00-setup, the README and `course_lib.grading.progress()`.
+One source of truth used by 00-setup, the README and `course_lib.lab.grading.progress()`.
 `exercises` lists exercise stems (files `exercises/<stem>.py`); planned lessons may list none
 yet. Lesson ids ("4.0.1") map to exercise files named `ex401_*.py`.
 """

@@ -1,12 +1,12 @@
 """Self-check for exercises, from a notebook cell or a terminal.
 
-    from course_lib.grading import check, progress
+    from course_lib.lab.grading import check, progress
     check("4.0.1")          # all exercises/ex401_*.py
     check("00")             # exercises/ex00_*.py
     check("ex00_rmsnorm")   # one exercise by file stem
     progress()              # every exercise: 全部通过 / 部分通过 / 未开始
 
-    python -m course_lib.grading [ids...]   # same, printed as text
+    python -m course_lib.lab.grading [ids...]   # same, printed as text
 
 The graders run in a fresh `python -m pytest` subprocess against `exercises/` (the learner's
 files), so every call re-reads the learner's file: no kernel restart needed after an edit.
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(
-        prog="python -m course_lib.grading",
+        prog="python -m course_lib.lab.grading",
         description="检查练习 (exercises) 的完成情况。不带参数时显示全部练习的进度。")
     ap.add_argument("ids", nargs="*", help='课程编号或练习名，如 4.0.1、00、ex00_rmsnorm')
     args = ap.parse_args(argv)

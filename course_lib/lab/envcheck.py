@@ -1,13 +1,13 @@
 """Environment check: [OK] / [FAIL] per package and per capability.
 
-    from course_lib.envcheck import run_checks
+    from course_lib.lab.envcheck import run_checks
     run_checks()            # prints the report, returns True when nothing required failed
 
-    python -m course_lib.envcheck
+    python -m course_lib.lab.envcheck
 """
 from __future__ import annotations
 
-from course_lib.threads import choose_threads, load_average  # no third-party import (works without torch)
+from course_lib.lab.threads import choose_threads, load_average  # no third-party import (works without torch)
 
 import importlib
 import os
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from .config import quick_mode  # the one parser of COURSE_QUICK (config imports no third-party package)
+from ..config import quick_mode  # the one parser of COURSE_QUICK (config imports no third-party package)
 
 # (import name, distribution name shown to the learner, required?)
 PACKAGES = [

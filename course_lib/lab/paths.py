@@ -9,7 +9,7 @@ from pathlib import Path
 
 def repo_root() -> Path:
     """The folder holding ``course_lib/`` (works from notebooks/, tests/ and the root)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def runs_dir(name: str, fresh: bool = False) -> Path:

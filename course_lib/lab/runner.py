@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .distributed import subprocess_env, torchrun_command
-from .monitor import read_jsonl
+from ..distributed import subprocess_env, torchrun_command
+from ..monitor import read_jsonl
 from .paths import repo_root
 
 

@@ -5,9 +5,9 @@ without its kernel, and tqdm's text fallback goes to stderr. A text bar on stdou
 in JupyterLab and a terminal (carriage returns), and tools/build_notebooks.py keeps only its final
 state in the stored notebook: a finished bar with the elapsed time.
 
-    from course_lib.progress import text_bar, watch_steps
+    from course_lib.lab.progress_bars import text_bar, watch_steps
     for x in text_bar(items, desc="runs"): ...
-    with watch_steps(out_dir, total_steps=160, desc="train"):    # beside course_lib.runner.run(...)
+    with watch_steps(out_dir, total_steps=160, desc="train"):    # beside course_lib.lab.runner.run(...)
         result = run(cmd, out_dir)
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Self-check quizzes: answer, then see why.
 
-The questions live in ``course_lib/quiz_data.py`` (plain data, one list per lesson), so a notebook cell reads
+The questions live in ``course_lib/lab/quiz_data.py`` (plain data, one list per lesson), so a notebook cell reads
 
     q = quiz("4.2.4", measured={"batch8_speedup": b8["vs_batch1"]})
 
@@ -23,7 +23,7 @@ import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from course_lib.quiz_data import QUIZZES, TITLES
+from course_lib.lab.quiz_data import QUIZZES, TITLES
 
 try:  # the notebook path; a terminal or test run works without them
     import ipywidgets as _widgets

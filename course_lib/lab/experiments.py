@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from course_lib.config import ModelConfig, TrainConfig
 from course_lib.monitor import NonFiniteError
-from course_lib.paths import runs_dir
+from course_lib.lab.paths import runs_dir
 from course_lib.train import Trainer
 
 

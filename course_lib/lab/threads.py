@@ -5,7 +5,7 @@ else, that oversubscribes them: on a loaded 2-core machine 30 small training ste
 with 1 thread and 100-130 s with torch's default of 2. The lessons' models are small, so extra
 threads buy little when the machine is idle and cost a lot when it is not.
 
-    from course_lib.threads import setup_threads
+    from course_lib.lab.threads import setup_threads
     setup_threads()          # every lesson's setup cell; prints one line saying what it chose
 
 Rule: the cores this process may use, minus the load already running (1-minute load average),

@@ -43,16 +43,16 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import ProfilerActivity, profile
 
-from .config import ModelConfig, pick
-from .distributed import free_port, subprocess_env
-from .export import artifact_size, save_inference
-from .generate import (compile_available, compiled_decode_step, decode_step, make_cache, make_compiled_cache, prefill,
+from ..config import ModelConfig, pick
+from ..distributed import free_port, subprocess_env
+from ..export import artifact_size, save_inference
+from ..generate import (compile_available, compiled_decode_step, decode_step, make_cache, make_compiled_cache, prefill,
                        warm_up_compiled)
-from .kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
-from .fsdp import apply_fsdp, rank_state_bytes
-from .memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
-from .model import DIYModel
-from .quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
+from ..kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
+from ..fsdp import apply_fsdp, rank_state_bytes
+from ..memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
+from ..model import DIYModel
+from ..quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,14 +425,14 @@ def rank_state_run(model_cfg: ModelConfig, world_size: int = 2, strategies: Sequ
     bad = [s for s in strategies if s not in ("ddp", "fsdp")]
     if bad:
         raise ValueError(f"strategies={list(strategies)}: each must be 'ddp' or 'fsdp'")
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     with tempfile.TemporaryDirectory(prefix="rank_state_") as tmp:
         spec = {"model": model_cfg.to_dict(), "strategies": list(strategies), "batch_size": batch_size,
                 "seq_len": seq_len, "reshard_after_forward": reshard_after_forward, "out_dir": tmp}
         spec_path = Path(tmp, "spec.json")
         spec_path.write_text(json.dumps(spec))
         port = str(free_port())
-        code = "from course_lib.measure import rank_state_worker; rank_state_worker()"
+        code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
         procs = []
         for r in range(world_size):
             env = subprocess_env({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world_size),
