@@ -400,7 +400,7 @@ class _ShardWriter(dcp.FileSystemWriter):
 
     def write_data(self, plan, planner):
         if fault_requested("dcp_disk_full", self._step, self._rank):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fut = super().write_data(plan, planner)
         fut.wait()
         fault_point("dcp_shard_written", self._step, self._rank)
