@@ -64,10 +64,6 @@ def setting(default: Any, help: str, resume: str = RESUME_RESULT) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "resume": resume})
 
 
-def field_help(cls, name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
-
-
 def fields_by_resume(cls, kind: str) -> tuple:
     """Names of the fields of ``cls`` whose ``resume`` metadata is ``kind``."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume") == kind)

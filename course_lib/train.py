@@ -407,11 +407,38 @@ class Trainer:
         micro-batches, always a multiple of ``accumulation_steps`` at a checkpoint) and ends
         bitwise-identical on CPU (tests/unit/test_accumulation.py).
         """
+        c = self.cfg
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_acc = self._accumulate_gradients()
+        for cb in self.callbacks:
+            cb.on_after_backward(self)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)   # clip real gradients, not scaled ones
+        grad_norm_t = self._clip_and_measure()
+        if self.dist.enabled:   # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
+            dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
+            loss_acc /= self.dist.world_size
+        # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
+        # guard must see loss and grad-norm *before* optimizer.step() would write NaN into the
+        # weights (and into the next checkpoint). One .tolist() fetches both numbers together.
+        loss_sum, grad_norm = torch.stack([loss_acc, grad_norm_t.detach().float().to(loss_acc.device)]).tolist()
+        # (fp16: the GradScaler handles non-finite gradients itself by skipping the step)
+        if c.stop_on_nonfinite and not (math.isfinite(loss_sum)
+                                        and (self.scaler is not None or math.isfinite(grad_norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm if self.scaler is None else None)
+        skipped = self._optimizer_step()
+        self.step += 1
+        return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                "skipped": skipped, "skipped_steps": self.skipped_steps,
+                "epoch": self.train_data.epoch_of(self.batches_consumed)}
+
+    def _accumulate_gradients(self) -> torch.Tensor:
+        """Forward + backward over the step's micro-batches; the mean loss, still on the device."""
         c, model = self.cfg, self.forward_model
         model.train()
         k = c.accumulation_steps
         loss_acc = torch.zeros((), device=self.device)   # stays on the device: no sync per micro-batch
-        lr = self.optimizer.param_groups[0]["lr"]
         for micro in range(k):
             x, y = self.next_batch()
             if self.ddp is not None:
@@ -427,13 +454,13 @@ class Trainer:
             scaled = out.loss / k     # mean over the k micro-batches = one big batch
             loss_acc += scaled.detach().float()
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        for cb in self.callbacks:
-            cb.on_after_backward(self)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)   # clip real gradients, not scaled ones
+        return loss_acc
+
+    def _clip_and_measure(self) -> torch.Tensor:
+        """Clip to ``grad_clip`` (if > 0) and return the global gradient norm before clipping."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if c.grad_clip > 0:
-            grad_norm_t = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        if self.cfg.grad_clip > 0:
+            grad_norm_t = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         elif self.sharded and self.dist.enabled:
             grad_norm_t = torch.nn.utils.get_total_norm([p.grad for p in params])
         else:
@@ -442,18 +469,11 @@ class Trainer:
             # FSDP: the norm of sharded gradients is a DTensor; computing it all-reduced the
             # squared shard norms, so the full value is the global norm, the same on every rank
             grad_norm_t = grad_norm_t.full_tensor()
-        if self.dist.enabled:   # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
-            dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
-            loss_acc /= self.dist.world_size
-        # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
-        # guard must see loss and grad-norm *before* optimizer.step() would write NaN into the
-        # weights (and into the next checkpoint). One .tolist() fetches both numbers together.
-        loss_sum, grad_norm = torch.stack([loss_acc, grad_norm_t.detach().float().to(loss_acc.device)]).tolist()
-        # (fp16: the GradScaler handles non-finite gradients itself by skipping the step)
-        if c.stop_on_nonfinite and not (math.isfinite(loss_sum)
-                                        and (self.scaler is not None or math.isfinite(grad_norm))):
-            self.optimizer.zero_grad(set_to_none=True)
-            check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm if self.scaler is None else None)
+        return grad_norm_t
+
+    def _optimizer_step(self) -> bool:
+        """Optimizer step (fp16: through the GradScaler, which skips it on inf/NaN gradients),
+        zero the gradients, step the schedule unless skipped. Returns whether it was skipped."""
         skipped = False
         if self.scaler is not None:
             scale_before = self.scaler.get_scale()
@@ -467,10 +487,7 @@ class Trainer:
             self.skipped_steps += 1
         else:
             self.scheduler.step()
-        self.step += 1
-        return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                "skipped": skipped, "skipped_steps": self.skipped_steps,
-                "epoch": self.train_data.epoch_of(self.batches_consumed)}
+        return skipped
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
