@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .fsio import atomic_write_text
+
 QUICK_ENV = "COURSE_QUICK"
 
 
@@ -151,7 +153,7 @@ class _JsonMixin:
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod
