@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
+from .cli import EXIT_FAILED, error_line
 from .config import ModelConfig
 from .data import ByteTokenizer, tokenizer_from_description
 from .fsdp import load_full_model_state
@@ -325,8 +326,8 @@ def main(argv=None) -> int:
     try:
         info = export_from_run(args.run_dir, args.out_dir, dtype=dtype)
     except (ExportError, CheckpointError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        print(error_line(e), file=sys.stderr)
+        return EXIT_FAILED
     kind = "sharded" if is_sharded_run(args.run_dir) else "single-file"
     print(f"[export] step {info['step']} ({kind} checkpoint {info['checkpoint'].name}) -> {info['dir']} "
           f"({info['bytes']:,} bytes, {info['tensors']} tensors)")
