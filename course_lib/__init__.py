@@ -9,7 +9,7 @@ ML core, one module per concept (their files map onto the lessons)
   config, cli            validated ModelConfig / TrainConfig; shared command-line helpers
   model, kv_cache        DIYModel; dynamic / static / int8 / paged KV caches behind one Cache ABC
   data, dataloading      Tokenizer protocol and corpus; streaming dataset with a Stateful position
-  schedule, train        warmup schedules; Trainer and ``python -m course_lib.train``
+  schedule, train, resume   warmup schedules; Trainer and ``python -m course_lib.train``; the resume policy
   monitor, callbacks     step logging (console, JSONL, TensorBoard); the Callback interface
   checkpoint, fsio, faults   atomic checkpoints (single-file and DCP-sharded), fsync'd writes, fault injection
   distributed, launch, fsdp, memory   process groups and torchrun; FSDP2; memory estimate vs measurement

@@ -1,4 +1,7 @@
-"""Command lines: ``python -m course_lib.train`` and ``python -m course_lib.generate``.
+"""Command-line helpers shared by ``python -m course_lib.train`` and ``python -m course_lib.generate``.
+
+A leaf of the package (it imports only config): the entry points themselves are ``train.main()``
+and ``generate.main()``, like ``serve.main()`` and ``export.main()``.
 
 Flags are generated from the config dataclasses: every field of ``ModelConfig`` and
 ``TrainConfig`` becomes ``--field-name``, with the help text stored in the field's metadata
@@ -14,18 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import errno
 import math
 import os
 import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
 
-import torch
-
-from . import distributed
-from .checkpoint import CheckpointError
 from .config import (
     MAX_SEED,
     RESUME_MUST_MATCH,
@@ -37,14 +33,8 @@ from .config import (
     check_keys,
     read_json_file,
 )
-from .data import DataError
-from .export import load_model_from_run
-from .generate import compile_available, generate_text
-from .monitor import NonFiniteError
-from .train import ConfigMismatchError, Trainer
 
-EXIT_INPUT, EXIT_NONFINITE, EXIT_FAILED = 2, 3, 1
-INPUT_ERRORS = (ConfigError, DataError, ConfigMismatchError)
+EXIT_INPUT, EXIT_NONFINITE, EXIT_FAILED = 2, 3, 1   # bad input; NaN/Inf stop; any other failure
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,16 +48,16 @@ class OneLineParser(argparse.ArgumentParser):
 def error_line(e: BaseException) -> str:
     """``error: <what>: <problem>; <what to do>`` for an exception (messages name their field/file)."""
     if isinstance(e, OSError) and e.filename:  # raised by the OS: name the file and what it said
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"error: {e.filename}: disk full ({e.strerror}); make room on that disk, or point --out-dir "
+                    "at a disk with space, then run again")
         return f"error: {e.filename}: {e.strerror or type(e).__name__}; check the path, its permissions and free disk space"
     return f"error: {' '.join(str(e).split())}"
 
 
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _print_error(e: BaseException) -> None:
-    if _is_rank0():  # under torchrun every rank fails the same way: say it once
+def print_error(e: BaseException) -> None:
+    """``error_line(e)`` on stderr, once: under torchrun every rank fails the same way, rank 0 says it."""
+    if os.environ.get("RANK", "0") == "0":
         print(error_line(e), file=sys.stderr, flush=True)
 
 
@@ -143,54 +133,6 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
 
 
 # ------------------------------------------------------------------------------------------
-# python -m course_lib.train
-# ------------------------------------------------------------------------------------------
-def train_main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        model_cfg, train_cfg = configs_from_args(args)
-    except ConfigError as e:
-        _print_error(e)
-        return EXIT_INPUT
-    if args.print_config:
-        print(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
-        return 0
-    ok = False
-    try:
-        trainer = Trainer(model_cfg, train_cfg)
-        if trainer.is_main:
-            print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
-                  f"world size {trainer.dist.world_size} | strategy {train_cfg.strategy} | data {trainer.corpus.source} "
-                  f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
-        t0 = time.perf_counter()
-        history = trainer.fit()
-        if trainer.is_main:
-            if history:
-                first, last = history[0]["loss"], history[-1]["loss"]
-                ev = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
-                print(f"[train] done in {time.perf_counter() - t0:.1f}s: loss {first:.3f} -> {last:.3f}"
-                      + (f", eval loss {ev[-1]:.3f}" if ev else ""), flush=True)
-            else:
-                print(f"[train] nothing to do: already at step {trainer.step} of {train_cfg.max_steps}")
-            print(f"[train] checkpoints in {Path(train_cfg.out_dir) / 'checkpoints'}; try: "
-                  f"python -m course_lib.generate --run {train_cfg.out_dir} --prompt 'def '", flush=True)
-        ok = True
-    except INPUT_ERRORS as e:
-        _print_error(e)
-        return EXIT_INPUT
-    except NonFiniteError as e:
-        _print_error(e)
-        return EXIT_NONFINITE
-    except (CheckpointError, OSError) as e:
-        _print_error(e)
-        return EXIT_FAILED
-    finally:
-        # a barrier before leaving the group on a normal end; none after an error (see cleanup)
-        distributed.cleanup(synchronize=ok)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------
 # python -m course_lib.generate
 # ------------------------------------------------------------------------------------------
 def build_generate_parser() -> argparse.ArgumentParser:
@@ -211,7 +153,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 
 def check_generate_args(args: argparse.Namespace) -> None:
-    """Sampling flags in range, or a ``ConfigError`` naming the flag."""
+    """Sampling flags in range, or a ``ConfigError`` naming the flag (``generate.main`` adds the
+    check that ``--compile`` can work on this machine)."""
     checks = [("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "must be >= 1"),
               ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature >= 0,
                "must be a finite number >= 0 (0 = greedy)"),
@@ -223,33 +166,3 @@ def check_generate_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag}: {problem} (got {value!r}); change the flag")
     if args.compile and args.no_cache:
         raise ConfigError("--compile: the compiled path decodes from its own static KV cache; drop --no-cache")
-    if args.compile:
-        ok, why = compile_available()
-        if not ok:
-            raise ConfigError(f"--compile: {why}; run without --compile")
-
-
-def generate_main(argv: Sequence[str] | None = None) -> int:
-    args = build_generate_parser().parse_args(argv)
-    try:
-        check_generate_args(args)
-    except ConfigError as e:
-        print(error_line(e), file=sys.stderr)
-        return EXIT_INPUT
-    try:
-        model, tok, path = load_model_from_run(args.run)
-    except Exception as e:  # noqa: BLE001 - any unusable run folder is an input error here
-        print(error_line(e), file=sys.stderr)
-        return EXIT_INPUT
-    g = torch.Generator().manual_seed(args.seed)
-    prompts = args.prompt or ["def "]
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=g)
-    if args.compile:   # the compiled step needs unpadded rows of one length: one prompt per call, batch 1
-        texts = [generate_text(model, tok, p, args.max_new_tokens, compile=True, **sampling) for p in prompts]
-    else:
-        texts = generate_text(model, tok, prompts, args.max_new_tokens, use_cache=not args.no_cache, **sampling)
-    print(f"[generate] model from {path}", file=sys.stderr)
-    for prompt, text in zip(prompts, texts, strict=True):
-        print(prompt + text)
-        print("-" * 40)
-    return 0

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .fsio import atomic_write_text
+
 QUICK_ENV = "COURSE_QUICK"
 
 
@@ -62,10 +64,6 @@ def setting(default: Any, help: str, resume: str = RESUME_RESULT) -> Any:
     """A dataclass field that carries its help text and its resume behaviour in metadata."""
     assert resume in RESUME_KINDS, resume
     return dataclasses.field(default=default, metadata={"help": help, "resume": resume})
-
-
-def field_help(cls, name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def fields_by_resume(cls, kind: str) -> tuple:
@@ -155,7 +153,7 @@ class _JsonMixin:
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod

@@ -19,8 +19,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 
@@ -32,7 +30,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    backend: Optional[str] = None
+    backend: str | None = None
     device: torch.device = torch.device("cpu")
 
     @property
@@ -90,24 +88,35 @@ def cleanup(synchronize: bool = True) -> None:
     last collective, and rank 1 aborts ("terminate called without an active exception",
     SIGABRT, torchrun exit 1) although the run is complete. After an error, skip the barrier:
     the other ranks may never reach it."""
-    if dist.is_available() and dist.is_initialized():
+    if in_group():
         if synchronize:
             dist.barrier()
         dist.destroy_process_group()
 
 
+def in_group() -> bool:
+    """True inside an initialised process group (torchrun), False in a plain process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def group_rank() -> int:
+    """This process's rank in the group (0 outside one)."""
+    return dist.get_rank() if in_group() else 0
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Wait for every rank (a no-op outside a process group)."""
+    if in_group():
         dist.barrier()
 
 
-def all_reduce_mean(value: float, info: DistInfo) -> float:
-    """Average a Python float over all ranks (for logging a global loss)."""
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / info.world_size
+def broadcast_from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (also a barrier); ``obj`` itself outside a process group."""
+    if not in_group():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -121,8 +130,8 @@ def free_port() -> int:
 
 
 def torchrun_command(script_args, nproc_per_node: int = 2, module: str = "course_lib.train",
-                     nnodes: int = 1, node_rank: int = 0, master_port: Optional[int] = None,
-                     max_restarts: int = 0, rdzv_endpoint: Optional[str] = None) -> list:
+                     nnodes: int = 1, node_rank: int = 0, master_port: int | None = None,
+                     max_restarts: int = 0, rdzv_endpoint: str | None = None) -> list:
     """The ``torchrun`` command line as a list, through ``python -m course_lib.launch`` (torchrun
     with ``TORCHRUN_ENV`` applied, so ``--max-restarts`` restarts work; same arguments).
 
@@ -159,7 +168,7 @@ def restarts_may_fail() -> bool:
             and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0)
 
 
-def subprocess_env(extra: Optional[dict] = None) -> dict:
+def subprocess_env(extra: dict | None = None) -> dict:
     """The environment for every training process the course starts (runner, notebooks, tests):
     this process's environment, ``TORCHRUN_ENV``, unbuffered output (live logs), then ``extra``."""
     env = dict(os.environ, **TORCHRUN_ENV)
@@ -168,8 +177,8 @@ def subprocess_env(extra: Optional[dict] = None) -> dict:
     return env
 
 
-def run_streaming(cmd, env: Optional[dict] = None, timeout_s: float = 600.0, echo: bool = True,
-                  prefix_filter=None, max_width: Optional[int] = None) -> tuple[int, list]:
+def run_streaming(cmd, env: dict | None = None, timeout_s: float = 600.0, echo: bool = True,
+                  prefix_filter=None, max_width: int | None = None) -> tuple[int, list]:
     """Run ``cmd``, printing its output line by line as it arrives (so a notebook cell shows a
     live log), and return ``(returncode, lines)``. ``prefix_filter`` (a string or a tuple of
     strings) shows only lines containing one of them, ``max_width`` cuts each shown line to that

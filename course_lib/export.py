@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
@@ -40,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
+from .cli import EXIT_FAILED, error_line
 from .config import ModelConfig
 from .data import ByteTokenizer, tokenizer_from_description
 from .fsdp import load_full_model_state
@@ -55,16 +54,16 @@ class ExportError(ValueError):
     """An artefact cannot be written or loaded; the message names the file/tensors and the fix."""
 
 
-def save_safetensors(tensors: Dict[str, Tensor], path: str | os.PathLike, metadata: Optional[dict] = None) -> None:
+def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """``safetensors.torch.save_file``, written atomically (temp file, fsync, rename)."""
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def tied_weights(model) -> Dict[str, str]:
+def tied_weights(model) -> dict[str, str]:
     """``{alias: stored_name}`` for parameters that are the same tensor as an earlier one."""
-    seen: Dict[int, str] = {}
-    ties: Dict[str, str] = {}
+    seen: dict[int, str] = {}
+    ties: dict[str, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
             ties[name] = seen[id(p)]
@@ -73,7 +72,7 @@ def tied_weights(model) -> Dict[str, str]:
     return ties
 
 
-def inference_state_dict(model, dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
+def inference_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
     """Persistent tensors minus tied aliases, contiguous, on CPU (optionally cast, e.g. fp16)."""
     ties = tied_weights(model)
     out = {}
@@ -87,8 +86,8 @@ def inference_state_dict(model, dtype: Optional[torch.dtype] = None) -> Dict[str
     return out
 
 
-def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: Optional[torch.dtype] = None,
-                   extra: Optional[dict] = None) -> dict:
+def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: torch.dtype | None = None,
+                   extra: dict | None = None) -> dict:
     """Write ``model.safetensors`` + ``config.json``; return ``{"dir", "bytes", "tensors"}``.
 
     Each file is written atomically (fsync + rename): a crash leaves the previous file or the
@@ -122,7 +121,7 @@ def read_config(path: str | os.PathLike) -> dict:
     return meta
 
 
-def read_safetensors(path: str | os.PathLike) -> Dict[str, Tensor]:
+def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
     """All tensors of a safetensors file; any other format (e.g. a pickled .pt) is refused."""
     path = Path(path)
     if not path.exists():
@@ -134,7 +133,7 @@ def read_safetensors(path: str | os.PathLike) -> Dict[str, Tensor]:
                           "from pickle files here, re-export them with save_inference()") from None
 
 
-def check_tensors(expected: Dict[str, Tuple[tuple, torch.dtype]], got: Dict[str, Tensor], where: str,
+def check_tensors(expected: dict[str, tuple[tuple, torch.dtype]], got: dict[str, Tensor], where: str,
                   check_dtype: bool = False) -> None:
     """Raise ``ExportError`` listing missing, unexpected and wrongly shaped tensors."""
     missing = sorted(set(expected) - set(got))
@@ -190,12 +189,9 @@ def load_sharded_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
     any number of shards; the newest checkpoint that verifies and loads, older ones as fallback.
     ``state`` is the trainer state (no optimizer: export does not need it)."""
     mgr = ShardedCheckpointManager(run_dir, verbose=False)
-    for _, folder in reversed(mgr.list_complete()):
-        try:
-            model, state = load_full_model_state(folder, map_location)
-        except CheckpointError as e:
-            warnings.warn(f"skipping checkpoint {folder.name}: {e}", stacklevel=2)
-            continue
+    found = mgr.first_good(lambda folder: load_full_model_state(folder, map_location))
+    if found is not None:
+        (model, state), folder = found
         tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
         return model.eval(), tok, state, folder
     raise FileNotFoundError(f"no complete sharded checkpoint under {mgr.dir}; "
@@ -228,7 +224,7 @@ def load_model_from_run(run_dir: str | os.PathLike, map_location="cpu"):
     return model, tok, path
 
 
-def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: Optional[torch.dtype] = None) -> dict:
+def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> dict:
     """Latest good training checkpoint of ``run_dir`` -> inference artefact in ``out_dir``."""
     try:
         model, tok, state, ckpt = load_training_checkpoint(run_dir)
@@ -240,7 +236,7 @@ def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtyp
     return info
 
 
-def describe_checkpoint(state: dict) -> Dict[str, int]:
+def describe_checkpoint(state: dict) -> dict[str, int]:
     """Bytes per top-level entry of a training state dict (what a checkpoint is made of)."""
     def nbytes(obj) -> int:
         if isinstance(obj, Tensor):
@@ -291,7 +287,7 @@ def hf_llama_config(cfg: ModelConfig, tokenizer=None) -> dict:
     }
 
 
-def hf_state_dict(model) -> Dict[str, Tensor]:
+def hf_state_dict(model) -> dict[str, Tensor]:
     """Our names -> HF names: everything but ``lm_head`` moves under ``model.``; tied alias dropped."""
     out = {}
     for name, t in inference_state_dict(model).items():
@@ -330,8 +326,8 @@ def main(argv=None) -> int:
     try:
         info = export_from_run(args.run_dir, args.out_dir, dtype=dtype)
     except (ExportError, CheckpointError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
+        print(error_line(e), file=sys.stderr)
+        return EXIT_FAILED
     kind = "sharded" if is_sharded_run(args.run_dir) else "single-file"
     print(f"[export] step {info['step']} ({kind} checkpoint {info['checkpoint'].name}) -> {info['dir']} "
           f"({info['bytes']:,} bytes, {info['tensors']} tensors)")

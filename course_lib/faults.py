@@ -12,6 +12,8 @@ Phases used by the library:
   ``dcp_trainer_written``, ``dcp_marker_written``, ``dcp_renamed``, ``dcp_rotated``: inside
   ``ShardedCheckpointManager.save`` (FSDP runs; ``@step:rank`` picks the rank, e.g.
   ``dcp_shard_written@8:1`` kills rank 1 once its own shard of step 8 is written);
+* ``dcp_disk_full``: not a kill: this rank's DCP shard write fails with ``OSError(ENOSPC)``, as on
+  a full disk (the failure travels through DCP's ``CheckpointException`` to every rank);
 * ``after_step``: at the end of each ``Trainer.fit`` iteration (after logging and saving);
 * tests add their own (``batch``, ``backward``, ``step_end`` in tests/reliability/kill_driver.py).
 

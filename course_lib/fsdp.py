@@ -26,12 +26,11 @@ rank writes its own slice. ``training_shards`` is what goes in them, ``global_da
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from .checkpoint import CheckpointError, ShardedCheckpointManager
@@ -47,7 +46,7 @@ def _blocks(model: nn.Module) -> list:
 
 
 def apply_fsdp(model: nn.Module, mesh=None, reshard_after_forward: bool = True,
-               mp_policy: Optional[MixedPrecisionPolicy] = None) -> nn.Module:
+               mp_policy: MixedPrecisionPolicy | None = None) -> nn.Module:
     """Shard ``model`` in place with FSDP2 and return it.
 
     ``mesh``: a 1-D ``DeviceMesh`` (default: every rank of the default process group).
@@ -67,15 +66,11 @@ def apply_fsdp(model: nn.Module, mesh=None, reshard_after_forward: bool = True,
     return model
 
 
-def is_fsdp(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
-
-
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def rank_state_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> dict:
+def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Bytes of model state that *this rank* holds, measured from the tensors themselves.
 
     Returns ``{"params": ..., "grads": ..., "optimizer": ..., "total": ...}``: parameters and

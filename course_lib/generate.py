@@ -20,6 +20,9 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .cli import EXIT_INPUT, build_generate_parser, check_generate_args, print_error
+from .config import ConfigError
+from .export import load_model_from_run
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 
 
@@ -312,11 +315,40 @@ def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens
     return texts[0] if single else texts
 
 
+# ------------------------------------------------------------------------------------------
+# python -m course_lib.generate
+# ------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m course_lib.generate``: text from a trained run; a bad flag or run folder is one
+    ``error:`` line and exit 2."""
+    args = build_generate_parser().parse_args(argv)
+    try:
+        check_generate_args(args)
+        if args.compile:
+            ok, why = compile_available()
+            if not ok:
+                raise ConfigError(f"--compile: {why}; run without --compile")
+    except ConfigError as e:
+        print_error(e)
+        return EXIT_INPUT
+    try:
+        model, tok, path = load_model_from_run(args.run)
+    except Exception as e:  # noqa: BLE001 - any unusable run folder is an input error here
+        print_error(e)
+        return EXIT_INPUT
+    g = torch.Generator().manual_seed(args.seed)
+    prompts = args.prompt or ["def "]
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=g)
+    if args.compile:   # the compiled step needs unpadded rows of one length: one prompt per call, batch 1
+        texts = [generate_text(model, tok, p, args.max_new_tokens, compile=True, **sampling) for p in prompts]
+    else:
+        texts = generate_text(model, tok, prompts, args.max_new_tokens, use_cache=not args.no_cache, **sampling)
+    print(f"[generate] model from {path}", file=sys.stderr)
+    for prompt, text in zip(prompts, texts, strict=True):
+        print(prompt + text)
+        print("-" * 40)
+    return 0
 
 
 if __name__ == "__main__":
-    # `python -m course_lib.generate`: the command line is in course_lib.cli (imported here, not
-    # at the top: cli imports this module).
-    from course_lib.cli import generate_main
-
-    sys.exit(generate_main())
+    sys.exit(main())

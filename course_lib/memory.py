@@ -45,20 +45,21 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Dict
 
 import torch
 
 from .config import ModelConfig
 from .model import DIYModel
+from .util import cdiv
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
 MiB = 2 ** 20
 
 
-def count_params(cfg: ModelConfig) -> Dict[str, int]:
+def count_params(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts of ``DIYModel(cfg)`` by kind, from the config alone."""
     d, f, hd = cfg.d_model, cfg.ffn_hidden, cfg.head_dim
     attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2       # q, o + k, v
@@ -83,15 +84,15 @@ class MemoryEstimate:
     buffers: int
     peak: int
     peak_phase: str
-    detail: Dict[str, int] = field(default_factory=dict)
+    detail: dict[str, int] = field(default_factory=dict)
 
-    def breakdown(self) -> Dict[str, float]:
+    def breakdown(self) -> dict[str, float]:
         """MiB per category (for tables)."""
         keys = ("params", "grads", "optimizer_state", "autocast_copies", "activations", "loss_buffers",
                 "buffers", "peak")
         return {k: getattr(self, k) / MiB for k in keys}
 
-    def rule_of_thumb(self) -> Dict[str, float]:
+    def rule_of_thumb(self) -> dict[str, float]:
         """The naive answers: weights only, and the '16 bytes per parameter' AdamW rule."""
         n = self.params // 4
         return {"weights_fp32_MiB": n * 4 / MiB, "weights_fp16_MiB": n * 2 / MiB,
@@ -99,7 +100,7 @@ class MemoryEstimate:
 
 
 def _activation_terms(cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: int, act_bytes: int,
-                      amp: bool) -> Dict[str, int]:
+                      amp: bool) -> dict[str, int]:
     """Bytes of the tensors autograd saves for backward, per category, for all layers.
 
     Read off ``course_lib.model`` and checked tensor by tensor with
@@ -131,7 +132,7 @@ def _activation_terms(cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: in
 
 
 def _checkpointed_phases(model_cfg: ModelConfig, batch_size: int, seq_len: int, a: int, amp: bool,
-                         terms: Dict[str, int], counts: Dict[str, int], static: int,
+                         terms: dict[str, int], counts: dict[str, int], static: int,
                          autocast_copies: int, loss_buffers: int) -> tuple:
     """Activation checkpointing (one ``checkpoint`` per block): what is kept, and the phases
     that compete for the peak. Returns ``(kept_activations, detail, {phase: bytes})``.
@@ -402,7 +403,7 @@ FSDP_STRATEGIES = ("ddp", "fsdp")
 STEP_COUNTER_BYTES = 4          # AdamW's state["step"]: a 0-dim float32 tensor per parameter
 
 
-def param_shapes(model_cfg: ModelConfig) -> Dict[str, tuple]:
+def param_shapes(model_cfg: ModelConfig) -> dict[str, tuple]:
     """``{name: shape}`` of every parameter of ``DIYModel(model_cfg)``, a tied one once. Built on
     the meta device: shapes only, no memory."""
     with torch.device("meta"):
@@ -412,7 +413,7 @@ def param_shapes(model_cfg: ModelConfig) -> Dict[str, tuple]:
 
 def shard_rows(n0: int, world_size: int, rank: int) -> int:
     """Rows of a dim-0 size ``n0`` tensor that ``rank`` holds under FSDP's dim-0 sharding."""
-    c = -(-n0 // world_size)
+    c = cdiv(n0, world_size)
     return max(0, min(c, n0 - rank * c))
 
 
@@ -430,7 +431,7 @@ def _check_rank_args(world_size: int, rank: int, strategy: str, optimizer: str, 
 
 
 def per_rank_state_bytes(model_cfg: ModelConfig, world_size: int, strategy: str = "ddp",
-                         optimizer: str = "adamw", dtype: str = "fp32", rank: int = 0) -> Dict[str, int]:
+                         optimizer: str = "adamw", dtype: str = "fp32", rank: int = 0) -> dict[str, int]:
     """Bytes of model state that ``rank`` of ``world_size`` holds after an optimizer step.
 
     ``dtype`` is the dtype the parameters are stored in (the course trains fp32 parameters;
@@ -459,10 +460,10 @@ def per_rank_state_bytes(model_cfg: ModelConfig, world_size: int, strategy: str 
             "gathered_unit": gathered_unit, "gathered_root": gathered_root}
 
 
-def fsdp_units(model_cfg: ModelConfig) -> Dict[str, list]:
+def fsdp_units(model_cfg: ModelConfig) -> dict[str, list]:
     """The FSDP units ``apply_fsdp`` makes: ``{"layers.0": [param names], ..., "root": [...]}``
     (one unit per transformer block, the rest in the root)."""
-    units: Dict[str, list] = {}
+    units: dict[str, list] = {}
     for name in param_shapes(model_cfg):
         parts = name.split(".")
         key = ".".join(parts[:2]) if parts[0] == "layers" else "root"
@@ -491,7 +492,7 @@ def collective_bytes_per_step(model_cfg: ModelConfig, world_size: int, strategy:
     shapes = param_shapes(model_cfg)
     total = sum(math.prod(s) for s in shapes.values())
     # FSDP moves equal pieces: every rank's shard padded to ceil(n0 / w) rows
-    padded = {n: -(-s[0] // w) * w * math.prod(s[1:]) for n, s in shapes.items()}
+    padded = {n: cdiv(s[0], w) * w * math.prod(s[1:]) for n, s in shapes.items()}
     if strategy == "ddp":
         elements = {"all_reduce": total, "all_gather": 0, "reduce_scatter": 0}
         calls = {"all_reduce": None, "all_gather": 0, "reduce_scatter": 0}

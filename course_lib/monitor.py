@@ -11,19 +11,25 @@ weights can never reach a checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional
+from collections.abc import Iterable
 
 from .callbacks import Callback
 
 
 class NonFiniteError(FloatingPointError):
     """Loss or gradient norm became NaN/Inf; training stopped before the bad update."""
+
+
+class MetricsLogError(RuntimeError):
+    """The metrics log could not be appended to (e.g. a full disk). The message names the file
+    and what to do; the checkpoints written so far are untouched."""
 
 
 LIKELY_CAUSES = (
@@ -34,7 +40,7 @@ LIKELY_CAUSES = (
 )
 
 
-def check_finite(step: int, loss: Optional[float] = None, grad_norm: Optional[float] = None) -> None:
+def check_finite(step: int, loss: float | None = None, grad_norm: float | None = None) -> None:
     bad = []
     if loss is not None and not math.isfinite(loss):
         bad.append(f"loss={loss}")
@@ -57,7 +63,7 @@ def format_seconds(s: float) -> str:
 class StepLogger:
     """Console + JSONL + TensorBoard, every ``interval`` steps. Create on rank 0 only."""
 
-    def __init__(self, out_dir: Optional[str | os.PathLike], total_steps: int, interval: int = 10,
+    def __init__(self, out_dir: str | os.PathLike | None, total_steps: int, interval: int = 10,
                  tensorboard: bool = True, console: bool = True, jsonl_name: str = "metrics.jsonl") -> None:
         self.total_steps, self.interval, self.console = total_steps, interval, console
         self.out_dir = Path(out_dir) if out_dir else None
@@ -67,7 +73,7 @@ class StepLogger:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl_path = self.out_dir / jsonl_name
-            self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+            self._jsonl = self._open_log()
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -78,7 +84,51 @@ class StepLogger:
         self._tokens_since = 0
         self._start_step = None
         self._t_start = None
-        self.records: List[dict] = []
+        self.records: list[dict] = []
+
+    def _open_log(self) -> int:
+        """The JSONL file, opened for appending (a resumed run continues the same log). A line
+        torn by a killed run is closed with a newline, so the next record starts on its own line."""
+        torn = False
+        if self.jsonl_path.is_file() and self.jsonl_path.stat().st_size:
+            with open(self.jsonl_path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        fd = os.open(self.jsonl_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if torn:
+            self._write_all(fd, b"\n")
+        return fd
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def _append(self, rec: dict) -> None:
+        """One record as one line, unbuffered (a SIGKILL loses at most the line being written).
+        A failed write (a full disk) is cut back to the last whole line and reported as a
+        ``MetricsLogError`` that names the file and what to do."""
+        if self._jsonl is None:
+            return
+        start = os.fstat(self._jsonl).st_size
+        try:
+            self._write_all(self._jsonl, (json.dumps(rec) + "\n").encode("utf-8"))
+        except OSError as e:
+            try:
+                os.ftruncate(self._jsonl, start)  # no torn line left behind
+            except OSError:
+                pass
+            raise MetricsLogError(self._write_failure(e)) from None
+
+    def _write_failure(self, e: OSError) -> str:
+        resume = ("then run again: training resumes from the last complete checkpoint (the checkpoints in "
+                  f"{self.out_dir / 'checkpoints'} are intact) and appends to this log")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"{self.jsonl_path}: disk full while appending the metrics log ({e.strerror}); make room on "
+                    f"that disk, or point --out-dir at a disk with space, {resume}")
+        return (f"{self.jsonl_path}: cannot append to the metrics log ({e.strerror or type(e).__name__}); check "
+                f"the file, its permissions and the disk, {resume}")
 
     def start(self, step: int) -> None:
         self._t_start = self._t_last = time.perf_counter()
@@ -90,7 +140,7 @@ class StepLogger:
     def should_log(self, step: int) -> bool:
         return step % self.interval == 0 or step == self.total_steps
 
-    def log(self, step: int, metrics: dict, force: bool = False) -> Optional[dict]:
+    def log(self, step: int, metrics: dict, force: bool = False) -> dict | None:
         """Record ``metrics`` for optimizer step ``step`` (1-based count of finished steps)."""
         if self._t_start is None:
             self.start(step - 1)
@@ -108,9 +158,7 @@ class StepLogger:
                "tokens_per_s": self._tokens_since / dt, "elapsed_s": elapsed, "eta_s": eta, "time": time.time()}
         self._t_last, self._tokens_since = now, 0
         self.records.append(rec)
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps(rec) + "\n")
-            self._jsonl.flush()
+        self._append(rec)
         if self._tb is not None:
             for k, v in rec.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -129,9 +177,7 @@ class StepLogger:
     def log_eval(self, step: int, eval_loss: float) -> None:
         rec = {"step": step, "eval_loss": float(eval_loss), "time": time.time()}
         self.records.append(rec)
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps(rec) + "\n")
-            self._jsonl.flush()
+        self._append(rec)
         if self._tb is not None:
             self._tb.add_scalar("eval/loss", float(eval_loss), step)
             self._tb.flush()
@@ -140,14 +186,14 @@ class StepLogger:
 
     def close(self) -> None:
         if self._jsonl is not None:
-            self._jsonl.close()
+            os.close(self._jsonl)
             self._jsonl = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
 
 
-def last_per_step(records: Iterable[dict], key: str = "loss") -> List[dict]:
+def last_per_step(records: Iterable[dict], key: str = "loss") -> list[dict]:
     """One record per step (the last one written), sorted by step, keeping records with ``key``.
 
     A resumed run appends to the same metrics.jsonl: the steps between the last checkpoint and
@@ -191,7 +237,7 @@ class ProgressBar(Callback):
             self.bar = None
 
 
-def read_jsonl(path: str | os.PathLike) -> List[dict]:
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All records of a metrics.jsonl file (skips a torn last line from a killed run)."""
     out = []
     with open(path, encoding="utf-8") as f:

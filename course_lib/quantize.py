@@ -13,7 +13,7 @@ with bf16 activations, which read 1 or 0.5 byte per weight (measured in lesson 4
 * ``quantize_int8(w)``: symmetric, one scale per output channel (row): ``scale = max|row| / 127``.
 * ``quantize_int4(w, group_size)``: symmetric, values in [-8, 7], one scale per ``group_size``
   consecutive input weights of a row; two 4-bit values packed per byte (low nibble = even index).
-* ``gptq_quantize_model``: int4 with GPTQ's error compensation (Frantar et al., 2023): columns
+* ``quantize_model(model, "gptq-int4", calibration=...)`` (``gptq_int4`` per layer): int4 with GPTQ's error compensation (Frantar et al., 2023): columns
   are quantized one at a time and the rounding error of each is spread over the columns not yet
   quantized, weighted by the inverse Hessian ``H = X^T X`` of the layer's inputs on a small
   calibration set, so the layer's *outputs* move as little as possible.
@@ -30,8 +30,8 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,7 @@ from .export import (CONFIG_FILE, WEIGHTS_FILE, ExportError, check_tensors, read
                      save_safetensors)
 from .fsio import atomic_write_text
 from .model import DIYModel
+from .util import cdiv
 
 QFORMAT = "course_lib.quantized/1"
 METHODS = ("int8", "int4", "gptq-int4")
@@ -53,7 +54,7 @@ METHODS = ("int8", "int4", "gptq-int4")
 # --------------------------------------------------------------------------------------------
 # Tensor-level quantizers
 # --------------------------------------------------------------------------------------------
-def quantize_int8(w: Tensor) -> Tuple[Tensor, Tensor]:
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
     """Per-output-channel symmetric int8: returns ``(q int8 (out, in), scale fp32 (out,))``.
 
     Max error per element is ``scale / 2`` (round to nearest), i.e. ``max|row| / 254``.
@@ -91,10 +92,10 @@ def _check_group(w: Tensor, group_size: int) -> None:
 def padded_width(in_features: int, group_size: int) -> int:
     """Rows are zero-padded to a multiple of ``group_size`` (e.g. 352 -> 384 for groups of 64);
     the padding quantizes to exact zeros and is cropped when dequantizing."""
-    return -(-in_features // group_size) * group_size
+    return cdiv(in_features, group_size) * group_size
 
 
-def quantize_int4(w: Tensor, group_size: int = 64) -> Tuple[Tensor, Tensor]:
+def quantize_int4(w: Tensor, group_size: int = 64) -> tuple[Tensor, Tensor]:
     """Group-wise symmetric int4 (round to nearest): ``(packed uint8 (out, in/2), scales (out, in/group))``."""
     _check_group(w, group_size)
     w = F.pad(w.detach().float(), (0, padded_width(w.shape[1], group_size) - w.shape[1]))
@@ -102,7 +103,7 @@ def quantize_int4(w: Tensor, group_size: int = 64) -> Tuple[Tensor, Tensor]:
     return pack_int4(q.reshape_as(w)), scales.squeeze(-1)
 
 
-def dequantize_int4(packed: Tensor, scales: Tensor, group_size: int, in_features: Optional[int] = None) -> Tensor:
+def dequantize_int4(packed: Tensor, scales: Tensor, group_size: int, in_features: int | None = None) -> Tensor:
     q = unpack_int4(packed).float()
     out = (q.reshape(q.shape[0], -1, group_size) * scales.float()[..., None]).reshape(q.shape)
     return out if in_features is None else out[:, :in_features]
@@ -216,7 +217,7 @@ class Int4Linear(nn.Module):
         self.kernel = kernel and int4_kernel_available() and self.qweight.device.type == "cpu"
         if not self.kernel:
             return
-        n_pad = -(-self.out_features // _INT4_N_MULTIPLE) * _INT4_N_MULTIPLE - self.out_features
+        n_pad = cdiv(self.out_features, _INT4_N_MULTIPLE) * _INT4_N_MULTIPLE - self.out_features
         q_u4 = (unpack_int4(self.qweight).to(torch.int32) + 8)
         q_u4 = F.pad(q_u4, (0, 0, 0, n_pad), value=8)  # 8 is the zero of the unsigned nibble
         scales = F.pad(self.scales.float(), (0, 0, 0, n_pad))
@@ -291,7 +292,7 @@ def _make(method: str, lin: nn.Linear, group_size: int) -> nn.Module:
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
-def linear_names(model) -> List[str]:
+def linear_names(model) -> list[str]:
     """The transformer blocks' ``nn.Linear`` layers (not ``lm_head``, handled with the embedding)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith("lm_head")]
 
@@ -302,7 +303,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def quantize_model(model, method: str = "int8", group_size: int = 64, embeddings: bool = True,
-                   calibration: Optional[Tensor] = None, damp: float = 0.01, kernel: bool = True):
+                   calibration: Tensor | None = None, damp: float = 0.01, kernel: bool = True):
     """A quantized copy of ``model`` (the original is untouched).
 
     ``method``: ``int8`` | ``int4`` (round to nearest) | ``gptq-int4`` (needs ``calibration``,
@@ -346,15 +347,15 @@ def quantize_model(model, method: str = "int8", group_size: int = 64, embeddings
 # GPTQ
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def collect_hessians(model, calibration: Tensor, names: Sequence[str], batch_size: int = 8) -> Dict[str, Tensor]:
+def collect_hessians(model, calibration: Tensor, names: Sequence[str], batch_size: int = 8) -> dict[str, Tensor]:
     """``H = 2/N * sum x x^T`` of each named linear's inputs over the calibration tokens.
 
     One pass of the full-precision model (GPTQ proper re-runs each block on the outputs of the
     already quantized blocks; this one-shot variant keeps the code short and, for a 4-layer
     model, loses little).
     """
-    H: Dict[str, Tensor] = {}
-    count: Dict[str, int] = {}
+    H: dict[str, Tensor] = {}
+    count: dict[str, int] = {}
     hooks = []
     for n in names:
         lin = model.get_submodule(n)
@@ -376,7 +377,7 @@ def collect_hessians(model, calibration: Tensor, names: Sequence[str], batch_siz
 
 
 @torch.no_grad()
-def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) -> Tuple[Tensor, Tensor]:
+def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) -> tuple[Tensor, Tensor]:
     """Quantize ``w`` (out, in) column by column, compensating each column's rounding error.
 
     For column i: q_i = round(w_i / s); err = (w_i - q_i s) / Hinv[i, i];
@@ -459,7 +460,7 @@ quantize_(model, Int8DynamicActivationInt8WeightConfig())   # in place, nn.Linea
 """
 
 
-def dynamic_int8(model) -> Tuple[nn.Module, List[str]]:
+def dynamic_int8(model) -> tuple[nn.Module, list[str]]:
     """``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)``.
 
     Weights int8 (per tensor), activations quantized on the fly per batch; uses fbgemm/qnnpack
@@ -504,7 +505,7 @@ def model_nbytes(model) -> int:
 
 
 @torch.no_grad()
-def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: Optional[int] = None) -> float:
+def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: int | None = None) -> float:
     """exp(mean next-token cross-entropy) over non-overlapping windows of ``tokens`` (1-D)."""
     model.eval()
     device = next(iter(model.state_dict().values())).device
@@ -529,7 +530,7 @@ def logits_divergence(ref_logits: Tensor, logits: Tensor) -> dict:
 
 @torch.no_grad()
 def compare_to_reference(ref, model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16,
-                         max_batches: Optional[int] = None) -> dict:
+                         max_batches: int | None = None) -> dict:
     """KL(ref || model) per token (nats) and top-1 agreement of next-token predictions."""
     ref.eval(), model.eval()
     kl, agree, n = 0.0, 0.0, 0

@@ -16,8 +16,10 @@ scheduler, GradScaler, step, RNG states (python, numpy, torch CPU/CUDA, every ra
 data position. On start, the latest good checkpoint in ``out_dir`` is loaded automatically,
 and a resumed run ends bitwise-identical to an uninterrupted one on CPU.
 
-Extension points are plain callbacks (``Callback``), no framework. The command line lives in
-``course_lib.cli``; ``python -m course_lib.train`` runs it.
+Extension points are plain callbacks (``Callback``), no framework. The resume policy (what a
+run may continue, and what changing a setting on resume does) is in ``course_lib.resume``;
+``main()`` is ``python -m course_lib.train``, its flags generated from the config metadata
+(``course_lib.cli``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import os
+import random
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,21 +43,18 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .callbacks import Callback
-from .checkpoint import FORMAT as SINGLE_FILE_FORMAT
-from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
-from .config import RESUME_FREE, RESUME_SCHEDULE, ConfigError, ModelConfig, TrainConfig, fields_by_resume
+from .checkpoint import CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
+from .cli import EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, print_error
+from .config import ConfigError, ModelConfig, TrainConfig
 from .data import ByteTokenizer, DataError, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
-from .fsdp import (apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite,
-                   training_shards)
+from .fsdp import apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite, training_shards
+from .fsio import atomic_write_text
 from .model import DIYModel
-from .monitor import NonFiniteError, StepLogger, check_finite
+from .monitor import MetricsLogError, NonFiniteError, StepLogger, check_finite
+from .resume import ConfigMismatchError, change_warnings, check_checkpoint_kind, check_resumable, reshards
 from .schedule import build_scheduler
-
-
-class ConfigMismatchError(RuntimeError):
-    """A checkpoint in out_dir was made with a different model: refuse rather than overwrite it."""
 
 
 class ReplayDDPBatches(Callback):
@@ -67,7 +66,7 @@ class ReplayDDPBatches(Callback):
     DDP step. Used by the DDP-equivalence tests and notebook 4.1.2.
     """
 
-    def __init__(self, world_size: int, micro_steps: int = 1, batch_size: Optional[int] = None) -> None:
+    def __init__(self, world_size: int, micro_steps: int = 1, batch_size: int | None = None) -> None:
         self.world_size, self.micro_steps, self.batch_size = world_size, micro_steps, batch_size
 
     def on_batch(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor):
@@ -118,7 +117,7 @@ def grad_global_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: Optional[bool] = None) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not on norms), as in nanoGPT."""
     decay, no_decay, seen = [], [], set()
     for _, p in model.named_parameters():
@@ -134,7 +133,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: Optional[bo
 RUN_ARTEFACTS = ("checkpoints", "metrics.jsonl", "tb", "config.json", "data_manifest.json")
 
 
-def move_previous_run(out_dir: str | Path) -> Optional[Path]:
+def move_previous_run(out_dir: str | Path) -> Path | None:
     """Move an earlier run's checkpoints and logs out of the way; return where they went.
 
     Used when a run starts over (``resume=False``) in a folder that already holds checkpoints.
@@ -160,6 +159,14 @@ def move_previous_run(out_dir: str | Path) -> Optional[Path]:
     return dest
 
 
+def _write_json(path: Path, obj) -> None:
+    """A run's JSON file, written atomically; a failure names the file (``OSError.filename``)."""
+    try:
+        atomic_write_text(path, json.dumps(obj, indent=2))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 def _lr_at(scheduler) -> float:
     """The lr the scheduler gives the next optimizer step (without stepping it)."""
     return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
@@ -173,12 +180,7 @@ class Trainer:
         self.model_cfg, self.cfg = model_cfg, cfg
         self.callbacks = list(callbacks)
         self.tokenizer = tokenizer or ByteTokenizer()
-        if self.tokenizer.vocab_size > model_cfg.vocab_size:
-            raise ConfigError(f"ModelConfig.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's "
-                              f"vocab_size={self.tokenizer.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
-        if cfg.seq_len > model_cfg.max_seq_len:
-            raise ConfigError(f"TrainConfig.seq_len: {cfg.seq_len} exceeds ModelConfig.max_seq_len="
-                              f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len")
+        self._check_sizes()
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         self.is_main = self.dist.is_main
@@ -187,12 +189,49 @@ class Trainer:
         if cfg.dtype == "fp16" and self.device.type != "cuda" and self.console:
             # informational, so it goes with the console log (stdout), not stderr
             print("[train] note: fp16 on CPU is slow and meant for demonstration; bf16 is the CPU choice", flush=True)
+        self.sharded = cfg.strategy == "fsdp"   # FSDP: sharded model state and sharded checkpoints
+        self._build_model()        # 1. model, optimizer, schedule, scaler (same seed on every rank)
+        self._build_data()         # 2. data: sharded by rank here, by worker inside the DataLoader
 
-        # ---- 1. model, optimizer, schedule, scaler (same seed on every rank) ----
+        # ---- 3. state counters, checkpoints, resume ----
+        self.step = 0                 # optimizer steps finished
+        self.batches_consumed = 0     # micro-batches taken from the data stream (this rank)
+        self.skipped_steps = 0        # GradScaler skips (fp16)
+        self.history: list[dict] = []
+        self.resumed_from: Path | None = None
+        self.previous_run: Path | None = None   # where --no-resume moved an earlier run's files
+        self._resume_changes: dict = {}
+        manager = ShardedCheckpointManager if self.sharded else CheckpointManager
+        self.ckpt = manager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval,
+                            verbose=self.is_main) if save_checkpoints or cfg.resume else None
+        self.save_checkpoints = save_checkpoints
+        if cfg.resume and self.ckpt is not None:
+            self.try_resume()
+        elif save_checkpoints and self.is_main:
+            self._move_previous_run()
+
+        # ---- 4. DDP wrap (after loading, so every rank starts from the same weights) ----
+        self.ddp: DDP | None = None
+        if self.dist.enabled and not self.sharded:
+            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.logger: StepLogger | None = None
+        self._data_iter = None
+
+    def _check_sizes(self) -> None:
+        """The tokenizer and the sequence length fit the model, or a ``ConfigError`` naming the field."""
+        model_cfg, cfg = self.model_cfg, self.cfg
+        if self.tokenizer.vocab_size > model_cfg.vocab_size:
+            raise ConfigError(f"ModelConfig.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's "
+                              f"vocab_size={self.tokenizer.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
+        if cfg.seq_len > model_cfg.max_seq_len:
+            raise ConfigError(f"TrainConfig.seq_len: {cfg.seq_len} exceeds ModelConfig.max_seq_len="
+                              f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len")
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
         seed_everything(cfg.seed)
         # activation checkpointing first (a per-block wrapper inside forward), then FSDP's sharding
-        self.model = DIYModel(model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
-        self.sharded = cfg.strategy == "fsdp"   # FSDP: sharded model state and sharded checkpoints
+        self.model = DIYModel(self.model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
         if self.sharded and self.dist.enabled:
             # Every rank built the same weights from the same seed; each now keeps only its shard.
             # The optimizer comes after: it must hold the sharded (DTensor) parameters.
@@ -202,42 +241,21 @@ class Trainer:
                                          min_lr_ratio=cfg.min_lr / cfg.lr, decay_fraction=cfg.decay_fraction)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.dtype == "fp16" else None
 
-        # ---- 2. data: sharded by rank here, by worker inside the DataLoader ----
+    def _build_data(self) -> None:
+        cfg = self.cfg
         self.train_data, self.val_tokens, self.corpus = build_datasets(
             cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
             rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
         if cfg.loader == "map":  # same tokens, map-style + DistributedSampler (course_lib.dataloading)
             self.train_data = DistributedChunkBatches.like(self.train_data)
 
-        # ---- 3. state counters ----
-        self.step = 0                 # optimizer steps finished
-        self.batches_consumed = 0     # micro-batches taken from the data stream (this rank)
-        self.skipped_steps = 0        # GradScaler skips (fp16)
-        self.history: List[dict] = []
-        self.resumed_from: Optional[Path] = None
-        self.previous_run: Optional[Path] = None   # where --no-resume moved an earlier run's files
-        self._resume_changes: dict = {}
-
-        manager = ShardedCheckpointManager if self.sharded else CheckpointManager
-        self.ckpt = manager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval,
-                            verbose=self.is_main) if save_checkpoints or cfg.resume else None
-        self.save_checkpoints = save_checkpoints
-        if cfg.resume and self.ckpt is not None:
-            self.try_resume()
-        elif save_checkpoints and self.is_main:
-            # A fresh run never shares rotation with another run's checkpoints (see move_previous_run).
-            self.previous_run = move_previous_run(self.out_dir)
-            if self.previous_run is not None:
-                print(f"[train] --no-resume (resume=False): {self.out_dir} already held a run; its checkpoints and logs "
-                      f"were moved to {self.previous_run} (nothing deleted). This run starts at step 0.",
-                      file=sys.stderr, flush=True)
-
-        # ---- 4. DDP wrap (after loading, so every rank starts from the same weights) ----
-        self.ddp: Optional[DDP] = None
-        if self.dist.enabled and not self.sharded:
-            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.logger: Optional[StepLogger] = None
-        self._data_iter = None
+    def _move_previous_run(self) -> None:
+        """A fresh run never shares rotation with another run's checkpoints (see move_previous_run)."""
+        self.previous_run = move_previous_run(self.out_dir)
+        if self.previous_run is not None:
+            print(f"[train] --no-resume (resume=False): {self.out_dir} already held a run; its checkpoints and logs "
+                  f"were moved to {self.previous_run} (nothing deleted). This run starts at step 0.",
+                  file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ state
     @property
@@ -294,7 +312,7 @@ class Trainer:
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         data = state["data"]
-        if self.sharded and state.get("world_size", 1) != self.dist.world_size:
+        if reshards(state, self.dist.world_size, self.sharded):
             c = self.cfg
             data = reshard_data_position(data, c.batch_size, self.dist.world_size, self.dist.rank,
                                          c.accumulation_steps)
@@ -307,72 +325,9 @@ class Trainer:
         self._data_iter = None
 
     def _validate_checkpoint(self, state: dict) -> None:
-        saved = state.get("config", {}).get("model")
-        if saved != self.model_cfg.to_dict():
-            diff = sorted(k for k in set(saved or {}) | set(self.model_cfg.to_dict())
-                          if (saved or {}).get(k) != self.model_cfg.to_dict().get(k))
-            raise ConfigMismatchError(
-                f"{self.out_dir}: its checkpoint was trained with a different model config (fields {diff}); "
-                "use a new out_dir, or the checkpoint's model settings, or --no-resume (resume=False), which "
-                "starts a new run there and moves the old checkpoints aside without deleting them")
-        saved_loader = state.get("data", {}).get("loader", "stream")
-        if saved_loader != self.cfg.loader:
-            raise ConfigMismatchError(
-                f"{self.out_dir}: its checkpoint was written with loader={saved_loader!r} but this run has "
-                f"loader={self.cfg.loader!r}; the two visit samples in different orders. Use the same loader "
-                "or a new out_dir")
-        if self.sharded and state.get("world_size", 1) != self.dist.world_size:
-            # DCP reshards model and optimizer; the data position must map to the same sample
-            c = self.cfg
-            try:
-                reshard_data_position(state.get("data", {}), c.batch_size, self.dist.world_size, self.dist.rank,
-                                      c.accumulation_steps)
-            except DataError as e:
-                raise ConfigMismatchError(f"{self.out_dir}: cannot resume a checkpoint of {state.get('world_size')} "
-                                          f"rank(s) on {self.dist.world_size}: {e}") from None
-        elif state.get("world_size", 1) != self.dist.world_size:
-            raise ConfigMismatchError(
-                f"{self.out_dir}: its checkpoint was written by a run with world_size={state.get('world_size')} "
-                f"but this run has {self.dist.world_size}; the data order depends on it. Resume with the same "
-                "number of processes.")
-        saved_train = state.get("config", {}).get("train", {})
-        free = set(fields_by_resume(TrainConfig, RESUME_FREE))
-        now = self.cfg.to_dict()
-        def norm(x):  # JSON/pickle may give a list where the config holds a tuple
-            return list(x) if isinstance(x, (list, tuple)) else x
-        self._resume_changes = {k: (saved_train[k], v) for k, v in now.items()
-                                if k not in free and k in saved_train and norm(saved_train[k]) != norm(v)}
-        if self.sharded and state.get("world_size", 1) != self.dist.world_size:
-            # batch_size per rank changed with the number of ranks, the global batch did not
-            self._resume_changes.pop("batch_size", None)
-
-    def _warn_resume_changes(self, lr_before: float) -> None:
-        """Say clearly what a resume with changed settings does (the run will not match an
-        uninterrupted one). Which fields count, and how, comes from the fields' metadata."""
-        if not self._resume_changes or not self.is_main:
-            return
-        sched = set(fields_by_resume(TrainConfig, RESUME_SCHEDULE))
-        desc = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(self._resume_changes.items()))
-        print(f"[train] warning: resuming from step {self.step} with changed settings: {desc}; "
-              "the run will not match an uninterrupted one", file=sys.stderr, flush=True)
-        if sched & set(self._resume_changes):
-            lr_after = _lr_at(self.scheduler)
-            print(f"[train] warning: {sorted(sched & set(self._resume_changes))} shape the learning-rate "
-                  f"schedule: from step {self.step + 1} on the lr follows the new schedule "
-                  f"({lr_before:.3g} -> {lr_after:.3g} at step {self.step + 1}). To continue the old "
-                  "schedule, resume with the checkpoint's values", file=sys.stderr, flush=True)
-
-    def _check_checkpoint_kind(self) -> None:
-        """An fsdp run cannot continue a ddp (single-file) checkpoint, nor the reverse: refuse
-        rather than start over in that folder (whose rotation would then delete them)."""
-        latest = self.ckpt.latest()
-        found = checkpoint_format(latest) if latest is not None else None
-        want = SHARDED_FORMAT if self.sharded else SINGLE_FILE_FORMAT
-        if found in (SHARDED_FORMAT, SINGLE_FILE_FORMAT) and found != want:
-            other = "fsdp" if found == SHARDED_FORMAT else "ddp"
-            raise ConfigMismatchError(
-                f"{self.out_dir}: its checkpoints were written with --strategy {other} but this run has "
-                f"--strategy {self.cfg.strategy}; resume with --strategy {other}, or use a new out_dir")
+        """May this run continue ``state``? (``resume.check_resumable``; remembers what changed)."""
+        self._resume_changes = check_resumable(state, self.model_cfg.to_dict(), self.cfg, self.dist.world_size,
+                                               self.dist.rank, self.out_dir)
 
     def _load_latest_sharded(self):
         """Latest good sharded checkpoint: trainer state verified and validated first, then DCP
@@ -383,7 +338,8 @@ class Trainer:
             holder["shards"] = training_shards(self.model, self.optimizer)
             return holder["shards"]
 
-        found = self.ckpt.load_latest(shards_fn, map_location=self.device, validate=self._validate_checkpoint)
+        found = self.ckpt.load_latest(shards_fn=shards_fn, map_location=self.device,
+                                      validate=self._validate_checkpoint)
         if found is None and holder:
             # get_state_dict created optimizer state and DCP may have filled part of the model
             raise CheckpointError(f"{self.ckpt.dir}: no sharded checkpoint could be loaded (see the warnings "
@@ -393,8 +349,10 @@ class Trainer:
             load_training_shards(self.model, self.optimizer, holder["shards"])
         return found
 
-    def try_resume(self) -> Optional[Path]:
-        self._check_checkpoint_kind()
+    def try_resume(self) -> Path | None:
+        latest = self.ckpt.latest()
+        check_checkpoint_kind(checkpoint_format(latest) if latest is not None else None, self.cfg.strategy,
+                              self.out_dir)
         if self.sharded:
             found = self._load_latest_sharded()
         else:
@@ -407,7 +365,9 @@ class Trainer:
         lr_before = self.optimizer.param_groups[0]["lr"]  # the saved lr of the next step
         if self.console or self.is_main:
             print(f"[train] resumed from {path} at step {self.step}", flush=True)
-        self._warn_resume_changes(lr_before)
+        if self.is_main:
+            for line in change_warnings(self._resume_changes, self.step, lr_before, _lr_at(self.scheduler)):
+                print(line, file=sys.stderr, flush=True)
         if self.is_main and self.save_checkpoints and path == self.ckpt.latest():
             # a run killed between the rename and the rotation of a save left keep_last + 1
             self.ckpt.rotate()
@@ -447,11 +407,38 @@ class Trainer:
         micro-batches, always a multiple of ``accumulation_steps`` at a checkpoint) and ends
         bitwise-identical on CPU (tests/unit/test_accumulation.py).
         """
+        c = self.cfg
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_acc = self._accumulate_gradients()
+        for cb in self.callbacks:
+            cb.on_after_backward(self)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)   # clip real gradients, not scaled ones
+        grad_norm_t = self._clip_and_measure()
+        if self.dist.enabled:   # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
+            dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
+            loss_acc /= self.dist.world_size
+        # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
+        # guard must see loss and grad-norm *before* optimizer.step() would write NaN into the
+        # weights (and into the next checkpoint). One .tolist() fetches both numbers together.
+        loss_sum, grad_norm = torch.stack([loss_acc, grad_norm_t.detach().float().to(loss_acc.device)]).tolist()
+        # (fp16: the GradScaler handles non-finite gradients itself by skipping the step)
+        if c.stop_on_nonfinite and not (math.isfinite(loss_sum)
+                                        and (self.scaler is not None or math.isfinite(grad_norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm if self.scaler is None else None)
+        skipped = self._optimizer_step()
+        self.step += 1
+        return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                "skipped": skipped, "skipped_steps": self.skipped_steps,
+                "epoch": self.train_data.epoch_of(self.batches_consumed)}
+
+    def _accumulate_gradients(self) -> torch.Tensor:
+        """Forward + backward over the step's micro-batches; the mean loss, still on the device."""
         c, model = self.cfg, self.forward_model
         model.train()
         k = c.accumulation_steps
         loss_acc = torch.zeros((), device=self.device)   # stays on the device: no sync per micro-batch
-        lr = self.optimizer.param_groups[0]["lr"]
         for micro in range(k):
             x, y = self.next_batch()
             if self.ddp is not None:
@@ -467,13 +454,13 @@ class Trainer:
             scaled = out.loss / k     # mean over the k micro-batches = one big batch
             loss_acc += scaled.detach().float()
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        for cb in self.callbacks:
-            cb.on_after_backward(self)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)   # clip real gradients, not scaled ones
+        return loss_acc
+
+    def _clip_and_measure(self) -> torch.Tensor:
+        """Clip to ``grad_clip`` (if > 0) and return the global gradient norm before clipping."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if c.grad_clip > 0:
-            grad_norm_t = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        if self.cfg.grad_clip > 0:
+            grad_norm_t = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         elif self.sharded and self.dist.enabled:
             grad_norm_t = torch.nn.utils.get_total_norm([p.grad for p in params])
         else:
@@ -482,18 +469,11 @@ class Trainer:
             # FSDP: the norm of sharded gradients is a DTensor; computing it all-reduced the
             # squared shard norms, so the full value is the global norm, the same on every rank
             grad_norm_t = grad_norm_t.full_tensor()
-        if self.dist.enabled:   # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
-            dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
-            loss_acc /= self.dist.world_size
-        # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
-        # guard must see loss and grad-norm *before* optimizer.step() would write NaN into the
-        # weights (and into the next checkpoint). One .tolist() fetches both numbers together.
-        loss_sum, grad_norm = torch.stack([loss_acc, grad_norm_t.detach().float().to(loss_acc.device)]).tolist()
-        # (fp16: the GradScaler handles non-finite gradients itself by skipping the step)
-        if c.stop_on_nonfinite and not (math.isfinite(loss_sum)
-                                        and (self.scaler is not None or math.isfinite(grad_norm))):
-            self.optimizer.zero_grad(set_to_none=True)
-            check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm if self.scaler is None else None)
+        return grad_norm_t
+
+    def _optimizer_step(self) -> bool:
+        """Optimizer step (fp16: through the GradScaler, which skips it on inf/NaN gradients),
+        zero the gradients, step the schedule unless skipped. Returns whether it was skipped."""
         skipped = False
         if self.scaler is not None:
             scale_before = self.scaler.get_scale()
@@ -507,13 +487,10 @@ class Trainer:
             self.skipped_steps += 1
         else:
             self.scheduler.step()
-        self.step += 1
-        return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                "skipped": skipped, "skipped_steps": self.skipped_steps,
-                "epoch": self.train_data.epoch_of(self.batches_consumed)}
+        return skipped
 
     @torch.no_grad()
-    def evaluate(self) -> Optional[float]:
+    def evaluate(self) -> float | None:
         c = self.cfg
         self.model.eval()
         losses = []
@@ -524,7 +501,7 @@ class Trainer:
         return sum(losses) / len(losses) if losses else None
 
     # ------------------------------------------------------------------ checkpoint
-    def save_checkpoint(self) -> Optional[Path]:
+    def save_checkpoint(self) -> Path | None:
         if self.sharded:
             return self._save_sharded()
         state = self.state_dict()  # every rank joins the RNG gather
@@ -538,7 +515,7 @@ class Trainer:
                 cb.on_checkpoint(self, path)
         return path
 
-    def _save_sharded(self) -> Optional[Path]:
+    def _save_sharded(self) -> Path | None:
         """Every rank writes its shard (DCP); rank 0 adds the trainer state and the marker."""
         shards = training_shards(self.model, self.optimizer)
         finite = torch.tensor([1.0 if shards_finite(shards) else 0.0], device=self.device)
@@ -556,13 +533,12 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> List[dict]:
+    def fit(self) -> list[dict]:
         c = self.cfg
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            json.dump({"model": self.model_cfg.to_dict(), "train": c.to_dict()},
-                      open(self.out_dir / "config.json", "w"), indent=2)
-            json.dump(self.corpus.manifest(), open(self.out_dir / "data_manifest.json", "w"), indent=2)
+            _write_json(self.out_dir / "config.json", {"model": self.model_cfg.to_dict(), "train": c.to_dict()})
+            _write_json(self.out_dir / "data_manifest.json", self.corpus.manifest())
             self.logger = StepLogger(self.out_dir, c.max_steps, c.log_interval,
                                      tensorboard=c.tensorboard, console=self.console)
             self.logger.start(self.step)
@@ -592,12 +568,72 @@ class Trainer:
         return self.history
 
 
-if __name__ == "__main__":
-    # `python -m course_lib.train` / `torchrun ... -m course_lib.train`: the command line is in
-    # course_lib.cli (imported here, not at the top: cli imports this module).
-    from course_lib.cli import train_main
+# ------------------------------------------------------------------------------------------
+# python -m course_lib.train
+# ------------------------------------------------------------------------------------------
+INPUT_ERRORS = (ConfigError, DataError, ConfigMismatchError)
+RUN_FAILURES = (CheckpointError, MetricsLogError, OSError)   # one line, exit 1
 
-    code = train_main()
+
+def _report_start(trainer: Trainer) -> None:
+    c = trainer.cfg
+    print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
+          f"world size {trainer.dist.world_size} | strategy {c.strategy} | data {trainer.corpus.source} "
+          f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
+
+
+def _report_end(trainer: Trainer, history: list[dict], seconds: float) -> None:
+    c = trainer.cfg
+    if history:
+        first, last = history[0]["loss"], history[-1]["loss"]
+        ev = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
+        print(f"[train] done in {seconds:.1f}s: loss {first:.3f} -> {last:.3f}"
+              + (f", eval loss {ev[-1]:.3f}" if ev else ""), flush=True)
+    else:
+        print(f"[train] nothing to do: already at step {trainer.step} of {c.max_steps}")
+    print(f"[train] checkpoints in {Path(c.out_dir) / 'checkpoints'}; try: "
+          f"python -m course_lib.generate --run {c.out_dir} --prompt 'def '", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m course_lib.train``: exit 0, or one ``error:`` line and 2 (input), 3 (NaN/Inf), 1 (other)."""
+    args = build_parser().parse_args(argv)
+    try:
+        model_cfg, train_cfg = configs_from_args(args)
+    except ConfigError as e:
+        print_error(e)
+        return EXIT_INPUT
+    if args.print_config:
+        print(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
+        return 0
+    ok = False
+    try:
+        trainer = Trainer(model_cfg, train_cfg)
+        if trainer.is_main:
+            _report_start(trainer)
+        t0 = time.perf_counter()
+        history = trainer.fit()
+        if trainer.is_main:
+            _report_end(trainer, history, time.perf_counter() - t0)
+        ok = True
+    except INPUT_ERRORS as e:
+        print_error(e)
+        return EXIT_INPUT
+    except NonFiniteError as e:
+        print_error(e)
+        return EXIT_NONFINITE
+    except RUN_FAILURES as e:
+        print_error(e)
+        return EXIT_FAILED
+    finally:
+        # a barrier before leaving the group on a normal end; none after an error (see cleanup)
+        distributed.cleanup(synchronize=ok)
+    return 0
+
+
+if __name__ == "__main__":
+    # `python -m course_lib.train` / `torchrun ... -m course_lib.train`
+    code = main()
     if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # A torchrun worker whose run is complete (checkpoint fsynced, logs closed, process group
         # synchronised and destroyed) can still abort in C++ teardown at interpreter exit with

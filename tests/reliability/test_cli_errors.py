@@ -2,7 +2,7 @@
 ``error: <field or file>: <problem>; <what to do>`` and exit code 2: no traceback, and the line
 names what to fix. One row per case found by the bad-input campaign (issue 9, defect 4).
 
-The table runs ``course_lib.cli.train_main`` in this process (fast); two cases also run the real
+The table runs ``course_lib.train.main`` in this process (fast); two cases also run the real
 ``python -m course_lib.train`` / ``python -m course_lib.generate`` to prove no traceback escapes.
 """
 from __future__ import annotations
@@ -14,8 +14,9 @@ import sys
 import pytest
 import torch
 
-from course_lib.cli import generate_main, train_main
 from course_lib.distributed import subprocess_env
+from course_lib.generate import main as generate_main
+from course_lib.train import main as train_main
 
 TINY = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-hidden", "64",
         "--max-seq-len", "64", "--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--warmup-steps", "1",
@@ -132,7 +133,7 @@ def test_generate_flag_errors_are_one_line_exit_2(tmp_path, capsys, argv, expect
 
 
 def test_generate_compile_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("course_lib.cli.compile_available", lambda: (False, "no C++ compiler found"))
+    monkeypatch.setattr("course_lib.generate.compile_available", lambda: (False, "no C++ compiler found"))
     rc = generate_main(["--run", str(tmp_path), "--compile"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: --compile: no C++ compiler found"), err

@@ -33,6 +33,7 @@ from course_lib.config import ModelConfig, TrainConfig
 from course_lib.faults import fault_env
 from course_lib.lab.runner import run, train_command
 from course_lib.train import ConfigMismatchError, Trainer
+from course_lib.train import main as train_main
 
 MC = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64}
 
@@ -239,8 +240,6 @@ def test_disk_full_during_save_says_so_and_keeps_the_earlier_checkpoints(tmp_pat
 
 
 def test_cli_reports_a_failed_save_in_one_line(tmp_path, tiny_corpus, monkeypatch, capsys):
-    from course_lib.cli import train_main
-
     monkeypatch.setattr(ckpt_mod.torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     rc = train_main(["--out-dir", str(tmp_path / "r"), "--data", tiny_corpus, "--d-model", "32", "--n-layers", "1",
                      "--n-heads", "2", "--n-kv-heads", "1", "--ffn-hidden", "64", "--max-seq-len", "64",

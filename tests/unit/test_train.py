@@ -111,3 +111,56 @@ def test_cli_help_comes_from_the_config_metadata():
             assert f.metadata.get("resume") in ("free", "schedule", "result", "match"), f.name
             assert "--" + f.name.replace("_", "-") in text
     assert "0 = only at the end" in text  # ckpt_interval: one description, the one in config.py
+
+
+# ---- the resume policy as pure functions (course_lib.resume) --------------------------------------
+def _saved_state(train_cfg: TrainConfig, world_size: int = 1, **train_overrides) -> dict:
+    return {"config": {"model": ModelConfig(**MC).to_dict(), "train": dict(train_cfg.to_dict(), **train_overrides)},
+            "data": {"loader": train_cfg.loader}, "world_size": world_size}
+
+
+def test_resume_policy_refuses_another_model_or_world_size(tmp_path):
+    from course_lib.resume import ConfigMismatchError, check_resumable
+
+    cfg = tc(tmp_path)
+    state = _saved_state(cfg)
+    assert check_resumable(state, ModelConfig(**MC).to_dict(), cfg, 1, 0, tmp_path) == {}
+    with pytest.raises(ConfigMismatchError, match=r"different model config \(fields \['d_model'\]\)"):
+        check_resumable(state, ModelConfig(**dict(MC, d_model=64)).to_dict(), cfg, 1, 0, tmp_path)
+    with pytest.raises(ConfigMismatchError, match="world_size=1 but this run has 2"):
+        check_resumable(state, ModelConfig(**MC).to_dict(), cfg, 2, 0, tmp_path)
+
+
+def test_resume_policy_returns_the_changed_settings_and_their_warnings(tmp_path):
+    from course_lib.resume import change_warnings, check_resumable
+
+    cfg = tc(tmp_path)
+    state = _saved_state(cfg, max_steps=6, out_dir="/elsewhere")   # out_dir is free to change
+    changes = check_resumable(state, ModelConfig(**MC).to_dict(), cfg, 1, 0, tmp_path)
+    assert changes == {"max_steps": (6, 12)}
+    lines = change_warnings(changes, 4, 1e-3, 2e-3)
+    assert len(lines) == 2 and "max_steps 6 -> 12" in lines[0] and "0.001 -> 0.002" in lines[1]
+    assert change_warnings({}, 4, 1e-3, 2e-3) == []
+
+
+def test_checkpoint_kind_and_resharding_conditions(tmp_path):
+    from course_lib.checkpoint import FORMAT, SHARDED_FORMAT
+    from course_lib.resume import ConfigMismatchError, check_checkpoint_kind, reshards
+
+    check_checkpoint_kind(FORMAT, "ddp", tmp_path)
+    check_checkpoint_kind(None, "fsdp", tmp_path)
+    with pytest.raises(ConfigMismatchError, match="--strategy fsdp but this run has --strategy ddp"):
+        check_checkpoint_kind(SHARDED_FORMAT, "ddp", tmp_path)
+    assert reshards({"world_size": 2}, 1, sharded=True) and not reshards({"world_size": 2}, 1, sharded=False)
+    assert not reshards({"world_size": 2}, 2, sharded=True)
+
+
+def test_sharded_load_latest_takes_keywords_only(tmp_path):
+    """The two managers' load_latest differ: a positional map_location must not land in shards_fn."""
+    from course_lib.checkpoint import CheckpointManager, ShardedCheckpointManager
+
+    with pytest.raises(TypeError):
+        ShardedCheckpointManager(tmp_path).load_latest("cpu")
+    assert ShardedCheckpointManager(tmp_path).load_latest(map_location="cpu") is None
+    assert CheckpointManager(tmp_path).load_latest("cpu") is None
+    assert not issubclass(ShardedCheckpointManager, CheckpointManager), "siblings of one base, not parent/child"
