@@ -8,7 +8,7 @@ PIP := $(VPY) -m pip install -q --disable-pip-version-check
 LAB_ARGS ?=
 NB ?=
 
-.PHONY: install install-test lab refresh-notebooks test notebooks bench benchmarks progress clean
+.PHONY: install install-test lab refresh-notebooks test unit notebooks bench benchmarks progress clean
 
 install: $(STAMP)
 
@@ -47,8 +47,16 @@ lab: install
 refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
+# The whole suite (what CI runs, ~10-20 min on 2 cores): unit tests, graders, reliability, browser,
+# every notebook through nbval. TEST_JOBS=0 runs it in one process; TEST_ARGS="--lf" reruns failures.
+TEST_JOBS ?= 2
+TEST_ARGS ?=
 test: install-test
-	COURSE_QUICK=1 $(VPY) -m pytest
+	COURSE_QUICK=1 $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
+
+# The core library's unit tests only (under a minute): the quick loop while changing course_lib.
+unit: install-test
+	COURSE_QUICK=1 $(VPY) -m pytest tests/unit -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
 
 # Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
 # Records each notebook's run time in notebooks/timings.json and updates the README's time table.
