@@ -37,7 +37,7 @@ ARGS = {"max_steps": 12, "save_every": 4, "log_every": 2, "warmup_steps": 3, "lr
 # resume points of the next process: 4; 4 (step 8's first file torn); 8 (step 12's second file
 # torn: step 8 went through); 8 (killed before step 12's rename); -
 KILLS = ["step:6", "write:1", "write:2", "rename:1", ""]
-RUN_TIMEOUT = 120
+RUN_TIMEOUT = 300     # one run of the 12-step script takes ~5 s; generous for a loaded machine
 
 STATE_NAMES = {
     "w": "模型权重 (model.state_dict()) 与不中断时不同：模型没有保存/恢复，或恢复的不是最新的完整 checkpoint？",
