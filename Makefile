@@ -54,9 +54,14 @@ TEST_ARGS ?=
 test: install-test
 	COURSE_QUICK=1 $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
 
-# The core library's unit tests only (under a minute): the quick loop while changing course_lib.
+# The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
+# course_lib. Left out: files that train, spawn processes, compile or start a server, and the
+# course-side (lab) ones; `make test` runs them all. A new tests/unit file is in unless named here.
+UNIT_SLOW := accumulation activation_checkpointing amp compiled_decode dataloading fsdp hf_export \
+             runner serve train demo measure quiz
 unit: install-test
-	COURSE_QUICK=1 $(VPY) -m pytest tests/unit -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
+	COURSE_QUICK=1 $(VPY) -m pytest tests/unit $(foreach f,$(UNIT_SLOW),--ignore=tests/unit/test_$(f).py) \
+	  -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
 
 # Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
 # Records each notebook's run time in notebooks/timings.json and updates the README's time table.
