@@ -107,6 +107,9 @@ def test_learning_keeps_the_course_green(tmp_path):
     assert r.returncode == 0, r.stderr
     copies = repo / LAB_DIR_NAME
     notebooks = sorted(p.name for p in (repo / "notebooks").glob("*.ipynb"))
+    # A debugging aid only (CI never sets it): COURSE_LEARNER_NOTEBOOKS=00-setup.ipynb runs fewer.
+    if os.environ.get("COURSE_LEARNER_NOTEBOOKS"):
+        notebooks = [n for n in notebooks if n in os.environ["COURSE_LEARNER_NOTEBOOKS"].split(",")]
     assert notebooks and all((copies / n).is_file() for n in notebooks), r.stdout
 
     # 2. The learner solves every exercise; one answer is wrong.
