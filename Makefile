@@ -57,8 +57,9 @@ test: install-test
 # The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
 # course_lib. Left out: files that train, spawn processes, compile or start a server, and the
 # course-side (lab) ones; `make test` runs them all. A new tests/unit file is in unless named here.
-UNIT_SLOW := accumulation activation_checkpointing amp compiled_decode dataloading fsdp hf_export \
-             runner serve train demo measure quiz
+UNIT_SLOW := accumulation activation_checkpointing amp batched_generation compiled_decode dataloading \
+             engine export fsdp fsdp_memory hf_export memory quant_kernels quantize runner serve train \
+             demo measure quiz
 unit: install-test
 	COURSE_QUICK=1 $(VPY) -m pytest tests/unit $(foreach f,$(UNIT_SLOW),--ignore=tests/unit/test_$(f).py) \
 	  -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
