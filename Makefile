@@ -8,7 +8,7 @@ PIP := $(VPY) -m pip install -q --disable-pip-version-check
 LAB_ARGS ?=
 NB ?=
 
-.PHONY: install install-test lab refresh-notebooks test notebooks bench benchmarks progress clean
+.PHONY: install install-test lab refresh-notebooks test unit notebooks bench benchmarks progress clean
 
 install: $(STAMP)
 
@@ -47,8 +47,22 @@ lab: install
 refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
+# The whole suite (what CI runs, ~10-20 min on 2 cores): unit tests, graders, reliability, browser,
+# every notebook through nbval. TEST_JOBS=0 runs it in one process; TEST_ARGS="--lf" reruns failures.
+TEST_JOBS ?= 2
+TEST_ARGS ?=
 test: install-test
-	COURSE_QUICK=1 $(VPY) -m pytest
+	COURSE_QUICK=1 $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
+
+# The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
+# course_lib. Left out: files that train, spawn processes, compile or start a server, and the
+# course-side (lab) ones; `make test` runs them all. A new tests/unit file is in unless named here.
+UNIT_SLOW := accumulation activation_checkpointing amp batched_generation compiled_decode dataloading \
+             engine export fsdp fsdp_memory hf_export memory quant_kernels quantize runner serve train \
+             demo measure quiz
+unit: install-test
+	COURSE_QUICK=1 $(VPY) -m pytest tests/unit $(foreach f,$(UNIT_SLOW),--ignore=tests/unit/test_$(f).py) \
+	  -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
 
 # Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
 # Records each notebook's run time in notebooks/timings.json and updates the README's time table.

@@ -7,9 +7,12 @@
     python exercises/ex411_train_script.py --out-dir runs/my_script --max-steps 40
 
 评分器 (grader) 怎么检查：先不中断地跑一遍（参照），再用同一条命令反复启动同一个输出目录：
-第 1 次在第 6 次 optimizer.step() 之后 SIGKILL；第 2 次在它第一次 torch.save 写到一半时
-SIGKILL（文件只写了一半）；第 3 次跑 5 步后 SIGKILL；第 4 次跑到结束。最终权重必须与参照
-逐位相同 (bitwise-identical)；不同的话，评分器会说出是哪一项状态没有恢复。
+第 1 次在第 6 次 optimizer.step() 之后 SIGKILL；第 2 次在它往 checkpoints/ 里写第一个文件写到
+一半时 SIGKILL（不管用什么写：torch.save、Path.write_bytes、shutil.copyfile、open().write，
+文件都只留一半）；第 3 次在它写第二个文件写到一半时 SIGKILL；第 4 次在它把写好的文件换名到位
+(os.replace / os.rename) 之前 SIGKILL；第 5 次跑到结束。最终权重必须与参照逐位相同
+(bitwise-identical)，被杀又重启之后的 metrics.jsonl 也必须有每一个该记的步；不同的话，评分器
+会说出是哪一项状态没有恢复。
 """
 import argparse
 import math
@@ -84,7 +87,8 @@ def main(argv=None):
       `data`（数据位置）、`config`（本次的参数，如 `vars(args)`），能用
       `torch.load(..., weights_only=True)` 读回；
     - `metrics.jsonl`：第 0、log_every、2*log_every… 步各写一行 JSON，含 `step`、`loss`、
-      `lr`（这一步实际用的学习率）、`grad_norm`（裁剪前的全局范数）；
+      `lr`（这一步实际用的学习率）、`grad_norm`（裁剪前的全局范数）；被杀再启动后，之前
+      几次运行写下的行要留着（恢复后重做的步可以再写一遍）；
     - 跑完 `max_steps` 步后调用 `save_final_weights(model, out_dir)`。
 
     约定 (contract)：

@@ -6,8 +6,15 @@ compares their JUnit XML reports. The stubs are the COMMITTED ones (tests/commit
 who has solved exercises in their checkout still gets a green `make test`; their own progress is
 `make progress` / `check()`.
 
-COURSE_PROOF_ONLY=ex402_lr_schedule,ex00_rmsnorm limits the proof to those exercises (used by
-the learner-steps test, which runs the integrity suite again in a throwaway copy).
+COURSE_PROOF_ONLY=ex402_lr_schedule,ex00_rmsnorm limits the proof to those exercises.
+
+No grader run twice: the run against the stubs is shared through tests/oracles.py (the
+learner-steps test runs this proof again in a copy of the same commit: same files, same result).
+The run against the solutions is skipped when this pytest session runs tests/exercises itself
+against the solutions (what `make test` does): those items are the proof that the solutions
+pass, and here the solutions are only *collected*, to check that both sides have the same test
+ids. COURSE_PROOF_SOLUTIONS=collect asks for the same from a session that does not hold them (the
+learner-steps test, whose outer session does); =run forces the full run.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from committed import course_copy  # noqa: E402
+from oracles import shared_file  # noqa: E402
 
 INTEGRITY = ("这是课程自带的完整性检查 (integrity check)，与你自己的练习进度无关；"
              "你的进度请用 `make progress` 或 notebook 里的 check() 查看。")
@@ -37,17 +45,27 @@ def course(tmp_path_factory) -> Path:
     return course_copy(tmp_path_factory.mktemp("course"))
 
 
+def grader_inputs(course: Path) -> list[Path]:
+    """Everything a grader run's outcome depends on (the oracle's cache key, tests/oracles.py)."""
+    return [course / "exercises", course / "solutions", course / "tests" / "exercises",
+            course / "conftest.py", course / "pytest.ini", ROOT / "course_lib"]
+
+
 def run_graders(kind: str, tmp_path: Path, course: Path) -> dict[str, str]:
-    """Return {test id: 'passed' | 'failed' | 'error' | 'skipped'}."""
-    xml = tmp_path / f"graders-{kind}.xml"
-    env = dict(os.environ, COURSE_QUICK="1", COURSE_ROOT=str(course),
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    env.pop("COURSE_IMPL", None)
+    """Return {test id: 'passed' | 'failed' | 'error' | 'skipped'}. Computed once per test run for
+    the same files (the learner-steps test runs this proof again in a copy of the same commit)."""
     targets = [f"tests/exercises/test_{n}.py" for n in only()] or ["tests/exercises"]
-    cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q",
-           "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit2"]
-    proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=1800)
-    assert xml.exists(), f"pytest 没有生成报告 (report)：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+    def compute(xml: Path) -> None:
+        env = dict(os.environ, COURSE_QUICK="1", COURSE_ROOT=str(course),
+                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        env.pop("COURSE_IMPL", None)
+        cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q",
+               "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit2"]
+        proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=1800)
+        assert xml.exists(), f"pytest 没有生成报告 (report)：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+    xml = shared_file(f"graders-{kind}", grader_inputs(course), targets, compute)
     outcomes: dict[str, str] = {}
     for tc in ET.parse(xml).getroot().iter("testcase"):
         tid = f"{tc.get('classname')}::{tc.get('name')}"
@@ -74,9 +92,47 @@ def test_every_exercise_has_solution_and_grader(course):
         assert (course / "exercises" / p.name).is_file(), f"solutions/{p.name} 没有对应的练习文件"
 
 
-def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path, course):
+def collect_graders(kind: str, course: Path) -> dict[str, str]:
+    """{test id: 'passed'} for the collected grader tests: their outcome is proven elsewhere."""
+    targets = [f"tests/exercises/test_{n}.py" for n in only()] or ["tests/exercises"]
+    env = dict(os.environ, COURSE_QUICK="1", COURSE_ROOT=str(course),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env.pop("COURSE_IMPL", None)
+    cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q", "--collect-only",
+           "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"收集评分测试失败：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = {}
+    for line in proc.stdout.splitlines():
+        if "::" not in line or line.startswith(" "):
+            continue
+        parts = line.strip().split("::")
+        classname = parts[0].removesuffix(".py").replace("/", ".") + "".join("." + p for p in parts[1:-1])
+        out[f"{classname}::{parts[-1]}"] = "passed"
+    return out
+
+
+def solutions_graded_in_session(request) -> bool:
+    """True when this session itself runs the graders of tests/exercises on the solutions."""
+    mode = os.environ.get("COURSE_PROOF_SOLUTIONS", "")
+    if mode in ("collect", "run"):
+        return mode == "collect"
+    kind = request.config.getoption("--impl") or os.environ.get("COURSE_IMPL") or "solutions"
+    graders = ROOT / "tests" / "exercises"
+    wanted = {f"test_{n}.py" for n in only()}
+    held = {Path(str(item.path)).name for item in request.session.items
+            if Path(str(item.path)).parent == graders}
+    return kind == "solutions" and bool(held) and (not wanted or wanted <= held) and (
+        wanted or held >= {p.name for p in graders.glob("test_ex*.py")})
+
+
+def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path, course, request):
     on_stubs = run_graders("exercises", tmp_path, course)
-    on_solutions = run_graders("solutions", tmp_path, course)
+    if solutions_graded_in_session(request):
+        print("\n参考答案上的评分测试 (solutions) 在本次运行的 tests/exercises 里执行；这里只核对测试名")
+        on_solutions = collect_graders("solutions", course)
+    else:
+        on_solutions = run_graders("solutions", tmp_path, course)
     print(f"\n评分测试 (graders): {len(on_solutions)} 个")
     print(f"  stubs     (--impl exercises): {sum(v == 'failed' for v in on_stubs.values())} failed "
           f"/ {len(on_stubs)}")

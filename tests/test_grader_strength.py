@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WRONG = ROOT / "tests" / "exercises" / "wrong"
+# Each variant is its own pytest process with nothing shared: xdist may run them on any worker.
+XDIST_PER_TEST = True
 VARIANTS = sorted(p.name for p in WRONG.iterdir() if p.is_dir() and any(p.glob("ex*.py")))
 
 # variant -> (exercise, words the failure message must contain)
@@ -26,6 +28,10 @@ MUST_NAME = {
     "no_scheduler_state": ("ex411_train_script", "scheduler"),
     "no_rng_state": ("ex411_train_script", "RNG"),
     "no_data_position": ("ex411_train_script", "数据位置"),
+    "write_bytes_final": ("ex411_train_script", "检查点不是原子写入的"),
+    "copy_onto_final": ("ex411_train_script", "检查点不是原子写入的"),
+    "delete_before_replace": ("ex411_train_script", "旧的 checkpoint 在新的换名到位之前就被删掉了"),
+    "log_overwritten": ("ex411_train_script", "恢复后日志丢了第 0–"),
     "mtime_order": ("ex411_keep_last_k", "mtime"),
     "repeated_kv_heads": ("ex423_kv_block", "n_kv_heads"),
     "eos_ignored": ("ex424_batched_generate", "eos"),

@@ -60,3 +60,36 @@ def test_progress_says_why_a_wrong_answer_fails(tmp_path):
     line = next(l for l in out.splitlines() if l.strip().startswith("ex00_rmsnorm"))
     assert "部分通过" in line or "未通过" in line, out
     assert "原因" in line and "test_eps_is_used" in line, out
+
+
+def test_a_skipped_test_is_shown_apart_with_the_install_command(tmp_path):
+    """ex402's HF-parity test skips without `transformers` (it comes with `make install-test`):
+    the learner sees 跳过 with the reason and the command, never 未通过, and the exercise whose
+    other tests all pass is 全部通过."""
+    from course_lib.lab import grading
+
+    xml = tmp_path / "report.xml"
+    xml.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.exercises.test_ex402_lr_schedule" name="test_warmup"/>'
+        '<testcase classname="tests.exercises.test_ex402_lr_schedule" name="test_matches_hf">'
+        '<skipped type="pytest.skip" message="could not import \'transformers\': '
+        'No module named \'transformers\'"/></testcase>'
+        '<testcase classname="tests.exercises.test_ex00_rmsnorm" name="test_shape">'
+        '<failure message="AssertionError: 形状不对">trace</failure></testcase>'
+        '</testsuite></testsuites>', encoding="utf-8")
+    names = ["ex00_rmsnorm", "ex402_lr_schedule"]
+    rows = grading._parse_junit(xml, names)
+    skip = next(r for r in rows if r.test == "test_matches_hf")
+    assert skip.status == grading.STATUS_SKIP == "跳过", rows
+    assert "transformers" in skip.message and "make install-test" in skip.message, skip.message
+    one = grading.CheckResult("4.0.2", ["ex402_lr_schedule"], [r for r in rows if r.exercise == "ex402_lr_schedule"])
+    assert one.passed and one.n_failed == 0 and one.n_skipped == 1, one.to_text()
+    assert "1/1 通过" in one.summary() and "1 个跳过" in one.summary() and "未通过" not in one.summary()
+    assert "[跳过]" in one.to_text() and "跳过" in one._repr_html_()
+    prog = grading.summarize(names, grading.CheckResult("all", names, rows))
+    by_name = {r[0]: r for r in prog.rows}
+    assert by_name["ex402_lr_schedule"][1:4] == ("全部通过", 1, 1), prog.to_text()
+    assert "make install-test" in by_name["ex402_lr_schedule"][4], prog.to_text()
+    assert by_name["ex00_rmsnorm"][1] == "未通过", prog.to_text()
+    assert prog.n_skipped == 1 and "1 个测试跳过" in prog.to_text(), prog.to_text()

@@ -16,8 +16,10 @@ such; with pytest-timeout installed each test also gets that limit, so the other
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -31,6 +33,7 @@ from pathlib import Path
 STATUS_PASS = "通过"
 STATUS_FAIL = "未通过"
 STATUS_TODO = "未实现"
+STATUS_SKIP = "跳过"     # the test could not run here (a missing optional package): neither pass nor fail
 DEFAULT_TIMEOUT_S = 120.0
 MAX_MESSAGE_LINES = 8
 STARTUP_S = 30.0     # pytest + torch start-up, added once to the whole run's time limit
@@ -60,7 +63,7 @@ class GradingError(RuntimeError):
 class TestRow:
     exercise: str
     test: str
-    status: str          # 通过 / 未通过 / 未实现
+    status: str          # 通过 / 未通过 / 未实现 / 跳过
     message: str = ""    # the failure message: what was expected and what came back
 
     @property
@@ -88,17 +91,24 @@ class CheckResult:
         return sum(r.status == STATUS_TODO for r in self.rows)
 
     @property
+    def n_skipped(self) -> int:
+        return sum(r.status == STATUS_SKIP for r in self.rows)
+
+    @property
     def n_failed(self) -> int:
-        return self.n_total - self.n_passed - self.n_not_implemented
+        return self.n_total - self.n_passed - self.n_not_implemented - self.n_skipped
 
     @property
     def passed(self) -> bool:
-        return self.n_total > 0 and self.n_passed == self.n_total
+        """Every test that could run here passed (a skipped one is reported apart, not failed)."""
+        return self.n_passed > 0 and self.n_passed + self.n_skipped == self.n_total
 
     def summary(self) -> str:
-        return (f"{self.exercise_id}: {self.n_passed}/{self.n_total} 通过"
+        ran = self.n_total - self.n_skipped
+        return (f"{self.exercise_id}: {self.n_passed}/{ran} 通过"
                 + (f"，{self.n_not_implemented} 个未实现" if self.n_not_implemented else "")
-                + (f"，{self.n_failed} 个未通过" if self.n_failed else ""))
+                + (f"，{self.n_failed} 个未通过" if self.n_failed else "")
+                + (f"，{self.n_skipped} 个跳过 (skipped，没有运行，见说明)" if self.n_skipped else ""))
 
     def to_text(self) -> str:
         lines = [self.summary()]
@@ -110,7 +120,7 @@ class CheckResult:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        color = {STATUS_PASS: "#1a7f37", STATUS_FAIL: "#cf222e", STATUS_TODO: "#9a6700"}
+        color = {STATUS_PASS: "#1a7f37", STATUS_FAIL: "#cf222e", STATUS_TODO: "#9a6700", STATUS_SKIP: "#57606a"}
         body = "".join(
             f"<tr><td style='text-align:left'>{html.escape(r.exercise)}</td>"
             f"<td style='text-align:left'><code>{html.escape(r.test)}</code></td>"
@@ -200,6 +210,26 @@ def _failure_message(text: str | None) -> str:
     return "\n".join(lines)[:1500]
 
 
+# Packages that come with the [test] extra (`make install-test`), by the name a skip reason uses.
+TEST_EXTRA_MODULES = {"transformers": "transformers", "playwright": "playwright", "pytest_timeout": "pytest-timeout",
+                      "ruff": "ruff"}
+
+
+def skip_message(reason: str | None) -> str:
+    """A skipped test's row: why it did not run and the command that installs what is missing."""
+    reason = _first_line(reason)
+    reason = re.sub(r"^Skipped:\s*", "", reason)
+    msg = f"没有运行 (skipped)：{reason}" if reason else "没有运行 (skipped)"
+    m = re.search(r"(?:could not import|No module named) '([\w.]+)'", reason)
+    if m:
+        module = m.group(1).split(".")[0]
+        if module in TEST_EXTRA_MODULES:
+            msg += f"。缺少的 {TEST_EXTRA_MODULES[module]} 属于测试依赖，在仓库目录运行 `make install-test` 安装"
+        else:
+            msg += f"。缺少 {module}：运行 `.venv/bin/python -m pip install {module}` 安装"
+    return msg + "。这不算未通过"
+
+
 def _parse_junit(xml_path: Path, names: list[str], timeout_s: float | None = None) -> list[TestRow]:
     rows = []
     for tc in ET.parse(xml_path).getroot().iter("testcase"):
@@ -221,8 +251,8 @@ def _parse_junit(xml_path: Path, names: list[str], timeout_s: float | None = Non
                 msg = _failure_message(bad.get("message") or bad.text)
                 rows.append(TestRow(exercise, tc.get("name"), STATUS_FAIL, msg))
         elif skipped is not None:
-            rows.append(TestRow(exercise, tc.get("name"), STATUS_FAIL,
-                                "被跳过 (skipped): " + _first_line(skipped.get("message"))))
+            rows.append(TestRow(exercise, tc.get("name"), STATUS_SKIP,
+                                skip_message(skipped.get("message") or skipped.text)))
         else:
             rows.append(TestRow(exercise, tc.get("name"), STATUS_PASS))
     return rows
@@ -230,6 +260,56 @@ def _parse_junit(xml_path: Path, names: list[str], timeout_s: float | None = Non
 
 def _pytest_timeout_available() -> bool:
     return importlib.util.find_spec("pytest_timeout") is not None
+
+
+# --------------------------------------------------------------------------- shared results (tests only)
+# While the course's own test suite runs, $COURSE_ORACLE_CACHE names a folder for results that
+# several tests need (tests/oracles.py). Grading results are stored there per exercise, keyed by
+# the content of every file they depend on, so the lessons' check() cells, progress() and the
+# integrity tests grade each distinct set of files once per test run. A learner's check() never
+# has the variable set: it always runs the graders.
+ORACLE_CACHE_ENV = "COURSE_ORACLE_CACHE"
+
+
+def _tree_digest(h, base: Path, pattern: str, skip: tuple[str, ...] = ()) -> None:
+    for p in sorted(base.rglob(pattern)) if base.is_dir() else []:
+        rel = p.relative_to(base).as_posix()
+        if p.is_file() and "__pycache__" not in rel and not rel.startswith(skip):
+            h.update(rel.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+
+
+def _oracle_key(root: Path, impl: str, per_test: float) -> str | None:
+    cache = os.environ.get(ORACLE_CACHE_ENV, "")
+    if not cache or not Path(cache).is_dir():
+        return None
+    h = hashlib.sha256(f"{sys.executable}\0{per_test:g}\0{_pytest_timeout_available()}".encode())
+    lib = root / "course_lib" if (root / "course_lib").is_dir() else Path(__file__).resolve().parents[1]
+    for tag, base, pattern, skip in (("graders", root / "tests" / "exercises", "*", ("wrong/",)),
+                                     ("impl", root / impl, "ex*.py", ()), ("lib", lib, "*.py", ())):
+        h.update(tag.encode())
+        _tree_digest(h, base, pattern, skip)
+    for f in ("conftest.py", "pytest.ini"):
+        h.update(f.encode() + ((root / f).read_bytes() if (root / f).is_file() else b""))
+    return h.hexdigest()[:24]
+
+
+def _cached_rows(key: str | None, name: str) -> list[TestRow] | None:
+    if key is None:
+        return None
+    path = Path(os.environ[ORACLE_CACHE_ENV]) / f"grading-{key}-{name}.json"
+    try:
+        return [TestRow(**r) for r in json.loads(path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _store_rows(key: str | None, name: str, rows: list[TestRow]) -> None:
+    if key is None or not rows:
+        return
+    path = Path(os.environ[ORACLE_CACHE_ENV]) / f"grading-{key}-{name}.json"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps([r.__dict__ for r in rows], ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def run_graders(names: list[str], root: Path | None = None, impl: str = "exercises",
@@ -242,6 +322,23 @@ def run_graders(names: list[str], root: Path | None = None, impl: str = "exercis
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise GradingError(f"缺少评分测试 (grader) 文件: {missing}")
+    key = _oracle_key(root, impl, per_test)
+    known = {n: rows for n in names if (rows := _cached_rows(key, n)) is not None}
+    todo = [n for n in names if n not in known]
+    output = ""
+    if todo:
+        fresh, output, complete = _run_pytest(todo, root, impl, per_test)
+        for n in todo:
+            known[n] = [r for r in fresh if r.exercise == n]
+            if complete:
+                _store_rows(key, n, known[n])
+    rows = [r for n in names for r in known[n]]
+    return CheckResult(exercise_id or ",".join(names), names, rows, output)
+
+
+def _run_pytest(names: list[str], root: Path, impl: str, per_test: float) -> tuple[list[TestRow], str, bool]:
+    """(rows, pytest's output, whether the run finished and wrote its report)."""
+    files = [str(root / "tests" / "exercises" / f"test_{n}.py") for n in names]
     with tempfile.TemporaryDirectory(prefix="course-check-") as tmp:
         xml = Path(tmp) / "report.xml"
         env = dict(os.environ, COURSE_QUICK="1")
@@ -260,10 +357,10 @@ def run_graders(names: list[str], root: Path | None = None, impl: str = "exercis
             os.killpg(proc.pid, signal.SIGKILL)    # pytest and anything the graders started
             out, err = proc.communicate()
             rows = [TestRow(n, "(全部测试)", STATUS_FAIL, timeout_message(per_test)) for n in names]
-            return CheckResult(exercise_id or ",".join(names), names, rows, out + err)
-        output = out + err
-        rows = _parse_junit(xml, names, per_test) if xml.exists() else []
-    return CheckResult(exercise_id or ",".join(names), names, rows, output)
+            return rows, out + err, False
+        if not xml.exists():
+            return [], out + err, False
+        return _parse_junit(xml, names, per_test), out + err, True
 
 
 def _display(obj) -> None:
@@ -292,7 +389,13 @@ def check(exercise_id: str, show: bool = True) -> CheckResult:
 
 @dataclass
 class Progress:
-    rows: list[tuple]   # (exercise, 状态, passed, total, why) — why: first failing test and message
+    rows: list[tuple]   # (exercise, 状态, passed, total, why) — why: first failing test and message;
+    #                    total counts the tests that ran, a skipped test is counted apart:
+    skipped: dict = field(default_factory=dict)   # exercise -> [(test, why it did not run)]
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
 
     @property
     def counts(self) -> dict:
@@ -306,13 +409,20 @@ class Progress:
         for ex, st, p, t, why in self.rows:
             lines.append(f"  {ex:<28} {st:<6} {p}/{t}" + (f"   原因: {why}" if why else ""))
         c = self.counts
-        lines.append("合计: " + "，".join(f"{k} {v}" for k, v in c.items()))
+        lines.append("合计: " + "，".join(f"{k} {v}" for k, v in c.items())
+                     + (f"；另有 {self.n_skipped} 个测试跳过 (skipped，不算未通过)" if self.n_skipped else ""))
+        for ex, skipped in self.skipped.items():
+            for test, why in skipped:
+                lines.append(f"  [跳过] {ex} :: {test}  {why}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         body = "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td><td>{st}</td>"
                        f"<td>{p}/{t}</td><td style='text-align:left'>{html.escape(why)}</td></tr>"
                        for ex, st, p, t, why in self.rows)
+        body += "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td><td>跳过</td><td></td>"
+                        f"<td style='text-align:left'>{html.escape(test)}: {html.escape(why)}</td></tr>"
+                        for ex, skipped in self.skipped.items() for test, why in skipped)
         return f"<table><tr><th>练习</th><th>状态</th><th>通过</th><th>原因</th></tr>{body}</table>"
 
     def __repr__(self) -> str:
@@ -327,24 +437,34 @@ def progress(show: bool = True, only: list[str] | None = None) -> Progress:
     if only is not None:
         names = [n for n in names if n in set(only)]
     result = run_graders(names, root, exercise_id="all") if names else CheckResult("all", [])
-    rows = []
+    out = summarize(names, result)
+    if show:
+        _display(out)
+    return out
+
+
+def summarize(names: list[str], result: CheckResult) -> Progress:
+    """One progress row per exercise from a grading run; skipped tests are counted apart."""
+    rows, skipped = [], {}
     for n in names:
-        mine = [r for r in result.rows if r.exercise == n]
+        mine = [r for r in result.rows if r.exercise == n and r.status != STATUS_SKIP]
+        skips = [(r.test, r.message) for r in result.rows if r.exercise == n and r.status == STATUS_SKIP]
+        if skips:
+            skipped[n] = skips
         p = sum(r.passed for r in mine)
         failing = [r for r in mine if not r.passed]
         if mine and p == len(mine):
             status, why = "全部通过", ""
         elif not mine or all(r.status == STATUS_TODO for r in mine):
-            status, why = "未开始", ("" if mine else "没有收集到任何测试")
+            status, why = "未开始", ("" if mine or skips else "没有收集到任何测试")
         else:
             status = "部分通过" if p else "未通过"
             first = next((r for r in failing if r.status != STATUS_TODO), failing[0])
             why = f"{first.test}: {_first_line(first.message)}"   # one line per exercise here
+        if skips and not why:
+            why = f"另有 {len(skips)} 个测试{_first_line(skips[0][1])}"
         rows.append((n, status, p, len(mine), why))
-    out = Progress(rows)
-    if show:
-        _display(out)
-    return out
+    return Progress(rows, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:

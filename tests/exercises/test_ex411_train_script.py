@@ -2,15 +2,20 @@
 processes and really killed.
 
 Oracle: the same script run once without interruption. The graded run is the same command
-started again and again: SIGKILL right after an optimizer step (6th), SIGKILL in the middle of
-the next checkpoint save (half the file written), SIGKILL again after 5 steps, then to the end.
-The final weights must be bitwise equal to the uninterrupted run's. A grader-side wrapper
-(train_script_harness.py) records, at every step, hashes of the weights, the batch, the RNG
-state, the optimizer state and the learning rate, so a failure names the state that was not
-restored instead of only saying "weights differ".
+started again and again on one output folder, each process killed at a different instant:
+right after an optimizer step (6th); in the middle of the first file it writes under
+checkpoints/ (the file is cut to half, whatever wrote it: torch.save, Path.write_bytes,
+shutil.copyfile, open().write); in the middle of the second such file (for a script that
+writes a temporary file and then copies it onto the final name, that second file is the final
+name); just before the rename that puts a written checkpoint into place; then to the end.
+The final weights must be bitwise equal to the uninterrupted run's, and the metrics.jsonl the
+killed-and-resumed runs leave behind must hold every logged step with the uninterrupted run's
+values. A grader-side wrapper (train_script_harness.py) records, at every step, hashes of the
+weights, the batch, the RNG state, the optimizer state and the learning rate, so a failure names
+the state that was not restored instead of only saying "weights differ".
 
-What this proves: process death at any instant (SIGKILL runs no cleanup code) is survived.
-It does not prove survival of a power cut: the page cache outlives a SIGKILL.
+What this proves: process death at any of those instants (SIGKILL runs no cleanup code) is
+survived. It does not prove survival of a power cut: the page cache outlives a SIGKILL.
 """
 from __future__ import annotations
 
@@ -29,8 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("train_script_harness.py")
 ARGS = {"max_steps": 12, "save_every": 4, "log_every": 2, "warmup_steps": 3, "lr": 3e-3, "grad_clip": 0.5,
         "seed": 0}
-KILLS = ["step:6", "save:1", "step:5", ""]     # resume points: 4, 4 (step 8 half-written), 8
-RUN_TIMEOUT = 120
+# resume points of the next process: 4; 4 (step 8's first file torn); 8 (step 12's second file
+# torn: step 8 went through); 8 (killed before step 12's rename); -
+KILLS = ["step:6", "write:1", "write:2", "rename:1", ""]
+RUN_TIMEOUT = 300     # one run of the 12-step script takes ~5 s; generous for a loaded machine
 
 STATE_NAMES = {
     "w": "模型权重 (model.state_dict()) 与不中断时不同：模型没有保存/恢复，或恢复的不是最新的完整 checkpoint？",
@@ -60,7 +67,7 @@ def cli_args(out_dir: Path) -> list[str]:
 def run_once(script: Path, out_dir: Path, trace: Path, kill: str) -> subprocess.CompletedProcess:
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, HARNESS_TRACE=str(trace), HARNESS_KILL=kill, PYTHONPATH=pythonpath,
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+               HARNESS_CKPT_DIR=str(out_dir / "checkpoints"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(HARNESS), str(script), *cli_args(out_dir)]
     try:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
@@ -102,8 +109,10 @@ def describe(kill: str) -> str:
     kind, _, k = kill.partition(":")
     if kind == "step":
         return f"这个进程第 {k} 次 optimizer.step() 之后 SIGKILL"
-    if kind == "save":
-        return f"这个进程第 {k} 次 torch.save 写到一半时 SIGKILL"
+    if kind == "write":
+        return f"这个进程写 checkpoints/ 下第 {k} 个文件写到一半时 SIGKILL"
+    if kind == "rename":
+        return f"这个进程第 {k} 次把文件换名到位 (os.replace) 之前 SIGKILL"
     return "不再杀，跑到结束"
 
 
@@ -180,34 +189,63 @@ def test_checkpoint_contents(runs):
     assert want <= keys, f"checkpoint 的顶层键：期望至少 {sorted(want)}，实际 {sorted(keys)}"
 
 
+def killed_event(events: list[dict]) -> dict:
+    return next((ev for ev in reversed(events) if ev["e"] == "killed"), {})
+
+
+def why_previous(prev: dict) -> str:
+    """What the previous process's kill left behind, and the likely mistake, for a message."""
+    if prev.get("at") == "write":
+        return (f"检查点不是原子写入的 (not atomic)：上一次运行写 checkpoints/{prev['file']} 时被杀，"
+                f"这个文件只写了一半（{prev['kept']}/{prev['size']} 字节），这次启动却把它当成 checkpoint 读了。"
+                "整个文件先写到临时文件（如 step_N.pt.tmp），写完再 os.replace 到最终名字；"
+                "不要直接写最终名字（Path.write_bytes），也不要把临时文件复制 (shutil.copyfile) 过去；"
+                "恢复时只找正式名字的文件")
+    if prev.get("at") == "rename":
+        others = [f for f in prev.get("files", []) if f != prev.get("src")]
+        if not others:
+            return (f"上一次运行在把 {prev.get('src') or prev.get('dst')} 换名到位 (os.replace) 之前被杀，"
+                    f"那一刻 checkpoints/ 里只有 {prev.get('files')}：旧的 checkpoint 在新的换名到位之前就被删掉了，"
+                    "重跑只能从头开始。先 os.replace 新的 checkpoint，再删旧的")
+        return (f"上一次运行在换名到位 (os.replace) 之前被杀，那一刻 checkpoints/ 里有 {prev.get('files')}："
+                "应从其中最新的完整 checkpoint 恢复")
+    return ""
+
+
 def test_resume_after_kills_is_bitwise(runs):
-    """SIGKILL after a step, during a save, and again; the chain must end bitwise identical."""
+    """SIGKILL after a step, in the middle of a checkpoint write (twice) and before the rename into
+    place; the chain must end bitwise identical."""
     require_reference(runs)
     ref = runs.ref_steps
     segments = read_trace(runs.trace)
-    done = 0                                  # optimizer steps known complete so far (global)
     resume_at = 0
+    prev: dict = {}                           # the previous process's "killed" event
     for n, (kill, proc) in enumerate(zip(KILLS, runs.procs, strict=False)):
         label = f"第 {n + 1} 次运行（{describe(kill)}）"
+        why = why_previous(prev)
+        hint = f"。{why}" if why else ""
         if kill:
             assert proc.returncode == -9, (
-                f"{label}：进程应被杀掉，却以退出码 {proc.returncode} 结束"
-                + ("（多半是读到了上次写了一半的 checkpoint：先写临时文件再 os.replace，恢复时只找完整的）"
-                   if n > 0 and KILLS[n - 1].startswith("save") else "")
+                f"{label}：进程应被杀掉，却以退出码 {proc.returncode} 结束{hint}"
+                + ("（这个进程一次也没有写 checkpoints/ 下的文件或换名？）"
+                   if proc.returncode == 0 and not kill.startswith("step") else "")
                 + f"。输出最后几行：\n{tail(proc)}")
         else:
-            assert proc.returncode == 0, f"{label}：应正常跑完，退出码 {proc.returncode}。输出最后几行：\n{tail(proc)}"
-        seg = steps_of(segments[n]) if n < len(segments) else []
+            assert proc.returncode == 0, (
+                f"{label}：应正常跑完，退出码 {proc.returncode}{hint}。输出最后几行：\n{tail(proc)}")
+        events = segments[n] if n < len(segments) else []
+        seg = steps_of(events)
         if n > 0:
-            assert seg or not kill, f"{label}：恢复后一步也没有训练"
+            assert seg or not kill, f"{label}：恢复后一步也没有训练{hint}"
+        done = resume_at
         if seg:
             # where did this process start? find the reference step whose weights it started from
             matches = [i for i, s in enumerate(ref) if s["w"] == seg[0]["w"]]
-            assert matches, f"{label}：开始训练时的{STATE_NAMES['w']}"
+            assert matches, f"{label}：开始训练时的{STATE_NAMES['w']}{hint}"
             start = matches[-1]
             assert start == resume_at, (
                 f"{label}：应从最新的完整 checkpoint（第 {resume_at} 步）恢复，实际从第 {start} 步开始"
-                + ("：没有找到并加载已有的 checkpoint？" if start == 0 else ""))
+                + (hint or ("：没有找到并加载已有的 checkpoint？" if start == 0 else "")))
             for j, s in enumerate(seg):
                 i = start + j
                 assert i < len(ref), f"{label}：比不中断的运行多做了 optimizer.step()（恢复后的 step 计数不对？）"
@@ -216,10 +254,11 @@ def test_resume_after_kills_is_bitwise(runs):
                         f"{label}，第 {i} 步：{STATE_NAMES[key]}"
                         + (f"（期望 lr={ref[i]['lr'][0]:.6g}，实际 {s['lr'][0]:.6g}）" if key == "lr" else ""))
             done = start + len(seg)
-        # the next process should resume from the newest checkpoint completed so far
-        if kill.startswith("step"):
-            resume_at = done - done % ARGS["save_every"]
-        # after a kill during a save, that half-written save must be ignored: resume_at stays
+        # The next process resumes from the newest checkpoint completed before this one died: a
+        # kill after step `done` comes before that step's save, a torn write or a kill before the
+        # rename is that save itself, so either way the newest complete one is the save before.
+        resume_at = (done - 1) // ARGS["save_every"] * ARGS["save_every"] if kill else resume_at
+        prev = killed_event(events)
     assert len(runs.procs) == len(KILLS), "被杀之后的运行没有全部完成"
     final = runs.dir / "final_model.safetensors"
     assert final.is_file(), "被杀掉又恢复的运行跑完后没有写出 final_model.safetensors"
@@ -229,3 +268,46 @@ def test_resume_after_kills_is_bitwise(runs):
         assert want[k].dtype == got[k].dtype and bool((want[k] == got[k]).all()), (
             f"最终权重 {k} 与不中断的运行不是逐位相同 (bitwise)，"
             f"最大差 {(want[k].float() - got[k].float()).abs().max().item():.3g}")
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def step_ranges(steps: list[int]) -> str:
+    """[0, 2, 6, 8, 10] -> "0–2、6–10" (runs of consecutive logged steps)."""
+    out, run = [], []
+    for s in steps:
+        if run and s != run[-1] + ARGS["log_every"]:
+            out.append(run)
+            run = []
+        run.append(s)
+    if run:
+        out.append(run)
+    return "、".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in out)
+
+
+def test_resumed_log_has_every_step(runs):
+    """The log the killed-and-resumed runs leave behind holds every logged step, each with the
+    uninterrupted run's values (a step redone after a resume may appear twice, identically)."""
+    require_reference(runs)
+    assert len(runs.procs) == len(KILLS) and runs.procs[-1].returncode == 0, (
+        "被杀掉又恢复的运行没有跑完（见 test_resume_after_kills_is_bitwise 的说明），无法检查它的日志")
+    want = {r["step"]: r for r in read_log(runs.ref_dir / "metrics.jsonl") if "step" in r}
+    rows = read_log(runs.dir / "metrics.jsonl")
+    got_steps = sorted({r.get("step") for r in rows if isinstance(r.get("step"), int)})
+    missing = [s for s in range(0, ARGS["max_steps"], ARGS["log_every"]) if s not in got_steps]
+    assert not missing, (
+        f"恢复后日志丢了第 {step_ranges(missing)} 步：被杀掉又重启 {len(KILLS) - 1} 次之后，"
+        f"metrics.jsonl 里只有第 {got_steps} 步。重启时要以追加模式 open(..., \"a\") 打开日志，"
+        "\"w\" 会清空之前几次运行写下的行")
+    for r in rows:
+        ref = want.get(r.get("step"))
+        if ref is None:
+            continue
+        for key in ("loss", "lr", "grad_norm"):
+            assert r.get(key) == ref.get(key), (
+                f"恢复后日志第 {r['step']} 步的 {key}：不中断的运行是 {ref.get(key)!r}，这里是 {r.get(key)!r}"
+                "（逐位恢复时，重做的步应写出完全相同的数）")
