@@ -110,6 +110,20 @@ class EngineThread:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._abort_all()
+
+    def _abort_all(self) -> None:
+        """Requests still queued or running when the server stops end as "abort" and free their blocks."""
+        e = self.engine
+        try:
+            while not e.inbox.empty():
+                e.waiting.append(e.inbox.get())
+            for req in list(e.waiting) + list(e.running):
+                req.abort()
+            e.step()                                  # drops every aborted request, releases its blocks
+        except Exception:  # noqa: BLE001  never let cleanup turn a shutdown into a traceback
+            log.error("aborting open requests at shutdown failed:\n%s", traceback.format_exc())
 
 
 # --------------------------------------------------------------------------------------------
@@ -801,6 +815,36 @@ class OpenAIServer:
                 "usage": gen.usage}
 
 
+class QuietCancel:
+    """ASGI middleware for the end of a graceful shutdown: uvicorn cancels the requests still open
+    after ``--shutdown-timeout``. Such a request gets a 503 if nothing was sent yet, or its response is
+    ended where it is, instead of a traceback in the log (the engine side is aborted by ``Generation``)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if not started:
+                    await error_response(503, "the server is shutting down; retry on another server")(
+                        scope, receive, send)
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 ROUTES = "POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health"
 
 
@@ -854,6 +898,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, *,
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(QuietCancel)
     return app
 
 
