@@ -58,6 +58,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .chat import END_OF_TURN, render_chat, validate_messages
+from .cli import OneLineParser   # a bad flag is one "error: ..." line, exit 2
 from .engine import Engine, Request, RequestRefused
 from .export import load_inference
 from .pretrained import REFERENCE_DIR
@@ -968,7 +969,6 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import OneLineParser   # one "error: ..." line for a bad flag, exit 2
     p = OneLineParser(prog="python -m course_lib.serve",
                       description="Serve an exported inference artefact over an OpenAI-compatible HTTP API.")
     p.add_argument("--model", default=str(REFERENCE_DIR),
