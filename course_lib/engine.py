@@ -148,6 +148,13 @@ class Request:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
+    # sampling extras (the server's OpenAI fields): penalties on the logits from this request's own
+    # output counts, and per emitted token its log-probability plus the ``logprobs`` most likely ones
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None          # None: record nothing
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list, repr=False)
+    pending_logprob: tuple[float, list[tuple[int, float]]] | None = field(default=None, repr=False)
     on_token: Callable[[Request, int], None] | None = field(default=None, repr=False)  # from the engine thread
     on_finish: Callable[[Request], None] | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_ids))
@@ -418,10 +425,16 @@ class Engine:
     def _sample(self, req: Request, logits: Tensor) -> int:
         # sample_next on a (1, vocab) row with the request's own generator: the same call that
         # generate() makes for this request alone, so seeded sampling is reproducible too.
-        return int(sample_next(logits, req.temperature, None, req.top_p, req.generator)[0])
+        penalized = _apply_penalties(logits, req) if req.frequency_penalty or req.presence_penalty else logits
+        tok = int(sample_next(penalized, req.temperature, None, req.top_p, req.generator)[0])
+        if req.logprobs is not None:     # the model's own distribution (vLLM's default "raw_logprobs")
+            req.pending_logprob = _top_logprobs(logits, tok, req.logprobs)
+        return tok
 
     def _emit(self, req: Request, tok: int) -> None:
         req.output.append(tok)
+        if req.logprobs is not None:
+            req.token_logprobs.append(req.pending_logprob)
         if req.t_first is None:
             req.t_first, req.step_first = self.clock(), self.steps
         if req.on_token is not None:
@@ -448,6 +461,22 @@ class Engine:
         if req.blocks is not None:
             self.pool.release(req.blocks.table)
             req.blocks = None
+
+
+def _apply_penalties(logits: Tensor, req: Request) -> Tensor:
+    """OpenAI's penalties: ``logit - frequency_penalty * count - presence_penalty * (count > 0)``,
+    counting the tokens this request generated so far (not its prompt), as vLLM does."""
+    counts = torch.bincount(torch.tensor(req.output, dtype=torch.long), minlength=logits.shape[-1])
+    counts = counts[:logits.shape[-1]].to(device=logits.device, dtype=torch.float32)
+    return logits.float() - req.frequency_penalty * counts - req.presence_penalty * (counts > 0).float()
+
+
+def _top_logprobs(logits: Tensor, tok: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """(log-probability of ``tok``, the ``k`` most likely (token, log-probability) pairs) of a (1, vocab) row."""
+    lp = logits[0].float().log_softmax(-1)
+    top = torch.topk(lp, min(k, lp.numel())) if k > 0 else None
+    pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+    return float(lp[tok]), pairs
 
 
 # --------------------------------------------------------------------------------------------
