@@ -98,6 +98,13 @@ print_table(rows)
 # 同样的「有效批次」(effective batch) 16，用不同的 (micro-batch, N) 组合，测峰值内存和每个 optimizer step 的时间。
 # 预期：峰值内存随 micro-batch 下降（单元格断言了这一点）；时间通常随 N 上升（小矩阵乘法效率低、循环开销多）。
 # 计时在繁忙的小机器上有噪声，所以单元格打印的是这次测到的时间比，并说出它的方向，而不做断言。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.4", "mem_ratio_b2_vs_b16")
 
 # %%
 combos = [(16, 1), (8, 2), (4, 4), (2, 8)]
@@ -124,6 +131,9 @@ peaks = [r["peak MiB (one micro-step)"] for r in res]
 assert all(a > b for a, b in zip(peaks, peaks[1:], strict=False)), f"peak memory should fall with the micro-batch: {peaks}"
 print(f"peak memory {peaks[0]:.0f} -> {peaks[-1]:.0f} MiB; time per optimizer step at N={res[-1]['N']}: "
       f"x{res[-1]['time vs N=1']:.2f} of N=1 ({'slower' if res[-1]['time vs N=1'] > 1 else 'not slower'} on this machine)")
+
+# %%
+p.reveal(res[-1]["peak MiB (one micro-step)"] / res[0]["peak MiB (one micro-step)"])
 
 # %% [markdown]
 # ## 4. 在累积周期中间崩溃会怎样？
@@ -175,8 +185,7 @@ check("4.1.4")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.4", measured={"mem_ratio_b2_vs_b16": res[-1]["peak MiB (one micro-step)"] / res[0]["peak MiB (one micro-step)"]})
+q = quiz("4.1.4")   # 预测题在第 3 节的测量之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -83,6 +83,13 @@ for i, p in enumerate(prompts):
 # decode 每步对整个 batch 做一次前向。batch 为 1 时，每步的时间主要花在固定开销上（Python、算子调度、读一遍权重）；
 # batch 变大时这些开销被分摊，矩阵乘法也更饱满，所以每秒生成的 token 数上升。当计算本身成为瓶颈（CPU 核数用满），
 # 每步时间开始随 batch 线性增长，吞吐就不再上升。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.2.4", "batch8_speedup")
 
 # %%
 sizes = pick([1, 2, 4, 8, 16, 32], [1, 4, 8])
@@ -107,6 +114,9 @@ if b8:
     print(f"batch 8 vs batch 1: {b8['vs_batch1']:.1f}x throughput (bench target >= 4x)")
 print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
       f"step latency grows from {rows[0]['ms_per_step']:.1f} ms to {rows[-1]['ms_per_step']:.1f} ms")
+
+# %%
+p.reveal(b8["vs_batch1"])
 
 # %% [markdown]
 # 代价是**延迟**：batch 越大，每一步越慢，每个用户等每个 token 的时间越长。服务端在吞吐与延迟之间取舍；
@@ -217,8 +227,7 @@ result = check("4.2.4")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.2.4", measured={"batch8_speedup": b8["vs_batch1"]})
+q = quiz("4.2.4")   # 预测题在第 3 节的测量之前已经问过
 
 # %% [markdown]
 # ## 下一步
