@@ -29,6 +29,12 @@ def P(prompt, key, options, edges, why, fmt="{:.3g}"):
     return {"prompt": prompt, "key": key, "options": list(options), "edges": list(edges), "why": why, "fmt": fmt}
 
 
+# Lessons whose stored notebook still asks its "predict the number" question at the end, after the
+# value is printed (the older quiz(lesson, measured=...) form): their sources wait for the move to
+# predict() + p.reveal() and a rebuild. tests/test_claims.py and tests/unit/test_quiz.py expect
+# this set to shrink to empty; a lesson leaves it when its notebook is converted and rebuilt.
+ASKED_AT_THE_END: set[str] = set()
+
 TITLES = {
     "4.0.1": "检查点与恢复",
     "4.0.2": "学习率预热",

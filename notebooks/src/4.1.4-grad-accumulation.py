@@ -87,10 +87,11 @@ for n in (2, 4):
     rows.append({"N micro-batches x B=2": n, "one batch of": 2 * n, "max |param diff| after steps": f"{d:.1e}",
                  "final loss (acc)": round(acc.history[-1]["loss"], 4), "final loss (big)": round(big.history[-1]["loss"], 4),
                  "optimizer steps": acc.optimizer.state_dict()["state"][0]["step"].item()})
+    assert d < 1e-6, d   # what the text below states
 print_table(rows)
 
 # %% [markdown]
-# 差别在 1e-6 量级：只是浮点加法顺序不同。DDP 下同样成立（2 个 rank × 累积 2 = 单进程 4 倍批次），
+# 差别不到 1e-6（上表的 max |param diff|）：只是浮点加法顺序不同。DDP 下同样成立（2 个 rank × 累积 2 = 单进程 4 倍批次），
 # 见 `tests/reliability/test_ddp_torchrun.py::test_two_rank_ddp_equals_one_process_on_the_combined_batch[2]`。
 #
 # ## 3. 代价和收益：内存 vs 时间（在这台机器上测）

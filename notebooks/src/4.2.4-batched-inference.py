@@ -39,7 +39,7 @@ from course_lib.config import pick
 from course_lib.lab.demo import END, settings_line, stream_sample
 from course_lib.generate import generate, left_pad
 from course_lib.lab.measure import throughput_vs_batch
-from course_lib.model import position_ids_from_mask
+from course_lib.model import DIYModel, position_ids_from_mask
 from course_lib.lab.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
@@ -138,7 +138,9 @@ from course_lib.lab.measure import speed_config
 big_cfg = speed_config()
 big_sizes = pick([1, 2, 4, 8, 16, 32, 64], [1, 4, 16])
 big_rows = throughput_vs_batch(big_cfg, big_sizes, prompt_len=32, new_tokens=pick(16, 4), repeats=pick(2, 1))
-print(f"speed model: d{big_cfg.d_model} x {big_cfg.n_layers} layers; torch threads: {torch.get_num_threads()}")
+n_big = DIYModel(big_cfg).num_parameters()
+print(f"speed model: d{big_cfg.d_model} x {big_cfg.n_layers} layers, {n_big / 1e6:.1f}M params, "
+      f"{n_big * 4 / 1e6:.0f} MB of fp32 weights; torch threads: {torch.get_num_threads()}")
 print_table(big_rows)
 ceiling = max(r["prefill_tok_s"] for r in big_rows)
 last = big_rows[-1]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from course_lib.lab.quiz import LETTERS, PREDICT_TAG, REVEAL_HEAD, Predict, Question, build_item, predict, quiz
-from course_lib.lab.quiz_data import QUIZZES
+from course_lib.lab.quiz_data import ASKED_AT_THE_END, QUIZZES
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {p.name.split("-")[0]: p for p in sorted((ROOT / "notebooks" / "src").glob("*.py"))}
@@ -57,6 +57,10 @@ def test_each_lesson_predicts_a_measured_number(lesson):
     src = SOURCES.get(lesson)
     assert src is not None, f"{lesson} 没有对应的 notebook 源文件"
     text = src.read_text(encoding="utf-8")
+    if lesson in ASKED_AT_THE_END:   # the older form, until its notebook is converted and rebuilt
+        for k in keys:
+            assert f'"{k}"' in text, f"{src.name}: quiz(\"{lesson}\", measured=...) 没有传入 {k}"
+        return
     for k in keys:
         m = re.search(r'^(\w+)\s*=\s*predict\(\s*"' + re.escape(lesson) + r'"\s*,\s*"' + re.escape(k) + '"', text, re.MULTILINE)
         assert m, f"{src.name}: 预测题 {k} 应在测量它的单元格之前用 p = predict(\"{lesson}\", \"{k}\") 提问"
