@@ -33,7 +33,7 @@ def P(prompt, key, options, edges, why, fmt="{:.3g}"):
 # value is printed (the older quiz(lesson, measured=...) form): their sources wait for the move to
 # predict() + p.reveal() and a rebuild. tests/test_claims.py and tests/unit/test_quiz.py expect
 # this set to shrink to empty; a lesson leaves it when its notebook is converted and rebuilt.
-ASKED_AT_THE_END: set[str] = {"4.0.2", "99"}
+ASKED_AT_THE_END: set[str] = {"4.0.2"}
 
 TITLES = {
     "4.0.1": "检查点与恢复",
