@@ -39,7 +39,7 @@ ROOT_ARGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 LAB_START := $(shell $(PY) tools/lab.py url 2>/dev/null || echo /lab)
 lab: install
 	@$(VPY) tools/lab.py prepare
-	@echo "[lab] JupyterLab 启动后，打开它下面打印的网址（形如 http://localhost:8888$(LAB_START)?token=...）"
+	@$(VPY) tools/lab.py banner $(LAB_ARGS)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url="$(LAB_START)" \
 	  --ServerApp.default_url="$(LAB_START)" $(ROOT_ARGS) $(LAB_ARGS)
 

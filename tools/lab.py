@@ -9,6 +9,7 @@ touches the stored ones and `git status` stays clean whatever the learner does.
     python tools/lab.py refresh      # also replace copies that differ from the course's version,
                                      # keeping the learner's copy as <name>.bak.ipynb (.bak2, ...)
     python tools/lab.py url          # the JupyterLab path of 00-setup (for --LabApp.default_url)
+    python tools/lab.py banner $(LAB_ARGS)   # the line `make lab` prints, with the port LAB_ARGS asks for
 
 my-notebooks/ sits next to notebooks/ so that relative paths behave the same in both.
 """
@@ -86,12 +87,41 @@ def prepare(root: Path = ROOT, refresh: bool = False, quiet: bool = False) -> di
     return done
 
 
+DEFAULT_PORT = 8888
+
+
+def lab_port(lab_args: list[str], default: int = DEFAULT_PORT) -> int:
+    """The port JupyterLab is asked for in its arguments (``--port 8890``, ``--port=8890``,
+    ``--ServerApp.port=8890``); ``default`` when none is given or the value is not a number."""
+    flags = ("--port", "--ServerApp.port", "--NotebookApp.port")
+    port = None
+    for i, a in enumerate(lab_args):
+        for flag in flags:
+            if a == flag and i + 1 < len(lab_args):
+                port = lab_args[i + 1]
+            elif a.startswith(flag + "="):
+                port = a.split("=", 1)[1]
+    try:
+        return int(port) if port is not None else default
+    except ValueError:
+        return default
+
+
+def banner(lab_args: list[str]) -> str:
+    port = lab_port(lab_args)
+    return (f"[lab] JupyterLab 启动后，打开它下面打印的网址（形如 http://localhost:{port}{start_path()}?token=...；"
+            f"端口 {port} 被占用时 JupyterLab 会换下一个空闲端口，以它打印的网址为准）")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", choices=("prepare", "refresh", "url"))
-    args = ap.parse_args(argv)
+    ap.add_argument("action", choices=("prepare", "refresh", "url", "banner"))
+    args, rest = ap.parse_known_args(argv)
     if args.action == "url":
         print(start_path())
+        return 0
+    if args.action == "banner":
+        print(banner(rest))
         return 0
     prepare(refresh=args.action == "refresh")
     return 0

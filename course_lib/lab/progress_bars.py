@@ -9,6 +9,11 @@ state in the stored notebook: a finished bar with the elapsed time.
     for x in text_bar(items, desc="runs"): ...
     with watch_steps(out_dir, total_steps=160, desc="train"):    # beside course_lib.lab.runner.run(...)
         result = run(cmd, out_dir)
+    with live_bar(total=12, desc="grid cells") as bar:           # a long in-process loop with callbacks
+        run_grid(on_cell=lambda c: (bar.write(line(c)), bar.update(1)))
+
+A long cell shows its bar from its first second: the bar is drawn when the block starts and its
+elapsed time ticks once a second even while one slow item is running.
 """
 from __future__ import annotations
 
@@ -71,4 +76,26 @@ def watch_steps(out_dir: str | os.PathLike, total_steps: int, desc: str = "train
         step = min(last_logged_step(out_dir), total_steps)
         if step > bar.n:
             bar.update(step - bar.n)
+        bar.close()
+
+
+@contextlib.contextmanager
+def live_bar(total: int, desc: str = "", tick_s: float = 1.0):
+    """A text bar drawn at once and redrawn every ``tick_s`` seconds, so the elapsed time moves
+    even while one long item runs; print lines above it with ``bar.write(...)``."""
+    stop = threading.Event()
+    bar = text_bar(total=total, desc=desc)
+    bar.refresh()
+
+    def tick() -> None:
+        while not stop.wait(tick_s):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
         bar.close()

@@ -21,7 +21,7 @@
 # 2. 给出课程地图 (course map)：哪个 notebook 对应学习计划的哪一项、有哪些练习；
 # 3. 演示练习和自检怎么用。
 #
-# 整个 notebook 在 CPU 上几秒钟就能跑完。
+# 整个 notebook 在 CPU 上运行{{run_time}}。最慢的是最后的 `progress()`：它把所有练习的评分测试各跑一遍（用时在它下面打印）。
 #
 # **你的工作副本 (working copies)**：`make lab` 打开的是 `my-notebooks/` 里的 notebook——第一次运行时从 `notebooks/`
 # 复制过来，git 不跟踪它们，你可以随意运行、修改、保存。`notebooks/` 里保存的是课程的参考版本（完整运行的输出），
@@ -116,10 +116,15 @@ result = check("00")
 print(result.summary(), "| 全部通过:", result.passed)
 
 # %% [markdown]
-# `progress()` 一次检查所有练习，并按练习汇总：全部通过 / 部分通过 / 未开始。
+# `progress()` 一次检查所有练习，并按练习汇总：全部通过 / 部分通过 / 未开始。它要为每个练习启动评分测试，
+# 所以比 `check("00")` 慢得多；只想看一课时用 `check("4.0.1")`。
 
 # %%
+import time
+
+t0 = time.perf_counter()
 _ = progress()
+print(f"progress() took {time.perf_counter() - t0:.0f} s")
 
 # %% [markdown]
 # ## 下一步

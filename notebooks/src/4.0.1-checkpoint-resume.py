@@ -16,14 +16,14 @@
 # **学习目标**
 # - 知道一个训练检查点 (training checkpoint) 里必须有什么：模型、优化器、学习率调度器、GradScaler、步数、随机数状态 (RNG state)、数据位置 (data position)；
 # - 亲眼看到：训练进程被 `SIGKILL` 杀掉后重启，结果与从未中断的训练**逐位相同** (bitwise-identical)；
-# - 知道怎样让保存本身不怕崩溃（保存顺序：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json` 并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的）；坏文件怎样被识别、怎样回退 (fallback)；
+# - 知道怎样让保存本身不怕崩溃（原子保存的顺序见第 3 节）；坏文件怎样被识别、怎样回退 (fallback)；
 # - 能凭记忆写出 `save_checkpoint` / `load_checkpoint`（练习 ex401）。
 #
 # **前置知识**：PyTorch 训练循环（`loss.backward()`、`optimizer.step()`），`state_dict()`。
 #
 # **预计时间**：运行{{run_time}}，阅读 + 练习约 40 分钟。
 #
-# > 训练检查点和**推理权重** (inference weights) 是两种不同的文件：检查点用来**继续训练**（含优化器状态、RNG、数据位置，约为权重的 3 倍大），
+# > 训练检查点和**推理权重** (inference weights) 是两种不同的文件：检查点用来**继续训练**（含优化器状态、RNG、数据位置，比权重大得多：第 1 节末尾打印了本课的倍数），
 # > 推理权重只含权重和配置（safetensors + config.json），用来部署。4.2.1 会做后者。
 
 # %%
@@ -44,6 +44,7 @@ from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.lab.paths import runs_dir
 from course_lib.lab.plotting import new_axes
 from course_lib.lab.progress_bars import watch_steps
+from course_lib.lab.quiz import predict
 from course_lib.lab.runner import run, run_and_kill, train_command
 
 STEPS, INTERVAL = pick(160, 30), pick(20, 5)
@@ -66,6 +67,11 @@ print(" ".join(train_cmd("runs/4.0.1/killed")[1:]))
 # 断电时只有 `fsync` 过的数据才可靠，所以保存代码每一步都 fsync；这个实验（以及 kill 测试）证明的是「进程随时被杀也能恢复」，
 # 证明不了「断电也不丢」——后者要靠保存顺序和 fsync 本身的正确性。
 # 然后用**完全相同的命令**再启动一次：`Trainer` 在 `out_dir` 里找到最新的完整检查点，自动从那一步继续。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；第 2 节打印重复的步数后揭晓）：
+
+# %%
+p = predict("4.0.1", "redo_over_interval")
 
 # %%
 killed = base / "killed"
@@ -99,6 +105,10 @@ same_model = all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
 same_opt = all(torch.equal(x, y) for k in b["optimizer"]["state"] for x, y in
                zip(a["optimizer"]["state"][k].values(), b["optimizer"]["state"][k].values(), strict=True))
 print(f"model tensors bitwise equal: {same_model}; optimizer state bitwise equal: {same_opt}")
+state_bytes = (CheckpointManager(ref).path_for(STEPS) / "state.pt").stat().st_size
+weight_bytes = sum(t.numel() * t.element_size() for t in b["model"].values())
+print(f"state.pt {state_bytes / 1e6:.2f} MB = {state_bytes / weight_bytes:.1f}x the model weights ({weight_bytes / 1e6:.2f} MB): "
+      "AdamW's two moments are as large as the weights, plus RNG, data position and config")
 
 # %% [markdown]
 # ## 2. 两条 loss 曲线叠在一起
@@ -122,6 +132,9 @@ ax.legend();
 identical = [x["loss"] for x in resumed_curve] == [y["loss"] for y in ref_curve]
 print("loss curves identical step by step:", identical)
 
+# %%
+p.reveal(dup / INTERVAL)
+
 # %% [markdown]
 # 为什么能逐位相同？`Trainer.state_dict()` 保存了**所有**会影响后续计算的状态：
 #
@@ -142,6 +155,7 @@ print("loss curves identical step by step:", identical)
 # 在磁盘上，一个检查点是一个目录：`checkpoints/step_00000100/state.pt` + `COMPLETE.json`（大小和 SHA-256，**最后**写）。
 # 保存顺序：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json` 并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的。
 # 任何时刻被杀，磁盘上要么是旧的那一组检查点，要么多一个完整的新检查点。我们用测试用的故障注入 (fault injection) 演示：
+# 在第 `2 × INTERVAL` 步的保存写到一半时杀掉进程，再用同一条命令恢复。
 
 # %%
 from course_lib.faults import FAULT_ENV, SAVE_PHASES
@@ -151,7 +165,17 @@ fault = {FAULT_ENV: f"save_partial@{2 * INTERVAL}"}   # half of state.pt on disk
 r = run(train_cmd(torn), torn, env=fault)
 m = CheckpointManager(torn, verbose=False)
 print("exit code", r.returncode, "| complete checkpoints:", [s for s, _ in m.list_complete()],
-      "| leftover temp dirs:", sorted(p.name for p in m.dir.glob(".tmp-*")))
+      "| leftover temp dirs:", sorted(d.name for d in m.dir.glob(".tmp-*")))
+with watch_steps(torn, STEPS, "same command again"):
+    r = run(train_cmd(torn), torn)          # no fault this time
+assert r.returncode == 0, r.tail(20)
+print("\n".join(line for line in r.output.splitlines() if "resumed" in line))
+print("leftover temp dirs after the resume:", sorted(d.name for d in m.dir.glob(".tmp-*")),
+      "| complete checkpoints:", [s for s, _ in m.list_complete()])
+
+# %% [markdown]
+# 恢复时只认有完成标记的检查点：半截的 `.tmp-*` 目录被忽略，训练从最后一个完整的检查点继续，
+# 之后第一次保存轮换旧检查点时把它删掉（上面两行输出）。
 
 # %% [markdown]
 # ## 4. 坏文件：清楚的错误 + 回退到上一个好的
@@ -193,9 +217,9 @@ print("payload ran:", (base / "PWNED").exists())
 # %% [markdown]
 # ## 小结
 # - 检查点 = 继续训练所需的**全部**状态，不只是权重；RNG 和数据位置也是状态。
-# - 原子保存：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json` 并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的。
+# - 原子保存：先写临时目录、最后写完成标记、再改名（顺序见第 3 节）；没有完成标记的目录一律不算，被杀后照常恢复。
 # - 只用 `weights_only=True` 加载；坏文件给出清楚的错误并回退。
-# - 检查代价：`bench/checkpoint_overhead.py` 在默认间隔下测得保存时间占训练时间的比例（目标 ≤ 5%）。
+# - 保存要花时间：`bench/checkpoint_overhead.py` 测量默认间隔下保存时间占训练时间的比例（`make bench`，结果见 BENCHMARKS.md）。
 #
 # ## 练习
 # 热身：打开 `exercises/ex401_checkpoint.py`，实现 `save_checkpoint` 和 `load_checkpoint`（只有模型、优化器和
@@ -214,8 +238,7 @@ check("4.0.1");
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.0.1", measured={"redo_over_interval": dup / INTERVAL})
+q = quiz("4.0.1")   # 预测题在第 1 节之前已经问过
 
 # %% [markdown]
 # ## 下一步

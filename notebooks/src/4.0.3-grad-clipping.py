@@ -99,6 +99,13 @@ print_table(rows)
 # 这样正常步几乎不被裁剪，异常步被压住。常见默认值 1.0（nanoGPT、GPT-3、LLaMA 都用它）是大模型上的经验值，
 # 不是从**这个**模型的分布推出来的：下面的表同时给出 max_norm = 1.0 和按 p99 选出的阈值各会裁剪多少正常步。
 # 被裁剪的正常步只是整体缩小、方向不变，所以 1.0 偏小并不会毁掉训练，但它已经不只是「挡异常」，而是在持续改变步长。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；下一个单元格打印分布，再下一个揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.0.3", "clean_median_grad_norm")
 
 # %%
 import statistics
@@ -114,6 +121,9 @@ print(f"max_norm = 1.0 would clip {share(1.0):.0%} of the clean steps; a thresho
 assert share(p99) <= 0.02 and spike_norm > 10 * p99, "the p99 threshold should keep clean steps and stop the spike"
 fig, ax = new_axes("Grad-norm distribution (clean run)", "grad-norm before clipping", "steps")
 ax.hist(norms, bins=30); ax.axvline(1.0, color="red", ls="--", label="max_norm = 1.0"); ax.legend();
+
+# %%
+p.reveal(statistics.median(norms))
 
 # %% [markdown]
 # ## 小结
@@ -133,8 +143,7 @@ check("4.0.3");
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.0.3", measured={"clean_median_grad_norm": statistics.median(norms)})
+q = quiz("4.0.3")   # 预测题在第 3 节的分布之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -79,8 +79,14 @@ else:
 
 # %% [markdown]
 # ## 3. NaN 守卫 (NaN guard)
-# 一个回调在第 `AT` 步把一个梯度改成 NaN（模拟 fp16 溢出或坏数据）。训练在**那一步**停下，报告步数和可能原因；
-# 这一步的 optimizer.step 没有执行，磁盘上的检查点全部是有限值。
+# 一个回调在第 `AT` 步把一个梯度改成 NaN（模拟 fp16 溢出或坏数据），NaN 守卫 (NaN guard) 检查每一步的梯度。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.0.4", "stopped_minus_at")
 
 # %%
 AT = pick(25, 7)
@@ -100,6 +106,13 @@ mgr = CheckpointManager(nan_dir, verbose=False)
 finite = all(torch.isfinite(t).all() for _, f in mgr.list_complete() for t in mgr.load(f)["model"].values())
 print(f"last finished step {t2.step}; checkpoints {[s for s, _ in mgr.list_complete()]}; all finite: {finite}")
 
+# %%
+p.reveal(t2.step - AT)
+
+# %% [markdown]
+# 训练在注入 NaN 的**那一步**停下，报告步数和可能原因：守卫在 `optimizer.step()` 之前检查梯度，这一步的更新没有执行，
+# 所以最后完成的是它的前一步，磁盘上的检查点全部是有限值（上面打印的 `all finite`）。
+
 # %% [markdown]
 # ## 小结
 # - 一个 `StepLogger`，三个去处：控制台/tqdm（给人看）、JSONL（给画图和脚本）、TensorBoard（交互浏览）。
@@ -118,8 +131,7 @@ check("4.0.4");
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.0.4", measured={"stopped_minus_at": t2.step - AT})
+q = quiz("4.0.4")   # 预测题在第 3 节的实验之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -55,6 +55,13 @@ assert e.activations > e.params and e.peak < parts
 # `measure` 真的跑两个训练步。GPU 上用 `torch.cuda.max_memory_allocated()`；CPU 上 PyTorch 没有峰值计数器，我们用
 # `torch.profiler.profile(profile_memory=True)` 记录 CPU 分配器的每次分配和释放（带符号的字节数），累加得到任意时刻的在用内存，取最大值。
 # 进程 RSS 不行：它包含解释器和库，而且释放后不回落。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；第 3 节的表之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.0.5", "max_abs_error_pct")
 
 # %%
 sizes = {"tiny": ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=176, max_seq_len=256),
@@ -127,6 +134,9 @@ print_table(ac_rows, ["model", "batch", "seq", "ac", "estimate_MiB", "measured_M
 assert all(r["within_10pct"] for r in ac_rows), [(r["model"], r["ac"], round(r["error_pct"], 1)) for r in ac_rows]
 peak = {(r["model"], r["ac"]): r["measured_MiB"] for r in ac_rows}
 assert all(peak[(n, True)] < 0.9 * peak[(n, False)] for n in sizes), peak
+
+# %%
+p.reveal(max(abs(r["error_pct"]) for r in rows + ac_rows))
 
 # %% [markdown]
 # 步时 (step time) 用**交替轮次**测：两个候选（开 / 不开）各先热身一次，然后一轮里各跑一次、轮流进行，共若干轮；
@@ -213,8 +223,7 @@ check("4.0.5");
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.0.5", measured={"max_abs_error_pct": max(abs(r["error_pct"]) for r in rows + ac_rows)})
+q = quiz("4.0.5")   # 预测题在第 2 节的测量之前已经问过
 
 # %% [markdown]
 # ## 下一步

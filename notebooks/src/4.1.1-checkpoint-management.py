@@ -90,6 +90,13 @@ print("data position:", state["data"])
 #
 # 模拟崩溃（在第 `ckpt_interval+1` 步后抛异常），重新构造 `Trainer`：它自动从最新完整检查点恢复。
 # 然后做一个「坏」的恢复：只恢复模型和优化器（很多手写训练脚本就是这样），调度器、RNG 和数据位置都从头开始。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；实验跑完后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.1", "lr_ratio_partial_vs_full")
 
 # %%
 class Crash(Callback):
@@ -121,6 +128,9 @@ ax.legend();
 # second step on, the restarted scheduler drives the lr back into warmup
 print(f"lr on the 2nd step after resume  full state: {good.history[1]['lr']:.2e} | model+optimizer only: "
       f"{bad.history[1]['lr']:.2e} (scheduler restarted its warmup)")
+
+# %%
+p.reveal(bad.history[1]["lr"] / good.history[1]["lr"])
 
 # %% [markdown]
 # 部分恢复的曲线偏离：学习率重新预热 (warmup)、数据从第 0 批重新读（模型已经见过的样本）。
@@ -163,8 +173,7 @@ check("4.1.1")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.1", measured={"lr_ratio_partial_vs_full": bad.history[1]["lr"] / good.history[1]["lr"]})
+q = quiz("4.1.1")   # 预测题在第 3 节的实验之前已经问过
 
 # %% [markdown]
 # ## 下一步

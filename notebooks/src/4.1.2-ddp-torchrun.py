@@ -96,7 +96,13 @@ assert rc == 0, "\n".join(lines[-30:])
 #
 # 流式数据集 (streaming dataset) 按 rank 分片：第 j 步 rank 0 读 `perm[0::2]` 里的第 j 批，rank 1 读 `perm[1::2]` 里的第 j 批。
 # DDP 平均两个 rank 的梯度 = 在两批**拼接**起来的大批次上求平均损失的梯度。`ReplayDDPBatches` 让单进程每一步都读这个拼接批次。
-# 两边只差浮点加法的顺序（all-reduce），所以比较用 `allclose`（测试里是 atol 2e-5）。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.2", "ddp_max_abs_diff")
 
 # %%
 # the same configs the CLI builds from those flags: ModelConfig.small / TrainConfig.default + overrides
@@ -109,6 +115,13 @@ init = Trainer(mc, tc.replace(out_dir=str(ROOT / "init")), console=False, save_c
 moved = max((init[k] - v).abs().max().item() for k, v in ddp_state["model"].items())
 print(f"after {STEPS} steps: max |DDP - single process| = {diff:.2e}   (parameters moved by up to {moved:.2e})")
 print("equal within atol 2e-5:", diff < 2e-5)
+
+# %%
+p.reveal(diff)
+
+# %% [markdown]
+# 两边只差浮点加法的顺序（all-reduce 先在各 rank 上求和，再跨 rank 相加），浮点加法不满足结合律，
+# 所以比较用 `allclose`（测试里是 atol 2e-5），而不是逐位相等。
 
 # %%
 ddp_log = [r for r in read_jsonl(ROOT / "ddp" / "metrics.jsonl") if "loss" in r]
@@ -247,8 +260,7 @@ check("4.1.2")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.2", measured={"ddp_max_abs_diff": diff})
+q = quiz("4.1.2")   # 预测题在第 3 节的比较之前已经问过
 
 # %% [markdown]
 # ## 下一步

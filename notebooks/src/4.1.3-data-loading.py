@@ -94,6 +94,13 @@ print("epoch 0:", e0, "| again without set_epoch:", e0b, "| after set_epoch(1):"
 # `measure_throughput` 只迭代 DataLoader（不跑模型），报告稳态 samples/s 和拿到第一批的时间（worker 启动开销）。
 # 每个设置都和**同一数据集、同一次运行里** `num_workers=0` 的结果相比。最后两行给 map-style 数据集加了每个样本 2 ms 的
 # 等待（模拟网络盘或解码），这是 worker 真正能帮上忙的情形。`pin_memory` 只在有 CUDA 时测（它加速的是主机→GPU 的拷贝）。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.3", "delay_speedup")
 
 # %%
 tokens = tokenize_corpus(load_corpus("stdlib"))
@@ -125,6 +132,9 @@ fig, ax = new_axes("Input pipeline throughput vs num_workers=0 (same run)", "set
 ax.bar(range(len(res)), [r["vs workers=0"] for r in res], color=["C0" if "stream" in r["setting"] else "C1" for r in res])
 ax.axhline(1.0, color="k", lw=0.8)
 ax.set_xticks(range(len(res)), [r["setting"] for r in res], rotation=40, ha="right", fontsize=8);
+
+# %%
+p.reveal(ratio["map w=2 pf=2 +2ms"])
 
 # %% [markdown]
 # **怎样读这些数字**（表下打印的两行是这次测到的方向）
@@ -160,8 +170,7 @@ check("4.1.3")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.3", measured={"delay_speedup": next(r["vs workers=0"] for r in res if r["setting"] == "map w=2 pf=2 +2ms")})
+q = quiz("4.1.3")   # 预测题在第 2 节的测量之前已经问过
 
 # %% [markdown]
 # ## 下一步

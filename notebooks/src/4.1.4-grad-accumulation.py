@@ -87,10 +87,11 @@ for n in (2, 4):
     rows.append({"N micro-batches x B=2": n, "one batch of": 2 * n, "max |param diff| after steps": f"{d:.1e}",
                  "final loss (acc)": round(acc.history[-1]["loss"], 4), "final loss (big)": round(big.history[-1]["loss"], 4),
                  "optimizer steps": acc.optimizer.state_dict()["state"][0]["step"].item()})
+    assert d < 1e-6, d   # what the text below states
 print_table(rows)
 
 # %% [markdown]
-# 差别在 1e-6 量级：只是浮点加法顺序不同。DDP 下同样成立（2 个 rank × 累积 2 = 单进程 4 倍批次），
+# 差别不到 1e-6（上表的 max |param diff|）：只是浮点加法顺序不同。DDP 下同样成立（2 个 rank × 累积 2 = 单进程 4 倍批次），
 # 见 `tests/reliability/test_ddp_torchrun.py::test_two_rank_ddp_equals_one_process_on_the_combined_batch[2]`。
 #
 # ## 3. 代价和收益：内存 vs 时间（在这台机器上测）
@@ -98,6 +99,13 @@ print_table(rows)
 # 同样的「有效批次」(effective batch) 16，用不同的 (micro-batch, N) 组合，测峰值内存和每个 optimizer step 的时间。
 # 预期：峰值内存随 micro-batch 下降（单元格断言了这一点）；时间通常随 N 上升（小矩阵乘法效率低、循环开销多）。
 # 计时在繁忙的小机器上有噪声，所以单元格打印的是这次测到的时间比，并说出它的方向，而不做断言。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.4", "mem_ratio_b2_vs_b16")
 
 # %%
 combos = [(16, 1), (8, 2), (4, 4), (2, 8)]
@@ -124,6 +132,9 @@ peaks = [r["peak MiB (one micro-step)"] for r in res]
 assert all(a > b for a, b in zip(peaks, peaks[1:], strict=False)), f"peak memory should fall with the micro-batch: {peaks}"
 print(f"peak memory {peaks[0]:.0f} -> {peaks[-1]:.0f} MiB; time per optimizer step at N={res[-1]['N']}: "
       f"x{res[-1]['time vs N=1']:.2f} of N=1 ({'slower' if res[-1]['time vs N=1'] > 1 else 'not slower'} on this machine)")
+
+# %%
+p.reveal(res[-1]["peak MiB (one micro-step)"] / res[0]["peak MiB (one micro-step)"])
 
 # %% [markdown]
 # ## 4. 在累积周期中间崩溃会怎样？
@@ -175,8 +186,7 @@ check("4.1.4")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.4", measured={"mem_ratio_b2_vs_b16": res[-1]["peak MiB (one micro-step)"] / res[0]["peak MiB (one micro-step)"]})
+q = quiz("4.1.4")   # 预测题在第 3 节的测量之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -128,6 +128,13 @@ print(f"final loss fp32 {h32[-1]['loss']:.4f} | bf16 {hb16[-1]['loss']:.4f} | ev
 # 而且两次运行时机器上的其他负载也不一样。所以速度单独测：同一个模型、同一个 batch，两种精度**各先热身一次**，
 # 然后**交替轮次**计时（一轮里 fp32、bf16 各跑 2 步），每一轮算一个比值 fp32 时间 / bf16 时间（> 1 表示 bf16 更快），
 # 报告中位数和范围；计时时把 torch 线程数固定为 1。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.5", "bf16_speedup")
 
 # %%
 B_MP, T_MP = 8, 128
@@ -151,6 +158,9 @@ print_table([
 ])
 print(f"batch {B_MP} x seq {T_MP}; {len(res['fp32']['values'])} interleaved rounds of 2 steps, torch threads 1; "
       f"speed-up per round {speedup['min']:.2f}-{speedup['max']:.2f}; memory measured with {m32['method']}")
+
+# %%
+p.reveal(speedup["median"])
 
 # %% [markdown]
 # 怎么读这张表：
@@ -247,8 +257,7 @@ check("4.1.5")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.5", measured={"bf16_speedup": speedup["median"]})
+q = quiz("4.1.5")   # 预测题在第 3 节的计时之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -138,6 +138,14 @@ ax.legend();
 #
 # ## 2. FSDP 多了哪些集合通信，代价多大
 #
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.1.6", "fsdp_vs_ddp_traffic")
+
+# %% [markdown]
 # | | DDP | FSDP（`reshard_after_forward=True`） |
 # |---|---|---|
 # | 前向 | 只广播 buffer（`broadcast_buffers=True`，这里是很小的 RoPE 表） | 每个 block 一次 **all-gather**（根一次） |
@@ -163,6 +171,9 @@ traffic_ratio = fsdp_bytes / ddp_bytes
 print(f"\nbytes sent per rank and step: DDP {ddp_bytes / 1024:.1f} KiB, FSDP {fsdp_bytes / 1024:.1f} KiB "
       f"-> FSDP/DDP = {traffic_ratio:.2f}")
 print("gloo's own events in the FSDP step:", run2["fsdp"]["collectives"]["backend"])
+
+# %%
+p.reveal(traffic_ratio)
 
 # %% [markdown]
 # 调用次数和元素个数都与公式一致：all-gather 5 次（根 1 次，2 个 block 各 2 次），reduce-scatter 3 次（每个单元一次），
@@ -326,8 +337,7 @@ check("4.1.6")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.1.6", measured={"fsdp_vs_ddp_traffic": traffic_ratio})
+q = quiz("4.1.6")   # 预测题在第 2 节之前已经问过
 
 # %% [markdown]
 # ## 下一步

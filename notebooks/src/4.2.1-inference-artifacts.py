@@ -97,6 +97,16 @@ art = run / "artifact"
 info = export_from_run(run / "train", art)
 print(json.dumps(json.loads((art / "config.json").read_text()), indent=1)[:900])
 
+# %% [markdown]
+# 导出的文件和训练检查点比，有多大？
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.2.1", "artifact_vs_checkpoint")
+
 # %%
 rows = [{"file": "training checkpoint state.pt", "MB": (ckpt_dir / "state.pt").stat().st_size / 1e6},
         {"file": "model.safetensors", "MB": (art / "model.safetensors").stat().st_size / 1e6},
@@ -104,6 +114,9 @@ rows = [{"file": "training checkpoint state.pt", "MB": (ckpt_dir / "state.pt").s
 for r in rows:
     r["vs_checkpoint"] = r["MB"] / rows[0]["MB"]
 print_table(rows)
+
+# %%
+p.reveal(rows[1]["vs_checkpoint"])
 
 # %% [markdown]
 # 推理产物约为检查点的 1/3：少了 AdamW 的两份动量和其它训练状态。
@@ -209,8 +222,7 @@ result = check("4.2.1")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.2.1", measured={"artifact_vs_checkpoint": rows[1]["vs_checkpoint"]})
+q = quiz("4.2.1")   # 预测题在第 3 节的大小比较之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -106,6 +106,13 @@ print("calibration:", tuple(calib.shape), "token ids from the training split")
 # 注意这里的困惑度是**每字节** (per-byte) 的：字节级模型的一个 token 就是一个字节，困惑度 = exp(每字节平均 loss)。
 # 它不能和 BPE 分词模型的每 token 困惑度直接比较——一个 BPE token 平均覆盖好几个字节，每 token 的困惑度大约是每字节困惑度的
 # 「字节数/token」次方。本表只比较**同一个模型**在不同量化方式下的相对变化（`ppl_ratio`），这个比值才有意义。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.2.2", "int8_size_ratio")
 
 # %%
 with warnings.catch_warnings():
@@ -148,6 +155,9 @@ assert by["int8"]["ppl_ratio"] <= 1.01, by["int8"]
 assert by["int4"]["ppl_ratio"] > by["int8"]["ppl_ratio"], (by["int4"], by["int8"])
 if not quick_mode():   # GPTQ recovers part of it (quick mode calibrates on 8 sequences: too few to be sure)
     assert by["gptq-int4"]["perplexity"] < by["int4"]["perplexity"], (by["gptq-int4"], by["int4"])
+
+# %%
+p.reveal(by["int8"]["size_ratio"])
 
 # %% [markdown]
 # **怎么读这些数**（数字来自上面这次运行，单元格末尾的断言检查了下面说的方向）：
@@ -275,8 +285,7 @@ result = check("4.2.2")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.2.2", measured={"int8_size_ratio": by["int8"]["size_ratio"]})
+q = quiz("4.2.2")   # 预测题在第 4 节的对比表之前已经问过
 
 # %% [markdown]
 # ## 下一步

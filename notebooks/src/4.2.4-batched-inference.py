@@ -39,7 +39,7 @@ from course_lib.config import pick
 from course_lib.lab.demo import END, settings_line, stream_sample
 from course_lib.generate import generate, left_pad
 from course_lib.lab.measure import throughput_vs_batch
-from course_lib.model import position_ids_from_mask
+from course_lib.model import DIYModel, position_ids_from_mask
 from course_lib.lab.plotting import new_axes, print_table
 from course_lib.pretrained import load_reference_model
 
@@ -83,6 +83,13 @@ for i, p in enumerate(prompts):
 # decode 每步对整个 batch 做一次前向。batch 为 1 时，每步的时间主要花在固定开销上（Python、算子调度、读一遍权重）；
 # batch 变大时这些开销被分摊，矩阵乘法也更饱满，所以每秒生成的 token 数上升。当计算本身成为瓶颈（CPU 核数用满），
 # 每步时间开始随 batch 线性增长，吞吐就不再上升。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.2.4", "batch8_speedup")
 
 # %%
 sizes = pick([1, 2, 4, 8, 16, 32], [1, 4, 8])
@@ -108,6 +115,9 @@ if b8:
 print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
       f"step latency grows from {rows[0]['ms_per_step']:.1f} ms to {rows[-1]['ms_per_step']:.1f} ms")
 
+# %%
+p.reveal(b8["vs_batch1"])
+
 # %% [markdown]
 # 代价是**延迟**：batch 越大，每一步越慢，每个用户等每个 token 的时间越长。服务端在吞吐与延迟之间取舍；
 # 4.2.3 的分页缓存让同样的内存容纳更多并发序列，是把 batch 做大的前提。
@@ -128,7 +138,9 @@ from course_lib.lab.measure import speed_config
 big_cfg = speed_config()
 big_sizes = pick([1, 2, 4, 8, 16, 32, 64], [1, 4, 16])
 big_rows = throughput_vs_batch(big_cfg, big_sizes, prompt_len=32, new_tokens=pick(16, 4), repeats=pick(2, 1))
-print(f"speed model: d{big_cfg.d_model} x {big_cfg.n_layers} layers; torch threads: {torch.get_num_threads()}")
+n_big = DIYModel(big_cfg).num_parameters()
+print(f"speed model: d{big_cfg.d_model} x {big_cfg.n_layers} layers, {n_big / 1e6:.1f}M params, "
+      f"{n_big * 4 / 1e6:.0f} MB of fp32 weights; torch threads: {torch.get_num_threads()}")
 print_table(big_rows)
 ceiling = max(r["prefill_tok_s"] for r in big_rows)
 last = big_rows[-1]
@@ -217,8 +229,7 @@ result = check("4.2.4")
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.2.4", measured={"batch8_speedup": b8["vs_batch1"]})
+q = quiz("4.2.4")   # 预测题在第 3 节的测量之前已经问过
 
 # %% [markdown]
 # ## 下一步

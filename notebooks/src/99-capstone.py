@@ -152,6 +152,13 @@ tick("4.1 梯度累积", final_a["config"]["train"]["accumulation_steps"] == 2,
 # `model.safetensors`（不经过 pickle）和 `config.json`（模型结构 + tokenizer 描述）。
 # 新进程用采样生成（温度 0.8、top-k 40、固定种子 0，遇到空行停）：同一个种子、同一份权重，两边写出同一段文本——逐字相同才算通过。
 # 这里只比较、不展示文本：这个模型只训练了几百步，写出的还不像代码（4.2.1 展示了参考模型写的代码）。
+#
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("99", "checkpoint_over_artifact")
 
 # %%
 art = base / "artifact"
@@ -173,6 +180,9 @@ same = fresh.stdout.strip() == ascii(here)
 print(f"{len(here)} characters sampled after {prompt!r} in this process; the fresh process's text is identical: {same}")
 tick("4.2 训练 checkpoint 与推理权重分开保存和加载", fresh.returncode == 0 and same,
      f"fresh process sampled the same text (same seed); artefact {art_bytes:,} B vs checkpoint {ckpt_bytes:,} B")
+
+# %%
+p.reveal(ckpt_bytes / art_bytes)
 
 # %% [markdown]
 # ## 5. int8 量化：体积与质量
@@ -257,8 +267,7 @@ else:
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("99", measured={"checkpoint_over_artifact": ckpt_bytes / art_bytes})
+q = quiz("99")   # 预测题在第 4 节之前已经问过
 
 # %% [markdown]
 # ## 下一步

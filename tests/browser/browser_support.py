@@ -7,9 +7,11 @@ Chromium these tests are skipped with the reason; CI sets COURSE_REQUIRE_BROWSER
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -51,3 +53,55 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+LAB_TOKEN = "course-browser-test"
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, tmp_path: Path):
+    """JupyterLab on loopback with a token, serving ``root``, kernels in quick mode, every cell
+    rendered (no windowing) and no news pop-up; yields the port."""
+    port = free_port()
+    settings = tmp_path / "settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}')
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
+    env = dict(os.environ, COURSE_QUICK="1", JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTERLAB_SETTINGS_DIR=str(settings))
+    log = open(tmp_path / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={LAB_TOKEN}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={LAB_TOKEN}", timeout=120)
+        yield port
+    finally:
+        stop(proc)
+        log.close()
+
+
+def run_all_cells(page, timeout_s: float = 420) -> None:
+    """Open-notebook page: wait for the kernel, Run > Run All Cells, wait until every prompt has a number."""
+    try:
+        page.locator(".jp-Dialog .jp-mod-accept").click(timeout=5_000)
+    except Exception:  # noqa: BLE001 - no kernel dialog
+        pass
+    page.wait_for_selector(".jp-StatusBar-TextItem:has-text('Idle')", timeout=180_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    t0 = time.time()
+    while True:
+        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+        if prompts and all(p.strip() not in ("[ ]:", "[*]:", "") for p in prompts):
+            break
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"Run All Cells did not finish in {timeout_s:.0f} s")
+        time.sleep(1)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)

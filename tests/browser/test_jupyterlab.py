@@ -92,6 +92,11 @@ def test_lesson_runs_in_jupyterlab_and_slider_changes_plot(lab, browser, screens
     page.screenshot(path=str(screenshot_dir / "lab-after-run-all.png"), full_page=False)
     assert errors == 0, f"notebook 在浏览器里运行时出现了 {errors} 个错误输出，截图见 {screenshot_dir}"
 
+    # numbers formatted for reading: the peak-lr slider reads 3e-3, not 0.00316
+    if 'readout_format=\\".0e\\"' in Path(NOTEBOOK).read_text(encoding="utf-8"):   # 4.0.2 once rebuilt
+        readout = page.locator(".widget-slider .widget-readout").first.inner_text().strip()
+        assert readout == "3e-3", f"学习率滑块应显示 3e-3 这样的读数，实际显示 {readout!r}"
+
     handle = page.locator(".widget-slider .noUi-handle").first
     handle.scroll_into_view_if_needed()
     img = _interactive_image(page)
