@@ -35,6 +35,10 @@ IM_END = "<|im_end|>"
 END_OF_TURN = IM_END
 SPECIAL_TOKENS = (IM_START, IM_END)
 ROLES = ("system", "user", "assistant")
+# The same template in Jinja, for ``tokenizer_config.json`` (HF ``apply_chat_template``); tested equal.
+CHAT_TEMPLATE_JINJA = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 def validate_messages(obj: Any) -> List[dict]:

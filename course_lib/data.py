@@ -73,10 +73,11 @@ class ByteTokenizer:
 
 
 def tokenizer_from_description(desc: dict) -> Tokenizer:
-    """Rebuild a tokenizer from ``describe()`` (used by exported inference artefacts)."""
+    """Rebuild a tokenizer from ``describe()`` (checkpoints, inference artefacts): bytes or BPE."""
     if desc.get("type") == "byte":
         return ByteTokenizer()
-    raise DataError(f"unknown tokenizer description {desc!r}; only the byte tokenizer is built in")
+    from .tokenizer import tokenizer_from_description as rebuild  # BPE (tokenizer.py imports this module)
+    return rebuild(desc)
 
 
 # --------------------------------------------------------------------------------------------

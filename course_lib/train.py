@@ -44,7 +44,7 @@ from .callbacks import Callback
 from .checkpoint import FORMAT as SINGLE_FILE_FORMAT
 from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .config import RESUME_FREE, RESUME_SCHEDULE, ConfigError, ModelConfig, TrainConfig, fields_by_resume
-from .data import ByteTokenizer, DataError, build_datasets, eval_batches
+from .data import DataError, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
 from .fsdp import (apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite,
@@ -52,6 +52,8 @@ from .fsdp import (apply_fsdp, global_data_position, load_training_shards, resha
 from .model import DIYModel
 from .monitor import NonFiniteError, StepLogger, check_finite
 from .schedule import build_scheduler
+from .sft import build_sft_datasets, resolve_start
+from .tokenizer import same_tokenizer, tokenizer_name
 
 
 class ConfigMismatchError(RuntimeError):
@@ -131,7 +133,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: Optional[bo
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
-RUN_ARTEFACTS = ("checkpoints", "metrics.jsonl", "tb", "config.json", "data_manifest.json")
+RUN_ARTEFACTS = ("checkpoints", "metrics.jsonl", "tb", "config.json", "data_manifest.json", "tokenizer.json")
 
 
 def move_previous_run(out_dir: str | Path) -> Optional[Path]:
@@ -170,9 +172,12 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
                  tokenizer=None, console: bool = True, save_checkpoints: bool = True) -> None:
+        # --init / --tokenizer (course_lib.sft.resolve_start): a fine-tune takes its model config,
+        # tokenizer and starting weights from the model it starts from
+        model_cfg, tokenizer, init_state = resolve_start(cfg, model_cfg, tokenizer)
         self.model_cfg, self.cfg = model_cfg, cfg
         self.callbacks = list(callbacks)
-        self.tokenizer = tokenizer or ByteTokenizer()
+        self.tokenizer = tokenizer
         if self.tokenizer.vocab_size > model_cfg.vocab_size:
             raise ConfigError(f"ModelConfig.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's "
                               f"vocab_size={self.tokenizer.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
@@ -192,6 +197,8 @@ class Trainer:
         seed_everything(cfg.seed)
         # activation checkpointing first (a per-block wrapper inside forward), then FSDP's sharding
         self.model = DIYModel(model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
+        if init_state is not None:  # --init: trained weights instead of random ones (before any sharding)
+            self.model.load_state_dict(init_state)
         self.sharded = cfg.strategy == "fsdp"   # FSDP: sharded model state and sharded checkpoints
         if self.sharded and self.dist.enabled:
             # Every rank built the same weights from the same seed; each now keeps only its shard.
@@ -203,9 +210,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.dtype == "fp16" else None
 
         # ---- 2. data: sharded by rank here, by worker inside the DataLoader ----
-        self.train_data, self.val_tokens, self.corpus = build_datasets(
-            cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
-            rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
+        if cfg.task == "sft":  # packed conversations, loss on the assistant's tokens (course_lib.sft)
+            self.train_data, self.val_tokens, self.corpus = build_sft_datasets(
+                cfg, self.tokenizer, rank=self.dist.rank, world_size=self.dist.world_size)
+        else:
+            self.train_data, self.val_tokens, self.corpus = build_datasets(
+                cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
+                rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
         if cfg.loader == "map":  # same tokens, map-style + DistributedSampler (course_lib.dataloading)
             self.train_data = DistributedChunkBatches.like(self.train_data)
 
@@ -238,6 +249,7 @@ class Trainer:
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.logger: Optional[StepLogger] = None
         self._data_iter = None
+        self._batch_kwargs: dict = {}
 
     # ------------------------------------------------------------------ state
     @property
@@ -315,6 +327,11 @@ class Trainer:
                 f"{self.out_dir}: its checkpoint was trained with a different model config (fields {diff}); "
                 "use a new out_dir, or the checkpoint's model settings, or --no-resume (resume=False), which "
                 "starts a new run there and moves the old checkpoints aside without deleting them")
+        saved_tok = state.get("tokenizer")
+        if saved_tok is not None and not same_tokenizer(saved_tok, self.tokenizer.describe()):
+            raise ConfigMismatchError(
+                f"{self.out_dir}: its checkpoint was trained with tokenizer {tokenizer_name(saved_tok)} but this run "
+                f"has {tokenizer_name(self.tokenizer.describe())}; resume with the run's --tokenizer or use a new out_dir")
         saved_loader = state.get("data", {}).get("loader", "stream")
         if saved_loader != self.cfg.loader:
             raise ConfigMismatchError(
@@ -430,7 +447,10 @@ class Trainer:
     def next_batch(self):
         if self._data_iter is None:
             self._data_iter = self._make_iter()
-        x, y = next(self._data_iter)
+        batch = next(self._data_iter)
+        x, y = batch[0], batch[1]
+        # an SFT batch also carries document ids: packed conversations attend only within themselves
+        self._batch_kwargs = {"document_ids": batch[2].to(self.device)} if len(batch) > 2 else {}
         self.batches_consumed += 1
         for cb in self.callbacks:
             x, y = cb.on_batch(self, x, y)
@@ -463,7 +483,7 @@ class Trainer:
                 # micro-batch (the unsharded gradients accumulate locally in between)
                 self.model.set_requires_gradient_sync(micro == k - 1)
             with autocast_context(self.device, c.dtype):
-                out = model(x, targets=y)
+                out = model(x, targets=y, **self._batch_kwargs)
             scaled = out.loss / k     # mean over the k micro-batches = one big batch
             loss_acc += scaled.detach().float()
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -517,9 +537,14 @@ class Trainer:
         c = self.cfg
         self.model.eval()
         losses = []
-        for x, y in eval_batches(self.val_tokens, c.seq_len, c.batch_size, c.eval_batches):
+        if c.task == "sft":  # held-out conversations, packed: (x, y, document_ids)
+            batches = self.val_tokens.batches(c.batch_size, c.eval_batches) if self.val_tokens is not None else []
+        else:
+            batches = eval_batches(self.val_tokens, c.seq_len, c.batch_size, c.eval_batches)
+        for x, y, *doc in batches:
+            kw = {"document_ids": doc[0].to(self.device)} if doc else {}
             with autocast_context(self.device, c.dtype):
-                losses.append(float(self.model(x.to(self.device), targets=y.to(self.device)).loss))
+                losses.append(float(self.model(x.to(self.device), targets=y.to(self.device), **kw).loss))
         self.model.train()
         return sum(losses) / len(losses) if losses else None
 
@@ -563,6 +588,8 @@ class Trainer:
             json.dump({"model": self.model_cfg.to_dict(), "train": c.to_dict()},
                       open(self.out_dir / "config.json", "w"), indent=2)
             json.dump(self.corpus.manifest(), open(self.out_dir / "data_manifest.json", "w"), indent=2)
+            if hasattr(self.tokenizer, "save"):  # a BPE travels with the run (the checkpoints carry it too)
+                self.tokenizer.save(self.out_dir / "tokenizer.json")
             self.logger = StepLogger(self.out_dir, c.max_steps, c.log_interval,
                                      tensorboard=c.tensorboard, console=self.console)
             self.logger.start(self.step)
