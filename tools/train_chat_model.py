@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fine-tune the reference model into the small chat model shipped in course_lib/assets/chat_model/.
 
-    .venv/bin/python tools/train_chat_model.py               # SFT (~10 min of one thread) + export + demo
+    .venv/bin/python tools/train_chat_model.py               # SFT (~2.5 min of one thread) + export + demo
     .venv/bin/python tools/train_chat_model.py --skip-train  # re-export an existing run and redo the demo
 
 SFT with the project's own command, ``python -m course_lib.train --task sft --init reference``, on the
@@ -31,10 +31,10 @@ SIZE_BUDGET_BYTES = 3_500_000
 
 TRAIN_ARGS = [
     "--task", "sft", "--init", "reference", "--data", "stdlib",
-    "--seq-len", "256", "--batch-size", "16", "--max-steps", "400",
-    "--lr", "0.001", "--min-lr", "0.0001", "--warmup-steps", "20", "--schedule", "cosine",
+    "--seq-len", "256", "--batch-size", "16", "--max-steps", "150",
+    "--lr", "0.001", "--min-lr", "0.0001", "--warmup-steps", "10", "--schedule", "cosine",
     "--weight-decay", "0.1", "--dtype", "fp32", "--device", "cpu", "--seed", "1337", "--num-workers", "0",
-    "--val-fraction", "0.05", "--eval-interval", "100", "--eval-batches", "10", "--ckpt-interval", "100",
+    "--val-fraction", "0.05", "--eval-interval", "50", "--eval-batches", "10", "--ckpt-interval", "50",
     "--log-interval", "20", "--no-resume", "--no-tensorboard",
 ]
 DEMO_SAMPLING = dict(temperature=0.0, top_k=None, top_p=None, max_new_tokens=160, seed=0)
