@@ -73,11 +73,11 @@ class ByteTokenizer:
 
 
 def tokenizer_from_description(desc: dict) -> Tokenizer:
-    """Rebuild a tokenizer from ``describe()`` (checkpoints, inference artefacts): bytes or BPE."""
+    """Rebuild the byte tokenizer from ``describe()``; ``course_lib.tokenizer.tokenizer_from_description``
+    also rebuilds a BPE (it builds on this module, so this one cannot import it)."""
     if desc.get("type") == "byte":
         return ByteTokenizer()
-    from .tokenizer import tokenizer_from_description as rebuild  # BPE (tokenizer.py imports this module)
-    return rebuild(desc)
+    raise DataError(f"tokenizer type {desc.get('type')!r}: rebuild it with course_lib.tokenizer.tokenizer_from_description")
 
 
 # --------------------------------------------------------------------------------------------

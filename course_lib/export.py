@@ -41,11 +41,12 @@ from torch import Tensor
 
 from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .config import ModelConfig
-from .data import ByteTokenizer, DataError, tokenizer_from_description
+from .data import ByteTokenizer, DataError
 from .fsdp import load_full_model_state
 from .fsio import atomic_path, atomic_write_text
 from .model import DIYModel
-from .tokenizer import file_description, load_artifact_tokenizer, save_artifact_tokenizer, save_hf_tokenizer
+from .tokenizer import (file_description, load_artifact_tokenizer, save_artifact_tokenizer, save_hf_tokenizer,
+                        tokenizer_from_description)
 
 FORMAT = "course_lib.inference/1"
 WEIGHTS_FILE = "model.safetensors"

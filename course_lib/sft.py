@@ -39,9 +39,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .chat import encode_chat, messages_from_record
-from .config import pick
+from .chat import END_OF_TURN, encode_chat, messages_from_record, validate_messages
+from .config import ConfigError, pick
 from .data import _STDLIB_SKIP, Corpus, DataError, StreamingTokenDataset, _read_text
+from .export import CONFIG_FILE, ExportError, load_inference, load_training_checkpoint
+from .generate import generate
+from .pretrained import REFERENCE_DIR
+from .tokenizer import load_tokenizer, same_tokenizer, tokenizer_name
 
 IGNORE = -100
 Example = Tuple[List[int], List[int]]   # (input ids, target ids with -100 off the assistant's tokens)
@@ -316,9 +320,7 @@ def load_init(spec: str):
     """``(ModelConfig, tokenizer, state_dict)`` of the model to start from: ``reference`` (the shipped
     model), an inference artefact folder (``config.json`` + ``model.safetensors``) or a run folder
     (its latest good checkpoint)."""
-    from .export import CONFIG_FILE, ExportError, load_inference, load_training_checkpoint
     if spec == "reference":
-        from .pretrained import REFERENCE_DIR
         spec = str(REFERENCE_DIR)
     p = Path(spec)
     if not p.exists():
@@ -337,8 +339,6 @@ def resolve_start(cfg, model_cfg, tokenizer=None):
     """``(model_cfg, tokenizer, init_state_or_None)`` for a Trainer: without ``cfg.init`` the given
     config and tokenizer (or ``cfg.tokenizer``, ``byte`` by default); with it, the init model's config,
     tokenizer and weights. A ``cfg.tokenizer`` other than the init model's is refused."""
-    from .config import ConfigError
-    from .tokenizer import load_tokenizer, same_tokenizer, tokenizer_name
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer != "byte" or not cfg.init else None
     if not cfg.init:
@@ -358,8 +358,6 @@ def chat_reply(model, tokenizer, messages: Sequence[dict], max_new_tokens: int =
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
     """The assistant's next turn: the template with the generation prompt, ``generate()``, cut at
     ``<|im_end|>`` (or ``<eos>``). The prompt is shortened from the left if it would not fit."""
-    from .chat import END_OF_TURN, validate_messages
-    from .generate import generate
     ids, _ = encode_chat(validate_messages(list(messages)), tokenizer, add_generation_prompt=True)
     room = model.config.max_seq_len - max_new_tokens + 1
     if len(ids) > room:

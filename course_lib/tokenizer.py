@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
-from .chat import IM_END, IM_START
+from .chat import CHAT_TEMPLATE_JINJA, IM_END, IM_START
 from .data import ByteTokenizer, DataError, load_corpus
+from .fsio import atomic_write_text
 
 PAD, EOS = "<pad>", "<eos>"
 SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END)   # ids 0, 1, 2, 3
@@ -105,7 +106,6 @@ class BPETokenizer:
     # ---- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (atomically); a folder gets ``folder/tokenizer.json``."""
-        from .fsio import atomic_write_text
         p = Path(path)
         if p.is_dir() or not p.suffix:
             p.mkdir(parents=True, exist_ok=True)
@@ -261,8 +261,6 @@ def token_bytes(tokenizer, token_id: int) -> bytes:
 
 def save_hf_tokenizer(tokenizer, out_dir: str | os.PathLike) -> None:
     """``tokenizer.json`` + ``tokenizer_config.json`` (+ the chat template) for ``AutoTokenizer``."""
-    from .chat import CHAT_TEMPLATE_JINJA
-    from .fsio import atomic_write_text
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, BPETokenizer):

@@ -40,13 +40,10 @@ TRAIN_ARGS = [
 DEMO_SAMPLING = dict(temperature=0.0, top_k=None, top_p=None, max_new_tokens=160, seed=0)
 
 
-def heldout_loss(model, cfg) -> float:
+def heldout_loss(model, cfg, ev) -> float:
     """Mean loss on the held-out conversations' assistant tokens (what the run's eval_loss measures)."""
     import torch
 
-    from course_lib.sft import build_sft_datasets
-    from course_lib.data import ByteTokenizer
-    _, ev, _ = build_sft_datasets(cfg, ByteTokenizer())
     losses = []
     with torch.no_grad():
         for x, y, doc in ev.batches(cfg.batch_size, cfg.eval_batches):
@@ -90,7 +87,9 @@ def main(argv=None) -> int:
     cfg = TrainConfig.default(**json.loads((out_dir / "config.json").read_text())["train"])
     model, tok, _ = load_inference(assets)
     ref, _ = load_reference_model()
-    before, after = heldout_loss(ref, cfg), heldout_loss(model, cfg)
+    from course_lib.sft import build_sft_datasets
+    _, ev, _ = build_sft_datasets(cfg, tok)
+    before, after = heldout_loss(ref, cfg, ev), heldout_loss(model, cfg, ev)
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [m for m in metrics if m.get("eval_loss") is not None]
     demo = chat_demo(model, tok, n=4, **DEMO_SAMPLING)

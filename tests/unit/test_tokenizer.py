@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from course_lib.chat import (END_OF_TURN, encode_chat, messages_from_record, render_chat, validate_messages)
-from course_lib.config import ModelConfig, TrainConfig
+from course_lib.config import ModelConfig
 from course_lib.data import ByteTokenizer, DataError
 from course_lib.export import export_hf_llama, load_inference, save_inference
 from course_lib.generate import generate, stream_generate
@@ -68,7 +68,7 @@ def test_file_round_trip_and_description(bpe, tmp_path):
     path = bpe.save(tmp_path / "tok.json")
     again = load_tokenizer(str(path))
     assert again.sha256 == bpe.sha256 and again.encode(TEXTS[2]) == bpe.encode(TEXTS[2])
-    from course_lib.data import tokenizer_from_description
+    from course_lib.tokenizer import tokenizer_from_description
     assert tokenizer_from_description(bpe.describe()).sha256 == bpe.sha256
     assert isinstance(load_tokenizer("byte"), ByteTokenizer)
     with pytest.raises(DataError, match="tokenizer file not found"):
