@@ -29,7 +29,9 @@ def test_bpe_round_trips_chinese_code_emoji(bpe):
 
 
 def test_special_tokens_are_single_tokens(bpe):
+    from course_lib.chat import end_of_turn_id
     assert (bpe.pad_id, bpe.eos_id, bpe.im_start_id, bpe.im_end_id) == (0, 1, 2, 3)
+    assert end_of_turn_id(bpe) == 3 and end_of_turn_id(ByteTokenizer()) is None
     assert bpe.encode("<|im_end|>") == [3]
     assert bpe.decode([5, bpe.eos_id, bpe.pad_id]) == bpe.decode([5])  # <pad>/<eos> dropped like bytes
 
