@@ -357,12 +357,12 @@ def resolve_start(cfg, model_cfg, tokenizer=None):
 def chat_reply(model, tokenizer, messages: Sequence[dict], max_new_tokens: int = 160, temperature: float = 0.0,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
     """The assistant's next turn: the template with the generation prompt, ``generate()``, cut at
-    ``<|im_end|>`` (or ``<eos>``). The prompt is shortened from the left if it would not fit."""
+    ``<|im_end|>`` (or ``<eos>``). At most as many new tokens as the context has room for."""
     ids, _ = encode_chat(validate_messages(list(messages)), tokenizer, add_generation_prompt=True)
-    room = model.config.max_seq_len - max_new_tokens + 1
-    if len(ids) > room:
-        raise ValueError(f"messages: {len(ids)} tokens + max_new_tokens={max_new_tokens} pass the model's "
-                         f"max_seq_len={model.config.max_seq_len}; shorten the conversation or ask for fewer tokens")
+    max_new_tokens = min(max_new_tokens, model.config.max_seq_len - len(ids) + 1)   # what the context has room for
+    if max_new_tokens < 1:
+        raise ValueError(f"messages: {len(ids)} tokens fill the model's max_seq_len={model.config.max_seq_len}; "
+                         "shorten the conversation")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         new = generate(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k,

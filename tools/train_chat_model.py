@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fine-tune the reference model into the small chat model shipped in course_lib/assets/chat_model/.
 
-    .venv/bin/python tools/train_chat_model.py               # SFT (~2.5 min of one thread) + export + demo
+    .venv/bin/python tools/train_chat_model.py               # SFT (~3.5 min of one thread: 198 CPU-s measured) + export + demo
     .venv/bin/python tools/train_chat_model.py --skip-train  # re-export an existing run and redo the demo
 
 SFT with the project's own command, ``python -m course_lib.train --task sft --init reference``, on the
