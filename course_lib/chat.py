@@ -28,13 +28,17 @@ no merge crosses a template boundary; tested), so a server may encode either way
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 END_OF_TURN = IM_END
 SPECIAL_TOKENS = (IM_START, IM_END)
 ROLES = ("system", "user", "assistant")
+# The same template in Jinja, for ``tokenizer_config.json`` (HF ``apply_chat_template``); tested equal.
+CHAT_TEMPLATE_JINJA = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 def validate_messages(obj: Any) -> List[dict]:
@@ -130,3 +134,11 @@ def encode_chat(messages: Sequence[dict], tokenizer, add_generation_prompt: bool
         ids.extend(t)
         mask.extend([trained] * len(t))
     return ids, mask
+
+
+def end_of_turn_id(tokenizer) -> Optional[int]:
+    """The token id of ``<|im_end|>`` when the tokenizer has it as one token (a BPE from
+    ``course_lib.tokenizer``: stop generation on this id), else None (bytes: stop on the string
+    ``END_OF_TURN``; the course's SFT data also ends every conversation with ``<eos>``)."""
+    ids = tokenizer.encode(IM_END)
+    return ids[0] if len(ids) == 1 else None

@@ -247,6 +247,7 @@ SCHEDULES = ("constant", "linear", "cosine", "wsd")
 DTYPES = ("fp32", "bf16", "fp16")
 LOADERS = ("stream", "map")
 STRATEGIES = ("ddp", "fsdp")
+TASKS = ("pretrain", "sft")
 MAX_SEED = 2 ** 32 - 1
 _F, _S, _R = RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT
 
@@ -259,8 +260,18 @@ class TrainConfig(_JsonMixin):
     ``k`` micro-batches of ``batch_size`` sequences each (per process under DDP).
     """
 
+    # --- task: what is trained, from where, with which tokenizer ---
+    task: str = setting("pretrain", "pretrain: next-token loss on every token of the text; sft: conversations "
+                        "(JSONL messages or prompt/response) in the chat template, packed, loss on the assistant's "
+                        "tokens only (course_lib.sft)", _M)
+    init: str = setting("", "start from a trained model instead of random weights: 'reference' (the shipped "
+                        "model), an inference artefact folder or a run folder; its model config and tokenizer "
+                        "are used ('' = random init)")
+    tokenizer: str = setting("byte", "'byte' (UTF-8 bytes) or the path of a tokenizer.json trained by "
+                             "python -m course_lib.tokenizer; with --init the model's own tokenizer is used", _M)
     # --- data ---
-    data: str = setting("stdlib", "'stdlib' (built-in corpus: Python's own sources) or a .txt/.jsonl file or folder")
+    data: str = setting("stdlib", "'stdlib' (built-in corpus: Python's own sources; with --task sft: instruction "
+                        "pairs made from its functions) or a .txt/.jsonl file or folder")
     seq_len: int = setting(128, "tokens per training sequence")
     batch_size: int = setting(16, "sequences per micro-batch, per process")
     val_fraction: float = setting(0.05, "fraction of the token stream held out for evaluation")
@@ -351,6 +362,13 @@ class TrainConfig(_JsonMixin):
                   "would check only its own gradient shard for inf/NaN", "use --dtype bf16 (no GradScaler needed)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _fail(n, "device", self.device, "must be auto, cpu, cuda or cuda:N")
+        if self.task not in TASKS:
+            _fail(n, "task", self.task, f"must be one of {TASKS}")
+        if self.task == "sft" and self.loader != "stream":
+            _fail(n, "loader", self.loader, "--task sft packs conversations into rows read by the stream loader",
+                  "use --loader stream")
+        if not self.tokenizer:
+            _fail(n, "tokenizer", self.tokenizer, "must not be empty", "use 'byte' or the path of a tokenizer.json")
         if not self.data:
             _fail(n, "data", self.data, "must not be empty", "use 'stdlib' or the path of your text")
         if not self.out_dir:

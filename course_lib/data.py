@@ -73,10 +73,11 @@ class ByteTokenizer:
 
 
 def tokenizer_from_description(desc: dict) -> Tokenizer:
-    """Rebuild a tokenizer from ``describe()`` (used by exported inference artefacts)."""
+    """Rebuild the byte tokenizer from ``describe()``; ``course_lib.tokenizer.tokenizer_from_description``
+    also rebuilds a BPE (it builds on this module, so this one cannot import it)."""
     if desc.get("type") == "byte":
         return ByteTokenizer()
-    raise DataError(f"unknown tokenizer description {desc!r}; only the byte tokenizer is built in")
+    raise DataError(f"tokenizer type {desc.get('type')!r}: rebuild it with course_lib.tokenizer.tokenizer_from_description")
 
 
 # --------------------------------------------------------------------------------------------

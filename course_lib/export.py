@@ -40,10 +40,12 @@ from torch import Tensor
 from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .cli import EXIT_FAILED, error_line
 from .config import ModelConfig
-from .data import ByteTokenizer, tokenizer_from_description
+from .data import ByteTokenizer, DataError
 from .fsdp import load_full_model_state
 from .fsio import atomic_path, atomic_write_text
 from .model import DIYModel
+from .tokenizer import (file_description, load_artifact_tokenizer, save_artifact_tokenizer, save_hf_tokenizer,
+                        tokenizer_from_description)
 
 FORMAT = "course_lib.inference/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -97,11 +99,12 @@ def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: tor
     tok = tokenizer or ByteTokenizer()
     tensors = inference_state_dict(model, dtype)
     stored_dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    meta = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": tok.describe(),
+    meta = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": file_description(tok.describe()),
             "tied_weights": tied_weights(model), "dtype": stored_dtype, "weights": WEIGHTS_FILE}
     if extra:
         meta.update(extra)
     save_safetensors(tensors, out / WEIGHTS_FILE, metadata={"format": "pt", "course_lib": FORMAT})
+    save_artifact_tokenizer(tok, out)  # a BPE goes with the weights as tokenizer.json
     atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return {"dir": out, "bytes": (out / WEIGHTS_FILE).stat().st_size + (out / CONFIG_FILE).stat().st_size,
             "tensors": len(tensors)}
@@ -174,7 +177,10 @@ def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = t
     check_tensors(expected, tensors, str(folder / WEIGHTS_FILE))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     assert set(missing) <= set(ties) and not unexpected, (missing, unexpected)
-    tok = tokenizer_from_description(meta.get("tokenizer", {"type": "byte"}))
+    try:
+        tok = load_artifact_tokenizer(folder, meta.get("tokenizer", {"type": "byte"}))
+    except DataError as e:
+        raise ExportError(str(e)) from None
     return model.to(device=device, dtype=dtype).eval(), tok, meta
 
 
@@ -283,7 +289,7 @@ def hf_llama_config(cfg: ModelConfig, tokenizer=None) -> dict:
         "bos_token_id": None,
         "use_cache": True,
         "torch_dtype": "float32",
-        "course_lib_tokenizer": tok.describe(),
+        "course_lib_tokenizer": file_description(tok.describe()),
     }
 
 
@@ -301,6 +307,7 @@ def export_hf_llama(model, out_dir: str | os.PathLike, tokenizer=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(hf_state_dict(model), out / "model.safetensors", metadata={"format": "pt"})
     atomic_write_text(out / "config.json", json.dumps(hf_llama_config(model.config, tokenizer), indent=2) + "\n")
+    save_hf_tokenizer(tokenizer or ByteTokenizer(), out)  # tokenizer.json + tokenizer_config.json: AutoTokenizer
     return out
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from .cli import EXIT_INPUT, build_generate_parser, check_generate_args, print_error
 from .config import ConfigError
 from .export import load_model_from_run
+from .tokenizer import token_bytes
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 
 
@@ -289,7 +290,7 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *,
             tok = int(nxt[0])  # a host sync per token, on purpose: streaming means showing each token now
             if tok == tokenizer.eos_id:
                 break
-            piece = dec.decode(bytes([tok])) if tok < 256 else ""
+            piece = dec.decode(token_bytes(tokenizer, tok))  # bytes or BPE: the token's UTF-8 bytes
             if piece:
                 yield piece
             if i + 1 < max_new_tokens:

@@ -115,6 +115,25 @@ def build_attention_mask(attention_mask: Optional[Tensor], q_len: int, past_len:
     return mask
 
 
+def document_positions(document_ids: Tensor) -> Tensor:
+    """Positions that restart at 0 where each document begins (documents are contiguous runs of one id)."""
+    B, T = document_ids.shape
+    idx = torch.arange(T, device=document_ids.device).expand(B, T)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    return idx - torch.where(starts, idx, 0).cummax(dim=-1).values
+
+
+def document_attention_mask(document_ids: Tensor) -> Tensor:
+    """Block-diagonal causal mask (B, 1, T, T), True = may attend: token i sees token j <= i of its own
+    document only. Packing several conversations in one row then computes exactly what one row per
+    conversation would (tests/unit/test_sft.py)."""
+    T = document_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()
+    same = document_ids[:, :, None] == document_ids[:, None, :]
+    return (same & causal)[:, None]
+
+
 def position_ids_from_mask(attention_mask: Tensor, q_len: int) -> Tensor:
     """Positions counted over real tokens only: left padding does not shift the positions."""
     pos = attention_mask.long().cumsum(-1) - 1
@@ -250,10 +269,17 @@ class DIYModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 position_ids: Optional[Tensor] = None, past_key_values=None,
-                use_cache: bool = False, targets: Optional[Tensor] = None) -> ModelOutput:
+                use_cache: bool = False, targets: Optional[Tensor] = None,
+                document_ids: Optional[Tensor] = None) -> ModelOutput:
+        """``document_ids`` (B, T), for packed training rows: tokens attend only within their own
+        document (a contiguous run of one id) and positions restart at 0 in each (unless
+        ``position_ids`` are given). No cache, no attention_mask with it."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
+        if document_ids is not None:
+            return self._forward_packed(input_ids, document_ids, position_ids, past_key_values, use_cache,
+                                        attention_mask, targets)
         legacy = isinstance(past_key_values, (tuple, list))
         cache = DynamicCache.from_legacy(past_key_values) if legacy else past_key_values
         if use_cache and cache is None:
@@ -286,6 +312,23 @@ class DIYModel(nn.Module):
                                                                       input_ids.device)
 
         return self._finish(input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy)
+
+    def _forward_packed(self, input_ids, document_ids, position_ids, past_key_values, use_cache,
+                        attention_mask, targets) -> ModelOutput:
+        """Several documents per row (SFT packing): a block-diagonal causal mask, positions per document."""
+        if past_key_values is not None or use_cache or attention_mask is not None:
+            raise ValueError("document_ids is for packed training forwards: pass no KV cache, use_cache or "
+                             "attention_mask with it")
+        if document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(document_ids.shape)}")
+        derived = position_ids is None
+        if derived:
+            position_ids = document_positions(document_ids)
+        self._check_positions(position_ids, input_ids.shape[1], derived=derived)
+        cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+        mask = document_attention_mask(document_ids)
+        return self._finish(input_ids, cos, sin, mask, None, False, False, targets, False)
 
     def _forward_tensor_positions(self, input_ids, attention_mask, position_ids, cache, use_cache, targets):
         """The compiled decode path (gpt-fast's): the positions come from ``cache.position()``, a

@@ -46,7 +46,7 @@ from .callbacks import Callback
 from .checkpoint import CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .cli import EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, print_error
 from .config import ConfigError, ModelConfig, TrainConfig
-from .data import ByteTokenizer, DataError, build_datasets, eval_batches
+from .data import DataError, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
 from .fsdp import apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite, training_shards
@@ -55,6 +55,8 @@ from .model import DIYModel
 from .monitor import MetricsLogError, NonFiniteError, StepLogger, check_finite
 from .resume import ConfigMismatchError, change_warnings, check_checkpoint_kind, check_resumable, reshards
 from .schedule import build_scheduler
+from .sft import build_sft_datasets, resolve_start
+from .tokenizer import same_tokenizer, tokenizer_name
 
 
 class ReplayDDPBatches(Callback):
@@ -130,7 +132,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool | None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
-RUN_ARTEFACTS = ("checkpoints", "metrics.jsonl", "tb", "config.json", "data_manifest.json")
+RUN_ARTEFACTS = ("checkpoints", "metrics.jsonl", "tb", "config.json", "data_manifest.json", "tokenizer.json")
 
 
 def move_previous_run(out_dir: str | Path) -> Path | None:
@@ -177,9 +179,12 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
                  tokenizer=None, console: bool = True, save_checkpoints: bool = True) -> None:
+        # --init / --tokenizer (course_lib.sft.resolve_start): a fine-tune takes its model config,
+        # tokenizer and starting weights from the model it starts from
+        model_cfg, tokenizer, self._init_state = resolve_start(cfg, model_cfg, tokenizer)
         self.model_cfg, self.cfg = model_cfg, cfg
         self.callbacks = list(callbacks)
-        self.tokenizer = tokenizer or ByteTokenizer()
+        self.tokenizer = tokenizer
         self._check_sizes()
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
@@ -216,6 +221,7 @@ class Trainer:
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.logger: StepLogger | None = None
         self._data_iter = None
+        self._batch_kwargs: dict = {}
 
     def _check_sizes(self) -> None:
         """The tokenizer and the sequence length fit the model, or a ``ConfigError`` naming the field."""
@@ -232,6 +238,9 @@ class Trainer:
         seed_everything(cfg.seed)
         # activation checkpointing first (a per-block wrapper inside forward), then FSDP's sharding
         self.model = DIYModel(self.model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
+        if self._init_state is not None:  # --init: trained weights instead of random ones (before any sharding)
+            self.model.load_state_dict(self._init_state)
+            self._init_state = None
         if self.sharded and self.dist.enabled:
             # Every rank built the same weights from the same seed; each now keeps only its shard.
             # The optimizer comes after: it must hold the sharded (DTensor) parameters.
@@ -243,9 +252,13 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.cfg
-        self.train_data, self.val_tokens, self.corpus = build_datasets(
-            cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
-            rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
+        if cfg.task == "sft":  # packed conversations, loss on the assistant's tokens (course_lib.sft)
+            self.train_data, self.val_tokens, self.corpus = build_sft_datasets(
+                cfg, self.tokenizer, rank=self.dist.rank, world_size=self.dist.world_size)
+        else:
+            self.train_data, self.val_tokens, self.corpus = build_datasets(
+                cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
+                rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
         if cfg.loader == "map":  # same tokens, map-style + DistributedSampler (course_lib.dataloading)
             self.train_data = DistributedChunkBatches.like(self.train_data)
 
@@ -328,6 +341,11 @@ class Trainer:
         """May this run continue ``state``? (``resume.check_resumable``; remembers what changed)."""
         self._resume_changes = check_resumable(state, self.model_cfg.to_dict(), self.cfg, self.dist.world_size,
                                                self.dist.rank, self.out_dir)
+        saved_tok = state.get("tokenizer")
+        if saved_tok is not None and not same_tokenizer(saved_tok, self.tokenizer.describe()):
+            raise ConfigMismatchError(
+                f"{self.out_dir}: its checkpoint was trained with tokenizer {tokenizer_name(saved_tok)} but this run "
+                f"has {tokenizer_name(self.tokenizer.describe())}; resume with the run's --tokenizer or use a new out_dir")
 
     def _load_latest_sharded(self):
         """Latest good sharded checkpoint: trainer state verified and validated first, then DCP
@@ -390,7 +408,10 @@ class Trainer:
     def next_batch(self):
         if self._data_iter is None:
             self._data_iter = self._make_iter()
-        x, y = next(self._data_iter)
+        batch = next(self._data_iter)
+        x, y = batch[0], batch[1]
+        # an SFT batch also carries document ids: packed conversations attend only within themselves
+        self._batch_kwargs = {"document_ids": batch[2].to(self.device)} if len(batch) > 2 else {}
         self.batches_consumed += 1
         for cb in self.callbacks:
             x, y = cb.on_batch(self, x, y)
@@ -450,7 +471,7 @@ class Trainer:
                 # micro-batch (the unsharded gradients accumulate locally in between)
                 self.model.set_requires_gradient_sync(micro == k - 1)
             with autocast_context(self.device, c.dtype):
-                out = model(x, targets=y)
+                out = model(x, targets=y, **self._batch_kwargs)
             scaled = out.loss / k     # mean over the k micro-batches = one big batch
             loss_acc += scaled.detach().float()
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -494,9 +515,14 @@ class Trainer:
         c = self.cfg
         self.model.eval()
         losses = []
-        for x, y in eval_batches(self.val_tokens, c.seq_len, c.batch_size, c.eval_batches):
+        if c.task == "sft":  # held-out conversations, packed: (x, y, document_ids)
+            batches = self.val_tokens.batches(c.batch_size, c.eval_batches) if self.val_tokens is not None else []
+        else:
+            batches = eval_batches(self.val_tokens, c.seq_len, c.batch_size, c.eval_batches)
+        for x, y, *doc in batches:
+            kw = {"document_ids": doc[0].to(self.device)} if doc else {}
             with autocast_context(self.device, c.dtype):
-                losses.append(float(self.model(x.to(self.device), targets=y.to(self.device)).loss))
+                losses.append(float(self.model(x.to(self.device), targets=y.to(self.device), **kw).loss))
         self.model.train()
         return sum(losses) / len(losses) if losses else None
 
@@ -539,6 +565,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _write_json(self.out_dir / "config.json", {"model": self.model_cfg.to_dict(), "train": c.to_dict()})
             _write_json(self.out_dir / "data_manifest.json", self.corpus.manifest())
+            if hasattr(self.tokenizer, "save"):  # a BPE travels with the run (the checkpoints carry it too)
+                self.tokenizer.save(self.out_dir / "tokenizer.json")
             self.logger = StepLogger(self.out_dir, c.max_steps, c.log_interval,
                                      tensorboard=c.tensorboard, console=self.console)
             self.logger.start(self.step)

@@ -29,15 +29,17 @@ TINY_MODEL = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64
 MAX_STEPS, CKPT_INTERVAL = 16, 2
 
 
-def train_config(out_dir: str, data: str, strategy: str = "ddp"):
+def train_config(out_dir: str, data: str, strategy: str = "ddp", overrides=None):
+    """``overrides``: other TrainConfig fields (e.g. ``task="sft", init=...`` in test_sft_kill.py)."""
     from course_lib.config import TrainConfig
-    return TrainConfig(data=data, max_steps=MAX_STEPS, batch_size=4, seq_len=32, warmup_steps=3,
-                       eval_interval=8, eval_batches=1, log_interval=1, ckpt_interval=CKPT_INTERVAL,
-                       keep_last=2, out_dir=out_dir, tensorboard=False, lr=3e-3, min_lr=3e-4,
-                       device="cpu", val_fraction=0.1, strategy=strategy)
+    kw = dict(data=data, max_steps=MAX_STEPS, batch_size=4, seq_len=32, warmup_steps=3,
+              eval_interval=8, eval_batches=1, log_interval=1, ckpt_interval=CKPT_INTERVAL,
+              keep_last=2, out_dir=out_dir, tensorboard=False, lr=3e-3, min_lr=3e-4,
+              device="cpu", val_fraction=0.1, strategy=strategy)
+    return TrainConfig(**{**kw, **(overrides or {})})
 
 
-def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp") -> None:
+def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp", overrides=None) -> None:
     import torch
     torch.set_num_threads(1)  # the reference and every resumed run use the same kernels
     from course_lib.faults import FAULT_ENV, fault_point
@@ -59,7 +61,7 @@ def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp") ->
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = Trainer(ModelConfig(**TINY_MODEL), train_config(out_dir, data, strategy),
+        trainer = Trainer(ModelConfig(**TINY_MODEL), train_config(out_dir, data, strategy, overrides),
                           callbacks=[StepFaults()], console=False)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as f:
@@ -69,13 +71,13 @@ def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp") ->
     trainer.fit()
 
 
-def lineage(ctx, out_dir: str, data: str, points, strategy: str = "ddp") -> list:
+def lineage(ctx, out_dir: str, data: str, points, strategy: str = "ddp", overrides=None) -> list:
     """One lineage: a chain of processes on one run folder, each killed at its fault point
     (``None`` last: the run that finishes). Returns the exit codes."""
     log = str(Path(out_dir) / "driver_log.jsonl")
     codes = []
     for fault in [*points, None]:
-        p = ctx.Process(target=run, args=(out_dir, data, fault, log, strategy))
+        p = ctx.Process(target=run, args=(out_dir, data, fault, log, strategy, overrides))
         p.start()
         p.join(120)
         if p.is_alive():
