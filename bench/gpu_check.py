@@ -549,7 +549,7 @@ def check_mbu(ctx: Ctx) -> str:
     src = torch.empty(n_bytes // 4, device=ctx.device)
     dst = torch.empty_like(src)
     bw = 2 * n_bytes / timed(ctx, lambda: dst.copy_(src), 5)          # read + write
-    del src, dst
+    src = dst = None   # free the probe's buffers
     cfg = (ModelConfig(**SMALL) if ctx.dry else
            ModelConfig(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=8, ffn_hidden=2752, max_seq_len=512))
     torch.manual_seed(0)

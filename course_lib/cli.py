@@ -41,7 +41,9 @@ from .data import DataError
 from .export import load_model_from_run
 from .generate import compile_available, generate_text
 from .monitor import NonFiniteError
+from .protocol import ModelSpec, num_parameters
 from .train import ConfigMismatchError, Trainer
+from .trackers import TRACKERS, TrackerUnavailable, make_tracker
 
 EXIT_INPUT, EXIT_NONFINITE, EXIT_FAILED = 2, 3, 1
 INPUT_ERRORS = (ConfigError, DataError, ConfigMismatchError)
@@ -105,9 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}}; flags override it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g = p.add_argument_group("model")
+    g.add_argument("--model-class", help="train your own model instead of DIYModel: 'package.module:Factory', a class "
+                   "or function returning a torch.nn.Module that follows course_lib/protocol.py (a Hugging Face "
+                   "*ForCausalLM is adapted); the DIYModel flags below are then ignored")
+    g.add_argument("--model-kwargs", default="{}", help="JSON object of keyword arguments for --model-class "
+                   "(stored in the checkpoint; must match on resume)")
     add_config_args(g, ModelConfig, ModelConfig.small())
     g = p.add_argument_group("training")
     add_config_args(g, TrainConfig, TrainConfig.default())
+    g = p.add_argument_group("trackers (pip install -e '.[trackers]')")
+    g.add_argument("--tracker", action="append", choices=sorted(TRACKERS), help="also log to wandb or swanlab "
+                   "(repeatable); a resumed run continues the same tracker run (id in out_dir/trackers.json)")
+    g.add_argument("--tracker-mode", default="offline", help="wandb: offline | online | disabled; swanlab: offline "
+                   "| local | online | disabled (default: offline, no account or network needed)")
+    g.add_argument("--tracker-project", default="course-stage4", help="tracker project name (default: course-stage4)")
     return p
 
 
@@ -142,6 +155,20 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
             TrainConfig.default(**_tuples(TrainConfig, train_kw)))
 
 
+def _model_kwargs(text: str) -> dict:
+    """``--model-kwargs``: a JSON object, inline or ``@file.json``."""
+    if text.startswith("@"):
+        data = read_json_file(text[1:], "--model-kwargs file")
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--model-kwargs: not valid JSON ({e.msg}); write an object, e.g. '{{\"n_layer\": 2}}'") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model-kwargs: expected a JSON object, got {type(data).__name__}; write {{\"name\": value}}")
+    return data
+
+
 # ------------------------------------------------------------------------------------------
 # python -m course_lib.train
 # ------------------------------------------------------------------------------------------
@@ -152,14 +179,21 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         _print_error(e)
         return EXIT_INPUT
+    try:
+        if args.model_class:
+            model_cfg = ModelSpec(args.model_class, _model_kwargs(args.model_kwargs))
+        callbacks = [make_tracker(n, mode=args.tracker_mode, project=args.tracker_project) for n in args.tracker or []]
+    except (ConfigError, TrackerUnavailable) as e:
+        _print_error(e)
+        return EXIT_INPUT
     if args.print_config:
         print(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
         return 0
     ok = False
     try:
-        trainer = Trainer(model_cfg, train_cfg)
+        trainer = Trainer(model_cfg, train_cfg, callbacks=callbacks)
         if trainer.is_main:
-            print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
+            print(f"[train] {num_parameters(trainer.model):,} parameters | device {trainer.device} | "
                   f"world size {trainer.dist.world_size} | strategy {train_cfg.strategy} | data {trainer.corpus.source} "
                   f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
         t0 = time.perf_counter()

@@ -181,8 +181,9 @@ class WandbTracker(TrackerCallback):
 class SwanLabTracker(TrackerCallback):
     """SwanLab (swanlab.cn, popular with Chinese learners; minimind logs to it). ``mode``:
     ``offline`` (default: files under ``out_dir/swanlog``, upload later with ``swanlab sync``),
-    ``local`` (the same files, viewed with ``swanlab watch``), ``cloud`` (after ``swanlab login``)
-    or ``disabled``. A resumed training run calls ``swanlab.init(id=..., resume="allow")``."""
+    ``local`` (the same files, viewed with ``swanlab watch``), ``online`` (after ``swanlab login``)
+    or ``disabled``. A resumed training run calls ``swanlab.init(id=..., resume="allow")``; offline,
+    each part is saved as ``swanlog/run-<time>-<id>/run-<id>.swanlab`` under the same id."""
 
     name = "swanlab"
 
@@ -192,9 +193,8 @@ class SwanLabTracker(TrackerCallback):
         self.run = None
 
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
-        self.run = self.swanlab.init(project=self.project, experiment_name=self.run_name, config=config,
-                                     mode=self.mode, logdir=str(Path(self.log_dir) / "swanlog"),
-                                     id=run_id, resume="allow")
+        self.run = self.swanlab.init(project=self.project, name=self.run_name, config=config, mode=self.mode,
+                                     log_dir=str(Path(self.log_dir) / "swanlog"), id=run_id, resume="allow")
 
     def _log(self, values: dict, step: int) -> None:
         self.run.log({k: v for k, v in values.items() if k != "train/step"}, step=step)

@@ -49,7 +49,7 @@ from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
 from .fsdp import (apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite,
                    training_shards)
-from .model import DIYModel
+from .protocol import ModelSpec, build_model
 from .monitor import NonFiniteError, StepLogger, check_finite
 from .schedule import build_scheduler
 
@@ -191,8 +191,12 @@ class Trainer:
         # ---- 1. model, optimizer, schedule, scaler (same seed on every rank) ----
         seed_everything(cfg.seed)
         # activation checkpointing first (a per-block wrapper inside forward), then FSDP's sharding
-        self.model = DIYModel(model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
+        # model_cfg: a ModelConfig (DIYModel) or a protocol.ModelSpec (a model given by import path)
+        self.model = build_model(model_cfg, cfg.activation_checkpointing).to(self.device)
         self.sharded = cfg.strategy == "fsdp"   # FSDP: sharded model state and sharded checkpoints
+        if self.sharded and isinstance(model_cfg, ModelSpec):
+            raise ConfigError("TrainConfig.strategy: fsdp wraps DIYModel's blocks and is not available for a model "
+                              "given by --model-class; use --strategy ddp")
         if self.sharded and self.dist.enabled:
             # Every rank built the same weights from the same seed; each now keeps only its shard.
             # The optimizer comes after: it must hold the sharded (DTensor) parameters.
