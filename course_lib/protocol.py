@@ -115,8 +115,11 @@ class ModelSpec:
     """A model given by import path and JSON keyword arguments; Trainer's ``model_cfg`` for a
     foreign model. ``to_dict()`` is what checkpoints store and resume compares."""
 
-    def __init__(self, target: str, kwargs: Optional[dict] = None) -> None:
-        self.target = str(target)
+    def __init__(self, target: str | Callable[..., Any], kwargs: Optional[dict] = None) -> None:
+        # a callable is used as it is (in-process, e.g. a class defined in a notebook); its
+        # "module:name" is what the checkpoint records
+        self.factory = target if callable(target) else None
+        self.target = f"{target.__module__}:{target.__qualname__}" if callable(target) else str(target)
         self.kwargs = dict(kwargs or {})
         try:
             json.dumps(self.kwargs)
@@ -133,7 +136,7 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """Call the factory and adapt what it returns (``as_causal_lm``); the spec travels with it."""
-        obj = load_factory(self.target)(**self.kwargs)
+        obj = (self.factory or load_factory(self.target))(**self.kwargs)
         model = as_causal_lm(obj)
         model.course_spec = self.to_dict()
         return model
@@ -174,7 +177,7 @@ def _is_hf_causal_lm(obj: Any) -> bool:
 def as_causal_lm(obj: Any) -> nn.Module:
     """``obj`` as a ``CausalLM``: a native one unchanged, a Hugging Face causal LM wrapped in
     ``HFCausalLM``; anything else is refused with what it lacks."""
-    if isinstance(obj, (DIYModel, HFCausalLM)):
+    if isinstance(obj, (DIYModel, HFCausalLM, PlainCausalLM)):
         return obj
     if _is_hf_causal_lm(obj):
         return HFCausalLM(obj)
@@ -285,3 +288,37 @@ class HFCausalLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.hf.parameters())
+
+
+class PlainCausalLM(nn.Module):
+    """A stage-3 style model, ``forward(idx) -> logits`` or ``-> (logits, loss)`` (nanoGPT's shape),
+    as a ``CausalLM``: the loss is computed here from aligned targets, generation runs in recompute
+    mode (``history_from_cache``). Padded batches need the model to take an attention mask, which
+    such a model has not: generate unpadded prompts (one length) with it."""
+
+    def __init__(self, model: nn.Module, vocab_size: Optional[int] = None, max_seq_len: Optional[int] = None) -> None:
+        super().__init__()
+        self.inner = model
+        cfg = getattr(model, "config", None)
+        vocab = vocab_size or getattr(cfg, "vocab_size", None)
+        seq = max_seq_len or getattr(cfg, "max_seq_len", None) or getattr(cfg, "block_size", None)
+        if not (isinstance(vocab, int) and isinstance(seq, int)):
+            raise ConfigError(f"PlainCausalLM: cannot read vocab_size and max_seq_len from {type(model).__name__}"
+                              ".config; pass PlainCausalLM(model, vocab_size=..., max_seq_len=...)")
+        self.config = LMShape(vocab_size=vocab, max_seq_len=seq)
+        # nanoGPT's forward returns only the last position's logits when targets is None: pass
+        # dummy targets to get all of them (its own loss is not used; ours ignores -100)
+        self._dummy_targets = "targets" in inspect.signature(model.forward).parameters
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+                position_ids: Optional[Tensor] = None, past_key_values: Any = None,
+                use_cache: bool = False, targets: Optional[Tensor] = None) -> ModelOutput:
+        T = input_ids.shape[1]
+        ids = history_from_cache(past_key_values, input_ids) if past_key_values is not None else input_ids
+        if attention_mask is not None and not bool(attention_mask.all()):   # one host read per call
+            raise ValueError("PlainCausalLM: this model takes no attention mask, so padded batches would be wrong; "
+                             "generate prompts of one length, or give the model attention_mask support")
+        out = self.inner(ids, targets=torch.zeros_like(ids)) if self._dummy_targets else self.inner(ids)
+        logits = (out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out))[:, -T:]
+        loss = aligned_loss(logits, targets) if targets is not None else None
+        return ModelOutput(logits=logits, loss=loss, past_key_values=past_key_values if use_cache else None)

@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-import foreign_models  # noqa: E402
+import foreign_models  # noqa: E402,F401  (ModelSpec imports it by name; fail early if it breaks)
 
 from course_lib.checkpoint import CheckpointManager  # noqa: E402
 from course_lib.config import ConfigError, TrainConfig  # noqa: E402
@@ -72,6 +72,52 @@ def test_hf_llama_generates_hf_greedy_tokens_and_the_engine_says_why_not():
     r = engine.submit([1, 2, 3], 4)
     engine.run_until_done()
     assert r.finish_reason == "error" and "cache.update" in r.error
+
+
+class Stage3GPT(torch.nn.Module):
+    """nanoGPT's forward shape: (idx, targets=None) -> (logits, loss), last position only without targets."""
+
+    def __init__(self, vocab_size=258, block_size=32, n_embd=16):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab_size, n_embd), torch.nn.Embedding(block_size, n_embd)
+        self.attn = torch.nn.MultiheadAttention(n_embd, 2, batch_first=True)
+        self.head = torch.nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx, targets=None):
+        T = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(T))
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+        x = x + self.attn(x, x, x, attn_mask=causal, need_weights=False)[0]
+        if targets is None:
+            return self.head(x[:, [-1]]), None
+        logits = self.head(x)
+        return logits, torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def make_stage3(**kw):
+    from course_lib.protocol import PlainCausalLM
+    return PlainCausalLM(Stage3GPT(**kw), vocab_size=kw.get("vocab_size", 258), max_seq_len=kw.get("block_size", 32))
+
+
+def test_plain_stage3_model_trains_resumes_and_generates(tmp_path):
+    spec = ModelSpec(make_stage3, {"block_size": 32})      # a callable: in-process, e.g. from a notebook
+    assert spec.to_dict()["class"].endswith(":make_stage3") and spec.max_seq_len == 32
+    cfg = TrainConfig(data=corpus(tmp_path), max_steps=4, batch_size=2, seq_len=16, warmup_steps=1, ckpt_interval=2,
+                      eval_interval=2, eval_batches=1, out_dir=str(tmp_path / "r"), device="cpu", tensorboard=False,
+                      val_fraction=0.1)
+    tr = Trainer(spec, cfg, console=False)
+    hist = tr.fit()
+    assert len(hist) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    again = Trainer(spec, cfg, console=False)              # resumes at the end: the state dict round-trips
+    assert again.step == 4
+    assert all(torch.equal(a, b) for a, b in zip(tr.model.state_dict().values(), again.model.state_dict().values(),
+                                                   strict=True))
+    model = tr.model.eval()
+    ids = torch.randint(0, 258, (2, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(generate(model, ids, 8), generate(model, ids, 8, use_cache=False))
+    x, m = left_pad([[1, 2, 3], [4]], 0)
+    with pytest.raises(ValueError, match="padded batches"):
+        generate(model, x, 2, attention_mask=m)
 
 
 def test_bad_model_class_is_one_line():
