@@ -21,10 +21,11 @@ Both packages are optional: ``pip install -e ".[trackers]"``. Only rank 0 logs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -193,6 +194,10 @@ class SwanLabTracker(TrackerCallback):
         self.run = None
 
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
+        with _quiet():   # SwanLab prints banners with absolute paths on stdout; the trainer has its own log
+            self._init(run_id, config)
+
+    def _init(self, run_id: str, config: dict) -> None:
         self.run = self.swanlab.init(project=self.project, name=self.run_name, config=config, mode=self.mode,
                                      log_dir=str(Path(self.log_dir) / "swanlog"), id=run_id, resume="allow")
 
@@ -201,8 +206,15 @@ class SwanLabTracker(TrackerCallback):
 
     def _finish(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            with _quiet():
+                self.run.finish()
             self.run = None
+
+
+@contextlib.contextmanager
+def _quiet():
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 TRACKERS = {"wandb": WandbTracker, "swanlab": SwanLabTracker}
@@ -214,7 +226,3 @@ def make_tracker(name: str, **kw) -> TrackerCallback:
         raise ValueError(f"--tracker: unknown tracker {name!r}; choose one of {sorted(TRACKERS)} "
                          "(TensorBoard is always on unless --no-tensorboard)")
     return TRACKERS[name](**kw)
-
-
-def _warn(msg: str) -> None:
-    print(f"[trackers] {msg}", file=sys.stderr, flush=True)
