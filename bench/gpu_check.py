@@ -582,11 +582,21 @@ def check_engine(ctx: Ctx) -> str:
     for p, r in zip(prompts, reqs, strict=True):
         want = _greedy(model, torch.tensor([tok.encode(p)], device=ctx.device), n)[0].tolist()
         assert r.output == want, f"engine output for {p!r} differs from generate()"
+    # sampling on the device with the request's CPU generator (seeded): reproducible, same as generate()
+    sampled = []
+    for _ in range(2):
+        eng = Engine(model, eos_id=None, max_batch=2)
+        r = eng.submit(tok.encode(prompts[0]), n, temperature=0.8, seed=7)
+        eng.run_until_done()
+        assert r.error is None, r.error
+        sampled.append(r.output)
+    assert sampled[0] == sampled[1], "seeded sampling in the engine is not reproducible"
     with ServerThread(create_app(Engine(model, eos_id=tok.eos_id, max_batch=4), tok, "gpu-check")) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
         c = client.completions.create(model="gpu-check", prompt=prompts[0], max_tokens=n, temperature=0)
     assert c.choices[0].text, "empty completion"
-    return f"{len(prompts)} requests = generate() token for token; /v1/completions answered {c.usage.completion_tokens} tokens"
+    return (f"{len(prompts)} greedy requests = generate() token for token; seeded sampling reproducible; "
+            f"/v1/completions answered {c.usage.completion_tokens} tokens")
 
 
 @item("notebooks in quick mode (nbval)")

@@ -534,9 +534,11 @@ class Trainer:
         state = self.state_dict()  # every rank joins the RNG gather
         path = None
         if self.is_main and self.save_checkpoints:
-            for name, t in state["model"].items():
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise NonFiniteError(f"refusing to save step {self.step}: parameter {name} is not finite")
+            floats = [(name, t) for name, t in state["model"].items() if t.is_floating_point()]
+            # one device -> host read for all tensors (a bool() per tensor would sync once each on CUDA)
+            if floats and not bool(torch.stack([torch.isfinite(t).all() for _, t in floats]).all()):
+                name = next(name for name, t in floats if not torch.isfinite(t).all())
+                raise NonFiniteError(f"refusing to save step {self.step}: parameter {name} is not finite")
             path = self.ckpt.save(self.step, state)
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path)
