@@ -495,6 +495,22 @@ def check_int8(ctx: Ctx) -> str:
     return f"kernel on {ctx.device.type}, relative logit error {err:.4f}"
 
 
+@item("GPTQ int4 on the device")
+def check_gptq(ctx: Ctx) -> str:
+    ctx.need_cuda("GPTQ's column loop is seconds on a GPU, minutes on a loaded CPU; the CPU path is tests/unit/test_quantize.py")
+    from course_lib.pretrained import calibration_batch
+    from course_lib.quantize import quantize_model
+    model, tok = reference(ctx)
+    calib = calibration_batch(4 if ctx.dry else 32, 64 if ctx.dry else 128).to(ctx.device)
+    q = quantize_model(model, "gptq-int4", calibration=calib)
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0)).to(ctx.device)
+    with torch.no_grad():
+        ref, got = model(ids).logits.float(), q(ids).logits.float()
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert err < 0.2, f"GPTQ int4 logits off by {err:.3f} (relative)"
+    return f"quantized on {ctx.device.type}, relative logit error {err:.4f} (reference int4 forward)"
+
+
 @item("int4 CUDA kernel (tinygemm)")
 def check_int4(ctx: Ctx) -> str:
     ctx.need_cuda("torch.ops.aten._weight_int4pack_mm is the CUDA tinygemm kernel; the CPU one is tested in tests/")

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
-CUDA_ONLY = ("nccl", "compiled static cache", "int4 CUDA kernel", "bitsandbytes", "notebooks", "memory estimate")
+CUDA_ONLY = ("nccl", "compiled static cache", "int4 CUDA kernel", "bitsandbytes", "notebooks", "memory estimate", "GPTQ")
 
 
 def load():
