@@ -209,3 +209,15 @@ def test_fsdp_refused_for_a_foreign_model(tmp_path):
                       out_dir=str(tmp_path / "r"), device="cpu", tensorboard=False, strategy="fsdp")
     with pytest.raises(ConfigError, match="--strategy ddp"):
         Trainer(ModelSpec(*NANO), cfg, console=False)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--model-class", "foreign_models:NanoGPT", "--model-kwargs", "[1]"], "--model-kwargs: expected a JSON object"),
+    (["--model-class", "foreign_models:NanoGPT", "--model-kwargs", "{bad"], "--model-kwargs: not valid JSON"),
+    (["--model-class", "no_such_mod_xyz:M"], "--model-class: cannot import"),
+])
+def test_cli_model_class_errors_are_one_line(argv, expected, capsys):
+    from course_lib.cli import train_main
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
