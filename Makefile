@@ -8,7 +8,7 @@ PIP := $(VPY) -m pip install -q --disable-pip-version-check
 LAB_ARGS ?=
 NB ?=
 
-.PHONY: install install-test lab refresh-notebooks test unit notebooks bench benchmarks progress clean
+.PHONY: install install-test lab refresh-notebooks test unit lint notebooks bench benchmarks gpu-check progress clean
 
 install: $(STAMP)
 
@@ -83,6 +83,11 @@ progress: install
 # Run every bench/ script and write BENCHMARKS.md (figures from this machine).
 benchmarks: install
 	$(VPY) tools/benchmarks_page.py
+
+# On a CUDA machine (<= 8 min): train/AMP/resume/memory/nccl/decode/quantization/engine/notebooks
+# checks, one line each, and the GPU section of BENCHMARKS.md. `--dry-run` runs the CPU half.
+gpu-check: install-test
+	$(VPY) bench/gpu_check.py --require-cuda
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache runs   # my-notebooks/ (your work) is kept

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import json
 import math
 import os
 import sys
@@ -95,9 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}}; flags override it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g = p.add_argument_group("model")
+    g.add_argument("--model-class", help="train your own model instead of DIYModel: 'package.module:Factory', a class "
+                   "or function returning a torch.nn.Module that follows course_lib/protocol.py (a Hugging Face "
+                   "*ForCausalLM is adapted); the DIYModel flags below are then ignored")
+    g.add_argument("--model-kwargs", default="{}", help="JSON object of keyword arguments for --model-class "
+                   "(stored in the checkpoint; must match on resume)")
     add_config_args(g, ModelConfig, ModelConfig.small())
     g = p.add_argument_group("training")
     add_config_args(g, TrainConfig, TrainConfig.default())
+    g = p.add_argument_group("trackers (pip install -e '.[trackers]')")
+    g.add_argument("--tracker", action="append", choices=("swanlab", "wandb"), help="also log to wandb or swanlab "
+                   "(repeatable); a resumed run continues the same tracker run (id in out_dir/trackers.json)")
+    g.add_argument("--tracker-mode", default="offline", help="wandb: offline | online | disabled; swanlab: offline "
+                   "| local | online | disabled (default: offline, no account or network needed)")
+    g.add_argument("--tracker-project", default="course-stage4", help="tracker project name (default: course-stage4)")
     return p
 
 
@@ -130,6 +142,20 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
             train_kw[f.name] = getattr(args, f.name)
     return (ModelConfig.small(**_tuples(ModelConfig, model_kw)),
             TrainConfig.default(**_tuples(TrainConfig, train_kw)))
+
+
+def model_kwargs_arg(text: str) -> dict:
+    """``--model-kwargs``: a JSON object, inline or ``@file.json``."""
+    if text.startswith("@"):
+        data = read_json_file(text[1:], "--model-kwargs file")
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--model-kwargs: not valid JSON ({e.msg}); write an object, e.g. '{{\"n_layer\": 2}}'") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model-kwargs: expected a JSON object, got {type(data).__name__}; write {{\"name\": value}}")
+    return data
 
 
 # ------------------------------------------------------------------------------------------

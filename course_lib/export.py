@@ -43,7 +43,7 @@ from .config import ModelConfig
 from .data import ByteTokenizer, DataError
 from .fsdp import load_full_model_state
 from .fsio import atomic_path, atomic_write_text
-from .model import DIYModel
+from .protocol import config_dict, model_from_dict
 from .tokenizer import (file_description, load_artifact_tokenizer, save_artifact_tokenizer, save_hf_tokenizer,
                         tokenizer_from_description)
 
@@ -99,7 +99,7 @@ def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: tor
     tok = tokenizer or ByteTokenizer()
     tensors = inference_state_dict(model, dtype)
     stored_dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    meta = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": file_description(tok.describe()),
+    meta = {"format": FORMAT, "model": config_dict(model), "tokenizer": file_description(tok.describe()),
             "tied_weights": tied_weights(model), "dtype": stored_dtype, "weights": WEIGHTS_FILE}
     if extra:
         meta.update(extra)
@@ -167,11 +167,10 @@ def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = t
     folder = Path(path)
     meta = read_config(folder)
     try:
-        cfg = ModelConfig.from_dict(meta["model"])
+        model = model_from_dict(meta["model"])   # a ModelConfig, or the spec of a --model-class model
     except Exception as e:  # ConfigError or TypeError from a hand-edited file
         raise ExportError(f"{folder / CONFIG_FILE}: invalid model config ({e})") from None
     tensors = read_safetensors(folder / meta.get("weights", WEIGHTS_FILE))
-    model = DIYModel(cfg)
     ties = tied_weights(model)
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items() if k not in ties}
     check_tensors(expected, tensors, str(folder / WEIGHTS_FILE))
@@ -218,7 +217,7 @@ def load_training_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
         raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
                                 "train first: python -m course_lib.train --out-dir " + str(run_dir))
     state, path = found
-    model = DIYModel(ModelConfig.from_dict(state["config"]["model"]))
+    model = model_from_dict(state["config"]["model"])   # DIYModel, or the spec of a --model-class model
     model.load_state_dict(state["model"])
     tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
     return model.eval(), tok, state, path

@@ -44,6 +44,10 @@ def sample_next(logits: Tensor, temperature: float = 0.0, top_k: Optional[int] =
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
     probs = logits.softmax(-1)
+    if generator is not None and generator.device.type != probs.device.type:
+        # a CPU generator (the CLI's, the engine's per-request one) with CUDA logits: multinomial
+        # refuses a generator of another device; draw on the CPU (the same numbers as a CPU run)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

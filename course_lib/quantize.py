@@ -388,17 +388,17 @@ def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) ->
     _check_group(w, group_size)
     pad = padded_width(w.shape[1], group_size) - w.shape[1]
     W = F.pad(w.detach().float(), (0, pad))
-    H = F.pad(H.detach().float(), (0, pad, 0, pad))  # padded columns are "dead": zeroed below
+    H = F.pad(H.detach().float().to(W.device), (0, pad, 0, pad))  # padded columns are "dead": zeroed below
     cols = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     L = torch.linalg.cholesky(H)
     Hinv = torch.cholesky_inverse(L)
     Hinv = torch.linalg.cholesky(Hinv, upper=True)
     Q = torch.zeros_like(W)
-    scales = torch.zeros(W.shape[0], cols // group_size)
+    scales = torch.zeros(W.shape[0], cols // group_size, device=W.device)   # on W's device (CUDA too)
     for i in range(cols):
         if i % group_size == 0:
             scales[:, i // group_size] = absmax_scale(W[:, i:i + group_size], 7, dim=1, keepdim=False)

@@ -44,19 +44,21 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .callbacks import Callback
 from .checkpoint import CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
-from .cli import EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, print_error
+from .cli import (EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, model_kwargs_arg,
+                  print_error)
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import DataError, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
 from .fsdp import apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite, training_shards
 from .fsio import atomic_write_text
-from .model import DIYModel
+from .protocol import ModelSpec, build_model, num_parameters
 from .monitor import MetricsLogError, NonFiniteError, StepLogger, check_finite
 from .resume import ConfigMismatchError, change_warnings, check_checkpoint_kind, check_resumable, reshards
 from .schedule import build_scheduler
 from .sft import build_sft_datasets, resolve_start
 from .tokenizer import same_tokenizer, tokenizer_name
+from .trackers import TrackerUnavailable, make_tracker
 
 
 class ReplayDDPBatches(Callback):
@@ -237,7 +239,11 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed)
         # activation checkpointing first (a per-block wrapper inside forward), then FSDP's sharding
-        self.model = DIYModel(self.model_cfg).to(self.device).set_activation_checkpointing(cfg.activation_checkpointing)
+        # model_cfg: a ModelConfig (DIYModel) or a protocol.ModelSpec (a model given by import path)
+        self.model = build_model(self.model_cfg, cfg.activation_checkpointing).to(self.device)
+        if self.sharded and isinstance(self.model_cfg, ModelSpec):
+            raise ConfigError("TrainConfig.strategy: fsdp wraps DIYModel's blocks and is not available for a model "
+                              "given by --model-class; use --strategy ddp")
         if self._init_state is not None:  # --init: trained weights instead of random ones (before any sharding)
             self.model.load_state_dict(self._init_state)
             self._init_state = None
@@ -533,9 +539,11 @@ class Trainer:
         state = self.state_dict()  # every rank joins the RNG gather
         path = None
         if self.is_main and self.save_checkpoints:
-            for name, t in state["model"].items():
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise NonFiniteError(f"refusing to save step {self.step}: parameter {name} is not finite")
+            floats = [(name, t) for name, t in state["model"].items() if t.is_floating_point()]
+            # one device -> host read for all tensors (a bool() per tensor would sync once each on CUDA)
+            if floats and not bool(torch.stack([torch.isfinite(t).all() for _, t in floats]).all()):
+                name = next(name for name, t in floats if not torch.isfinite(t).all())
+                raise NonFiniteError(f"refusing to save step {self.step}: parameter {name} is not finite")
             path = self.ckpt.save(self.step, state)
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path)
@@ -605,7 +613,7 @@ RUN_FAILURES = (CheckpointError, MetricsLogError, OSError)   # one line, exit 1
 
 def _report_start(trainer: Trainer) -> None:
     c = trainer.cfg
-    print(f"[train] {trainer.model.num_parameters():,} parameters | device {trainer.device} | "
+    print(f"[train] {num_parameters(trainer.model):,} parameters | device {trainer.device} | "
           f"world size {trainer.dist.world_size} | strategy {c.strategy} | data {trainer.corpus.source} "
           f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
 
@@ -631,12 +639,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print_error(e)
         return EXIT_INPUT
+    try:
+        if args.model_class:  # your own model, by import path (course_lib/protocol.py)
+            model_cfg = ModelSpec(args.model_class, model_kwargs_arg(args.model_kwargs))
+        callbacks = [make_tracker(n, mode=args.tracker_mode, project=args.tracker_project) for n in args.tracker or []]
+    except (ConfigError, TrackerUnavailable) as e:
+        print_error(e)
+        return EXIT_INPUT
     if args.print_config:
         print(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, indent=2))
         return 0
     ok = False
     try:
-        trainer = Trainer(model_cfg, train_cfg)
+        trainer = Trainer(model_cfg, train_cfg, callbacks=callbacks)
         if trainer.is_main:
             _report_start(trainer)
         t0 = time.perf_counter()

@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     from course_lib.config import quick_mode
 
     quick = quick_mode()
-    scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_"))
+    # gpu_check.py is `make gpu-check`: it writes its own section, kept below when this page is rewritten
+    scripts = sorted(p for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_") and p.stem != "gpu_check")
     if args.only:
         scripts = [p for p in scripts if p.stem in set(args.only)]
     lines = ["# Benchmarks", "",
@@ -111,6 +112,10 @@ def main(argv=None) -> int:
     targets = [s for s in summary if s[2] is not None]
     met = sum(1 for s in targets if s[2])
     lines[5:5] = [f"**Targets met: {met} of {len(targets)}.**", ""]
+    old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).exists() else ""
+    begin, end = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
+    if begin in old and end in old:   # the GPU section of `make gpu-check` (measured elsewhere) is kept
+        lines += [begin + old.split(begin, 1)[1].split(end, 1)[0] + end, ""]
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {met}/{len(targets)} targets met" + (f", {failures} bench script(s) failed" if failures else ""))
     return 1 if failures else 0

@@ -78,7 +78,41 @@ else:
     print("TensorBoard panel not started (set COURSE_TENSORBOARD=1 to embed it here)")
 
 # %% [markdown]
-# ## 3. NaN 守卫 (NaN guard)
+# ## 3. 选一个追踪工具 (experiment tracker)：TensorBoard、wandb 还是 SwanLab
+# 三者记录的是同一组数字（`train/loss`、`train/lr`、`train/grad_norm`、`train/tokens_per_s`，横轴是训练步），区别在数据放在哪里、谁能看到：
+#
+# | | TensorBoard | wandb (Weights & Biases) | SwanLab |
+# |---|---|---|---|
+# | 数据在哪 | 本地事件文件 `out/tb` | 离线 (`offline`) 时在 `out/wandb`，`wandb sync` 后在 wandb 的云端 | 离线时在 `out/swanlog`，`swanlab sync` 后在 SwanLab 云端；`local` 模式本地查看 |
+# | 账号 / 网络 | 都不需要 | 上传和网页面板需要 | 上传和网页面板需要（国内访问顺畅，minimind 也用它） |
+# | 适合 | 单机、离线、课程默认 | 多人协作、比较很多次实验、论文和开源项目里最常见 | 国内团队，中文界面 |
+#
+# 怎么选：只有自己一台机器、不想注册账号就用 TensorBoard（一直开着）；要和别人分享曲线、比较很多次实验，选 wandb 或 SwanLab 之一，
+# 看你的团队已经在用哪个。两者在课程里都是 `Callback`（`course_lib/trackers.py`），命令行加 `--tracker wandb` 或 `--tracker swanlab`，
+# 默认离线模式，不需要账号。**恢复的训练继续同一个追踪 run**：run id 存在 `out_dir/trackers.json`，从 checkpoint 恢复时沿用。
+# 下面用离线模式把一次短训练同时发给已安装的追踪工具（它们在可选的 `.[trackers]` 里；没装的会跳过并说明）：
+
+# %%
+import importlib.util
+
+from course_lib.trackers import make_tracker, read_run_ids
+
+installed = [n for n in ("wandb", "swanlab") if importlib.util.find_spec(n) is not None]
+print("installed trackers:", installed or "none (pip install -e '.[trackers]')")
+if installed:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    tr_dir = runs_dir("4.0.4/trackers", fresh=True)
+    cfg3 = TrainConfig.default(max_steps=pick(20, 6), out_dir=str(tr_dir), tensorboard=False, ckpt_interval=0,
+                               log_interval=2)
+    trackers = [make_tracker(n, mode="offline") for n in installed]
+    Trainer(ModelConfig.small(), cfg3, callbacks=trackers, console=False, save_checkpoints=False).fit()
+    for name, run_id in read_run_ids(tr_dir).items():
+        folder = {"wandb": "wandb", "swanlab": "swanlog"}[name]
+        parts = sorted(p.name for p in (tr_dir / folder).iterdir() if p.is_dir() and p.name.endswith(run_id))
+        print(f"{name}: run id {run_id}, offline run folder(s) {parts}; upload later with `{name} sync`")
+
+# %% [markdown]
+# ## 4. NaN 守卫 (NaN guard)
 # 一个回调在第 `AT` 步把一个梯度改成 NaN（模拟 fp16 溢出或坏数据），NaN 守卫 (NaN guard) 检查每一步的梯度。
 #
 # **先预测**（点选后按「记下预测」，或 `p.guess("B")`）：

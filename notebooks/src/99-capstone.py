@@ -216,6 +216,74 @@ tick("4.2 KV cache 与批量推理", same_batch and same_cache,
      f"left-padded batch of {len(prompts)} == each alone: {same_batch}; cached == uncached: {same_cache}")
 
 # %% [markdown]
+# ## 7. 把你阶段三的模型接进来 (bring your own model)
+#
+# 上面每一步用的都是课程的 `DIYModel`，但 `Trainer`、`generate`、推理引擎和导出只依赖 `course_lib/protocol.py` 里的协议
+# `CausalLM`：`forward(input_ids, attention_mask, position_ids, past_key_values, use_cache, targets)` 返回 `.logits` 和 `.loss`
+# （`targets` 已与输入对齐，`-100` 忽略），`config` 里有 `vocab_size` 和 `max_seq_len`，`state_dict()` 能原样加载回去。
+# 阶段三的模型通常长得像 nanoGPT：`forward(idx, targets=None) -> (logits, loss)`。这样的模型用 `PlainCausalLM` 包一层就能接进来；
+# 它没有接课程的 KV cache，所以生成走「重算」模式（每步重算整段序列：结果正确，但没有加速，也不能进推理引擎）。
+# 想要 KV cache 和推理引擎，就让注意力调用 `cache.update(layer, k, v)`（README「把你阶段三的模型接进来」一节）。
+# 命令行同样可以：`python -m course_lib.train --model-class 你的包.模块:类名 --model-kwargs '{...}'`，kill 之后原样重跑也会逐位恢复
+# （`tests/unit/test_protocol.py` 用 HF 的 `LlamaForCausalLM` 和一个 nanoGPT 风格的 GPT 测了这一整条路）。
+
+# %%
+import contextlib
+import io
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from course_lib.config import TrainConfig
+from course_lib.data import ByteTokenizer
+from course_lib.protocol import CausalLM, ModelSpec, PlainCausalLM
+from course_lib.train import Trainer
+
+
+class Stage3GPT(nn.Module):
+    """A stage-3 style model (the learner's, not course code): nanoGPT's forward signature."""
+
+    def __init__(self, vocab_size=258, block_size=64, n_embd=64, n_layer=2, n_head=4):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+        layer = nn.TransformerEncoderLayer(n_embd, n_head, 4 * n_embd, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, n_layer, enable_nested_tensor=False)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx, targets=None):
+        T = idx.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
+        x = self.blocks(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)), mask=causal, is_causal=True)
+        logits = self.lm_head(x)
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+def my_model(**kw):
+    return PlainCausalLM(Stage3GPT(**kw), vocab_size=kw.get("vocab_size", 258), max_seq_len=kw.get("block_size", 64))
+
+
+spec = ModelSpec(my_model, dict(block_size=64, n_embd=pick(64, 32), n_layer=2))
+own_cfg = TrainConfig.default(max_steps=pick(80, 8), seq_len=64, batch_size=8, warmup_steps=pick(8, 2),
+                              ckpt_interval=pick(40, 4), eval_interval=pick(40, 4), out_dir=str(base / "own_model"),
+                              tensorboard=False)
+own = Trainer(spec, own_cfg, console=False)
+print("follows the CausalLM protocol:", isinstance(own.model, CausalLM), "| stored as", own.model.course_spec["class"])
+own_hist = own.fit()
+with contextlib.redirect_stdout(io.StringIO()):   # its "[train] resumed from <folder>" line names a local path
+    again = Trainer(spec, own_cfg, console=False)  # same folder: resumes from the last checkpoint
+same_state = all(torch.equal(a, b) for a, b in zip(own.model.state_dict().values(), again.model.state_dict().values(),
+                                                     strict=True))
+btok = ByteTokenizer()
+prompt = torch.tensor([btok.encode("def ")])
+own_cached = generate(own.model.eval(), prompt, 32)
+own_plain = generate(own.model, prompt, 32, use_cache=False)
+print(f"loss {own_hist[0]['loss']:.3f} -> {own_hist[-1]['loss']:.3f} in {len(own_hist)} steps; "
+      f"resumed at step {again.step}, state identical: {same_state}; "
+      f"generate with / without cache identical: {torch.equal(own_cached, own_plain)}")
+print(repr("def " + btok.decode(own_cached[0].tolist())))
+
+# %% [markdown]
 # ## 阶段四结果清单 (stage-4 outcome checklist)
 #
 # 下表就是学习计划「阶段四汇总」的每一条，每一条都由上面某个真实的检查决定打勾与否。
