@@ -39,7 +39,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from . import distributed
+from . import distributed, roofline
 from .callbacks import Callback
 from .checkpoint import FORMAT as SINGLE_FILE_FORMAT
 from .checkpoint import SHARDED_FORMAT, CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
@@ -563,8 +563,13 @@ class Trainer:
             json.dump({"model": self.model_cfg.to_dict(), "train": c.to_dict()},
                       open(self.out_dir / "config.json", "w"), indent=2)
             json.dump(self.corpus.manifest(), open(self.out_dir / "data_manifest.json", "w"), indent=2)
+            # MFU: FLOPs/token (6N + attention) over the peak FLOP/s (configured, or measured once)
+            peak = c.peak_flops or roofline.measured_peak_flops(
+                self.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.dtype, torch.float32))
             self.logger = StepLogger(self.out_dir, c.max_steps, c.log_interval,
-                                     tensorboard=c.tensorboard, console=self.console)
+                                     tensorboard=c.tensorboard, console=self.console,
+                                     flops_per_token=roofline.flops_per_token(self.model_cfg, c.seq_len),
+                                     peak_flops=peak * self.dist.world_size)
             self.logger.start(self.step)
         for cb in self.callbacks:
             cb.on_train_start(self)
