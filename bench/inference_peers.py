@@ -54,6 +54,17 @@ def _with_mbu(row, tok_s, batch, cfg, context, bw, weight_bits=32, group_size=No
     return row
 
 
+def _hotspots(model, prompt: int, new: int) -> str:
+    """Top 3 course_lib functions (file:line name) by operator self time in a profile of one decode run."""
+    from course_lib import roofline
+    from course_lib.lab.measure import measure_generation
+
+    measure_generation(model, 1, prompt, new)   # warm-up outside the profile
+    with roofline.stack_profiled() as prof:
+        measure_generation(model, 1, prompt, new)
+    return "; ".join(f"{h['where']} {h['share']:.0%} ({h['ops']})" for h in roofline.hotspots(prof, 3))
+
+
 def run(quick: bool) -> list[dict]:
     import statistics as st
 
@@ -153,6 +164,9 @@ def run(quick: bool) -> list[dict]:
             row["target"] = f"{row['target']}, MBU >= {mbu_target[k]}"
             row["met"] = row["met"] and row["mbu"] >= mbu_target[k]
         rows.append(row)
+    for k, row in zip(("fp32", "int8", "int4"), (rows[-4], rows[-3], rows[-2]), strict=True):
+        if row["mbu"] < mbu_target[k]:   # a missed MBU target names where the decode's time goes
+            row["name"] += f"; top 3 hotspots: {_hotspots(variants[k], prompt, new)}"
     for r in rows:
         r["name"] += f" ({threads} thread{'s' if threads > 1 else ''})"
     return rows

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import glob
 import math
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -115,6 +116,25 @@ def decode_bytes_per_step(cfg: ModelConfig, context: int, batch: int = 1, weight
     ``context`` is the number of key positions each row attends to. Activations are left out
     (a few KB per row)."""
     return weight_bytes(cfg, weight_bits, group_size) + kv_bytes_per_step(cfg, context, batch, kv_bytes)
+
+
+def prefill_bytes(cfg: ModelConfig, prompt_len: int, batch: int = 1, weight_bits: int = 32,
+                  group_size: Optional[int] = None, kv_bytes: int = 4) -> int:
+    """Bytes a prefill must move at least: the weights once and the KV cache it writes."""
+    return weight_bytes(cfg, weight_bits, group_size) + kv_bytes_per_step(cfg, prompt_len, batch, kv_bytes)
+
+
+def prefill_flops(cfg: ModelConfig, prompt_len: int, batch: int = 1) -> int:
+    """FLOPs of a causal prefill: token i attends to i + 1 keys."""
+    attn = 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim * prompt_len * (prompt_len + 1) // 2
+    return batch * (2 * matmul_params(cfg) * prompt_len + attn)
+
+
+def train_step_bytes(cfg: ModelConfig, param_bytes: int = 4) -> int:
+    """A lower bound on one fp32 AdamW training step's memory traffic, activations left out: every
+    parameter read by the forward and the backward, its gradient written and read, AdamW reading
+    and writing the parameter and both moments: 10 accesses of ``param_bytes`` per parameter."""
+    return 10 * param_bytes * num_params(cfg)
 
 
 def decode_flops_per_step(cfg: ModelConfig, context: int, batch: int = 1) -> int:
@@ -288,3 +308,40 @@ def profile_flops(prof) -> int:
     elementwise ops it knows). The fused CPU attention kernel has no formula: profile attention on
     SDPA's math backend (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``) to count it."""
     return int(sum(e.flops for e in prof.key_averages() if e.flops))
+
+
+_FRAME = re.compile(r"(?:^|/)(course_lib/[\w/]+\.py)\((\d+)\): (\w+)")
+_SKIP = ("course_lib/roofline.py", "course_lib/lab/")
+
+
+def hotspots(prof, n: int = 3) -> List[dict]:
+    """The ``n`` functions of course_lib whose operators took the most self CPU time in a profile made
+    by ``stack_profiled()``: each operator's self time goes to the innermost course_lib frame that
+    called it, named by file, the line where the function starts, and its name
+    (``course_lib/model.py:136 forward``). Returns ``[{"where", "ms", "share", "ops"}]``."""
+    by: dict = {}
+    total = 0.0
+    for e in prof.events():
+        t = e.self_cpu_time_total
+        if not t or not e.name.startswith(("aten::", "quantized::", "fbgemm", "mkl")):
+            continue   # Python frames recorded as events (with_stack) would count their operators twice
+        total += t
+        for frame in e.stack or ():
+            m = _FRAME.search(frame)
+            if m and not m.group(1).startswith(_SKIP):
+                where = f"{m.group(1)}:{m.group(2)} {m.group(3)}"
+                rec = by.setdefault(where, {"where": where, "us": 0.0, "ops": {}})
+                rec["us"] += t
+                rec["ops"][e.name] = rec["ops"].get(e.name, 0.0) + t
+                break
+    top = sorted(by.values(), key=lambda r: -r["us"])[:n]
+    return [{"where": r["where"], "ms": r["us"] / 1e3, "share": r["us"] / total if total else 0.0,
+             "ops": ", ".join(k for k, _ in sorted(r["ops"].items(), key=lambda kv: -kv[1])[:2])} for r in top]
+
+
+def stack_profiled(**kwargs):
+    """``profiled(...)`` recording Python stacks (what ``hotspots`` reads)."""
+    from torch.profiler import ProfilerActivity
+
+    return profiled(activities=[ProfilerActivity.CPU], with_stack=True,
+                    experimental_config=torch._C._profiler._ExperimentalConfig(verbose=True), **kwargs)

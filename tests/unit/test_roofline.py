@@ -109,3 +109,24 @@ def test_mfu_measured_peak_and_console(tmp_path, capsys):
     assert "MFU " in capsys.readouterr().out
     off = StepLogger(None, total_steps=1, console=False).log(1, {"loss": 1.0})
     assert "mfu" not in off
+
+
+def test_prefill_and_train_counts_by_hand():
+    # causal prefill of 4 tokens: 2 * 1232 * 4 matmul FLOPs + 4 L H Q (1 + 2 + 3 + 4) attention
+    assert rl.prefill_flops(TINY, 4) == 2 * 1232 * 4 + 4 * 2 * 2 * 4 * 10
+    assert rl.prefill_bytes(TINY, 4, 2) == 5088 + 2 * 2 * 1 * 4 * 4 * 2 * 4
+    assert rl.train_step_bytes(TINY) == 40 * 1272
+
+
+def test_hotspots_name_course_lib_lines():
+    from course_lib.lab.profiling import decode_loop
+    from course_lib.model import DIYModel
+    torch.manual_seed(0)
+    m = DIYModel(TINY.replace(vocab_size=258)).eval()
+    run = decode_loop(m, 1, 4, 3)
+    run()
+    with rl.stack_profiled() as prof:
+        run()
+    top = rl.hotspots(prof)
+    assert 1 <= len(top) <= 3 and all(h["where"].startswith("course_lib/") and ".py:" in h["where"] for h in top)
+    assert all(0 < h["share"] <= 1 for h in top) and top[0]["ms"] >= top[-1]["ms"]
