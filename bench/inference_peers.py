@@ -9,6 +9,11 @@ Threads are pinned (``BENCH_THREADS``, default 1) and printed. Candidates run in
 round (interleaved); each row gives the ratio of medians and, in its name, the range of the
 per-round ratios, so a loaded machine shows as a wide range rather than a wrong number.
 
+Every decode row carries its MBU: the bytes a decode step must read (``roofline.decode_bytes_per_step``:
+weights at their storage width + the KV cache at the mean context) times the steps per second, over
+the GEMV bandwidth probed at the start of this run (``roofline.bandwidth_probe``, same threads).
+The generate rows' time includes the prefill, so their MBU is a lower bound.
+
     python bench/inference_peers.py
     COURSE_QUICK=1 python bench/inference_peers.py
 """
@@ -37,7 +42,32 @@ def _row(name, values, base_values, unit, target=None):
             "target": f">= {target}x" if target else None, "met": (med / base >= t) if t else None}
 
 
+def _with_mbu(row, tok_s, batch, cfg, context, bw, weight_bits=32, group_size=None, target=None):
+    """Add the MBU of a decode figure (tokens/s over ``batch`` rows) to ``row``; with a target, say
+    by how much it is missed."""
+    from course_lib import roofline
+
+    need = roofline.decode_bytes_per_step(cfg, context, batch, weight_bits, group_size)
+    row["mbu"] = roofline.mbu(tok_s / batch, need, bw)
+    if target is not None and row["mbu"] < target:
+        row["name"] += f" (MBU target {target} missed by {target - row['mbu']:.2f}, x{target / row['mbu']:.1f})"
+    return row
+
+
+def _hotspots(model, prompt: int, new: int) -> str:
+    """Top 3 course_lib functions (file:line name) by operator self time in a profile of one decode run."""
+    from course_lib import roofline
+    from course_lib.lab.measure import measure_generation
+
+    measure_generation(model, 1, prompt, new)   # warm-up outside the profile
+    with roofline.stack_profiled() as prof:
+        measure_generation(model, 1, prompt, new)
+    return "; ".join(f"{h['where']} {h['share']:.0%} ({h['ops']})" for h in roofline.hotspots(prof, 3))
+
+
 def run(quick: bool) -> list[dict]:
+    import statistics as st
+
     import torch
     import transformers
 
@@ -46,7 +76,13 @@ def run(quick: bool) -> list[dict]:
     from course_lib.lab.measure import as_model, interleaved_rounds, measure_generation, pin_threads, speed_config
     from course_lib.quantize import dynamic_int8, quantize_model
 
+    from course_lib import roofline
+
     threads = pin_threads()
+    probe = roofline.bandwidth_probe(quick=quick)
+    bw = roofline.best_bandwidth(probe)
+    print("GEMV bandwidth probe: " + ", ".join(f"{p.weight_bytes / 2**20:.0f} MiB x{p.copies}: {p.gb_s:.1f} GB/s"
+                                                for p in probe), flush=True)
     torch.manual_seed(0)
     cfg = speed_config(quick, max_seq_len=256)
     model = as_model(cfg)
@@ -92,11 +128,12 @@ def run(quick: bool) -> list[dict]:
         with torch.no_grad():
             res = interleaved_rounds(cands, rounds)
         v = {k: r["values"] for k, r in res.items()}
-        rows.append(_row(f"generate tok/s vs HF generate (eager, same weights, batch {b}, tokens identical: {same})",
-                         v["ours"], v["hf"], "tok/s", 1.2))
+        ctx = prompt + new // 2
+        rows.append(_with_mbu(_row(f"generate tok/s vs HF generate (eager, same weights, batch {b}, tokens identical: "
+                                   f"{same})", v["ours"], v["hf"], "tok/s", 1.2), st.median(v["ours"]), b, cfg, ctx, bw))
         if "compiled" in v:
-            rows.append(_row("compiled static-cache generate vs HF eager generate (batch 1)", v["compiled"], v["hf"],
-                             "tok/s", 1.8))
+            rows.append(_with_mbu(_row("compiled static-cache generate vs HF eager generate (batch 1)", v["compiled"],
+                                       v["hf"], "tok/s", 1.8), st.median(v["compiled"]), 1, cfg, ctx, bw))
         if "hf_compiled" in v:
             rows.append(_row("compiled static-cache generate vs HF static cache + torch.compile (batch 1)",
                              v["compiled"], v["hf_compiled"], "tok/s"))
@@ -108,9 +145,28 @@ def run(quick: bool) -> list[dict]:
     res = interleaved_rounds({k: (lambda q=q: measure_generation(q, 1, prompt, new)["decode_tok_s"])
                               for k, q in variants.items()}, rounds)
     targets = {"int8": 2.0, "int4": 1.3, "dynamic-int8": None}
+    bits = {"fp32": (32, None), "int8": (8, None), "int4": (4, 64), "dynamic-int8": (8, None)}
+    mbu_target = {"fp32": 0.5, "int8": 0.35, "int4": 0.25}   # issue 25
+    ctx = prompt + new // 2
+    fp = res["fp32"]["median"]
+    need = roofline.decode_bytes_per_step(cfg, ctx, 1)
+    row = _with_mbu({"name": f"fp32 decode bytes/s (batch 1, {fp:.0f} tok/s x {need / 1e6:.1f} MB/step) vs the "
+                             f"GEMV probe [{rounds} rounds]", "value": fp * need / 1e9, "unit": "GB/s",
+                     "baseline": bw / 1e9, "ratio": fp * need / bw, "target": f"MBU >= {mbu_target['fp32']}"},
+                    fp, 1, cfg, ctx, bw, target=mbu_target["fp32"])
+    row["met"] = row["mbu"] >= mbu_target["fp32"]
+    rows.append(row)
     for k, t in targets.items():
-        rows.append(_row(f"{k} decode tok/s vs fp32 (batch 1{', group 64' if k == 'int4' else ''})",
-                         res[k]["values"], res["fp32"]["values"], "tok/s", t))
+        row = _with_mbu(_row(f"{k} decode tok/s vs fp32 (batch 1{', group 64' if k == 'int4' else ''})",
+                             res[k]["values"], res["fp32"]["values"], "tok/s", t),
+                        res[k]["median"], 1, cfg, ctx, bw, *bits[k], target=mbu_target.get(k))
+        if k in mbu_target:
+            row["target"] = f"{row['target']}, MBU >= {mbu_target[k]}"
+            row["met"] = row["met"] and row["mbu"] >= mbu_target[k]
+        rows.append(row)
+    for k, row in zip(("fp32", "int8", "int4"), (rows[-4], rows[-3], rows[-2]), strict=True):
+        if row["mbu"] < mbu_target[k]:   # a missed MBU target names where the decode's time goes
+            row["name"] += f"; top 3 hotspots: {_hotspots(variants[k], prompt, new)}"
     for r in rows:
         r["name"] += f" ({threads} thread{'s' if threads > 1 else ''})"
     return rows

@@ -310,6 +310,9 @@ class TrainConfig(_JsonMixin):
                            "and moves that folder's earlier checkpoints aside (never deletes them)", _F)
     tensorboard: bool = setting(True, "write TensorBoard event files", _F)
     stop_on_nonfinite: bool = setting(True, "stop on NaN/Inf loss or gradient norm", _F)
+    peak_flops: float = setting(0.0, "peak FLOP/s of one device, for the MFU column of the log (e.g. 989e12: an "
+                                "H100's dense bf16); 0 = measure once at the start with a short GEMM "
+                                "(course_lib.roofline.measured_peak_flops)", _F)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -324,6 +327,8 @@ class TrainConfig(_JsonMixin):
             v = getattr(self, name)
             if v < 0:
                 _fail(n, name, v, "must be an integer >= 0")
+        if not (self.peak_flops >= 0):
+            _fail(n, "peak_flops", self.peak_flops, "must be >= 0", "0 measures the peak at the start")
         if self.seed > MAX_SEED:
             _fail(n, "seed", self.seed, f"must be at most {MAX_SEED} (2**32 - 1)", "pick a smaller seed")
         if self.keep_last < 1:

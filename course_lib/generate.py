@@ -25,6 +25,7 @@ from .config import ConfigError
 from .export import load_model_from_run
 from .tokenizer import token_bytes
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
+from .model import DIYModel
 
 
 def sample_next(logits: Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -196,10 +197,18 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
         attention_mask = None
         cache = make_compiled_cache(model, B, input_ids.shape[1] + max_new_tokens)
         drop_finished = False
+    unpadded = attention_mask is None
     if attention_mask is None and not compile:
         attention_mask = torch.ones_like(input_ids)
     if not compile:
         check_room(model.config.max_seq_len, input_ids, attention_mask, max_new_tokens)
+    # An unpadded batch whose rows all stay in it (no EOS, or finished rows dropped) needs no mask in
+    # DIYModel: positions are then the cache length plus 0..T-1, and a decode step sees every key, so
+    # the model builds no mask and derives no positions on each step (the per-step work lesson 4.0.6
+    # profiles). Only when the caller gave no mask: reading a given one would be a host sync.
+    # Other models get the mask.
+    if isinstance(model, DIYModel) and unpadded and not compile and use_cache and (eos_id is None or drop_finished):
+        attention_mask = None
     if isinstance(cache, str):
         cache = make_cache(cache, model, B, max_len=input_ids.shape[1] + max_new_tokens)
     if cache is not None and not isinstance(cache, Cache):
@@ -255,7 +264,8 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
             keep = (~finished).nonzero().squeeze(-1)
             if past is not None:
                 past.reorder(keep)
-            seq, mask, active, finished = seq[keep], mask[keep], active[keep], finished[keep]
+            seq, active, finished = seq[keep], active[keep], finished[keep]
+            mask = mask[keep] if mask is not None else None
     return out[:, :steps]
 
 

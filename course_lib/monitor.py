@@ -1,7 +1,8 @@
 """Watching a run: step metrics to the console, a JSONL file and TensorBoard; a NaN guard.
 
 ``StepLogger.log(step, metrics)`` writes one record every ``log_interval`` steps (and always on
-the last step) with loss, lr, grad-norm, tokens/s, elapsed time and ETA. The JSONL file is the
+the last step) with loss, lr, grad-norm, tokens/s, elapsed time and ETA, and MFU when given the
+training FLOPs per token and the peak FLOP/s (``course_lib.roofline``). The JSONL file is the
 ground truth for plots (``read_jsonl``); TensorBoard gets the same scalars.
 
 ``check_finite`` is the NaN guard: it raises ``NonFiniteError`` on the step where the loss or
@@ -64,8 +65,11 @@ class StepLogger:
     """Console + JSONL + TensorBoard, every ``interval`` steps. Create on rank 0 only."""
 
     def __init__(self, out_dir: str | os.PathLike | None, total_steps: int, interval: int = 10,
-                 tensorboard: bool = True, console: bool = True, jsonl_name: str = "metrics.jsonl") -> None:
+                 tensorboard: bool = True, console: bool = True, jsonl_name: str = "metrics.jsonl",
+                 flops_per_token: float | None = None, peak_flops: float | None = None) -> None:
         self.total_steps, self.interval, self.console = total_steps, interval, console
+        # MFU = tokens/s x FLOPs per token / peak FLOP/s (of all devices together); off unless both given
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.out_dir = Path(out_dir) if out_dir else None
         self.jsonl_path = None
         self._jsonl = None
@@ -156,6 +160,8 @@ class StepLogger:
         rec = {"step": step, **{k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
                                 for k, v in metrics.items()},
                "tokens_per_s": self._tokens_since / dt, "elapsed_s": elapsed, "eta_s": eta, "time": time.time()}
+        if self.flops_per_token and self.peak_flops:
+            rec["mfu"] = rec["tokens_per_s"] * self.flops_per_token / self.peak_flops
         self._t_last, self._tokens_since = now, 0
         self.records.append(rec)
         self._append(rec)
@@ -170,6 +176,8 @@ class StepLogger:
                 if k in rec and rec[k] is not None:
                     parts.append(f"{k} " + fmt.format(rec[k]))
             parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
+            if "mfu" in rec:
+                parts.append(f"MFU {rec['mfu']:.1%}")
             parts.append(f"elapsed {format_seconds(elapsed)} eta {format_seconds(eta)}")
             print(" | ".join(parts), flush=True)
         return rec

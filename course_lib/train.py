@@ -41,7 +41,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from . import distributed
+from . import distributed, roofline
 from .callbacks import Callback
 from .checkpoint import CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
 from .cli import (EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, model_kwargs_arg,
@@ -575,8 +575,14 @@ class Trainer:
             _write_json(self.out_dir / "data_manifest.json", self.corpus.manifest())
             if hasattr(self.tokenizer, "save"):  # a BPE travels with the run (the checkpoints carry it too)
                 self.tokenizer.save(self.out_dir / "tokenizer.json")
+            # MFU: FLOPs/token (6N + attention) over the peak FLOP/s (configured, or measured once)
+            peak = c.peak_flops or roofline.measured_peak_flops(
+                self.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.dtype, torch.float32))
             self.logger = StepLogger(self.out_dir, c.max_steps, c.log_interval,
-                                     tensorboard=c.tensorboard, console=self.console)
+                                     tensorboard=c.tensorboard, console=self.console,
+                                     flops_per_token=(roofline.flops_per_token(self.model_cfg, c.seq_len)
+                                                      if isinstance(self.model_cfg, ModelConfig) else None),
+                                     peak_flops=peak * self.dist.world_size)
             self.logger.start(self.step)
         for cb in self.callbacks:
             cb.on_train_start(self)

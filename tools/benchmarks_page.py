@@ -5,7 +5,9 @@ baseline measured in the same run, and the lesson targets beside them, met or no
     python tools/benchmarks_page.py --quick --out /tmp/B.md   # quick mode (sizes only)
 
 Each bench script exposes ``run(quick: bool) -> list[dict]`` with rows of: name, value, unit,
-baseline, ratio, target, met (target may be "" and met None when the issue sets no target).
+baseline, ratio, target, met (target may be "" and met None when the issue sets no target), and
+optionally mbu / mfu: the share of the memory bandwidth / peak FLOP/s measured by
+``course_lib.roofline``'s probes in the same run (decode rows: MBU; training rows: MFU).
 """
 from __future__ import annotations
 
@@ -99,14 +101,15 @@ def main(argv=None) -> int:
             continue
         secs = time.perf_counter() - t0
         lines += [f"## {path.stem}", "", f"`python bench/{path.name}` ({secs:.0f} s)", "",
-                  "| figure | value | unit | baseline | ratio | target | met |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| figure | value | unit | baseline | ratio | MBU | MFU | target | met |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             met = r.get("met")
             if str(r.get("target", "")).startswith("report"):
                 met = None  # a figure to report, not a target: it is neither met nor missed
             summary.append((path.stem, r.get("name"), met))
-            lines.append("| " + " | ".join(fmt(r.get(k)) for k in ("name", "value", "unit", "baseline", "ratio", "target"))
+            keys = ("name", "value", "unit", "baseline", "ratio", "mbu", "mfu", "target")
+            lines.append("| " + " | ".join(fmt(r.get(k)) for k in keys)
                          + f" | {'✅ met' if met is True else ('❌ not met' if met is False else '')} |")
         lines.append("")
     targets = [s for s in summary if s[2] is not None]

@@ -47,6 +47,15 @@ HINTS: dict[str, list[str]] = {
         "梯度和优化器状态只算 `p.requires_grad` 的参数。",
         "AdamW 每个参数存 exp_avg 和 exp_avg_sq 两份：optimizer_state = 2 × grads 的字节数。",
     ],
+    "ex406_roofline_counts": [
+        ("先写一个函数数出所有矩阵的元素个数：每层 q 和 o 各 `d_model × n_heads × head_dim`，k 和 v 各 "
+         "`d_model × n_kv_heads × head_dim`，gate/up/down 各 `d_model × ffn_hidden`，再加一个 "
+         "`vocab_size × d_model`（输出头）。"),
+        ("N = 矩阵 + `(2 * n_layers + 1) * d_model` 个 norm 权重；FLOPs = `6 * N + 12 * n_layers * n_heads * "
+         "head_dim * seq_len`。别忘了注意力那一项：它随 seq_len 增长。"),
+        ("字节 = (矩阵 + norm 权重 + KV) × dtype_bytes，KV = `2 * n_layers * n_kv_heads * head_dim * context * batch`"
+         "（K 和 V 两份；按 n_kv_heads 而不是 n_heads：GQA）。"),
+    ],
     "ex411_keep_last_k": [
         "用正则 `^step_(\\d{8,})$` 取出步数，`int(...)` 之后再排序。",
         "只收集 `p.is_dir()` 且 `(p / \"COMPLETE.json\").exists()` 的文件夹。",
