@@ -5,7 +5,7 @@
    256-token context), replayed with the prefix cache off and on: prefill tokens computed (target
    on/off <= 0.4x) and p95 time to first token (target <= 0.5x). Arrivals at 0.7x of what the engine
    without a cache serves on this machine, measured first on a burst of the same kind of requests.
-2. Four streams decoding while 192-token prompts keep arriving: p95 inter-token latency of the
+2. Four streams decoding while 240-token prompts keep arriving: p95 inter-token latency of the
    streams with chunked prefill (32-token chunks) vs one-forward prefill (target <= 0.5x).
 
 Both: the two variants interleave (order flips every round), every figure is the median over rounds
@@ -76,7 +76,7 @@ def chunked_rows(model, quick: bool) -> list[dict]:
               f"max {1000 * statistics.median(r['itl_max'] for r in rs):6.1f} ms  "
               f"long-prompt TTFT p50 {1000 * statistics.median(r['long_ttft_p50'] for r in rs):6.1f} ms")
     med, lo, hi = _med_range([b["itl_p95"] / a["itl_p95"] for a, b in zip(plain, chunk, strict=True)])
-    return [{"name": f"p95 inter-token latency of 4 streams while 192-token prompts arrive, chunked (32) / "
+    return [{"name": f"p95 inter-token latency of 4 streams while 240-token prompts arrive, chunked (32) / "
                      f"one-forward prefill (range {lo:.2f}-{hi:.2f}x, {rounds} rounds)",
              "value": 1000 * statistics.median(r["itl_p95"] for r in chunk), "unit": "ms",
              "baseline": 1000 * statistics.median(r["itl_p95"] for r in plain), "ratio": med,

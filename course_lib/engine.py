@@ -19,8 +19,9 @@ request that could never fit (longer than the model's context or the whole pool)
 it is submitted, with the reason.
 
 Lesson 4.2.6 adds two options: ``prefix_cache=True`` (full KV blocks shared between requests whose
-token prefixes are equal, ``block_manager.py``) and ``prefill_chunk=C`` (a long prompt prefilled
-C tokens per step, interleaved with the running batch's decode steps, ``scheduler.py``).
+token prefixes are equal, ``block_manager.py``) and ``prefill_chunk=C`` (at most C prompt tokens
+prefilled per step, so a long prompt is prefilled over several steps, interleaved with the running
+batch's decode steps, ``scheduler.py``).
 
 The job is split the way nano-vllm splits it: ``scheduler.py`` decides (queues, admission, chunks,
 preemption), ``block_manager.py`` keeps the blocks (tables, reference counts, prefix cache),

@@ -6,9 +6,10 @@ policy, once per engine step:
 
 1. **prefill work** (``schedule``), under a per-step token budget ``max_step_tokens`` that starts with
    one token per decoding row:
-   * with ``prefill_chunk = C`` (chunked prefill, vLLM's scheduler does the same), prompts already
-     admitted but not yet fully prefilled go on first, oldest first, at most ``C`` tokens each and
-     never past the budget; without it, a prompt is prefilled in one forward when it is admitted;
+   * with ``prefill_chunk = C`` (chunked prefill, as vLLM's scheduler does), at most ``C`` prompt
+     tokens are prefilled per step, never past the budget: prompts already admitted but not yet fully
+     prefilled go on first, oldest first, then new ones; a step's decode rows then wait for at most
+     C tokens of prefill. Without it, a prompt is prefilled in one forward when it is admitted;
    * then **admission**, strict FIFO: the head of ``waiting`` joins when there is a batch row, budget
      for its (uncached part of the) prompt and KV blocks for it plus one more token. Without
      chunking, the first prompt of a step may exceed the budget (or a long prompt would starve).
@@ -24,12 +25,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .block_manager import BlockManager, SeqBlocks
 
-if TYPE_CHECKING:
-    from .engine import Request
+# A course_lib.engine.Request (prompt_ids, output, done, blocks, preemptions); not imported, because
+# engine.py imports this module and the import graph stays acyclic (tests/test_imports.py).
+Request = Any
 
 
 class Scheduler:
@@ -83,8 +85,9 @@ class Scheduler:
         return ids, self.blocks.match(ids, len(ids) if req.output else len(ids) - 1)
 
     # ---- 1. prefill work and admission ----------------------------------------------------------
-    def _chunk(self, todo: int, budget: int) -> int:
-        return min(todo, self.prefill_chunk, self.max_step_tokens - budget)
+    def _chunk(self, todo: int, budget: int, prefilled: int) -> int:
+        """Tokens of a prompt to prefill now: at most ``prefill_chunk`` prompt tokens per step in all."""
+        return min(todo, self.prefill_chunk - prefilled, self.max_step_tokens - budget)
 
     def can_admit(self, req: Request, budget_used: int) -> bool:
         """Room for the head of the queue, prefilled in one forward? A row, the budget, the blocks."""
@@ -113,12 +116,13 @@ class Scheduler:
         Lazily, so a prompt admitted second in a step already finds the blocks the first one has just
         registered in the prefix cache."""
         budget = sum(not self.is_prefilling(r) for r in self.running)   # one token per decoding row
+        prefilled = 0                                                    # prompt tokens this step
         if self.prefill_chunk is not None:
             for req in [r for r in self.running if self.is_prefilling(r)]:
-                n = self._chunk(self.remaining(req), budget)
+                n = self._chunk(self.remaining(req), budget, prefilled)
                 if n <= 0:
                     return
-                budget += n
+                budget, prefilled = budget + n, prefilled + n
                 yield req, n
         if self.policy == "static" and self.running:
             return                                   # static: the running batch must finish first
@@ -131,14 +135,14 @@ class Scheduler:
                     return
                 n = todo
             else:
-                n = self._chunk(todo, budget)
+                n = self._chunk(todo, budget, prefilled)
                 if todo > 0 and n <= 0:
                     return
             if not self.blocks.can_allocate(len(ids) + 1, matched):
                 return
             self.waiting.popleft()
             self.start(req, matched)
-            budget += n
+            budget, prefilled = budget + n, prefilled + n
             yield req, n
 
     # ---- 2. decode rows and preemption ----------------------------------------------------------

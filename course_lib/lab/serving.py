@@ -208,7 +208,7 @@ def prefix_cache_experiment(model, tok, n: int = 40, rounds: int = 3, load: floa
 
 
 def long_prompt_itl(model, prefill_chunk: int | None, *, n_streams: int = 4, stream_tokens: int = 96,
-                    long_len: int = 192, every: int = 8, n_long: int = 8, max_step_tokens: int = 64) -> dict:
+                    long_len: int = 240, every: int = 8, n_long: int = 8, max_step_tokens: int = 512) -> dict:
     """Inter-token latency (ITL) of running streams while long prompts keep arriving.
 
     ``n_streams`` requests decode ``stream_tokens`` tokens each; from step 4 on, a ``long_len``-token
