@@ -29,7 +29,7 @@ def _med_range(xs):
 
 
 def batching_rows(model, tok, quick: bool) -> list[dict]:
-    from course_lib.engine import batching_experiment
+    from course_lib.lab.serving import batching_experiment
 
     loads = (0.5, 2.0) if quick else (0.5, 1.0, 2.0)
     rows_raw = batching_experiment(model, [tok.encode(p) for p in PROMPTS], loads=loads,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .absmax import absmax_quantize
+from .util import cdiv
 
 
 class Cache(ABC):
@@ -315,7 +316,7 @@ class PagedKVCache(Cache):
         self.lengths = [0] * len(pool.k)
 
     def _ensure_capacity(self, new_len: int) -> None:
-        need = -(-new_len // self.pool.block_size)
+        need = cdiv(new_len, self.pool.block_size)
         for table in self.block_tables:
             while len(table) < need:
                 table.append(self.pool.allocate())
@@ -338,7 +339,7 @@ class PagedKVCache(Cache):
         vp[blk, :, slot] = v.permute(0, 2, 1, 3)
         self.lengths[layer_idx] = end
         # gather: (B, n_blocks, H, bs, D) -> (B, H, n_blocks*bs, D) -> first `end` slots
-        n = -(-end // bs)
+        n = cdiv(end, bs)
         kk = kp[table[:, :n]].permute(0, 2, 1, 3, 4).reshape(B, H, n * bs, D)[:, :, :end]
         vv = vp[table[:, :n]].permute(0, 2, 1, 3, 4).reshape(B, H, n * bs, D)[:, :, :end]
         return kk, vv

@@ -37,6 +37,7 @@ MUST_NAME = {
     "eos_ignored": ("ex424_batched_generate", "eos"),
     "sum_not_mean": ("ex412_ddp_by_hand", "平均"),
     "no_release": ("ex425_scheduler", "release"),
+    "early_free": ("ex426_prefix_cache", "引用计数"),
 }
 
 

@@ -155,6 +155,14 @@ HINTS: dict[str, list[str]] = {
          "`admitted and budget + n > engine.max_step_tokens`；`engine.blocks_for(n + 1) > len(engine.pool.free)`。"),
         "evict：对每个 `req.done` 的请求先 `engine.release(req)`，再把没结束的留在一个新列表里赋回 `engine.running`。",
     ],
+    "ex426_prefix_cache": [
+        ("match：`parent = b\"\"`，对 `i in range(limit // bs)` 算 `h = chain_hash(parent, token_ids[i*bs:(i+1)*bs])`，"
+         "`bm.cached.get(h)` 是 None 就 break，否则记下块号、`parent = h`。"),
+        ("commit：`for i in range(len(seq.hashes), seq.length // bs)`，父键是 `seq.hashes[-1]`（没有就 `b\"\"`）；"
+         "先 `seq.hashes.append(h)`，再在 `h not in bm.cached and seq.table[i] not in bm.hash_of` 时登记两个 dict。"),
+        ("release：`for b in reversed(seq.table)`：`bm.refs[b] -= 1`，只有 `bm.refs[b] == 0` 时才放回："
+         "`bm.pool.free.insert(0, b)`（登记过）或 `append(b)`（没登记过）；最后清空 table、hashes，lengths 置 0。"),
+    ],
 }
 
 _shown: dict[str, int] = {}

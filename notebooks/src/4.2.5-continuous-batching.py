@@ -36,11 +36,14 @@ setup_threads();
 import matplotlib.pyplot as plt
 import torch
 
+from course_lib.block_manager import SeqBlocks
 from course_lib.config import pick
-from course_lib.engine import Engine, RaggedPagedCache, SeqBlocks, batching_experiment, run_staggered
+from course_lib.engine import Engine
 from course_lib.generate import generate
 from course_lib.lab.plotting import new_axes, print_table
 from course_lib.lab.quiz import predict
+from course_lib.lab.serving import batching_experiment, run_staggered
+from course_lib.model_runner import RaggedPagedCache
 from course_lib.pretrained import load_reference_model
 
 torch.manual_seed(0)
@@ -170,7 +173,7 @@ CODE = ["def ", "class Foo(object):\n    def __init__(self", "import", "    for 
         "x = ", "# comment", "if __name__ == ", "return", "try:\n    ", "    self.", "with open(", "print("]
 
 
-def staggered(engine, n=24, every=2):   # course_lib.engine.run_staggered: the same driver the tests use
+def staggered(engine, n=24, every=2):   # course_lib.lab.serving.run_staggered: the same driver the tests use
     return run_staggered(engine, [tok.encode(c) for c in CODE], n=n, every=every)
 
 

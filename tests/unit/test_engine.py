@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from course_lib.engine import Engine, RequestRefused, run_staggered
+from course_lib.engine import Engine, RequestRefused
+from course_lib.lab.serving import run_staggered
 from course_lib.generate import generate
 from course_lib.pretrained import load_reference_model
 
@@ -13,7 +14,11 @@ PROMPTS = ["def ", "class Foo(object):\n    def __init__(self", "import", "    f
 
 @pytest.fixture(scope="module")
 def model_tok():
-    return load_reference_model()
+    # One thread: on a shared 2-core machine two threads per process run these tiny forwards ~8x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_reference_model()
+    torch.set_num_threads(n)
 
 
 def alone(model, req, eos_id=NL, generator=None):
