@@ -980,6 +980,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-blocks", type=_at_least(1), default=None,
                    help="KV blocks in the pool (default: enough for every row to reach the full context)")
     p.add_argument("--block-size", type=_at_least(1), default=16, help="positions per KV block (default: 16)")
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="reuse the KV blocks of prompt prefixes other requests already computed (lesson 4.2.6)")
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--max-body-bytes", type=_at_least(1), default=DEFAULT_MAX_BODY_BYTES,
                    help=f"largest request body accepted, checked before reading it (default: {DEFAULT_MAX_BODY_BYTES})")
@@ -999,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = Engine(model, eos_id=tok.eos_id, max_batch=args.max_batch, num_blocks=args.num_blocks,
-                    block_size=args.block_size)
+                    block_size=args.block_size, prefix_cache=args.prefix_cache)
     if engine.pool.num_blocks * engine.pool.block_size < engine.max_len:
         print(f"[serve] note: --num-blocks {engine.pool.num_blocks} x --block-size {engine.pool.block_size} "
               f"holds {engine.pool.num_blocks * engine.pool.block_size} positions, less than the model's context "

@@ -59,6 +59,19 @@ class GradingError(RuntimeError):
     """The exercise id matched nothing, or the repository could not be found."""
 
 
+
+# A status label is a few CJK characters, which the browser may break between any two of them:
+# next to a long message column, an unstyled status column shrinks to one character per line
+# ("未/实/现"). nowrap keeps every label on one line; the message column takes the rest.
+STATUS_CELL_STYLE = "white-space:nowrap"
+
+
+def status_cell(label: str, color: str | None = None, bold: bool = True) -> str:
+    """The ``<td>`` of a status label (通过 / 未通过 / 未实现 / 跳过 / 未开始 ...), never broken over lines."""
+    style = STATUS_CELL_STYLE + (f";color:{color}" if color else "") + (";font-weight:bold" if bold else "")
+    return f"<td style='{style}'>{html.escape(label)}</td>"
+
+
 @dataclass
 class TestRow:
     exercise: str
@@ -124,7 +137,7 @@ class CheckResult:
         body = "".join(
             f"<tr><td style='text-align:left'>{html.escape(r.exercise)}</td>"
             f"<td style='text-align:left'><code>{html.escape(r.test)}</code></td>"
-            f"<td style='color:{color[r.status]};font-weight:bold'>{r.status}</td>"
+            f"{status_cell(r.status, color[r.status])}"
             f"<td style='text-align:left;white-space:pre-wrap'>{html.escape(r.message)}</td></tr>"
             for r in self.rows)
         if not self.rows:
@@ -417,10 +430,10 @@ class Progress:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        body = "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td><td>{st}</td>"
+        body = "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td>{status_cell(st, bold=False)}"
                        f"<td>{p}/{t}</td><td style='text-align:left'>{html.escape(why)}</td></tr>"
                        for ex, st, p, t, why in self.rows)
-        body += "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td><td>跳过</td><td></td>"
+        body += "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td>{status_cell('跳过', bold=False)}<td></td>"
                         f"<td style='text-align:left'>{html.escape(test)}: {html.escape(why)}</td></tr>"
                         for ex, skipped in self.skipped.items() for test, why in skipped)
         return f"<table><tr><th>练习</th><th>状态</th><th>通过</th><th>原因</th></tr>{body}</table>"

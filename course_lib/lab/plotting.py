@@ -71,18 +71,3 @@ def print_table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None, f
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-
-
-# ---- HTML tables (check() / progress() in JupyterLab) ----------------------------------------
-# A status label is a few CJK characters, which the browser may break between any two of them:
-# next to a long message column, an unstyled status column shrinks to one character per line
-# ("未/实/现"). nowrap keeps every label on one line; the message column takes the rest.
-STATUS_CELL_STYLE = "white-space:nowrap"
-
-
-def status_cell(label: str, color: Optional[str] = None, bold: bool = True) -> str:
-    """The ``<td>`` of a status label (通过 / 未通过 / 未实现 / 跳过 / 未开始 ...), never broken over lines."""
-    import html
-
-    style = STATUS_CELL_STYLE + (f";color:{color}" if color else "") + (";font-weight:bold" if bold else "")
-    return f"<td style='{style}'>{html.escape(label)}</td>"
