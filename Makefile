@@ -64,6 +64,11 @@ unit: install-test
 	COURSE_QUICK=1 $(VPY) -m pytest tests/unit $(foreach f,$(UNIT_SLOW),--ignore=tests/unit/test_$(f).py) \
 	  -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
 
+# Format and lint (ruff, configured in pyproject.toml); `make test` checks both.
+lint: install-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
 # Re-execute notebooks in full mode and store their outputs: `make notebooks NB=00-setup`.
 # Records each notebook's run time in notebooks/timings.json and updates the README's time table.
 notebooks: install

@@ -4,6 +4,7 @@ it exists whether pytest is started with `tests/exercises`, one grader file or n
 Graders receive the implementation under test through the `impl` fixture defined in
 tests/exercises/conftest.py.
 """
+
 import pytest
 
 
@@ -29,7 +30,7 @@ def pytest_configure(config):
     from pathlib import Path
 
     tests = Path(__file__).resolve().parent / "tests"
-    if not (tests / "oracles.py").is_file():    # a grader-only copy of the course (tests/committed.py)
+    if not (tests / "oracles.py").is_file():  # a grader-only copy of the course (tests/committed.py)
         return
     sys.path.insert(0, str(tests))
     from oracles import start_run

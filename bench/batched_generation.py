@@ -5,6 +5,7 @@ batch 8), KV cache on, measured in the same run on the shipped reference model. 
 
     python bench/batched_generation.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,21 +27,32 @@ def run(quick: bool) -> list[dict]:
     model, _ = load_reference_model()
     sizes = [1, 2, 8] if quick else [1, 2, 4, 8, 16, 32]
     rounds = 2 if quick else 3
-    sweeps = [throughput_vs_batch(model, sizes, prompt_len=32, new_tokens=8 if quick else 32, repeats=1)
-              for _ in range(rounds)]
+    sweeps = [
+        throughput_vs_batch(model, sizes, prompt_len=32, new_tokens=8 if quick else 32, repeats=1)
+        for _ in range(rounds)
+    ]
     base = ratio_stats([sw[0]["decode_tok_s"] for sw in sweeps])["median"]
     rows = []  # value and baseline: medians over rounds; ratio: the median of the per-round ratios
     for i, b in enumerate(sizes[1:], start=1):
         ratio = ratio_stats([sw[i]["vs_batch1"] for sw in sweeps])
         tok = ratio_stats([sw[i]["decode_tok_s"] for sw in sweeps])["median"]
         t = b == 8
-        rows.append({"name": f"decode throughput, batch {b} ({threads} thread(s), {rounds} rounds, "
-                             f"range {ratio['min']:.1f}-{ratio['max']:.1f}x)",
-                     "value": tok, "unit": "tok/s", "baseline": base, "ratio": ratio["median"],
-                     "target": ">= 4x" if t else None, "met": (ratio["median"] >= 4) if t else None})
+        rows.append(
+            {
+                "name": f"decode throughput, batch {b} ({threads} thread(s), {rounds} rounds, "
+                f"range {ratio['min']:.1f}-{ratio['max']:.1f}x)",
+                "value": tok,
+                "unit": "tok/s",
+                "baseline": base,
+                "ratio": ratio["median"],
+                "target": ">= 4x" if t else None,
+                "met": (ratio["median"] >= 4) if t else None,
+            }
+        )
     return rows
 
 
 if __name__ == "__main__":
     from kv_cache import print_rows  # noqa: E402  (same folder)
+
     print_rows(run(quick_mode()))

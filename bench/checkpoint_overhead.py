@@ -4,6 +4,7 @@ default interval (TrainConfig.default().ckpt_interval), measured in the same run
     python bench/checkpoint_overhead.py        # COURSE_QUICK=1 for a short smoke run
 Target (issue 3): save time <= 5% of training time.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,27 +25,49 @@ def run(quick: bool) -> list[dict]:
     interval = TrainConfig.default().ckpt_interval
     steps = 3 * interval
     with tempfile.TemporaryDirectory() as d:
-        cfg = TrainConfig.default(max_steps=steps, out_dir=d, tensorboard=False, eval_interval=steps,
-                                  device="cpu" if quick else "auto")
+        cfg = TrainConfig.default(
+            max_steps=steps, out_dir=d, tensorboard=False, eval_interval=steps, device="cpu" if quick else "auto"
+        )
         trainer = Trainer(ModelConfig.small(), cfg, console=False)
         t0 = time.perf_counter()
         trainer.fit()
         total = time.perf_counter() - t0
         saves = trainer.ckpt.total_save_seconds
-        size = sum(p.stat().st_size for p in Path(d, "checkpoints").rglob("state.pt")) / max(1, len(list(Path(d, "checkpoints").glob("step_*"))))
+        size = sum(p.stat().st_size for p in Path(d, "checkpoints").rglob("state.pt")) / max(
+            1, len(list(Path(d, "checkpoints").glob("step_*")))
+        )
     train_only = total - saves
     share = saves / train_only
     n_saves = steps // interval
-    return [{"name": f"checkpoint save time / training time (interval {interval}, {n_saves} saves, "
-                     f"{size / 2**20:.1f} MiB each, {trainer.model.num_parameters():,} params)",
-             "value": saves, "unit": "s", "baseline": train_only, "ratio": share, "target": f"<= {TARGET:.0%}",
-             "met": share <= TARGET}]
+    return [
+        {
+            "name": f"checkpoint save time / training time (interval {interval}, {n_saves} saves, "
+            f"{size / 2**20:.1f} MiB each, {trainer.model.num_parameters():,} params)",
+            "value": saves,
+            "unit": "s",
+            "baseline": train_only,
+            "ratio": share,
+            "target": f"<= {TARGET:.0%}",
+            "met": share <= TARGET,
+        }
+    ]
 
 
 def main() -> None:
     rows = run(quick_mode())
-    print_table([{"name": r["name"], "save_s": r["value"], "train_s": r["baseline"], "share": f"{r['ratio']:.2%}",
-                  "target": r["target"], "met": r["met"]} for r in rows])
+    print_table(
+        [
+            {
+                "name": r["name"],
+                "save_s": r["value"],
+                "train_s": r["baseline"],
+                "share": f"{r['ratio']:.2%}",
+                "target": r["target"],
+                "met": r["met"],
+            }
+            for r in rows
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ pin_memory (only where CUDA exists), and a map-style source with 2 ms simulated 
 per sample (time spent waiting, like a network disk), where workers overlap the waiting.
 Target (from the issue): report each setting's ratio; no speed-up is promised on a 2-core CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,17 +51,28 @@ def run(quick: bool) -> list[dict]:
         loader = make_loader(s.pop("kind"), tokens, seq_len, batch, delay_ms=delay, **s)
         kind = loader.dataset.__class__.__name__
         r = measure_throughput(loader, n_batches=n_batches if not delay else max(4, n_batches // 4))
-        name = (f"{'stream' if 'Streaming' in kind else 'map'} workers={s['num_workers']}"
-                + (f" prefetch={s.get('prefetch_factor')}" if s.get("prefetch_factor") else "")
-                + (" pin_memory" if s.get("pin_memory") else "") + (f" +{delay:g}ms/sample latency" if delay else ""))
+        name = (
+            f"{'stream' if 'Streaming' in kind else 'map'} workers={s['num_workers']}"
+            + (f" prefetch={s.get('prefetch_factor')}" if s.get("prefetch_factor") else "")
+            + (" pin_memory" if s.get("pin_memory") else "")
+            + (f" +{delay:g}ms/sample latency" if delay else "")
+        )
         key = ("stream" if "Streaming" in kind else "map", delay)
         if s["num_workers"] == 0:
             base[key] = r["samples_per_s"]
         b = base[key]
-        rows.append({"name": name, "value": round(r["samples_per_s"], 1), "unit": "samples/s",
-                     "baseline": round(b, 1), "ratio": round(r["samples_per_s"] / b, 2),
-                     "first_batch_s": round(r["first_batch_s"], 3),
-                     "target": "report (no speed-up promised on CPU)", "met": True})
+        rows.append(
+            {
+                "name": name,
+                "value": round(r["samples_per_s"], 1),
+                "unit": "samples/s",
+                "baseline": round(b, 1),
+                "ratio": round(r["samples_per_s"] / b, 2),
+                "first_batch_s": round(r["first_batch_s"], 3),
+                "target": "report (no speed-up promised on CPU)",
+                "met": True,
+            }
+        )
     return rows
 
 

@@ -18,6 +18,7 @@ Interleaved rounds, median and range; threads pinned (``BENCH_THREADS``, default
     python bench/decode_kernels.py
     COURSE_QUICK=1 python bench/decode_kernels.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,8 +33,15 @@ from course_lib.config import quick_mode  # noqa: E402
 
 def _matrices(cfg):
     d, hd, f = cfg.d_model, cfg.head_dim, cfg.ffn_hidden
-    return [(cfg.n_heads * hd, d), (cfg.n_kv_heads * hd, d), (cfg.n_kv_heads * hd, d), (d, cfg.n_heads * hd),
-            (f, d), (f, d), (d, f)] * cfg.n_layers + [(cfg.vocab_size, d)]
+    return [
+        (cfg.n_heads * hd, d),
+        (cfg.n_kv_heads * hd, d),
+        (cfg.n_kv_heads * hd, d),
+        (d, cfg.n_heads * hd),
+        (f, d),
+        (f, d),
+        (d, f),
+    ] * cfg.n_layers + [(cfg.vocab_size, d)]
 
 
 def run(quick: bool) -> list[dict]:
@@ -56,28 +64,40 @@ def run(quick: bool) -> list[dict]:
         q8 = [Int8Linear.from_linear(m) for m in lins]
         for m in q8:
             m.convert_for_runtime()
-        kernels["int8 _weight_int8pack_mm (bf16 act)"] = (q8, sum(m.qweight.numel() + 2 * m.out_features for m in q8),
-                                                          lambda m, x: m(x))
+        kernels["int8 _weight_int8pack_mm (bf16 act)"] = (
+            q8,
+            sum(m.qweight.numel() + 2 * m.out_features for m in q8),
+            lambda m, x: m(x),
+        )
 
         def int_mm(pair, x):
-            qt, scale = pair   # qt: int8 (in, out); x quantized per row by absmax
+            qt, scale = pair  # qt: int8 (in, out); x quantized per row by absmax
             s = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
             xq = torch.round(x / s).to(torch.int8)
             return torch._int_mm(xq, qt).float() * s * scale
+
         kernels["int8 x int8 torch._int_mm (act absmax)"] = (
-            [(m.qweight.t().contiguous(), m.scale) for m in q8], sum(m.qweight.numel() + 4 * m.out_features for m in q8),
-            int_mm)
+            [(m.qweight.t().contiguous(), m.scale) for m in q8],
+            sum(m.qweight.numel() + 4 * m.out_features for m in q8),
+            int_mm,
+        )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # torch.ao deprecation (lesson 4.2.2)
+        warnings.simplefilter("ignore")  # torch.ao deprecation (lesson 4.2.2)
         dyn = torch.ao.quantization.quantize_dynamic(nn.ModuleList(lins), {nn.Linear}, dtype=torch.qint8)
-    kernels["int8 quantize_dynamic (fbgemm)"] = (list(dyn), sum(o * i + 4 * o for o, i in _matrices(cfg)),
-                                                 lambda m, x: m(x))
+    kernels["int8 quantize_dynamic (fbgemm)"] = (
+        list(dyn),
+        sum(o * i + 4 * o for o, i in _matrices(cfg)),
+        lambda m, x: m(x),
+    )
     if int4_kernel_available():
         q4 = [Int4Linear.from_linear(m, 64) for m in lins]
         for m in q4:
             m.convert_for_runtime()
         kernels["int4 _weight_int4pack_mm_for_cpu (g64)"] = (
-            q4, sum(m.qweight.numel() + 4 * m.scales.numel() for m in q4), lambda m, x: m(x))
+            q4,
+            sum(m.qweight.numel() + 4 * m.scales.numel() for m in q4),
+            lambda m, x: m(x),
+        )
 
     x = torch.randn(1, cfg.d_model)
     xf = torch.randn(1, cfg.ffn_hidden)
@@ -85,30 +105,40 @@ def run(quick: bool) -> list[dict]:
 
     def timed(ws, fn, passes=3 if quick else 5):
         with torch.no_grad():
-            for w, (o, i) in zip(ws, shapes, strict=True):      # warm-up pass
+            for w, (_o, i) in zip(ws, shapes, strict=True):  # warm-up pass
                 fn(w, x if i == cfg.d_model else xf)
             t0 = time.perf_counter()
             for _ in range(passes):
-                for w, (o, i) in zip(ws, shapes, strict=True):
+                for w, (_o, i) in zip(ws, shapes, strict=True):
                     fn(w, x if i == cfg.d_model else xf)
             return (time.perf_counter() - t0) / passes
 
-    res = interleaved_rounds({k: (lambda ws=ws, fn=fn: timed(ws, fn)) for k, (ws, _, fn) in kernels.items()},
-                             rounds=3 if quick else 5)
+    res = interleaved_rounds(
+        {k: (lambda ws=ws, fn=fn: timed(ws, fn)) for k, (ws, _, fn) in kernels.items()}, rounds=3 if quick else 5
+    )
     base = res["fp32 F.linear"]
     rows = []
     for k, (_, nbytes, _) in kernels.items():
         r = res[k]
         ratios = [b / v for v, b in zip(r["values"], base["values"], strict=True)]
-        rows.append({"name": f"{k}: one pass over {len(shapes)} cache-cold matrices, {nbytes / 1e6:.1f} MB "
-                             f"[{len(ratios)} rounds, speed-up range {min(ratios):.2f}-{max(ratios):.2f}x] "
-                             f"({threads} thread{'s' if threads > 1 else ''})",
-                     "value": r["median"] * 1e3, "unit": "ms", "baseline": base["median"] * 1e3,
-                     "ratio": base["median"] / r["median"], "mbu": nbytes / r["median"] / bw,
-                     "target": "report", "met": None})
+        rows.append(
+            {
+                "name": f"{k}: one pass over {len(shapes)} cache-cold matrices, {nbytes / 1e6:.1f} MB "
+                f"[{len(ratios)} rounds, speed-up range {min(ratios):.2f}-{max(ratios):.2f}x] "
+                f"({threads} thread{'s' if threads > 1 else ''})",
+                "value": r["median"] * 1e3,
+                "unit": "ms",
+                "baseline": base["median"] * 1e3,
+                "ratio": base["median"] / r["median"],
+                "mbu": nbytes / r["median"] / bw,
+                "target": "report",
+                "met": None,
+            }
+        )
     return rows
 
 
 if __name__ == "__main__":
     from kv_cache import print_rows  # noqa: E402  (same folder)
+
     print_rows(run(quick_mode()))

@@ -24,6 +24,7 @@ skipped, naming it (tests/unit/test_gpu_check.py runs it, so the script cannot r
     python bench/gpu_check.py             # on a CUDA machine; writes BENCHMARKS.md's GPU section
     python bench/gpu_check.py --dry-run   # anywhere, ~1 minute on a CPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,13 +84,14 @@ class Ctx:
             torch.cuda.synchronize(self.device)
 
 
-ITEMS: List[tuple] = []
+ITEMS: list[tuple] = []
 
 
 def item(name: str):
     def deco(fn: Callable[[Ctx], str]):
         ITEMS.append((name, fn))
         return fn
+
     return deco
 
 
@@ -110,23 +112,39 @@ SMALL = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden=352, m
 
 def model_cfg(ctx: Ctx):
     from course_lib.config import ModelConfig
+
     return ModelConfig(**(TINY if ctx.dry else SMALL))
 
 
 def train_cfg(ctx: Ctx, name: str, **kw):
     from course_lib.config import TrainConfig
-    base = dict(data=corpus(ctx), max_steps=6 if ctx.dry else 12, batch_size=4 if ctx.dry else 16, seq_len=32 if ctx.dry else 128,
-                warmup_steps=2, eval_interval=1000, eval_batches=1, log_interval=1000, ckpt_interval=0,
-                out_dir=str(ctx.tmp / name), tensorboard=False, lr=3e-3, min_lr=3e-4, device=str(ctx.device),
-                val_fraction=0.1, resume=False)
+
+    base = dict(
+        data=corpus(ctx),
+        max_steps=6 if ctx.dry else 12,
+        batch_size=4 if ctx.dry else 16,
+        seq_len=32 if ctx.dry else 128,
+        warmup_steps=2,
+        eval_interval=1000,
+        eval_batches=1,
+        log_interval=1000,
+        ckpt_interval=0,
+        out_dir=str(ctx.tmp / name),
+        tensorboard=False,
+        lr=3e-3,
+        min_lr=3e-4,
+        device=str(ctx.device),
+        val_fraction=0.1,
+        resume=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def train(ctx: Ctx, name: str, callbacks=(), **kw):
     from course_lib.train import Trainer
-    tr = Trainer(model_cfg(ctx), train_cfg(ctx, name, **kw), callbacks=callbacks, console=False,
-                 save_checkpoints=False)
+
+    tr = Trainer(model_cfg(ctx), train_cfg(ctx, name, **kw), callbacks=callbacks, console=False, save_checkpoints=False)
     hist = tr.fit()
     return tr, hist
 
@@ -146,14 +164,16 @@ def timed(ctx: Ctx, fn: Callable[[], object], repeats: int = 3) -> float:
 
 def reference(ctx: Ctx):
     from course_lib.pretrained import load_reference_model
+
     model, tok = load_reference_model()
     return model.to(ctx.device).eval(), tok
 
 
-def env(extra: Optional[dict] = None) -> dict:
+def env(extra: dict | None = None) -> dict:
     from course_lib.distributed import subprocess_env
+
     e = subprocess_env(extra or {})
-    e.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS for the bitwise resume
+    e.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS for the bitwise resume
     return e
 
 
@@ -164,8 +184,10 @@ def env(extra: Optional[dict] = None) -> dict:
 def check_env(ctx: Ctx) -> str:
     if ctx.cuda:
         p = torch.cuda.get_device_properties(ctx.device)
-        return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, torch {torch.__version__}, "
-                f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.device_count()} GPU(s)")
+        return (
+            f"{p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.device_count()} GPU(s)"
+        )
     return f"CPU dry run, torch {torch.__version__}, {os.cpu_count()} cores"
 
 
@@ -193,12 +215,13 @@ def check_bf16(ctx: Ctx) -> str:
 @item("train fp16 + GradScaler, forced overflow")
 def check_fp16(ctx: Ctx) -> str:
     from course_lib.callbacks import Callback
+
     bad_step = 3
     seen = {}
 
     class Overflow(Callback):
         def on_after_backward(self, trainer):
-            if trainer.step + 1 == bad_step:   # the step being computed now
+            if trainer.step + 1 == bad_step:  # the step being computed now
                 p = next(p for p in trainer.model.parameters() if p.grad is not None)
                 p.grad.view(-1)[0] = float("inf")
                 seen["scale_before"] = trainer.scaler.get_scale()
@@ -208,23 +231,28 @@ def check_fp16(ctx: Ctx) -> str:
             if metrics["step"] == bad_step:
                 seen["skipped"] = metrics["skipped"]
                 seen["scale_after"] = trainer.scaler.get_scale()
-                seen["unchanged"] = all(torch.equal(a, b) for a, b in
-                                        zip(seen["weights"], trainer.model.parameters(), strict=True))
+                seen["unchanged"] = all(
+                    torch.equal(a, b) for a, b in zip(seen["weights"], trainer.model.parameters(), strict=True)
+                )
 
-    with contextlib.redirect_stdout(open(os.devnull, "w")):   # the "fp16 on CPU" note of the dry run
+    with contextlib.redirect_stdout(open(os.devnull, "w")):  # the "fp16 on CPU" note of the dry run
         tr, h = train(ctx, "fp16", callbacks=[Overflow()], dtype="fp16", stop_on_nonfinite=False)
     assert seen.get("skipped") is True, f"step {bad_step} with an inf gradient was not skipped"
     assert seen["unchanged"], "weights changed on the skipped step"
-    assert seen["scale_after"] == seen["scale_before"] / 2, \
+    assert seen["scale_after"] == seen["scale_before"] / 2, (
         f"scale {seen['scale_before']} -> {seen['scale_after']}, expected it halved"
+    )
     assert tr.skipped_steps == 1, f"{tr.skipped_steps} skipped steps, expected 1"
-    return (f"step {bad_step} skipped, weights untouched, scale {seen['scale_before']:.0f} -> "
-            f"{seen['scale_after']:.0f}, loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}")
+    return (
+        f"step {bad_step} skipped, weights untouched, scale {seen['scale_before']:.0f} -> "
+        f"{seen['scale_after']:.0f}, loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f}"
+    )
 
 
 @item("activation checkpointing")
 def check_ac(ctx: Ctx) -> str:
     from course_lib.model import DIYModel
+
     cfg = model_cfg(ctx)
     B, T = (4, 32) if ctx.dry else (16, 256)
     x = torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(0)).to(ctx.device)
@@ -253,18 +281,49 @@ def check_ac(ctx: Ctx) -> str:
 def check_kill_resume(ctx: Ctx) -> str:
     from course_lib.checkpoint import CheckpointManager
     from course_lib.faults import fault_env
+
     m = TINY if ctx.dry else SMALL
-    args = [sys.executable, "-m", "course_lib.train", "--data", corpus(ctx), "--device", str(ctx.device),
-            "--max-steps", "6" if ctx.dry else "10", "--batch-size", "4", "--seq-len", "32", "--warmup-steps", "2",
-            "--eval-interval", "5", "--eval-batches", "1", "--log-interval", "5", "--ckpt-interval", "2",
-            "--no-tensorboard", "--val-fraction", "0.1"]
+    args = [
+        sys.executable,
+        "-m",
+        "course_lib.train",
+        "--data",
+        corpus(ctx),
+        "--device",
+        str(ctx.device),
+        "--max-steps",
+        "6" if ctx.dry else "10",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--warmup-steps",
+        "2",
+        "--eval-interval",
+        "5",
+        "--eval-batches",
+        "1",
+        "--log-interval",
+        "5",
+        "--ckpt-interval",
+        "2",
+        "--no-tensorboard",
+        "--val-fraction",
+        "0.1",
+    ]
     for k, v in m.items():
         args += ["--" + k.replace("_", "-"), str(v)]
     ref, run = ctx.tmp / "kill_ref", ctx.tmp / "kill_run"
 
-    def go(out: Path, extra: Optional[dict] = None) -> int:
-        p = subprocess.run(args + ["--out-dir", str(out)], env=env(extra), cwd=ROOT, capture_output=True,
-                           text=True, timeout=ctx.timeout())
+    def go(out: Path, extra: dict | None = None) -> int:
+        p = subprocess.run(
+            args + ["--out-dir", str(out)],
+            env=env(extra),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=ctx.timeout(),
+        )
         if p.returncode not in (0, -9, 137):
             raise AssertionError(f"train exited {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
         return p.returncode
@@ -285,8 +344,10 @@ def check_kill_resume(ctx: Ctx) -> str:
             if not torch.equal(x, y):
                 bad.append(f"{part}{name}")
     assert not bad, f"{len(bad)} of {n} tensors differ after the resume, e.g. {bad[:3]}"
-    return (f"SIGKILL after step {kill_at}, resumed from step {kill_at - 1}: {n} tensors of model and optimizer "
-            f"bitwise equal to an uninterrupted run at step {last}")
+    return (
+        f"SIGKILL after step {kill_at}, resumed from step {kill_at - 1}: {n} tensors of model and optimizer "
+        f"bitwise equal to an uninterrupted run at step {last}"
+    )
 
 
 def _paired_tensors(a, b, prefix=""):
@@ -307,17 +368,22 @@ def _paired_tensors(a, b, prefix=""):
 def check_memory(ctx: Ctx) -> str:
     from course_lib.config import ModelConfig
     from course_lib.memory import compare
+
     if ctx.dry:
         r = compare(ModelConfig(**TINY), 2, 32, "fp32", device="cpu")
-        raise Skip(f"CUDA only (+-10% against torch.cuda.max_memory_allocated); the CPU path ran: estimate "
-                   f"{r['estimate_MiB']:.2f} MiB vs profiler {r['measured_MiB']:.2f} MiB")
-    sizes = [(ModelConfig(**SMALL), 8, 256), (ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4,
-              ffn_hidden=1376, max_seq_len=512), 8, 512),
-             (ModelConfig(d_model=1024, n_layers=12, n_heads=16, n_kv_heads=8, ffn_hidden=2752, max_seq_len=1024),
-              4, 1024)]
+        raise Skip(
+            f"CUDA only (+-10% against torch.cuda.max_memory_allocated); the CPU path ran: estimate "
+            f"{r['estimate_MiB']:.2f} MiB vs profiler {r['measured_MiB']:.2f} MiB"
+        )
+    sizes = [
+        (ModelConfig(**SMALL), 8, 256),
+        (ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden=1376, max_seq_len=512), 8, 512),
+        (ModelConfig(d_model=1024, n_layers=12, n_heads=16, n_kv_heads=8, ffn_hidden=2752, max_seq_len=1024), 4, 1024),
+    ]
     rows = [compare(c, b, t, "fp32", device=str(ctx.device)) for c, b, t in sizes]
-    desc = ", ".join(f"{r['model']} {r['estimate_MiB']:.0f}/{r['measured_MiB']:.0f} MiB ({r['error_pct']:+.1f}%)"
-                     for r in rows)
+    desc = ", ".join(
+        f"{r['model']} {r['estimate_MiB']:.0f}/{r['measured_MiB']:.0f} MiB ({r['error_pct']:+.1f}%)" for r in rows
+    )
     assert all(r["within_10pct"] for r in rows), f"outside +-10%: {desc}"
     return "estimate/measured " + desc
 
@@ -326,6 +392,7 @@ def check_memory(ctx: Ctx) -> str:
 def check_max_batch(ctx: Ctx) -> str:
     from course_lib.config import ModelConfig
     from course_lib.memory import estimate, find_max_batch_size, measure
+
     cfg = ModelConfig(**(TINY if ctx.dry else SMALL))
     seq = 32 if ctx.dry else 256
     budget = (8 if ctx.dry else 1024) * 2**20
@@ -346,6 +413,7 @@ def check_max_batch(ctx: Ctx) -> str:
 def worker(kind: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dev = torch.device(os.environ.get("GPU_CHECK_DEVICE", "cpu"))
     if dev.type == "cuda":
@@ -356,6 +424,7 @@ def worker(kind: str) -> None:
     assert t.device.type == dev.type and t.tolist() == [world * (world + 1) / 2] * 4, t
     from course_lib.config import ModelConfig
     from course_lib.model import DIYModel
+
     torch.manual_seed(0)
     model = DDP(DIYModel(ModelConfig(**TINY)).to(dev), device_ids=[dev.index] if kind == "nccl" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -375,18 +444,35 @@ def worker(kind: str) -> None:
 
 def spawn_workers(ctx: Ctx, kind: str, world: int, dev: str) -> None:
     from course_lib.distributed import free_port
+
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", kind], cwd=ROOT,
-                              env=env({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
-                                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GPU_CHECK_DEVICE": dev}),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", kind],
+            cwd=ROOT,
+            env=env(
+                {
+                    "RANK": str(r),
+                    "LOCAL_RANK": str(r),
+                    "WORLD_SIZE": str(world),
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": port,
+                    "GPU_CHECK_DEVICE": dev,
+                }
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
     outs = []
     try:
         for p in procs:
             out, _ = p.communicate(timeout=ctx.timeout())
             outs.append((p.returncode, out))
     finally:
-        for p in procs:   # a rank that timed out must not outlive the check (nor keep the port)
+        for p in procs:  # a rank that timed out must not outlive the check (nor keep the port)
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -408,12 +494,34 @@ def check_nccl(ctx: Ctx) -> str:
         spawn_workers(ctx, "nccl", 1, "cuda:0")
         return "1 GPU: one nccl rank (all_reduce + DDP steps); DDP/FSDP2 across GPUs not checked (needs >= 2)"
     from course_lib.distributed import torchrun_command
+
     done = []
     for strategy in ("ddp", "fsdp"):
         out = ctx.tmp / f"nccl_{strategy}"
-        cmd = torchrun_command(["--data", corpus(ctx), "--max-steps", "6", "--batch-size", "4", "--seq-len", "64",
-                                "--warmup-steps", "1", "--ckpt-interval", "3", "--no-tensorboard", "--dtype", "bf16",
-                                "--strategy", strategy, "--out-dir", str(out)], nproc_per_node=2)
+        cmd = torchrun_command(
+            [
+                "--data",
+                corpus(ctx),
+                "--max-steps",
+                "6",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "64",
+                "--warmup-steps",
+                "1",
+                "--ckpt-interval",
+                "3",
+                "--no-tensorboard",
+                "--dtype",
+                "bf16",
+                "--strategy",
+                strategy,
+                "--out-dir",
+                str(out),
+            ],
+            nproc_per_node=2,
+        )
         p = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=ctx.timeout())
         assert p.returncode == 0, f"{strategy} over nccl exited {p.returncode}: {p.stderr.strip().splitlines()[-3:]}"
         done.append(strategy)
@@ -425,6 +533,7 @@ def check_nccl(ctx: Ctx) -> str:
 # --------------------------------------------------------------------------------------------
 def _greedy(model, ids, n, **kw):
     from course_lib.generate import generate
+
     return generate(model, ids, n, **kw)
 
 
@@ -459,6 +568,7 @@ def check_batch(ctx: Ctx) -> str:
 def check_compiled(ctx: Ctx) -> str:
     ctx.need_cuda("torch.compile on CPU costs minutes here; mode='reduce-overhead' = CUDA graphs")
     from course_lib.generate import compiled_decode_step, make_compiled_cache, prefill
+
     model, tok = reference(ctx)
     ids = torch.tensor([tok.encode("import os\n")], device=ctx.device)
     n = 64
@@ -480,17 +590,20 @@ def check_compiled(ctx: Ctx) -> str:
     eager = _greedy(model, ids, n)
     res = {}
     for mode in (None, "reduce-overhead"):
-        got = run(mode)   # compiles
+        got = run(mode)  # compiles
         assert torch.equal(got, eager), f"compiled decode (mode={mode}) gives other tokens than eager"
         res[mode] = n / timed(ctx, lambda mode=mode: run(mode))
     t_e = n / timed(ctx, lambda: _greedy(model, ids, n))
-    return (f"same tokens; eager {t_e:,.0f}, compiled {res[None]:,.0f}, compiled + CUDA graphs "
-            f"{res['reduce-overhead']:,.0f} tok/s")
+    return (
+        f"same tokens; eager {t_e:,.0f}, compiled {res[None]:,.0f}, compiled + CUDA graphs "
+        f"{res['reduce-overhead']:,.0f} tok/s"
+    )
 
 
 @item("int8 weight-only kernel")
 def check_int8(ctx: Ctx) -> str:
     from course_lib.quantize import convert_for_runtime, int8_kernel_available, quantize_model
+
     if not int8_kernel_available():
         raise Skip("torch._weight_int8pack_mm is missing from this torch")
     model, tok = reference(ctx)
@@ -508,9 +621,12 @@ def check_int8(ctx: Ctx) -> str:
 
 @item("GPTQ int4 on the device")
 def check_gptq(ctx: Ctx) -> str:
-    ctx.need_cuda("GPTQ's column loop is seconds on a GPU, minutes on a loaded CPU; the CPU path is tests/unit/test_quantize.py")
+    ctx.need_cuda(
+        "GPTQ's column loop is seconds on a GPU, minutes on a loaded CPU; the CPU path is tests/unit/test_quantize.py"
+    )
     from course_lib.pretrained import calibration_batch
     from course_lib.quantize import quantize_model
+
     model, tok = reference(ctx)
     calib = calibration_batch(4 if ctx.dry else 32, 64 if ctx.dry else 128).to(ctx.device)
     q = quantize_model(model, "gptq-int4", calibration=calib)
@@ -528,12 +644,13 @@ def check_int4(ctx: Ctx) -> str:
     if torch.cuda.get_device_capability(ctx.device) < (8, 0):
         raise Skip("tinygemm needs sm_80 or newer")
     from course_lib.quantize import dequantize_int4, quantize_int4, unpack_int4
+
     N, K, group = 512, 1024, 128
     w = torch.randn(N, K, generator=torch.Generator().manual_seed(0))
     packed, scales = quantize_int4(w, group)
     ref_w = dequantize_int4(packed, scales, group, K)
-    q_u4 = (unpack_int4(packed).to(torch.int32) + 8).to(torch.uint8)            # (N, K) in 0..15
-    w_u8 = (q_u4[:, ::2] << 4 | q_u4[:, 1::2]).contiguous().to(ctx.device)       # (N, K/2), CUDA layout
+    q_u4 = (unpack_int4(packed).to(torch.int32) + 8).to(torch.uint8)  # (N, K) in 0..15
+    w_u8 = (q_u4[:, ::2] << 4 | q_u4[:, 1::2]).contiguous().to(ctx.device)  # (N, K/2), CUDA layout
     tiled = torch.ops.aten._convert_weight_to_int4pack(w_u8, 8)
     sz = torch.stack([scales.t(), torch.zeros_like(scales.t())], -1).contiguous().to(ctx.device, torch.bfloat16)
     x = torch.randn(8, K, generator=torch.Generator().manual_seed(1)).to(ctx.device, torch.bfloat16)
@@ -572,13 +689,17 @@ def check_bnb(ctx: Ctx) -> str:
 def check_mbu(ctx: Ctx) -> str:
     from course_lib.config import ModelConfig
     from course_lib.model import DIYModel
+
     n_bytes = (16 if ctx.dry else 1024) * 2**20
     src = torch.empty(n_bytes // 4, device=ctx.device)
     dst = torch.empty_like(src)
-    bw = 2 * n_bytes / timed(ctx, lambda: dst.copy_(src), 5)          # read + write
-    src = dst = None   # free the probe's buffers
-    cfg = (ModelConfig(**SMALL) if ctx.dry else
-           ModelConfig(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=8, ffn_hidden=2752, max_seq_len=512))
+    bw = 2 * n_bytes / timed(ctx, lambda: dst.copy_(src), 5)  # read + write
+    src = dst = None  # free the probe's buffers
+    cfg = (
+        ModelConfig(**SMALL)
+        if ctx.dry
+        else ModelConfig(d_model=1024, n_layers=8, n_heads=16, n_kv_heads=8, ffn_hidden=2752, max_seq_len=512)
+    )
     torch.manual_seed(0)
     model = DIYModel(cfg).to(ctx.device).eval()
     w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -587,8 +708,10 @@ def check_mbu(ctx: Ctx) -> str:
     tok_s = n / timed(ctx, lambda: _greedy(model, ids, n), 1 if ctx.dry else 3)
     mbu = tok_s * w_bytes / bw
     assert 0 < mbu < 1.2, f"MBU {mbu:.2f} is not a fraction of the probe's bandwidth"
-    return (f"copy probe {bw / 1e9:,.0f} GB/s; eager decode {tok_s:,.0f} tok/s x {w_bytes / 1e6:.0f} MB of weights "
-            f"= MBU {mbu:.1%} (batch 1)")
+    return (
+        f"copy probe {bw / 1e9:,.0f} GB/s; eager decode {tok_s:,.0f} tok/s x {w_bytes / 1e6:.0f} MB of weights "
+        f"= MBU {mbu:.1%} (batch 1)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,6 +723,7 @@ def check_engine(ctx: Ctx) -> str:
 
     from course_lib.engine import Engine
     from course_lib.serve import ServerThread, create_app
+
     model, tok = reference(ctx)
     prompts = ["def main(", "import sys\n", "class Config:\n    "]
     n = 12
@@ -622,8 +746,10 @@ def check_engine(ctx: Ctx) -> str:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
         c = client.completions.create(model="gpu-check", prompt=prompts[0], max_tokens=n, temperature=0)
     assert c.choices[0].text, "empty completion"
-    return (f"{len(prompts)} greedy requests = generate() token for token; seeded sampling reproducible; "
-            f"/v1/completions answered {c.usage.completion_tokens} tokens")
+    return (
+        f"{len(prompts)} greedy requests = generate() token for token; seeded sampling reproducible; "
+        f"/v1/completions answered {c.usage.completion_tokens} tokens"
+    )
 
 
 @item("notebooks in quick mode (nbval)")
@@ -635,11 +761,21 @@ def check_notebooks(ctx: Ctx) -> str:
     if limit < 60:
         raise Skip(f"only {ctx.left():.0f} s of the budget left")
     nbs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.ipynb"))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-           "--timeout", "600", *nbs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--timeout",
+        "600",
+        *nbs,
+    ]
     try:
-        p = subprocess.run(cmd, env=env({"COURSE_QUICK": "1"}), cwd=ROOT, capture_output=True, text=True,
-                           timeout=limit)
+        p = subprocess.run(cmd, env=env({"COURSE_QUICK": "1"}), cwd=ROOT, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"nbval did not finish within the {limit:.0f} s left of the budget") from None
     tail = p.stdout.strip().splitlines()[-1:] if p.stdout.strip() else ["(no output)"]
@@ -650,13 +786,19 @@ def check_notebooks(ctx: Ctx) -> str:
 # --------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------
-def gpu_section(results: List[dict], ctx: Ctx) -> str:
+def gpu_section(results: list[dict], ctx: Ctx) -> str:
     p = torch.cuda.get_device_properties(ctx.device)
-    lines = [BEGIN, "## GPU check", "",
-             f"Written by `make gpu-check` (bench/gpu_check.py) on {time.strftime('%Y-%m-%d', time.gmtime())}: "
-             f"{p.name} ({p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, {torch.cuda.device_count()} GPU(s)), "
-             f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}.", "",
-             "| item | result | detail | s |", "|---|---|---|---|"]
+    lines = [
+        BEGIN,
+        "## GPU check",
+        "",
+        f"Written by `make gpu-check` (bench/gpu_check.py) on {time.strftime('%Y-%m-%d', time.gmtime())}: "
+        f"{p.name} ({p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, {torch.cuda.device_count()} GPU(s)), "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}.",
+        "",
+        "| item | result | detail | s |",
+        "|---|---|---|---|",
+    ]
     for r in results:
         detail = r["detail"].replace("|", "/").replace("\n", " ")
         lines.append(f"| {r['name']} | {r['status']} | {detail} | {r['seconds']:.1f} |")
@@ -673,7 +815,7 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def run_items(ctx: Ctx, only: Optional[List[str]] = None) -> List[dict]:
+def run_items(ctx: Ctx, only: list[str] | None = None) -> list[dict]:
     results = []
     for name, fn in ITEMS:
         if only and not any(o in name for o in only):
@@ -702,8 +844,12 @@ def main(argv=None) -> int:
     ap.add_argument("--require-cuda", action="store_true", help="exit 2 when there is no CUDA device (make gpu-check)")
     ap.add_argument("--only", nargs="*", help="run only the items whose name contains one of these words")
     ap.add_argument("--no-notebooks", action="store_true", help="skip the nbval run of the notebooks")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help=f"time budget in seconds (default {BUDGET_S:.0f} on CUDA, unbounded-ish 3000 in a dry run)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"time budget in seconds (default {BUDGET_S:.0f} on CUDA, unbounded-ish 3000 in a dry run)",
+    )
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="file whose GPU section is written (CUDA runs)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -712,22 +858,28 @@ def main(argv=None) -> int:
         worker(args.worker)
         return 0
     if not args.dry_run and not torch.cuda.is_available():
-        print("[gpu-check] no CUDA device here: nothing to check on a GPU "
-              "(`python bench/gpu_check.py --dry-run` runs the CPU half)", flush=True)
+        print(
+            "[gpu-check] no CUDA device here: nothing to check on a GPU "
+            "(`python bench/gpu_check.py --dry-run` runs the CPU half)",
+            flush=True,
+        )
         return 2 if args.require_cuda else 0
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     device = torch.device("cpu" if args.dry_run else "cuda:0")
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         budget = args.budget_s if args.budget_s is not None else (3000.0 if args.dry_run else BUDGET_S)
-        ctx = Ctx(device=device, dry=args.dry_run, tmp=Path(tmp), budget_s=budget,
-                  notebooks=not args.no_notebooks)
-        print(f"[gpu-check] {'dry run on CPU' if ctx.dry else 'CUDA'}: {len(ITEMS)} items, budget "
-              f"{ctx.budget_s:.0f} s", flush=True)
+        ctx = Ctx(device=device, dry=args.dry_run, tmp=Path(tmp), budget_s=budget, notebooks=not args.no_notebooks)
+        print(
+            f"[gpu-check] {'dry run on CPU' if ctx.dry else 'CUDA'}: {len(ITEMS)} items, budget {ctx.budget_s:.0f} s",
+            flush=True,
+        )
         results = run_items(ctx, args.only)
     counts = {s: sum(r["status"] == s for r in results) for s in ("PASS", "FAIL", "SKIP")}
     total = time.perf_counter() - ctx.t0
-    print(f"[gpu-check] {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in {total:.0f} s",
-          flush=True)
+    print(
+        f"[gpu-check] {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in {total:.0f} s",
+        flush=True,
+    )
     for r in results:
         if r["status"] == "SKIP":
             print(f"[gpu-check] skipped: {r['name']} ({r['detail']})", flush=True)

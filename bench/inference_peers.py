@@ -17,6 +17,7 @@ The generate rows' time includes the prefill, so their MBU is a lower bound.
     python bench/inference_peers.py
     COURSE_QUICK=1 python bench/inference_peers.py
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,15 @@ def _row(name, values, base_values, unit, target=None):
     med, base = statistics.median(values), statistics.median(base_values)
     ratios = [v / b for v, b in zip(values, base_values, strict=True)]
     t = float(target) if target else None
-    return {"name": f"{name} [{len(values)} rounds, ratio range {min(ratios):.2f}-{max(ratios):.2f}x]",
-            "value": med, "unit": unit, "baseline": base, "ratio": med / base,
-            "target": f">= {target}x" if target else None, "met": (med / base >= t) if t else None}
+    return {
+        "name": f"{name} [{len(values)} rounds, ratio range {min(ratios):.2f}-{max(ratios):.2f}x]",
+        "value": med,
+        "unit": unit,
+        "baseline": base,
+        "ratio": med / base,
+        "target": f">= {target}x" if target else None,
+        "met": (med / base >= t) if t else None,
+    }
 
 
 def _with_mbu(row, tok_s, batch, cfg, context, bw, weight_bits=32, group_size=None, target=None):
@@ -59,7 +66,7 @@ def _hotspots(model, prompt: int, new: int) -> str:
     from course_lib import roofline
     from course_lib.lab.measure import measure_generation
 
-    measure_generation(model, 1, prompt, new)   # warm-up outside the profile
+    measure_generation(model, 1, prompt, new)  # warm-up outside the profile
     with roofline.stack_profiled() as prof:
         measure_generation(model, 1, prompt, new)
     return "; ".join(f"{h['where']} {h['share']:.0%} ({h['ops']})" for h in roofline.hotspots(prof, 3))
@@ -71,18 +78,20 @@ def run(quick: bool) -> list[dict]:
     import torch
     import transformers
 
+    from course_lib import roofline
     from course_lib.export import export_hf_llama
     from course_lib.generate import compile_available, generate, warm_up_compiled
     from course_lib.lab.measure import as_model, interleaved_rounds, measure_generation, pin_threads, speed_config
     from course_lib.quantize import dynamic_int8, quantize_model
 
-    from course_lib import roofline
-
     threads = pin_threads()
     probe = roofline.bandwidth_probe(quick=quick)
     bw = roofline.best_bandwidth(probe)
-    print("GEMV bandwidth probe: " + ", ".join(f"{p.weight_bytes / 2**20:.0f} MiB x{p.copies}: {p.gb_s:.1f} GB/s"
-                                                for p in probe), flush=True)
+    print(
+        "GEMV bandwidth probe: "
+        + ", ".join(f"{p.weight_bytes / 2**20:.0f} MiB x{p.copies}: {p.gb_s:.1f} GB/s" for p in probe),
+        flush=True,
+    )
     torch.manual_seed(0)
     cfg = speed_config(quick, max_seq_len=256)
     model = as_model(cfg)
@@ -107,65 +116,143 @@ def run(quick: bool) -> list[dict]:
         with torch.no_grad():
             want = hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
         same = generate(model, ids, new).tolist() == want[:, prompt:].tolist()
-        cands = {"hf": lambda b=b, ids=ids: b * new / timed(lambda: hf.generate(
-                     ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)),
-                 "ours": lambda b=b, ids=ids: b * new / timed(lambda: generate(model, ids, new))}
+        cands = {
+            "hf": lambda b=b, ids=ids: (
+                b
+                * new
+                / timed(
+                    lambda: hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+                )
+            ),
+            "ours": lambda b=b, ids=ids: b * new / timed(lambda: generate(model, ids, new)),
+        }
         if b == 1 and compile_available()[0]:
             warm = warm_up_compiled(model, b, prompt + new)
             print(f"compiled decode step warm-up: {warm:.1f} s", flush=True)
             cands["compiled"] = lambda b=b, ids=ids: b * new / timed(lambda: generate(model, ids, new, compile=True))
             if hf_c is not None:
-                hf_kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
-                             cache_implementation="static")
+                hf_kw = dict(
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    do_sample=False,
+                    pad_token_id=0,
+                    cache_implementation="static",
+                )
                 try:
                     with torch.no_grad():
                         warm_hf = timed(lambda ids=ids, kw=hf_kw: hf_c.generate(ids, **kw))
                     print(f"HF static cache + torch.compile warm-up: {warm_hf:.1f} s", flush=True)
-                    cands["hf_compiled"] = lambda b=b, ids=ids, kw=hf_kw: b * new / timed(
-                        lambda: hf_c.generate(ids, **kw))
+                    cands["hf_compiled"] = lambda b=b, ids=ids, kw=hf_kw: (
+                        b * new / timed(lambda: hf_c.generate(ids, **kw))
+                    )
                 except Exception as e:  # noqa: BLE001 - a peer that does not compile here is reported, not fatal
                     print(f"HF static cache + torch.compile skipped: {type(e).__name__}: {str(e)[:200]}", flush=True)
         with torch.no_grad():
             res = interleaved_rounds(cands, rounds)
         v = {k: r["values"] for k, r in res.items()}
         ctx = prompt + new // 2
-        rows.append(_with_mbu(_row(f"generate tok/s vs HF generate (eager, same weights, batch {b}, tokens identical: "
-                                   f"{same})", v["ours"], v["hf"], "tok/s", 1.2), st.median(v["ours"]), b, cfg, ctx, bw))
+        rows.append(
+            _with_mbu(
+                _row(
+                    f"generate tok/s vs HF generate (eager, same weights, batch {b}, tokens identical: {same})",
+                    v["ours"],
+                    v["hf"],
+                    "tok/s",
+                    1.2,
+                ),
+                st.median(v["ours"]),
+                b,
+                cfg,
+                ctx,
+                bw,
+            )
+        )
         if "compiled" in v:
-            rows.append(_with_mbu(_row("compiled static-cache generate vs HF eager generate (batch 1)", v["compiled"],
-                                       v["hf"], "tok/s", 1.8), st.median(v["compiled"]), 1, cfg, ctx, bw))
+            rows.append(
+                _with_mbu(
+                    _row(
+                        "compiled static-cache generate vs HF eager generate (batch 1)",
+                        v["compiled"],
+                        v["hf"],
+                        "tok/s",
+                        1.8,
+                    ),
+                    st.median(v["compiled"]),
+                    1,
+                    cfg,
+                    ctx,
+                    bw,
+                )
+            )
         if "hf_compiled" in v:
-            rows.append(_row("compiled static-cache generate vs HF static cache + torch.compile (batch 1)",
-                             v["compiled"], v["hf_compiled"], "tok/s"))
+            rows.append(
+                _row(
+                    "compiled static-cache generate vs HF static cache + torch.compile (batch 1)",
+                    v["compiled"],
+                    v["hf_compiled"],
+                    "tok/s",
+                )
+            )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation: shown in lesson 4.2.2
-        variants = {"fp32": model, "int8": quantize_model(model, "int8"), "int4": quantize_model(model, "int4", 64),
-                    "dynamic-int8": dynamic_int8(model)[0]}
-    res = interleaved_rounds({k: (lambda q=q: measure_generation(q, 1, prompt, new)["decode_tok_s"])
-                              for k, q in variants.items()}, rounds)
+        variants = {
+            "fp32": model,
+            "int8": quantize_model(model, "int8"),
+            "int4": quantize_model(model, "int4", 64),
+            "dynamic-int8": dynamic_int8(model)[0],
+        }
+    res = interleaved_rounds(
+        {k: (lambda q=q: measure_generation(q, 1, prompt, new)["decode_tok_s"]) for k, q in variants.items()}, rounds
+    )
     targets = {"int8": 2.0, "int4": 1.3, "dynamic-int8": None}
     bits = {"fp32": (32, None), "int8": (8, None), "int4": (4, 64), "dynamic-int8": (8, None)}
-    mbu_target = {"fp32": 0.5, "int8": 0.35, "int4": 0.25}   # issue 25
+    mbu_target = {"fp32": 0.5, "int8": 0.35, "int4": 0.25}  # issue 25
     ctx = prompt + new // 2
     fp = res["fp32"]["median"]
     need = roofline.decode_bytes_per_step(cfg, ctx, 1)
-    row = _with_mbu({"name": f"fp32 decode bytes/s (batch 1, {fp:.0f} tok/s x {need / 1e6:.1f} MB/step) vs the "
-                             f"GEMV probe [{rounds} rounds]", "value": fp * need / 1e9, "unit": "GB/s",
-                     "baseline": bw / 1e9, "ratio": fp * need / bw, "target": f"MBU >= {mbu_target['fp32']}"},
-                    fp, 1, cfg, ctx, bw, target=mbu_target["fp32"])
+    row = _with_mbu(
+        {
+            "name": f"fp32 decode bytes/s (batch 1, {fp:.0f} tok/s x {need / 1e6:.1f} MB/step) vs the "
+            f"GEMV probe [{rounds} rounds]",
+            "value": fp * need / 1e9,
+            "unit": "GB/s",
+            "baseline": bw / 1e9,
+            "ratio": fp * need / bw,
+            "target": f"MBU >= {mbu_target['fp32']}",
+        },
+        fp,
+        1,
+        cfg,
+        ctx,
+        bw,
+        target=mbu_target["fp32"],
+    )
     row["met"] = row["mbu"] >= mbu_target["fp32"]
     rows.append(row)
     for k, t in targets.items():
-        row = _with_mbu(_row(f"{k} decode tok/s vs fp32 (batch 1{', group 64' if k == 'int4' else ''})",
-                             res[k]["values"], res["fp32"]["values"], "tok/s", t),
-                        res[k]["median"], 1, cfg, ctx, bw, *bits[k], target=mbu_target.get(k))
+        row = _with_mbu(
+            _row(
+                f"{k} decode tok/s vs fp32 (batch 1{', group 64' if k == 'int4' else ''})",
+                res[k]["values"],
+                res["fp32"]["values"],
+                "tok/s",
+                t,
+            ),
+            res[k]["median"],
+            1,
+            cfg,
+            ctx,
+            bw,
+            *bits[k],
+            target=mbu_target.get(k),
+        )
         if k in mbu_target:
             row["target"] = f"{row['target']}, MBU >= {mbu_target[k]}"
             row["met"] = row["met"] and row["mbu"] >= mbu_target[k]
         rows.append(row)
     for k, row in zip(("fp32", "int8", "int4"), (rows[-4], rows[-3], rows[-2]), strict=True):
-        if row["mbu"] < mbu_target[k]:   # a missed MBU target names where the decode's time goes
+        if row["mbu"] < mbu_target[k]:  # a missed MBU target names where the decode's time goes
             row["name"] += f"; top 3 hotspots: {_hotspots(variants[k], prompt, new)}"
     for r in rows:
         r["name"] += f" ({threads} thread{'s' if threads > 1 else ''})"
@@ -174,4 +261,5 @@ def run(quick: bool) -> list[dict]:
 
 if __name__ == "__main__":
     from kv_cache import print_rows  # noqa: E402  (same folder)
+
     print_rows(run(quick_mode()))

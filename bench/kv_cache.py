@@ -9,6 +9,7 @@ gives the median speed-up with its range over rounds in the name.
     python bench/kv_cache.py            # full: contexts 64 ... 1024
     COURSE_QUICK=1 python bench/kv_cache.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,14 @@ from course_lib.config import quick_mode  # noqa: E402
 def run(quick: bool) -> list[dict]:
     import torch
 
-    from course_lib.lab.measure import (decode_speed_vs_context, long_context_copy, paged_vs_static_memory, pin_threads,
-                                    ratio_stats, speed_config)
+    from course_lib.lab.measure import (
+        decode_speed_vs_context,
+        long_context_copy,
+        paged_vs_static_memory,
+        pin_threads,
+        ratio_stats,
+        speed_config,
+    )
     from course_lib.pretrained import load_reference_model
 
     threads = pin_threads()
@@ -38,26 +45,47 @@ def run(quick: bool) -> list[dict]:
         sp = ratio_stats([sw[i]["speedup"] for sw in sweeps])
         cache = ratio_stats([sw[i]["cache_tok_s"] for sw in sweeps])["median"]
         nocache = ratio_stats([sw[i]["no_cache_tok_s"] for sw in sweeps])["median"]  # ratio: median of per-round ratios
-        rows.append({"name": f"decode tok/s with cache, reference model, context {L} ({threads} thread(s), "
-                             f"{rounds} rounds, speed-up range {sp['min']:.1f}-{sp['max']:.1f}x)",
-                     "value": cache, "unit": "tok/s", "baseline": nocache, "ratio": sp["median"],
-                     "target": None, "met": None})
+        rows.append(
+            {
+                "name": f"decode tok/s with cache, reference model, context {L} ({threads} thread(s), "
+                f"{rounds} rounds, speed-up range {sp['min']:.1f}-{sp['max']:.1f}x)",
+                "value": cache,
+                "unit": "tok/s",
+                "baseline": nocache,
+                "ratio": sp["median"],
+                "target": None,
+                "met": None,
+            }
+        )
     cfg = speed_config()
     L = 256 if quick else 512
     big_sweeps = [decode_speed_vs_context(cfg, [L], new_tokens=4 if quick else 8, repeats=1)[0] for _ in range(rounds)]
     sp = ratio_stats([r["speedup"] for r in big_sweeps])
-    rows.append({"name": f"decode tok/s with cache, speed_config d{cfg.d_model} x {cfg.n_layers} layers, context {L} "
-                         f"({threads} thread(s), {rounds} rounds, speed-up range {sp['min']:.1f}-{sp['max']:.1f}x)",
-                 "value": ratio_stats([r["cache_tok_s"] for r in big_sweeps])["median"], "unit": "tok/s",
-                 "baseline": ratio_stats([r["no_cache_tok_s"] for r in big_sweeps])["median"], "ratio": sp["median"],
-                 "target": ">= 20x", "met": sp["median"] >= 20.0})
+    rows.append(
+        {
+            "name": f"decode tok/s with cache, speed_config d{cfg.d_model} x {cfg.n_layers} layers, context {L} "
+            f"({threads} thread(s), {rounds} rounds, speed-up range {sp['min']:.1f}-{sp['max']:.1f}x)",
+            "value": ratio_stats([r["cache_tok_s"] for r in big_sweeps])["median"],
+            "unit": "tok/s",
+            "baseline": ratio_stats([r["no_cache_tok_s"] for r in big_sweeps])["median"],
+            "ratio": sp["median"],
+            "target": ">= 20x",
+            "met": sp["median"] >= 20.0,
+        }
+    )
     lengths = [40, 700, 130, 260, 35, 900, 75, 510]
     m = paged_vs_static_memory(big, lengths, max_len=1024, block_size=16)
-    rows.append({"name": f"paged KV memory, {len(lengths)} seqs of {min(lengths)}-{max(lengths)} tokens (block 16)",
-                 "value": m["paged_bytes"] / 1e6, "unit": "MB", "baseline": m["static_bytes"] / 1e6,
-                 "ratio": m["paged_bytes"] / m["static_bytes"],
-                 "target": f"waste {m['paged_waste']:.1%} vs {m['static_waste']:.1%} preallocated (max_len 1024)",
-                 "met": m["paged_bytes"] < m["static_bytes"]})
+    rows.append(
+        {
+            "name": f"paged KV memory, {len(lengths)} seqs of {min(lengths)}-{max(lengths)} tokens (block 16)",
+            "value": m["paged_bytes"] / 1e6,
+            "unit": "MB",
+            "baseline": m["static_bytes"] / 1e6,
+            "ratio": m["paged_bytes"] / m["static_bytes"],
+            "target": f"waste {m['paged_waste']:.1%} vs {m['static_waste']:.1%} preallocated (max_len 1024)",
+            "met": m["paged_bytes"] < m["static_bytes"],
+        }
+    )
     return rows
 
 
@@ -65,7 +93,9 @@ def print_rows(rows: list[dict]) -> None:
     for r in rows:
         met = "" if r["met"] is None else ("  [met]" if r["met"] else "  [NOT met]")
         tgt = f"  target {r['target']}" if r["target"] else ""
-        print(f"{r['name']}: {r['value']:.4g} {r['unit']} vs baseline {r['baseline']:.4g} -> {r['ratio']:.2f}x{tgt}{met}")
+        print(
+            f"{r['name']}: {r['value']:.4g} {r['unit']} vs baseline {r['baseline']:.4g} -> {r['ratio']:.2f}x{tgt}{met}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ without AMX/AVX512-BF16 emulate bf16 matmuls, and autocast adds casts); on a rec
 GPU, bf16/fp16 tensor cores are expected to beat fp32. Nothing is promised: the ratio is what
 this machine does.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,16 @@ from course_lib.train import Trainer  # noqa: E402
 
 def step_time(dtype: str, steps: int, warmup: int = 2) -> float:
     with tempfile.TemporaryDirectory() as d:
-        cfg = TrainConfig.default(dtype=dtype, max_steps=warmup + steps, warmup_steps=1, out_dir=d,
-                                  tensorboard=False, log_interval=10_000, eval_interval=10_000, ckpt_interval=0)
+        cfg = TrainConfig.default(
+            dtype=dtype,
+            max_steps=warmup + steps,
+            warmup_steps=1,
+            out_dir=d,
+            tensorboard=False,
+            log_interval=10_000,
+            eval_interval=10_000,
+            ckpt_interval=0,
+        )
         tr = Trainer(ModelConfig.small(), cfg, console=False, save_checkpoints=False)
         for _ in range(warmup):
             tr.train_step()
@@ -52,12 +61,19 @@ def run(quick: bool) -> list[dict]:
             times[dt] = min(times[dt], step_time(dt, steps))
     rows = []
     for dt in dtypes:
-        rows.append({"name": f"train step {dt}" + (" (autocast)" if dt != "fp32" else "")
-                     + (" + GradScaler" if dt == "fp16" else ""),
-                     "value": round(times[dt] * 1000, 1), "unit": "ms/step", "baseline": round(times["fp32"] * 1000, 1),
-                     "ratio": round(times["fp32"] / times[dt], 2),
-                     "target": "report speed-up vs fp32 (hardware-dependent, no target)",
-                     "met": True})
+        rows.append(
+            {
+                "name": f"train step {dt}"
+                + (" (autocast)" if dt != "fp32" else "")
+                + (" + GradScaler" if dt == "fp16" else ""),
+                "value": round(times[dt] * 1000, 1),
+                "unit": "ms/step",
+                "baseline": round(times["fp32"] * 1000, 1),
+                "ratio": round(times["fp32"] / times[dt], 2),
+                "target": "report speed-up vs fp32 (hardware-dependent, no target)",
+                "met": True,
+            }
+        )
     return rows
 
 

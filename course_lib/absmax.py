@@ -10,8 +10,6 @@ Used by quantize.py (int8 per channel, int4 per group, GPTQ's group scales) and 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor
 
@@ -23,7 +21,7 @@ def absmax_scale(x: Tensor, qmax: int, dim: int = -1, keepdim: bool = True) -> T
     return x.detach().float().abs().amax(dim=dim, keepdim=keepdim).clamp_min(EPS) / qmax
 
 
-def absmax_quantize(x: Tensor, qmax: int, dim: int = -1, qmin: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+def absmax_quantize(x: Tensor, qmax: int, dim: int = -1, qmin: int | None = None) -> tuple[Tensor, Tensor]:
     """``(q int8, scale fp32)`` with ``x ~= q * scale``; ``scale`` keeps ``dim`` with size 1."""
     scale = absmax_scale(x, qmax, dim)
     q = torch.round(x.detach().float() / scale).clamp_(-qmax if qmin is None else qmin, qmax)

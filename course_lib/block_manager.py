@@ -103,7 +103,7 @@ class BlockManager:
             return []
         bs, parent, out = self.block_size, b"", []
         for i in range(limit // bs):
-            h = chain_hash(parent, token_ids[i * bs:(i + 1) * bs])
+            h = chain_hash(parent, token_ids[i * bs : (i + 1) * bs])
             block = self.cached.get(h)
             if block is None:
                 break
@@ -170,7 +170,7 @@ class BlockManager:
         bs = self.block_size
         for i in range(len(seq.hashes), seq.length // bs):
             parent = seq.hashes[-1] if seq.hashes else b""
-            h = chain_hash(parent, token_ids[i * bs:(i + 1) * bs])
+            h = chain_hash(parent, token_ids[i * bs : (i + 1) * bs])
             seq.hashes.append(h)
             block = seq.table[i]
             if h not in self.cached and block not in self.hash_of:
@@ -207,8 +207,9 @@ class BlockManager:
         assert want == self.refs, "reference counts differ from the live block tables"
         free = self.pool.free
         assert len(set(free)) == len(free), "a block is in the free list twice"
-        assert sorted(free) == [b for b in range(self.pool.num_blocks) if want[b] == 0], \
+        assert sorted(free) == [b for b in range(self.pool.num_blocks) if want[b] == 0], (
             "the free list is not exactly the unreferenced blocks"
+        )
         assert all(self.cached[h] == b for b, h in self.hash_of.items()) and len(self.cached) == len(self.hash_of)
 
     def cache_stats(self) -> dict:

@@ -9,7 +9,7 @@ overrides only what it needs. Kept in a leaf module so that components such as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any
 
 from torch import Tensor
 
@@ -21,7 +21,7 @@ class Callback:
     def on_train_start(self, trainer: Any) -> None:
         """Once, after resuming (``trainer.step`` is the step training continues from)."""
 
-    def on_batch(self, trainer: Any, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def on_batch(self, trainer: Any, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Each micro-batch before the forward; return the (possibly replaced) batch."""
         return x, y
 

@@ -28,7 +28,8 @@ no merge crosses a template boundary; tested), so a server may encode either way
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -38,10 +39,11 @@ ROLES = ("system", "user", "assistant")
 # The same template in Jinja, for ``tokenizer_config.json`` (HF ``apply_chat_template``); tested equal.
 CHAT_TEMPLATE_JINJA = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
-def validate_messages(obj: Any) -> List[dict]:
+def validate_messages(obj: Any) -> list[dict]:
     """Return ``obj`` as a list of ``{"role", "content"}`` dicts, or raise ``ValueError``.
 
     The message starts with the field path: ``messages: ...``, ``messages[1].role: ...``,
@@ -73,7 +75,7 @@ def validate_messages(obj: Any) -> List[dict]:
     return out
 
 
-def messages_from_record(rec: Any, where: str = "record") -> List[dict]:
+def messages_from_record(rec: Any, where: str = "record") -> list[dict]:
     """A JSONL record -> messages: ``{"messages": [...]}`` or ``{"prompt": ..., "response": ...}``
     (optionally ``"system"``). Errors name ``where`` (e.g. ``data.jsonl:12``) and the field."""
     if not isinstance(rec, dict):
@@ -88,7 +90,9 @@ def messages_from_record(rec: Any, where: str = "record") -> List[dict]:
             if key in rec and not isinstance(rec[key], str):
                 raise ValueError(f"{where}: {key}: expected a string, got {type(rec[key]).__name__}")
         msgs = ([{"role": "system", "content": rec["system"]}] if rec.get("system") else []) + [
-            {"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["response"]}]
+            {"role": "user", "content": rec["prompt"]},
+            {"role": "assistant", "content": rec["response"]},
+        ]
         try:
             msgs = validate_messages(msgs)
         except ValueError as e:
@@ -100,9 +104,9 @@ def messages_from_record(rec: Any, where: str = "record") -> List[dict]:
     return msgs
 
 
-def _pieces(messages: Sequence[dict], add_generation_prompt: bool) -> List[Tuple[str, bool]]:
+def _pieces(messages: Sequence[dict], add_generation_prompt: bool) -> list[tuple[str, bool]]:
     """The rendered text as (piece, trained) pairs; ``trained`` marks assistant content + IM_END."""
-    pieces: List[Tuple[str, bool]] = []
+    pieces: list[tuple[str, bool]] = []
     for m in messages:
         trained = m["role"] == "assistant"
         pieces.append((f"{IM_START}{m['role']}\n", False))
@@ -121,14 +125,16 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) ->
     return "".join(p for p, _ in _pieces(messages, add_generation_prompt))
 
 
-def encode_chat(messages: Sequence[dict], tokenizer, add_generation_prompt: bool = False) -> Tuple[List[int], List[bool]]:
+def encode_chat(
+    messages: Sequence[dict], tokenizer, add_generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
     """Messages -> ``(ids, assistant_mask)`` with ``len(ids) == len(assistant_mask)``.
 
     ``assistant_mask[i]`` is True for the tokens of an assistant's content and its closing ``<|im_end|>``.
     Each piece is encoded on its own (a BPE merge never crosses a role boundary), so the mask is exact.
     """
-    ids: List[int] = []
-    mask: List[bool] = []
+    ids: list[int] = []
+    mask: list[bool] = []
     for text, trained in _pieces(messages, add_generation_prompt):
         t = tokenizer.encode(text)
         ids.extend(t)
@@ -136,7 +142,7 @@ def encode_chat(messages: Sequence[dict], tokenizer, add_generation_prompt: bool
     return ids, mask
 
 
-def end_of_turn_id(tokenizer) -> Optional[int]:
+def end_of_turn_id(tokenizer) -> int | None:
     """The token id of ``<|im_end|>`` when the tokenizer has it as one token (a BPE from
     ``course_lib.tokenizer``: stop generation on this id), else None (bytes: stop on the string
     ``END_OF_TURN``; the course's SFT data also ends every conversation with ``<eos>``)."""

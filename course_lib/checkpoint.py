@@ -32,8 +32,9 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -136,7 +137,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             raise CheckpointError(
                 f"{path}: refused to load: the file needs full pickle (it contains objects other than "
                 f"tensors and plain containers, which could run code). Only weights_only files are "
-                f"accepted. Detail: {msg}") from None
+                f"accepted. Detail: {msg}"
+            ) from None
         raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupted?): {msg}") from None
 
 
@@ -148,12 +150,13 @@ class _CheckpointFolders:
     (DCP, every rank) are its two kinds; each has its own ``save`` and ``load_latest``.
     """
 
-    FORMAT = FORMAT               # the format tag in the marker and in the loaded state
-    STATE_FILE = STATE_FILE       # the file ``load`` reads (weights_only) after verifying the folder
+    FORMAT = FORMAT  # the format tag in the marker and in the loaded state
+    STATE_FILE = STATE_FILE  # the file ``load`` reads (weights_only) after verifying the folder
     KIND = "training checkpoint"
 
-    def __init__(self, out_dir: str | os.PathLike, keep_last: int = 3, interval: int = 100,
-                 verbose: bool = True) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, keep_last: int = 3, interval: int = 100, verbose: bool = True
+    ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last}: keep at least one checkpoint")
         self.dir = Path(out_dir) / "checkpoints"
@@ -207,9 +210,11 @@ class _CheckpointFolders:
             return CheckpointError(
                 f"{final}: disk full while saving this checkpoint ({text}); the earlier checkpoints in "
                 f"{self.dir} are intact and nothing was renamed. Make room on that disk, or point --out-dir "
-                "at a disk with space, then run again: training resumes from the last complete checkpoint")
-        return CheckpointError(f"{final}: saving failed ({type(cause).__name__}: {text}); the earlier "
-                               f"checkpoints in {self.dir} are intact")
+                "at a disk with space, then run again: training resumes from the last complete checkpoint"
+            )
+        return CheckpointError(
+            f"{final}: saving failed ({type(cause).__name__}: {text}); the earlier checkpoints in {self.dir} are intact"
+        )
 
     def _record_save_time(self, t0: float) -> None:
         self.last_save_seconds = time.perf_counter() - t0
@@ -300,8 +305,14 @@ class CheckpointManager(_CheckpointFolders):
             fault_point("save_state_written", step)
             if on_written is not None:
                 on_written(tmp)
-            marker = {"format": FORMAT, "step": step, "file": STATE_FILE, "bytes": state_path.stat().st_size,
-                      "sha256": sha256_file(state_path), "time": time.time()}
+            marker = {
+                "format": FORMAT,
+                "step": step,
+                "file": STATE_FILE,
+                "bytes": state_path.stat().st_size,
+                "sha256": sha256_file(state_path),
+                "time": time.time(),
+            }
             _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
             _fsync_dir(tmp)
         except SAVE_ERRORS as e:
@@ -321,7 +332,9 @@ class CheckpointManager(_CheckpointFolders):
         marker_path, marker = read_marker(folder)
         state_path = folder / STATE_FILE
         if marker.get("format") != FORMAT:
-            raise CheckpointError(f"{marker_path}: unknown checkpoint format {marker.get('format')!r}; expected {FORMAT}")
+            raise CheckpointError(
+                f"{marker_path}: unknown checkpoint format {marker.get('format')!r}; expected {FORMAT}"
+            )
         if not state_path.is_file():
             raise CheckpointError(f"{state_path}: missing although the marker exists")
         if state_path.stat().st_size == 0:
@@ -329,18 +342,21 @@ class CheckpointManager(_CheckpointFolders):
         check_recorded(state_path, marker)
         return marker
 
-    def load_latest(self, map_location: Any = "cpu",
-                    validate: Callable[[dict], None] | None = None) -> tuple[dict, Path] | None:
+    def load_latest(
+        self, map_location: Any = "cpu", validate: Callable[[dict], None] | None = None
+    ) -> tuple[dict, Path] | None:
         """Newest checkpoint that loads (and passes ``validate(state)``, if given).
 
         A bad one is reported and skipped in favour of the one before it; ``None`` when there
         is no usable checkpoint at all.
         """
+
         def attempt(folder: Path) -> dict:
             state = self.load(folder, map_location)
             if validate is not None:
                 validate(state)
             return state
+
         return self.first_good(attempt)
 
 
@@ -434,7 +450,7 @@ class ShardedCheckpointManager(_CheckpointFolders):
     """
 
     FORMAT = SHARDED_FORMAT
-    STATE_FILE = TRAINER_FILE     # ``load`` reads trainer.pt; the shards load through ``load_shards``
+    STATE_FILE = TRAINER_FILE  # ``load`` reads trainer.pt; the shards load through ``load_shards``
     KIND = "sharded checkpoint"
 
     def tmp_path_for(self, step: int) -> Path:
@@ -480,10 +496,12 @@ class ShardedCheckpointManager(_CheckpointFolders):
                     f.flush()
                     os.fsync(f.fileno())
                 fault_point("dcp_trainer_written", step, rank)
-                files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                         for p in sorted(tmp.iterdir()) if p.is_file()}
-                marker = {"format": self.FORMAT, "step": step, "world_size": world, "files": files,
-                          "time": time.time()}
+                files = {
+                    p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                    for p in sorted(tmp.iterdir())
+                    if p.is_file()
+                }
+                marker = {"format": self.FORMAT, "step": step, "world_size": world, "files": files, "time": time.time()}
                 _write_bytes_durably(tmp / MARKER_FILE, json.dumps(marker, indent=2).encode())
                 _fsync_dir(tmp)
             except SAVE_ERRORS as e:
@@ -513,7 +531,9 @@ class ShardedCheckpointManager(_CheckpointFolders):
         if not isinstance(marker.get("files"), dict):
             raise CheckpointError(f"{marker_path}: completion marker is not a sharded-checkpoint marker")
         if marker.get("format") != SHARDED_FORMAT:
-            raise CheckpointError(f"{marker_path}: checkpoint format {marker.get('format')!r}; expected {SHARDED_FORMAT}")
+            raise CheckpointError(
+                f"{marker_path}: checkpoint format {marker.get('format')!r}; expected {SHARDED_FORMAT}"
+            )
         for needed in (TRAINER_FILE, DCP_METADATA):
             if needed not in marker["files"]:
                 raise CheckpointError(f"{marker_path}: lists no {needed}")
@@ -535,11 +555,17 @@ class ShardedCheckpointManager(_CheckpointFolders):
                 dcp.load(shards, storage_reader=dcp.FileSystemReader(str(folder)), no_dist=not in_group())
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - any DCP failure: this checkpoint cannot be used
             cause = root_causes(e)[0]
-            raise CheckpointError(f"{folder}: the sharded state could not be loaded "
-                                  f"({type(cause).__name__}: {first_line(cause)[:300]})") from None
+            raise CheckpointError(
+                f"{folder}: the sharded state could not be loaded ({type(cause).__name__}: {first_line(cause)[:300]})"
+            ) from None
 
-    def load_latest(self, *, shards_fn: Callable[[], dict] | None = None, map_location: Any = "cpu",
-                    validate: Callable[[dict], None] | None = None) -> tuple[dict, Path] | None:
+    def load_latest(
+        self,
+        *,
+        shards_fn: Callable[[], dict] | None = None,
+        map_location: Any = "cpu",
+        validate: Callable[[dict], None] | None = None,
+    ) -> tuple[dict, Path] | None:
         """Newest checkpoint that verifies, passes ``validate(trainer_state)`` and loads.
 
         ``shards_fn()`` returns the state dict to load the shards into (built fresh for each
@@ -548,6 +574,7 @@ class ShardedCheckpointManager(_CheckpointFolders):
         two managers' ``load_latest`` differ, and a positional argument must not land in the
         wrong one.
         """
+
         def attempt(folder: Path) -> dict:
             state = self.load(folder, map_location)
             if validate is not None:
@@ -555,4 +582,5 @@ class ShardedCheckpointManager(_CheckpointFolders):
             if shards_fn is not None:
                 self.load_shards(folder, shards_fn())
             return state
+
         return self.first_good(attempt)

@@ -21,9 +21,10 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .fsio import atomic_write_text
 
@@ -45,18 +46,23 @@ class ConfigError(ValueError):
     ``TrainConfig.lr: must be > 0 (got -1.0); set a positive learning rate, e.g. 3e-3``."""
 
 
-def _fail(cls_name: str, name: str, value: Any, problem: str,
-          todo: str = "change it in the config file or on the command line") -> None:
+def _fail(
+    cls_name: str,
+    name: str,
+    value: Any,
+    problem: str,
+    todo: str = "change it in the config file or on the command line",
+) -> None:
     raise ConfigError(f"{cls_name}.{name}: {problem} (got {value!r}); {todo}")
 
 
 # ---- field metadata: one description per field -------------------------------------------
 # ``help`` is the field's documentation; the CLI's --help is generated from it.
 # ``resume`` says what changing the field means when a run resumes from a checkpoint:
-RESUME_FREE = "free"          # bookkeeping only: the trained weights do not depend on it
+RESUME_FREE = "free"  # bookkeeping only: the trained weights do not depend on it
 RESUME_SCHEDULE = "schedule"  # changes the learning-rate schedule from the resumed step on (warned)
-RESUME_RESULT = "result"      # changes what is trained (data, batch, seed, ...): allowed, warned
-RESUME_MUST_MATCH = "match"   # must equal the checkpoint's value: resuming is refused otherwise
+RESUME_RESULT = "result"  # changes what is trained (data, batch, seed, ...): allowed, warned
+RESUME_MUST_MATCH = "match"  # must equal the checkpoint's value: resuming is refused otherwise
 RESUME_KINDS = (RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT, RESUME_MUST_MATCH)
 
 
@@ -71,8 +77,13 @@ def fields_by_resume(cls, kind: str) -> tuple:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume") == kind)
 
 
-_JSON_TYPE = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "tuple": "a list of numbers"}
+_JSON_TYPE = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "tuple": "a list of numbers",
+}
 
 
 def np_bool_types() -> tuple:
@@ -100,7 +111,8 @@ def _check_types(obj) -> None:
             ok = isinstance(v, str)
         elif kind == "tuple":
             ok = isinstance(v, (list, tuple)) and all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v)
+                isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v
+            )
         else:  # pragma: no cover - every field has one of the types above
             continue
         if ok and kind in ("bool", "int", "float") and type(v) not in (bool, int, float):
@@ -114,13 +126,17 @@ def check_keys(cls, data: Any, where: str = "") -> dict:
     """``data`` as a dict after checking it is a mapping with only known keys of ``cls``."""
     where = where or cls.__name__
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a JSON object {{\"key\": value, ...}}, got "
-                          f"{type(data).__name__} {data!r:.40}; write the settings as an object")
+        raise ConfigError(
+            f'{where}: expected a JSON object {{"key": value, ...}}, got '
+            f"{type(data).__name__} {data!r:.40}; write the settings as an object"
+        )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; check the spelling or remove the key "
-                          f"(known keys: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; check the spelling or remove the key "
+            f"(known keys: {', '.join(sorted(known))})"
+        )
     return dict(data)
 
 
@@ -140,8 +156,10 @@ def read_json_file(path: str | os.PathLike, what: str = "config file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-                          "fix the syntax, e.g. double quotes around keys and no trailing commas") from None
+        raise ConfigError(
+            f"{p}: {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+            "fix the syntax, e.g. double quotes around keys and no trailing commas"
+        ) from None
 
 
 class _JsonMixin:
@@ -214,11 +232,17 @@ class ModelConfig(_JsonMixin):
             if v <= 0:
                 _fail(n, name, v, "must be a positive integer")
         if self.d_model % self.n_heads:
-            _fail(n, "d_model", self.d_model, f"must be divisible by n_heads={self.n_heads}",
-                  "change d_model or n_heads")
+            _fail(
+                n, "d_model", self.d_model, f"must be divisible by n_heads={self.n_heads}", "change d_model or n_heads"
+            )
         if self.n_heads % self.n_kv_heads:
-            _fail(n, "n_kv_heads", self.n_kv_heads, f"must divide n_heads={self.n_heads} (GQA groups)",
-                  "pick a divisor of n_heads")
+            _fail(
+                n,
+                "n_kv_heads",
+                self.n_kv_heads,
+                f"must divide n_heads={self.n_heads} (GQA groups)",
+                "pick a divisor of n_heads",
+            )
         if self.head_dim % 2:
             _fail(n, "d_model", self.d_model, "d_model / n_heads must be even for RoPE", "change d_model or n_heads")
         if not (self.rope_theta > 0):
@@ -235,10 +259,16 @@ class ModelConfig(_JsonMixin):
         return self.d_model // self.n_heads
 
     @classmethod
-    def small(cls, **overrides) -> "ModelConfig":
+    def small(cls, **overrides) -> ModelConfig:
         """The course's default model (~0.8M parameters); smaller still in quick mode."""
-        base = dict(d_model=pick(128, 64), n_layers=pick(4, 2), n_heads=4, n_kv_heads=2,
-                    ffn_hidden=pick(352, 176), max_seq_len=pick(256, 128))
+        base = dict(
+            d_model=pick(128, 64),
+            n_layers=pick(4, 2),
+            n_heads=4,
+            n_kv_heads=2,
+            ffn_hidden=pick(352, 176),
+            max_seq_len=pick(256, 128),
+        )
         base.update(check_keys(cls, overrides))
         return cls(**base)
 
@@ -248,7 +278,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 LOADERS = ("stream", "map")
 STRATEGIES = ("ddp", "fsdp")
 TASKS = ("pretrain", "sft")
-MAX_SEED = 2 ** 32 - 1
+MAX_SEED = 2**32 - 1
 _F, _S, _R = RESUME_FREE, RESUME_SCHEDULE, RESUME_RESULT
 
 
@@ -261,23 +291,41 @@ class TrainConfig(_JsonMixin):
     """
 
     # --- task: what is trained, from where, with which tokenizer ---
-    task: str = setting("pretrain", "pretrain: next-token loss on every token of the text; sft: conversations "
-                        "(JSONL messages or prompt/response) in the chat template, packed, loss on the assistant's "
-                        "tokens only (course_lib.sft)", _M)
-    init: str = setting("", "start from a trained model instead of random weights: 'reference' (the shipped "
-                        "model), an inference artefact folder or a run folder; its model config and tokenizer "
-                        "are used ('' = random init)")
-    tokenizer: str = setting("byte", "'byte' (UTF-8 bytes) or the path of a tokenizer.json trained by "
-                             "python -m course_lib.tokenizer; with --init the model's own tokenizer is used", _M)
+    task: str = setting(
+        "pretrain",
+        "pretrain: next-token loss on every token of the text; sft: conversations "
+        "(JSONL messages or prompt/response) in the chat template, packed, loss on the assistant's "
+        "tokens only (course_lib.sft)",
+        _M,
+    )
+    init: str = setting(
+        "",
+        "start from a trained model instead of random weights: 'reference' (the shipped "
+        "model), an inference artefact folder or a run folder; its model config and tokenizer "
+        "are used ('' = random init)",
+    )
+    tokenizer: str = setting(
+        "byte",
+        "'byte' (UTF-8 bytes) or the path of a tokenizer.json trained by "
+        "python -m course_lib.tokenizer; with --init the model's own tokenizer is used",
+        _M,
+    )
     # --- data ---
-    data: str = setting("stdlib", "'stdlib' (built-in corpus: Python's own sources; with --task sft: instruction "
-                        "pairs made from its functions) or a .txt/.jsonl file or folder")
+    data: str = setting(
+        "stdlib",
+        "'stdlib' (built-in corpus: Python's own sources; with --task sft: instruction "
+        "pairs made from its functions) or a .txt/.jsonl file or folder",
+    )
     seq_len: int = setting(128, "tokens per training sequence")
     batch_size: int = setting(16, "sequences per micro-batch, per process")
     val_fraction: float = setting(0.05, "fraction of the token stream held out for evaluation")
     num_workers: int = setting(0, "DataLoader worker processes (0 = load in the main process)", _F)
-    loader: str = setting("stream", "stream: IterableDataset sharded by rank and worker; map: map-style dataset "
-                          "+ DistributedSampler (set_epoch every epoch)", _M)
+    loader: str = setting(
+        "stream",
+        "stream: IterableDataset sharded by rank and worker; map: map-style dataset "
+        "+ DistributedSampler (set_epoch every epoch)",
+        _M,
+    )
     # --- optimisation ---
     max_steps: int = setting(600, "optimizer steps to train for (the lr schedule is laid out over them)", _S)
     lr: float = setting(3e-3, "peak learning rate", _S)
@@ -291,13 +339,21 @@ class TrainConfig(_JsonMixin):
     accumulation_steps: int = setting(1, "micro-batches accumulated per optimizer step")
     # --- precision / device ---
     dtype: str = setting("fp32", "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA)")
-    activation_checkpointing: bool = setting(False, "recompute each transformer block's activations in the backward "
-                                             "instead of keeping them: less memory, about one more forward of compute "
-                                             "per step; the same gradients", _F)
+    activation_checkpointing: bool = setting(
+        False,
+        "recompute each transformer block's activations in the backward "
+        "instead of keeping them: less memory, about one more forward of compute "
+        "per step; the same gradients",
+        _F,
+    )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)", _F)
-    strategy: str = setting("ddp", "ddp: every rank holds the whole model (gradients all-reduced); fsdp: "
-                            "parameters, gradients and optimizer state sharded across ranks (FSDP2), "
-                            "sharded checkpoints (DCP) that resume on another number of processes", _M)
+    strategy: str = setting(
+        "ddp",
+        "ddp: every rank holds the whole model (gradients all-reduced); fsdp: "
+        "parameters, gradients and optimizer state sharded across ranks (FSDP2), "
+        "sharded checkpoints (DCP) that resume on another number of processes",
+        _M,
+    )
     # --- bookkeeping ---
     seed: int = setting(1337, f"random seed (model init, data order), 0..{MAX_SEED}")
     eval_interval: int = setting(100, "evaluate on held-out text every N steps", _F)
@@ -306,19 +362,34 @@ class TrainConfig(_JsonMixin):
     ckpt_interval: int = setting(100, "save a checkpoint every N steps; 0 = only at the end", _F)
     keep_last: int = setting(3, "checkpoints of this run kept on disk", _F)
     out_dir: str = setting("runs/default", "folder for checkpoints, metrics.jsonl and TensorBoard logs", _F)
-    resume: bool = setting(True, "resume from the latest good checkpoint in out_dir; --no-resume starts over "
-                           "and moves that folder's earlier checkpoints aside (never deletes them)", _F)
+    resume: bool = setting(
+        True,
+        "resume from the latest good checkpoint in out_dir; --no-resume starts over "
+        "and moves that folder's earlier checkpoints aside (never deletes them)",
+        _F,
+    )
     tensorboard: bool = setting(True, "write TensorBoard event files", _F)
     stop_on_nonfinite: bool = setting(True, "stop on NaN/Inf loss or gradient norm", _F)
-    peak_flops: float = setting(0.0, "peak FLOP/s of one device, for the MFU column of the log (e.g. 989e12: an "
-                                "H100's dense bf16); 0 = measure once at the start with a short GEMM "
-                                "(course_lib.roofline.measured_peak_flops)", _F)
+    peak_flops: float = setting(
+        0.0,
+        "peak FLOP/s of one device, for the MFU column of the log (e.g. 989e12: an "
+        "H100's dense bf16); 0 = measure once at the start with a short GEMM "
+        "(course_lib.roofline.measured_peak_flops)",
+        _F,
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         n = type(self).__name__
-        pos_ints = ("seq_len", "batch_size", "max_steps", "accumulation_steps", "eval_interval",
-                    "eval_batches", "log_interval")
+        pos_ints = (
+            "seq_len",
+            "batch_size",
+            "max_steps",
+            "accumulation_steps",
+            "eval_interval",
+            "eval_batches",
+            "log_interval",
+        )
         for name in pos_ints:
             v = getattr(self, name)
             if v <= 0:
@@ -338,9 +409,13 @@ class TrainConfig(_JsonMixin):
         if not (0 <= self.min_lr <= self.lr):
             _fail(n, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]", "lower min_lr or raise lr")
         if self.warmup_steps > self.max_steps:
-            _fail(n, "warmup_steps", self.warmup_steps,
-                  f"must not exceed max_steps={self.max_steps} (warmup longer than the whole run)",
-                  "shorten the warmup or train longer")
+            _fail(
+                n,
+                "warmup_steps",
+                self.warmup_steps,
+                f"must not exceed max_steps={self.max_steps} (warmup longer than the whole run)",
+                "shorten the warmup or train longer",
+            )
         if self.schedule not in SCHEDULES:
             _fail(n, "schedule", self.schedule, f"must be one of {SCHEDULES}")
         if not (0 < self.decay_fraction <= 1):
@@ -363,15 +438,26 @@ class TrainConfig(_JsonMixin):
         if self.dtype == "fp16" and self.strategy == "fsdp":
             # torch.amp.GradScaler looks for inf/NaN in the gradients this rank holds; under FSDP
             # those are shards, so ranks could disagree on skipping a step and drift apart
-            _fail(n, "dtype", self.dtype, "fp16 (GradScaler) is not supported with strategy fsdp: each rank "
-                  "would check only its own gradient shard for inf/NaN", "use --dtype bf16 (no GradScaler needed)")
+            _fail(
+                n,
+                "dtype",
+                self.dtype,
+                "fp16 (GradScaler) is not supported with strategy fsdp: each rank "
+                "would check only its own gradient shard for inf/NaN",
+                "use --dtype bf16 (no GradScaler needed)",
+            )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _fail(n, "device", self.device, "must be auto, cpu, cuda or cuda:N")
         if self.task not in TASKS:
             _fail(n, "task", self.task, f"must be one of {TASKS}")
         if self.task == "sft" and self.loader != "stream":
-            _fail(n, "loader", self.loader, "--task sft packs conversations into rows read by the stream loader",
-                  "use --loader stream")
+            _fail(
+                n,
+                "loader",
+                self.loader,
+                "--task sft packs conversations into rows read by the stream loader",
+                "use --loader stream",
+            )
         if not self.tokenizer:
             _fail(n, "tokenizer", self.tokenizer, "must not be empty", "use 'byte' or the path of a tokenizer.json")
         if not self.data:
@@ -380,10 +466,17 @@ class TrainConfig(_JsonMixin):
             _fail(n, "out_dir", self.out_dir, "must not be empty", "name a folder for this run")
 
     @classmethod
-    def default(cls, **overrides) -> "TrainConfig":
+    def default(cls, **overrides) -> TrainConfig:
         """The course's default run; far fewer steps and tokens in quick mode."""
-        base = dict(max_steps=pick(600, 30), batch_size=pick(16, 8), seq_len=pick(128, 64),
-                    warmup_steps=pick(50, 5), eval_interval=pick(100, 10), eval_batches=pick(10, 2),
-                    log_interval=pick(10, 5), ckpt_interval=pick(100, 10))
+        base = dict(
+            max_steps=pick(600, 30),
+            batch_size=pick(16, 8),
+            seq_len=pick(128, 64),
+            warmup_steps=pick(50, 5),
+            eval_interval=pick(100, 10),
+            eval_batches=pick(10, 2),
+            log_interval=pick(10, 5),
+            ckpt_interval=pick(100, 10),
+        )
         base.update(check_keys(cls, overrides))
         return cls(**base)

@@ -18,9 +18,10 @@ import hashlib
 import json
 import os
 import sysconfig
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -41,7 +42,7 @@ class Tokenizer(Protocol):
     eos_id: int
     pad_id: int
 
-    def encode(self, text: str) -> List[int]: ...
+    def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def describe(self) -> dict: ...
 
@@ -57,7 +58,7 @@ class ByteTokenizer:
     pad_id = 256
     eos_id = 257
 
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
     def encode_tensor(self, text: str) -> Tensor:
@@ -77,23 +78,37 @@ def tokenizer_from_description(desc: dict) -> Tokenizer:
     also rebuilds a BPE (it builds on this module, so this one cannot import it)."""
     if desc.get("type") == "byte":
         return ByteTokenizer()
-    raise DataError(f"tokenizer type {desc.get('type')!r}: rebuild it with course_lib.tokenizer.tokenizer_from_description")
+    raise DataError(
+        f"tokenizer type {desc.get('type')!r}: rebuild it with course_lib.tokenizer.tokenizer_from_description"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Corpus
 # --------------------------------------------------------------------------------------------
-_STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "ensurepip",
-                "turtledemo", "__pycache__", "tkinter", "pydoc_data", "encodings"}
+_STDLIB_SKIP = {
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "site-packages",
+    "dist-packages",
+    "ensurepip",
+    "turtledemo",
+    "__pycache__",
+    "tkinter",
+    "pydoc_data",
+    "encodings",
+}
 
 
 @dataclass
 class Corpus:
     """Documents plus a record of where they came from."""
 
-    documents: List[str]
+    documents: list[str]
     source: str
-    files: List[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
     sha256: str = ""
 
     @property
@@ -101,8 +116,14 @@ class Corpus:
         return sum(len(d) for d in self.documents)
 
     def manifest(self) -> dict:
-        return {"source": self.source, "num_files": len(self.files), "files": self.files,
-                "num_documents": len(self.documents), "num_chars": self.num_chars, "sha256": self.sha256}
+        return {
+            "source": self.source,
+            "num_files": len(self.files),
+            "files": self.files,
+            "num_documents": len(self.documents),
+            "num_chars": self.num_chars,
+            "sha256": self.sha256,
+        }
 
 
 def _hash_documents(docs: Sequence[str]) -> str:
@@ -117,15 +138,19 @@ def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__}); check the file's permissions") from None
+        raise DataError(
+            f"{path}: cannot read ({e.strerror or type(e).__name__}); check the file's permissions"
+        ) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 at byte {e.start} ({e.reason}); "
-                        "convert the file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or remove it") from None
+        raise DataError(
+            f"{path}: not valid UTF-8 at byte {e.start} ({e.reason}); "
+            "convert the file to UTF-8 (e.g. `iconv -f GBK -t UTF-8`) or remove it"
+        ) from None
 
 
-def stdlib_corpus(max_bytes: Optional[int] = None) -> Corpus:
+def stdlib_corpus(max_bytes: int | None = None) -> Corpus:
     """The Python standard library's ``.py`` sources, in sorted path order, up to ``max_bytes``."""
     max_bytes = max_bytes or pick(4_000_000, 400_000)
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -166,7 +191,7 @@ def files_corpus(path: str | os.PathLike) -> Corpus:
         if root.suffix not in (".txt", ".jsonl"):
             raise DataError(f"{root}: unsupported file type {root.suffix!r}; use .txt or .jsonl")
         files = [root]
-    docs: List[str] = []
+    docs: list[str] = []
     for f in files:
         text = _read_text(f)
         if f.suffix == ".jsonl":
@@ -176,11 +201,13 @@ def files_corpus(path: str | os.PathLike) -> Corpus:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{f}:{i}: not valid JSON ({e.msg}); each line must be an object "
-                                    'like {"text": "..."}') from None
+                    raise DataError(
+                        f'{f}:{i}: not valid JSON ({e.msg}); each line must be an object like {{"text": "..."}}'
+                    ) from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise DataError(f'{f}:{i}: expected an object with a string field "text"; '
-                                    'write each line as {"text": "..."}')
+                    raise DataError(
+                        f'{f}:{i}: expected an object with a string field "text"; write each line as {{"text": "..."}}'
+                    )
                 if obj["text"]:
                     docs.append(obj["text"])
         elif text.strip():
@@ -191,12 +218,12 @@ def files_corpus(path: str | os.PathLike) -> Corpus:
     return Corpus(docs, source=f"files:{root}", files=rel, sha256=_hash_documents(docs))
 
 
-def load_corpus(data: str = "stdlib", max_bytes: Optional[int] = None) -> Corpus:
+def load_corpus(data: str = "stdlib", max_bytes: int | None = None) -> Corpus:
     """``"stdlib"`` for the built-in corpus, anything else is a path."""
     return stdlib_corpus(max_bytes) if data == "stdlib" else files_corpus(data)
 
 
-def tokenize_corpus(corpus: Corpus, tokenizer: Optional[Tokenizer] = None) -> Tensor:
+def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer | None = None) -> Tensor:
     """One long 1-D int32 tensor of token ids, documents separated by ``eos_id``."""
     tok = tokenizer or ByteTokenizer()
     parts = []
@@ -207,10 +234,10 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Optional[Tokenizer] = None) -> Te
     return torch.cat(parts)
 
 
-def split_tokens(tokens: Tensor, val_fraction: float) -> Tuple[Tensor, Tensor]:
+def split_tokens(tokens: Tensor, val_fraction: float) -> tuple[Tensor, Tensor]:
     """Last ``val_fraction`` of the stream is held out for evaluation."""
     n_val = int(len(tokens) * val_fraction)
-    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val:]
+    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,10 +247,10 @@ def num_chunks(tokens: Tensor, seq_len: int) -> int:
     return max(0, (len(tokens) - 1) // seq_len)
 
 
-def get_chunk(tokens: Tensor, index: int, seq_len: int) -> Tuple[Tensor, Tensor]:
+def get_chunk(tokens: Tensor, index: int, seq_len: int) -> tuple[Tensor, Tensor]:
     """Sample ``index``: inputs ``tokens[i*T : i*T+T]`` and targets shifted by one."""
     start = index * seq_len
-    piece = tokens[start: start + seq_len + 1].long()
+    piece = tokens[start : start + seq_len + 1].long()
     return piece[:-1], piece[1:]
 
 
@@ -239,7 +266,7 @@ class TokenChunkDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> Tuple[Tensor, Tensor]:
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         if not 0 <= i < self.n:
             raise IndexError(i)
         return get_chunk(self.tokens, i, self.seq_len)
@@ -251,7 +278,8 @@ def check_same_data(dataset, state: dict) -> None:
         if key in state and state[key] != getattr(dataset, key):
             raise DataError(
                 f"saved data position was made with {key}={state[key]!r} but this run has "
-                f"{key}={getattr(dataset, key)!r}; resume with the same data settings or start a new out_dir")
+                f"{key}={getattr(dataset, key)!r}; resume with the same data settings or start a new out_dir"
+            )
 
 
 @dataclass
@@ -273,25 +301,34 @@ class DataPosition:
     rank: int
     world_size: int
     fingerprint: str
-    loader: str                 # "stream" | "map": the two visit samples in different orders
+    loader: str  # "stream" | "map": the two visit samples in different orders
     batches_per_epoch: int
     batches_consumed: int = 0
 
-    def epoch_of(self, batches_consumed: Optional[int] = None) -> int:
+    def epoch_of(self, batches_consumed: int | None = None) -> int:
         n = self.batches_consumed if batches_consumed is None else batches_consumed
         return n // self.batches_per_epoch
 
     def state_dict(self) -> dict:
-        return {"batches_consumed": int(self.batches_consumed), "seed": self.seed, "rank": self.rank,
-                "world_size": self.world_size, "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "fingerprint": self.fingerprint, "loader": self.loader}
+        return {
+            "batches_consumed": int(self.batches_consumed),
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "fingerprint": self.fingerprint,
+            "loader": self.loader,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         check_same_data(self, state)
         saved = state.get("loader", "stream")  # positions saved before the key existed were streams
         if saved != self.loader:
-            raise DataError(f"the checkpoint was written with loader={saved!r}, this run uses loader={self.loader!r}; "
-                            "resume with the same loader (the two loaders visit samples in different orders)")
+            raise DataError(
+                f"the checkpoint was written with loader={saved!r}, this run uses loader={self.loader!r}; "
+                "resume with the same loader (the two loaders visit samples in different orders)"
+            )
         self.batches_consumed = int(state["batches_consumed"])
 
 
@@ -300,7 +337,7 @@ class PositionMixin:
 
     position: DataPosition
 
-    def state_dict(self, batches_consumed: Optional[int] = None) -> dict:
+    def state_dict(self, batches_consumed: int | None = None) -> dict:
         """The position to save; ``batches_consumed`` (what the training loop used) updates it first."""
         if batches_consumed is not None:
             self.position.batches_consumed = int(batches_consumed)
@@ -333,8 +370,16 @@ class StreamingTokenDataset(PositionMixin, IterableDataset):
     Use it with ``DataLoader(ds, batch_size=None, num_workers=W)``: the dataset already batches.
     """
 
-    def __init__(self, tokens: Tensor, seq_len: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, fingerprint: str = "") -> None:
+    def __init__(
+        self,
+        tokens: Tensor,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        fingerprint: str = "",
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
@@ -346,10 +391,12 @@ class StreamingTokenDataset(PositionMixin, IterableDataset):
             raise DataError(
                 f"not enough text for one batch: {len(tokens)} tokens give {self.n_samples} samples of "
                 f"seq_len={seq_len}, fewer than batch_size={batch_size} x world_size={world_size}; "
-                "use more text, a smaller batch_size or a shorter seq_len")
+                "use more text, a smaller batch_size or a shorter seq_len"
+            )
         self.fingerprint = fingerprint
-        self.position = DataPosition(seed, batch_size, seq_len, rank, world_size, fingerprint, "stream",
-                                     self.batches_per_epoch)
+        self.position = DataPosition(
+            seed, batch_size, seq_len, rank, world_size, fingerprint, "stream", self.batches_per_epoch
+        )
 
     # ---- order ---------------------------------------------------------------------------
     def epoch_permutation(self, epoch: int) -> Tensor:
@@ -359,14 +406,14 @@ class StreamingTokenDataset(PositionMixin, IterableDataset):
     def batch_indices(self, j: int) -> Tensor:
         """Sample indices of this rank's global batch number ``j``."""
         epoch, b = divmod(j, self.batches_per_epoch)
-        mine = self.epoch_permutation(epoch)[self.rank::self.world_size][: self.per_rank]
-        return mine[b * self.batch_size: (b + 1) * self.batch_size]
+        mine = self.epoch_permutation(epoch)[self.rank :: self.world_size][: self.per_rank]
+        return mine[b * self.batch_size : (b + 1) * self.batch_size]
 
-    def make_batch(self, idx: Tensor) -> Tuple[Tensor, Tensor]:
+    def make_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         xs, ys = zip(*(get_chunk(self.tokens, int(i), self.seq_len) for i in idx), strict=True)
         return torch.stack(xs), torch.stack(ys)
 
-    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         j = self.position.batches_consumed + wid
@@ -374,29 +421,40 @@ class StreamingTokenDataset(PositionMixin, IterableDataset):
         while True:
             epoch, b = divmod(j, self.batches_per_epoch)
             if epoch != cached_epoch:  # one permutation per epoch, not per batch
-                perm_mine = self.epoch_permutation(epoch)[self.rank::self.world_size][: self.per_rank]
+                perm_mine = self.epoch_permutation(epoch)[self.rank :: self.world_size][: self.per_rank]
                 cached_epoch = epoch
-            yield self.make_batch(perm_mine[b * self.batch_size: (b + 1) * self.batch_size])
+            yield self.make_batch(perm_mine[b * self.batch_size : (b + 1) * self.batch_size])
             j += nw
 
 
-def build_datasets(data: str, seq_len: int, batch_size: int, seed: int, val_fraction: float = 0.05,
-                   rank: int = 0, world_size: int = 1, tokenizer: Optional[Tokenizer] = None,
-                   max_bytes: Optional[int] = None):
+def build_datasets(
+    data: str,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    val_fraction: float = 0.05,
+    rank: int = 0,
+    world_size: int = 1,
+    tokenizer: Tokenizer | None = None,
+    max_bytes: int | None = None,
+):
     """Corpus -> tokens -> (train StreamingTokenDataset, val tokens, corpus)."""
     corpus = load_corpus(data, max_bytes)
     tokens = tokenize_corpus(corpus, tokenizer)
     train_tokens, val_tokens = split_tokens(tokens, val_fraction)
     fp = hashlib.sha256(f"{corpus.sha256}:{len(train_tokens)}".encode()).hexdigest()[:16]
     try:
-        train = StreamingTokenDataset(train_tokens, seq_len, batch_size, seed=seed, rank=rank,
-                                      world_size=world_size, fingerprint=fp)
+        train = StreamingTokenDataset(
+            train_tokens, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size, fingerprint=fp
+        )
     except DataError as e:  # name the data source: the dataset only sees tokens
         raise DataError(f"{corpus.source.removeprefix('files:')}: {e}") from None
     return train, val_tokens, corpus
 
 
-def eval_batches(val_tokens: Tensor, seq_len: int, batch_size: int, max_batches: int) -> Iterator[Tuple[Tensor, Tensor]]:
+def eval_batches(
+    val_tokens: Tensor, seq_len: int, batch_size: int, max_batches: int
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Fixed, unshuffled evaluation batches (the same every time, so eval losses compare)."""
     n = num_chunks(val_tokens, seq_len)
     count = 0

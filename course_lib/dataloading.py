@@ -24,7 +24,7 @@ setting; ``bench/data_loading.py`` and notebook 4.1.3 compare settings against
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -57,14 +57,23 @@ class DistributedChunkBatches(PositionMixin):
     ``(j % batches_per_epoch) * batch_size`` indices of epoch ``j // batches_per_epoch``.
     """
 
-    def __init__(self, tokens: Tensor, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, fingerprint: str = "") -> None:
+    def __init__(
+        self,
+        tokens: Tensor,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        fingerprint: str = "",
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.dataset = TokenChunkDataset(tokens, seq_len)
         # drop_last=True: no padding with repeated samples (see the module docstring).
-        self.sampler = DistributedSampler(self.dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=seed, drop_last=True)
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size, self.fingerprint = rank, world_size, fingerprint
         self.batches_per_epoch = len(self.sampler) // batch_size
@@ -72,26 +81,47 @@ class DistributedChunkBatches(PositionMixin):
             raise DataError(
                 f"not enough text for one batch: {len(self.dataset)} samples of seq_len={seq_len} give "
                 f"{len(self.sampler)} per rank, fewer than batch_size={batch_size}; use more text, a smaller "
-                "batch_size or a shorter seq_len")
-        self.position = DataPosition(seed, batch_size, seq_len, rank, world_size, fingerprint, "map",
-                                     self.batches_per_epoch)
+                "batch_size or a shorter seq_len"
+            )
+        self.position = DataPosition(
+            seed, batch_size, seq_len, rank, world_size, fingerprint, "map", self.batches_per_epoch
+        )
 
     @classmethod
-    def like(cls, stream: StreamingTokenDataset) -> "DistributedChunkBatches":
+    def like(cls, stream: StreamingTokenDataset) -> DistributedChunkBatches:
         """Same tokens, sizes, seed, rank and fingerprint as a streaming dataset."""
-        return cls(stream.tokens, stream.seq_len, stream.batch_size, stream.seed, stream.rank,
-                   stream.world_size, stream.fingerprint)
+        return cls(
+            stream.tokens,
+            stream.seq_len,
+            stream.batch_size,
+            stream.seed,
+            stream.rank,
+            stream.world_size,
+            stream.fingerprint,
+        )
 
-    def iterate(self, num_workers: int = 0, pin_memory: bool = False, prefetch_factor: Optional[int] = None,
-                generator: Optional[torch.Generator] = None) -> Iterator[Tuple[Tensor, Tensor]]:
+    def iterate(
+        self,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         j = self.position.batches_consumed
         while True:
             epoch, b = divmod(j, self.batches_per_epoch)
             self.sampler.set_epoch(epoch)  # a new order every epoch, the same on every rank
             kw = dict(prefetch_factor=prefetch_factor) if num_workers > 0 and prefetch_factor else {}
-            loader = DataLoader(self.dataset, batch_size=self.batch_size,
-                                sampler=SkipSampler(self.sampler, b * self.batch_size), drop_last=True,
-                                num_workers=num_workers, pin_memory=pin_memory, generator=generator, **kw)
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=SkipSampler(self.sampler, b * self.batch_size),
+                drop_last=True,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+                generator=generator,
+                **kw,
+            )
             for batch in loader:
                 yield batch
                 j += 1
@@ -101,14 +131,15 @@ class DistributedChunkBatches(PositionMixin):
         epoch, b = divmod(j, self.batches_per_epoch)
         self.sampler.set_epoch(epoch)
         idx = list(self.sampler)
-        return torch.tensor(idx[b * self.batch_size: (b + 1) * self.batch_size])
+        return torch.tensor(idx[b * self.batch_size : (b + 1) * self.batch_size])
 
 
 # ------------------------------------------------------------------------------------------
 # "The combined batch": what one process must see to match N DDP ranks
 # ------------------------------------------------------------------------------------------
-def combined_batch(tokens: Tensor, seq_len: int, batch_size: int, seed: int, world_size: int,
-                   j: int, micro_steps: int = 1) -> Tuple[Tensor, Tensor]:
+def combined_batch(
+    tokens: Tensor, seq_len: int, batch_size: int, seed: int, world_size: int, j: int, micro_steps: int = 1
+) -> tuple[Tensor, Tensor]:
     """The batch one process needs to reproduce optimizer step ``j`` of a ``world_size``-rank
     DDP run with ``micro_steps`` accumulation: the concatenation, over ranks and micro-steps,
     of the batches each rank's ``StreamingTokenDataset`` yields. DDP averages the ranks'
@@ -142,9 +173,19 @@ class SlowSource(Dataset):
         return self.base[i]
 
 
-def make_loader(kind: str, tokens: Tensor, seq_len: int, batch_size: int, num_workers: int = 0,
-                pin_memory: bool = False, prefetch_factor: Optional[int] = None, delay_ms: float = 0.0,
-                seed: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+def make_loader(
+    kind: str,
+    tokens: Tensor,
+    seq_len: int,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+    delay_ms: float = 0.0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """A DataLoader over the training tokens: ``kind`` is ``"stream"`` (StreamingTokenDataset,
     batches built in the dataset) or ``"map"`` (TokenChunkDataset + DistributedSampler,
     batches collated by the DataLoader). ``delay_ms`` (map only) simulates slow storage."""

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 
@@ -44,8 +45,7 @@ class DistInfo:
 
 def env_info() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 without it)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
@@ -53,8 +53,9 @@ def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"TrainConfig.device: {pref!r} asked for, but CUDA is not available here; "
-                              "use --device auto or cpu")
+            raise ConfigError(
+                f"TrainConfig.device: {pref!r} asked for, but CUDA is not available here; use --device auto or cpu"
+            )
         return torch.device(pref if ":" in pref else f"cuda:{local_rank}")
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -67,16 +68,21 @@ def setup(device_pref: str = "auto", timeout_s: float = 300.0) -> DistInfo:
         return DistInfo(device=device)
     if device.type == "cuda":
         if torch.cuda.device_count() <= local_rank:
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPU(s) visible; "
-                               "use --nproc_per_node <= number of GPUs")
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPU(s) visible; "
+                "use --nproc_per_node <= number of GPUs"
+            )
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
         backend = "gloo"
     if rank == 0 and restarts_may_fail():
-        print("[distributed] warning: torchrun shares its rendezvous store with the workers, so a restart "
-              "(--max-restarts) can fail with 'connectFullMesh failed'; launch with `python -m course_lib.launch "
-              "...` (same arguments as torchrun) or set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", flush=True)
+        print(
+            "[distributed] warning: torchrun shares its rendezvous store with the workers, so a restart "
+            "(--max-restarts) can fail with 'connectFullMesh failed'; launch with `python -m course_lib.launch "
+            "...` (same arguments as torchrun) or set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+            flush=True,
+        )
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, backend=backend, device=device)
@@ -129,9 +135,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(script_args, nproc_per_node: int = 2, module: str = "course_lib.train",
-                     nnodes: int = 1, node_rank: int = 0, master_port: int | None = None,
-                     max_restarts: int = 0, rdzv_endpoint: str | None = None) -> list:
+def torchrun_command(
+    script_args,
+    nproc_per_node: int = 2,
+    module: str = "course_lib.train",
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_port: int | None = None,
+    max_restarts: int = 0,
+    rdzv_endpoint: str | None = None,
+) -> list:
     """The ``torchrun`` command line as a list, through ``python -m course_lib.launch`` (torchrun
     with ``TORCHRUN_ENV`` applied, so ``--max-restarts`` restarts work; same arguments).
 
@@ -139,16 +152,24 @@ def torchrun_command(script_args, nproc_per_node: int = 2, module: str = "course
     the static form ``--nnodes --node-rank --master-addr --master-port`` when ``master_port``
     is given, or the elastic ``--rdzv-backend=c10d --rdzv-endpoint=HOST:PORT`` form.
     """
-    cmd = [sys.executable, "-m", "course_lib.launch", f"--nproc-per-node={nproc_per_node}",
-           f"--max-restarts={max_restarts}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "course_lib.launch",
+        f"--nproc-per-node={nproc_per_node}",
+        f"--max-restarts={max_restarts}",
+    ]
     if nnodes == 1 and master_port is None and rdzv_endpoint is None:
         cmd.append("--standalone")
     elif rdzv_endpoint is not None:
-        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}",
-                "--rdzv-id=course"]
+        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "--rdzv-id=course"]
     else:
-        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--master-addr=127.0.0.1",
-                f"--master-port={master_port}"]
+        cmd += [
+            f"--nnodes={nnodes}",
+            f"--node-rank={node_rank}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={master_port}",
+        ]
     return cmd + ["-m", module] + [str(a) for a in script_args]
 
 
@@ -164,8 +185,10 @@ TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 def restarts_may_fail() -> bool:
     """True in a torchrun worker whose agent shares its store and may restart the group."""
-    return (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0)
+    return (
+        os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0
+    )
 
 
 def subprocess_env(extra: dict | None = None) -> dict:
@@ -177,21 +200,35 @@ def subprocess_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_streaming(cmd, env: dict | None = None, timeout_s: float = 600.0, echo: bool = True,
-                  prefix_filter=None, max_width: int | None = None) -> tuple[int, list]:
+def run_streaming(
+    cmd,
+    env: dict | None = None,
+    timeout_s: float = 600.0,
+    echo: bool = True,
+    prefix_filter=None,
+    max_width: int | None = None,
+) -> tuple[int, list]:
     """Run ``cmd``, printing its output line by line as it arrives (so a notebook cell shows a
     live log), and return ``(returncode, lines)``. ``prefix_filter`` (a string or a tuple of
     strings) shows only lines containing one of them, ``max_width`` cuts each shown line to that
     many characters (all lines are still returned whole). Kills the process group on timeout."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(env),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(env),
+        start_new_session=True,
+    )
     lines: list = []
 
     def pump():
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
-            if echo and (prefix_filter is None or any(p in line for p in
-                                                      ((prefix_filter,) if isinstance(prefix_filter, str) else prefix_filter))):
+            if echo and (
+                prefix_filter is None
+                or any(p in line for p in ((prefix_filter,) if isinstance(prefix_filter, str) else prefix_filter))
+            ):
                 shown = line.rstrip("\n")
                 if max_width is not None and len(shown) > max_width:
                     shown = shown[:max_width] + " …"
@@ -209,8 +246,9 @@ def run_streaming(cmd, env: dict | None = None, timeout_s: float = 600.0, echo: 
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             t.join(5)
-            raise TimeoutError(f"{cmd[:4]}... did not finish in {timeout_s:.0f}s; last output:\n"
-                               + "\n".join(lines[-20:]))
+            raise TimeoutError(
+                f"{cmd[:4]}... did not finish in {timeout_s:.0f}s; last output:\n" + "\n".join(lines[-20:])
+            )
         time.sleep(0.05)
     t.join(5)
     return proc.returncode, lines

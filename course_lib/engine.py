@@ -78,14 +78,14 @@ class Request:
     # output counts, and per emitted token its log-probability plus the ``logprobs`` most likely ones
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    logprobs: int | None = None          # None: record nothing
+    logprobs: int | None = None  # None: record nothing
     token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list, repr=False)
     pending_logprob: tuple[float, list[tuple[int, float]]] | None = field(default=None, repr=False)
     on_token: Callable[[Request, int], None] | None = field(default=None, repr=False)  # from the engine thread
     on_finish: Callable[[Request], None] | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_ids))
     output: list[int] = field(default_factory=list)
-    finish_reason: str | None = None     # "stop" (EOS) | "length" | "abort" | "error"
+    finish_reason: str | None = None  # "stop" (EOS) | "length" | "abort" | "error"
     error: str | None = None
     # bookkeeping for the scheduler and for latency measurements
     blocks: SeqBlocks | None = field(default=None, repr=False)
@@ -125,26 +125,48 @@ class Engine:
     ``max_batch``, ``max_step_tokens``, ``prefill_tokens`` and ``blocks_for`` are the scheduler's.
     """
 
-    def __init__(self, model, *, eos_id: int | None = None, max_batch: int = 8, max_step_tokens: int = 512,
-                 num_blocks: int | None = None, block_size: int = 16, policy: str = "continuous",
-                 prefix_cache: bool = False, prefill_chunk: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        eos_id: int | None = None,
+        max_batch: int = 8,
+        max_step_tokens: int = 512,
+        num_blocks: int | None = None,
+        block_size: int = 16,
+        policy: str = "continuous",
+        prefix_cache: bool = False,
+        prefill_chunk: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.model = model.eval()
         self.eos_id, self.clock = eos_id, clock
         self.max_len = model.config.max_seq_len
         if num_blocks is None:  # enough for every row to reach the full context
             num_blocks = max_batch * cdiv(self.max_len, block_size)
-        self.stats = {"decode_steps": 0, "decode_rows": 0, "idle_rows": 0, "prefill_tokens": 0, "preemptions": 0,
-                      "cached_tokens": 0}
+        self.stats = {
+            "decode_steps": 0,
+            "decode_rows": 0,
+            "idle_rows": 0,
+            "prefill_tokens": 0,
+            "preemptions": 0,
+            "cached_tokens": 0,
+        }
         self.pool = BlockPool.for_model(model, num_blocks=num_blocks, block_size=block_size)
         self.block_manager = BlockManager(self.pool, prefix_cache=prefix_cache)
-        self.scheduler = Scheduler(self.block_manager, max_batch=max_batch, max_step_tokens=max_step_tokens,
-                                   policy=policy, prefill_chunk=prefill_chunk, stats=self.stats)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_batch=max_batch,
+            max_step_tokens=max_step_tokens,
+            policy=policy,
+            prefill_chunk=prefill_chunk,
+            stats=self.stats,
+        )
         self.runner = ModelRunner(self.model, self.pool)
         self.device = self.runner.device
-        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()   # submit() from any thread
+        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()  # submit() from any thread
         self.steps = 0
-        self.history: list[tuple[int, int, int]] = []   # per decode step: (step, rows computed, idle rows)
+        self.history: list[tuple[int, int, int]] = []  # per decode step: (step, rows computed, idle rows)
 
     # ---- the scheduler's state, under the names the lessons and ex425 use ------------------------
     @property
@@ -184,9 +206,12 @@ class Engine:
     def prefix_cache_stats(self) -> dict:
         """Prefill tokens taken from the cache vs computed, and the token hit rate."""
         saved, computed = self.stats["cached_tokens"], self.stats["prefill_tokens"]
-        return {"cached_tokens": saved, "computed_tokens": computed,
-                "hit_rate": saved / (saved + computed) if saved + computed else 0.0,
-                **self.block_manager.cache_stats()}
+        return {
+            "cached_tokens": saved,
+            "computed_tokens": computed,
+            "hit_rate": saved / (saved + computed) if saved + computed else 0.0,
+            **self.block_manager.cache_stats(),
+        }
 
     # ---- submitting ---------------------------------------------------------------------------
     def check(self, n_prompt: int, max_tokens: int) -> None:
@@ -196,12 +221,16 @@ class Engine:
         if max_tokens < 1:
             raise RequestRefused(f"max_tokens: must be >= 1, got {max_tokens}")
         if n_prompt + max_tokens > self.max_len:
-            raise RequestRefused(f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                                 f"context of {self.max_len} tokens; shorten the prompt or lower max_tokens")
+            raise RequestRefused(
+                f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                f"context of {self.max_len} tokens; shorten the prompt or lower max_tokens"
+            )
         need = self.blocks_for(n_prompt + max_tokens)
         if need > self.pool.num_blocks:
-            raise RequestRefused(f"needs {need} KV blocks but the pool has {self.pool.num_blocks}; "
-                                 "lower max_tokens or start the engine with more blocks")
+            raise RequestRefused(
+                f"needs {need} KV blocks but the pool has {self.pool.num_blocks}; "
+                "lower max_tokens or start the engine with more blocks"
+            )
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int, **kw) -> Request:
         """Queue a request (thread-safe). Raises ``RequestRefused`` if it can never fit."""
@@ -266,7 +295,7 @@ class Engine:
         ids, seq = self.scheduler.prefill_ids(req), req.blocks
         try:
             if n > 0:
-                logits = self.runner.prefill(seq, ids[seq.length:seq.length + n])
+                logits = self.runner.prefill(seq, ids[seq.length : seq.length + n])
                 self.stats["prefill_tokens"] += n
                 self.block_manager.commit(seq, ids)
                 if seq.length == len(ids) and not req.output:
@@ -283,16 +312,16 @@ class Engine:
         rows = self.scheduler.reserve_or_preempt(rows)
         if not rows:
             return
-        idle = sum(r.done for r in rows)         # static batching: finished rows still computed
+        idle = sum(r.done for r in rows)  # static batching: finished rows still computed
         try:
             logits = self._forward(rows)
         except Exception:  # noqa: BLE001  find the culprit: retry each row alone
             logits = None
         for i, req in enumerate(rows):
             try:
-                row_logits = logits[i:i + 1] if logits is not None else self._forward([req])
+                row_logits = logits[i : i + 1] if logits is not None else self._forward([req])
                 tok = self._sample(req, row_logits)
-                if not req.done:                 # static-batching rows that already finished idle here
+                if not req.done:  # static-batching rows that already finished idle here
                     self._emit(req, tok)
                     if self.block_manager.prefix_cache:
                         self.block_manager.commit(req.blocks, req.prompt_ids + req.output)
@@ -335,7 +364,7 @@ class Engine:
         # generate() makes for this request alone, so seeded sampling is reproducible too.
         penalized = _apply_penalties(logits, req) if req.frequency_penalty or req.presence_penalty else logits
         tok = int(sample_next(penalized, req.temperature, None, req.top_p, req.generator)[0])
-        if req.logprobs is not None:     # the model's own distribution (vLLM's default "raw_logprobs")
+        if req.logprobs is not None:  # the model's own distribution (vLLM's default "raw_logprobs")
             req.pending_logprob = _top_logprobs(logits, tok, req.logprobs)
         return tok
 
@@ -375,7 +404,7 @@ def _apply_penalties(logits: Tensor, req: Request) -> Tensor:
     """OpenAI's penalties: ``logit - frequency_penalty * count - presence_penalty * (count > 0)``,
     counting the tokens this request generated so far (not its prompt), as vLLM does."""
     counts = torch.bincount(torch.tensor(req.output, dtype=torch.long), minlength=logits.shape[-1])
-    counts = counts[:logits.shape[-1]].to(device=logits.device, dtype=torch.float32)
+    counts = counts[: logits.shape[-1]].to(device=logits.device, dtype=torch.float32)
     return logits.float() - req.frequency_penalty * counts - req.presence_penalty * (counts > 0).float()
 
 

@@ -44,8 +44,13 @@ from .data import ByteTokenizer, DataError
 from .fsdp import load_full_model_state
 from .fsio import atomic_path, atomic_write_text
 from .protocol import config_dict, model_from_dict
-from .tokenizer import (file_description, load_artifact_tokenizer, save_artifact_tokenizer, save_hf_tokenizer,
-                        tokenizer_from_description)
+from .tokenizer import (
+    file_description,
+    load_artifact_tokenizer,
+    save_artifact_tokenizer,
+    save_hf_tokenizer,
+    tokenizer_from_description,
+)
 
 FORMAT = "course_lib.inference/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -88,8 +93,9 @@ def inference_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, T
     return out
 
 
-def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: torch.dtype | None = None,
-                   extra: dict | None = None) -> dict:
+def save_inference(
+    model, out_dir: str | os.PathLike, tokenizer=None, dtype: torch.dtype | None = None, extra: dict | None = None
+) -> dict:
     """Write ``model.safetensors`` + ``config.json``; return ``{"dir", "bytes", "tensors"}``.
 
     Each file is written atomically (fsync + rename): a crash leaves the previous file or the
@@ -99,22 +105,33 @@ def save_inference(model, out_dir: str | os.PathLike, tokenizer=None, dtype: tor
     tok = tokenizer or ByteTokenizer()
     tensors = inference_state_dict(model, dtype)
     stored_dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    meta = {"format": FORMAT, "model": config_dict(model), "tokenizer": file_description(tok.describe()),
-            "tied_weights": tied_weights(model), "dtype": stored_dtype, "weights": WEIGHTS_FILE}
+    meta = {
+        "format": FORMAT,
+        "model": config_dict(model),
+        "tokenizer": file_description(tok.describe()),
+        "tied_weights": tied_weights(model),
+        "dtype": stored_dtype,
+        "weights": WEIGHTS_FILE,
+    }
     if extra:
         meta.update(extra)
     save_safetensors(tensors, out / WEIGHTS_FILE, metadata={"format": "pt", "course_lib": FORMAT})
     save_artifact_tokenizer(tok, out)  # a BPE goes with the weights as tokenizer.json
     atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    return {"dir": out, "bytes": (out / WEIGHTS_FILE).stat().st_size + (out / CONFIG_FILE).stat().st_size,
-            "tensors": len(tensors)}
+    return {
+        "dir": out,
+        "bytes": (out / WEIGHTS_FILE).stat().st_size + (out / CONFIG_FILE).stat().st_size,
+        "tensors": len(tensors),
+    }
 
 
 def read_config(path: str | os.PathLike) -> dict:
     p = Path(path)
     cfg_path = p / CONFIG_FILE if p.is_dir() else p
     if not cfg_path.exists():
-        raise ExportError(f"{cfg_path} not found; an inference artefact is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise ExportError(
+            f"{cfg_path} not found; an inference artefact is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
     try:
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -132,12 +149,15 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ExportError(f"{path}: not a readable safetensors file ({e}); weights are never loaded "
-                          "from pickle files here, re-export them with save_inference()") from None
+        raise ExportError(
+            f"{path}: not a readable safetensors file ({e}); weights are never loaded "
+            "from pickle files here, re-export them with save_inference()"
+        ) from None
 
 
-def check_tensors(expected: dict[str, tuple[tuple, torch.dtype]], got: dict[str, Tensor], where: str,
-                  check_dtype: bool = False) -> None:
+def check_tensors(
+    expected: dict[str, tuple[tuple, torch.dtype]], got: dict[str, Tensor], where: str, check_dtype: bool = False
+) -> None:
     """Raise ``ExportError`` listing missing, unexpected and wrongly shaped tensors."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -145,16 +165,24 @@ def check_tensors(expected: dict[str, tuple[tuple, torch.dtype]], got: dict[str,
     for name in sorted(set(expected) & set(got)):
         shape, dt = expected[name]
         if tuple(got[name].shape) != tuple(shape) or (check_dtype and got[name].dtype != dt):
-            bad.append(f"{name}: file has {tuple(got[name].shape)} {str(got[name].dtype).removeprefix('torch.')}, "
-                       f"config expects {tuple(shape)} {str(dt).removeprefix('torch.')}")
+            bad.append(
+                f"{name}: file has {tuple(got[name].shape)} {str(got[name].dtype).removeprefix('torch.')}, "
+                f"config expects {tuple(shape)} {str(dt).removeprefix('torch.')}"
+            )
     if missing or unexpected or bad:
         lines = [f"{where}: the weights do not match the model built from the config."]
         if bad:
-            lines.append("  shape mismatch: " + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else ""))
+            lines.append(
+                "  shape mismatch: " + "; ".join(bad[:8]) + (f"; ... ({len(bad)} in all)" if len(bad) > 8 else "")
+            )
         if missing:
-            lines.append(f"  missing from the file: {missing[:8]}" + (f" ... ({len(missing)})" if len(missing) > 8 else ""))
+            lines.append(
+                f"  missing from the file: {missing[:8]}" + (f" ... ({len(missing)})" if len(missing) > 8 else "")
+            )
         if unexpected:
-            lines.append(f"  not in the model: {unexpected[:8]}" + (f" ... ({len(unexpected)})" if len(unexpected) > 8 else ""))
+            lines.append(
+                f"  not in the model: {unexpected[:8]}" + (f" ... ({len(unexpected)})" if len(unexpected) > 8 else "")
+            )
         lines.append("  Use the config.json that was exported together with these weights.")
         raise ExportError("\n".join(lines))
 
@@ -167,7 +195,7 @@ def load_inference(path: str | os.PathLike, device="cpu", dtype: torch.dtype = t
     folder = Path(path)
     meta = read_config(folder)
     try:
-        model = model_from_dict(meta["model"])   # a ModelConfig, or the spec of a --model-class model
+        model = model_from_dict(meta["model"])  # a ModelConfig, or the spec of a --model-class model
     except Exception as e:  # ConfigError or TypeError from a hand-edited file
         raise ExportError(f"{folder / CONFIG_FILE}: invalid model config ({e})") from None
     tensors = read_safetensors(folder / meta.get("weights", WEIGHTS_FILE))
@@ -199,8 +227,10 @@ def load_sharded_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
         (model, state), folder = found
         tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
         return model.eval(), tok, state, folder
-    raise FileNotFoundError(f"no complete sharded checkpoint under {mgr.dir}; "
-                            "train first: python -m course_lib.train --strategy fsdp --out-dir " + str(run_dir))
+    raise FileNotFoundError(
+        f"no complete sharded checkpoint under {mgr.dir}; "
+        "train first: python -m course_lib.train --strategy fsdp --out-dir " + str(run_dir)
+    )
 
 
 def load_training_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
@@ -214,10 +244,12 @@ def load_training_checkpoint(run_dir: str | os.PathLike, map_location="cpu"):
         return load_sharded_checkpoint(run_dir, map_location)
     found = CheckpointManager(run_dir, verbose=False).load_latest(map_location=map_location)
     if found is None:
-        raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
-                                "train first: python -m course_lib.train --out-dir " + str(run_dir))
+        raise FileNotFoundError(
+            f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
+            "train first: python -m course_lib.train --out-dir " + str(run_dir)
+        )
     state, path = found
-    model = model_from_dict(state["config"]["model"])   # DIYModel, or the spec of a --model-class model
+    model = model_from_dict(state["config"]["model"])  # DIYModel, or the spec of a --model-class model
     model.load_state_dict(state["model"])
     tok = tokenizer_from_description(state.get("tokenizer", {"type": "byte"}))
     return model.eval(), tok, state, path
@@ -235,14 +267,16 @@ def export_from_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtyp
         model, tok, state, ckpt = load_training_checkpoint(run_dir)
     except FileNotFoundError as e:
         raise ExportError(str(e)) from None
-    info = save_inference(model, out_dir, tok, dtype=dtype,
-                          extra={"source_checkpoint": {"step": int(state["step"]), "folder": ckpt.name}})
+    info = save_inference(
+        model, out_dir, tok, dtype=dtype, extra={"source_checkpoint": {"step": int(state["step"]), "folder": ckpt.name}}
+    )
     info.update(step=int(state["step"]), checkpoint=ckpt)
     return info
 
 
 def describe_checkpoint(state: dict) -> dict[str, int]:
     """Bytes per top-level entry of a training state dict (what a checkpoint is made of)."""
+
     def nbytes(obj) -> int:
         if isinstance(obj, Tensor):
             return obj.numel() * obj.element_size()
@@ -253,6 +287,7 @@ def describe_checkpoint(state: dict) -> dict[str, int]:
         if isinstance(obj, (bytes, bytearray)):
             return len(obj)
         return 0
+
     return {k: nbytes(v) for k, v in state.items()}
 
 
@@ -321,9 +356,11 @@ def artifact_size(path: str | os.PathLike) -> int:
 def main(argv=None) -> int:
     """``python -m course_lib.export RUN_DIR OUT_DIR``: the latest good checkpoint of a run (single
     file or sharded) -> ``OUT_DIR/model.safetensors`` + ``config.json``."""
-    p = argparse.ArgumentParser(prog="python -m course_lib.export",
-                                description="Export a training run's latest good checkpoint (single-file or "
-                                            "sharded by --strategy fsdp) to the inference artefact.")
+    p = argparse.ArgumentParser(
+        prog="python -m course_lib.export",
+        description="Export a training run's latest good checkpoint (single-file or "
+        "sharded by --strategy fsdp) to the inference artefact.",
+    )
     p.add_argument("run_dir", help="the training run's folder (its --out-dir)")
     p.add_argument("out_dir", help="folder for model.safetensors + config.json")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="dtype of the stored weights")
@@ -335,8 +372,10 @@ def main(argv=None) -> int:
         print(error_line(e), file=sys.stderr)
         return EXIT_FAILED
     kind = "sharded" if is_sharded_run(args.run_dir) else "single-file"
-    print(f"[export] step {info['step']} ({kind} checkpoint {info['checkpoint'].name}) -> {info['dir']} "
-          f"({info['bytes']:,} bytes, {info['tensors']} tensors)")
+    print(
+        f"[export] step {info['step']} ({kind} checkpoint {info['checkpoint'].name}) -> {info['dir']} "
+        f"({info['bytes']:,} bytes, {info['tensors']} tensors)"
+    )
     return 0
 
 

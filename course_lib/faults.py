@@ -32,10 +32,23 @@ from pathlib import Path
 
 FAULT_ENV = "COURSE_FAULT"
 FAULT_ONCE_ENV = "COURSE_FAULT_ONCE"
-SAVE_PHASES = ("save_begin", "save_partial", "save_state_written", "save_marker_written",
-               "save_renamed", "save_rotated")
-SHARDED_SAVE_PHASES = ("dcp_begin", "dcp_shard_written", "dcp_saved", "dcp_trainer_written",
-                       "dcp_marker_written", "dcp_renamed", "dcp_rotated")
+SAVE_PHASES = (
+    "save_begin",
+    "save_partial",
+    "save_state_written",
+    "save_marker_written",
+    "save_renamed",
+    "save_rotated",
+)
+SHARDED_SAVE_PHASES = (
+    "dcp_begin",
+    "dcp_shard_written",
+    "dcp_saved",
+    "dcp_trainer_written",
+    "dcp_marker_written",
+    "dcp_renamed",
+    "dcp_rotated",
+)
 
 
 def fault_spec(phase: str, step: int, rank: int | None = None) -> str:

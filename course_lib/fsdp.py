@@ -45,8 +45,9 @@ def _blocks(model: nn.Module) -> list:
     return list(layers) if layers is not None else []
 
 
-def apply_fsdp(model: nn.Module, mesh=None, reshard_after_forward: bool = True,
-               mp_policy: MixedPrecisionPolicy | None = None) -> nn.Module:
+def apply_fsdp(
+    model: nn.Module, mesh=None, reshard_after_forward: bool = True, mp_policy: MixedPrecisionPolicy | None = None
+) -> nn.Module:
     """Shard ``model`` in place with FSDP2 and return it.
 
     ``mesh``: a 1-D ``DeviceMesh`` (default: every rank of the default process group).
@@ -119,8 +120,11 @@ def load_training_shards(model: nn.Module, optimizer: torch.optim.Optimizer, sha
 
 def shards_finite(shards: dict) -> bool:
     """True when every floating-point model tensor in this rank's shard is finite."""
-    return all(bool(torch.isfinite(_local(t)).all()) for t in shards["model"].values()
-               if isinstance(t, torch.Tensor) and t.is_floating_point())
+    return all(
+        bool(torch.isfinite(_local(t)).all())
+        for t in shards["model"].values()
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -138,12 +142,15 @@ def global_data_position(data_state: dict, accumulation_steps: int) -> dict:
     ``samples_consumed = batches_consumed * B * W``.
     """
     b, w = int(data_state["batch_size"]), int(data_state["world_size"])
-    return dict(data_state, global_micro_batch=b * w, samples_consumed=int(data_state["batches_consumed"]) * b * w,
-                accumulation_steps=int(accumulation_steps))
+    return dict(
+        data_state,
+        global_micro_batch=b * w,
+        samples_consumed=int(data_state["batches_consumed"]) * b * w,
+        accumulation_steps=int(accumulation_steps),
+    )
 
 
-def reshard_data_position(saved: dict, batch_size: int, world_size: int, rank: int,
-                          accumulation_steps: int) -> dict:
+def reshard_data_position(saved: dict, batch_size: int, world_size: int, rank: int, accumulation_steps: int) -> dict:
     """A saved data position rewritten for a run with ``world_size`` ranks of ``batch_size``.
 
     Exact (no sample seen twice, none skipped) when the new run takes as many samples per
@@ -152,22 +159,36 @@ def reshard_data_position(saved: dict, batch_size: int, world_size: int, rank: i
     with one line that says which batch size to use.
     """
     if "samples_consumed" not in saved:
-        raise DataError("the checkpoint's data position has no global sample count (written by an older "
-                        "version?); resume with the world size it was written with")
+        raise DataError(
+            "the checkpoint's data position has no global sample count (written by an older "
+            "version?); resume with the world size it was written with"
+        )
     g_old, g_new = int(saved["global_micro_batch"]), batch_size * world_size
     if g_old != g_new:
-        hint = (f"use --batch-size {g_old // world_size}" if g_old % world_size == 0
-                else f"use a number of processes that divides {g_old}")
-        raise DataError(f"TrainConfig.batch_size: the checkpoint was written by {saved['world_size']} rank(s) x "
-                        f"batch_size {saved['batch_size']} = {g_old} samples per micro-step; this run has "
-                        f"{world_size} x {batch_size} = {g_new}, so the data order (and the loss curve) would "
-                        f"change; {hint}")
+        hint = (
+            f"use --batch-size {g_old // world_size}"
+            if g_old % world_size == 0
+            else f"use a number of processes that divides {g_old}"
+        )
+        raise DataError(
+            f"TrainConfig.batch_size: the checkpoint was written by {saved['world_size']} rank(s) x "
+            f"batch_size {saved['batch_size']} = {g_old} samples per micro-step; this run has "
+            f"{world_size} x {batch_size} = {g_new}, so the data order (and the loss curve) would "
+            f"change; {hint}"
+        )
     acc_old = int(saved.get("accumulation_steps", accumulation_steps))
     if acc_old != accumulation_steps:
-        raise DataError(f"TrainConfig.accumulation_steps: the checkpoint used {acc_old}, this run {accumulation_steps}; "
-                        f"resume with --accumulation-steps {acc_old}")
-    out = dict(saved, batch_size=batch_size, world_size=world_size, rank=rank,
-               batches_consumed=int(saved["samples_consumed"]) // g_new)
+        raise DataError(
+            f"TrainConfig.accumulation_steps: the checkpoint used {acc_old}, this run {accumulation_steps}; "
+            f"resume with --accumulation-steps {acc_old}"
+        )
+    out = dict(
+        saved,
+        batch_size=batch_size,
+        world_size=world_size,
+        rank=rank,
+        batches_consumed=int(saved["samples_consumed"]) // g_new,
+    )
     return out
 
 

@@ -10,9 +10,9 @@ so the rename itself survives a power cut. Used by checkpoint.py (training state
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ import codecs
 import shutil
 import sys
 import time
-from typing import Callable, Iterator, List, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -23,13 +23,18 @@ from torch import Tensor
 from .cli import EXIT_INPUT, build_generate_parser, check_generate_args, print_error
 from .config import ConfigError
 from .export import load_model_from_run
-from .tokenizer import token_bytes
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 from .model import DIYModel
+from .tokenizer import token_bytes
 
 
-def sample_next(logits: Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+def sample_next(
+    logits: Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Pick the next token from ``logits`` of shape (batch, vocab). Returns (batch,) int64."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -60,16 +65,15 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tu
     ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), T), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, T - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, T - len(s):] = 1
+        ids[i, T - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, T - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
 CACHE_KINDS = ("dynamic", "static", "int8", "paged")
 
 
-def make_cache(kind: str, model, batch_size: int = 1, max_len: Optional[int] = None, block_size: int = 16,
-               pool=None):
+def make_cache(kind: str, model, batch_size: int = 1, max_len: int | None = None, block_size: int = 16, pool=None):
     """A fresh KV cache by name: ``dynamic`` | ``static`` | ``int8`` | ``paged``.
 
     ``static`` preallocates ``max_len`` positions (default: the model's ``max_seq_len``);
@@ -89,14 +93,16 @@ def make_cache(kind: str, model, batch_size: int = 1, max_len: Optional[int] = N
     raise ValueError(f"unknown cache kind {kind!r}; choose one of {CACHE_KINDS}")
 
 
-def prefill(model, input_ids: Tensor, attention_mask: Optional[Tensor], cache) -> Tensor:
+def prefill(model, input_ids: Tensor, attention_mask: Tensor | None, cache) -> Tensor:
     """Phase 1: run the whole prompt once, filling ``cache``; returns the last position's logits."""
     return model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1, :]
 
 
-def decode_step(model, next_ids: Tensor, attention_mask: Optional[Tensor], cache) -> Tensor:
+def decode_step(model, next_ids: Tensor, attention_mask: Tensor | None, cache) -> Tensor:
     """Phase 2: one new token per row; K/V of everything before comes from ``cache``."""
-    return model(next_ids[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1, :]
+    return model(next_ids[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[
+        :, -1, :
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ def _decode_logits(model, next_ids: Tensor, cache: TensorPositionCache) -> Tenso
 _COMPILED = {}
 
 
-def compiled_decode_step(mode: Optional[str] = None):
+def compiled_decode_step(mode: str | None = None):
     """``torch.compile(_decode_logits, fullgraph=True)``, made once per process (and mode).
     ``fullgraph=True`` turns any graph break into an error rather than a silent slow path."""
     if mode not in _COMPILED:
@@ -132,8 +138,10 @@ def compiled_cache_len(needed: int, max_seq_len: int) -> int:
     model's ``max_seq_len``. The compiled step is specialised to this length, so generate calls of
     similar lengths share one graph instead of compiling once per exact length."""
     if needed > max_seq_len:
-        raise ValueError(f"{needed} tokens pass the model's max_seq_len={max_seq_len}; "
-                         "ask for fewer new tokens or use a model config with a larger max_seq_len")
+        raise ValueError(
+            f"{needed} tokens pass the model's max_seq_len={max_seq_len}; "
+            "ask for fewer new tokens or use a model config with a larger max_seq_len"
+        )
     return min(max(64, 1 << (needed - 1).bit_length()), max_seq_len)
 
 
@@ -143,7 +151,7 @@ def make_compiled_cache(model, batch_size: int, needed: int) -> TensorPositionCa
 
 
 @torch.no_grad()
-def warm_up_compiled(model, batch_size: int = 1, max_len: Optional[int] = None) -> float:
+def warm_up_compiled(model, batch_size: int = 1, max_len: int | None = None) -> float:
     """Compile (or find compiled) the decode step for this model and batch size; returns the
     seconds the first two calls took (the compile cost the first ``generate(compile=True)`` pays)."""
     cache = make_compiled_cache(model, batch_size, max_len or model.config.max_seq_len)
@@ -157,12 +165,24 @@ def warm_up_compiled(model, batch_size: int = 1, max_len: Optional[int] = None) 
 
 
 @torch.no_grad()
-def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Optional[Tensor] = None,
-             temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-             eos_id: Optional[int] = None, pad_id: int = 0, use_cache: bool = True, cache=None,
-             generator: Optional[torch.Generator] = None,
-             on_token: Optional[Callable[[Tensor], None]] = None, drop_finished: bool = True,
-             compile: bool = False) -> Tensor:
+def generate(
+    model,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    attention_mask: Tensor | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    cache=None,
+    generator: torch.Generator | None = None,
+    on_token: Callable[[Tensor], None] | None = None,
+    drop_finished: bool = True,
+    compile: bool = False,
+) -> Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids``; returns only the new tokens.
 
     ``use_cache=False`` recomputes the whole sequence every step (the slow baseline the KV
@@ -192,8 +212,9 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
         if not use_cache or cache is not None:
             raise ValueError("generate(compile=True) makes its own static cache: leave use_cache=True and cache=None")
         if attention_mask is not None and not bool(attention_mask.all()):  # one host read, before the loop
-            raise ValueError("generate(compile=True) takes unpadded prompts of one length; "
-                             "for a left-padded batch use compile=False")
+            raise ValueError(
+                "generate(compile=True) takes unpadded prompts of one length; for a left-padded batch use compile=False"
+            )
         attention_mask = None
         cache = make_compiled_cache(model, B, input_ids.shape[1] + max_new_tokens)
         drop_finished = False
@@ -212,10 +233,12 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
     if isinstance(cache, str):
         cache = make_cache(cache, model, B, max_len=input_ids.shape[1] + max_new_tokens)
     if cache is not None and not isinstance(cache, Cache):
-        raise TypeError(f"cache must be a course_lib.kv_cache.Cache or one of {CACHE_KINDS}, got {type(cache).__name__}")
+        raise TypeError(
+            f"cache must be a course_lib.kv_cache.Cache or one of {CACHE_KINDS}, got {type(cache).__name__}"
+        )
     past = (cache if cache is not None else DynamicCache()) if use_cache else None
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    active = torch.arange(B, device=device)          # original row index of each running row
+    active = torch.arange(B, device=device)  # original row index of each running row
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # per running row
     seq, mask = input_ids, attention_mask
     steps = 0
@@ -248,7 +271,7 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: O
             on_token(col)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
         if mask is not None:
-            new_mask_col = (~finished).long()[:, None]   # the EOS token itself is real; pads after it are not
+            new_mask_col = (~finished).long()[:, None]  # the EOS token itself is real; pads after it are not
             mask = torch.cat([mask, new_mask_col], dim=1)
         if eos_id is None:
             continue
@@ -280,13 +303,23 @@ def check_room(max_seq_len: int, input_ids: Tensor, attention_mask: Tensor, max_
         return
     longest = int(attention_mask.sum(-1).max())
     if longest + max_new_tokens - 1 > max_seq_len:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} passes the model's "
-                         f"max_seq_len={max_seq_len}; shorten the prompt or ask for fewer new tokens")
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} passes the model's "
+            f"max_seq_len={max_seq_len}; shorten the prompt or ask for fewer new tokens"
+        )
 
 
-def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *, temperature: float = 0.0,
-                    top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    generator: Optional[torch.Generator] = None) -> Iterator[str]:
+def stream_generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 100,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
     """Yield text pieces as soon as they are decodable (one prompt, KV cache, prefill + decode).
 
     Byte-level tokens can split a UTF-8 character (a Chinese character is 3 tokens): an
@@ -314,14 +347,15 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 100, *,
         yield tail
 
 
-def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 100, **kw) -> List[str] | str:
+def generate_text(model, tokenizer, prompts: Sequence[str] | str, max_new_tokens: int = 100, **kw) -> list[str] | str:
     """Strings in, strings out (left-padded batch for several prompts)."""
     single = isinstance(prompts, str)
     plist = [prompts] if single else list(prompts)
     device = next(model.parameters()).device
     ids, mask = left_pad([tokenizer.encode(p) for p in plist], tokenizer.pad_id, device)
-    new = generate(model, ids, max_new_tokens, attention_mask=mask, eos_id=tokenizer.eos_id,
-                   pad_id=tokenizer.pad_id, **kw)
+    new = generate(
+        model, ids, max_new_tokens, attention_mask=mask, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, **kw
+    )
     texts = []
     for row in new.tolist():
         if tokenizer.eos_id in row:
@@ -354,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     prompts = args.prompt or ["def "]
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=g)
-    if args.compile:   # the compiled step needs unpadded rows of one length: one prompt per call, batch 1
+    if args.compile:  # the compiled step needs unpadded rows of one length: one prompt per call, batch 1
         texts = [generate_text(model, tok, p, args.max_new_tokens, compile=True, **sampling) for p in prompts]
     else:
         texts = generate_text(model, tok, prompts, args.max_new_tokens, use_cache=not args.no_cache, **sampling)

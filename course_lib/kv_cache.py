@@ -19,7 +19,7 @@ fixed-size blocks from a shared ``BlockPool`` (block table + free list).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ class Cache(ABC):
     """
 
     @abstractmethod
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add this step's keys/values for ``layer_idx``; return all keys/values to attend to."""
 
     @abstractmethod
@@ -66,10 +66,10 @@ class DynamicCache(Cache):
     """Grows by ``torch.cat`` along the sequence axis: memory = exactly what is cached."""
 
     def __init__(self) -> None:
-        self.keys: List[Tensor] = []
-        self.values: List[Tensor] = []
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if layer_idx == len(self.keys):
             self.keys.append(k)
             self.values.append(v)
@@ -86,12 +86,12 @@ class DynamicCache(Cache):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def to_legacy(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
+    def to_legacy(self) -> tuple[tuple[Tensor, Tensor], ...]:
         """The tuple-of-(k, v)-per-layer format older HF code passes around."""
         return tuple(zip(self.keys, self.values, strict=True))
 
     @classmethod
-    def from_legacy(cls, past: Optional[Sequence[Tuple[Tensor, Tensor]]]) -> "DynamicCache":
+    def from_legacy(cls, past: Sequence[tuple[Tensor, Tensor]] | None) -> DynamicCache:
         cache = cls()
         for i, (k, v) in enumerate(past or ()):
             cache.update(i, k, v)
@@ -117,8 +117,17 @@ class StaticCache(Cache):
     hides the slots not yet written.
     """
 
-    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device=None, attend_full: bool = False) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+        attend_full: bool = False,
+    ) -> None:
         shape = (batch_size, n_kv_heads, max_len, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -127,22 +136,23 @@ class StaticCache(Cache):
         self.attend_full = attend_full
 
     @classmethod
-    def for_model(cls, model, batch_size: int, max_len: Optional[int] = None, **kw) -> "StaticCache":
+    def for_model(cls, model, batch_size: int, max_len: int | None = None, **kw) -> StaticCache:
         c = model.config
         p = next(model.parameters())
         kw.setdefault("dtype", p.dtype if p.is_floating_point() else torch.float32)
-        return cls(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len,
-                   device=p.device, **kw)
+        return cls(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len, device=p.device, **kw)
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         start, T = self.lengths[layer_idx], k.shape[2]
         if start + T > self.max_len:
-            raise ValueError(f"StaticCache is full: {start} cached + {T} new tokens > max_len={self.max_len}; "
-                             "build the cache with a larger max_len")
+            raise ValueError(
+                f"StaticCache is full: {start} cached + {T} new tokens > max_len={self.max_len}; "
+                "build the cache with a larger max_len"
+            )
         if k.shape[0] != self.keys[layer_idx].shape[0]:
             raise ValueError(f"StaticCache was built for batch {self.keys[layer_idx].shape[0]}, got batch {k.shape[0]}")
-        self.keys[layer_idx][:, :, start:start + T] = k
-        self.values[layer_idx][:, :, start:start + T] = v
+        self.keys[layer_idx][:, :, start : start + T] = k
+        self.values[layer_idx][:, :, start : start + T] = v
         self.lengths[layer_idx] = start + T
         end = self.max_len if self.attend_full else start + T
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
@@ -187,20 +197,24 @@ class TensorPositionCache(StaticCache):
         """Host-side bookkeeping after a forward of ``new_tokens``: count, check room, move ``pos``."""
         n = self.lengths[0] + new_tokens
         if n > self.max_len:
-            raise ValueError(f"TensorPositionCache is full: {n} tokens > max_len={self.max_len}; "
-                             "build the cache with a larger max_len")
+            raise ValueError(
+                f"TensorPositionCache is full: {n} tokens > max_len={self.max_len}; "
+                "build the cache with a larger max_len"
+            )
         self.lengths = [n] * len(self.lengths)
         self.pos += new_tokens
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         idx = self.pos + torch.arange(k.shape[2], device=k.device)
         self.keys[layer_idx].index_copy_(2, idx, k.to(self.keys[layer_idx].dtype))
         self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
         return self.keys[layer_idx], self.values[layer_idx]
 
     def reorder(self, index: Tensor) -> None:
-        raise ValueError("TensorPositionCache keeps a fixed batch (one compiled graph): finished rows stay in "
-                         "the batch; use generate(..., drop_finished=False)")
+        raise ValueError(
+            "TensorPositionCache keeps a fixed batch (one compiled graph): finished rows stay in "
+            "the batch; use generate(..., drop_finished=False)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,15 +234,15 @@ class QuantizedKVCache(Cache):
     """
 
     def __init__(self) -> None:
-        self.qk: List[Tensor] = []
-        self.sk: List[Tensor] = []
-        self.qv: List[Tensor] = []
-        self.sv: List[Tensor] = []
+        self.qk: list[Tensor] = []
+        self.sk: list[Tensor] = []
+        self.qv: list[Tensor] = []
+        self.sv: list[Tensor] = []
         self.dtype = torch.float32
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         self.dtype = k.dtype
-        qk, sk = absmax_quantize(k, 127, dim=-1)   # one scale per (batch, head, token)
+        qk, sk = absmax_quantize(k, 127, dim=-1)  # one scale per (batch, head, token)
         qv, sv = absmax_quantize(v, 127, dim=-1)
         if layer_idx == len(self.qk):
             self.qk.append(qk), self.sk.append(sk), self.qv.append(qv), self.sv.append(sv)
@@ -266,23 +280,33 @@ class BlockPool:
     instead of ``max_len`` per sequence.
     """
 
-    def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device=None) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        num_blocks: int,
+        block_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> None:
         shape = (num_blocks, n_kv_heads, block_size, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.block_size, self.num_blocks = block_size, num_blocks
-        self.free: List[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
+        self.free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() hands out block 0 first
 
     @classmethod
-    def for_model(cls, model, num_blocks: int, block_size: int = 16) -> "BlockPool":
+    def for_model(cls, model, num_blocks: int, block_size: int = 16) -> BlockPool:
         c, p = model.config, next(model.parameters())
         return cls(c.n_layers, num_blocks, block_size, c.n_kv_heads, c.head_dim, dtype=p.dtype, device=p.device)
 
     def allocate(self) -> int:
         if not self.free:
-            raise RuntimeError(f"BlockPool out of blocks (all {self.num_blocks} in use); "
-                               "free finished sequences or build a pool with more blocks")
+            raise RuntimeError(
+                f"BlockPool out of blocks (all {self.num_blocks} in use); "
+                "free finished sequences or build a pool with more blocks"
+            )
         return self.free.pop()
 
     def release(self, blocks: Sequence[int]) -> None:
@@ -312,7 +336,7 @@ class PagedKVCache(Cache):
 
     def __init__(self, pool: BlockPool, batch_size: int = 1) -> None:
         self.pool = pool
-        self.block_tables: List[List[int]] = [[] for _ in range(batch_size)]
+        self.block_tables: list[list[int]] = [[] for _ in range(batch_size)]
         self.lengths = [0] * len(pool.k)
 
     def _ensure_capacity(self, new_len: int) -> None:
@@ -321,7 +345,7 @@ class PagedKVCache(Cache):
             while len(table) < need:
                 table.append(self.pool.allocate())
 
-    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         B, H, T, D = k.shape
         if B != len(self.block_tables):
             raise ValueError(f"PagedKVCache has {len(self.block_tables)} rows, got batch {B}")
@@ -331,7 +355,7 @@ class PagedKVCache(Cache):
         bs = self.pool.block_size
         pos = torch.arange(start, end, device=k.device)
         table = torch.tensor(self.block_tables, dtype=torch.long, device=k.device)  # (B, n_blocks)
-        blk = table[:, pos // bs]                                                   # (B, T)
+        blk = table[:, pos // bs]  # (B, T)
         slot = (pos % bs).expand(B, T)
         kp, vp = self.pool.k[layer_idx], self.pool.v[layer_idx]
         # pool[blk, :, slot] <- k[b, :, t]
@@ -367,7 +391,8 @@ class PagedKVCache(Cache):
         self.lengths = [0] * len(self.lengths)
 
 
-def kv_cache_bytes_formula(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch_size: int,
-                           bytes_per_value: int) -> int:
+def kv_cache_bytes_formula(
+    n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch_size: int, bytes_per_value: int
+) -> int:
     """2 (K and V) x layers x kv_heads x head_dim x seq x batch x bytes."""
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_value

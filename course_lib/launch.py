@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         _, first = e.get_first_failure()
         ranks = sorted(e.failures)
         codes = sorted({f.exitcode for f in e.failures.values()})
-        print(f"[launch] {e.name}: worker rank(s) {ranks} failed (exit code(s) {codes}); the workers' own "
-              "error line above says why", file=sys.stderr, flush=True)
+        print(
+            f"[launch] {e.name}: worker rank(s) {ranks} failed (exit code(s) {codes}); the workers' own "
+            "error line above says why",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(first.exitcode if 0 < first.exitcode < 256 else 1)
 
 

@@ -56,25 +56,30 @@ from .util import cdiv
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
-MiB = 2 ** 20
+MiB = 2**20
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts of ``DIYModel(cfg)`` by kind, from the config alone."""
     d, f, hd = cfg.d_model, cfg.ffn_hidden, cfg.head_dim
-    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2       # q, o + k, v
+    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2  # q, o + k, v
     mlp = 3 * d * f
     norms = 2 * d
     embed = cfg.vocab_size * d
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
     matrices = cfg.n_layers * (attn + mlp) + embed + head
-    return {"matrices": matrices, "vectors": cfg.n_layers * norms + d, "embedding": embed,
-            "total": matrices + cfg.n_layers * norms + d}
+    return {
+        "matrices": matrices,
+        "vectors": cfg.n_layers * norms + d,
+        "embedding": embed,
+        "total": matrices + cfg.n_layers * norms + d,
+    }
 
 
 @dataclass
 class MemoryEstimate:
     """Bytes by category, and the modelled peak of one training step."""
+
     params: int
     grads: int
     optimizer_state: int
@@ -88,19 +93,31 @@ class MemoryEstimate:
 
     def breakdown(self) -> dict[str, float]:
         """MiB per category (for tables)."""
-        keys = ("params", "grads", "optimizer_state", "autocast_copies", "activations", "loss_buffers",
-                "buffers", "peak")
+        keys = (
+            "params",
+            "grads",
+            "optimizer_state",
+            "autocast_copies",
+            "activations",
+            "loss_buffers",
+            "buffers",
+            "peak",
+        )
         return {k: getattr(self, k) / MiB for k in keys}
 
     def rule_of_thumb(self) -> dict[str, float]:
         """The naive answers: weights only, and the '16 bytes per parameter' AdamW rule."""
         n = self.params // 4
-        return {"weights_fp32_MiB": n * 4 / MiB, "weights_fp16_MiB": n * 2 / MiB,
-                "adamw_16B_per_param_MiB": n * 16 / MiB}
+        return {
+            "weights_fp32_MiB": n * 4 / MiB,
+            "weights_fp16_MiB": n * 2 / MiB,
+            "adamw_16B_per_param_MiB": n * 16 / MiB,
+        }
 
 
-def _activation_terms(cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: int, act_bytes: int,
-                      amp: bool) -> dict[str, int]:
+def _activation_terms(
+    cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: int, act_bytes: int, amp: bool
+) -> dict[str, int]:
     """Bytes of the tensors autograd saves for backward, per category, for all layers.
 
     Read off ``course_lib.model`` and checked tensor by tensor with
@@ -131,9 +148,18 @@ def _activation_terms(cfg: ModelConfig, n_tok: int, batch_size: int, seq_len: in
     }
 
 
-def _checkpointed_phases(model_cfg: ModelConfig, batch_size: int, seq_len: int, a: int, amp: bool,
-                         terms: dict[str, int], counts: dict[str, int], static: int,
-                         autocast_copies: int, loss_buffers: int) -> tuple:
+def _checkpointed_phases(
+    model_cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    a: int,
+    amp: bool,
+    terms: dict[str, int],
+    counts: dict[str, int],
+    static: int,
+    autocast_copies: int,
+    loss_buffers: int,
+) -> tuple:
     """Activation checkpointing (one ``checkpoint`` per block): what is kept, and the phases
     that compete for the peak. Returns ``(kept_activations, detail, {phase: bytes})``.
 
@@ -156,28 +182,52 @@ def _checkpointed_phases(model_cfg: ModelConfig, batch_size: int, seq_len: int, 
     cfg = model_cfg
     L, N, d, f, V, hd = cfg.n_layers, batch_size * seq_len, cfg.d_model, cfg.ffn_hidden, cfg.vocab_size, cfg.head_dim
     one_norm = terms["rmsnorm"] // (2 * L + 1)
-    per_block = (2 * one_norm + terms["attention"] // L + terms["mlp"] // L
-                 + (4 * batch_size * seq_len * hd * a if amp else 0))
+    per_block = (
+        2 * one_norm + terms["attention"] // L + terms["mlp"] // L + (4 * batch_size * seq_len * hd * a if amp else 0)
+    )
     rope = 2 * batch_size * seq_len * hd * 4
     inputs = L * N * d * 4
     kept = inputs + one_norm + rope + terms["log_softmax"]
     block_matrices = (counts["matrices"] - counts["embedding"] - (0 if cfg.tie_embeddings else V * d)) // L
     block_grads = (block_matrices + 2 * d) * 4
-    head_grads = (V * d + d) * 4                       # lm_head (tied or not) + final norm weight
+    head_grads = (V * d + d) * 4  # lm_head (tied or not) + final norm weight
     mlp_grad_buffers = 2 * N * f * a
     copies = (block_matrices + V * d) * a if amp else 0
-    recompute = {j: static + head_grads + (j + 1) * block_grads + (L - j) * N * d * 4 + rope + per_block
-                 + mlp_grad_buffers + copies for j in (0, L - 1)}
-    phases = {"backward start": static + autocast_copies + kept + loss_buffers,
-              "recompute, last block": recompute[0], "recompute, first block": recompute[L - 1]}
-    detail = {"block_inputs": inputs, "final_rmsnorm": one_norm, "rope_tables": rope,
-              "log_softmax": terms["log_softmax"], "one_block_recomputed": per_block,
-              "mlp_grad_buffers": mlp_grad_buffers}
+    recompute = {
+        j: static
+        + head_grads
+        + (j + 1) * block_grads
+        + (L - j) * N * d * 4
+        + rope
+        + per_block
+        + mlp_grad_buffers
+        + copies
+        for j in (0, L - 1)
+    }
+    phases = {
+        "backward start": static + autocast_copies + kept + loss_buffers,
+        "recompute, last block": recompute[0],
+        "recompute, first block": recompute[L - 1],
+    }
+    detail = {
+        "block_inputs": inputs,
+        "final_rmsnorm": one_norm,
+        "rope_tables": rope,
+        "log_softmax": terms["log_softmax"],
+        "one_block_recomputed": per_block,
+        "mlp_grad_buffers": mlp_grad_buffers,
+    }
     return kept, detail, phases
 
 
-def estimate(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-             optimizer: str = "adamw", activation_checkpointing: bool = False) -> MemoryEstimate:
+def estimate(
+    model_cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "fp32",
+    optimizer: str = "adamw",
+    activation_checkpointing: bool = False,
+) -> MemoryEstimate:
     """Modelled memory of one training step of ``DIYModel`` (bytes), as a breakdown and a peak.
 
     ``activation_checkpointing=True`` models ``model.set_activation_checkpointing(True)``:
@@ -199,23 +249,33 @@ def estimate(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str =
     grads = n * 4
     opt = OPTIMIZER_STATES[optimizer] * n * 4
     autocast_copies = counts["matrices"] * a if amp else 0
-    buffers = 2 * model_cfg.max_seq_len * model_cfg.head_dim * 4          # RoPE cos/sin tables
+    buffers = 2 * model_cfg.max_seq_len * model_cfg.head_dim * 4  # RoPE cos/sin tables
     N, V = batch_size * seq_len, model_cfg.vocab_size
     terms = _activation_terms(model_cfg, N, batch_size, seq_len, a, amp)
     # start of backward: d(loss)/d(log_softmax) and d(logits) in fp32 exist next to everything else
     loss_buffers = 2 * N * V * 4
     static = params + opt + buffers
     if activation_checkpointing:
-        activations, detail, phases = _checkpointed_phases(model_cfg, batch_size, seq_len, a, amp, terms, counts,
-                                                           static, autocast_copies, loss_buffers)
+        activations, detail, phases = _checkpointed_phases(
+            model_cfg, batch_size, seq_len, a, amp, terms, counts, static, autocast_copies, loss_buffers
+        )
     else:
         activations, detail = sum(terms.values()), terms
         phases = {"backward start": static + autocast_copies + activations + loss_buffers}
     phases["optimizer step"] = static + grads
     phase = max(phases, key=phases.get)
-    return MemoryEstimate(params=params, grads=grads, optimizer_state=opt, autocast_copies=autocast_copies,
-                          activations=activations, loss_buffers=loss_buffers, buffers=buffers, peak=phases[phase],
-                          peak_phase=phase, detail=detail)
+    return MemoryEstimate(
+        params=params,
+        grads=grads,
+        optimizer_state=opt,
+        autocast_copies=autocast_copies,
+        activations=activations,
+        loss_buffers=loss_buffers,
+        buffers=buffers,
+        peak=phases[phase],
+        peak_phase=phase,
+        detail=detail,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -245,8 +305,11 @@ def _native_stderr_silenced():
 
 def _cpu_peak_from_profiler(prof) -> int:
     """Peak of the running sum of the CPU allocator's signed allocation sizes."""
-    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events = [
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     events.sort(key=lambda t: t[0])
     live = peak = 0
     for _, b in events:
@@ -271,9 +334,17 @@ def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, amp, steps: int) 
         opt.zero_grad(set_to_none=True)
 
 
-def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-            optimizer: str = "adamw", device: str = "cpu", steps: int = 2, seed: int = 0,
-            activation_checkpointing: bool = False) -> dict:
+def measure(
+    model_cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "fp32",
+    optimizer: str = "adamw",
+    device: str = "cpu",
+    steps: int = 2,
+    seed: int = 0,
+    activation_checkpointing: bool = False,
+) -> dict:
     """Real peak bytes of ``steps`` training steps, counted from model creation on.
 
     Returns ``{"peak": bytes, "method": ..., "seconds": ...}``. Two steps: the first creates the
@@ -284,8 +355,11 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
     y = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
-    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-           if dtype != "fp32" else contextlib.nullcontext())
+    amp = (
+        torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+        if dtype != "fp32"
+        else contextlib.nullcontext()
+    )
 
     def run() -> None:
         torch.manual_seed(seed)
@@ -305,6 +379,7 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
         method = "torch.cuda.max_memory_allocated"
     else:
         from torch.profiler import ProfilerActivity, profile
+
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         with _native_stderr_silenced():
             prof.start()
@@ -318,9 +393,17 @@ def measure(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
     return {"peak": int(peak), "method": method, "seconds": time.perf_counter() - t0}
 
 
-def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-               optimizer: str = "adamw", activation_checkpointing: bool = False, steps: int = 2,
-               device: str = "cpu", seed: int = 0) -> Callable[[], float]:
+def step_timer(
+    model_cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "fp32",
+    optimizer: str = "adamw",
+    activation_checkpointing: bool = False,
+    steps: int = 2,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Callable[[], float]:
     """A callable that runs ``steps`` training steps (forward, backward, optimizer step) of one
     model on one fixed batch and returns the seconds per step (CPU or CUDA, synchronised).
 
@@ -333,8 +416,11 @@ def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str
     torch.manual_seed(seed)
     model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
     opt = _make_optimizer(model, optimizer)
-    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-           if dtype != "fp32" else contextlib.nullcontext())
+    amp = (
+        torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+        if dtype != "fp32"
+        else contextlib.nullcontext()
+    )
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def run() -> float:
@@ -347,36 +433,61 @@ def step_timer(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str
     return run
 
 
-def find_max_batch_size(budget_bytes: int, model_cfg: ModelConfig, seq_len: int, dtype: str = "fp32",
-                        optimizer: str = "adamw", limit: int = 1 << 16, activation_checkpointing: bool = False) -> int:
+def find_max_batch_size(
+    budget_bytes: int,
+    model_cfg: ModelConfig,
+    seq_len: int,
+    dtype: str = "fp32",
+    optimizer: str = "adamw",
+    limit: int = 1 << 16,
+    activation_checkpointing: bool = False,
+) -> int:
     """Largest batch size whose estimated peak fits ``budget_bytes`` (0 if even batch 1 does not)."""
+
     def fits(b: int) -> bool:
         return estimate(model_cfg, b, seq_len, dtype, optimizer, activation_checkpointing).peak <= budget_bytes
+
     if not fits(1):
         return 0
     lo = 1
-    while lo * 2 <= limit and fits(lo * 2):     # double until it does not fit
+    while lo * 2 <= limit and fits(lo * 2):  # double until it does not fit
         lo *= 2
-    hi = min(lo * 2, limit + 1)                  # fits(lo), not fits(hi) (or hi past the limit)
+    hi = min(lo * 2, limit + 1)  # fits(lo), not fits(hi) (or hi past the limit)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
 
 
-def compare(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = "fp32",
-            optimizer: str = "adamw", device: str = "cpu", name: str = "",
-            activation_checkpointing: bool = False) -> dict:
+def compare(
+    model_cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "fp32",
+    optimizer: str = "adamw",
+    device: str = "cpu",
+    name: str = "",
+    activation_checkpointing: bool = False,
+) -> dict:
     """One row of the estimate-vs-measured table."""
     est = estimate(model_cfg, batch_size, seq_len, dtype, optimizer, activation_checkpointing)
-    got = measure(model_cfg, batch_size, seq_len, dtype, optimizer, device,
-                  activation_checkpointing=activation_checkpointing)
+    got = measure(
+        model_cfg, batch_size, seq_len, dtype, optimizer, device, activation_checkpointing=activation_checkpointing
+    )
     err = (est.peak - got["peak"]) / got["peak"]
-    return {"model": name or f"d{model_cfg.d_model}xL{model_cfg.n_layers}", "params": est.params // 4,
-            "batch": batch_size, "seq": seq_len, "dtype": dtype, "ac": activation_checkpointing,
-            "estimate_MiB": est.peak / MiB,
-            "measured_MiB": got["peak"] / MiB, "error_pct": 100 * err, "within_10pct": abs(err) <= 0.10,
-            "phase": est.peak_phase}
+    return {
+        "model": name or f"d{model_cfg.d_model}xL{model_cfg.n_layers}",
+        "params": est.params // 4,
+        "batch": batch_size,
+        "seq": seq_len,
+        "dtype": dtype,
+        "ac": activation_checkpointing,
+        "estimate_MiB": est.peak / MiB,
+        "measured_MiB": got["peak"] / MiB,
+        "error_pct": 100 * err,
+        "within_10pct": abs(err) <= 0.10,
+        "phase": est.peak_phase,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -400,7 +511,7 @@ def compare(model_cfg: ModelConfig, batch_size: int, seq_len: int, dtype: str = 
 # the output projection when it is not tied), which ``apply_fsdp`` keeps gathered from the
 # forward until the end of the backward.
 FSDP_STRATEGIES = ("ddp", "fsdp")
-STEP_COUNTER_BYTES = 4          # AdamW's state["step"]: a 0-dim float32 tensor per parameter
+STEP_COUNTER_BYTES = 4  # AdamW's state["step"]: a 0-dim float32 tensor per parameter
 
 
 def param_shapes(model_cfg: ModelConfig) -> dict[str, tuple]:
@@ -430,8 +541,14 @@ def _check_rank_args(world_size: int, rank: int, strategy: str, optimizer: str, 
         raise ValueError(f"dtype={dtype!r}: use one of {sorted(BYTES)}")
 
 
-def per_rank_state_bytes(model_cfg: ModelConfig, world_size: int, strategy: str = "ddp",
-                         optimizer: str = "adamw", dtype: str = "fp32", rank: int = 0) -> dict[str, int]:
+def per_rank_state_bytes(
+    model_cfg: ModelConfig,
+    world_size: int,
+    strategy: str = "ddp",
+    optimizer: str = "adamw",
+    dtype: str = "fp32",
+    rank: int = 0,
+) -> dict[str, int]:
     """Bytes of model state that ``rank`` of ``world_size`` holds after an optimizer step.
 
     ``dtype`` is the dtype the parameters are stored in (the course trains fp32 parameters;
@@ -444,7 +561,7 @@ def per_rank_state_bytes(model_cfg: ModelConfig, world_size: int, strategy: str 
     _check_rank_args(world_size, rank, strategy, optimizer, dtype)
     b = BYTES[dtype]
     shapes = param_shapes(model_cfg)
-    if strategy == "fsdp":      # every parameter of DIYModel has at least one dimension
+    if strategy == "fsdp":  # every parameter of DIYModel has at least one dimension
         held = sum(math.prod(s[1:]) * shard_rows(s[0], world_size, rank) for s in shapes.values())
     else:
         held = sum(math.prod(s) for s in shapes.values())
@@ -456,8 +573,14 @@ def per_rank_state_bytes(model_cfg: ModelConfig, world_size: int, strategy: str 
         sizes = {u: sum(math.prod(shapes[n]) for n in names) * b for u, names in fsdp_units(model_cfg).items()}
         gathered_root = sizes.pop("root")
         gathered_unit = max(sizes.values(), default=0)
-    return {"params": params, "grads": params, "optimizer": opt, "total": 2 * params + opt,
-            "gathered_unit": gathered_unit, "gathered_root": gathered_root}
+    return {
+        "params": params,
+        "grads": params,
+        "optimizer": opt,
+        "total": 2 * params + opt,
+        "gathered_unit": gathered_unit,
+        "gathered_root": gathered_root,
+    }
 
 
 def fsdp_units(model_cfg: ModelConfig) -> dict[str, list]:
@@ -472,8 +595,13 @@ def fsdp_units(model_cfg: ModelConfig) -> dict[str, list]:
     return units
 
 
-def collective_bytes_per_step(model_cfg: ModelConfig, world_size: int, strategy: str = "ddp",
-                              reshard_after_forward: bool = True, dtype: str = "fp32") -> dict:
+def collective_bytes_per_step(
+    model_cfg: ModelConfig,
+    world_size: int,
+    strategy: str = "ddp",
+    reshard_after_forward: bool = True,
+    dtype: str = "fp32",
+) -> dict:
     """The collectives of one training step and the bytes each rank sends, from the formula.
 
     DDP: one all-reduce of every gradient (in buckets of about 25 MB). FSDP: per block an
@@ -505,7 +633,14 @@ def collective_bytes_per_step(model_cfg: ModelConfig, world_size: int, strategy:
         elements = {"all_reduce": 0, "all_gather": gathered, "reduce_scatter": sum(sizes.values())}
         calls = {"all_reduce": 0, "all_gather": 1 + per_block * len(blocks), "reduce_scatter": 1 + len(blocks)}
     frac = (w - 1) / w
-    sent = {"all_reduce": 2 * frac * elements["all_reduce"] * b, "all_gather": frac * elements["all_gather"] * b,
-            "reduce_scatter": frac * elements["reduce_scatter"] * b}
-    return {"elements": elements, "calls": calls, "sent_bytes": {k: int(round(v)) for k, v in sent.items()},
-            "sent_total": int(round(sum(sent.values())))}
+    sent = {
+        "all_reduce": 2 * frac * elements["all_reduce"] * b,
+        "all_gather": frac * elements["all_gather"] * b,
+        "reduce_scatter": frac * elements["reduce_scatter"] * b,
+    }
+    return {
+        "elements": elements,
+        "calls": calls,
+        "sent_bytes": {k: int(round(v)) for k, v in sent.items()},
+        "sent_total": int(round(sum(sent.values()))),
+    }

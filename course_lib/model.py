@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -35,8 +34,9 @@ from .kv_cache import Cache, DynamicCache
 def _sdpa_has_gqa() -> bool:
     """torch >= 2.5 lets SDPA read grouped K/V heads directly (``enable_gqa=True``)."""
     try:
-        F.scaled_dot_product_attention(torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2),
-                                       enable_gqa=True)
+        F.scaled_dot_product_attention(
+            torch.zeros(1, 2, 1, 2), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), enable_gqa=True
+        )
         return True
     except (TypeError, RuntimeError):
         return False
@@ -50,8 +50,8 @@ SDPA_GQA = _sdpa_has_gqa()
 @dataclass
 class ModelOutput:
     logits: Tensor
-    loss: Optional[Tensor] = None
-    past_key_values: Optional[Cache] = None
+    loss: Tensor | None = None
+    past_key_values: Cache | None = None
 
 
 class RMSNorm(nn.Module):
@@ -94,8 +94,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
-def build_attention_mask(attention_mask: Optional[Tensor], q_len: int, past_len: int,
-                         k_len: int, device: torch.device) -> Optional[Tensor]:
+def build_attention_mask(
+    attention_mask: Tensor | None, q_len: int, past_len: int, k_len: int, device: torch.device
+) -> Tensor | None:
     """Boolean mask (B or 1, 1, q_len, k_len); True = may attend.
 
     Query i sits at cache position ``past_len + i`` and may see keys ``j <= past_len + i``
@@ -152,8 +153,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Optional[Tensor],
-                cache: Optional[Cache], is_causal: bool) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: Cache | None, is_causal: bool
+    ) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -169,8 +171,14 @@ class Attention(nn.Module):
             v = v.repeat_interleave(rep, dim=1)
         extra = {"enable_gqa": True} if gqa and SDPA_GQA else {}
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0, **extra)
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            **extra,
+        )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -223,7 +231,7 @@ class DIYModel(nn.Module):
         self.activation_checkpointing = False
         self.reset_parameters()
 
-    def set_activation_checkpointing(self, enabled: bool = True) -> "DIYModel":
+    def set_activation_checkpointing(self, enabled: bool = True) -> DIYModel:
         """Recompute each block's activations in the backward instead of keeping them.
 
         Applies only to training forwards (``model.train()``, autograd on, no KV cache); eval,
@@ -237,7 +245,11 @@ class DIYModel(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 # GPT-2 / nanoGPT: residual output projections scaled by 1/sqrt(2 * n_layers).
-                s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                s = (
+                    std / math.sqrt(2 * self.config.n_layers)
+                    if name.endswith(("o_proj.weight", "down_proj.weight"))
+                    else std
+                )
                 nn.init.normal_(p, mean=0.0, std=s)
             else:
                 nn.init.ones_(p)
@@ -264,13 +276,21 @@ class DIYModel(nn.Module):
             return
         top = int(position_ids.max())  # a device -> host sync, off the hot path (see above)
         if top >= limit:
-            raise ValueError(f"position {top} is beyond max_seq_len={limit}; "
-                             "use a shorter context or a model config with a larger max_seq_len")
+            raise ValueError(
+                f"position {top} is beyond max_seq_len={limit}; "
+                "use a shorter context or a model config with a larger max_seq_len"
+            )
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
-                position_ids: Optional[Tensor] = None, past_key_values=None,
-                use_cache: bool = False, targets: Optional[Tensor] = None,
-                document_ids: Optional[Tensor] = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+        targets: Tensor | None = None,
+        document_ids: Tensor | None = None,
+    ) -> ModelOutput:
         """``document_ids`` (B, T), for packed training rows: tokens attend only within their own
         document (a contiguous run of one id) and positions restart at 0 in each (unless
         ``position_ids`` are given). No cache, no attention_mask with it."""
@@ -278,8 +298,9 @@ class DIYModel(nn.Module):
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         if document_ids is not None:
-            return self._forward_packed(input_ids, document_ids, position_ids, past_key_values, use_cache,
-                                        attention_mask, targets)
+            return self._forward_packed(
+                input_ids, document_ids, position_ids, past_key_values, use_cache, attention_mask, targets
+            )
         legacy = isinstance(past_key_values, (tuple, list))
         cache = DynamicCache.from_legacy(past_key_values) if legacy else past_key_values
         if use_cache and cache is None:
@@ -290,7 +311,8 @@ class DIYModel(nn.Module):
         if attention_mask is not None and attention_mask.shape != (B, past_len + T):
             raise ValueError(
                 f"attention_mask must cover past + new tokens: expected shape {(B, past_len + T)}, "
-                f"got {tuple(attention_mask.shape)}")
+                f"got {tuple(attention_mask.shape)}"
+            )
         explicit_positions = position_ids
         if position_ids is None:
             if attention_mask is not None:
@@ -308,20 +330,25 @@ class DIYModel(nn.Module):
         k_len = cache.attended_length(T) if cache is not None else T
         simple = attention_mask is None and past_len == 0 and k_len == T
         sees_all = attention_mask is None and T == 1 and k_len == past_len + 1
-        mask = None if (simple or sees_all) else build_attention_mask(attention_mask, T, past_len, k_len,
-                                                                      input_ids.device)
+        mask = (
+            None if (simple or sees_all) else build_attention_mask(attention_mask, T, past_len, k_len, input_ids.device)
+        )
 
         return self._finish(input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy)
 
-    def _forward_packed(self, input_ids, document_ids, position_ids, past_key_values, use_cache,
-                        attention_mask, targets) -> ModelOutput:
+    def _forward_packed(
+        self, input_ids, document_ids, position_ids, past_key_values, use_cache, attention_mask, targets
+    ) -> ModelOutput:
         """Several documents per row (SFT packing): a block-diagonal causal mask, positions per document."""
         if past_key_values is not None or use_cache or attention_mask is not None:
-            raise ValueError("document_ids is for packed training forwards: pass no KV cache, use_cache or "
-                             "attention_mask with it")
+            raise ValueError(
+                "document_ids is for packed training forwards: pass no KV cache, use_cache or attention_mask with it"
+            )
         if document_ids.shape != input_ids.shape:
-            raise ValueError(f"document_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(document_ids.shape)}")
+            raise ValueError(
+                f"document_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(document_ids.shape)}"
+            )
         derived = position_ids is None
         if derived:
             position_ids = document_positions(document_ids)
@@ -337,8 +364,10 @@ class DIYModel(nn.Module):
         ``torch.compile`` traces one graph for every position. The caller checks room on the host
         (``TensorPositionCache.advance``)."""
         if attention_mask is not None or position_ids is not None:
-            raise ValueError("a TensorPositionCache takes no attention_mask / position_ids: its rows are unpadded "
-                             "and positions are the cache slots; use a StaticCache or DynamicCache for padded batches")
+            raise ValueError(
+                "a TensorPositionCache takes no attention_mask / position_ids: its rows are unpadded "
+                "and positions are the cache slots; use a StaticCache or DynamicCache for padded batches"
+            )
         B, T = input_ids.shape
         pos = cache.position() + torch.arange(T, device=input_ids.device)  # (T,)
         cos, sin = self.rope_cos[pos].expand(B, T, -1), self.rope_sin[pos].expand(B, T, -1)
@@ -348,8 +377,7 @@ class DIYModel(nn.Module):
 
     def _finish(self, input_ids, cos, sin, mask, cache, simple, use_cache, targets, legacy) -> ModelOutput:
         x = self.embed_tokens(input_ids)
-        recompute = (self.activation_checkpointing and self.training and cache is None
-                     and torch.is_grad_enabled())
+        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:
                 # Only x (and the shared cos/sin/mask) is kept for the backward; the block's own

@@ -44,7 +44,7 @@ class RaggedPagedCache(Cache):
         L = self.get_seq_length()
         mask = torch.zeros(len(self.seqs), L + new_tokens, dtype=torch.long, device=self.pool.k[0].device)
         for b, s in enumerate(self.seqs):
-            mask[b, L - s.lengths[0]:] = 1
+            mask[b, L - s.lengths[0] :] = 1
         return mask
 
     def _slots(self, positions: list[list[int]]) -> tuple[Tensor, Tensor]:
@@ -64,17 +64,19 @@ class RaggedPagedCache(Cache):
         starts = [s.lengths[layer_idx] for s in self.seqs]
         for s, n in zip(self.seqs, starts, strict=True):
             if n + T > len(s.table) * self.pool.block_size:
-                raise RuntimeError(f"sequence needs {n + T} slots but holds {len(s.table)} blocks; reserve blocks first")
+                raise RuntimeError(
+                    f"sequence needs {n + T} slots but holds {len(s.table)} blocks; reserve blocks first"
+                )
         kp, vp = self.pool.k[layer_idx], self.pool.v[layer_idx]
         # 1. write: row b's new tokens go to positions starts[b] .. starts[b] + T - 1 of its own blocks
         blk, slot = self._slots([list(range(n, n + T)) for n in starts])
-        kp[blk, :, slot] = k.permute(0, 2, 1, 3)          # (B, T, H, D) into (block, :, slot)
+        kp[blk, :, slot] = k.permute(0, 2, 1, 3)  # (B, T, H, D) into (block, :, slot)
         vp[blk, :, slot] = v.permute(0, 2, 1, 3)
         for s in self.seqs:
             s.lengths[layer_idx] += T
         # 2. gather the left-padded view: row b's position p sits at column L_new - n_b + p
         L_new = max(starts) + T
-        pos = [[p - (L_new - (n + T)) for p in range(L_new)] for n in starts]   # < 0 on the padding
+        pos = [[p - (L_new - (n + T)) for p in range(L_new)] for n in starts]  # < 0 on the padding
         blk, slot = self._slots(pos)
         pad = torch.tensor([[p < 0 for p in row] for row in pos], device=k.device)[:, None, :, None]
         # Padding reads block 0 (any real slot) and is zeroed; the mask hides it from attention anyway.
@@ -105,7 +107,7 @@ class ModelRunner:
         try:
             return self.model(x, past_key_values=cache, use_cache=True).logits[:, -1, :]
         except Exception:
-            seq.lengths[:] = saved   # undo the layers written before the failure
+            seq.lengths[:] = saved  # undo the layers written before the failure
             raise
 
     def decode(self, seqs: Sequence[SeqBlocks], tokens: Sequence[int]) -> Tensor:
@@ -114,9 +116,10 @@ class ModelRunner:
         cache = RaggedPagedCache(self.pool, seqs)
         x = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.device)
         try:
-            return self.model(x, attention_mask=cache.attention_mask(1), past_key_values=cache,
-                              use_cache=True).logits[:, -1, :]
+            return self.model(x, attention_mask=cache.attention_mask(1), past_key_values=cache, use_cache=True).logits[
+                :, -1, :
+            ]
         except Exception:
-            for s, n in zip(seqs, saved, strict=True):   # undo the layers written before the failure
+            for s, n in zip(seqs, saved, strict=True):  # undo the layers written before the failure
                 s.lengths[:] = n
             raise

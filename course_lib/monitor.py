@@ -18,8 +18,8 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 from .callbacks import Callback
 
@@ -51,7 +51,8 @@ def check_finite(step: int, loss: float | None = None, grad_norm: float | None =
         causes = "; ".join(LIKELY_CAUSES)
         raise NonFiniteError(
             f"non-finite value at step {step}: {', '.join(bad)}. Training stopped before the optimizer "
-            f"step, so weights and checkpoints are untouched. Likely causes: {causes}.")
+            f"step, so weights and checkpoints are untouched. Likely causes: {causes}."
+        )
 
 
 def format_seconds(s: float) -> str:
@@ -64,9 +65,17 @@ def format_seconds(s: float) -> str:
 class StepLogger:
     """Console + JSONL + TensorBoard, every ``interval`` steps. Create on rank 0 only."""
 
-    def __init__(self, out_dir: str | os.PathLike | None, total_steps: int, interval: int = 10,
-                 tensorboard: bool = True, console: bool = True, jsonl_name: str = "metrics.jsonl",
-                 flops_per_token: float | None = None, peak_flops: float | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike | None,
+        total_steps: int,
+        interval: int = 10,
+        tensorboard: bool = True,
+        console: bool = True,
+        jsonl_name: str = "metrics.jsonl",
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
         self.total_steps, self.interval, self.console = total_steps, interval, console
         # MFU = tokens/s x FLOPs per token / peak FLOP/s (of all devices together); off unless both given
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
@@ -81,6 +90,7 @@ class StepLogger:
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
+
                     self._tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
                 except Exception as e:  # tensorboard missing: say so, keep training
                     print(f"[monitor] TensorBoard disabled ({e})", file=sys.stderr)
@@ -107,7 +117,7 @@ class StepLogger:
     def _write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
     def _append(self, rec: dict) -> None:
         """One record as one line, unbuffered (a SIGKILL loses at most the line being written).
@@ -126,13 +136,19 @@ class StepLogger:
             raise MetricsLogError(self._write_failure(e)) from None
 
     def _write_failure(self, e: OSError) -> str:
-        resume = ("then run again: training resumes from the last complete checkpoint (the checkpoints in "
-                  f"{self.out_dir / 'checkpoints'} are intact) and appends to this log")
+        resume = (
+            "then run again: training resumes from the last complete checkpoint (the checkpoints in "
+            f"{self.out_dir / 'checkpoints'} are intact) and appends to this log"
+        )
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return (f"{self.jsonl_path}: disk full while appending the metrics log ({e.strerror}); make room on "
-                    f"that disk, or point --out-dir at a disk with space, {resume}")
-        return (f"{self.jsonl_path}: cannot append to the metrics log ({e.strerror or type(e).__name__}); check "
-                f"the file, its permissions and the disk, {resume}")
+            return (
+                f"{self.jsonl_path}: disk full while appending the metrics log ({e.strerror}); make room on "
+                f"that disk, or point --out-dir at a disk with space, {resume}"
+            )
+        return (
+            f"{self.jsonl_path}: cannot append to the metrics log ({e.strerror or type(e).__name__}); check "
+            f"the file, its permissions and the disk, {resume}"
+        )
 
     def start(self, step: int) -> None:
         self._t_start = self._t_last = time.perf_counter()
@@ -157,9 +173,17 @@ class StepLogger:
         elapsed = now - self._t_start
         done = step - self._start_step
         eta = elapsed / max(1, done) * (self.total_steps - step)
-        rec = {"step": step, **{k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
-                                for k, v in metrics.items()},
-               "tokens_per_s": self._tokens_since / dt, "elapsed_s": elapsed, "eta_s": eta, "time": time.time()}
+        rec = {
+            "step": step,
+            **{
+                k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
+                for k, v in metrics.items()
+            },
+            "tokens_per_s": self._tokens_since / dt,
+            "elapsed_s": elapsed,
+            "eta_s": eta,
+            "time": time.time(),
+        }
         if self.flops_per_token and self.peak_flops:
             rec["mfu"] = rec["tokens_per_s"] * self.flops_per_token / self.peak_flops
         self._t_last, self._tokens_since = now, 0
@@ -229,15 +253,24 @@ class ProgressBar(Callback):
 
     def on_train_start(self, trainer) -> None:
         from tqdm import tqdm
-        self.bar = tqdm(total=trainer.cfg.max_steps, initial=trainer.step, desc=self.desc,
-                        leave=self.leave, file=sys.stdout, ncols=110, mininterval=1.0)
+
+        self.bar = tqdm(
+            total=trainer.cfg.max_steps,
+            initial=trainer.step,
+            desc=self.desc,
+            leave=self.leave,
+            file=sys.stdout,
+            ncols=110,
+            mininterval=1.0,
+        )
 
     def on_step_end(self, trainer, metrics: dict) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}",
-                             gnorm=f"{metrics['grad_norm']:.2f}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}", gnorm=f"{metrics['grad_norm']:.2f}", refresh=False
+        )
 
     def on_train_end(self, trainer) -> None:
         if self.bar is not None:

@@ -37,8 +37,9 @@ def reference_info() -> dict:
 def load_reference_model(device="cpu"):
     """``(model, tokenizer)`` of the shipped trained model, in eval mode."""
     if not (REFERENCE_DIR / "model.safetensors").exists():
-        raise FileNotFoundError(f"no reference model in {REFERENCE_DIR}; rebuild it with: "
-                                "python tools/train_reference_model.py")
+        raise FileNotFoundError(
+            f"no reference model in {REFERENCE_DIR}; rebuild it with: python tools/train_reference_model.py"
+        )
     model, tok, _ = load_inference(REFERENCE_DIR, device=device)
     return model, tok
 
@@ -57,9 +58,12 @@ def reference_split() -> tuple[Tensor, Tensor]:
     except (FileNotFoundError, KeyError):
         recorded = None
     if recorded and recorded != corpus.sha256:
-        warnings.warn("this Python's stdlib differs from the one the reference model was trained on "
-                      f"(sha256 {corpus.sha256[:12]} vs {recorded[:12]}); perplexities are not comparable "
-                      "with the recorded ones", stacklevel=2)
+        warnings.warn(
+            "this Python's stdlib differs from the one the reference model was trained on "
+            f"(sha256 {corpus.sha256[:12]} vs {recorded[:12]}); perplexities are not comparable "
+            "with the recorded ones",
+            stacklevel=2,
+        )
     return split_tokens(tokenize_corpus(corpus), VAL_FRACTION)
 
 
@@ -73,4 +77,4 @@ def calibration_batch(n_seqs: int = 32, seq_len: int = 128, seed: int = 0) -> Te
     train, _ = reference_split()
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(train) - seq_len - 1, (n_seqs,), generator=g)
-    return torch.stack([train[s:s + seq_len].long() for s in starts.tolist()])
+    return torch.stack([train[s : s + seq_len].long() for s in starts.tolist()])

@@ -43,8 +43,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -62,9 +63,15 @@ class CausalLM(Protocol):
 
     config: Any
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
-                position_ids: Optional[Tensor] = None, past_key_values: Any = None,
-                use_cache: bool = False, targets: Optional[Tensor] = None) -> Any: ...
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        targets: Tensor | None = None,
+    ) -> Any: ...
 
     def state_dict(self, *args, **kwargs) -> dict: ...
 
@@ -94,13 +101,17 @@ def load_factory(target: str) -> Callable[..., Any]:
     """``"package.module:name"`` -> the callable (a class or a function); one-line errors."""
     mod_name, sep, attr = str(target).partition(":")
     if not sep or not mod_name or not attr:
-        raise ConfigError(f"--model-class: {target!r} is not 'package.module:Factory'; write the module path, a "
-                          "colon and the class or function that builds the model")
+        raise ConfigError(
+            f"--model-class: {target!r} is not 'package.module:Factory'; write the module path, a "
+            "colon and the class or function that builds the model"
+        )
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(f"--model-class: cannot import {mod_name!r} ({e}); put its folder on PYTHONPATH or "
-                          "install it (pip install -e .)") from None
+        raise ConfigError(
+            f"--model-class: cannot import {mod_name!r} ({e}); put its folder on PYTHONPATH or "
+            "install it (pip install -e .)"
+        ) from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -115,7 +126,7 @@ class ModelSpec:
     """A model given by import path and JSON keyword arguments; Trainer's ``model_cfg`` for a
     foreign model. ``to_dict()`` is what checkpoints store and resume compares."""
 
-    def __init__(self, target: str | Callable[..., Any], kwargs: Optional[dict] = None) -> None:
+    def __init__(self, target: str | Callable[..., Any], kwargs: dict | None = None) -> None:
         # a callable is used as it is (in-process, e.g. a class defined in a notebook); its
         # "module:name" is what the checkpoint records
         self.factory = target if callable(target) else None
@@ -125,13 +136,13 @@ class ModelSpec:
             json.dumps(self.kwargs)
         except TypeError as e:
             raise ConfigError(f"--model-kwargs: must be JSON (numbers, strings, lists, objects): {e}") from None
-        self._shape: Optional[Any] = None
+        self._shape: Any | None = None
 
     def to_dict(self) -> dict:
         return {"class": self.target, "kwargs": self.kwargs}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         return cls(d["class"], d.get("kwargs", {}))
 
     def build(self) -> nn.Module:
@@ -165,8 +176,10 @@ class ModelSpec:
 def check_config(config: Any, where: str) -> None:
     missing = [k for k in ("vocab_size", "max_seq_len") if not isinstance(getattr(config, k, None), int)]
     if missing:
-        raise ConfigError(f"{where}: model.config lacks {missing}; give the model a config with integer vocab_size "
-                          "and max_seq_len (see course_lib/protocol.py)")
+        raise ConfigError(
+            f"{where}: model.config lacks {missing}; give the model a config with integer vocab_size "
+            "and max_seq_len (see course_lib/protocol.py)"
+        )
 
 
 def _is_hf_causal_lm(obj: Any) -> bool:
@@ -186,9 +199,11 @@ def as_causal_lm(obj: Any) -> nn.Module:
     params = inspect.signature(obj.forward).parameters
     lacking = [a for a in FORWARD_ARGS if a not in params]
     if lacking:
-        raise ConfigError(f"--model-class: {type(obj).__name__}.forward lacks {lacking}; implement "
-                          "forward(input_ids, attention_mask, position_ids, past_key_values, use_cache, targets) "
-                          "as in course_lib/protocol.py, or wrap the model like HFCausalLM does")
+        raise ConfigError(
+            f"--model-class: {type(obj).__name__}.forward lacks {lacking}; implement "
+            "forward(input_ids, attention_mask, position_ids, past_key_values, use_cache, targets) "
+            "as in course_lib/protocol.py, or wrap the model like HFCausalLM does"
+        )
     check_config(getattr(obj, "config", None), type(obj).__name__)
     return obj
 
@@ -198,8 +213,10 @@ def build_model(model_cfg: Any, activation_checkpointing: bool = False) -> nn.Mo
     model = model_cfg.build() if isinstance(model_cfg, ModelSpec) else DIYModel(model_cfg)
     if activation_checkpointing:
         if not hasattr(model, "set_activation_checkpointing"):
-            raise ConfigError(f"TrainConfig.activation_checkpointing: {type(model).__name__} has no "
-                              "set_activation_checkpointing(bool); turn it off or implement it")
+            raise ConfigError(
+                f"TrainConfig.activation_checkpointing: {type(model).__name__} has no "
+                "set_activation_checkpointing(bool); turn it off or implement it"
+            )
         model.set_activation_checkpointing(True)
     return model
 
@@ -233,11 +250,13 @@ def history_from_cache(cache: Any, input_ids: Tensor) -> Tensor:
     whole history (B, past + T). The ids are stored as layer 0's "keys" of a ``DynamicCache``, so
     the cache's length, ``reorder`` (generate dropping finished rows) and batching keep working."""
     if not isinstance(cache, DynamicCache):
-        raise ValueError(f"this model recomputes the sequence instead of using the KV cache, which works with a "
-                         f"DynamicCache only (generate's default), not {type(cache).__name__}; the engine and "
-                         "static/paged caches need a model whose attention calls cache.update(layer, k, v) "
-                         "(see course_lib/protocol.py)")
-    ids = input_ids.to(torch.float32)[:, None, :, None]      # exact for ids < 2**24
+        raise ValueError(
+            f"this model recomputes the sequence instead of using the KV cache, which works with a "
+            f"DynamicCache only (generate's default), not {type(cache).__name__}; the engine and "
+            "static/paged caches need a model whose attention calls cache.update(layer, k, v) "
+            "(see course_lib/protocol.py)"
+        )
+    ids = input_ids.to(torch.float32)[:, None, :, None]  # exact for ids < 2**24
     hist, _ = cache.update(0, ids, ids)
     return hist[:, 0, :, 0].long()
 
@@ -260,16 +279,25 @@ class HFCausalLM(nn.Module):
             max_seq_len=int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", 0)),
             n_layers=int(getattr(c, "num_hidden_layers", 0)),
             n_kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-            head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads))
+            head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads),
+        )
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
-                position_ids: Optional[Tensor] = None, past_key_values: Any = None,
-                use_cache: bool = False, targets: Optional[Tensor] = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        targets: Tensor | None = None,
+    ) -> ModelOutput:
         T = input_ids.shape[1]
         ids = history_from_cache(past_key_values, input_ids) if past_key_values is not None else input_ids
         if attention_mask is not None and attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask must cover past + new tokens: expected {tuple(ids.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must cover past + new tokens: expected {tuple(ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
         if position_ids is None and attention_mask is not None:
             position_ids = position_ids_from_mask(attention_mask, ids.shape[1])
         elif position_ids is not None and ids.shape[1] != T:
@@ -279,7 +307,7 @@ class HFCausalLM(nn.Module):
         loss = aligned_loss(logits, targets) if targets is not None else None
         return ModelOutput(logits=logits, loss=loss, past_key_values=past_key_values if use_cache else None)
 
-    def set_activation_checkpointing(self, enabled: bool = True) -> "HFCausalLM":
+    def set_activation_checkpointing(self, enabled: bool = True) -> HFCausalLM:
         if enabled:
             self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -296,28 +324,38 @@ class PlainCausalLM(nn.Module):
     mode (``history_from_cache``). Padded batches need the model to take an attention mask, which
     such a model has not: generate unpadded prompts (one length) with it."""
 
-    def __init__(self, model: nn.Module, vocab_size: Optional[int] = None, max_seq_len: Optional[int] = None) -> None:
+    def __init__(self, model: nn.Module, vocab_size: int | None = None, max_seq_len: int | None = None) -> None:
         super().__init__()
         self.inner = model
         cfg = getattr(model, "config", None)
         vocab = vocab_size or getattr(cfg, "vocab_size", None)
         seq = max_seq_len or getattr(cfg, "max_seq_len", None) or getattr(cfg, "block_size", None)
         if not (isinstance(vocab, int) and isinstance(seq, int)):
-            raise ConfigError(f"PlainCausalLM: cannot read vocab_size and max_seq_len from {type(model).__name__}"
-                              ".config; pass PlainCausalLM(model, vocab_size=..., max_seq_len=...)")
+            raise ConfigError(
+                f"PlainCausalLM: cannot read vocab_size and max_seq_len from {type(model).__name__}"
+                ".config; pass PlainCausalLM(model, vocab_size=..., max_seq_len=...)"
+            )
         self.config = LMShape(vocab_size=vocab, max_seq_len=seq)
         # nanoGPT's forward returns only the last position's logits when targets is None: pass
         # dummy targets to get all of them (its own loss is not used; ours ignores -100)
         self._dummy_targets = "targets" in inspect.signature(model.forward).parameters
 
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
-                position_ids: Optional[Tensor] = None, past_key_values: Any = None,
-                use_cache: bool = False, targets: Optional[Tensor] = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        targets: Tensor | None = None,
+    ) -> ModelOutput:
         T = input_ids.shape[1]
         ids = history_from_cache(past_key_values, input_ids) if past_key_values is not None else input_ids
-        if attention_mask is not None and not bool(attention_mask.all()):   # one host read per call
-            raise ValueError("PlainCausalLM: this model takes no attention mask, so padded batches would be wrong; "
-                             "generate prompts of one length, or give the model attention_mask support")
+        if attention_mask is not None and not bool(attention_mask.all()):  # one host read per call
+            raise ValueError(
+                "PlainCausalLM: this model takes no attention mask, so padded batches would be wrong; "
+                "generate prompts of one length, or give the model attention_mask support"
+            )
         out = self.inner(ids, targets=torch.zeros_like(ids)) if self._dummy_targets else self.inner(ids)
         logits = (out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out))[:, -T:]
         loss = aligned_loss(logits, targets) if targets is not None else None

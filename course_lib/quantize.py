@@ -41,8 +41,15 @@ from torch import Tensor
 from .absmax import absmax_quantize, absmax_scale
 from .config import ModelConfig
 from .data import ByteTokenizer, eval_batches, tokenizer_from_description
-from .export import (CONFIG_FILE, WEIGHTS_FILE, ExportError, check_tensors, read_config, read_safetensors,
-                     save_safetensors)
+from .export import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ExportError,
+    check_tensors,
+    read_config,
+    read_safetensors,
+    save_safetensors,
+)
 from .fsio import atomic_write_text
 from .model import DIYModel
 from .util import cdiv
@@ -131,8 +138,9 @@ def int8_kernel_available() -> bool:
 
 
 def int4_kernel_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and \
-        hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"
+    )
 
 
 class Int8Linear(nn.Module):
@@ -150,7 +158,7 @@ class Int8Linear(nn.Module):
         self.kernel = False
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, lin: nn.Linear) -> Int8Linear:
         m = cls(lin.in_features, lin.out_features)
         m.qweight, m.scale = quantize_int8(lin.weight)
         return m
@@ -198,7 +206,7 @@ class Int4Linear(nn.Module):
         self.kernel = False
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, group_size: int = 64) -> "Int4Linear":
+    def from_linear(cls, lin: nn.Linear, group_size: int = 64) -> Int4Linear:
         m = cls(lin.in_features, lin.out_features, group_size)
         m.qweight, m.scales = quantize_int4(lin.weight, group_size)
         return m
@@ -218,7 +226,7 @@ class Int4Linear(nn.Module):
         if not self.kernel:
             return
         n_pad = cdiv(self.out_features, _INT4_N_MULTIPLE) * _INT4_N_MULTIPLE - self.out_features
-        q_u4 = (unpack_int4(self.qweight).to(torch.int32) + 8)
+        q_u4 = unpack_int4(self.qweight).to(torch.int32) + 8
         q_u4 = F.pad(q_u4, (0, 0, 0, n_pad), value=8)  # 8 is the zero of the unsigned nibble
         scales = F.pad(self.scales.float(), (0, 0, 0, n_pad))
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_u4.contiguous(), 2)
@@ -237,7 +245,7 @@ class Int4Linear(nn.Module):
         if width != self.in_features:  # rows were zero-padded to whole groups: pad x to match
             x2 = F.pad(x2, (0, width - self.in_features))
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed_rt, self.group_size, self.scales_zeros_rt)
-        return y[:, :self.out_features].reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y[:, : self.out_features].reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int4 group={self.group_size}, kernel={self.kernel}"
@@ -302,8 +310,15 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def quantize_model(model, method: str = "int8", group_size: int = 64, embeddings: bool = True,
-                   calibration: Tensor | None = None, damp: float = 0.01, kernel: bool = True):
+def quantize_model(
+    model,
+    method: str = "int8",
+    group_size: int = 64,
+    embeddings: bool = True,
+    calibration: Tensor | None = None,
+    damp: float = 0.01,
+    kernel: bool = True,
+):
     """A quantized copy of ``model`` (the original is untouched).
 
     ``method``: ``int8`` | ``int4`` (round to nearest) | ``gptq-int4`` (needs ``calibration``,
@@ -366,10 +381,11 @@ def collect_hessians(model, calibration: Tensor, names: Sequence[str], batch_siz
             x = inp[0].detach().reshape(-1, inp[0].shape[-1]).double().cpu()
             H[n] += 2.0 * x.T @ x
             count[n] += x.shape[0]
+
         hooks.append(lin.register_forward_hook(hook))
     try:
         for i in range(0, calibration.shape[0], batch_size):
-            model(calibration[i:i + batch_size].to(next(model.parameters()).device))
+            model(calibration[i : i + batch_size].to(next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
@@ -398,15 +414,15 @@ def gptq_int4(w: Tensor, H: Tensor, group_size: int = 64, damp: float = 0.01) ->
     Hinv = torch.cholesky_inverse(L)
     Hinv = torch.linalg.cholesky(Hinv, upper=True)
     Q = torch.zeros_like(W)
-    scales = torch.zeros(W.shape[0], cols // group_size, device=W.device)   # on W's device (CUDA too)
+    scales = torch.zeros(W.shape[0], cols // group_size, device=W.device)  # on W's device (CUDA too)
     for i in range(cols):
         if i % group_size == 0:
-            scales[:, i // group_size] = absmax_scale(W[:, i:i + group_size], 7, dim=1, keepdim=False)
+            scales[:, i // group_size] = absmax_scale(W[:, i : i + group_size], 7, dim=1, keepdim=False)
         s = scales[:, i // group_size]
         q = torch.round(W[:, i] / s).clamp_(-8, 7)
         Q[:, i] = q
         err = (W[:, i] - q * s) / Hinv[i, i]
-        W[:, i + 1:] -= err[:, None] * Hinv[i, i + 1:][None, :]
+        W[:, i + 1 :] -= err[:, None] * Hinv[i, i + 1 :][None, :]
     return pack_int4(Q), scales
 
 
@@ -423,8 +439,13 @@ def save_quantized(qmodel, out_dir: str | os.PathLike, tokenizer=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in qmodel.state_dict().items()}
     save_safetensors(tensors, out / WEIGHTS_FILE, metadata={"format": "pt", "course_lib": QFORMAT})
-    meta = {"format": QFORMAT, "model": qmodel.config.to_dict(), "quantization": spec,
-            "tokenizer": (tokenizer or ByteTokenizer()).describe(), "weights": WEIGHTS_FILE}
+    meta = {
+        "format": QFORMAT,
+        "model": qmodel.config.to_dict(),
+        "quantization": spec,
+        "tokenizer": (tokenizer or ByteTokenizer()).describe(),
+        "weights": WEIGHTS_FILE,
+    }
     atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return {"dir": out, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
 
@@ -434,12 +455,19 @@ def load_quantized(path: str | os.PathLike, device="cpu"):
     folder = Path(path)
     meta = read_config(folder)
     if meta.get("format") != QFORMAT:
-        raise ExportError(f"{folder}: format {meta.get('format')!r} is not {QFORMAT}; "
-                          "for a full-precision artefact use export.load_inference()")
+        raise ExportError(
+            f"{folder}: format {meta.get('format')!r} is not {QFORMAT}; "
+            "for a full-precision artefact use export.load_inference()"
+        )
     spec = meta["quantization"]
     shell = DIYModel(ModelConfig.from_dict(meta["model"]))
-    qm = quantize_model(shell, spec["method"] if spec["method"] != "gptq-int4" else "int4",
-                        spec["group_size"], spec["embeddings"], kernel=False)
+    qm = quantize_model(
+        shell,
+        spec["method"] if spec["method"] != "gptq-int4" else "int4",
+        spec["group_size"],
+        spec["embeddings"],
+        kernel=False,
+    )
     qm.quant_spec = spec
     tensors = read_safetensors(folder / meta.get("weights", "model.safetensors"))
     expected = {k: (tuple(v.shape), v.dtype) for k, v in qm.state_dict().items()}
@@ -470,8 +498,10 @@ def dynamic_int8(model) -> tuple[nn.Module, list[str]]:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as e:  # removed in a future torch
-        raise RuntimeError(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({e}); "
-                           "use torchao: " + TORCHAO_REPLACEMENT) from None
+        raise RuntimeError(
+            f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({e}); "
+            "use torchao: " + TORCHAO_REPLACEMENT
+        ) from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         qm = quantize_dynamic(copy.deepcopy(model).eval().cpu(), {nn.Linear}, dtype=torch.qint8)
@@ -499,13 +529,16 @@ def model_nbytes(model) -> int:
         elif isinstance(t, (tuple, list)):
             for x in t:
                 add(x)
-    for name, t in model.state_dict(keep_vars=False).items():
+
+    for t in model.state_dict(keep_vars=False).values():
         add(t)
     return total
 
 
 @torch.no_grad()
-def perplexity(model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: int | None = None) -> float:
+def perplexity(
+    model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: int | None = None
+) -> float:
     """exp(mean next-token cross-entropy) over non-overlapping windows of ``tokens`` (1-D)."""
     model.eval()
     device = next(iter(model.state_dict().values())).device
@@ -529,8 +562,9 @@ def logits_divergence(ref_logits: Tensor, logits: Tensor) -> dict:
 
 
 @torch.no_grad()
-def compare_to_reference(ref, model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16,
-                         max_batches: int | None = None) -> dict:
+def compare_to_reference(
+    ref, model, tokens: Tensor, seq_len: int = 128, batch_size: int = 16, max_batches: int | None = None
+) -> dict:
     """KL(ref || model) per token (nats) and top-1 agreement of next-token predictions."""
     ref.eval(), model.eval()
     kl, agree, n = 0.0, 0.0, 0

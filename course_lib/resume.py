@@ -45,7 +45,8 @@ def check_checkpoint_kind(found_format: str | None, strategy: str, out_dir: str 
         other = "fsdp" if found_format == SHARDED_FORMAT else "ddp"
         raise ConfigMismatchError(
             f"{out_dir}: its checkpoints were written with --strategy {other} but this run has "
-            f"--strategy {strategy}; resume with --strategy {other}, or use a new out_dir")
+            f"--strategy {strategy}; resume with --strategy {other}, or use a new out_dir"
+        )
 
 
 def _norm(x):
@@ -53,8 +54,9 @@ def _norm(x):
     return list(x) if isinstance(x, (list, tuple)) else x
 
 
-def check_resumable(state: dict, model_cfg: dict, train_cfg: TrainConfig, world_size: int, rank: int,
-                    out_dir: str | os.PathLike) -> dict:
+def check_resumable(
+    state: dict, model_cfg: dict, train_cfg: TrainConfig, world_size: int, rank: int, out_dir: str | os.PathLike
+) -> dict:
     """Raise ``ConfigMismatchError`` if this run cannot continue the checkpoint ``state``;
     otherwise return the settings that differ, ``{field: (saved, now)}`` (fields whose resume
     policy is "free" are left out)."""
@@ -64,31 +66,39 @@ def check_resumable(state: dict, model_cfg: dict, train_cfg: TrainConfig, world_
         raise ConfigMismatchError(
             f"{out_dir}: its checkpoint was trained with a different model config (fields {diff}); "
             "use a new out_dir, or the checkpoint's model settings, or --no-resume (resume=False), which "
-            "starts a new run there and moves the old checkpoints aside without deleting them")
+            "starts a new run there and moves the old checkpoints aside without deleting them"
+        )
     saved_loader = state.get("data", {}).get("loader", "stream")
     if saved_loader != train_cfg.loader:
         raise ConfigMismatchError(
             f"{out_dir}: its checkpoint was written with loader={saved_loader!r} but this run has "
             f"loader={train_cfg.loader!r}; the two visit samples in different orders. Use the same loader "
-            "or a new out_dir")
+            "or a new out_dir"
+        )
     resharded = reshards(state, world_size, train_cfg.strategy == "fsdp")
     if resharded:
         # DCP reshards model and optimizer; the data position must map to the same sample
         try:
-            reshard_data_position(state.get("data", {}), train_cfg.batch_size, world_size, rank,
-                                  train_cfg.accumulation_steps)
+            reshard_data_position(
+                state.get("data", {}), train_cfg.batch_size, world_size, rank, train_cfg.accumulation_steps
+            )
         except DataError as e:
-            raise ConfigMismatchError(f"{out_dir}: cannot resume a checkpoint of {state.get('world_size')} "
-                                      f"rank(s) on {world_size}: {e}") from None
+            raise ConfigMismatchError(
+                f"{out_dir}: cannot resume a checkpoint of {state.get('world_size')} rank(s) on {world_size}: {e}"
+            ) from None
     elif state.get("world_size", 1) != world_size:
         raise ConfigMismatchError(
             f"{out_dir}: its checkpoint was written by a run with world_size={state.get('world_size')} "
             f"but this run has {world_size}; the data order depends on it. Resume with the same "
-            "number of processes.")
+            "number of processes."
+        )
     saved_train = state.get("config", {}).get("train", {})
     free = set(fields_by_resume(TrainConfig, RESUME_FREE))
-    changes = {k: (saved_train[k], v) for k, v in train_cfg.to_dict().items()
-               if k not in free and k in saved_train and _norm(saved_train[k]) != _norm(v)}
+    changes = {
+        k: (saved_train[k], v)
+        for k, v in train_cfg.to_dict().items()
+        if k not in free and k in saved_train and _norm(saved_train[k]) != _norm(v)
+    }
     if resharded:
         # batch_size per rank changed with the number of ranks, the global batch did not
         changes.pop("batch_size", None)
@@ -101,11 +111,15 @@ def change_warnings(changes: dict, step: int, lr_before: float, lr_after: float)
     if not changes:
         return []
     desc = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items()))
-    out = [f"[train] warning: resuming from step {step} with changed settings: {desc}; "
-           "the run will not match an uninterrupted one"]
+    out = [
+        f"[train] warning: resuming from step {step} with changed settings: {desc}; "
+        "the run will not match an uninterrupted one"
+    ]
     sched = sorted(set(fields_by_resume(TrainConfig, RESUME_SCHEDULE)) & set(changes))
     if sched:
-        out.append(f"[train] warning: {sched} shape the learning-rate schedule: from step {step + 1} on the lr "
-                   f"follows the new schedule ({lr_before:.3g} -> {lr_after:.3g} at step {step + 1}). To continue "
-                   "the old schedule, resume with the checkpoint's values")
+        out.append(
+            f"[train] warning: {sched} shape the learning-rate schedule: from step {step + 1} on the lr "
+            f"follows the new schedule ({lr_before:.3g} -> {lr_after:.3g} at step {step + 1}). To continue "
+            "the old schedule, resume with the checkpoint's values"
+        )
     return out

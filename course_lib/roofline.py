@@ -34,16 +34,16 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
 
 import torch
 
 from .config import ModelConfig
 from .memory import _native_stderr_silenced
 
-MiB = 2 ** 20
-DEFAULT_LLC = 32 * MiB   # when the cache size cannot be read
+MiB = 2**20
+DEFAULT_LLC = 32 * MiB  # when the cache size cannot be read
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,9 +52,9 @@ DEFAULT_LLC = 32 * MiB   # when the cache size cannot be read
 def num_params(cfg: ModelConfig) -> int:
     """Parameters of ``DIYModel(cfg)``, counted without building it (tied embeddings once)."""
     d, L, hd = cfg.d_model, cfg.n_layers, cfg.head_dim
-    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2       # q, o; k, v
+    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2  # q, o; k, v
     mlp = 3 * d * cfg.ffn_hidden
-    per_layer = attn + mlp + 2 * d                                      # + two RMSNorm weights
+    per_layer = attn + mlp + 2 * d  # + two RMSNorm weights
     emb = cfg.vocab_size * d
     return L * per_layer + d + emb * (1 if cfg.tie_embeddings else 2)
 
@@ -86,21 +86,27 @@ def forward_flops_per_token(cfg: ModelConfig, context: int) -> int:
     return 2 * matmul_params(cfg) + 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim * context
 
 
-def weight_bytes(cfg: ModelConfig, weight_bits: int = 32, group_size: Optional[int] = None,
-                 scale_bytes: int = 4) -> int:
+def weight_bytes(cfg: ModelConfig, weight_bits: int = 32, group_size: int | None = None, scale_bytes: int = 4) -> int:
     """Bytes of the matrices a decode step reads, at ``weight_bits`` per weight, plus scales:
     one per output row for int8 (``group_size=None``), one per ``group_size`` weights for int4;
     plus the norm vectors (fp32 in a quantized model). 32 or 16 bits: no scales, norms at that width."""
     d, hd, f = cfg.d_model, cfg.head_dim, cfg.ffn_hidden
-    shapes = [(cfg.n_heads * hd, d), (cfg.n_kv_heads * hd, d), (cfg.n_kv_heads * hd, d), (d, cfg.n_heads * hd),
-              (f, d), (f, d), (d, f)] * cfg.n_layers + [(cfg.vocab_size, d)]
+    shapes = [
+        (cfg.n_heads * hd, d),
+        (cfg.n_kv_heads * hd, d),
+        (cfg.n_kv_heads * hd, d),
+        (d, cfg.n_heads * hd),
+        (f, d),
+        (f, d),
+        (d, f),
+    ] * cfg.n_layers + [(cfg.vocab_size, d)]
     total = 0
     for out_f, in_f in shapes:
         total += out_f * in_f * weight_bits // 8
         if weight_bits < 16:
             groups = 1 if group_size is None else math.ceil(in_f / group_size)
             total += out_f * groups * scale_bytes
-    norm_bytes = 4 if weight_bits < 16 else weight_bits // 8   # quantized models keep their norms in fp32
+    norm_bytes = 4 if weight_bits < 16 else weight_bits // 8  # quantized models keep their norms in fp32
     return total + (2 * cfg.n_layers + 1) * d * norm_bytes
 
 
@@ -109,8 +115,14 @@ def kv_bytes_per_step(cfg: ModelConfig, context: int, batch: int = 1, kv_bytes: 
     return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * context * batch * kv_bytes
 
 
-def decode_bytes_per_step(cfg: ModelConfig, context: int, batch: int = 1, weight_bits: int = 32,
-                          group_size: Optional[int] = None, kv_bytes: int = 4) -> int:
+def decode_bytes_per_step(
+    cfg: ModelConfig,
+    context: int,
+    batch: int = 1,
+    weight_bits: int = 32,
+    group_size: int | None = None,
+    kv_bytes: int = 4,
+) -> int:
     """Bytes one decode step reads: the weights once (shared by the whole batch) + each row's KV.
 
     ``context`` is the number of key positions each row attends to. Activations are left out
@@ -118,8 +130,14 @@ def decode_bytes_per_step(cfg: ModelConfig, context: int, batch: int = 1, weight
     return weight_bytes(cfg, weight_bits, group_size) + kv_bytes_per_step(cfg, context, batch, kv_bytes)
 
 
-def prefill_bytes(cfg: ModelConfig, prompt_len: int, batch: int = 1, weight_bits: int = 32,
-                  group_size: Optional[int] = None, kv_bytes: int = 4) -> int:
+def prefill_bytes(
+    cfg: ModelConfig,
+    prompt_len: int,
+    batch: int = 1,
+    weight_bits: int = 32,
+    group_size: int | None = None,
+    kv_bytes: int = 4,
+) -> int:
     """Bytes a prefill must move at least: the weights once and the KV cache it writes."""
     return weight_bytes(cfg, weight_bits, group_size) + kv_bytes_per_step(cfg, prompt_len, batch, kv_bytes)
 
@@ -170,7 +188,7 @@ def last_level_cache_bytes(device: torch.device | str = "cpu") -> int:
             txt = open(path).read().strip()
         except OSError:
             continue
-        mult = {"K": 1024, "M": MiB, "G": 2 ** 30}.get(txt[-1:], 1)
+        mult = {"K": 1024, "M": MiB, "G": 2**30}.get(txt[-1:], 1)
         try:
             best = max(best, int(txt.rstrip("KMG")) * mult)
         except ValueError:
@@ -180,16 +198,23 @@ def last_level_cache_bytes(device: torch.device | str = "cpu") -> int:
 
 @dataclass
 class BandwidthPoint:
-    weight_bytes: int     # one weight matrix
-    copies: int           # distinct weights cycled through (together > the last-level cache)
-    gb_s: float           # best of the repeats
+    weight_bytes: int  # one weight matrix
+    copies: int  # distinct weights cycled through (together > the last-level cache)
+    gb_s: float  # best of the repeats
     median_gb_s: float
 
 
 @torch.no_grad()
-def bandwidth_probe(sizes_mib: Optional[Sequence[float]] = None, *, quick: bool = False, device="cpu",
-                    dtype: torch.dtype = torch.float32, repeats: int = 5, llc_bytes: Optional[int] = None,
-                    min_seconds: float = 0.02) -> List[BandwidthPoint]:
+def bandwidth_probe(
+    sizes_mib: Sequence[float] | None = None,
+    *,
+    quick: bool = False,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 5,
+    llc_bytes: int | None = None,
+    min_seconds: float = 0.02,
+) -> list[BandwidthPoint]:
     """GEMV ``W @ x`` over square weights of each size (MiB), cache-cold.
 
     For each size, ``copies`` distinct weights whose total is at least twice the last-level cache
@@ -212,7 +237,7 @@ def bandwidth_probe(sizes_mib: Optional[Sequence[float]] = None, *, quick: bool 
         ws = [torch.full((n, n), 1e-3, dtype=dtype, device=device) for _ in range(copies)]
         x = torch.full((n,), 1e-3, dtype=dtype, device=device)
         for w in ws[:2]:
-            torch.mv(w, x)   # warm-up: first-call dispatch and allocation
+            torch.mv(w, x)  # warm-up: first-call dispatch and allocation
         sync()
         rates = []
         for _ in range(repeats):
@@ -236,8 +261,15 @@ def best_bandwidth(points: Sequence[BandwidthPoint]) -> float:
 
 
 @torch.no_grad()
-def peak_flops_probe(n: Optional[int] = None, *, quick: bool = False, device="cpu",
-                     dtype: Optional[torch.dtype] = None, repeats: int = 5, min_seconds: float = 0.02) -> float:
+def peak_flops_probe(
+    n: int | None = None,
+    *,
+    quick: bool = False,
+    device="cpu",
+    dtype: torch.dtype | None = None,
+    repeats: int = 5,
+    min_seconds: float = 0.02,
+) -> float:
     """Best FLOP/s of an ``n x n @ n x n`` GEMM (``2 n^3`` FLOPs) on this device and thread count.
 
     Default dtype: fp32 on CPU, bf16 on CUDA. Uses no random numbers (constant inputs)."""
@@ -265,17 +297,18 @@ def peak_flops_probe(n: Optional[int] = None, *, quick: bool = False, device="cp
             t = time.perf_counter() - t0
         sync()
         t = time.perf_counter() - t0
-        best = max(best, k * 2 * n ** 3 / t)
+        best = max(best, k * 2 * n**3 / t)
     return best
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_peak(device_type: str, threads: int, dtype_name: str) -> float:
-    return peak_flops_probe(device=device_type, dtype=getattr(torch, dtype_name), n=512 if device_type == "cpu" else None,
-                            repeats=3)
+    return peak_flops_probe(
+        device=device_type, dtype=getattr(torch, dtype_name), n=512 if device_type == "cpu" else None, repeats=3
+    )
 
 
-def measured_peak_flops(device="cpu", dtype: Optional[torch.dtype] = None) -> float:
+def measured_peak_flops(device="cpu", dtype: torch.dtype | None = None) -> float:
     """``peak_flops_probe`` measured once per process (per device type, thread count and dtype):
     what the training log divides by when no peak is configured. A short probe (~0.1 s)."""
     device = torch.device(device)
@@ -314,7 +347,7 @@ _FRAME = re.compile(r"(?:^|/)(course_lib/[\w/]+\.py)\((\d+)\): (\w+)")
 _SKIP = ("course_lib/roofline.py", "course_lib/lab/")
 
 
-def hotspots(prof, n: int = 3) -> List[dict]:
+def hotspots(prof, n: int = 3) -> list[dict]:
     """The ``n`` functions of course_lib whose operators took the most self CPU time in a profile made
     by ``stack_profiled()``: each operator's self time goes to the innermost course_lib frame that
     called it, named by file, the line where the function starts, and its name
@@ -324,7 +357,7 @@ def hotspots(prof, n: int = 3) -> List[dict]:
     for e in prof.events():
         t = e.self_cpu_time_total
         if not t or not e.name.startswith(("aten::", "quantized::", "fbgemm", "mkl")):
-            continue   # Python frames recorded as events (with_stack) would count their operators twice
+            continue  # Python frames recorded as events (with_stack) would count their operators twice
         total += t
         for frame in e.stack or ():
             m = _FRAME.search(frame)
@@ -335,13 +368,24 @@ def hotspots(prof, n: int = 3) -> List[dict]:
                 rec["ops"][e.name] = rec["ops"].get(e.name, 0.0) + t
                 break
     top = sorted(by.values(), key=lambda r: -r["us"])[:n]
-    return [{"where": r["where"], "ms": r["us"] / 1e3, "share": r["us"] / total if total else 0.0,
-             "ops": ", ".join(k for k, _ in sorted(r["ops"].items(), key=lambda kv: -kv[1])[:2])} for r in top]
+    return [
+        {
+            "where": r["where"],
+            "ms": r["us"] / 1e3,
+            "share": r["us"] / total if total else 0.0,
+            "ops": ", ".join(k for k, _ in sorted(r["ops"].items(), key=lambda kv: -kv[1])[:2]),
+        }
+        for r in top
+    ]
 
 
 def stack_profiled(**kwargs):
     """``profiled(...)`` recording Python stacks (what ``hotspots`` reads)."""
     from torch.profiler import ProfilerActivity
 
-    return profiled(activities=[ProfilerActivity.CPU], with_stack=True,
-                    experimental_config=torch._C._profiler._ExperimentalConfig(verbose=True), **kwargs)
+    return profiled(
+        activities=[ProfilerActivity.CPU],
+        with_stack=True,
+        experimental_config=torch._C._profiler._ExperimentalConfig(verbose=True),
+        **kwargs,
+    )

@@ -15,8 +15,8 @@ reached exactly at ``total_steps`` (not earlier) and held after it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -27,9 +27,16 @@ def _warmup(step: int, warmup_steps: int, hf_convention: bool) -> float:
     return min(1.0, s / max(1, warmup_steps))
 
 
-def lr_multiplier(step: int, *, kind: str, warmup_steps: int, total_steps: int,
-                  min_lr_ratio: float = 0.0, decay_fraction: float = 0.2,
-                  hf_convention: bool = True) -> float:
+def lr_multiplier(
+    step: int,
+    *,
+    kind: str,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    decay_fraction: float = 0.2,
+    hf_convention: bool = True,
+) -> float:
     """Multiplier on the peak lr for optimizer step ``step`` (0-based)."""
     if step < warmup_steps:
         return _warmup(step, warmup_steps, hf_convention)
@@ -52,28 +59,65 @@ def lr_multiplier(step: int, *, kind: str, warmup_steps: int, total_steps: int,
     raise ValueError(f"unknown schedule {kind!r}; use constant, linear, cosine or wsd")
 
 
-def make_lr_lambda(kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
-                   decay_fraction: float = 0.2, hf_convention: bool = True) -> Callable[[int], float]:
-    return partial(lr_multiplier, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps,
-                   min_lr_ratio=min_lr_ratio, decay_fraction=decay_fraction, hf_convention=hf_convention)
+def make_lr_lambda(
+    kind: str,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    decay_fraction: float = 0.2,
+    hf_convention: bool = True,
+) -> Callable[[int], float]:
+    return partial(
+        lr_multiplier,
+        kind=kind,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        min_lr_ratio=min_lr_ratio,
+        decay_fraction=decay_fraction,
+        hf_convention=hf_convention,
+    )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
-                    min_lr_ratio: float = 0.0, decay_fraction: float = 0.2,
-                    hf_convention: bool = True) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    decay_fraction: float = 0.2,
+    hf_convention: bool = True,
+) -> LambdaLR:
     """A ``LambdaLR``: call ``scheduler.step()`` once after every optimizer step.
 
     Its ``state_dict()`` holds the step count (``last_epoch``), which is all a resume needs: the
     function itself is rebuilt from the config.
     """
-    return LambdaLR(optimizer, make_lr_lambda(kind, warmup_steps, total_steps, min_lr_ratio,
-                                              decay_fraction, hf_convention))
+    return LambdaLR(
+        optimizer, make_lr_lambda(kind, warmup_steps, total_steps, min_lr_ratio, decay_fraction, hf_convention)
+    )
 
 
-def schedule_values(kind: str, peak_lr: float, warmup_steps: int, total_steps: int,
-                    min_lr: float = 0.0, decay_fraction: float = 0.2, hf_convention: bool = True) -> list:
+def schedule_values(
+    kind: str,
+    peak_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr: float = 0.0,
+    decay_fraction: float = 0.2,
+    hf_convention: bool = True,
+) -> list:
     """The lr for every step, for plots."""
     ratio = min_lr / peak_lr if peak_lr else 0.0
-    return [peak_lr * lr_multiplier(s, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps,
-                                    min_lr_ratio=ratio, decay_fraction=decay_fraction,
-                                    hf_convention=hf_convention) for s in range(total_steps)]
+    return [
+        peak_lr
+        * lr_multiplier(
+            s,
+            kind=kind,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            min_lr_ratio=ratio,
+            decay_fraction=decay_fraction,
+            hf_convention=hf_convention,
+        )
+        for s in range(total_steps)
+    ]

@@ -35,9 +35,16 @@ Request = Any
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, *, max_batch: int, max_step_tokens: int,
-                 policy: str = "continuous", prefill_chunk: int | None = None,
-                 stats: dict | None = None) -> None:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        *,
+        max_batch: int,
+        max_step_tokens: int,
+        policy: str = "continuous",
+        prefill_chunk: int | None = None,
+        stats: dict | None = None,
+    ) -> None:
         if policy not in ("continuous", "static"):
             raise ValueError(f"policy must be 'continuous' or 'static', got {policy!r}")
         if max_batch < 1 or max_step_tokens < 1:
@@ -46,8 +53,10 @@ class Scheduler:
             raise ValueError(f"prefill_chunk must be >= 1 (or None: no chunking), got {prefill_chunk}")
         if prefill_chunk is not None and max_step_tokens <= max_batch:
             # decode rows alone could then use the whole budget, and a chunked prompt would never move
-            raise ValueError(f"with prefill_chunk, max_step_tokens ({max_step_tokens}) must exceed max_batch "
-                             f"({max_batch}): every step must leave budget for prefill")
+            raise ValueError(
+                f"with prefill_chunk, max_step_tokens ({max_step_tokens}) must exceed max_batch "
+                f"({max_batch}): every step must leave budget for prefill"
+            )
         self.blocks = block_manager
         self.max_batch, self.max_step_tokens = max_batch, max_step_tokens
         self.policy, self.prefill_chunk = policy, prefill_chunk
@@ -115,8 +124,8 @@ class Scheduler:
 
         Lazily, so a prompt admitted second in a step already finds the blocks the first one has just
         registered in the prefix cache."""
-        budget = sum(not self.is_prefilling(r) for r in self.running)   # one token per decoding row
-        prefilled = 0                                                    # prompt tokens this step
+        budget = sum(not self.is_prefilling(r) for r in self.running)  # one token per decoding row
+        prefilled = 0  # prompt tokens this step
         if self.prefill_chunk is not None:
             for req in [r for r in self.running if self.is_prefilling(r)]:
                 n = self._chunk(self.remaining(req), budget, prefilled)
@@ -125,7 +134,7 @@ class Scheduler:
                 budget, prefilled = budget + n, prefilled + n
                 yield req, n
         if self.policy == "static" and self.running:
-            return                                   # static: the running batch must finish first
+            return  # static: the running batch must finish first
         while self.waiting and len(self.running) < self.max_batch:
             req = self.waiting[0]
             ids, matched = self.lookup(req)
@@ -148,15 +157,14 @@ class Scheduler:
     # ---- 2. decode rows and preemption ----------------------------------------------------------
     def decode_rows(self) -> list[Request]:
         """Running requests that feed one token this step (static: finished rows too, idling)."""
-        return [r for r in self.running
-                if not self.is_prefilling(r) and (not r.done or self.policy == "static")]
+        return [r for r in self.running if not self.is_prefilling(r) and (not r.done or self.policy == "static")]
 
     def reserve_or_preempt(self, rows: list[Request]) -> list[Request]:
         """Give every row a slot for one more token; preempt the newest requests while the pool is dry."""
         rows = list(rows)
         for req in list(rows):
             if req not in rows:
-                continue                              # preempted below to make room for an older row
+                continue  # preempted below to make room for an older row
             while True:
                 try:
                     self.blocks.reserve(req.blocks, req.blocks.length + 1)
@@ -182,4 +190,4 @@ class Scheduler:
         self.stats["preemptions"] = self.stats.get("preemptions", 0) + 1
         self.running.remove(req)
         if not req.done:
-            self.waiting.appendleft(req)              # first in line when blocks free up again
+            self.waiting.appendleft(req)  # first in line when blocks free up again

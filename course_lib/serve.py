@@ -58,7 +58,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .chat import END_OF_TURN, render_chat, validate_messages
-from .cli import OneLineParser   # a bad flag is one "error: ..." line, exit 2
+from .cli import OneLineParser  # a bad flag is one "error: ..." line, exit 2
 from .engine import Engine, Request, RequestRefused
 from .export import load_inference
 from .pretrained import REFERENCE_DIR
@@ -66,12 +66,12 @@ from .util import first_line
 
 log = logging.getLogger("course_lib.serve")
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20      # 1 MiB: far more than a 256-token context needs
-MAX_LOGPROBS = 20                     # vLLM's default max_logprobs
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # vLLM's seed range (torch.long)
-GREEDY_BELOW = 1e-5                   # vLLM: a temperature below this is greedy (logits / T would overflow)
-MIN_TOP_P = 1e-6                      # any top_p <= the top token's probability keeps that token alone;
-                                      # below float32's range it would round to 0 and drop every token
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than a 256-token context needs
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # vLLM's seed range (torch.long)
+GREEDY_BELOW = 1e-5  # vLLM: a temperature below this is greedy (logits / T would overflow)
+MIN_TOP_P = 1e-6  # any top_p <= the top token's probability keeps that token alone;
+# below float32's range it would round to 0 and drop every token
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,13 +90,13 @@ class EngineThread:
         self._thread.start()
 
     def submit(self, prompt_ids: Sequence[int], max_tokens: int, **kw) -> Request:
-        req = self.engine.submit(prompt_ids, max_tokens, **kw)   # thread-safe queue inside
+        req = self.engine.submit(prompt_ids, max_tokens, **kw)  # thread-safe queue inside
         self._wake.set()
         return req
 
     def _run(self) -> None:
         while not self._stop:
-            self._wake.clear()                        # clear *before* looking, so no submit is missed
+            self._wake.clear()  # clear *before* looking, so no submit is missed
             if not self.engine.has_work:
                 self._wake.wait(timeout=0.5)
                 continue
@@ -122,7 +122,7 @@ class EngineThread:
                 e.waiting.append(e.inbox.get())
             for req in list(e.waiting) + list(e.running):
                 req.abort()
-            e.step()                                  # drops every aborted request, releases its blocks
+            e.step()  # drops every aborted request, releases its blocks
         except Exception:  # noqa: BLE001  never let cleanup turn a shutdown into a traceback
             log.error("aborting open requests at shutdown failed:\n%s", traceback.format_exc())
 
@@ -138,18 +138,27 @@ class APIError(Exception):
         self.param, self.message, self.status, self.code = param, message, status, code
 
 
-BadRequest = APIError   # the name the notebook and older tests use
+BadRequest = APIError  # the name the notebook and older tests use
 
 
 class EngineError(Exception):
     pass
 
 
-def error_response(status: int, message: str, param: str | None = None, kind: str | None = None,
-                   code: str | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    kind: str | None = None,
+    code: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     kind = kind or ("server_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse(status_code=status, headers=headers,
-                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+    return JSONResponse(
+        status_code=status,
+        headers=headers,
+        content={"error": {"message": message, "type": kind, "param": param, "code": code}},
+    )
 
 
 def _show(x, limit: int = 40) -> str:
@@ -192,7 +201,7 @@ async def read_json_body(request: HTTPRequest, limit: int) -> dict:
         raise APIError("body", f"request body is not valid JSON ({e.msg} at char {e.pos})") from None
     except RecursionError:
         raise APIError("body", "request body is nested too deeply; send a flat JSON object") from None
-    except ValueError as e:    # e.g. an integer with more than 4300 digits
+    except ValueError as e:  # e.g. an integer with more than 4300 digits
         raise APIError("body", f"request body has a value Python refuses to read: {first_line(e)}") from None
     if not isinstance(body, dict):
         raise APIError("body", f"request body must be a JSON object, got {type(body).__name__}")
@@ -203,8 +212,15 @@ async def read_json_body(request: HTTPRequest, limit: int) -> dict:
 # Field validation: one clear 4xx naming the field
 # --------------------------------------------------------------------------------------------
 def _type_name(x) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object", type(None): "null"}.get(type(x), type(x).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
+    }.get(type(x), type(x).__name__)
 
 
 def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
@@ -244,8 +260,9 @@ def _utf8(s: str, where: str) -> str:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise APIError(where.split("[")[0], f"{where} contains a lone surrogate (char {e.start}); "
-                       "send valid Unicode text") from None
+        raise APIError(
+            where.split("[")[0], f"{where} contains a lone surrogate (char {e.start}); send valid Unicode text"
+        ) from None
     return s
 
 
@@ -256,8 +273,10 @@ def _check_keys(body: dict, accepted: frozenset, refused: dict) -> None:
             raise APIError(key, f"{key} is not supported by this server ({_show(body[key])})")
     unknown = [k for k in body if k not in accepted and k not in refused]
     if unknown:
-        raise APIError(unknown[0], f"unknown field {unknown[0]!r}; this endpoint accepts: "
-                       f"{', '.join(sorted(accepted | set(refused)))}")
+        raise APIError(
+            unknown[0],
+            f"unknown field {unknown[0]!r}; this endpoint accepts: {', '.join(sorted(accepted | set(refused)))}",
+        )
 
 
 def _set(x) -> bool:
@@ -290,9 +309,14 @@ class Sampling:
     include_usage: bool = False
 
     def engine_kwargs(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
-                "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
-                "logprobs": self.logprobs}
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+            "logprobs": self.logprobs,
+        }
 
 
 def _n_is_one(body: dict) -> None:
@@ -312,8 +336,9 @@ def parse_sampling(body: dict, max_tokens: int, user_stops_max: int = 4) -> Samp
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and len(stop) <= user_stops_max
-                                 and all(isinstance(s, str) for s in stop)):
+    if stop is not None and not (
+        isinstance(stop, list) and len(stop) <= user_stops_max and all(isinstance(s, str) for s in stop)
+    ):
         raise APIError("stop", f"stop must be a string or a list of at most {user_stops_max} strings")
     for i, s in enumerate(stop or []):
         _utf8(s, f"stop[{i}]")
@@ -331,25 +356,69 @@ def parse_sampling(body: dict, max_tokens: int, user_stops_max: int = 4) -> Samp
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise APIError("user", f"user must be a string, got {_type_name(user)}")
-    return Sampling(max_tokens=max_tokens, temperature=temperature,
-                    top_p=max(top_p, MIN_TOP_P) if top_p < 1.0 else None,
-                    seed=_int(body, "seed", None, INT64_MIN, INT64_MAX), stop=stop or [],
-                    frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-                    presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-                    stream=stream, include_usage=include_usage)
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=max(top_p, MIN_TOP_P) if top_p < 1.0 else None,
+        seed=_int(body, "seed", None, INT64_MIN, INT64_MAX),
+        stop=stop or [],
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        stream=stream,
+        include_usage=include_usage,
+    )
 
 
-COMPLETION_FIELDS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-                               "stream_options", "frequency_penalty", "presence_penalty", "logprobs", "echo",
-                               "n", "best_of", "user"})
+COMPLETION_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "echo",
+        "n",
+        "best_of",
+        "user",
+    }
+)
 COMPLETION_REFUSED = {"suffix": lambda x: x is not None, "logit_bias": _logit_bias}
-CHAT_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-                         "seed", "stop", "stream", "stream_options", "frequency_penalty", "presence_penalty",
-                         "logprobs", "top_logprobs", "n", "user"})
-CHAT_REFUSED = {"logit_bias": _logit_bias, "tools": _set, "tool_choice": lambda x: x not in (None, "none"),
-                "functions": _set, "function_call": lambda x: x not in (None, "none"),
-                "parallel_tool_calls": lambda x: x is not None,
-                "response_format": lambda x: x is not None and x != {"type": "text"}}
+CHAT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "top_logprobs",
+        "n",
+        "user",
+    }
+)
+CHAT_REFUSED = {
+    "logit_bias": _logit_bias,
+    "tools": _set,
+    "tool_choice": lambda x: x not in (None, "none"),
+    "functions": _set,
+    "function_call": lambda x: x not in (None, "none"),
+    "parallel_tool_calls": lambda x: x is not None,
+    "response_format": lambda x: x is not None and x != {"type": "text"},
+}
 
 
 def _prompts(body: dict, tokenizer, vocab_size: int) -> list[list[int]]:
@@ -365,7 +434,7 @@ def _prompts(body: dict, tokenizer, vocab_size: int) -> list[list[int]]:
     if not p:
         raise APIError("prompt", "prompt must not be an empty list")
     if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
-        p = [p]                                        # one prompt given as token ids
+        p = [p]  # one prompt given as token ids
     out = []
     for i, x in enumerate(p):
         where = f"prompt[{i}]" if len(p) > 1 or not isinstance(x, str) else "prompt"
@@ -400,8 +469,12 @@ def _check_model(body: dict, model_name: str) -> None:
     if "model" not in body:
         raise APIError("model", f"model is required; this server serves {model_name!r}")
     if body["model"] != model_name:
-        raise APIError("model", f"model {_show(body['model'])} does not exist; this server serves {model_name!r}",
-                       404, "model_not_found")
+        raise APIError(
+            "model",
+            f"model {_show(body['model'])} does not exist; this server serves {model_name!r}",
+            404,
+            "model_not_found",
+        )
 
 
 def parse_completion(body: dict, model_name: str, tokenizer, engine: Engine) -> tuple[list[list[int]], Sampling]:
@@ -417,8 +490,9 @@ def parse_completion(body: dict, model_name: str, tokenizer, engine: Engine) -> 
     s.logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
     s.echo = _bool(body, "echo")
     if s.echo and s.logprobs is not None:
-        raise APIError("echo", "echo together with logprobs (the prompt's log-probabilities) is not supported; "
-                       "send one of them")
+        raise APIError(
+            "echo", "echo together with logprobs (the prompt's log-probabilities) is not supported; send one of them"
+        )
     _check_fits(engine, prompts, max_tokens, "prompt")
     return prompts, s
 
@@ -438,13 +512,16 @@ def parse_chat(body: dict, model_name: str, tokenizer, engine: Engine) -> tuple[
     ids = tokenizer.encode(render_chat(messages, add_generation_prompt=True))
     room = min(engine.max_len, engine.pool.num_blocks * engine.pool.block_size) - len(ids)
     if room < 1:
-        raise APIError("messages", f"the conversation is {len(ids)} tokens with the chat template; the model's "
-                       f"context is {engine.max_len} tokens: send fewer or shorter messages")
+        raise APIError(
+            "messages",
+            f"the conversation is {len(ids)} tokens with the chat template; the model's "
+            f"context is {engine.max_len} tokens: send fewer or shorter messages",
+        )
     max_tokens = _int(body, "max_completion_tokens", None, lo=1)
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", room, lo=1)    # default: the rest of the context (vLLM)
+        max_tokens = _int(body, "max_tokens", room, lo=1)  # default: the rest of the context (vLLM)
     s = parse_sampling(body, max_tokens, user_stops_max=4)
-    s.stop = s.stop + [END_OF_TURN]                           # the end of the assistant's turn
+    s.stop = s.stop + [END_OF_TURN]  # the end of the assistant's turn
     want = _bool(body, "logprobs")
     top = _int(body, "top_logprobs", None, 0, MAX_LOGPROBS)
     if top is not None and not want:
@@ -469,10 +546,10 @@ class StopMatcher:
         self.buf += piece
         hits = [self.buf.find(s) for s in self.stops if s in self.buf]
         if hits:
-            out, self.buf = self.buf[:min(hits)], ""
+            out, self.buf = self.buf[: min(hits)], ""
             return out, True
         keep = max((k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])), default=0)
-        out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
         return out, False
 
     def flush(self) -> str:
@@ -485,7 +562,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]]
-    offset: int            # where this token's text starts in the generated text (chars)
+    offset: int  # where this token's text starts in the generated text (chars)
     bytes: list[int]
 
 
@@ -521,10 +598,10 @@ class ChoiceText:
         self.index, self.tokenizer = index, tokenizer
         self.stop = StopMatcher(stops)
         self.ids: list[int] = []
-        self.decoded = 0           # chars of the decoded text handed to the stop matcher
-        self.released = 0          # chars sent to the client
+        self.decoded = 0  # chars of the decoded text handed to the stop matcher
+        self.released = 0  # chars sent to the client
         self.pending: list[TokenLogprob] = []
-        self.n_tokens = 0          # generated tokens consumed (usage)
+        self.n_tokens = 0  # generated tokens consumed (usage)
         self.finished = False
 
     def _release(self, text: str, hit: bool, final: bool) -> Delta:
@@ -534,7 +611,7 @@ class ChoiceText:
             self.pending = []
         else:
             out = [e for e in self.pending if e.offset < self.released]
-            self.pending = self.pending[len(out):]
+            self.pending = self.pending[len(out) :]
         return Delta(self.index, text, out)
 
     def push(self, tok: int, lp) -> Delta:
@@ -543,14 +620,20 @@ class ChoiceText:
             return Delta(self.index)
         self.ids.append(tok)
         text = self.tokenizer.decode(self.ids)
-        stable = len(text.rstrip("\ufffd"))          # a trailing U+FFFD may be a character still incomplete
-        new, offset = text[self.decoded:stable], self.decoded
+        stable = len(text.rstrip("\ufffd"))  # a trailing U+FFFD may be a character still incomplete
+        new, offset = text[self.decoded : stable], self.decoded
         self.decoded = max(self.decoded, stable)
         if lp is not None:
             logprob, top = lp
-            self.pending.append(TokenLogprob(
-                token_text(self.tokenizer, tok), logprob,
-                [(token_text(self.tokenizer, t), v) for t, v in top], offset, _token_bytes(self.tokenizer, tok)))
+            self.pending.append(
+                TokenLogprob(
+                    token_text(self.tokenizer, tok),
+                    logprob,
+                    [(token_text(self.tokenizer, t), v) for t, v in top],
+                    offset,
+                    _token_bytes(self.tokenizer, tok),
+                )
+            )
         out, hit = self.stop.push(new)
         d = self._release(out, hit, final=hit)
         if hit:
@@ -559,7 +642,7 @@ class ChoiceText:
 
     def finish(self, engine_reason: str | None) -> Delta:
         text = self.tokenizer.decode(self.ids)
-        out, hit = self.stop.push(text[self.decoded:])
+        out, hit = self.stop.push(text[self.decoded :])
         if not hit:
             out += self.stop.flush()
         d = self._release(out, hit, final=True)
@@ -584,18 +667,24 @@ class Generation:
         self.reqs: list[Request] = []
         try:
             for i, ids in enumerate(prompts):
-                self.reqs.append(runner.submit(ids, s.max_tokens, **s.engine_kwargs(),
-                                               on_token=partial(self._on_token, i),
-                                               on_finish=partial(self._on_finish, i)))
+                self.reqs.append(
+                    runner.submit(
+                        ids,
+                        s.max_tokens,
+                        **s.engine_kwargs(),
+                        on_token=partial(self._on_token, i),
+                        on_finish=partial(self._on_finish, i),
+                    )
+                )
         except Exception:
             self.abort()
             raise
 
-    def _on_token(self, i: int, req: Request, tok: int) -> None:       # engine thread
+    def _on_token(self, i: int, req: Request, tok: int) -> None:  # engine thread
         lp = req.token_logprobs[-1] if req.logprobs is not None else None
         self.loop.call_soon_threadsafe(self.q.put_nowait, (i, tok, lp))
 
-    def _on_finish(self, i: int, req: Request) -> None:                # engine thread
+    def _on_finish(self, i: int, req: Request) -> None:  # engine thread
         self.loop.call_soon_threadsafe(self.q.put_nowait, (i, None, None))
 
     def abort(self) -> None:
@@ -616,7 +705,7 @@ class Generation:
                 i, tok, lp = await self.q.get()
                 choice = self.choices[i]
                 if choice.finished:
-                    continue                               # after its stop string: the abort is on its way
+                    continue  # after its stop string: the abort is on its way
                 if tok is None:
                     req = self.reqs[i]
                     if req.finish_reason == "error":
@@ -626,7 +715,7 @@ class Generation:
                     continue
                 d = choice.push(tok, lp)
                 if d.finish_reason:
-                    self.reqs[i].abort()                   # stop string: free the row now
+                    self.reqs[i].abort()  # stop string: free the row now
                     open_ -= 1
                 if d.text or d.logprobs or d.finish_reason:
                     yield d
@@ -650,7 +739,7 @@ class Generation:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
                 raise ClientGone
-            work.result()                              # re-raises an EngineError
+            work.result()  # re-raises an EngineError
             return merged
         finally:
             watch.cancel()
@@ -676,19 +765,30 @@ def completion_logprobs(entries: list[TokenLogprob], offset0: int) -> dict:
     top = []
     for e in entries:
         d = dict(e.top)
-        d.setdefault(e.token, e.logprob)        # the sampled token is always listed (OpenAI: up to logprobs + 1)
+        d.setdefault(e.token, e.logprob)  # the sampled token is always listed (OpenAI: up to logprobs + 1)
         top.append(d)
-    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": top, "text_offset": [offset0 + e.offset for e in entries]}
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": top,
+        "text_offset": [offset0 + e.offset for e in entries],
+    }
 
 
 def chat_logprobs(entries: list[TokenLogprob], tokenizer) -> dict:
     def one(tok: str, lp: float) -> dict:
-        b = [int(h, 16) for h in tok[len("bytes:"):].split("\\x")[1:]] if tok.startswith("bytes:") \
+        b = (
+            [int(h, 16) for h in tok[len("bytes:") :].split("\\x")[1:]]
+            if tok.startswith("bytes:")
             else list(tok.encode("utf-8"))
+        )
         return {"token": tok, "logprob": lp, "bytes": b}
-    return {"content": [dict(one(e.token, e.logprob), bytes=e.bytes, top_logprobs=[one(t, v) for t, v in e.top])
-                        for e in entries]}
+
+    return {
+        "content": [
+            dict(one(e.token, e.logprob), bytes=e.bytes, top_logprobs=[one(t, v) for t, v in e.top]) for e in entries
+        ]
+    }
 
 
 def sse(obj) -> str:
@@ -713,20 +813,34 @@ class OpenAIServer:
     # ---- small routes ---------------------------------------------------------------------------
     async def health(self) -> dict:
         e = self.engine
-        return {"status": "ok", "running": len(e.running), "waiting": len(e.waiting),
-                "free_blocks": len(e.pool.free), "num_blocks": e.pool.num_blocks}
+        return {
+            "status": "ok",
+            "running": len(e.running),
+            "waiting": len(e.waiting),
+            "free_blocks": len(e.pool.free),
+            "num_blocks": e.pool.num_blocks,
+        }
 
     def _model_card(self) -> dict:
-        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "course_lib",
-                "max_model_len": self.engine.max_len}
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "course_lib",
+            "max_model_len": self.engine.max_len,
+        }
 
     async def models(self) -> dict:
         return {"object": "list", "data": [self._model_card()]}
 
     async def model(self, model_id: str) -> dict:
         if model_id != self.model_name:
-            raise APIError("model", f"model {_show(model_id)} does not exist; this server serves "
-                           f"{self.model_name!r}", 404, "model_not_found")
+            raise APIError(
+                "model",
+                f"model {_show(model_id)} does not exist; this server serves {self.model_name!r}",
+                404,
+                "model_not_found",
+            )
         return self._model_card()
 
     # ---- /v1/completions ------------------------------------------------------------------------
@@ -738,8 +852,13 @@ class OpenAIServer:
         echoed = [self.tokenizer.decode(p) if s.echo else "" for p in prompts]
 
         def body_of(choices: list[dict], usage: dict | None = None) -> dict:
-            out = {"id": cid, "object": "text_completion", "created": created, "model": self.model_name,
-                   "choices": choices}
+            out = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.model_name,
+                "choices": choices,
+            }
             if usage is not None or (s.stream and s.include_usage):
                 out["usage"] = usage
             return out
@@ -749,6 +868,7 @@ class OpenAIServer:
             return {"text": text, "index": d.index, "logprobs": lp, "finish_reason": d.finish_reason}
 
         if s.stream:
+
             async def events():
                 try:
                     for i, e in enumerate(echoed):
@@ -761,6 +881,7 @@ class OpenAIServer:
                 except EngineError as e:
                     yield sse_error(e)
                 yield "data: [DONE]\n\n"
+
             return StreamingResponse(events(), media_type="text/event-stream")
 
         try:
@@ -782,26 +903,53 @@ class OpenAIServer:
             return chat_logprobs(d.logprobs, self.tokenizer) if s.logprobs is not None else None
 
         if s.stream:
+
             def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-                out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
-                       "choices": choices}
+                out = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": self.model_name,
+                    "choices": choices,
+                }
                 if s.include_usage:
                     out["usage"] = usage
                 return out
 
             async def events():
                 try:
-                    yield sse(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                      "finish_reason": None}]))
+                    yield sse(
+                        chunk(
+                            [
+                                {
+                                    "index": 0,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                    )
                     async for d in gen.deltas():
                         delta = {"content": d.text} if d.text else {}
-                        yield sse(chunk([{"index": d.index, "delta": delta, "logprobs": logprobs(d),
-                                          "finish_reason": d.finish_reason}]))
+                        yield sse(
+                            chunk(
+                                [
+                                    {
+                                        "index": d.index,
+                                        "delta": delta,
+                                        "logprobs": logprobs(d),
+                                        "finish_reason": d.finish_reason,
+                                    }
+                                ]
+                            )
+                        )
                     if s.include_usage:
                         yield sse(chunk([], gen.usage))
                 except EngineError as e:
                     yield sse_error(e)
                 yield "data: [DONE]\n\n"
+
             return StreamingResponse(events(), media_type="text/event-stream")
 
         try:
@@ -810,10 +958,22 @@ class OpenAIServer:
             return error_response(500, f"generation failed: {e}")
         except ClientGone:
             return error_response(499, "client closed the request")
-        return {"id": cid, "object": "chat.completion", "created": created, "model": self.model_name,
-                "choices": [{"index": d.index, "message": {"role": "assistant", "content": d.text},
-                             "logprobs": logprobs(d), "finish_reason": d.finish_reason} for d in merged],
-                "usage": gen.usage}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": d.index,
+                    "message": {"role": "assistant", "content": d.text},
+                    "logprobs": logprobs(d),
+                    "finish_reason": d.finish_reason,
+                }
+                for d in merged
+            ],
+            "usage": gen.usage,
+        }
 
 
 class QuietCancel:
@@ -841,7 +1001,8 @@ class QuietCancel:
             with contextlib.suppress(Exception):
                 if not started:
                     await error_response(503, "the server is shutting down; retry on another server")(
-                        scope, receive, send)
+                        scope, receive, send
+                    )
                 else:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -874,8 +1035,7 @@ async def _internal_error(request: HTTPRequest, exc: Exception) -> JSONResponse:
     return error_response(500, f"internal server error: {type(exc).__name__}: {first_line(exc)}")
 
 
-def create_app(engine: Engine, tokenizer, model_name: str, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+def create_app(engine: Engine, tokenizer, model_name: str, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """FastAPI app serving ``engine``; the engine thread lives as long as the app (lifespan)."""
     srv = OpenAIServer(engine, tokenizer, model_name, max_body_bytes)
 
@@ -887,8 +1047,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, *,
         finally:
             srv.runner.stop()
 
-    app = FastAPI(title="course_lib OpenAI-compatible server", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="course_lib OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.runner, app.state.server = srv.runner, srv
     app.add_api_route("/health", srv.health, methods=["GET"])
     app.add_api_route("/v1/models", srv.models, methods=["GET"])
@@ -910,10 +1071,17 @@ class ServerThread:
     leaving the block always stops the server (and the app's lifespan stops the engine thread).
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 60.0,
-                 shutdown_timeout: float | None = 10.0) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    timeout_graceful_shutdown=shutdown_timeout))
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_timeout: float = 60.0,
+        shutdown_timeout: float | None = 10.0,
+    ) -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=shutdown_timeout)
+        )
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
         self.host, self.start_timeout = host, start_timeout
 
@@ -953,11 +1121,13 @@ def _at_least(lo: int | float, kind=int):
         try:
             x = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         if not (x >= lo and math.isfinite(x)):
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
         return x
+
     return parse
 
 
@@ -969,25 +1139,44 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m course_lib.serve",
-                      description="Serve an exported inference artefact over an OpenAI-compatible HTTP API.")
-    p.add_argument("--model", default=str(REFERENCE_DIR),
-                   help="folder with model.safetensors + config.json (default: the course's reference model)")
+    p = OneLineParser(
+        prog="python -m course_lib.serve",
+        description="Serve an exported inference artefact over an OpenAI-compatible HTTP API.",
+    )
+    p.add_argument(
+        "--model",
+        default=str(REFERENCE_DIR),
+        help="folder with model.safetensors + config.json (default: the course's reference model)",
+    )
     p.add_argument("--name", default=None, help="model name clients send (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 = any free port)")
     p.add_argument("--max-batch", type=_at_least(1), default=8, help="most sequences decoded together (default: 8)")
-    p.add_argument("--num-blocks", type=_at_least(1), default=None,
-                   help="KV blocks in the pool (default: enough for every row to reach the full context)")
+    p.add_argument(
+        "--num-blocks",
+        type=_at_least(1),
+        default=None,
+        help="KV blocks in the pool (default: enough for every row to reach the full context)",
+    )
     p.add_argument("--block-size", type=_at_least(1), default=16, help="positions per KV block (default: 16)")
-    p.add_argument("--prefix-cache", action="store_true",
-                   help="reuse the KV blocks of prompt prefixes other requests already computed (lesson 4.2.6)")
+    p.add_argument(
+        "--prefix-cache",
+        action="store_true",
+        help="reuse the KV blocks of prompt prefixes other requests already computed (lesson 4.2.6)",
+    )
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--max-body-bytes", type=_at_least(1), default=DEFAULT_MAX_BODY_BYTES,
-                   help=f"largest request body accepted, checked before reading it (default: {DEFAULT_MAX_BODY_BYTES})")
-    p.add_argument("--shutdown-timeout", type=_at_least(0, float), default=10.0,
-                   help="on Ctrl-C / SIGTERM, seconds to let open requests finish before cancelling them "
-                        "(default: 10)")
+    p.add_argument(
+        "--max-body-bytes",
+        type=_at_least(1),
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body accepted, checked before reading it (default: {DEFAULT_MAX_BODY_BYTES})",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_at_least(0, float),
+        default=10.0,
+        help="on Ctrl-C / SIGTERM, seconds to let open requests finish before cancelling them (default: 10)",
+    )
     return p
 
 
@@ -1000,27 +1189,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = Engine(model, eos_id=tok.eos_id, max_batch=args.max_batch, num_blocks=args.num_blocks,
-                    block_size=args.block_size, prefix_cache=args.prefix_cache)
+    engine = Engine(
+        model,
+        eos_id=tok.eos_id,
+        max_batch=args.max_batch,
+        num_blocks=args.num_blocks,
+        block_size=args.block_size,
+        prefix_cache=args.prefix_cache,
+    )
     if engine.pool.num_blocks * engine.pool.block_size < engine.max_len:
-        print(f"[serve] note: --num-blocks {engine.pool.num_blocks} x --block-size {engine.pool.block_size} "
-              f"holds {engine.pool.num_blocks * engine.pool.block_size} positions, less than the model's context "
-              f"({engine.max_len}); longer requests get a 400", file=sys.stderr, flush=True)
+        print(
+            f"[serve] note: --num-blocks {engine.pool.num_blocks} x --block-size {engine.pool.block_size} "
+            f"holds {engine.pool.num_blocks * engine.pool.block_size} positions, less than the model's context "
+            f"({engine.max_len}); longer requests get a 400",
+            file=sys.stderr,
+            flush=True,
+        )
     name = args.name or Path(args.model).resolve().name
     app = create_app(engine, tok, name, max_body_bytes=args.max_body_bytes)
-    server = _Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                    timeout_graceful_shutdown=args.shutdown_timeout))
-    print(f"[serve] model {name!r} from {args.model}; OpenAI base_url http://{args.host}:{args.port}/v1 "
-          "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+    server = _Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.shutdown_timeout
+        )
+    )
+    print(
+        f"[serve] model {name!r} from {args.model}; OpenAI base_url http://{args.host}:{args.port}/v1 (Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
     # Ctrl-C / SIGTERM: stop accepting, let open requests finish for --shutdown-timeout seconds, cancel
     # the rest (their engine requests are aborted), then the lifespan stops the engine thread.
     try:
         server.run()
-    except SystemExit:      # uvicorn exits 1 when it cannot bind
+    except SystemExit:  # uvicorn exits 1 when it cannot bind
         pass
     if not server.started:
-        print(f"error: --host {args.host} --port {args.port}: could not listen there (in use, or not this "
-              "machine's address); pick another --port", file=sys.stderr, flush=True)
+        print(
+            f"error: --host {args.host} --port {args.port}: could not listen there (in use, or not this "
+            "machine's address); pick another --port",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     print("[serve] stopped", file=sys.stderr, flush=True)
     return 0

@@ -32,9 +32,9 @@ import os
 import random
 import sysconfig
 import textwrap
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -48,13 +48,13 @@ from .pretrained import REFERENCE_DIR
 from .tokenizer import load_tokenizer, same_tokenizer, tokenizer_name
 
 IGNORE = -100
-Example = Tuple[List[int], List[int]]   # (input ids, target ids with -100 off the assistant's tokens)
+Example = tuple[list[int], list[int]]  # (input ids, target ids with -100 off the assistant's tokens)
 
 
 # --------------------------------------------------------------------------------------------
 # 1. Records
 # --------------------------------------------------------------------------------------------
-def _function_pairs(src: str, module: str, max_chars: int) -> Iterator[Tuple[str, str, str]]:
+def _function_pairs(src: str, module: str, max_chars: int) -> Iterator[tuple[str, str, str]]:
     """(name, one-paragraph docstring summary, code without the docstring) of short documented functions."""
     try:
         tree = ast.parse(src)
@@ -71,7 +71,7 @@ def _function_pairs(src: str, module: str, max_chars: int) -> Iterator[Tuple[str
         if not 15 <= len(summary) <= 100 or not summary.isascii():
             continue
         ds = node.body[0]
-        keep = lines[node.lineno - 1: ds.lineno - 1] + lines[ds.end_lineno: node.end_lineno]
+        keep = lines[node.lineno - 1 : ds.lineno - 1] + lines[ds.end_lineno : node.end_lineno]
         code = textwrap.dedent("\n".join(keep)).strip("\n")
         if not code.isascii() or len(code) + len(summary) > max_chars or "<|" in code:
             continue
@@ -80,19 +80,20 @@ def _function_pairs(src: str, module: str, max_chars: int) -> Iterator[Tuple[str
 
 def _heldout(key: str, fraction: float) -> bool:
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-    return h / 2 ** 64 < fraction
+    return h / 2**64 < fraction
 
 
 @dataclass
 class SFTSplit:
-    train: List[dict]
-    heldout: List[dict]
+    train: list[dict]
+    heldout: list[dict]
     source: str
     sha256: str
 
 
-def stdlib_instruction_pairs(heldout_fraction: float = 0.05, max_chars: int = 160,
-                             max_bytes: Optional[int] = None) -> SFTSplit:
+def stdlib_instruction_pairs(
+    heldout_fraction: float = 0.05, max_chars: int = 160, max_bytes: int | None = None
+) -> SFTSplit:
     """Instruction pairs from the standard library's short documented functions, both directions:
 
     * ``doc2code``: "Write a Python function: <docstring summary>" -> the function (docstring removed);
@@ -123,13 +124,19 @@ def stdlib_instruction_pairs(heldout_fraction: float = 0.05, max_chars: int = 16
             read += len(src)
             module = path.relative_to(root).with_suffix("").as_posix().replace("/", ".")
             for key, summary, code in _function_pairs(src, module, max_chars):
-                pairs = [("doc2code", f"Write a Python function: {summary}", code),
-                         ("code2doc", f"Explain this Python function in one sentence:\n{code}", summary)]
+                pairs = [
+                    ("doc2code", f"Write a Python function: {summary}", code),
+                    ("code2doc", f"Explain this Python function in one sentence:\n{code}", summary),
+                ]
                 dest = held if _heldout(key, heldout_fraction) else train
                 for kind, prompt, answer in pairs:
-                    dest.append({"messages": [{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": answer}],
-                                 "source": key, "kind": kind})
+                    dest.append(
+                        {
+                            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                            "source": key,
+                            "kind": kind,
+                        }
+                    )
                     h.update(f"{key}\0{prompt}\0{answer}\0".encode())
     if not train:
         raise DataError(f"no documented functions found under {root}; pass your own SFT data with --data FILE.jsonl")
@@ -144,12 +151,14 @@ def write_jsonl(records: Sequence[dict], path: str | os.PathLike) -> Path:
     return p
 
 
-def read_sft_jsonl(path: str | os.PathLike) -> List[List[dict]]:
+def read_sft_jsonl(path: str | os.PathLike) -> list[list[dict]]:
     """Conversations of a JSONL file; a bad line is one ``DataError`` naming ``file:line`` and the field."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: SFT data file not found; pass a .jsonl file with one "
-                        '{"messages": [...]} or {"prompt": ..., "response": ...} per line, or \'stdlib\'')
+        raise DataError(
+            f"{p}: SFT data file not found; pass a .jsonl file with one "
+            '{"messages": [...]} or {"prompt": ..., "response": ...} per line, or \'stdlib\''
+        )
     if p.suffix != ".jsonl":
         raise DataError(f"{p}: SFT data must be a .jsonl file (one conversation per line)")
     out = []
@@ -169,7 +178,9 @@ def read_sft_jsonl(path: str | os.PathLike) -> List[List[dict]]:
     return out
 
 
-def load_sft_conversations(data: str, heldout_fraction: float = 0.05) -> Tuple[List[List[dict]], List[List[dict]], Corpus]:
+def load_sft_conversations(
+    data: str, heldout_fraction: float = 0.05
+) -> tuple[list[list[dict]], list[list[dict]], Corpus]:
     """``(train, heldout, corpus-record)``: ``"stdlib"`` -> the built-in pairs and their held-out split;
     a ``.jsonl`` path -> its conversations, the last ``heldout_fraction`` held out (at least one when
     there are two or more)."""
@@ -181,11 +192,15 @@ def load_sft_conversations(data: str, heldout_fraction: float = 0.05) -> Tuple[L
     else:
         convs = read_sft_jsonl(data)
         n_held = int(len(convs) * heldout_fraction) or (1 if heldout_fraction > 0 and len(convs) > 1 else 0)
-        train, held = convs[: len(convs) - n_held], convs[len(convs) - n_held:]
+        train, held = convs[: len(convs) - n_held], convs[len(convs) - n_held :]
         source = f"files:{data}"
         sha = hashlib.sha256(Path(data).read_bytes()).hexdigest()
-    corpus = Corpus([json.dumps(m, ensure_ascii=False) for m in train], source=source,
-                    files=[] if data == "stdlib" else [Path(data).name], sha256=sha)
+    corpus = Corpus(
+        [json.dumps(m, ensure_ascii=False) for m in train],
+        source=source,
+        files=[] if data == "stdlib" else [Path(data).name],
+        sha256=sha,
+    )
     return train, held, corpus
 
 
@@ -206,18 +221,20 @@ def encode_example(messages: Sequence[dict], tokenizer) -> Example:
 # --------------------------------------------------------------------------------------------
 # 3. Packing (and the padded reference it must equal)
 # --------------------------------------------------------------------------------------------
-def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> Tuple[Tensor, Tensor, Tensor]:
+def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Greedy packing in order: ``(x, y, document_ids)``, each ``(rows, seq_len)`` int64.
 
     An example goes into the current row if it fits, else starts a new one. Documents in a row have
     ids 0, 1, 2, ...; the padding at a row's end is one more document (it attends only to itself) with
     targets -100. An example longer than ``seq_len`` is refused (its answer would be cut)."""
-    rows: List[List[Example]] = []
+    rows: list[list[Example]] = []
     used = seq_len + 1  # forces a new row for the first example
     for i, (inp, tgt) in enumerate(examples):
         if len(inp) > seq_len:
-            raise DataError(f"example {i}: {len(inp) + 1} tokens do not fit seq_len={seq_len}; "
-                            "raise seq_len (up to the model's max_seq_len) or drop long conversations")
+            raise DataError(
+                f"example {i}: {len(inp) + 1} tokens do not fit seq_len={seq_len}; "
+                "raise seq_len (up to the model's max_seq_len) or drop long conversations"
+            )
         if used + len(inp) > seq_len:
             rows.append([])
             used = 0
@@ -230,21 +247,21 @@ def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> Tup
         t = 0
         for d, (inp, tgt) in enumerate(row):
             n = len(inp)
-            x[r, t:t + n] = torch.tensor(inp)
-            y[r, t:t + n] = torch.tensor(tgt)
-            doc[r, t:t + n] = d
+            x[r, t : t + n] = torch.tensor(inp)
+            y[r, t : t + n] = torch.tensor(tgt)
+            doc[r, t : t + n] = d
             t += n
         doc[r, t:] = len(row)
     return x, y, doc
 
 
-def pad_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> Tuple[Tensor, Tensor]:
+def pad_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> tuple[Tensor, Tensor]:
     """One example per row, right-padded (targets -100 on padding): the reference packing must equal."""
     x = torch.full((len(examples), seq_len), pad_id, dtype=torch.long)
     y = torch.full((len(examples), seq_len), IGNORE, dtype=torch.long)
     for r, (inp, tgt) in enumerate(examples):
-        x[r, :len(inp)] = torch.tensor(inp)
-        y[r, :len(tgt)] = torch.tensor(tgt)
+        x[r, : len(inp)] = torch.tensor(inp)
+        y[r, : len(tgt)] = torch.tensor(tgt)
     return x, y
 
 
@@ -260,16 +277,32 @@ class PackedSFTDataset(StreamingTokenDataset):
     """Packed rows as a ``StreamingTokenDataset``: same order, sharding, workers and resumable position;
     a sample is a packed row instead of a window, and a batch is ``(x, y, document_ids)``."""
 
-    def __init__(self, x: Tensor, y: Tensor, doc: Tensor, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, fingerprint: str = "") -> None:
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        doc: Tensor,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        fingerprint: str = "",
+    ) -> None:
         self.x, self.y, self.doc = x, y, doc
         seq_len = x.shape[1]
         # the parent counts samples from a token stream: give it one of exactly rows * seq_len + 1 tokens
-        super().__init__(torch.zeros(x.shape[0] * seq_len + 1, dtype=torch.int32), seq_len, batch_size,
-                         seed=seed, rank=rank, world_size=world_size, fingerprint=fingerprint)
+        super().__init__(
+            torch.zeros(x.shape[0] * seq_len + 1, dtype=torch.int32),
+            seq_len,
+            batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            fingerprint=fingerprint,
+        )
         self.tokens = None  # not used: make_batch reads the rows
 
-    def make_batch(self, idx: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def make_batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.x[idx], self.y[idx], self.doc[idx]
 
 
@@ -282,7 +315,7 @@ class SFTEval:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def batches(self, batch_size: int, max_batches: int) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+    def batches(self, batch_size: int, max_batches: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         for b in range(min(max_batches, -(-len(self) // batch_size))):
             s = slice(b * batch_size, (b + 1) * batch_size)
             yield self.x[s], self.y[s], self.doc[s]
@@ -292,24 +325,30 @@ def build_sft_datasets(cfg, tokenizer, rank: int = 0, world_size: int = 1):
     """``(PackedSFTDataset, SFTEval, Corpus)`` for ``TrainConfig`` ``cfg`` (``task="sft"``)."""
     train, held, corpus = load_sft_conversations(cfg.data, cfg.val_fraction)
     order = list(range(len(train)))
-    random.Random(cfg.seed).shuffle(order)   # packing mixes kinds and sources; fixed by the seed
+    random.Random(cfg.seed).shuffle(order)  # packing mixes kinds and sources; fixed by the seed
     examples = [encode_example(train[i], tokenizer) for i in order]
     too_long = sum(len(e[0]) > cfg.seq_len for e in examples)
     where = corpus.source.removeprefix("files:")
     if too_long == len(examples):
         raise DataError(f"{where}: every conversation is longer than seq_len={cfg.seq_len} tokens; raise --seq-len")
-    examples = [e for e in examples if len(e[0]) <= cfg.seq_len]   # dropped, not cut: counted below
+    examples = [e for e in examples if len(e[0]) <= cfg.seq_len]  # dropped, not cut: counted below
     x, y, doc = pack_examples(examples, cfg.seq_len, tokenizer.pad_id)
     fp = hashlib.sha256(f"{corpus.sha256}:{tokenizer.describe().get('sha256', 'byte')}:{cfg.seq_len}".encode())
     try:
-        ds = PackedSFTDataset(x, y, doc, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
-                              fingerprint=fp.hexdigest()[:16])
+        ds = PackedSFTDataset(
+            x, y, doc, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size, fingerprint=fp.hexdigest()[:16]
+        )
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     held_ex = [e for e in (encode_example(m, tokenizer) for m in held) if len(e[0]) <= cfg.seq_len]
     ev = SFTEval(*pack_examples(held_ex, cfg.seq_len, tokenizer.pad_id)) if held_ex else None
-    corpus.sft = {"conversations": len(train), "heldout": len(held), "dropped_too_long": too_long,
-                  "rows": int(x.shape[0]), "trained_token_share": round(packing_efficiency(y), 4)}
+    corpus.sft = {
+        "conversations": len(train),
+        "heldout": len(held),
+        "dropped_too_long": too_long,
+        "rows": int(x.shape[0]),
+        "trained_token_share": round(packing_efficiency(y), 4),
+    }
     return ds, ev, corpus
 
 
@@ -345,45 +384,86 @@ def resolve_start(cfg, model_cfg, tokenizer=None):
         return model_cfg, tokenizer, None
     init_cfg, init_tok, state = load_init(cfg.init)
     if tokenizer is not None and not same_tokenizer(tokenizer.describe(), init_tok.describe()):
-        raise ConfigError(f"TrainConfig.tokenizer: {tokenizer_name(tokenizer.describe())} is not the tokenizer "
-                          f"of --init {cfg.init} ({tokenizer_name(init_tok.describe())}); drop --tokenizer to use "
-                          "the model's own")
+        raise ConfigError(
+            f"TrainConfig.tokenizer: {tokenizer_name(tokenizer.describe())} is not the tokenizer "
+            f"of --init {cfg.init} ({tokenizer_name(init_tok.describe())}); drop --tokenizer to use "
+            "the model's own"
+        )
     return init_cfg, init_tok, state
 
 
 # --------------------------------------------------------------------------------------------
 # The fine-tuned model answering instructions it did not see
 # --------------------------------------------------------------------------------------------
-def chat_reply(model, tokenizer, messages: Sequence[dict], max_new_tokens: int = 160, temperature: float = 0.0,
-               top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
+def chat_reply(
+    model,
+    tokenizer,
+    messages: Sequence[dict],
+    max_new_tokens: int = 160,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> str:
     """The assistant's next turn: the template with the generation prompt, ``generate()``, cut at
     ``<|im_end|>`` (or ``<eos>``). At most as many new tokens as the context has room for."""
     ids, _ = encode_chat(validate_messages(list(messages)), tokenizer, add_generation_prompt=True)
-    max_new_tokens = min(max_new_tokens, model.config.max_seq_len - len(ids) + 1)   # what the context has room for
+    max_new_tokens = min(max_new_tokens, model.config.max_seq_len - len(ids) + 1)  # what the context has room for
     if max_new_tokens < 1:
-        raise ValueError(f"messages: {len(ids)} tokens fill the model's max_seq_len={model.config.max_seq_len}; "
-                         "shorten the conversation")
+        raise ValueError(
+            f"messages: {len(ids)} tokens fill the model's max_seq_len={model.config.max_seq_len}; "
+            "shorten the conversation"
+        )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        new = generate(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=g)[0].tolist()
+        new = generate(
+            model,
+            torch.tensor([ids]),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            generator=g,
+        )[0].tolist()
     if tokenizer.eos_id in new:
         new = new[: new.index(tokenizer.eos_id)]
     return tokenizer.decode(new).split(END_OF_TURN)[0]
 
 
-def chat_demo(model, tokenizer, n: int = 4, max_new_tokens: int = 160, temperature: float = 0.0,
-              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
+def chat_demo(
+    model,
+    tokenizer,
+    n: int = 4,
+    max_new_tokens: int = 160,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> str:
     """Held-out stdlib instructions (functions SFT never saw), the model's answers and the reference
     answers, with the sampling settings in the first line: the stored demo text."""
     held = stdlib_instruction_pairs().heldout
-    picks = [r for r in held if r["kind"] == "doc2code"][: (n + 1) // 2] + \
-            [r for r in held if r["kind"] == "code2doc"][: n // 2]
-    lines = [f"sampling: temperature={temperature} top_k={top_k} top_p={top_p} max_new_tokens={max_new_tokens} "
-             f"seed={seed} (temperature 0 = greedy); {len(held)} held-out conversations, none trained on", ""]
+    picks = [r for r in held if r["kind"] == "doc2code"][: (n + 1) // 2] + [r for r in held if r["kind"] == "code2doc"][
+        : n // 2
+    ]
+    lines = [
+        f"sampling: temperature={temperature} top_k={top_k} top_p={top_p} max_new_tokens={max_new_tokens} "
+        f"seed={seed} (temperature 0 = greedy); {len(held)} held-out conversations, none trained on",
+        "",
+    ]
     for r in picks:
         user, want = r["messages"][0]["content"], r["messages"][1]["content"]
         got = chat_reply(model, tokenizer, r["messages"][:1], max_new_tokens, temperature, top_k, top_p, seed)
-        lines += [f"### held-out {r['kind']} ({r['source']})", "[user]", user, "[assistant: the model]", got,
-                  "[reference answer]", want, ""]
+        lines += [
+            f"### held-out {r['kind']} ({r['source']})",
+            "[user]",
+            user,
+            "[assistant: the model]",
+            got,
+            "[reference answer]",
+            want,
+            "",
+        ]
     return "\n".join(lines)

@@ -81,10 +81,10 @@ class NgramProposer:
     def propose(self, tokens: list[int], k: int, generator=None) -> tuple[list[int], Tensor | None]:
         L = len(tokens)
         for n in range(min(self.n_max, L - 1), self.n_min - 1, -1):
-            tail = tokens[L - n:]
+            tail = tokens[L - n :]
             for start in range(L - n - 1, -1, -1):  # most recent earlier occurrence first
-                if tokens[start:start + n] == tail:
-                    follow = tokens[start + n:start + n + k]
+                if tokens[start : start + n] == tail:
+                    follow = tokens[start + n : start + n + k]
                     if follow:
                         return follow, None
         return [], None
@@ -188,10 +188,19 @@ class SpecStats:
 
 
 @torch.no_grad()
-def speculative_generate(model, input_ids: Tensor, max_new_tokens: int, *, proposer=None, k: int = 4,
-                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                         eos_id: int | None = None, generator: torch.Generator | None = None
-                         ) -> tuple[Tensor, SpecStats]:
+def speculative_generate(
+    model,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    *,
+    proposer=None,
+    k: int = 4,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, SpecStats]:
     """Generate up to ``max_new_tokens`` after one prompt (``input_ids``: (1, T)).
 
     Returns (new tokens as a (1, n) tensor, ``SpecStats``). Greedy output equals
@@ -205,8 +214,10 @@ def speculative_generate(model, input_ids: Tensor, max_new_tokens: int, *, propo
         raise ValueError(f"k (tokens proposed per step) must be >= 1, got {k}")
     T = input_ids.shape[1]
     if T + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} passes the model's "
-                         f"max_seq_len={model.config.max_seq_len}; shorten the prompt or ask for fewer tokens")
+        raise ValueError(
+            f"prompt of {T} tokens + max_new_tokens={max_new_tokens} passes the model's "
+            f"max_seq_len={model.config.max_seq_len}; shorten the prompt or ask for fewer tokens"
+        )
     model.eval()
     proposer = proposer if proposer is not None else NgramProposer()
     device = input_ids.device

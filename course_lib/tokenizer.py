@@ -31,15 +31,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
 
 from .chat import CHAT_TEMPLATE_JINJA, IM_END, IM_START
 from .data import ByteTokenizer, DataError, load_corpus
 from .fsio import atomic_write_text
 
 PAD, EOS = "<pad>", "<eos>"
-SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END)   # ids 0, 1, 2, 3
+SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END)  # ids 0, 1, 2, 3
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -62,18 +62,20 @@ class BPETokenizer:
         ids = {t: hf_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise DataError(f"{source or 'tokenizer'}: lacks the special token(s) {missing}; "
-                            "train it with course_lib.tokenizer.train_bpe (or add them as special tokens)")
+            raise DataError(
+                f"{source or 'tokenizer'}: lacks the special token(s) {missing}; "
+                "train it with course_lib.tokenizer.train_bpe (or add them as special tokens)"
+            )
         self.pad_id, self.eos_id = ids[PAD], ids[EOS]
         self.im_start_id, self.im_end_id = ids[IM_START], ids[IM_END]
         self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         self._skip = {self.pad_id, self.eos_id}
 
     # ---- the Tokenizer protocol ------------------------------------------------------------
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -96,12 +98,18 @@ class BPETokenizer:
         table = _unicode_to_bytes()
         return bytes(table[c] for c in piece)
 
-    def token_to_id(self, token: str) -> Optional[int]:
+    def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
     def describe(self) -> dict:
-        return {"type": "bpe", "vocab_size": self.vocab_size, "pad_id": self.pad_id, "eos_id": self.eos_id,
-                "sha256": self.sha256, "json": self.json}
+        return {
+            "type": "bpe",
+            "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id,
+            "eos_id": self.eos_id,
+            "sha256": self.sha256,
+            "json": self.json,
+        }
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -114,22 +122,26 @@ class BPETokenizer:
         return p
 
     @classmethod
-    def from_json(cls, text: str, source: str = "") -> "BPETokenizer":
+    def from_json(cls, text: str, source: str = "") -> BPETokenizer:
         try:
             tok = _tokenizers().Tokenizer.from_str(text)
         except Exception as e:  # noqa: BLE001 - the Rust side raises plain Exception
-            raise DataError(f"{source or 'tokenizer'}: not a valid tokenizer.json ({str(e).splitlines()[0]}); "
-                            "train one with: python -m course_lib.tokenizer --data FILE --out tokenizer.json") from None
+            raise DataError(
+                f"{source or 'tokenizer'}: not a valid tokenizer.json ({str(e).splitlines()[0]}); "
+                "train one with: python -m course_lib.tokenizer --data FILE --out tokenizer.json"
+            ) from None
         return cls(tok, source)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
+    def from_file(cls, path: str | os.PathLike) -> BPETokenizer:
         p = Path(path)
         if p.is_dir():
             p = p / TOKENIZER_FILE
         if not p.is_file():
-            raise DataError(f"{p}: tokenizer file not found; train one with: "
-                            "python -m course_lib.tokenizer --data FILE --out tokenizer.json, or use 'byte'")
+            raise DataError(
+                f"{p}: tokenizer file not found; train one with: "
+                "python -m course_lib.tokenizer --data FILE --out tokenizer.json, or use 'byte'"
+            )
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -140,18 +152,28 @@ class BPETokenizer:
 def train_bpe(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE with ``vocab_size`` entries (special tokens and the 256 bytes included)."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise DataError(f"vocab_size: {vocab_size} is too small; byte-level BPE needs at least "
-                        f"{256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        raise DataError(
+            f"vocab_size: {vocab_size} is too small; byte-level BPE needs at least "
+            f"{256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+        )
     tk = _tokenizers()
     from tokenizers import decoders, models, pre_tokenizers, trainers
+
     tok = tk.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                  special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return BPETokenizer(tok, source="train_bpe")
 
@@ -194,8 +216,10 @@ def load_artifact_tokenizer(folder: str | os.PathLike, desc: dict):
         return tokenizer_from_description(desc)
     tok = BPETokenizer.from_file(Path(folder) / TOKENIZER_FILE)
     if desc.get("sha256") and desc["sha256"] != tok.sha256:
-        raise DataError(f"{Path(folder) / TOKENIZER_FILE}: not the tokenizer config.json names (sha256 "
-                        f"{tok.sha256[:12]} vs {str(desc['sha256'])[:12]}); export the model and its tokenizer together")
+        raise DataError(
+            f"{Path(folder) / TOKENIZER_FILE}: not the tokenizer config.json names (sha256 "
+            f"{tok.sha256[:12]} vs {str(desc['sha256'])[:12]}); export the model and its tokenizer together"
+        )
     return tok
 
 
@@ -220,6 +244,7 @@ def byte_level_hf_json() -> str:
     ids 0..255 (the bytes' own values), ``<pad>``=256, ``<eos>``=257: the same ids for any text."""
     tk = _tokenizers()
     from tokenizers import decoders, models, pre_tokenizers
+
     alphabet = _bytes_to_unicode()
     vocab = {alphabet[b]: b for b in range(256)}
     tok = tk.Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -268,21 +293,36 @@ def save_hf_tokenizer(tokenizer, out_dir: str | os.PathLike) -> None:
     else:
         text, extra = byte_level_hf_json(), []
     atomic_write_text(out / TOKENIZER_FILE, text)
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": PAD, "eos_token": EOS,
-           "bos_token": None, "unk_token": None, "add_bos_token": False, "add_eos_token": False,
-           "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000,
-           "additional_special_tokens": extra, "chat_template": CHAT_TEMPLATE_JINJA}
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": PAD,
+        "eos_token": EOS,
+        "bos_token": None,
+        "unk_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000,
+        "additional_special_tokens": extra,
+        "chat_template": CHAT_TEMPLATE_JINJA,
+    }
     atomic_write_text(out / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
 # python -m course_lib.tokenizer
 # --------------------------------------------------------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m course_lib.tokenizer",
-                                description="Train a byte-level BPE tokenizer (HF tokenizers) on your corpus.")
-    p.add_argument("--data", default="stdlib", help="'stdlib', a .txt/.jsonl file or a folder of them (default: stdlib)")
-    p.add_argument("--vocab-size", type=int, default=2048, help="entries incl. 256 bytes + 4 special tokens (default: 2048)")
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m course_lib.tokenizer",
+        description="Train a byte-level BPE tokenizer (HF tokenizers) on your corpus.",
+    )
+    p.add_argument(
+        "--data", default="stdlib", help="'stdlib', a .txt/.jsonl file or a folder of them (default: stdlib)"
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=2048, help="entries incl. 256 bytes + 4 special tokens (default: 2048)"
+    )
     p.add_argument("--min-frequency", type=int, default=2, help="merge only pairs seen this often (default: 2)")
     p.add_argument("--out", default="tokenizer.json", help="file (or folder) to write (default: tokenizer.json)")
     args = p.parse_args(argv)
@@ -297,8 +337,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     n_chars = corpus.num_chars
     n_tok = sum(len(t) for t in tok.encode_batch(corpus.documents))
-    print(f"[tokenizer] {tok.vocab_size} tokens trained on {n_chars:,} chars in {secs:.1f}s -> {path} "
-          f"(sha256 {tok.sha256[:12]}; {n_tok / n_chars:.3f} tokens/char on its own corpus)")
+    print(
+        f"[tokenizer] {tok.vocab_size} tokens trained on {n_chars:,} chars in {secs:.1f}s -> {path} "
+        f"(sha256 {tok.sha256[:12]}; {n_tok / n_chars:.3f} tokens/char on its own corpus)"
+    )
     return 0
 
 

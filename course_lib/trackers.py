@@ -28,7 +28,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from .callbacks import Callback
 
@@ -44,11 +44,12 @@ def _import(name: str):
     try:
         return __import__(name)
     except ImportError:
-        raise TrackerUnavailable(f"{name} is not installed; pip install -e \".[trackers]\" "
-                                 f"(or pip install {name}), or drop --tracker {name}") from None
+        raise TrackerUnavailable(
+            f'{name} is not installed; pip install -e ".[trackers]" (or pip install {name}), or drop --tracker {name}'
+        ) from None
 
 
-def read_run_ids(out_dir: str | os.PathLike) -> Dict[str, str]:
+def read_run_ids(out_dir: str | os.PathLike) -> dict[str, str]:
     """``{tracker name: run id}`` stored in ``out_dir/trackers.json`` ({} if none)."""
     path = Path(out_dir) / IDS_FILE
     try:
@@ -76,14 +77,19 @@ class TrackerCallback(Callback):
 
     name = "tracker"
 
-    def __init__(self, project: str = "course-stage4", run_name: Optional[str] = None, mode: str = "offline",
-                 log_dir: Optional[str | os.PathLike] = None) -> None:
+    def __init__(
+        self,
+        project: str = "course-stage4",
+        run_name: str | None = None,
+        mode: str = "offline",
+        log_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.project, self.run_name, self.mode = project, run_name, mode
         self.log_dir = log_dir
-        self.run_id: Optional[str] = None
+        self.run_id: str | None = None
         self.resumed = False
         self.active = False
-        self._t_last: Optional[float] = None
+        self._t_last: float | None = None
         self._tokens = 0
 
     # ---- the callback ---------------------------------------------------------------------
@@ -161,9 +167,17 @@ class WandbTracker(TrackerCallback):
 
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
         wandb = self.wandb
-        self.run = wandb.init(project=self.project, name=self.run_name, id=run_id, resume="allow",
-                              mode=self.mode, dir=str(self.log_dir), config=config, reinit="finish_previous",
-                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+        self.run = wandb.init(
+            project=self.project,
+            name=self.run_name,
+            id=run_id,
+            resume="allow",
+            mode=self.mode,
+            dir=str(self.log_dir),
+            config=config,
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
         # every figure is plotted against the trainer's step (the tracker's own step must only grow,
         # and a resumed run logs again the steps between the last checkpoint and the crash)
         self.run.define_metric("train/step")
@@ -194,12 +208,19 @@ class SwanLabTracker(TrackerCallback):
         self.run = None
 
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
-        with _quiet():   # SwanLab prints banners with absolute paths on stdout; the trainer has its own log
+        with _quiet():  # SwanLab prints banners with absolute paths on stdout; the trainer has its own log
             self._init(run_id, config)
 
     def _init(self, run_id: str, config: dict) -> None:
-        self.run = self.swanlab.init(project=self.project, name=self.run_name, config=config, mode=self.mode,
-                                     log_dir=str(Path(self.log_dir) / "swanlog"), id=run_id, resume="allow")
+        self.run = self.swanlab.init(
+            project=self.project,
+            name=self.run_name,
+            config=config,
+            mode=self.mode,
+            log_dir=str(Path(self.log_dir) / "swanlog"),
+            id=run_id,
+            resume="allow",
+        )
 
     def _log(self, values: dict, step: int) -> None:
         self.run.log({k: v for k, v in values.items() if k != "train/step"}, step=step)
@@ -223,6 +244,8 @@ TRACKERS = {"wandb": WandbTracker, "swanlab": SwanLabTracker}
 def make_tracker(name: str, **kw) -> TrackerCallback:
     """``make_tracker("wandb" | "swanlab", mode="offline", ...)``; a one-line error for anything else."""
     if name not in TRACKERS:
-        raise ValueError(f"--tracker: unknown tracker {name!r}; choose one of {sorted(TRACKERS)} "
-                         "(TensorBoard is always on unless --no-tensorboard)")
+        raise ValueError(
+            f"--tracker: unknown tracker {name!r}; choose one of {sorted(TRACKERS)} "
+            "(TensorBoard is always on unless --no-tensorboard)"
+        )
     return TRACKERS[name](**kw)

@@ -44,16 +44,22 @@ from torch.utils.data import DataLoader
 from . import distributed, roofline
 from .callbacks import Callback
 from .checkpoint import CheckpointError, CheckpointManager, ShardedCheckpointManager, checkpoint_format
-from .cli import (EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, model_kwargs_arg,
-                  print_error)
+from .cli import EXIT_FAILED, EXIT_INPUT, EXIT_NONFINITE, build_parser, configs_from_args, model_kwargs_arg, print_error
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import DataError, build_datasets, eval_batches
 from .dataloading import DistributedChunkBatches, combined_batch
 from .faults import fault_point
-from .fsdp import apply_fsdp, global_data_position, load_training_shards, reshard_data_position, shards_finite, training_shards
+from .fsdp import (
+    apply_fsdp,
+    global_data_position,
+    load_training_shards,
+    reshard_data_position,
+    shards_finite,
+    training_shards,
+)
 from .fsio import atomic_write_text
-from .protocol import ModelSpec, build_model, num_parameters
 from .monitor import MetricsLogError, NonFiniteError, StepLogger, check_finite
+from .protocol import ModelSpec, build_model, num_parameters
 from .resume import ConfigMismatchError, change_warnings, check_checkpoint_kind, check_resumable, reshards
 from .schedule import build_scheduler
 from .sft import build_sft_datasets, resolve_start
@@ -73,10 +79,17 @@ class ReplayDDPBatches(Callback):
     def __init__(self, world_size: int, micro_steps: int = 1, batch_size: int | None = None) -> None:
         self.world_size, self.micro_steps, self.batch_size = world_size, micro_steps, batch_size
 
-    def on_batch(self, trainer: "Trainer", x: torch.Tensor, y: torch.Tensor):
+    def on_batch(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor):
         c = trainer.cfg
-        return combined_batch(trainer.train_data.tokens, c.seq_len, self.batch_size or c.batch_size, c.seed,
-                              self.world_size, trainer.step, self.micro_steps)
+        return combined_batch(
+            trainer.train_data.tokens,
+            c.seq_len,
+            self.batch_size or c.batch_size,
+            c.seed,
+            self.world_size,
+            trainer.step,
+            self.micro_steps,
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -84,17 +97,19 @@ class ReplayDDPBatches(Callback):
 # ------------------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 def get_rng_state() -> dict:
     """All RNG states as plain containers (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -129,8 +144,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool | None
             continue
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
@@ -179,8 +193,15 @@ def _lr_at(scheduler) -> float:
 class Trainer:
     """Builds model, optimizer, schedule, data, checkpoints and logging from two configs."""
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
-                 tokenizer=None, console: bool = True, save_checkpoints: bool = True) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        callbacks: Sequence[Callback] = (),
+        tokenizer=None,
+        console: bool = True,
+        save_checkpoints: bool = True,
+    ) -> None:
         # --init / --tokenizer (course_lib.sft.resolve_start): a fine-tune takes its model config,
         # tokenizer and starting weights from the model it starts from
         model_cfg, tokenizer, self._init_state = resolve_start(cfg, model_cfg, tokenizer)
@@ -196,21 +217,24 @@ class Trainer:
         if cfg.dtype == "fp16" and self.device.type != "cuda" and self.console:
             # informational, so it goes with the console log (stdout), not stderr
             print("[train] note: fp16 on CPU is slow and meant for demonstration; bf16 is the CPU choice", flush=True)
-        self.sharded = cfg.strategy == "fsdp"   # FSDP: sharded model state and sharded checkpoints
-        self._build_model()        # 1. model, optimizer, schedule, scaler (same seed on every rank)
-        self._build_data()         # 2. data: sharded by rank here, by worker inside the DataLoader
+        self.sharded = cfg.strategy == "fsdp"  # FSDP: sharded model state and sharded checkpoints
+        self._build_model()  # 1. model, optimizer, schedule, scaler (same seed on every rank)
+        self._build_data()  # 2. data: sharded by rank here, by worker inside the DataLoader
 
         # ---- 3. state counters, checkpoints, resume ----
-        self.step = 0                 # optimizer steps finished
-        self.batches_consumed = 0     # micro-batches taken from the data stream (this rank)
-        self.skipped_steps = 0        # GradScaler skips (fp16)
+        self.step = 0  # optimizer steps finished
+        self.batches_consumed = 0  # micro-batches taken from the data stream (this rank)
+        self.skipped_steps = 0  # GradScaler skips (fp16)
         self.history: list[dict] = []
         self.resumed_from: Path | None = None
-        self.previous_run: Path | None = None   # where --no-resume moved an earlier run's files
+        self.previous_run: Path | None = None  # where --no-resume moved an earlier run's files
         self._resume_changes: dict = {}
         manager = ShardedCheckpointManager if self.sharded else CheckpointManager
-        self.ckpt = manager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval,
-                            verbose=self.is_main) if save_checkpoints or cfg.resume else None
+        self.ckpt = (
+            manager(self.out_dir, keep_last=cfg.keep_last, interval=cfg.ckpt_interval, verbose=self.is_main)
+            if save_checkpoints or cfg.resume
+            else None
+        )
         self.save_checkpoints = save_checkpoints
         if cfg.resume and self.ckpt is not None:
             self.try_resume()
@@ -229,11 +253,15 @@ class Trainer:
         """The tokenizer and the sequence length fit the model, or a ``ConfigError`` naming the field."""
         model_cfg, cfg = self.model_cfg, self.cfg
         if self.tokenizer.vocab_size > model_cfg.vocab_size:
-            raise ConfigError(f"ModelConfig.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's "
-                              f"vocab_size={self.tokenizer.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}")
+            raise ConfigError(
+                f"ModelConfig.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's "
+                f"vocab_size={self.tokenizer.vocab_size}; set vocab_size >= {self.tokenizer.vocab_size}"
+            )
         if cfg.seq_len > model_cfg.max_seq_len:
-            raise ConfigError(f"TrainConfig.seq_len: {cfg.seq_len} exceeds ModelConfig.max_seq_len="
-                              f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len")
+            raise ConfigError(
+                f"TrainConfig.seq_len: {cfg.seq_len} exceeds ModelConfig.max_seq_len="
+                f"{model_cfg.max_seq_len}; lower seq_len or raise max_seq_len"
+            )
 
     def _build_model(self) -> None:
         cfg = self.cfg
@@ -242,8 +270,10 @@ class Trainer:
         # model_cfg: a ModelConfig (DIYModel) or a protocol.ModelSpec (a model given by import path)
         self.model = build_model(self.model_cfg, cfg.activation_checkpointing).to(self.device)
         if self.sharded and isinstance(self.model_cfg, ModelSpec):
-            raise ConfigError("TrainConfig.strategy: fsdp wraps DIYModel's blocks and is not available for a model "
-                              "given by --model-class; use --strategy ddp")
+            raise ConfigError(
+                "TrainConfig.strategy: fsdp wraps DIYModel's blocks and is not available for a model "
+                "given by --model-class; use --strategy ddp"
+            )
         if self._init_state is not None:  # --init: trained weights instead of random ones (before any sharding)
             self.model.load_state_dict(self._init_state)
             self._init_state = None
@@ -252,19 +282,33 @@ class Trainer:
             # The optimizer comes after: it must hold the sharded (DTensor) parameters.
             apply_fsdp(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, cfg.max_steps,
-                                         min_lr_ratio=cfg.min_lr / cfg.lr, decay_fraction=cfg.decay_fraction)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            cfg.schedule,
+            cfg.warmup_steps,
+            cfg.max_steps,
+            min_lr_ratio=cfg.min_lr / cfg.lr,
+            decay_fraction=cfg.decay_fraction,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.dtype == "fp16" else None
 
     def _build_data(self) -> None:
         cfg = self.cfg
         if cfg.task == "sft":  # packed conversations, loss on the assistant's tokens (course_lib.sft)
             self.train_data, self.val_tokens, self.corpus = build_sft_datasets(
-                cfg, self.tokenizer, rank=self.dist.rank, world_size=self.dist.world_size)
+                cfg, self.tokenizer, rank=self.dist.rank, world_size=self.dist.world_size
+            )
         else:
             self.train_data, self.val_tokens, self.corpus = build_datasets(
-                cfg.data, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.val_fraction,
-                rank=self.dist.rank, world_size=self.dist.world_size, tokenizer=self.tokenizer)
+                cfg.data,
+                cfg.seq_len,
+                cfg.batch_size,
+                cfg.seed,
+                cfg.val_fraction,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                tokenizer=self.tokenizer,
+            )
         if cfg.loader == "map":  # same tokens, map-style + DistributedSampler (course_lib.dataloading)
             self.train_data = DistributedChunkBatches.like(self.train_data)
 
@@ -272,9 +316,12 @@ class Trainer:
         """A fresh run never shares rotation with another run's checkpoints (see move_previous_run)."""
         self.previous_run = move_previous_run(self.out_dir)
         if self.previous_run is not None:
-            print(f"[train] --no-resume (resume=False): {self.out_dir} already held a run; its checkpoints and logs "
-                  f"were moved to {self.previous_run} (nothing deleted). This run starts at step 0.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[train] --no-resume (resume=False): {self.out_dir} already held a run; its checkpoints and logs "
+                f"were moved to {self.previous_run} (nothing deleted). This run starts at step 0.",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # ------------------------------------------------------------------ state
     @property
@@ -296,16 +343,23 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue this run exactly (rank 0's view plus all ranks' RNG)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                **self._run_state(), "data": self.train_data.state_dict(self.batches_consumed)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            **self._run_state(),
+            "data": self.train_data.state_dict(self.batches_consumed),
+        }
 
     def trainer_state(self) -> dict:
         """``state_dict()`` without model and optimizer, which a sharded checkpoint stores through
         DCP; the data position also in global samples (``fsdp.global_data_position``), so a run
         with another number of ranks continues at the same sample."""
-        return {**self._run_state(),
-                "data": global_data_position(self.train_data.state_dict(self.batches_consumed),
-                                             self.cfg.accumulation_steps)}
+        return {
+            **self._run_state(),
+            "data": global_data_position(
+                self.train_data.state_dict(self.batches_consumed), self.cfg.accumulation_steps
+            ),
+        }
 
     def _run_state(self) -> dict:
         """What both checkpoint kinds store besides weights, optimizer and data position."""
@@ -322,7 +376,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if "model" in state:   # a sharded checkpoint's trainer state has none: DCP loaded them
+        if "model" in state:  # a sharded checkpoint's trainer state has none: DCP loaded them
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -333,8 +387,7 @@ class Trainer:
         data = state["data"]
         if reshards(state, self.dist.world_size, self.sharded):
             c = self.cfg
-            data = reshard_data_position(data, c.batch_size, self.dist.world_size, self.dist.rank,
-                                         c.accumulation_steps)
+            data = reshard_data_position(data, c.batch_size, self.dist.world_size, self.dist.rank, c.accumulation_steps)
         self.batches_consumed = int(data["batches_consumed"])
         self.train_data.load_state_dict(data)
         rngs = state["rng"]
@@ -345,13 +398,15 @@ class Trainer:
 
     def _validate_checkpoint(self, state: dict) -> None:
         """May this run continue ``state``? (``resume.check_resumable``; remembers what changed)."""
-        self._resume_changes = check_resumable(state, self.model_cfg.to_dict(), self.cfg, self.dist.world_size,
-                                               self.dist.rank, self.out_dir)
+        self._resume_changes = check_resumable(
+            state, self.model_cfg.to_dict(), self.cfg, self.dist.world_size, self.dist.rank, self.out_dir
+        )
         saved_tok = state.get("tokenizer")
         if saved_tok is not None and not same_tokenizer(saved_tok, self.tokenizer.describe()):
             raise ConfigMismatchError(
                 f"{self.out_dir}: its checkpoint was trained with tokenizer {tokenizer_name(saved_tok)} but this run "
-                f"has {tokenizer_name(self.tokenizer.describe())}; resume with the run's --tokenizer or use a new out_dir")
+                f"has {tokenizer_name(self.tokenizer.describe())}; resume with the run's --tokenizer or use a new out_dir"
+            )
 
     def _load_latest_sharded(self):
         """Latest good sharded checkpoint: trainer state verified and validated first, then DCP
@@ -362,21 +417,23 @@ class Trainer:
             holder["shards"] = training_shards(self.model, self.optimizer)
             return holder["shards"]
 
-        found = self.ckpt.load_latest(shards_fn=shards_fn, map_location=self.device,
-                                      validate=self._validate_checkpoint)
+        found = self.ckpt.load_latest(shards_fn=shards_fn, map_location=self.device, validate=self._validate_checkpoint)
         if found is None and holder:
             # get_state_dict created optimizer state and DCP may have filled part of the model
-            raise CheckpointError(f"{self.ckpt.dir}: no sharded checkpoint could be loaded (see the warnings "
-                                  "above); this run's model may hold part of one, so it stops here. Use a new "
-                                  "out_dir, or --no-resume, which moves these checkpoints aside")
+            raise CheckpointError(
+                f"{self.ckpt.dir}: no sharded checkpoint could be loaded (see the warnings "
+                "above); this run's model may hold part of one, so it stops here. Use a new "
+                "out_dir, or --no-resume, which moves these checkpoints aside"
+            )
         if found is not None:
             load_training_shards(self.model, self.optimizer, holder["shards"])
         return found
 
     def try_resume(self) -> Path | None:
         latest = self.ckpt.latest()
-        check_checkpoint_kind(checkpoint_format(latest) if latest is not None else None, self.cfg.strategy,
-                              self.out_dir)
+        check_checkpoint_kind(
+            checkpoint_format(latest) if latest is not None else None, self.cfg.strategy, self.out_dir
+        )
         if self.sharded:
             found = self._load_latest_sharded()
         else:
@@ -401,14 +458,21 @@ class Trainer:
     def _make_iter(self):
         c = self.cfg
         if isinstance(self.train_data, DistributedChunkBatches):
-            return self.train_data.iterate(num_workers=c.num_workers, pin_memory=self.device.type == "cuda",
-                                           generator=torch.Generator().manual_seed(c.seed))
-        loader = DataLoader(self.train_data, batch_size=None, num_workers=c.num_workers,
-                            pin_memory=self.device.type == "cuda",
-                            persistent_workers=False,
-                            # a private generator: creating worker seeds must not consume the
-                            # global torch RNG, or a resumed run would drift from an uninterrupted one
-                            generator=torch.Generator().manual_seed(c.seed))
+            return self.train_data.iterate(
+                num_workers=c.num_workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(c.seed),
+            )
+        loader = DataLoader(
+            self.train_data,
+            batch_size=None,
+            num_workers=c.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            # a private generator: creating worker seeds must not consume the
+            # global torch RNG, or a resumed run would drift from an uninterrupted one
+            generator=torch.Generator().manual_seed(c.seed),
+        )
         return iter(loader)
 
     def next_batch(self):
@@ -440,9 +504,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_after_backward(self)
         if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)   # clip real gradients, not scaled ones
+            self.scaler.unscale_(self.optimizer)  # clip real gradients, not scaled ones
         grad_norm_t = self._clip_and_measure()
-        if self.dist.enabled:   # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
+        if self.dist.enabled:  # the global mean loss (grad-norm is already global: DDP all-reduce / FSDP norm)
             dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
             loss_acc /= self.dist.world_size
         # This is a CPU-GPU sync point, kept on purpose and only once per optimizer step: the NaN
@@ -450,22 +514,29 @@ class Trainer:
         # weights (and into the next checkpoint). One .tolist() fetches both numbers together.
         loss_sum, grad_norm = torch.stack([loss_acc, grad_norm_t.detach().float().to(loss_acc.device)]).tolist()
         # (fp16: the GradScaler handles non-finite gradients itself by skipping the step)
-        if c.stop_on_nonfinite and not (math.isfinite(loss_sum)
-                                        and (self.scaler is not None or math.isfinite(grad_norm))):
+        if c.stop_on_nonfinite and not (
+            math.isfinite(loss_sum) and (self.scaler is not None or math.isfinite(grad_norm))
+        ):
             self.optimizer.zero_grad(set_to_none=True)
             check_finite(self.step + 1, loss=loss_sum, grad_norm=grad_norm if self.scaler is None else None)
         skipped = self._optimizer_step()
         self.step += 1
-        return {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                "skipped": skipped, "skipped_steps": self.skipped_steps,
-                "epoch": self.train_data.epoch_of(self.batches_consumed)}
+        return {
+            "step": self.step,
+            "loss": loss_sum,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "skipped": skipped,
+            "skipped_steps": self.skipped_steps,
+            "epoch": self.train_data.epoch_of(self.batches_consumed),
+        }
 
     def _accumulate_gradients(self) -> torch.Tensor:
         """Forward + backward over the step's micro-batches; the mean loss, still on the device."""
         c, model = self.cfg, self.forward_model
         model.train()
         k = c.accumulation_steps
-        loss_acc = torch.zeros((), device=self.device)   # stays on the device: no sync per micro-batch
+        loss_acc = torch.zeros((), device=self.device)  # stays on the device: no sync per micro-batch
         for micro in range(k):
             x, y = self.next_batch()
             if self.ddp is not None:
@@ -478,7 +549,7 @@ class Trainer:
                 self.model.set_requires_gradient_sync(micro == k - 1)
             with autocast_context(self.device, c.dtype):
                 out = model(x, targets=y, **self._batch_kwargs)
-            scaled = out.loss / k     # mean over the k micro-batches = one big batch
+            scaled = out.loss / k  # mean over the k micro-batches = one big batch
             loss_acc += scaled.detach().float()
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss_acc
@@ -504,7 +575,7 @@ class Trainer:
         skipped = False
         if self.scaler is not None:
             scale_before = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)       # skips the step if grads hold inf/NaN
+            self.scaler.step(self.optimizer)  # skips the step if grads hold inf/NaN
             self.scaler.update()
             skipped = self.scaler.get_scale() < scale_before
         else:
@@ -553,11 +624,11 @@ class Trainer:
         """Every rank writes its shard (DCP); rank 0 adds the trainer state and the marker."""
         shards = training_shards(self.model, self.optimizer)
         finite = torch.tensor([1.0 if shards_finite(shards) else 0.0], device=self.device)
-        if self.dist.enabled:   # all ranks must agree, or one would wait in the save forever
+        if self.dist.enabled:  # all ranks must agree, or one would wait in the save forever
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
             raise NonFiniteError(f"refusing to save step {self.step}: a parameter shard is not finite")
-        trainer_state = self.trainer_state()   # every rank joins the RNG gather
+        trainer_state = self.trainer_state()  # every rank joins the RNG gather
         if not self.save_checkpoints:
             return None
         path = self.ckpt.save(self.step, shards, trainer_state)
@@ -577,12 +648,21 @@ class Trainer:
                 self.tokenizer.save(self.out_dir / "tokenizer.json")
             # MFU: FLOPs/token (6N + attention) over the peak FLOP/s (configured, or measured once)
             peak = c.peak_flops or roofline.measured_peak_flops(
-                self.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.dtype, torch.float32))
-            self.logger = StepLogger(self.out_dir, c.max_steps, c.log_interval,
-                                     tensorboard=c.tensorboard, console=self.console,
-                                     flops_per_token=(roofline.flops_per_token(self.model_cfg, c.seq_len)
-                                                      if isinstance(self.model_cfg, ModelConfig) else None),
-                                     peak_flops=peak * self.dist.world_size)
+                self.device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.dtype, torch.float32)
+            )
+            self.logger = StepLogger(
+                self.out_dir,
+                c.max_steps,
+                c.log_interval,
+                tensorboard=c.tensorboard,
+                console=self.console,
+                flops_per_token=(
+                    roofline.flops_per_token(self.model_cfg, c.seq_len)
+                    if isinstance(self.model_cfg, ModelConfig)
+                    else None
+                ),
+                peak_flops=peak * self.dist.world_size,
+            )
             self.logger.start(self.step)
         for cb in self.callbacks:
             cb.on_train_start(self)
@@ -598,8 +678,11 @@ class Trainer:
                     self.logger.log(self.step, {k: v for k, v in metrics.items() if k != "step"})
                 for cb in self.callbacks:
                     cb.on_step_end(self, metrics)
-                if self.save_checkpoints and self.ckpt is not None and (
-                        self.ckpt.should_save(self.step) or self.step == c.max_steps):
+                if (
+                    self.save_checkpoints
+                    and self.ckpt is not None
+                    and (self.ckpt.should_save(self.step) or self.step == c.max_steps)
+                ):
                     self.save_checkpoint()
                 fault_point("after_step", self.step, self.dist.rank)  # tests/demos only: COURSE_FAULT
         finally:
@@ -614,14 +697,17 @@ class Trainer:
 # python -m course_lib.train
 # ------------------------------------------------------------------------------------------
 INPUT_ERRORS = (ConfigError, DataError, ConfigMismatchError)
-RUN_FAILURES = (CheckpointError, MetricsLogError, OSError)   # one line, exit 1
+RUN_FAILURES = (CheckpointError, MetricsLogError, OSError)  # one line, exit 1
 
 
 def _report_start(trainer: Trainer) -> None:
     c = trainer.cfg
-    print(f"[train] {num_parameters(trainer.model):,} parameters | device {trainer.device} | "
-          f"world size {trainer.dist.world_size} | strategy {c.strategy} | data {trainer.corpus.source} "
-          f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})", flush=True)
+    print(
+        f"[train] {num_parameters(trainer.model):,} parameters | device {trainer.device} | "
+        f"world size {trainer.dist.world_size} | strategy {c.strategy} | data {trainer.corpus.source} "
+        f"({trainer.corpus.num_chars:,} chars, sha256 {trainer.corpus.sha256[:12]})",
+        flush=True,
+    )
 
 
 def _report_end(trainer: Trainer, history: list[dict], seconds: float) -> None:
@@ -629,12 +715,18 @@ def _report_end(trainer: Trainer, history: list[dict], seconds: float) -> None:
     if history:
         first, last = history[0]["loss"], history[-1]["loss"]
         ev = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
-        print(f"[train] done in {seconds:.1f}s: loss {first:.3f} -> {last:.3f}"
-              + (f", eval loss {ev[-1]:.3f}" if ev else ""), flush=True)
+        print(
+            f"[train] done in {seconds:.1f}s: loss {first:.3f} -> {last:.3f}"
+            + (f", eval loss {ev[-1]:.3f}" if ev else ""),
+            flush=True,
+        )
     else:
         print(f"[train] nothing to do: already at step {trainer.step} of {c.max_steps}")
-    print(f"[train] checkpoints in {Path(c.out_dir) / 'checkpoints'}; try: "
-          f"python -m course_lib.generate --run {c.out_dir} --prompt 'def '", flush=True)
+    print(
+        f"[train] checkpoints in {Path(c.out_dir) / 'checkpoints'}; try: "
+        f"python -m course_lib.generate --run {c.out_dir} --prompt 'def '",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

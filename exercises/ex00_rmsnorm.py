@@ -5,6 +5,7 @@
 
 也可以在终端运行 `python -m course_lib.lab.grading 00`。
 """
+
 from torch import Tensor
 
 

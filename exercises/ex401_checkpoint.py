@@ -6,6 +6,7 @@
 这是热身：只有模型和优化器。真正的恢复还要 scheduler、RNG、数据位置和配置，
 那是 4.1.1 的综合练习 `exercises/ex411_train_script.py`：它会被真的杀掉再恢复。
 """
+
 import os
 from typing import IO, BinaryIO
 
@@ -14,8 +15,7 @@ import torch
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
 
-def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
-                    out: PathOrFile) -> None:
+def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: PathOrFile) -> None:
     """把继续训练所需的状态（这里只有模型和优化器）写到 `out`。
 
     输入：`model`、`optimizer`、已完成的步数 `iteration`（int）、`out`（路径，或已打开的二进制文件对象）。

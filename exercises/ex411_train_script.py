@@ -14,6 +14,7 @@
 (bitwise-identical)，被杀又重启之后的 metrics.jsonl 也必须有每一个该记的步；不同的话，评分器
 会说出是哪一项状态没有恢复。
 """
+
 import argparse
 import math
 import random
@@ -53,8 +54,16 @@ def build(args):
     """Model and data from course_lib: a tiny model with dropout, so the RNG matters."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=64,
-                      max_seq_len=32, dropout=0.1, tie_embeddings=False)
+    cfg = ModelConfig(
+        d_model=32,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden=64,
+        max_seq_len=32,
+        dropout=0.1,
+        tie_embeddings=False,
+    )
     model = DIYModel(cfg)
     dataset, _, _ = build_datasets("stdlib", seq_len=32, batch_size=4, seed=args.seed, max_bytes=50_000)
     return model, dataset
@@ -69,8 +78,10 @@ def lr_factor(step, warmup_steps, max_steps):
 
 
 def save_final_weights(model, out_dir):
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(Path(out_dir) / "final_model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        str(Path(out_dir) / "final_model.safetensors"),
+    )
 
 
 # ---------------------------------------------------------------- 你的部分

@@ -4,6 +4,7 @@
 `from course_lib.lab.hints import hint; hint("ex412_ddp_by_hand")`，每调用一次多给一层提示。
 评分器会真的启动 2 个进程（gloo 后端，CPU），把你的结果和 `DistributedDataParallel` 比较。
 """
+
 import torch
 import torch.distributed as dist  # noqa: F401  (the process group is already initialised)
 

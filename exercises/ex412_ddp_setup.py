@@ -11,8 +11,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-def setup_ddp(model: torch.nn.Module, dataset: Dataset, batch_size: int,
-              seed: int = 0) -> tuple[DistributedDataParallel, DataLoader, DistributedSampler]:
+def setup_ddp(
+    model: torch.nn.Module, dataset: Dataset, batch_size: int, seed: int = 0
+) -> tuple[DistributedDataParallel, DataLoader, DistributedSampler]:
     """在当前进程里完成 DDP 的准备，返回 `(ddp_model, loader, sampler)`。
 
     输入：`model`、map-style 的 `dataset`、每个 rank 的 `batch_size`、打乱用的 `seed`；

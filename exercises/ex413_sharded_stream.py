@@ -3,6 +3,7 @@
 在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.3")` 检查；卡住时
 `from course_lib.lab.hints import hint; hint("ex413_sharded_stream")`，每调用一次多给一层提示。
 """
+
 import torch  # noqa: F401  (you will probably need it)
 from torch.utils.data import IterableDataset
 

@@ -3,15 +3,20 @@
 在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.4")` 检查你的实现；
 卡住时 `from course_lib.lab.hints import hint; hint("ex414_grad_accumulation")`，每调用一次多给一层提示。
 """
+
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def accumulation_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      micro_batches: list[tuple[Tensor, Tensor]],
-                      loss_fn: Callable[[Tensor, Tensor], Tensor], max_norm: float = 0.0) -> float:
+def accumulation_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[Tensor, Tensor]],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    max_norm: float = 0.0,
+) -> float:
     """用 `micro_batches` 里的 N 个小批次 `(x, y)` 做 **一次** 优化器步 (optimizer step)。
 
     输入：模型、优化器（任意：SGD、AdamW…）、N 个同样大小的小批次、`loss_fn(pred, y)`（返回该批的

@@ -3,15 +3,24 @@
 在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.5")` 检查你的实现；
 卡住时 `from course_lib.lab.hints import hint; hint("ex415_amp_step")`，每调用一次多给一层提示。
 """
+
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def amp_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor], max_norm: float,
-                   device_type: str = "cpu", dtype: torch.dtype = torch.float16) -> dict:
+def amp_train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    max_norm: float,
+    device_type: str = "cpu",
+    dtype: torch.dtype = torch.float16,
+) -> dict:
     """用自动混合精度 (autocast, `dtype`) 和传入的梯度缩放器 `scaler` 做一次训练步。
 
     约定 (contract)：

@@ -3,6 +3,7 @@
 在 notebook 里运行 `from course_lib.lab.grading import check; check("4.1.6")` 检查你的实现；
 卡住时 `from course_lib.lab.hints import hint; hint("ex416_per_rank_memory")`，每调用一次多给一层提示。
 """
+
 from course_lib.config import ModelConfig
 
 

@@ -4,7 +4,6 @@
 卡住时 `from course_lib.lab.hints import hint; hint("ex421_inference_artifact")`，每调用一次多给一层提示。
 """
 
-
 from course_lib.model import DIYModel
 
 

@@ -3,6 +3,7 @@
 在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.3")` 检查你的实现；
 卡住时 `from course_lib.lab.hints import hint; hint("ex423_kv_attention_step")`，每调用一次多给一层提示。
 """
+
 from torch import Tensor
 
 

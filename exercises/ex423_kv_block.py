@@ -25,6 +25,7 @@
 变成 (1, 2, 6, 8)，这次的 logits 形状 (1, 1, 64)；整个缓存的字节数 =
 2 × n_layers × B × n_kv_heads × 6 × head_dim × 4（float32）= 2×2×1×2×6×8×4 = 1536。
 """
+
 import math
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class TinyConfig:
     vocab_size: int = 64
     d_model: int = 32
     n_heads: int = 4
-    n_kv_heads: int = 2          # grouped-query attention (GQA): 2 key/value heads for 4 query heads
+    n_kv_heads: int = 2  # grouped-query attention (GQA): 2 key/value heads for 4 query heads
     n_layers: int = 2
     max_seq_len: int = 64
 
@@ -61,13 +62,13 @@ class Attention(nn.Module):
             raise NotImplementedError("请在 Attention.forward 里支持 past_kv / use_cache")
         B, T, _ = x.shape
         H, KV, D = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)            # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, KV, D).transpose(1, 2)           # (B, KV, T, D)
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(B, T, KV, D).transpose(1, 2)
-        k = k.repeat_interleave(H // KV, dim=1)                        # GQA: share each KV head
+        k = k.repeat_interleave(H // KV, dim=1)  # GQA: share each KV head
         v = v.repeat_interleave(H // KV, dim=1)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(D)                # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool).triu(1)            # True above the diagonal
+        scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal
         scores = scores.masked_fill(causal, float("-inf"))
         out = scores.softmax(dim=-1) @ v
         out = out.transpose(1, 2).reshape(B, T, H * D)
@@ -80,11 +81,12 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-                                 nn.Linear(4 * cfg.d_model, cfg.d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
+        )
 
     def forward(self, x: Tensor, past_kv=None, use_cache: bool = False):
-        a, new_kv = self.attn(self.norm1(x), past_kv, use_cache)       # passes the cache through
+        a, new_kv = self.attn(self.norm1(x), past_kv, use_cache)  # passes the cache through
         x = x + a
         return x + self.mlp(self.norm2(x)), new_kv
 
@@ -94,7 +96,7 @@ class TinyLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)      # learned absolute positions
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)  # learned absolute positions
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

@@ -3,12 +3,14 @@
 在 notebook 里运行 `from course_lib.lab.grading import check; check("4.2.4")` 检查；卡住时
 `from course_lib.lab.hints import hint; hint("ex424_batched_generate")`，每调用一次多给一层提示。
 """
+
 import torch
 
 
 @torch.no_grad()
-def batched_greedy(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-                   eos_id: int | None = None) -> list[list[int]]:
+def batched_greedy(
+    model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_id: int | None = None
+) -> list[list[int]]:
     """一次前向处理整批提示 (prompts)，用贪心解码 (greedy: 每步取 argmax) 为每个提示生成新 token。
 
     输入：

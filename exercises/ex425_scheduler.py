@@ -6,6 +6,7 @@
 每个请求的贪心输出与单独用 `course_lib.generate.generate` 生成时逐 token 相同、KV 块用完即还、
 批大小不超过上限、先到先服务 (FIFO)。
 """
+
 from course_lib.engine import Engine
 
 

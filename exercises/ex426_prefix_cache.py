@@ -13,6 +13,7 @@
 - `chain_hash(parent, token_ids)`：本块的键 = 父块的键（第 0 块用 `b""`）+ 本块的 token ids 的摘要；
 - `seq`（一个 `SeqBlocks`）：`seq.table` 块表，`seq.length` 已缓存的位置数，`seq.hashes` 已登记到第几块的哈希。
 """
+
 from collections.abc import Sequence
 
 from course_lib.block_manager import BlockManager, SeqBlocks, chain_hash  # noqa: F401

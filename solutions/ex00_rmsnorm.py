@@ -1,4 +1,5 @@
 """参考答案 ex00：RMSNorm。"""
+
 import torch
 from torch import Tensor
 

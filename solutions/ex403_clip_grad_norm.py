@@ -1,11 +1,12 @@
 """参考答案 ex403：全局范数梯度裁剪。"""
+
 from collections.abc import Iterable
 
 import torch
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, eps: float = 1e-6) -> torch.Tensor:
-    grads = [p.grad for p in parameters if p.grad is not None]   # one pass: may be a generator
+    grads = [p.grad for p in parameters if p.grad is not None]  # one pass: may be a generator
     if not grads:
         return torch.tensor(0.0)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))

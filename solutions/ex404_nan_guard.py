@@ -1,4 +1,5 @@
 """参考答案 ex404：NaN 守卫。"""
+
 import math
 from collections.abc import Iterable
 
@@ -16,5 +17,6 @@ def guard_step(step: int, loss: torch.Tensor, parameters: Iterable[torch.nn.Para
     if not (math.isfinite(loss_val) and math.isfinite(norm)):
         raise NonFiniteError(
             f"non-finite value at step {step}: loss={loss_val}, grad_norm={norm}. Likely causes: "
-            "learning rate too high, exploding gradients (use clipping), fp16 overflow, bad batch.")
+            "learning rate too high, exploding gradients (use clipping), fp16 overflow, bad batch."
+        )
     return norm

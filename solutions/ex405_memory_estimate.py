@@ -1,4 +1,5 @@
 """参考答案 ex405：参数 + 梯度 + 优化器状态。"""
+
 import torch
 
 STATES = {"adamw": 2, "sgd_momentum": 1, "sgd": 0}
@@ -7,7 +8,7 @@ STATES = {"adamw": 2, "sgd_momentum": 1, "sgd": 0}
 def static_training_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> dict:
     params = grads = 0
     seen = set()
-    for p in model.parameters():          # parameters() already skips shared ones; be explicit
+    for p in model.parameters():  # parameters() already skips shared ones; be explicit
         if id(p) in seen:
             continue
         seen.add(id(p))

@@ -1,4 +1,5 @@
 """练习 ex411 参考答案：检查点轮换 (checkpoint rotation)。"""
+
 import re
 import shutil
 from pathlib import Path

@@ -7,6 +7,7 @@
 评分器 (grader) 会真的用 SIGKILL 在训练中途和保存 checkpoint 的过程中杀掉它，再用同一条命令
 重新启动，直到跑完；最后的权重必须与一次不中断的运行逐位相同 (bitwise-identical)。
 """
+
 import argparse
 import json
 import math
@@ -49,8 +50,16 @@ def build(args):
     """Model and data from course_lib: a tiny model with dropout, so the RNG matters."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=64,
-                      max_seq_len=32, dropout=0.1, tie_embeddings=False)
+    cfg = ModelConfig(
+        d_model=32,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden=64,
+        max_seq_len=32,
+        dropout=0.1,
+        tie_embeddings=False,
+    )
     model = DIYModel(cfg)
     dataset, _, _ = build_datasets("stdlib", seq_len=32, batch_size=4, seed=args.seed, max_bytes=50_000)
     return model, dataset
@@ -65,8 +74,10 @@ def lr_factor(step, warmup_steps, max_steps):
 
 
 def save_final_weights(model, out_dir):
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(Path(out_dir) / "final_model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        str(Path(out_dir) / "final_model.safetensors"),
+    )
 
 
 # ---------------------------------------------------------------- 你的部分
@@ -86,12 +97,12 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step, dataset, args
         "scheduler": scheduler.state_dict(),
         "step": step,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        "data": dataset.state_dict(step),        # one batch per step: batches used == step
+        "data": dataset.state_dict(step),  # one batch per step: batches used == step
         "config": vars(args),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path)                         # atomic: the final name only ever holds a whole file
+    os.replace(tmp, path)  # atomic: the final name only ever holds a whole file
 
 
 def main(argv=None):
@@ -103,8 +114,7 @@ def main(argv=None):
     model, dataset = build(args)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, args.warmup_steps, args.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args.warmup_steps, args.max_steps))
 
     start = 0
     path = latest_checkpoint(ckpt_dir)
@@ -119,7 +129,7 @@ def main(argv=None):
         start = state["step"]
         print(f"resumed from {path.name} at step {start}")
 
-    batches = iter(dataset)          # no DataLoader: its iterator would draw a seed from the RNG
+    batches = iter(dataset)  # no DataLoader: its iterator would draw a seed from the RNG
     with open(out_dir / "metrics.jsonl", "a") as log:
         for step in range(start, args.max_steps):
             x, y = next(batches)
@@ -136,8 +146,9 @@ def main(argv=None):
                 log.flush()
                 print(row)
             if (step + 1) % args.save_every == 0:
-                save_checkpoint(ckpt_dir / f"step_{step + 1:08d}.pt", model, optimizer, scheduler,
-                                step + 1, dataset, args)
+                save_checkpoint(
+                    ckpt_dir / f"step_{step + 1:08d}.pt", model, optimizer, scheduler, step + 1, dataset, args
+                )
     save_final_weights(model, out_dir)
     print("done")
 

@@ -1,4 +1,5 @@
 """练习 ex412 参考答案：DDP 初始化 (setup)。"""
+
 import os
 
 import torch
@@ -7,8 +8,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-def setup_ddp(model: torch.nn.Module, dataset: Dataset, batch_size: int,
-              seed: int = 0) -> tuple[DistributedDataParallel, DataLoader, DistributedSampler]:
+def setup_ddp(
+    model: torch.nn.Module, dataset: Dataset, batch_size: int, seed: int = 0
+) -> tuple[DistributedDataParallel, DataLoader, DistributedSampler]:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo", rank=rank, world_size=world)

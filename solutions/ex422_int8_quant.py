@@ -1,4 +1,5 @@
 """练习 ex422：int8 逐通道对称量化——参考答案。"""
+
 import torch
 from torch import Tensor
 

@@ -1,4 +1,5 @@
 """练习 ex423：带 KV 缓存的一步注意力——参考答案。"""
+
 import math
 
 import torch

@@ -13,6 +13,7 @@ Everything else (course_lib, graders, solutions) comes from the working tree, so
 changes a grader tests the change before committing it. Outside a git checkout (an unpacked
 archive) the working tree is all there is, and it is used as it is.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,11 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
 
 def is_git_checkout(root: Path = ROOT) -> bool:
     r = _git(root, "rev-parse", "--show-toplevel")
-    return r is not None and Path(r.stdout.decode().strip()).resolve() == root.resolve() \
+    return (
+        r is not None
+        and Path(r.stdout.decode().strip()).resolve() == root.resolve()
         and _git(root, "rev-parse", "--verify", "-q", "HEAD") is not None
+    )
 
 
 def head_files(prefix: str, root: Path = ROOT) -> dict[str, bytes] | None:
@@ -65,8 +69,7 @@ def committed_exercises(dst: Path, root: Path = ROOT) -> None:
     target.mkdir(parents=True)
     files = head_files("exercises", root)
     if files is None:
-        shutil.copytree(root / "exercises", target, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(root / "exercises", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         return
     for name, data in files.items():
         p = dst / name

@@ -22,6 +22,7 @@ needed by more than one test:
     xml = shared_file("graders", [course_dir, ROOT / "course_lib"], ["solutions"],
                       lambda out: run_pytest(..., junitxml=out))
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -59,7 +60,7 @@ def content_key(name: str, paths: Iterable[Path], args: Iterable[str] = ()) -> s
     h = hashlib.sha256()
     for part in (name, sys.executable, *map(str, args)):
         h.update(part.encode() + b"\0")
-    for i, root in enumerate(paths):          # by position: the same files under another folder match
+    for i, root in enumerate(paths):  # by position: the same files under another folder match
         root = Path(root)
         h.update(f"root {i}\0".encode())
         if not root.exists():
@@ -84,7 +85,7 @@ def shared_file(name: str, paths: Iterable[Path], args: Iterable[str], compute: 
     key = content_key(name, paths, args)
     final = root / key
     with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)          # a second worker waits for the first one's result
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's result
         if not final.exists():
             tmp = root / f"{key}.part"
             if tmp.exists():
@@ -97,7 +98,7 @@ def shared_file(name: str, paths: Iterable[Path], args: Iterable[str], compute: 
 
 def start_run() -> str | None:
     """Create this run's cache folder (called once, by the process that owns the run)."""
-    if cache_dir() is not None:        # an outer run (a test that runs pytest) already has one
+    if cache_dir() is not None:  # an outer run (a test that runs pytest) already has one
         return None
     path = tempfile.mkdtemp(prefix="course-oracles-")
     os.environ[CACHE_ENV] = path

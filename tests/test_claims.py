@@ -14,6 +14,7 @@ A new notebook complies by asking its ``P(...)`` questions with ``predict()`` be
 cell and ``p.reveal(value)`` after it (see course_lib/lab/quiz.py); a lesson without quiz data is
 not checked by the first two rules.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ from course_lib.lab.quiz_data import ASKED_AT_THE_END, QUIZZES
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PREDICT_CALL = re.compile(r'^(\w+)\s*=\s*predict\(\s*"([^"]+)"\s*,\s*"([^"]+)"', re.MULTILINE)
-LATE_PREDICT_TAG = "〔预测数值"          # how quiz() marks a predict question shown at the end
+LATE_PREDICT_TAG = "〔预测数值"  # how quiz() marks a predict question shown at the end
 
 
 def lesson_of(nb: Path) -> str:
@@ -97,10 +98,13 @@ def test_each_prediction_is_asked_before_its_measurement(nb):
         assert REVEAL_HEAD in cells[j]["out"], f"{where}: 揭晓单元格（第 {j} 个）的存储输出里应有揭晓的结果"
         # the measuring cell: one that (re)assigns a name the revealed expression uses, between the two
         names = set(re.findall(r"[A-Za-z_]\w*", m.group(1)))
-        measured_at = [k for k in range(i + 1, j) if cells[k]["kind"] == "code"
-                       and names & assigned_names(cells[k]["source"])]
-        assert measured_at, (f"{where}: {var}.reveal({m.group(1)}) 用到的数值应在预测题之后、揭晓之前的单元格里测出；"
-                             f"现在 {sorted(names)} 都在预测题之前就有了")
+        measured_at = [
+            k for k in range(i + 1, j) if cells[k]["kind"] == "code" and names & assigned_names(cells[k]["source"])
+        ]
+        assert measured_at, (
+            f"{where}: {var}.reveal({m.group(1)}) 用到的数值应在预测题之后、揭晓之前的单元格里测出；"
+            f"现在 {sorted(names)} 都在预测题之前就有了"
+        )
         got = re.search(rf"测得 {re.escape(key)} = (\S+?)。", cells[j]["out"])
         assert got, f"{where}: 揭晓的输出里应打印「测得 {key} = 数值」"
         value = float(got.group(1))
@@ -109,8 +113,10 @@ def test_each_prediction_is_asked_before_its_measurement(nb):
             for k in range(i):
                 seen = cells[k]["out"] if cells[k]["kind"] == "code" else cells[k]["source"]
                 hit = pat.search(seen)
-                assert not hit, (f"{where}: 要预测的数值 {text} 已经出现在它上面的第 {k} 个单元格里"
-                                 f"（…{seen[max(0, hit.start() - 40):hit.end() + 20]}…）：把预测题挪到它前面，或不要提前打印它")
+                assert not hit, (
+                    f"{where}: 要预测的数值 {text} 已经出现在它上面的第 {k} 个单元格里"
+                    f"（…{seen[max(0, hit.start() - 40) : hit.end() + 20]}…）：把预测题挪到它前面，或不要提前打印它"
+                )
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -120,21 +126,33 @@ def test_a_lesson_asks_every_prediction_before_the_fact(nb):
     if not keys:
         pytest.skip(f"{lesson} has no predict questions in quiz_data")
     if lesson in ASKED_AT_THE_END:
-        pytest.xfail(f"{lesson}: still asks its prediction at the end (quiz_data.ASKED_AT_THE_END): convert and rebuild")
+        pytest.xfail(
+            f"{lesson}: still asks its prediction at the end (quiz_data.ASKED_AT_THE_END): convert and rebuild"
+        )
     cells = load_cells(nb)
     asked = {key for _, _, les, key in predictions(cells) if les == lesson}
     missing = [k for k in keys if k not in asked]
-    assert not missing, (f"{nb.name}: 预测题 {missing} 应在测量它的单元格之前用 p = predict({lesson!r}, \"key\") 提问，"
-                         "测量之后用 p.reveal(数值) 揭晓")
+    assert not missing, (
+        f'{nb.name}: 预测题 {missing} 应在测量它的单元格之前用 p = predict({lesson!r}, "key") 提问，'
+        "测量之后用 p.reveal(数值) 揭晓"
+    )
     late = [k for k, c in enumerate(cells) if c["kind"] == "code" and LATE_PREDICT_TAG in c["out"]]
-    assert not late, (f"{nb.name}: 第 {late} 个单元格在数值已经打印之后才问预测题"
-                      f"（quiz({lesson!r}, measured=...)）：改成 quiz({lesson!r})，预测题放到测量之前")
+    assert not late, (
+        f"{nb.name}: 第 {late} 个单元格在数值已经打印之后才问预测题"
+        f"（quiz({lesson!r}, measured=...)）：改成 quiz({lesson!r})，预测题放到测量之前"
+    )
 
 
 # Sentences that a stored output contradicted, and what replaced them (issue 21).
 GONE = {
-    "4.2.3": ["每种缓存都和「不用缓存」逐 token 相同", "速度几乎不随上下文变化", "一个 token地",
-              "第 2 节里 int8 缓存的贪心输出与无缓存完全相同", "在 8 位下误差已经很小", "所以模型越小"],
+    "4.2.3": [
+        "每种缓存都和「不用缓存」逐 token 相同",
+        "速度几乎不随上下文变化",
+        "一个 token地",
+        "第 2 节里 int8 缓存的贪心输出与无缓存完全相同",
+        "在 8 位下误差已经很小",
+        "所以模型越小",
+    ],
     "4.0.1": ["约为权重的 3 倍大", "目标 ≤ 5%"],
     "4.2.5": ["两种引擎花在等请求上的时间越多", "首 token 延迟优势越明显"],
     "00": ["几秒钟"],
@@ -158,7 +176,7 @@ def test_int8_cache_deviation_is_explained_by_its_measurement():
     nb = next(p for p in NOTEBOOKS if lesson_of(p) == "4.2.3")
     cells = load_cells(nb)
     outputs = "\n".join(c["out"] for c in cells if c["kind"] == "code")
-    if "DIFFERENT" in outputs:   # the lossy cache changed a greedy output in the stored run
+    if "DIFFERENT" in outputs:  # the lossy cache changed a greedy output in the stored run
         assert "margin a-b, int8 cache" in outputs, "4.2.3: int8 的 DIFFERENT 应配上分叉那一步测得的 logit 差"
         assert "DIFFERENT" in markdown_of("4.2.3"), "4.2.3: 正文应解释表里 int8 的 DIFFERENT"
     assert "max |logit diff|" in outputs

@@ -1,5 +1,6 @@
 """The course map names real files: every notebook, exercise and test it lists exists, and every
 exercise file in exercises/ appears in it."""
+
 from pathlib import Path
 
 from course_lib.lab.course_map import COURSE_MAP, exercise_prefix
@@ -22,4 +23,6 @@ def test_every_listed_file_exists():
 def test_every_exercise_is_on_the_map():
     listed = {s for e in COURSE_MAP for s in e["exercises"]}
     on_disk = {p.stem for p in (ROOT / "exercises").glob("ex*.py")}
-    assert on_disk == listed, f"练习文件与课程地图不一致：多出 {sorted(on_disk - listed)}，缺少 {sorted(listed - on_disk)}"
+    assert on_disk == listed, (
+        f"练习文件与课程地图不一致：多出 {sorted(on_disk - listed)}，缺少 {sorted(listed - on_disk)}"
+    )

@@ -11,6 +11,7 @@ sample must
 The stored notebooks are read as committed (tests/committed.py). `DEMO_TEXT_DIR=/some/dir` reads
 the notebooks in that folder instead (e.g. a quick-mode build from tools/build_notebooks.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,11 @@ REBUILD = "（课程维护者用 `make notebooks NB={}` 重新生成该 notebook
 
 
 def demo_sources() -> list[Path]:
-    return sorted(p for p in (ROOT / "notebooks" / "src").glob("*.py")
-                  if any(line.strip() == MARKER for line in p.read_text(encoding="utf-8").splitlines()))
+    return sorted(
+        p
+        for p in (ROOT / "notebooks" / "src").glob("*.py")
+        if any(line.strip() == MARKER for line in p.read_text(encoding="utf-8").splitlines())
+    )
 
 
 def _notebook(stem: str) -> nbformat.NotebookNode:
@@ -86,8 +90,9 @@ def test_some_notebooks_have_demos():
 @pytest.mark.parametrize("src", demo_sources(), ids=lambda p: p.stem)
 def test_demo_text_reads_as_text(src):
     nb = _notebook(src.stem)
-    cells = [c for c in nb.cells if c.cell_type == "code"
-             and any(line.strip() == MARKER for line in c.source.splitlines())]
+    cells = [
+        c for c in nb.cells if c.cell_type == "code" and any(line.strip() == MARKER for line in c.source.splitlines())
+    ]
     assert cells, f"{src.stem}.ipynb 里没有 `{MARKER}` 单元格，源文件里有 {REBUILD.format(src.stem)}"
     bad = []
     for i, cell in enumerate(cells):

@@ -5,6 +5,7 @@ itself (`-e .[dev]`), which brings every dependency; anything environment.yml na
 explicitly besides python/pip must also be a dependency in pyproject.toml (under the same
 name, or its conda alias), and any extra it asks for must exist.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,8 +57,18 @@ def load_environment():
 
 def test_pyproject_lists_the_course_dependencies():
     _, deps, extras = load_pyproject()
-    required = {"torch", "numpy", "jupyterlab", "matplotlib", "ipywidgets", "tensorboard",
-                "nbval", "pytest", "tqdm", "safetensors"}
+    required = {
+        "torch",
+        "numpy",
+        "jupyterlab",
+        "matplotlib",
+        "ipywidgets",
+        "tensorboard",
+        "nbval",
+        "pytest",
+        "tqdm",
+        "safetensors",
+    }
     assert required <= deps, f"pyproject.toml 缺少依赖: {sorted(required - deps)}"
     assert "test" in extras and "dev" in extras, "pyproject.toml 需要 test 和 dev 两个 extra"
 
@@ -84,4 +95,5 @@ def test_environment_yml_and_pyproject_name_the_same_packages():
         named = explicit_pip | explicit_conda
         assert named == deps, (
             "environment.yml 与 pyproject.toml 的依赖不一致：仅 environment.yml "
-            f"{sorted(named - deps)}，仅 pyproject.toml {sorted(deps - named)}")
+            f"{sorted(named - deps)}，仅 pyproject.toml {sorted(deps - named)}"
+        )

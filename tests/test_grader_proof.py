@@ -16,6 +16,7 @@ pass, and here the solutions are only *collected*, to check that both sides have
 ids. COURSE_PROOF_SOLUTIONS=collect asks for the same from a session that does not hold them (the
 learner-steps test, whose outer session does); =run forces the full run.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from committed import course_copy  # noqa: E402
 from oracles import shared_file  # noqa: E402
 
-INTEGRITY = ("这是课程自带的完整性检查 (integrity check)，与你自己的练习进度无关；"
-             "你的进度请用 `make progress` 或 notebook 里的 check() 查看。")
+INTEGRITY = (
+    "这是课程自带的完整性检查 (integrity check)，与你自己的练习进度无关；"
+    "你的进度请用 `make progress` 或 notebook 里的 check() 查看。"
+)
 
 
 def only() -> list[str]:
@@ -47,8 +50,14 @@ def course(tmp_path_factory) -> Path:
 
 def grader_inputs(course: Path) -> list[Path]:
     """Everything a grader run's outcome depends on (the oracle's cache key, tests/oracles.py)."""
-    return [course / "exercises", course / "solutions", course / "tests" / "exercises",
-            course / "conftest.py", course / "pytest.ini", ROOT / "course_lib"]
+    return [
+        course / "exercises",
+        course / "solutions",
+        course / "tests" / "exercises",
+        course / "conftest.py",
+        course / "pytest.ini",
+        ROOT / "course_lib",
+    ]
 
 
 def run_graders(kind: str, tmp_path: Path, course: Path) -> dict[str, str]:
@@ -57,11 +66,27 @@ def run_graders(kind: str, tmp_path: Path, course: Path) -> dict[str, str]:
     targets = [f"tests/exercises/test_{n}.py" for n in only()] or ["tests/exercises"]
 
     def compute(xml: Path) -> None:
-        env = dict(os.environ, COURSE_QUICK="1", COURSE_ROOT=str(course),
-                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        env = dict(
+            os.environ,
+            COURSE_QUICK="1",
+            COURSE_ROOT=str(course),
+            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        )
         env.pop("COURSE_IMPL", None)
-        cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q",
-               "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *targets,
+            "--impl",
+            kind,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            "-o",
+            "junit_family=xunit2",
+        ]
         proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=1800)
         assert xml.exists(), f"pytest 没有生成报告 (report)：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
@@ -87,7 +112,8 @@ def test_every_exercise_has_solution_and_grader(course):
     for name in stubs:
         assert (ROOT / "solutions" / name).is_file(), f"练习 {name} 缺少参考答案 solutions/{name}"
         assert (ROOT / "tests" / "exercises" / f"test_{name}").is_file(), (
-            f"练习 {name} 缺少评分测试 (grader) tests/exercises/test_{name}")
+            f"练习 {name} 缺少评分测试 (grader) tests/exercises/test_{name}"
+        )
     for p in (ROOT / "solutions").glob("ex*.py"):
         assert (course / "exercises" / p.name).is_file(), f"solutions/{p.name} 没有对应的练习文件"
 
@@ -95,11 +121,14 @@ def test_every_exercise_has_solution_and_grader(course):
 def collect_graders(kind: str, course: Path) -> dict[str, str]:
     """{test id: 'passed'} for the collected grader tests: their outcome is proven elsewhere."""
     targets = [f"tests/exercises/test_{n}.py" for n in only()] or ["tests/exercises"]
-    env = dict(os.environ, COURSE_QUICK="1", COURSE_ROOT=str(course),
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env = dict(
+        os.environ,
+        COURSE_QUICK="1",
+        COURSE_ROOT=str(course),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    )
     env.pop("COURSE_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q", "--collect-only",
-           "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q", "--collect-only", "-p", "no:cacheprovider"]
     proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"收集评分测试失败：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = {}
@@ -120,10 +149,13 @@ def solutions_graded_in_session(request) -> bool:
     kind = request.config.getoption("--impl") or os.environ.get("COURSE_IMPL") or "solutions"
     graders = ROOT / "tests" / "exercises"
     wanted = {f"test_{n}.py" for n in only()}
-    held = {Path(str(item.path)).name for item in request.session.items
-            if Path(str(item.path)).parent == graders}
-    return kind == "solutions" and bool(held) and (not wanted or wanted <= held) and (
-        wanted or held >= {p.name for p in graders.glob("test_ex*.py")})
+    held = {Path(str(item.path)).name for item in request.session.items if Path(str(item.path)).parent == graders}
+    return (
+        kind == "solutions"
+        and bool(held)
+        and (not wanted or wanted <= held)
+        and (wanted or held >= {p.name for p in graders.glob("test_ex*.py")})
+    )
 
 
 def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path, course, request):
@@ -134,17 +166,20 @@ def test_graders_fail_on_stubs_and_pass_on_solutions(tmp_path, course, request):
     else:
         on_solutions = run_graders("solutions", tmp_path, course)
     print(f"\n评分测试 (graders): {len(on_solutions)} 个")
-    print(f"  stubs     (--impl exercises): {sum(v == 'failed' for v in on_stubs.values())} failed "
-          f"/ {len(on_stubs)}")
-    print(f"  solutions (--impl solutions): {sum(v == 'passed' for v in on_solutions.values())} passed "
-          f"/ {len(on_solutions)}")
+    print(f"  stubs     (--impl exercises): {sum(v == 'failed' for v in on_stubs.values())} failed / {len(on_stubs)}")
+    print(
+        f"  solutions (--impl solutions): {sum(v == 'passed' for v in on_solutions.values())} passed "
+        f"/ {len(on_solutions)}"
+    )
     assert on_solutions, "没有收集到任何评分测试 (no grader tests collected)"
     assert set(on_stubs) == set(on_solutions), (
         "两次运行收集到的测试不同 (test ids differ): "
         f"仅 stubs: {sorted(set(on_stubs) - set(on_solutions))}, "
-        f"仅 solutions: {sorted(set(on_solutions) - set(on_stubs))}")
+        f"仅 solutions: {sorted(set(on_solutions) - set(on_stubs))}"
+    )
     not_failing = {t: o for t, o in on_stubs.items() if o != "failed"}
-    assert not not_failing, (f"课程提交的练习模板 (stub) 上，这些评分测试没有失败，说明它们什么也没检查: "
-                             f"{not_failing}\n{INTEGRITY}")
+    assert not not_failing, (
+        f"课程提交的练习模板 (stub) 上，这些评分测试没有失败，说明它们什么也没检查: {not_failing}\n{INTEGRITY}"
+    )
     not_passing = {t: o for t, o in on_solutions.items() if o != "passed"}
     assert not not_passing, f"这些测试在参考答案 (solution) 上没有通过: {not_passing}\n{INTEGRITY}"

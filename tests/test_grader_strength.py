@@ -7,6 +7,7 @@ tests/exercises/wrong/ holds mistakes a learner really makes (string-sorted step
 gradient accumulation, a resume that forgets the scheduler or the RNG, ...), and every one of
 them must fail its grader; some must also fail with a message that names the mistake.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,18 @@ def run_variant(variant: str, tmp_path: Path) -> dict[str, list[tuple[str, str, 
     files = [f"tests/exercises/test_{s}.py" for s in stems]
     xml = tmp_path / f"{variant}.xml"
     env = dict(os.environ, COURSE_QUICK="1", COURSE_IMPL=str(folder.relative_to(ROOT)))
-    cmd = [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
-           f"--junitxml={xml}", "-o", "junit_family=xunit2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *files,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml}",
+        "-o",
+        "junit_family=xunit2",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert xml.exists(), f"pytest produced no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out: dict[str, list[tuple[str, str, str]]] = {s: [] for s in stems}
@@ -83,12 +94,15 @@ def test_wrong_implementation_fails_its_grader(variant, tmp_path):
     for stem, rows in results.items():
         assert rows, f"{variant}/{stem}.py: its grader collected no tests"
         failing = [r for r in rows if r[1] in ("failure", "error")]
-        assert failing, (f"tests/exercises/wrong/{variant}/{stem}.py is wrong on purpose, yet its grader "
-                         f"passed it: {[r[0] for r in rows]}")
+        assert failing, (
+            f"tests/exercises/wrong/{variant}/{stem}.py is wrong on purpose, yet its grader "
+            f"passed it: {[r[0] for r in rows]}"
+        )
         not_implemented = [r for r in failing if "NotImplementedError" in r[2]]
         assert len(not_implemented) < len(failing), f"{variant}/{stem}.py failed only as 'not implemented'"
     if variant in MUST_NAME:
         stem, words = MUST_NAME[variant]
         messages = "\n".join(r[2] for r in results[stem] if r[1] in ("failure", "error"))
-        assert words in messages, (f"{variant}/{stem}.py fails, but no message names the mistake "
-                                   f"({words!r}):\n{messages[:2000]}")
+        assert words in messages, (
+            f"{variant}/{stem}.py fails, but no message names the mistake ({words!r}):\n{messages[:2000]}"
+        )

@@ -1,5 +1,6 @@
 """course_lib.lab.grading: an endless loop in the learner's code is stopped and reported in Chinese,
 and a failure row carries the grader's whole message (expected and got), not its first line."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,8 +24,7 @@ def copy_course(tmp_path: Path, body: str) -> Path:
     shutil.copy(ROOT / "tests" / "exercises" / "conftest.py", root / "tests" / "exercises" / "conftest.py")
     shutil.copy(ROOT / "tests" / "exercises" / f"test_{EX}.py", root / "tests" / "exercises" / f"test_{EX}.py")
     stub = (ROOT / "exercises" / f"{EX}.py").read_text()
-    (root / "exercises" / f"{EX}.py").write_text(
-        stub.replace('    raise NotImplementedError("请实现 rms_norm")', body))
+    (root / "exercises" / f"{EX}.py").write_text(stub.replace('    raise NotImplementedError("请实现 rms_norm")', body))
     return root
 
 
@@ -45,7 +45,9 @@ def test_endless_loop_is_stopped_with_a_message(tmp_path, monkeypatch, per_test_
 
 def test_failure_row_shows_expected_and_got(tmp_path):
     # a wrong RMSNorm: forgets eps. The grader's message spans lines; the row keeps all of them.
-    root = copy_course(tmp_path, "    return (x.float() / x.float().pow(2).mean(-1, keepdim=True).sqrt()).to(x.dtype) * weight")
+    root = copy_course(
+        tmp_path, "    return (x.float() / x.float().pow(2).mean(-1, keepdim=True).sqrt()).to(x.dtype) * weight"
+    )
     result = grading.run_graders([EX], root=root, timeout=60)
     failed = [r for r in result.rows if r.status == grading.STATUS_FAIL]
     assert failed, result.to_text()
@@ -55,8 +57,10 @@ def test_failure_row_shows_expected_and_got(tmp_path):
 
 
 def test_failure_message_keeps_every_line_of_the_graders_text():
-    text = ("AssertionError: position_ids 不对：\n期望 [[0, 0, 1], [0, 1, 2]]\n实际 [[0, 1, 2], [0, 1, 2]]\n"
-            "assert False\n +  where False = ...")
+    text = (
+        "AssertionError: position_ids 不对：\n期望 [[0, 0, 1], [0, 1, 2]]\n实际 [[0, 1, 2], [0, 1, 2]]\n"
+        "assert False\n +  where False = ..."
+    )
     msg = grading._failure_message(text)
     assert msg == "position_ids 不对：\n期望 [[0, 0, 1], [0, 1, 2]]\n实际 [[0, 1, 2], [0, 1, 2]]"
 

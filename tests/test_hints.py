@@ -1,5 +1,6 @@
 """Hints: one more level per call, every exercise has at least two, and the stubs themselves
 do not point at the library code that solves them (the recipe lives in the hints)."""
+
 from __future__ import annotations
 
 import ast
@@ -33,7 +34,7 @@ def test_one_level_per_call():
     assert "2/3" in second and levels[1] in second and levels[2] not in second
     third = hints.hint("ex402_lr_schedule", show=False)
     assert levels[2] in third and "最后一层" in third
-    assert "3/3" in hints.hint("4.0.2", show=False)          # stays at the last level
+    assert "3/3" in hints.hint("4.0.2", show=False)  # stays at the last level
     again = hints.hint("4.0.2", level=1, show=False)
     assert levels[0] in again and levels[1] not in again
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, List, Set
 
 PKG = Path(__file__).resolve().parents[1] / "course_lib"
 # The two layers: the ML core (course_lib/*.py) and the course machinery (course_lib/lab/*.py).
@@ -18,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "course_lib"
 SUBPACKAGES = ("lab",)
 
 
-def _modules() -> Dict[str, ast.Module]:
+def _modules() -> dict[str, ast.Module]:
     files = sorted(PKG.glob("*.py")) + [f for sub in SUBPACKAGES for f in sorted((PKG / sub).glob("*.py"))]
     return {_name(f): ast.parse(f.read_text(encoding="utf-8"), str(f)) for f in files}
 
@@ -34,7 +33,7 @@ def _package(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _resolve(dotted: str, known: Set[str]) -> str | None:
+def _resolve(dotted: str, known: set[str]) -> str | None:
     """The known module that a dotted name (relative to course_lib) refers to, or None."""
     while dotted:
         if dotted in known:
@@ -43,7 +42,7 @@ def _resolve(dotted: str, known: Set[str]) -> str | None:
     return None
 
 
-def _targets(node: ast.AST, known: Set[str], importer: str = "") -> List[str]:
+def _targets(node: ast.AST, known: set[str], importer: str = "") -> list[str]:
     """course_lib modules named by an import node (relative or absolute), as names relative to course_lib."""
     out = []
     if isinstance(node, ast.ImportFrom):
@@ -70,7 +69,7 @@ def _targets(node: ast.AST, known: Set[str], importer: str = "") -> List[str]:
     return [t for t in out if t in known]
 
 
-def _top_level_imports(tree: ast.Module) -> List[ast.AST]:
+def _top_level_imports(tree: ast.Module) -> list[ast.AST]:
     """Imports executed when the module is imported or run (module body, incl. if/try blocks
     there, ``if __name__ == "__main__":`` too: an entry point's imports are edges of the graph)."""
     found = []
@@ -87,11 +86,13 @@ def _top_level_imports(tree: ast.Module) -> List[ast.AST]:
     return found
 
 
-def graph() -> Dict[str, Set[str]]:
+def graph() -> dict[str, set[str]]:
     mods = _modules()
     known = set(mods)
-    return {name: {t for n in _top_level_imports(tree) for t in _targets(n, known, name)} - {name}
-            for name, tree in mods.items()}
+    return {
+        name: {t for n in _top_level_imports(tree) for t in _targets(n, known, name)} - {name}
+        for name, tree in mods.items()
+    }
 
 
 def test_no_function_local_imports_between_course_lib_modules():
@@ -103,21 +104,22 @@ def test_no_function_local_imports_between_course_lib_modules():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top and _targets(node, known):
                 bad.append(f"course_lib/{name.replace('.', '/')}.py:{node.lineno}: {ast.unparse(node)}")
-    assert not bad, ("course_lib 模块之间的 import 应写在文件开头（依赖关系一目了然）；"
-                     "这些写在函数里：\n" + "\n".join(bad))
+    assert not bad, "course_lib 模块之间的 import 应写在文件开头（依赖关系一目了然）；这些写在函数里：\n" + "\n".join(
+        bad
+    )
 
 
-def find_cycle(g: Dict[str, Set[str]]) -> List[str]:
+def find_cycle(g: dict[str, set[str]]) -> list[str]:
     """One import cycle as a path [a, b, ..., a], or [] if the graph is acyclic."""
-    state: Dict[str, int] = {}  # 1 = on the stack, 2 = done
-    path: List[str] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    path: list[str] = []
 
-    def visit(n: str) -> List[str]:
+    def visit(n: str) -> list[str]:
         state[n] = 1
         path.append(n)
         for m in sorted(g.get(n, ())):
             if state.get(m) == 1:
-                return path[path.index(m):] + [m]
+                return path[path.index(m) :] + [m]
             if m not in state:
                 found = visit(m)
                 if found:
@@ -148,7 +150,9 @@ def test_leaf_modules_import_nothing_from_course_lib():
     g = graph()
     for leaf in ("absmax", "fsio", "callbacks", "util", "lab.paths"):
         if leaf in g:
-            assert not g[leaf], f"course_lib/{leaf.replace('.', '/')}.py 应是叶子模块 (leaf)，却导入了 {sorted(g[leaf])}"
+            assert not g[leaf], (
+                f"course_lib/{leaf.replace('.', '/')}.py 应是叶子模块 (leaf)，却导入了 {sorted(g[leaf])}"
+            )
 
 
 def test_core_never_imports_the_course_machinery():

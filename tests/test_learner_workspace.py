@@ -18,6 +18,7 @@ so the 18 lessons' check() cells, progress() and the integrity suite's grader ru
 distinct set of files once; the integrity suite's grader proof only collects the solutions'
 tests, whose passing is proven by this run's tests/exercises (COURSE_PROOF_SOLUTIONS=collect).
 """
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,15 @@ def _env(repo: Path, **extra: str) -> dict:
 
 def _integrity(repo: Path, tests: list[str], **extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider"]
-    return subprocess.run(cmd, cwd=repo, env=_env(repo, COURSE_PROOF_SOLUTIONS="collect", **extra),
-                          capture_output=True, text=True, timeout=1800, check=False)
+    return subprocess.run(
+        cmd,
+        cwd=repo,
+        env=_env(repo, COURSE_PROOF_SOLUTIONS="collect", **extra),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
 
 
 def _failed_files(proc: subprocess.CompletedProcess) -> set[str]:
@@ -86,8 +94,9 @@ def _run_notebook(path: Path, repo: Path) -> None:
     os.environ.clear()
     os.environ.update(_env(repo))
     try:
-        NotebookClient(nb, timeout=900, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
     except CellExecutionError as e:
         pytest.fail(f"学习者运行 {LAB_DIR_NAME}/{path.name} 时出错（所有练习都已完成）：\n{str(e)[-3000:]}")
     finally:
@@ -102,8 +111,15 @@ def test_learning_keeps_the_course_green(tmp_path):
     before = _integrity(repo, ["tests/test_notebook_sources.py"])
 
     # 1. `make lab` prepares the learner's copies (git-ignored).
-    r = subprocess.run([sys.executable, "tools/lab.py", "prepare"], cwd=repo, env=_env(repo),
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "tools/lab.py", "prepare"],
+        cwd=repo,
+        env=_env(repo),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     copies = repo / LAB_DIR_NAME
     notebooks = sorted(p.name for p in (repo / "notebooks").glob("*.ipynb"))
@@ -127,15 +143,26 @@ def test_learning_keeps_the_course_green(tmp_path):
         _run_notebook(copies / n, repo)
 
     # 4. Their own progress: everything passes but the wrong answer, which says why.
-    p = subprocess.run([sys.executable, "-c", "from course_lib.lab.grading import progress;"
-                        "print(progress(show=False).to_text())"],
-                       cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=1800, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", "from course_lib.lab.grading import progress;print(progress(show=False).to_text())"],
+        cwd=repo,
+        env=_env(repo),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    status = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines()
-              if line.startswith("  ex") and len(line.split()) > 1}
+    status = {
+        line.split()[0]: line.split()[1]
+        for line in p.stdout.splitlines()
+        if line.startswith("  ex") and len(line.split()) > 1
+    }
     assert set(status) == set(stems), p.stdout
     not_passing = {s: st for s, st in status.items() if s != name and st != "全部通过"}
-    assert not not_passing, f"参考答案 (solutions) 复制进 exercises/ 之后，这些练习没有显示 全部通过：{not_passing}\n{p.stdout}"
+    assert not not_passing, (
+        f"参考答案 (solutions) 复制进 exercises/ 之后，这些练习没有显示 全部通过：{not_passing}\n{p.stdout}"
+    )
     line = next(x for x in p.stdout.splitlines() if x.startswith(f"  {name}"))
     assert status[name] in ("部分通过", "未通过") and failing_test in line, p.stdout
 
@@ -145,9 +172,11 @@ def test_learning_keeps_the_course_green(tmp_path):
     red = _failed_files(after)
     allowed = {"tests/test_notebook_sources.py"} if before.returncode != 0 else set()
     assert after.returncode == 0 or (red and red <= allowed), (
-        f"学习者做完全部练习、运行并保存了全部 notebook 副本之后，课程自带的完整性测试变红了：\n{after.stdout[-4000:]}")
+        f"学习者做完全部练习、运行并保存了全部 notebook 副本之后，课程自带的完整性测试变红了：\n{after.stdout[-4000:]}"
+    )
 
     # 6. git sees only the learner's exercises; the stored notebooks are unchanged.
     changed = sorted(line[3:] for line in _git(repo, "status", "--porcelain").splitlines())
     assert changed == sorted(f"exercises/{s}.py" for s in stems), (
-        f"git status 应只显示你改过的练习文件，实际是：{changed}")
+        f"git status 应只显示你改过的练习文件，实际是：{changed}"
+    )

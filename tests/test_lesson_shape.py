@@ -1,5 +1,6 @@
 """Every lesson has the same shape: it opens with its goal, prerequisites and a CPU time estimate,
 and closes with a summary, its exercises, the self-check quiz and what to try next."""
+
 import re
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def test_lesson_opens_and_closes_the_same_way(src):
     for word in OPENING:
         assert word in head, f"{src.name}: 开头应写明「{word}」"
     assert re.search(r"预计时间\*\*：运行\{\{run_time\}\}", head), (
-        f"{src.name}: 「预计时间」的运行时间应写成 {{{{run_time}}}}，由构建测得的 notebooks/timings.json 填写，不要手写")
+        f"{src.name}: 「预计时间」的运行时间应写成 {{{{run_time}}}}，由构建测得的 notebooks/timings.json 填写，不要手写"
+    )
     positions = []
     for word in CLOSING:
         m = re.search(rf"^# #+ .*{word}", text, re.MULTILINE)
@@ -27,9 +29,11 @@ def test_lesson_opens_and_closes_the_same_way(src):
         positions.append(m.start())
     assert positions == sorted(positions), f"{src.name}: 结尾小节的顺序应为 {CLOSING}"
     lesson = src.name.split("-")[0]
-    assert f'quiz("{lesson}"' in text, f"{src.name}: 自检小节应调用 course_lib.lab.quiz.quiz(\"{lesson}\", measured={{...}})"
+    assert f'quiz("{lesson}"' in text, (
+        f'{src.name}: 自检小节应调用 course_lib.lab.quiz.quiz("{lesson}", measured={{...}})'
+    )
     if "99-capstone" not in src.name:
-        assert re.search(r"check\(\"\d\.\d\.\d\"\)", text), f"{src.name}: 练习小节应有 check(\"x.y.z\") 单元"
+        assert re.search(r"check\(\"\d\.\d\.\d\"\)", text), f'{src.name}: 练习小节应有 check("x.y.z") 单元'
 
 
 def test_there_are_lessons():

@@ -10,6 +10,7 @@ The stored notebooks are read as committed (`git show HEAD:`, tests/committed.py
 in the copies `make lab` makes under my-notebooks/, and even a stored notebook autosaved by
 JupyterLab does not turn this test red.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,22 +45,28 @@ def test_stored_notebook_matches_source(src):
     for i, (w, g) in enumerate(zip(want, got, strict=False)):
         assert w == g, (
             f"{stored_path.name} 第 {i} 个单元格与源文件 {src.name} 不一致 (drift) {AUTHORS.format(src.stem)}"
-            f"\n期望: {w!r:.300}\n实际: {g!r:.300}")
+            f"\n期望: {w!r:.300}\n实际: {g!r:.300}"
+        )
     assert len(want) == len(got), (
-        f"{stored_path.name} 有 {len(got)} 个单元格，源文件转换后应有 {len(want)} 个 {AUTHORS.format(src.stem)}")
+        f"{stored_path.name} 有 {len(got)} 个单元格，源文件转换后应有 {len(want)} 个 {AUTHORS.format(src.stem)}"
+    )
 
 
 @pytest.mark.parametrize("path", STORED, ids=lambda p: p.stem)
 def test_stored_notebook_has_clean_outputs(path):
-    assert (NB_DIR / "src" / f"{path.stem}.py").is_file(), (
-        f"{path.name} 没有对应的源文件 notebooks/src/{path.stem}.py")
+    assert (NB_DIR / "src" / f"{path.stem}.py").is_file(), f"{path.name} 没有对应的源文件 notebooks/src/{path.stem}.py"
     nb = stored_notebook(path)
     code = [c for c in nb.cells if c.cell_type == "code"]
     not_run = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.execution_count is None]
     assert not not_run, f"{path.name} 的单元格 {not_run} 没有执行过 {AUTHORS.format(path.stem)}"
     assert any(c.outputs for c in code), f"{path.name} 没有任何输出 (outputs)"
-    errors = [(i, o.get("ename")) for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              for o in c.outputs if o.output_type == "error"]
+    errors = [
+        (i, o.get("ename"))
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     assert not errors, f"{path.name} 保存了错误输出 (error outputs): {errors}"
 
 
@@ -67,7 +74,8 @@ def test_stored_notebook_has_clean_outputs(path):
 def test_no_nbval_raises_exception(path):
     text = path.read_text(encoding="utf-8") if path.suffix == ".py" else nbformat.writes(stored_notebook(path))
     assert "NBVAL_RAISES_EXCEPTION" not in text, (
-        f"{path.name} 使用了 NBVAL_RAISES_EXCEPTION：即使没有抛出异常它也会通过，不能用来证明任何事")
+        f"{path.name} 使用了 NBVAL_RAISES_EXCEPTION：即使没有抛出异常它也会通过，不能用来证明任何事"
+    )
 
 
 NOISE = [
@@ -82,8 +90,9 @@ def _output_text(output) -> str:
     if output.output_type == "stream":
         return output.get("text", "")
     data = output.get("data", {})
-    return "".join(data.get(k, "") for k in ("text/plain", "text/markdown", "text/html")
-                   if isinstance(data.get(k, ""), str))
+    return "".join(
+        data.get(k, "") for k in ("text/plain", "text/markdown", "text/html") if isinstance(data.get(k, ""), str)
+    )
 
 
 @pytest.mark.parametrize("path", STORED, ids=lambda p: p.stem)
@@ -102,5 +111,5 @@ def test_stored_outputs_have_no_noise(path):
             for pattern, what in NOISE:
                 m = pattern.search(text)
                 if m:
-                    found.append(f"单元格 {i}: {what}: {text[max(0, m.start() - 30):m.end() + 30]!r}")
+                    found.append(f"单元格 {i}: {what}: {text[max(0, m.start() - 30) : m.end() + 30]!r}")
     assert not found, f"{path.name} 的保存输出里有噪声 {AUTHORS.format(path.stem)}：\n" + "\n".join(found[:10])

@@ -3,6 +3,7 @@
 "Fresh clone" = the exercises as committed (tests/committed.py), so the test holds whatever the
 learner has already solved in their own checkout.
 """
+
 import os
 import shutil
 import subprocess
@@ -19,18 +20,27 @@ def _copy_course(dst: Path) -> None:
 
 
 def _progress(root: Path, only=None) -> str:
-    env = dict(os.environ, COURSE_ROOT=str(root),
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    cmd = [sys.executable, "-m", "course_lib.lab.grading"] if only is None else [
-        sys.executable, "-c", f"from course_lib.lab.grading import progress; print(progress(show=False, only={only!r}))"]
-    r = subprocess.run(cmd, cwd=root, env=env,
-                       capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        COURSE_ROOT=str(root),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    cmd = (
+        [sys.executable, "-m", "course_lib.lab.grading"]
+        if only is None
+        else [
+            sys.executable,
+            "-c",
+            f"from course_lib.lab.grading import progress; print(progress(show=False, only={only!r}))",
+        ]
+    )
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
 def _status(out: str, stem: str) -> str:
-    line = next(l for l in out.splitlines() if l.strip().startswith(stem))
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith(stem))
     return line.split()[1]
 
 
@@ -40,9 +50,10 @@ def test_progress_fresh_then_one_solved(tmp_path):
     out = _progress(tmp_path)
     for s in stems:
         assert _status(out, s) == "未开始", (
-            f"课程提交的练习模板 (stub) {s} 应显示 未开始（这是课程自带的检查，与你自己的进度无关）：\n{out}")
+            f"课程提交的练习模板 (stub) {s} 应显示 未开始（这是课程自带的检查，与你自己的进度无关）：\n{out}"
+        )
 
-    # The learner solves ex00 
+    # The learner solves ex00
     shutil.copy(tmp_path / "solutions" / "ex00_rmsnorm.py", tmp_path / "exercises" / "ex00_rmsnorm.py")
     out = _progress(tmp_path)
     assert _status(out, "ex00_rmsnorm") == "全部通过", out
@@ -57,7 +68,7 @@ def test_progress_says_why_a_wrong_answer_fails(tmp_path):
     assert "+ 0.0" in wrong, "the reference solution changed: update this test's mutation"
     (tmp_path / "exercises" / "ex00_rmsnorm.py").write_text(wrong, encoding="utf-8")
     out = _progress(tmp_path, only=["ex00_rmsnorm"])
-    line = next(l for l in out.splitlines() if l.strip().startswith("ex00_rmsnorm"))
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("ex00_rmsnorm"))
     assert "部分通过" in line or "未通过" in line, out
     assert "原因" in line and "test_eps_is_used" in line, out
 
@@ -74,10 +85,12 @@ def test_a_skipped_test_is_shown_apart_with_the_install_command(tmp_path):
         '<testcase classname="tests.exercises.test_ex402_lr_schedule" name="test_warmup"/>'
         '<testcase classname="tests.exercises.test_ex402_lr_schedule" name="test_matches_hf">'
         '<skipped type="pytest.skip" message="could not import \'transformers\': '
-        'No module named \'transformers\'"/></testcase>'
+        "No module named 'transformers'\"/></testcase>"
         '<testcase classname="tests.exercises.test_ex00_rmsnorm" name="test_shape">'
         '<failure message="AssertionError: 形状不对">trace</failure></testcase>'
-        '</testsuite></testsuites>', encoding="utf-8")
+        "</testsuite></testsuites>",
+        encoding="utf-8",
+    )
     names = ["ex00_rmsnorm", "ex402_lr_schedule"]
     rows = grading._parse_junit(xml, names)
     skip = next(r for r in rows if r.test == "test_matches_hf")

@@ -1,4 +1,5 @@
 """Unit tests for the set-up tooling: tools/install_torch.py decisions and grading id lookup."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import install_torch  # noqa: E402
 import build_notebooks  # noqa: E402, F401  (the stored-output tests import from it)
+import install_torch  # noqa: E402
 import lab  # noqa: E402
 
 from course_lib.lab import grading  # noqa: E402
@@ -40,8 +41,12 @@ def test_gpu_gets_the_usual_cuda_build(machine):
 
 def test_cpu_with_pytorch_index_uses_cpu_index(machine):
     machine["dns"] = True
-    assert install_torch.plan() == ["install", f"torch=={install_torch.CPU_VERSION}",
-                                    "--index-url", install_torch.CPU_INDEX]
+    assert install_torch.plan() == [
+        "install",
+        f"torch=={install_torch.CPU_VERSION}",
+        "--index-url",
+        install_torch.CPU_INDEX,
+    ]
 
 
 def test_cpu_offline_pins_version_without_extra_index(machine):
@@ -78,15 +83,16 @@ def test_unknown_id_lists_known_exercises():
 
 # --- torch thread count (course_lib.lab.threads) and the CJK font check (course_lib.lab.envcheck) ---
 
+
 def test_threads_follow_free_cores():
     from course_lib.lab.threads import MAX_THREADS, choose_threads
 
-    assert choose_threads(cores=2, load=0.1, env="").threads == 2          # idle: every core
-    assert choose_threads(cores=2, load=1.9, env="").threads == 1          # busy: degrade to 1
-    assert choose_threads(cores=2, load=7.0, env="").threads == 1          # never below 1
+    assert choose_threads(cores=2, load=0.1, env="").threads == 2  # idle: every core
+    assert choose_threads(cores=2, load=1.9, env="").threads == 1  # busy: degrade to 1
+    assert choose_threads(cores=2, load=7.0, env="").threads == 1  # never below 1
     assert choose_threads(cores=64, load=0.0, env="").threads == MAX_THREADS
     assert choose_threads(cores=4, load=None, env="").threads == 4
-    assert choose_threads(cores=2, load=1.9, env="3").threads == 3         # COURSE_THREADS wins
+    assert choose_threads(cores=2, load=1.9, env="3").threads == 3  # COURSE_THREADS wins
     with pytest.raises(ValueError, match="COURSE_THREADS"):
         choose_threads(cores=2, load=0.0, env="many")
 
@@ -118,8 +124,8 @@ def test_cjk_font_check_warns_with_install_commands():
 
 # --- the learner's working copies (tools/lab.py) and the Makefile's install split ---
 
-def test_lab_copies_keep_the_learners_edits(tmp_path):
 
+def test_lab_copies_keep_the_learners_edits(tmp_path):
 
     stored = tmp_path / "notebooks"
     stored.mkdir()
@@ -130,15 +136,15 @@ def test_lab_copies_keep_the_learners_edits(tmp_path):
     assert sorted(done["added"]) == ["00-setup.ipynb", "4.0.1-x.ipynb"]
     assert not os.access(stored / "00-setup.ipynb", os.W_OK) or os.geteuid() == 0, "存储的 notebook 应是只读的"
 
-    (copies / "00-setup.ipynb").write_text('{"v": "my edits"}')           # the learner's work
+    (copies / "00-setup.ipynb").write_text('{"v": "my edits"}')  # the learner's work
     (stored / "00-setup.ipynb").chmod(0o644)
-    (stored / "00-setup.ipynb").write_text('{"v": 2}')                    # the course changed it
-    (stored / "4.2.1-new.ipynb").write_text('{"v": 1}')                   # and added a lesson
-    done = lab.prepare(tmp_path, quiet=True)                              # make lab: only adds
+    (stored / "00-setup.ipynb").write_text('{"v": 2}')  # the course changed it
+    (stored / "4.2.1-new.ipynb").write_text('{"v": 1}')  # and added a lesson
+    done = lab.prepare(tmp_path, quiet=True)  # make lab: only adds
     assert done["added"] == ["4.2.1-new.ipynb"]
     assert (copies / "00-setup.ipynb").read_text() == '{"v": "my edits"}'
 
-    done = lab.prepare(tmp_path, refresh=True, quiet=True)                # make refresh-notebooks
+    done = lab.prepare(tmp_path, refresh=True, quiet=True)  # make refresh-notebooks
     assert (copies / "00-setup.ipynb").read_text() == '{"v": 2}'
     assert (copies / "00-setup.bak.ipynb").read_text() == '{"v": "my edits"}'
     assert (copies / "4.0.1-x.ipynb").read_text() == '{"v": 1}' and len(done["replaced"]) == 1
@@ -149,21 +155,25 @@ def test_makefile_learner_install_and_lab_url():
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
     stamp_recipe = text.split("$(STAMP): ")[1].split("\n\n")[0]
     assert "-e ." in stamp_recipe and "[test]" not in stamp_recipe and "[dev]" not in stamp_recipe, (
-        "make install 只应安装课程需要的包；测试用的包属于 .[test]，由 make test 安装")
+        "make install 只应安装课程需要的包；测试用的包属于 .[test]，由 make test 安装"
+    )
     assert "\ntest: install-test" in text, "make test 应先安装 .[test]"
     assert "--LabApp.default_url" in text and "tools/lab.py prepare" in text, (
-        "make lab 应先准备 my-notebooks/ 副本，并让 JupyterLab 打印的网址直接打开 00-setup")
+        "make lab 应先准备 my-notebooks/ 副本，并让 JupyterLab 打印的网址直接打开 00-setup"
+    )
     assert "my-notebooks/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
 
 
 # --- progress bars (course_lib.lab.progress_bars) and the static outputs of stored notebooks ---
 
-FAKE_TRAIN = ("import json, pathlib, sys, time\n"
-              "d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)\n"
-              "for s in range(1, 6):\n"
-              "    with open(d / 'metrics.jsonl', 'a') as f: f.write(json.dumps({'step': s, 'loss': 1.0}) + '\\n')\n"
-              "    time.sleep(0.05)\n"
-              "print('done')\n")
+FAKE_TRAIN = (
+    "import json, pathlib, sys, time\n"
+    "d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)\n"
+    "for s in range(1, 6):\n"
+    "    with open(d / 'metrics.jsonl', 'a') as f: f.write(json.dumps({'step': s, 'loss': 1.0}) + '\\n')\n"
+    "    time.sleep(0.05)\n"
+    "print('done')\n"
+)
 
 
 def test_progress_bars_finish_on_stdout(tmp_path, capsys):
@@ -182,7 +192,6 @@ def test_progress_bars_finish_on_stdout(tmp_path, capsys):
 
 def test_stored_outputs_are_static():
     import nbformat
-
     from build_notebooks import static_outputs
 
     nb = nbformat.v4.new_notebook()
@@ -190,9 +199,11 @@ def test_stored_outputs_are_static():
     cell.outputs = [
         nbformat.v4.new_output("stream", name="stdout", text="\rrun:   0%|  | 0/4\rrun:  50%|"),
         nbformat.v4.new_output("stream", name="stdout", text="#  | 2/4\rrun: 100%|##| 4/4\nafter\n"),
-        nbformat.v4.new_output("display_data", data={"text/plain": "quiz text",
-                                                     "application/vnd.jupyter.widget-view+json": {"model_id": "x"}},
-                               metadata={"course_static_text": True}),
+        nbformat.v4.new_output(
+            "display_data",
+            data={"text/plain": "quiz text", "application/vnd.jupyter.widget-view+json": {"model_id": "x"}},
+            metadata={"course_static_text": True},
+        ),
     ]
     nb.cells.append(cell)
     static_outputs(nb)
@@ -203,7 +214,6 @@ def test_stored_outputs_are_static():
 
 def test_lesson_header_time_comes_from_the_recorded_build(tmp_path):
     import nbformat
-
     from build_notebooks import RUN_TIME, fill_run_time, load_timings, record_timing
 
     path = tmp_path / "timings.json"

@@ -19,15 +19,16 @@ A full-mode build records each notebook's run time in notebooks/timings.json. A 
 "预计时间" is written as {{run_time}} in its source and filled in from that file (to_notebook),
 and the README's table of per-lesson times is generated from it (tools/lesson_times.py).
 """
+
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import json
 import os
-import sysconfig
 import platform
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -63,8 +64,7 @@ def run_time_text(name: str, timings: dict) -> str:
     t = timings.get(name)
     if not t:
         return "时间（尚未测量：make notebooks 会测量并填写）"
-    return (f"{format_duration(t['seconds'])}（构建时在 {t['cpu_cores']} 核 CPU 上实测，"
-            f"见 README 的「每课运行时间」）")
+    return f"{format_duration(t['seconds'])}（构建时在 {t['cpu_cores']} 核 CPU 上实测，见 README 的「每课运行时间」）"
 
 
 def fill_run_time(nb: nbformat.NotebookNode, name: str, timings: dict) -> None:
@@ -94,9 +94,15 @@ def _machine_paths() -> list[tuple[str, str]]:
     repository become relative to it (as a learner types them from the repo root), the Python
     standard library (the stdlib corpus) becomes <python-stdlib>, the home folder ~."""
     stdlib = sysconfig.get_paths()["stdlib"]
-    pairs = [(str(ROOT) + os.sep, ""), (str(ROOT), "."), (stdlib, "<python-stdlib>"),
-             (sys.prefix, ".venv"), (os.path.realpath(sys.prefix), ".venv"),
-             (os.path.realpath(stdlib), "<python-stdlib>"), (str(Path.home()) + os.sep, "~/")]
+    pairs = [
+        (str(ROOT) + os.sep, ""),
+        (str(ROOT), "."),
+        (stdlib, "<python-stdlib>"),
+        (sys.prefix, ".venv"),
+        (os.path.realpath(sys.prefix), ".venv"),
+        (os.path.realpath(stdlib), "<python-stdlib>"),
+        (str(Path.home()) + os.sep, "~/"),
+    ]
     return sorted({p for p in pairs if p[0] not in ("", os.sep)}, key=lambda p: -len(p[0]))
 
 
@@ -114,17 +120,20 @@ def static_outputs(nb: nbformat.NotebookNode) -> None:
             continue
         outs = []
         for o in cell.outputs:
-            if o.output_type == "stream" and outs and outs[-1].output_type == "stream" \
-                    and outs[-1].name == o.name:
-                outs[-1].text += o.text          # one stream output, as a viewer shows it
+            if o.output_type == "stream" and outs and outs[-1].output_type == "stream" and outs[-1].name == o.name:
+                outs[-1].text += o.text  # one stream output, as a viewer shows it
                 continue
             if o.output_type == "display_data" and o.get("metadata", {}).get("course_static_text"):
                 o.data = {"text/plain": o.data.get("text/plain", "")}
-            elif o.output_type in ("display_data", "execute_result") \
-                    and "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
+            elif o.output_type in (
+                "display_data",
+                "execute_result",
+            ) and "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
                 # A widget needs its kernel: keep the live view, but show a reader of the stored
                 # notebook a sentence instead of the widget's repr ("interactive(children=...").
-                o.data["text/plain"] = "（交互控件 (widget)：需要运行中的 kernel，在 JupyterLab 里运行这个单元格即可使用）"
+                o.data["text/plain"] = (
+                    "（交互控件 (widget)：需要运行中的 kernel，在 JupyterLab 里运行这个单元格即可使用）"
+                )
             outs.append(o)
         for o in outs:
             if o.output_type == "stream" and "\r" in o.text:
@@ -149,9 +158,14 @@ def record_timing(name: str, seconds: float, path: Path = TIMINGS, load_before: 
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    timings[name] = {"seconds": round(seconds, 1), "cpu_cores": cores, "machine": platform.machine(),
-                     "date": time.strftime("%Y-%m-%d"), "source": "make notebooks",
-                     "load_before": load_before}
+    timings[name] = {
+        "seconds": round(seconds, 1),
+        "cpu_cores": cores,
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "source": "make notebooks",
+        "load_before": load_before,
+    }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(dict(sorted(timings.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -167,8 +181,9 @@ def find_sources(patterns: list[str]) -> list[Path]:
         pat = Path(pat).name.removesuffix(".py").removesuffix(".ipynb")
         hits = [s for s in sources if fnmatch.fnmatch(s.stem, pat)]
         if not hits:
-            sys.exit(f"build_notebooks: no source matches {pat!r} in {SRC_DIR} "
-                     f"(known: {', '.join(s.stem for s in sources)})")
+            sys.exit(
+                f"build_notebooks: no source matches {pat!r} in {SRC_DIR} (known: {', '.join(s.stem for s in sources)})"
+            )
         picked += [h for h in hits if h not in picked]
     return picked
 
@@ -192,8 +207,9 @@ def execute(nb, quick: bool) -> None:
     os.environ.clear()
     os.environ.update(env)
     try:
-        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=KERNEL,
-                                resources={"metadata": {"path": str(NB_DIR)}})
+        client = NotebookClient(
+            nb, timeout=CELL_TIMEOUT, kernel_name=KERNEL, resources={"metadata": {"path": str(NB_DIR)}}
+        )
         client.execute()
     finally:
         os.environ.clear()
@@ -205,8 +221,11 @@ def build(src: Path, quick: bool, out_dir: Path) -> Path:
     target = out_dir / f"{src.stem}.ipynb"
     load = _load_average()
     if not quick and load is not None and load > 0.5:
-        print(f"  note: load average {load:.1f} before {src.name}: its recorded run time includes "
-              f"other programs' load (build on an idle machine for the lesson headers)", flush=True)
+        print(
+            f"  note: load average {load:.1f} before {src.name}: its recorded run time includes "
+            f"other programs' load (build on an idle machine for the lesson headers)",
+            flush=True,
+        )
     t0 = time.perf_counter()
     try:
         execute(nb, quick)
@@ -214,8 +233,10 @@ def build(src: Path, quick: bool, out_dir: Path) -> Path:
         idx = next((i for i, _ in error_cells(nb)), None)
         where = f"cell {idx}" if idx is not None else "a cell"
         src_line = nb.cells[idx].source.splitlines()[:3] if idx is not None else []
-        raise SystemExit(f"\nbuild_notebooks: {src.name}: {where} failed; {target} NOT written.\n"
-                         f"  cell starts: {src_line}\n{str(e)[-3000:]}")
+        raise SystemExit(
+            f"\nbuild_notebooks: {src.name}: {where} failed; {target} NOT written.\n"
+            f"  cell starts: {src_line}\n{str(e)[-3000:]}"
+        ) from None
     seconds = time.perf_counter() - t0
     errs = error_cells(nb)
     if errs:
@@ -231,17 +252,19 @@ def build(src: Path, quick: bool, out_dir: Path) -> Path:
     tmp = target.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     os.replace(tmp, target)
-    print(f"  {src.name} -> {target}  ({seconds:.1f}s, "
-          f"{'quick' if quick else 'full'} mode)", flush=True)
+    print(f"  {src.name} -> {target}  ({seconds:.1f}s, {'quick' if quick else 'full'} mode)", flush=True)
     return target
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="notebook names or globs, e.g. 00-setup '4.0.*'")
-    ap.add_argument("--quick", action="store_true",
-                    help="execute with COURSE_QUICK=1 into a temporary directory (a fast local "
-                         "check; the stored notebooks are not touched)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="execute with COURSE_QUICK=1 into a temporary directory (a fast local "
+        "check; the stored notebooks are not touched)",
+    )
     args = ap.parse_args(argv)
     sources = find_sources(args.names)
     if not sources:

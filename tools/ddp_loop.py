@@ -6,6 +6,7 @@ Each run is the command a learner types (through ``python -m course_lib.launch``
 on CPU with gloo, into a fresh folder. Before the barrier in ``distributed.cleanup`` about one
 run in five ended with rank 1 aborting after the final checkpoint (exit 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from course_lib.distributed import run_streaming, torchrun_command
+from course_lib.distributed import run_streaming, torchrun_command  # noqa: E402
 
-ARGS = {"max_steps": 8, "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64,
-            "seq_len": 32, "batch_size": 4, "warmup_steps": 2, "eval_interval": 100, "eval_batches": 1, "log_interval": 2,
-            "ckpt_interval": 4, "device": "cpu", "seed": 7}
+ARGS = {
+    "max_steps": 8,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "n_kv_heads": 1,
+    "ffn_hidden": 64,
+    "max_seq_len": 64,
+    "seq_len": 32,
+    "batch_size": 4,
+    "warmup_steps": 2,
+    "eval_interval": 100,
+    "eval_batches": 1,
+    "log_interval": 2,
+    "ckpt_interval": 4,
+    "device": "cpu",
+    "seed": 7,
+}
 
 
 def main(argv=None) -> int:
@@ -32,10 +48,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(1, args.runs + 1):
             out = Path(tmp) / f"run{k}"
-            flags = [x for key, v in dict(ARGS, out_dir=str(out)).items()
-                     for x in ("--" + key.replace("_", "-"), str(v))] + ["--no-tensorboard"]
-            rc, lines = run_streaming(torchrun_command(flags, nproc_per_node=args.nproc),
-                                      env={"OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"}, timeout_s=600, echo=False)
+            flags = [
+                x for key, v in dict(ARGS, out_dir=str(out)).items() for x in ("--" + key.replace("_", "-"), str(v))
+            ] + ["--no-tensorboard"]
+            rc, lines = run_streaming(
+                torchrun_command(flags, nproc_per_node=args.nproc),
+                env={"OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"},
+                timeout_s=600,
+                echo=False,
+            )
             ok += rc == 0
             print(f"{k}/{args.runs} exit {rc}", flush=True)
             if rc != 0:

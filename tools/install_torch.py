@@ -14,6 +14,7 @@ of nvidia-* wheels) even on a machine without a GPU. So:
 The environment variable TORCH_SPEC overrides the requirement, e.g. TORCH_SPEC="torch==2.5.1".
 Run with the interpreter of the environment to install into: `.venv/bin/python tools/install_torch.py`.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,7 @@ CPU_INDEX_HOST = "download.pytorch.org"
 def torch_version() -> str | None:
     """Version of torch importable by *this* interpreter, or None (checked in a subprocess so
     a half-installed torch cannot crash us)."""
-    r = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
     return r.stdout.strip() if r.returncode == 0 else None
 
 
@@ -77,8 +77,7 @@ def plan() -> list[str] | None:
     if sys.platform.startswith("linux") and resolves(CPU_INDEX_HOST):
         print(f"[install_torch] no GPU: installing {spec} from the CPU-only index {CPU_INDEX}.")
         return ["install", spec, "--index-url", CPU_INDEX]
-    print(f"[install_torch] no GPU: installing {spec} (local wheel or PyPI; "
-          f"{CPU_INDEX_HOST} not used).")
+    print(f"[install_torch] no GPU: installing {spec} (local wheel or PyPI; {CPU_INDEX_HOST} not used).")
     return ["install", spec]
 
 

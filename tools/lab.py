@@ -13,6 +13,7 @@ touches the stored ones and `git status` stays clean whatever the learner does.
 
 my-notebooks/ sits next to notebooks/ so that relative paths behave the same in both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,10 @@ def prepare(root: Path = ROOT, refresh: bool = False, quiet: bool = False) -> di
         for r in done["replaced"]:
             print(f"[lab] 已更新 {r}")
         if done["kept"] and not refresh:
-            print(f"[lab] 保留你已有的 {len(done['kept'])} 个副本；想换成课程的最新版本请运行 make refresh-notebooks "
-                  f"（旧副本会另存为 .bak.ipynb，不会丢）")
+            print(
+                f"[lab] 保留你已有的 {len(done['kept'])} 个副本；想换成课程的最新版本请运行 make refresh-notebooks "
+                f"（旧副本会另存为 .bak.ipynb，不会丢）"
+            )
         print(f"[lab] 从 {rel}/{FIRST} 开始；练习文件在 exercises/ 里")
     return done
 
@@ -109,8 +112,10 @@ def lab_port(lab_args: list[str], default: int = DEFAULT_PORT) -> int:
 
 def banner(lab_args: list[str]) -> str:
     port = lab_port(lab_args)
-    return (f"[lab] JupyterLab 启动后，打开它下面打印的网址（形如 http://localhost:{port}{start_path()}?token=...；"
-            f"端口 {port} 被占用时 JupyterLab 会换下一个空闲端口，以它打印的网址为准）")
+    return (
+        f"[lab] JupyterLab 启动后，打开它下面打印的网址（形如 http://localhost:{port}{start_path()}?token=...；"
+        f"端口 {port} 被占用时 JupyterLab 会换下一个空闲端口，以它打印的网址为准）"
+    )
 
 
 def main(argv=None) -> int:

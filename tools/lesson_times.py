@@ -8,6 +8,7 @@ that the README matches the file). `make notebooks` runs it after the build.
     python tools/lesson_times.py            # rewrite the table in README.md
     python tools/lesson_times.py --check    # exit 1 when README.md is out of date
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,21 @@ END = "<!-- lesson-times:end -->"
 
 
 def table(timings: dict) -> str:
-    rows = ["| Notebook | 运行时间（完整模式） | 秒 | CPU 核数 | 测量日期 |", "|---|---|---|---|---|"]
+    # The load average just before each build: a build that shared the CPU with other work (load
+    # above the core count) took longer than the same notebook on a learner's quiet laptop.
+    rows = [
+        "| Notebook | 运行时间（完整模式） | 秒 | CPU 核数 | 构建前负载 (load) | 测量日期 |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, t in sorted(timings.items()):
-        rows.append(f"| `{name}.ipynb` | {format_duration(t['seconds'])} | {t['seconds']:.0f} | "
-                    f"{t['cpu_cores']} | {t['date']} |")
+        load = t.get("load_before")
+        load_text = "" if load is None else f"{load:.1f}"
+        rows.append(
+            f"| `{name}.ipynb` | {format_duration(t['seconds'])} | {t['seconds']:.0f} | "
+            f"{t['cpu_cores']} | {load_text} | {t['date']} |"
+        )
     total = sum(t["seconds"] for t in timings.values())
-    rows.append(f"| 合计 | {format_duration(total)} | {total:.0f} | | |")
+    rows.append(f"| 合计 | {format_duration(total)} | {total:.0f} | | | |")
     return "\n".join(rows)
 
 
@@ -48,7 +58,9 @@ def main(argv=None) -> int:
     new = render(old, load_timings())
     if args.check:
         if new != old:
-            print("lesson_times: README.md 的运行时间表与 notebooks/timings.json 不一致：运行 python tools/lesson_times.py")
+            print(
+                "lesson_times: README.md 的运行时间表与 notebooks/timings.json 不一致：运行 python tools/lesson_times.py"
+            )
             return 1
         return 0
     if new != old:

@@ -5,6 +5,7 @@
 Figures are picked by notebook and by the first line of the plot's title text in the cell
 source (robust to cells moving around). A figure that is not found is an error, not a silent skip.
 """
+
 from __future__ import annotations
 
 import base64

@@ -43,8 +43,10 @@ from course_lib.pretrained import load_reference_model  # noqa: E402
 NAME = "reference_model"
 PROMPTS = ["def ", "import", "class ", "x = ", "for i in ", "return ", "if ", "print(", "    self.", "# "]
 LENGTHS = [4, 8, 16, 32]
-CHATS = [[{"role": "user", "content": "def add"}],
-         [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "import os"}]]
+CHATS = [
+    [{"role": "user", "content": "def add"}],
+    [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "import os"}],
+]
 BAD = [  # (path, raw body) -> must be a 4xx in OpenAI's shape
     ("/v1/completions", {"model": NAME, "prompt": "x", "seed": 2**64}),
     ("/v1/completions", {"model": NAME, "prompt": "x", "max_token": 3}),
@@ -104,8 +106,9 @@ class Soak:
 
     async def chat(self, stream: bool) -> None:
         i = self.rng.randrange(len(CHATS))
-        r = await self.oai.chat.completions.create(model=NAME, messages=CHATS[i], max_tokens=24, temperature=0,
-                                                   stream=stream)
+        r = await self.oai.chat.completions.create(
+            model=NAME, messages=CHATS[i], max_tokens=24, temperature=0, stream=stream
+        )
         if stream:
             got = "".join([c.choices[0].delta.content or "" async for c in r if c.choices])
         else:
@@ -130,8 +133,11 @@ class Soak:
 
     async def bad(self) -> None:
         path, body = self.rng.choice(BAD)
-        kw = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) \
+        kw = (
+            {"content": body, "headers": {"Content-Type": "application/json"}}
+            if isinstance(body, bytes)
             else {"json": body}
+        )
         r = await self.http.post(self.url + path, **kw)
         try:
             err = r.json()["error"]
@@ -144,9 +150,16 @@ class Soak:
             self.fail("bad_answered_wrongly", (path, r.status_code, r.text[:100]))
 
     async def client(self) -> None:
-        kinds = [(self.completion, (False,), 20), (self.completion, (True,), 20), (self.list_prompt, (False,), 8),
-                 (self.list_prompt, (True,), 7), (self.chat, (False,), 5), (self.chat, (True,), 5),
-                 (self.disconnect, (), 15), (self.bad, (), 20)]
+        kinds = [
+            (self.completion, (False,), 20),
+            (self.completion, (True,), 20),
+            (self.list_prompt, (False,), 8),
+            (self.list_prompt, (True,), 7),
+            (self.chat, (False,), 5),
+            (self.chat, (True,), 5),
+            (self.disconnect, (), 15),
+            (self.bad, (), 20),
+        ]
         fns = [(f, a) for f, a, w in kinds for _ in range(w)]
         while time.monotonic() < self.deadline:
             f, a = self.rng.choice(fns)
@@ -183,9 +196,25 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "course_lib.serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--num-blocks", str(args.num_blocks), "--shutdown-timeout", "5"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "course_lib.serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-blocks",
+            str(args.num_blocks),
+            "--shutdown-timeout",
+            "5",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -198,7 +227,7 @@ def main() -> int:
                     return 1
                 time.sleep(0.2)
         ps = psutil.Process(proc.pid)
-        warm = Soak(url, want, dict(enumerate(chat_want)), 15, args.seed + 1)   # warm-up: every kind once or more
+        warm = Soak(url, want, dict(enumerate(chat_want)), 15, args.seed + 1)  # warm-up: every kind once or more
         asyncio.run(warm.run(min(8, args.clients)))
         rss0 = ps.memory_info().rss
         t0 = time.monotonic()
@@ -219,18 +248,39 @@ def main() -> int:
             proc.kill()
             proc.wait()
     c = soak.counts
-    summary = {"clients": args.clients, "seconds": round(elapsed, 1), "ok": c["ok"], "lost": c["lost"],
-               "corrupted": c["corrupted"], "disconnects": c["disconnects"], "bad_refused": c["bad_refused"],
-               "bad_answered_wrongly": c["bad_answered_wrongly"], "warmup_ok": warm.counts["ok"],
-               "leaked_blocks": h0["free_blocks"] - h["free_blocks"], "num_blocks": h["num_blocks"],
-               "left_running": h["running"] + h["waiting"], "rss_start_mb": round(rss0 / 2**20, 1),
-               "rss_end_mb": round(rss1 / 2**20, 1), "rss_change_pct": round(100 * (rss1 - rss0) / rss0, 1),
-               "sigterm_rc": rc, "last_line": err.strip().splitlines()[-1] if err.strip() else "",
-               "examples": soak.examples + warm.examples}
+    summary = {
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "ok": c["ok"],
+        "lost": c["lost"],
+        "corrupted": c["corrupted"],
+        "disconnects": c["disconnects"],
+        "bad_refused": c["bad_refused"],
+        "bad_answered_wrongly": c["bad_answered_wrongly"],
+        "warmup_ok": warm.counts["ok"],
+        "leaked_blocks": h0["free_blocks"] - h["free_blocks"],
+        "num_blocks": h["num_blocks"],
+        "left_running": h["running"] + h["waiting"],
+        "rss_start_mb": round(rss0 / 2**20, 1),
+        "rss_end_mb": round(rss1 / 2**20, 1),
+        "rss_change_pct": round(100 * (rss1 - rss0) / rss0, 1),
+        "sigterm_rc": rc,
+        "last_line": err.strip().splitlines()[-1] if err.strip() else "",
+        "examples": soak.examples + warm.examples,
+    }
     print(json.dumps(summary, indent=1))
-    ok = (not c["lost"] and not c["corrupted"] and not c["bad_answered_wrongly"] and not warm.counts["lost"]
-          and not warm.counts["corrupted"] and summary["leaked_blocks"] == 0 and summary["left_running"] == 0
-          and abs(summary["rss_change_pct"]) <= 10 and rc == 0 and summary["last_line"] == "[serve] stopped")
+    ok = (
+        not c["lost"]
+        and not c["corrupted"]
+        and not c["bad_answered_wrongly"]
+        and not warm.counts["lost"]
+        and not warm.counts["corrupted"]
+        and summary["leaked_blocks"] == 0
+        and summary["left_running"] == 0
+        and abs(summary["rss_change_pct"]) <= 10
+        and rc == 0
+        and summary["last_line"] == "[serve] stopped"
+    )
     print("soak:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

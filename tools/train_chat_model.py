@@ -12,6 +12,7 @@ matters given explicitly. The latest checkpoint is exported as bf16 (the weights
 held-out loss before and after, thread-seconds spent) and ``DEMO.txt`` (the model answering held-out
 instructions, with the sampling settings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,48 @@ ASSET_DIR = ROOT / "course_lib" / "assets" / "chat_model"
 SIZE_BUDGET_BYTES = 3_500_000
 
 TRAIN_ARGS = [
-    "--task", "sft", "--init", "reference", "--data", "stdlib",
-    "--seq-len", "256", "--batch-size", "16", "--max-steps", "150",
-    "--lr", "0.001", "--min-lr", "0.0001", "--warmup-steps", "10", "--schedule", "cosine",
-    "--weight-decay", "0.1", "--dtype", "fp32", "--device", "cpu", "--seed", "1337", "--num-workers", "0",
-    "--val-fraction", "0.05", "--eval-interval", "50", "--eval-batches", "10", "--ckpt-interval", "50",
-    "--log-interval", "20", "--no-resume", "--no-tensorboard",
+    "--task",
+    "sft",
+    "--init",
+    "reference",
+    "--data",
+    "stdlib",
+    "--seq-len",
+    "256",
+    "--batch-size",
+    "16",
+    "--max-steps",
+    "150",
+    "--lr",
+    "0.001",
+    "--min-lr",
+    "0.0001",
+    "--warmup-steps",
+    "10",
+    "--schedule",
+    "cosine",
+    "--weight-decay",
+    "0.1",
+    "--dtype",
+    "fp32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1337",
+    "--num-workers",
+    "0",
+    "--val-fraction",
+    "0.05",
+    "--eval-interval",
+    "50",
+    "--eval-batches",
+    "10",
+    "--ckpt-interval",
+    "50",
+    "--log-interval",
+    "20",
+    "--no-resume",
+    "--no-tensorboard",
 ]
 DEMO_SAMPLING = dict(temperature=0.0, top_k=None, top_p=None, max_new_tokens=160, seed=0)
 
@@ -71,9 +108,12 @@ def main(argv=None) -> int:
         seconds = round(time.perf_counter() - t0, 1)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_seconds = round(ru.ru_utime + ru.ru_stime, 1)
-        (out_dir / "train_time.json").write_text(json.dumps({"train_seconds": seconds, "train_cpu_seconds": cpu_seconds}))
+        (out_dir / "train_time.json").write_text(
+            json.dumps({"train_seconds": seconds, "train_cpu_seconds": cpu_seconds})
+        )
 
     import torch
+
     torch.set_num_threads(1)
     from course_lib.config import TrainConfig
     from course_lib.export import export_from_run, load_inference
@@ -88,6 +128,7 @@ def main(argv=None) -> int:
     model, tok, _ = load_inference(assets)
     ref, _ = load_reference_model()
     from course_lib.sft import build_sft_datasets
+
     _, ev, _ = build_sft_datasets(cfg, tok)
     before, after = heldout_loss(ref, cfg, ev), heldout_loss(model, cfg, ev)
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -108,8 +149,11 @@ def main(argv=None) -> int:
         "heldout_assistant_loss_after_sft": round(after, 4),
         "eval_losses": {str(m["step"]): round(m["eval_loss"], 4) for m in evals},
         "final_train_loss": metrics[-1].get("loss") if metrics else None,
-        "data": {"source": "stdlib instruction pairs of Python " + ".".join(map(str, sys.version_info[:3])),
-                 "sha256": manifest.get("sha256"), "train_conversations": manifest.get("num_documents")},
+        "data": {
+            "source": "stdlib instruction pairs of Python " + ".".join(map(str, sys.version_info[:3])),
+            "sha256": manifest.get("sha256"),
+            "train_conversations": manifest.get("num_documents"),
+        },
         "train_seconds": seconds,
         "train_cpu_seconds": cpu_seconds,
         "machine": f"{os.cpu_count()} CPU threads shared, load average {os.getloadavg()[0]:.2f} at export",
@@ -118,8 +162,11 @@ def main(argv=None) -> int:
     if args.skip_train and (out_dir / "train_time.json").exists():
         record.update(json.loads((out_dir / "train_time.json").read_text()))
     (assets / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"[chat] exported step {info['step']} to {assets}: {size / 1e6:.2f} MB; held-out loss "
-          f"{before:.3f} -> {after:.3f}", flush=True)
+    print(
+        f"[chat] exported step {info['step']} to {assets}: {size / 1e6:.2f} MB; held-out loss "
+        f"{before:.3f} -> {after:.3f}",
+        flush=True,
+    )
     print(demo)
     return 0
 

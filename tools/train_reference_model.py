@@ -13,6 +13,7 @@ configs, the corpus SHA-256 and the final eval loss.
 
 The shipped weights let lessons and benchmarks use a *trained* model without training in CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,20 +31,62 @@ ASSET_DIR = ROOT / "course_lib" / "assets" / "reference_model"
 
 # Every setting that changes the result, spelled out (defaults could change under us).
 TRAIN_ARGS = [
-    "--d-model", "192", "--n-layers", "4", "--n-heads", "6", "--n-kv-heads", "2",
-    "--ffn-hidden", "512", "--max-seq-len", "256",
-    "--data", "stdlib", "--seq-len", "256", "--batch-size", "16", "--max-steps", "3000",
-    "--lr", "0.002", "--min-lr", "0.0002", "--warmup-steps", "150", "--schedule", "cosine",
-    "--dtype", "fp32", "--device", "cpu", "--seed", "1337", "--num-workers", "0",
-    "--eval-interval", "500", "--eval-batches", "20", "--ckpt-interval", "500",
-    "--log-interval", "50", "--no-resume", "--no-tensorboard",
+    "--d-model",
+    "192",
+    "--n-layers",
+    "4",
+    "--n-heads",
+    "6",
+    "--n-kv-heads",
+    "2",
+    "--ffn-hidden",
+    "512",
+    "--max-seq-len",
+    "256",
+    "--data",
+    "stdlib",
+    "--seq-len",
+    "256",
+    "--batch-size",
+    "16",
+    "--max-steps",
+    "3000",
+    "--lr",
+    "0.002",
+    "--min-lr",
+    "0.0002",
+    "--warmup-steps",
+    "150",
+    "--schedule",
+    "cosine",
+    "--dtype",
+    "fp32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1337",
+    "--num-workers",
+    "0",
+    "--eval-interval",
+    "500",
+    "--eval-batches",
+    "20",
+    "--ckpt-interval",
+    "500",
+    "--log-interval",
+    "50",
+    "--no-resume",
+    "--no-tensorboard",
 ]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out-dir", default=str(ROOT / "runs" / "reference-4.2"),
-                   help="training run folder (default: runs/reference-4.2, git-ignored)")
+    p.add_argument(
+        "--out-dir",
+        default=str(ROOT / "runs" / "reference-4.2"),
+        help="training run folder (default: runs/reference-4.2, git-ignored)",
+    )
     p.add_argument("--skip-train", action="store_true", help="only export the existing run's latest checkpoint")
     p.add_argument("--assets", default=str(ASSET_DIR), help="where to write the inference artefact")
     args = p.parse_args(argv)
@@ -52,7 +95,7 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "course_lib.train", *TRAIN_ARGS, "--out-dir", str(out_dir)]
     env = {k: v for k, v in os.environ.items() if k != "COURSE_QUICK"}
     env["PYTHONHASHSEED"] = "0"
-    env["OMP_NUM_THREADS"] = "1"   # one thread: the float sums (and so the weights) do not depend on the core count
+    env["OMP_NUM_THREADS"] = "1"  # one thread: the float sums (and so the weights) do not depend on the core count
     seconds = None
     if not args.skip_train:
         print("[reference] " + " ".join(cmd), flush=True)
@@ -75,17 +118,23 @@ def main(argv=None) -> int:
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "final_train_loss": metrics[-1].get("loss") if metrics else None,
         "eval_losses": {str(m["step"]): round(m["eval_loss"], 4) for m in evals},
-        "data": {**{k: manifest[k] for k in ("num_files", "num_documents", "num_chars", "sha256")},
-                 # the stdlib folder's absolute path says nothing on another machine; keep the version
-                 "source": "stdlib of Python " + ".".join(map(str, sys.version_info[:3]))
-                 if str(manifest["source"]).startswith("stdlib:") else manifest["source"]},
+        "data": {
+            **{k: manifest[k] for k in ("num_files", "num_documents", "num_chars", "sha256")},
+            # the stdlib folder's absolute path says nothing on another machine; keep the version
+            "source": "stdlib of Python " + ".".join(map(str, sys.version_info[:3]))
+            if str(manifest["source"]).startswith("stdlib:")
+            else manifest["source"],
+        },
         "train_seconds": seconds,
         "machine": f"{os.cpu_count()} CPU threads, load average {os.getloadavg()[0]:.2f} at export",
         "torch": __import__("torch").__version__,
     }
     (assets / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"[reference] exported step {info['step']} to {assets}: "
-          f"{info['bytes'] / 1e6:.2f} MB, eval loss {record['final_eval_loss']}", flush=True)
+    print(
+        f"[reference] exported step {info['step']} to {assets}: "
+        f"{info['bytes'] / 1e6:.2f} MB, eval loss {record['final_eval_loss']}",
+        flush=True,
+    )
     return 0
 
 

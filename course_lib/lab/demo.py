@@ -10,10 +10,11 @@ first blank line (a newline pair: the end of a function or paragraph), at EOS, o
 every demo's generated text in a stored notebook and check it (``distinct_ngram_ratio``,
 ``whitespace_fraction``).
 """
+
 from __future__ import annotations
 
 import re
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -27,8 +28,9 @@ END = "── end of sample ──"
 _BLOCK = re.compile(r"^── sample[^\n]*──\n(.*?)\n?── end of sample ──$", re.S | re.M)
 
 
-def settings_line(seed: int, temperature: float = TEMPERATURE, top_k: Optional[int] = TOP_K,
-                  top_p: Optional[float] = None) -> str:
+def settings_line(
+    seed: int, temperature: float = TEMPERATURE, top_k: int | None = TOP_K, top_p: float | None = None
+) -> str:
     parts = [f"seed {seed}", f"temperature {temperature}"]
     if top_k:
         parts.append(f"top-k {top_k}")
@@ -37,20 +39,30 @@ def settings_line(seed: int, temperature: float = TEMPERATURE, top_k: Optional[i
     return f"{BEGIN} ({', '.join(parts)}, stop at a blank line or EOS) ──"
 
 
-def stream_sample(model, tokenizer, prompt: str, max_new_tokens: int = 160, *, seed: int = 0,
-                  temperature: float = TEMPERATURE, top_k: Optional[int] = TOP_K, top_p: Optional[float] = None,
-                  stop: Optional[str] = STOP) -> Iterator[str]:
+def stream_sample(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 160,
+    *,
+    seed: int = 0,
+    temperature: float = TEMPERATURE,
+    top_k: int | None = TOP_K,
+    top_p: float | None = None,
+    stop: str | None = STOP,
+) -> Iterator[str]:
     """Yield the generated text piece by piece; stop before the first ``stop`` string."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     text = ""
-    for piece in stream_generate(model, tokenizer, prompt, max_new_tokens, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, generator=gen):
+    for piece in stream_generate(
+        model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
+    ):
         new = text + piece
-        if stop and stop in new:          # the stop string may straddle two pieces
+        if stop and stop in new:  # the stop string may straddle two pieces
             cut = new.index(stop)
             if cut > len(text):
-                yield new[len(text):cut]
+                yield new[len(text) : cut]
             return
         text = new
         yield piece
@@ -61,15 +73,33 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int = 160, **kw) 
     return "".join(stream_sample(model, tokenizer, prompt, max_new_tokens, **kw))
 
 
-def show_sample(model, tokenizer, prompt: str, max_new_tokens: int = 160, *, seed: int = 0,
-                temperature: float = TEMPERATURE, top_k: Optional[int] = TOP_K, top_p: Optional[float] = None,
-                stop: Optional[str] = STOP) -> str:
+def show_sample(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 160,
+    *,
+    seed: int = 0,
+    temperature: float = TEMPERATURE,
+    top_k: int | None = TOP_K,
+    top_p: float | None = None,
+    stop: str | None = STOP,
+) -> str:
     """Print prompt + generated text between marker lines, streaming it; return the generated text."""
     print(settings_line(seed, temperature, top_k, top_p))
     print(prompt, end="", flush=True)
     pieces = []
-    for piece in stream_sample(model, tokenizer, prompt, max_new_tokens, seed=seed, temperature=temperature,
-                               top_k=top_k, top_p=top_p, stop=stop):
+    for piece in stream_sample(
+        model,
+        tokenizer,
+        prompt,
+        max_new_tokens,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop=stop,
+    ):
         pieces.append(piece)
         print(piece, end="", flush=True)
     print("\n" + END)
@@ -83,7 +113,7 @@ def sample_blocks(text: str) -> list:
 
 def distinct_ngram_ratio(text: str, n: int = 4) -> float:
     """Distinct character n-grams / all character n-grams (1.0 = no n-gram repeats; loops score low)."""
-    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    grams = [text[i : i + n] for i in range(len(text) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 

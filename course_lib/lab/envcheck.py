@@ -1,19 +1,20 @@
 """Environment check: [OK] / [FAIL] per package and per capability.
 
-    from course_lib.lab.envcheck import run_checks
-    run_checks()            # prints the report, returns True when nothing required failed
+from course_lib.lab.envcheck import run_checks
+run_checks()            # prints the report, returns True when nothing required failed
 
-    python -m course_lib.lab.envcheck
+python -m course_lib.lab.envcheck
 """
-from __future__ import annotations
 
-from course_lib.lab.threads import choose_threads, load_average  # no third-party import (works without torch)
+from __future__ import annotations
 
 import importlib
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+
+from course_lib.lab.threads import choose_threads, load_average  # no third-party import (works without torch)
 
 from ..config import quick_mode  # the one parser of COURSE_QUICK (config imports no third-party package)
 
@@ -36,7 +37,7 @@ PACKAGES = [
 @dataclass
 class Check:
     name: str
-    status: str   # OK / FAIL / SKIP / INFO / WARN (works, but something the learner should fix)
+    status: str  # OK / FAIL / SKIP / INFO / WARN (works, but something the learner should fix)
     detail: str = ""
 
     def line(self) -> str:
@@ -77,18 +78,24 @@ def check_capabilities() -> list[Check]:
         return out + [Check("torch", "FAIL", f"无法导入: {e}")]
     out.append(Check("torch version", "OK", torch.__version__))
     choice = choose_threads(load=load_average())
-    out.append(Check("CPU threads", "OK", f"torch.get_num_threads() = {torch.get_num_threads()}, "
-                                          f"os.cpu_count() = {os.cpu_count()}；课程的选择：{choice.line()}"))
+    out.append(
+        Check(
+            "CPU threads",
+            "OK",
+            f"torch.get_num_threads() = {torch.get_num_threads()}, "
+            f"os.cpu_count() = {os.cpu_count()}；课程的选择：{choice.line()}",
+        )
+    )
     if torch.cuda.is_available():
-        out.append(Check("CUDA", "OK", f"可用: {torch.cuda.device_count()} 块 GPU，"
-                                       f"{torch.cuda.get_device_name(0)}"))
+        out.append(Check("CUDA", "OK", f"可用: {torch.cuda.device_count()} 块 GPU，{torch.cuda.get_device_name(0)}"))
     else:
         out.append(Check("CUDA", "INFO", "不可用 (CPU only)：课程在 CPU 上也能完整运行"))
     import torch.distributed as dist
 
     gloo = dist.is_available() and dist.is_gloo_available()
-    out.append(Check("gloo backend (CPU DDP)", "OK" if gloo else "FAIL",
-                     "可用" if gloo else "不可用：4.1.2 的 DDP 实验需要它"))
+    out.append(
+        Check("gloo backend (CPU DDP)", "OK" if gloo else "FAIL", "可用" if gloo else "不可用：4.1.2 的 DDP 实验需要它")
+    )
     if torch.cuda.is_available():
         nccl = dist.is_available() and dist.is_nccl_available()
         out.append(Check("nccl backend (GPU DDP)", "OK" if nccl else "FAIL", "可用" if nccl else "不可用"))
@@ -97,12 +104,12 @@ def check_capabilities() -> list[Check]:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             c = a @ a
         ok = c.dtype == torch.bfloat16 and torch.isfinite(c).all().item()
-        out.append(Check("bf16 autocast on CPU", "OK" if ok else "FAIL",
-                         f"8x8 matmul 输出 dtype = {c.dtype}"))
+        out.append(Check("bf16 autocast on CPU", "OK" if ok else "FAIL", f"8x8 matmul 输出 dtype = {c.dtype}"))
     except Exception as e:
         out.append(Check("bf16 autocast on CPU", "FAIL", f"{type(e).__name__}: {e}"))
-    out.append(Check("quick mode (COURSE_QUICK)", "INFO",
-                     "开启：规模缩小，用于测试" if quick_mode() else "关闭：完整规模"))
+    out.append(
+        Check("quick mode (COURSE_QUICK)", "INFO", "开启：规模缩小，用于测试" if quick_mode() else "关闭：完整规模")
+    )
     return out
 
 
@@ -126,17 +133,22 @@ def check_cjk_font(platform: str | None = None, fc_list=None) -> Check:
     if not platform.startswith("linux"):
         return Check(name, "OK", "macOS / Windows 自带中文字体")
     if fc_list is None:
+
         def fc_list():
             try:
-                r = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True,
-                                   timeout=20, check=False)
+                r = subprocess.run(
+                    ["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=20, check=False
+                )
             except (OSError, subprocess.TimeoutExpired):
                 return None
             return r.stdout if r.returncode == 0 else None
+
     out = fc_list()
     how = "；".join(f"{k}: {v}" for k, v in CJK_INSTALL.items())
     if out is None:
-        return Check(name, "WARN", f"找不到 fc-list，无法确认有没有中文字体；如果浏览器里的中文显示成方框，请安装：{how}")
+        return Check(
+            name, "WARN", f"找不到 fc-list，无法确认有没有中文字体；如果浏览器里的中文显示成方框，请安装：{how}"
+        )
     fonts = sorted({f.split(",")[0].strip() for f in out.splitlines() if f.strip()})
     if not fonts:
         return Check(name, "WARN", f"没有找到中文字体：浏览器里的中文会显示成方框。请安装（然后重启浏览器）：{how}")

@@ -14,6 +14,7 @@ A grading run that goes on too long (an endless loop in the learner's code) is s
 ``timeout`` seconds (default ``COURSE_GRADING_TIMEOUT`` or 120 per exercise) and reported as
 such; with pytest-timeout installed each test also gets that limit, so the others still report.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,10 @@ from pathlib import Path
 STATUS_PASS = "通过"
 STATUS_FAIL = "未通过"
 STATUS_TODO = "未实现"
-STATUS_SKIP = "跳过"     # the test could not run here (a missing optional package): neither pass nor fail
+STATUS_SKIP = "跳过"  # the test could not run here (a missing optional package): neither pass nor fail
 DEFAULT_TIMEOUT_S = 120.0
 MAX_MESSAGE_LINES = 8
-STARTUP_S = 30.0     # pytest + torch start-up, added once to the whole run's time limit
+STARTUP_S = 30.0  # pytest + torch start-up, added once to the whole run's time limit
 
 
 def timeout_message(seconds: float) -> str:
@@ -59,7 +60,6 @@ class GradingError(RuntimeError):
     """The exercise id matched nothing, or the repository could not be found."""
 
 
-
 # A status label is a few CJK characters, which the browser may break between any two of them:
 # next to a long message column, an unstyled status column shrinks to one character per line
 # ("未/实/现"). nowrap keeps every label on one line; the message column takes the rest.
@@ -76,8 +76,8 @@ def status_cell(label: str, color: str | None = None, bold: bool = True) -> str:
 class TestRow:
     exercise: str
     test: str
-    status: str          # 通过 / 未通过 / 未实现 / 跳过
-    message: str = ""    # the failure message: what was expected and what came back
+    status: str  # 通过 / 未通过 / 未实现 / 跳过
+    message: str = ""  # the failure message: what was expected and what came back
 
     @property
     def passed(self) -> bool:
@@ -89,7 +89,7 @@ class CheckResult:
     exercise_id: str
     exercises: list[str]
     rows: list[TestRow] = field(default_factory=list)
-    output: str = ""     # pytest's console output, for when something unexpected happens
+    output: str = ""  # pytest's console output, for when something unexpected happens
 
     @property
     def n_total(self) -> int:
@@ -118,10 +118,12 @@ class CheckResult:
 
     def summary(self) -> str:
         ran = self.n_total - self.n_skipped
-        return (f"{self.exercise_id}: {self.n_passed}/{ran} 通过"
-                + (f"，{self.n_not_implemented} 个未实现" if self.n_not_implemented else "")
-                + (f"，{self.n_failed} 个未通过" if self.n_failed else "")
-                + (f"，{self.n_skipped} 个跳过 (skipped，没有运行，见说明)" if self.n_skipped else ""))
+        return (
+            f"{self.exercise_id}: {self.n_passed}/{ran} 通过"
+            + (f"，{self.n_not_implemented} 个未实现" if self.n_not_implemented else "")
+            + (f"，{self.n_failed} 个未通过" if self.n_failed else "")
+            + (f"，{self.n_skipped} 个跳过 (skipped，没有运行，见说明)" if self.n_skipped else "")
+        )
 
     def to_text(self) -> str:
         lines = [self.summary()]
@@ -139,12 +141,15 @@ class CheckResult:
             f"<td style='text-align:left'><code>{html.escape(r.test)}</code></td>"
             f"{status_cell(r.status, color[r.status])}"
             f"<td style='text-align:left;white-space:pre-wrap'>{html.escape(r.message)}</td></tr>"
-            for r in self.rows)
+            for r in self.rows
+        )
         if not self.rows:
             body = f"<tr><td colspan=4><pre>{html.escape(self.output[-2000:])}</pre></td></tr>"
-        return (f"<p><b>{html.escape(self.summary())}</b></p><table>"
-                "<tr><th>练习</th><th>测试</th><th>结果</th><th>说明</th></tr>"
-                f"{body}</table>")
+        return (
+            f"<p><b>{html.escape(self.summary())}</b></p><table>"
+            "<tr><th>练习</th><th>测试</th><th>结果</th><th>说明</th></tr>"
+            f"{body}</table>"
+        )
 
     def __repr__(self) -> str:
         return self.to_text()
@@ -161,8 +166,10 @@ def find_root(start: Path | None = None) -> Path:
         for d in [s.resolve(), *s.resolve().parents]:
             if (d / "exercises").is_dir() and (d / "tests" / "exercises").is_dir():
                 return d
-    raise GradingError("找不到课程仓库根目录（需要同时包含 exercises/ 和 tests/exercises/）。"
-                       "请在仓库目录里运行，或设置环境变量 COURSE_ROOT。")
+    raise GradingError(
+        "找不到课程仓库根目录（需要同时包含 exercises/ 和 tests/exercises/）。"
+        "请在仓库目录里运行，或设置环境变量 COURSE_ROOT。"
+    )
 
 
 def known_exercises(root: Path | None = None) -> list[str]:
@@ -171,7 +178,7 @@ def known_exercises(root: Path | None = None) -> list[str]:
 
 
 def resolve(exercise_id: str, root: Path | None = None) -> list[str]:
-    """"4.0.1" -> ["ex401_..."], "00" -> ["ex00_..."], "ex00_rmsnorm" -> ["ex00_rmsnorm"]."""
+    """ "4.0.1" -> ["ex401_..."], "00" -> ["ex00_..."], "ex00_rmsnorm" -> ["ex00_rmsnorm"]."""
     root = root or find_root()
     known = known_exercises(root)
     ident = str(exercise_id).strip()
@@ -189,7 +196,8 @@ def resolve(exercise_id: str, root: Path | None = None) -> list[str]:
     if not matches:
         raise GradingError(
             f"没有找到与 {exercise_id!r} 对应的练习。可用的练习: {', '.join(known) or '（无）'}。"
-            "可以写课程编号如 \"4.0.1\"、\"00\"，或文件名如 \"ex00_rmsnorm\"。")
+            '可以写课程编号如 "4.0.1"、"00"，或文件名如 "ex00_rmsnorm"。'
+        )
     return matches
 
 
@@ -224,8 +232,12 @@ def _failure_message(text: str | None) -> str:
 
 
 # Packages that come with the [test] extra (`make install-test`), by the name a skip reason uses.
-TEST_EXTRA_MODULES = {"transformers": "transformers", "playwright": "playwright", "pytest_timeout": "pytest-timeout",
-                      "ruff": "ruff"}
+TEST_EXTRA_MODULES = {
+    "transformers": "transformers",
+    "playwright": "playwright",
+    "pytest_timeout": "pytest-timeout",
+    "ruff": "ruff",
+}
 
 
 def skip_message(reason: str | None) -> str:
@@ -248,8 +260,7 @@ def _parse_junit(xml_path: Path, names: list[str], timeout_s: float | None = Non
     for tc in ET.parse(xml_path).getroot().iter("testcase"):
         classname = tc.get("classname") or ""
         module = classname.rsplit(".", 1)[-1]
-        exercise = next((n for n in names if module == f"test_{n}" or f"test_{n}" in classname),
-                        module)
+        exercise = next((n for n in names if module == f"test_{n}" or f"test_{n}" in classname), module)
         bad = tc.find("failure")
         if bad is None:
             bad = tc.find("error")
@@ -264,8 +275,9 @@ def _parse_junit(xml_path: Path, names: list[str], timeout_s: float | None = Non
                 msg = _failure_message(bad.get("message") or bad.text)
                 rows.append(TestRow(exercise, tc.get("name"), STATUS_FAIL, msg))
         elif skipped is not None:
-            rows.append(TestRow(exercise, tc.get("name"), STATUS_SKIP,
-                                skip_message(skipped.get("message") or skipped.text)))
+            rows.append(
+                TestRow(exercise, tc.get("name"), STATUS_SKIP, skip_message(skipped.get("message") or skipped.text))
+            )
         else:
             rows.append(TestRow(exercise, tc.get("name"), STATUS_PASS))
     return rows
@@ -297,8 +309,11 @@ def _oracle_key(root: Path, impl: str, per_test: float) -> str | None:
         return None
     h = hashlib.sha256(f"{sys.executable}\0{per_test:g}\0{_pytest_timeout_available()}".encode())
     lib = root / "course_lib" if (root / "course_lib").is_dir() else Path(__file__).resolve().parents[1]
-    for tag, base, pattern, skip in (("graders", root / "tests" / "exercises", "*", ("wrong/",)),
-                                     ("impl", root / impl, "ex*.py", ()), ("lib", lib, "*.py", ())):
+    for tag, base, pattern, skip in (
+        ("graders", root / "tests" / "exercises", "*", ("wrong/",)),
+        ("impl", root / impl, "ex*.py", ()),
+        ("lib", lib, "*.py", ()),
+    ):
         h.update(tag.encode())
         _tree_digest(h, base, pattern, skip)
     for f in ("conftest.py", "pytest.ini"):
@@ -325,8 +340,13 @@ def _store_rows(key: str | None, name: str, rows: list[TestRow]) -> None:
     os.replace(tmp, path)
 
 
-def run_graders(names: list[str], root: Path | None = None, impl: str = "exercises",
-                exercise_id: str | None = None, timeout: float | None = None) -> CheckResult:
+def run_graders(
+    names: list[str],
+    root: Path | None = None,
+    impl: str = "exercises",
+    exercise_id: str | None = None,
+    timeout: float | None = None,
+) -> CheckResult:
     """Run the graders of `names` in a fresh pytest process. ``timeout`` (seconds per exercise,
     default ``grading_timeout()``) stops code that never returns, e.g. ``while True: pass``."""
     root = root or find_root()
@@ -356,18 +376,31 @@ def _run_pytest(names: list[str], root: Path, impl: str, per_test: float) -> tup
         xml = Path(tmp) / "report.xml"
         env = dict(os.environ, COURSE_QUICK="1")
         env.pop("COURSE_IMPL", None)
-        cmd = [sys.executable, "-m", "pytest", *files, "--impl", impl, "-q",
-               "-p", "no:cacheprovider", f"--junitxml={xml}", "-o", "junit_family=xunit2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *files,
+            "--impl",
+            impl,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            "-o",
+            "junit_family=xunit2",
+        ]
         if _pytest_timeout_available():
             cmd += [f"--timeout={per_test:g}", "--timeout-method=signal"]
         # the whole run: every exercise's share plus pytest's own start-up
         total = per_test * len(names) + STARTUP_S
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
             out, err = proc.communicate(timeout=total)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)    # pytest and anything the graders started
+            os.killpg(proc.pid, signal.SIGKILL)  # pytest and anything the graders started
             out, err = proc.communicate()
             rows = [TestRow(n, "(全部测试)", STATUS_FAIL, timeout_message(per_test)) for n in names]
             return rows, out + err, False
@@ -402,9 +435,9 @@ def check(exercise_id: str, show: bool = True) -> CheckResult:
 
 @dataclass
 class Progress:
-    rows: list[tuple]   # (exercise, 状态, passed, total, why) — why: first failing test and message;
+    rows: list[tuple]  # (exercise, 状态, passed, total, why) — why: first failing test and message;
     #                    total counts the tests that ran, a skipped test is counted apart:
-    skipped: dict = field(default_factory=dict)   # exercise -> [(test, why it did not run)]
+    skipped: dict = field(default_factory=dict)  # exercise -> [(test, why it did not run)]
 
     @property
     def n_skipped(self) -> int:
@@ -422,20 +455,28 @@ class Progress:
         for ex, st, p, t, why in self.rows:
             lines.append(f"  {ex:<28} {st:<6} {p}/{t}" + (f"   原因: {why}" if why else ""))
         c = self.counts
-        lines.append("合计: " + "，".join(f"{k} {v}" for k, v in c.items())
-                     + (f"；另有 {self.n_skipped} 个测试跳过 (skipped，不算未通过)" if self.n_skipped else ""))
+        lines.append(
+            "合计: "
+            + "，".join(f"{k} {v}" for k, v in c.items())
+            + (f"；另有 {self.n_skipped} 个测试跳过 (skipped，不算未通过)" if self.n_skipped else "")
+        )
         for ex, skipped in self.skipped.items():
             for test, why in skipped:
                 lines.append(f"  [跳过] {ex} :: {test}  {why}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        body = "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td>{status_cell(st, bold=False)}"
-                       f"<td>{p}/{t}</td><td style='text-align:left'>{html.escape(why)}</td></tr>"
-                       for ex, st, p, t, why in self.rows)
-        body += "".join(f"<tr><td style='text-align:left'>{html.escape(ex)}</td>{status_cell('跳过', bold=False)}<td></td>"
-                        f"<td style='text-align:left'>{html.escape(test)}: {html.escape(why)}</td></tr>"
-                        for ex, skipped in self.skipped.items() for test, why in skipped)
+        body = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(ex)}</td>{status_cell(st, bold=False)}"
+            f"<td>{p}/{t}</td><td style='text-align:left'>{html.escape(why)}</td></tr>"
+            for ex, st, p, t, why in self.rows
+        )
+        body += "".join(
+            f"<tr><td style='text-align:left'>{html.escape(ex)}</td>{status_cell('跳过', bold=False)}<td></td>"
+            f"<td style='text-align:left'>{html.escape(test)}: {html.escape(why)}</td></tr>"
+            for ex, skipped in self.skipped.items()
+            for test, why in skipped
+        )
         return f"<table><tr><th>练习</th><th>状态</th><th>通过</th><th>原因</th></tr>{body}</table>"
 
     def __repr__(self) -> str:
@@ -473,7 +514,7 @@ def summarize(names: list[str], result: CheckResult) -> Progress:
         else:
             status = "部分通过" if p else "未通过"
             first = next((r for r in failing if r.status != STATUS_TODO), failing[0])
-            why = f"{first.test}: {_first_line(first.message)}"   # one line per exercise here
+            why = f"{first.test}: {_first_line(first.message)}"  # one line per exercise here
         if skips and not why:
             why = f"另有 {len(skips)} 个测试{_first_line(skips[0][1])}"
         rows.append((n, status, p, len(mine), why))
@@ -485,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(
         prog="python -m course_lib.lab.grading",
-        description="检查练习 (exercises) 的完成情况。不带参数时显示全部练习的进度。")
-    ap.add_argument("ids", nargs="*", help='课程编号或练习名，如 4.0.1、00、ex00_rmsnorm')
+        description="检查练习 (exercises) 的完成情况。不带参数时显示全部练习的进度。",
+    )
+    ap.add_argument("ids", nargs="*", help="课程编号或练习名，如 4.0.1、00、ex00_rmsnorm")
     args = ap.parse_args(argv)
     try:
         if not args.ids:

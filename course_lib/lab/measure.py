@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-import statistics
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -46,10 +46,17 @@ from torch.profiler import ProfilerActivity, profile
 from ..config import ModelConfig, pick
 from ..distributed import free_port, subprocess_env
 from ..export import artifact_size, save_inference
-from ..generate import (compile_available, compiled_decode_step, decode_step, make_cache, make_compiled_cache, prefill,
-                       warm_up_compiled)
-from ..kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from ..fsdp import apply_fsdp, rank_state_bytes
+from ..generate import (
+    compile_available,
+    compiled_decode_step,
+    decode_step,
+    make_cache,
+    make_compiled_cache,
+    prefill,
+    warm_up_compiled,
+)
+from ..kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from ..memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
 from ..model import DIYModel
 from ..quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
@@ -58,7 +65,7 @@ from ..quantize import compare_to_reference, dynamic_int8, model_nbytes, perplex
 # --------------------------------------------------------------------------------------------
 # Models for speed tables, and interleaved timing
 # --------------------------------------------------------------------------------------------
-def speed_config(quick: Optional[bool] = None, max_seq_len: int = 1088) -> ModelConfig:
+def speed_config(quick: bool | None = None, max_seq_len: int = 1088) -> ModelConfig:
     """The speed tables' model: d512 x 8 layers, 8 query / 2 kv heads, SwiGLU 1376 (22.3 M
     parameters with the byte vocabulary). Quick mode (``COURSE_QUICK``) uses d256 x 4 (2.8 M)."""
     small = pick(False, True) if quick is None else quick
@@ -89,10 +96,10 @@ def ratio_stats(values: Sequence[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def interleaved_rounds(candidates: Mapping[str, Callable[[], float]], rounds: int = 3) -> Dict[str, dict]:
+def interleaved_rounds(candidates: Mapping[str, Callable[[], float]], rounds: int = 3) -> dict[str, dict]:
     """Call each candidate (returning a figure, e.g. tokens/s) once per round, in turn, for
     ``rounds`` rounds. Returns ``{name: {"median", "min", "max", "values"}}``."""
-    values: Dict[str, List[float]] = {k: [] for k in candidates}
+    values: dict[str, list[float]] = {k: [] for k in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
             values[name].append(float(fn()))
@@ -103,8 +110,16 @@ def interleaved_rounds(candidates: Mapping[str, Callable[[], float]], rounds: in
 # Generation speed
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int, *, cache: Optional[str] = "dynamic",
-                       repeats: int = 1, seed: int = 0) -> dict:
+def measure_generation(
+    model,
+    batch_size: int,
+    prompt_len: int,
+    new_tokens: int,
+    *,
+    cache: str | None = "dynamic",
+    repeats: int = 1,
+    seed: int = 0,
+) -> dict:
     """Time prefill and decode separately (greedy, random prompt tokens, no EOS).
 
     ``cache=None`` is the no-cache baseline: every decode step re-runs the whole sequence.
@@ -137,9 +152,16 @@ def measure_generation(model, batch_size: int, prompt_len: int, new_tokens: int,
         sync()
         t2 = time.perf_counter()
         best_p, best_d = min(best_p, t1 - t0), min(best_d, t2 - t1)
-    return {"batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens, "cache": cache or "none",
-            "prefill_s": best_p, "decode_s": best_d,
-            "prefill_tok_s": batch_size * prompt_len / best_p, "decode_tok_s": batch_size * new_tokens / best_d}
+    return {
+        "batch_size": batch_size,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "cache": cache or "none",
+        "prefill_s": best_p,
+        "decode_s": best_d,
+        "prefill_tok_s": batch_size * prompt_len / best_p,
+        "decode_tok_s": batch_size * new_tokens / best_d,
+    }
 
 
 @torch.no_grad()
@@ -164,8 +186,7 @@ def measure_compiled_decode(model, batch_size: int, prompt_len: int, new_tokens:
     return batch_size * new_tokens / (time.perf_counter() - t0)
 
 
-def compiled_vs_eager(model, batch_size: int = 1, prompt_len: int = 32, new_tokens: int = 32,
-                      rounds: int = 3) -> dict:
+def compiled_vs_eager(model, batch_size: int = 1, prompt_len: int = 32, new_tokens: int = 32, rounds: int = 3) -> dict:
     """Compile time of the decode step, then eager vs compiled decode tokens/s in interleaved
     rounds (median and range). Returns ``{"available": False, "reason": ...}`` without a compiler."""
     ok, why = compile_available()
@@ -173,14 +194,23 @@ def compiled_vs_eager(model, batch_size: int = 1, prompt_len: int = 32, new_toke
         return {"available": False, "reason": why}
     model = as_model(model)
     warm = warm_up_compiled(model, batch_size, prompt_len + new_tokens)
-    res = interleaved_rounds({
-        "eager": lambda: measure_generation(model, batch_size, prompt_len, new_tokens)["decode_tok_s"],
-        "compiled": lambda: measure_compiled_decode(model, batch_size, prompt_len, new_tokens)}, rounds)
-    return {"available": True, "compile_s": warm, "batch_size": batch_size,
-            "eager_tok_s": res["eager"]["median"], "eager_range": (res["eager"]["min"], res["eager"]["max"]),
-            "compiled_tok_s": res["compiled"]["median"],
-            "compiled_range": (res["compiled"]["min"], res["compiled"]["max"]),
-            "speedup": res["compiled"]["median"] / res["eager"]["median"]}
+    res = interleaved_rounds(
+        {
+            "eager": lambda: measure_generation(model, batch_size, prompt_len, new_tokens)["decode_tok_s"],
+            "compiled": lambda: measure_compiled_decode(model, batch_size, prompt_len, new_tokens),
+        },
+        rounds,
+    )
+    return {
+        "available": True,
+        "compile_s": warm,
+        "batch_size": batch_size,
+        "eager_tok_s": res["eager"]["median"],
+        "eager_range": (res["eager"]["min"], res["eager"]["max"]),
+        "compiled_tok_s": res["compiled"]["median"],
+        "compiled_range": (res["compiled"]["min"], res["compiled"]["max"]),
+        "speedup": res["compiled"]["median"] / res["eager"]["median"],
+    }
 
 
 def long_context_copy(model, max_seq_len: int):
@@ -191,28 +221,42 @@ def long_context_copy(model, max_seq_len: int):
     return big.to(next(model.parameters()).device).eval()
 
 
-def decode_speed_vs_context(model, contexts: Sequence[int], new_tokens: int = 16, repeats: int = 2,
-                            batch_size: int = 1) -> List[dict]:
+def decode_speed_vs_context(
+    model, contexts: Sequence[int], new_tokens: int = 16, repeats: int = 2, batch_size: int = 1
+) -> list[dict]:
     """Decode tokens/s with the KV cache and without it (full recompute), per context length."""
     model = as_model(model)
     rows = []
     for L in contexts:
         c = measure_generation(model, batch_size, L, new_tokens, cache="dynamic", repeats=repeats)
         n = measure_generation(model, batch_size, L, new_tokens, cache=None, repeats=repeats)
-        rows.append({"context": L, "cache_tok_s": c["decode_tok_s"], "no_cache_tok_s": n["decode_tok_s"],
-                     "speedup": c["decode_tok_s"] / n["decode_tok_s"]})
+        rows.append(
+            {
+                "context": L,
+                "cache_tok_s": c["decode_tok_s"],
+                "no_cache_tok_s": n["decode_tok_s"],
+                "speedup": c["decode_tok_s"] / n["decode_tok_s"],
+            }
+        )
     return rows
 
 
-def throughput_vs_batch(model, batch_sizes: Sequence[int], prompt_len: int = 32, new_tokens: int = 32,
-                        repeats: int = 2) -> List[dict]:
+def throughput_vs_batch(
+    model, batch_sizes: Sequence[int], prompt_len: int = 32, new_tokens: int = 32, repeats: int = 2
+) -> list[dict]:
     """Decode throughput (generated tokens/s over the whole batch) per batch size, KV cache on."""
     model = as_model(model)
     rows = []
     for b in batch_sizes:
         r = measure_generation(model, b, prompt_len, new_tokens, cache="dynamic", repeats=repeats)
-        rows.append({"batch_size": b, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
-                     "ms_per_step": 1000 * r["decode_s"] / new_tokens})
+        rows.append(
+            {
+                "batch_size": b,
+                "decode_tok_s": r["decode_tok_s"],
+                "prefill_tok_s": r["prefill_tok_s"],
+                "ms_per_step": 1000 * r["decode_s"] / new_tokens,
+            }
+        )
     base = rows[0]["decode_tok_s"]
     for r in rows:
         r["vs_batch1"] = r["decode_tok_s"] / base
@@ -222,10 +266,19 @@ def throughput_vs_batch(model, batch_sizes: Sequence[int], prompt_len: int = 32,
 # --------------------------------------------------------------------------------------------
 # Quantization: size, speed and quality per method
 # --------------------------------------------------------------------------------------------
-def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = None, group_size: int = 64,
-                     big_batch: int = 8, prompt_len: int = 64, new_tokens: int = 16, eval_batches: int = 8,
-                     seq_len: int = 128, methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4", "gptq-int4"),
-                     out_dir: Optional[str | os.PathLike] = None) -> List[dict]:
+def comparison_table(
+    model,
+    heldout: Tensor,
+    calibration: Tensor | None = None,
+    group_size: int = 64,
+    big_batch: int = 8,
+    prompt_len: int = 64,
+    new_tokens: int = 16,
+    eval_batches: int = 8,
+    seq_len: int = 128,
+    methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4", "gptq-int4"),
+    out_dir: str | os.PathLike | None = None,
+) -> list[dict]:
     """One row per method, all measured in this call: file size, model memory, prefill/decode
     tokens/s at batch 1 and ``big_batch``, held-out perplexity, KL and top-1 agreement vs fp32."""
     tmp = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="quant-"))
@@ -245,10 +298,19 @@ def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = Non
         sb = measure_generation(qm, big_batch, prompt_len, new_tokens, repeats=2)
         ppl = perplexity(qm, heldout, seq_len, 8, eval_batches)
         cmp = compare_to_reference(model, qm, heldout, seq_len, 8, eval_batches)
-        rows.append({"method": method, "file_MB": size / 1e6, "memory_MB": model_nbytes(qm) / 1e6,
-                     "prefill_tok_s_b1": s1["prefill_tok_s"], "decode_tok_s_b1": s1["decode_tok_s"],
-                     f"decode_tok_s_b{big_batch}": sb["decode_tok_s"], "perplexity": ppl,
-                     "kl_vs_fp32": cmp["kl"], "top1_vs_fp32": cmp["top1_agreement"]})
+        rows.append(
+            {
+                "method": method,
+                "file_MB": size / 1e6,
+                "memory_MB": model_nbytes(qm) / 1e6,
+                "prefill_tok_s_b1": s1["prefill_tok_s"],
+                "decode_tok_s_b1": s1["decode_tok_s"],
+                f"decode_tok_s_b{big_batch}": sb["decode_tok_s"],
+                "perplexity": ppl,
+                "kl_vs_fp32": cmp["kl"],
+                "top1_vs_fp32": cmp["top1_agreement"],
+            }
+        )
     base = rows[0]
     for r in rows:
         r["size_ratio"] = r["file_MB"] / base["file_MB"]
@@ -257,9 +319,15 @@ def comparison_table(model, heldout: Tensor, calibration: Optional[Tensor] = Non
     return rows
 
 
-def quantized_decode_speed(model, methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4"),
-                           batch_sizes: Sequence[int] = (1,), group_size: int = 64, prompt_len: int = 32,
-                           new_tokens: int = 16, rounds: int = 3) -> List[dict]:
+def quantized_decode_speed(
+    model,
+    methods: Sequence[str] = ("fp32", "dynamic-int8", "int8", "int4"),
+    batch_sizes: Sequence[int] = (1,),
+    group_size: int = 64,
+    prompt_len: int = 32,
+    new_tokens: int = 16,
+    rounds: int = 3,
+) -> list[dict]:
     """Decode tokens/s per quantization method and batch size, interleaved rounds (median and
     range), with the ratio of medians to fp32. Speed only: ``model`` may be a ``ModelConfig``
     (random init); quality belongs to ``comparison_table`` on a trained model."""
@@ -274,13 +342,26 @@ def quantized_decode_speed(model, methods: Sequence[str] = ("fp32", "dynamic-int
             variants[m] = quantize_model(model, m, group_size)
     rows = []
     for b in batch_sizes:
-        res = interleaved_rounds({m: (lambda q=q, b=b: measure_generation(q, b, prompt_len, new_tokens)["decode_tok_s"])
-                                  for m, q in variants.items()}, rounds)
+        res = interleaved_rounds(
+            {
+                m: (lambda q=q, b=b: measure_generation(q, b, prompt_len, new_tokens)["decode_tok_s"])
+                for m, q in variants.items()
+            },
+            rounds,
+        )
         base = res[methods[0]]["median"]
         for m in methods:
             r = res[m]
-            rows.append({"method": m, "batch_size": b, "decode_tok_s": r["median"], "min": r["min"], "max": r["max"],
-                         "vs_" + methods[0]: r["median"] / base})
+            rows.append(
+                {
+                    "method": m,
+                    "batch_size": b,
+                    "decode_tok_s": r["median"],
+                    "min": r["min"],
+                    "max": r["max"],
+                    "vs_" + methods[0]: r["median"] / base,
+                }
+            )
     return rows
 
 
@@ -307,9 +388,16 @@ def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_si
     used = sum(kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, n, 1, bpv) for n in lengths)
     paged = sum(cache.nbytes() for cache in caches)
     static = len(lengths) * kv_cache_bytes_formula(c.n_layers, c.n_kv_heads, c.head_dim, max_len, 1, bpv)
-    return {"sequences": len(lengths), "token_bytes": used, "paged_bytes": paged, "static_bytes": static,
-            "paged_waste": (paged - used) / paged, "static_waste": (static - used) / static,
-            "blocks_used": pool.used_blocks(), "block_size": block_size}
+    return {
+        "sequences": len(lengths),
+        "token_bytes": used,
+        "paged_bytes": paged,
+        "static_bytes": static,
+        "paged_waste": (paged - used) / paged,
+        "static_waste": (static - used) / static,
+        "blocks_used": pool.used_blocks(),
+        "block_size": block_size,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,10 +405,13 @@ def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_si
 # --------------------------------------------------------------------------------------------
 # c10d operator names (as the profiler records them) -> the collective they perform
 _C10D_KIND = {
-    "c10d::allreduce_": "all_reduce", "c10d::allreduce_coalesced_": "all_reduce",
-    "c10d::_allgather_base_": "all_gather", "c10d::allgather_": "all_gather",
+    "c10d::allreduce_": "all_reduce",
+    "c10d::allreduce_coalesced_": "all_reduce",
+    "c10d::_allgather_base_": "all_gather",
+    "c10d::allgather_": "all_gather",
     "c10d::allgather_into_tensor_coalesced_": "all_gather",
-    "c10d::_reduce_scatter_base_": "reduce_scatter", "c10d::reduce_scatter_": "reduce_scatter",
+    "c10d::_reduce_scatter_base_": "reduce_scatter",
+    "c10d::reduce_scatter_": "reduce_scatter",
     "c10d::reduce_scatter_tensor_coalesced_": "reduce_scatter",
     "c10d::broadcast_": "broadcast",
 }
@@ -341,7 +432,7 @@ def count_collectives(prof) -> dict:
     """
     calls = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0, "broadcast": 0}
     elements = {"all_reduce": 0, "all_gather": 0, "reduce_scatter": 0}
-    backend: Dict[str, int] = {}
+    backend: dict[str, int] = {}
     backend_all_reduce = 0
     for e in prof.events():
         kind = _C10D_KIND.get(e.name)
@@ -378,7 +469,7 @@ def rank_state_worker() -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = ModelConfig(**spec["model"])
-    g = torch.Generator().manual_seed(1000 + rank)            # each rank its own batch, as in training
+    g = torch.Generator().manual_seed(1000 + rank)  # each rank its own batch, as in training
     x = torch.randint(0, min(256, cfg.vocab_size), (spec["batch_size"], spec["seq_len"]), generator=g)
     report = {"rank": rank}
     for strategy in spec["strategies"]:
@@ -411,9 +502,15 @@ def rank_state_worker() -> None:
     os._exit(0)
 
 
-def rank_state_run(model_cfg: ModelConfig, world_size: int = 2, strategies: Sequence[str] = ("ddp", "fsdp"),
-                   batch_size: int = 2, seq_len: int = 16, reshard_after_forward: bool = True,
-                   timeout_s: float = 180.0) -> dict:
+def rank_state_run(
+    model_cfg: ModelConfig,
+    world_size: int = 2,
+    strategies: Sequence[str] = ("ddp", "fsdp"),
+    batch_size: int = 2,
+    seq_len: int = 16,
+    reshard_after_forward: bool = True,
+    timeout_s: float = 180.0,
+) -> dict:
     """Start ``world_size`` gloo processes (CPU) and measure, per strategy, what each rank holds.
 
     Returns ``{"world_size": W, "ddp": {"ranks": [rank_state_bytes of rank 0, 1, ...],
@@ -427,19 +524,41 @@ def rank_state_run(model_cfg: ModelConfig, world_size: int = 2, strategies: Sequ
         raise ValueError(f"strategies={list(strategies)}: each must be 'ddp' or 'fsdp'")
     root = str(Path(__file__).resolve().parents[2])
     with tempfile.TemporaryDirectory(prefix="rank_state_") as tmp:
-        spec = {"model": model_cfg.to_dict(), "strategies": list(strategies), "batch_size": batch_size,
-                "seq_len": seq_len, "reshard_after_forward": reshard_after_forward, "out_dir": tmp}
+        spec = {
+            "model": model_cfg.to_dict(),
+            "strategies": list(strategies),
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "reshard_after_forward": reshard_after_forward,
+            "out_dir": tmp,
+        }
         spec_path = Path(tmp, "spec.json")
         spec_path.write_text(json.dumps(spec))
         port = str(free_port())
         code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
         procs = []
         for r in range(world_size):
-            env = subprocess_env({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world_size),
-                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
-                                  "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)})
-            procs.append(subprocess.Popen([sys.executable, "-c", code, str(spec_path)], env=env, cwd=root,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            env = subprocess_env(
+                {
+                    "RANK": str(r),
+                    "LOCAL_RANK": str(r),
+                    "WORLD_SIZE": str(world_size),
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": port,
+                    "OMP_NUM_THREADS": "1",
+                    "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+                }
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code, str(spec_path)],
+                    env=env,
+                    cwd=root,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         errors = []
         deadline = time.monotonic() + timeout_s
         for r, p in enumerate(procs):
@@ -448,19 +567,25 @@ def rank_state_run(model_cfg: ModelConfig, world_size: int = 2, strategies: Sequ
             except subprocess.TimeoutExpired:
                 for q in procs:
                     q.kill()
-                raise RuntimeError(f"rank_state_run: rank {r} still running after {timeout_s:g} s "
-                                   "(a busy machine? pass a larger timeout_s)") from None
+                raise RuntimeError(
+                    f"rank_state_run: rank {r} still running after {timeout_s:g} s "
+                    "(a busy machine? pass a larger timeout_s)"
+                ) from None
             if p.returncode != 0 or not Path(tmp, f"rank{r}.json").exists():
                 errors.append(f"rank {r} exited with {p.returncode}:\n" + "\n".join(err.splitlines()[-15:]))
         if errors:
             raise RuntimeError("rank_state_run failed:\n" + "\n".join(errors))
         reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world_size)]
-    return {"world_size": world_size,
-            **{s: {"ranks": [rep[s]["state"] for rep in reports], "collectives": reports[0][s]["collectives"]}
-               for s in strategies}}
+    return {
+        "world_size": world_size,
+        **{
+            s: {"ranks": [rep[s]["state"] for rep in reports], "collectives": reports[0][s]["collectives"]}
+            for s in strategies
+        },
+    }
 
 
-def rank_state_table(model_cfg: ModelConfig, runs: Sequence[dict], tolerance: float = 0.0) -> List[dict]:
+def rank_state_table(model_cfg: ModelConfig, runs: Sequence[dict], tolerance: float = 0.0) -> list[dict]:
     """Rows of estimate (``memory.per_rank_state_bytes``) next to measured, per run, strategy and rank.
 
     ``runs``: results of ``rank_state_run``. ``match`` is True when every part (params, grads,
@@ -474,16 +599,26 @@ def rank_state_table(model_cfg: ModelConfig, runs: Sequence[dict], tolerance: fl
                 continue
             for rank, got in enumerate(run[strategy]["ranks"]):
                 est = per_rank_state_bytes(model_cfg, w, strategy, rank=rank)
-                ok = all(abs(est[k] - got[k]) <= tolerance * max(1, got[k]) for k in ("params", "grads", "optimizer", "total"))
-                rows.append({"world": w, "strategy": strategy, "rank": rank,
-                             **{f"{k}_est": est[k] for k in ("params", "grads", "optimizer", "total")},
-                             **{f"{k}_measured": got[k] for k in ("params", "grads", "optimizer", "total")},
-                             "gathered_unit_est": est["gathered_unit"], "gathered_root_est": est["gathered_root"],
-                             "match": ok})
+                ok = all(
+                    abs(est[k] - got[k]) <= tolerance * max(1, got[k])
+                    for k in ("params", "grads", "optimizer", "total")
+                )
+                rows.append(
+                    {
+                        "world": w,
+                        "strategy": strategy,
+                        "rank": rank,
+                        **{f"{k}_est": est[k] for k in ("params", "grads", "optimizer", "total")},
+                        **{f"{k}_measured": got[k] for k in ("params", "grads", "optimizer", "total")},
+                        "gathered_unit_est": est["gathered_unit"],
+                        "gathered_root_est": est["gathered_root"],
+                        "match": ok,
+                    }
+                )
     return rows
 
 
-def collectives_table(model_cfg: ModelConfig, run: dict, reshard_after_forward: bool = True) -> List[dict]:
+def collectives_table(model_cfg: ModelConfig, run: dict, reshard_after_forward: bool = True) -> list[dict]:
     """Per strategy and collective: calls and elements from the formula
     (``memory.collective_bytes_per_step``) next to those counted in rank 0's profiled step."""
     rows = []
@@ -496,7 +631,15 @@ def collectives_table(model_cfg: ModelConfig, run: dict, reshard_after_forward: 
         for kind in ("all_reduce", "all_gather", "reduce_scatter"):
             if not est["elements"][kind] and not got["calls"][kind]:
                 continue
-            rows.append({"strategy": strategy, "collective": kind, "calls_formula": est["calls"][kind],
-                         "calls_measured": got["calls"][kind], "elements_formula": est["elements"][kind],
-                         "elements_measured": got["elements"][kind], "sent_bytes_per_rank": est["sent_bytes"][kind]})
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "collective": kind,
+                    "calls_formula": est["calls"][kind],
+                    "calls_measured": got["calls"][kind],
+                    "elements_formula": est["elements"][kind],
+                    "elements_measured": got["elements"][kind],
+                    "sent_bytes_per_rank": est["sent_bytes"][kind],
+                }
+            )
     return rows

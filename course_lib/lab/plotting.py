@@ -6,13 +6,20 @@ machine has; the lesson prose around it is in Chinese.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
-STYLE = {"figure.figsize": (8, 4.2), "figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3,
-         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-         "axes.titleweight": "bold"}
+STYLE = {
+    "figure.figsize": (8, 4.2),
+    "figure.dpi": 90,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "axes.titleweight": "bold",
+}
 
 
 def use_style() -> None:
@@ -22,9 +29,14 @@ def use_style() -> None:
 def new_axes(title: str, xlabel: str, ylabel: str, ncols: int = 1, figsize=None, **kw):
     """``fig, ax`` (or a row of axes) with the house style, a title and labelled axes."""
     use_style()
-    fig, axes = plt.subplots(1, ncols, figsize=figsize or (STYLE["figure.figsize"][0] * (1 if ncols == 1 else 0.6 * ncols),
-                                                            STYLE["figure.figsize"][1]), **kw)
-    for ax in (axes if ncols > 1 else [axes]):
+    fig, axes = plt.subplots(
+        1,
+        ncols,
+        figsize=figsize
+        or (STYLE["figure.figsize"][0] * (1 if ncols == 1 else 0.6 * ncols), STYLE["figure.figsize"][1]),
+        **kw,
+    )
+    for ax in axes if ncols > 1 else [axes]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     if ncols == 1:
@@ -34,8 +46,9 @@ def new_axes(title: str, xlabel: str, ylabel: str, ncols: int = 1, figsize=None,
     return fig, axes
 
 
-def label(ax, title: Optional[str] = None, xlabel: Optional[str] = None, ylabel: Optional[str] = None,
-          legend: bool = True) -> None:
+def label(
+    ax, title: str | None = None, xlabel: str | None = None, ylabel: str | None = None, legend: bool = True
+) -> None:
     if title:
         ax.set_title(title)
     if xlabel:
@@ -57,14 +70,16 @@ def smooth(values: Sequence[float], window: int = 10) -> list:
     return out
 
 
-def print_table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None, floatfmt: str = "{:.4g}") -> None:
+def print_table(rows: Sequence[dict], columns: Sequence[str] | None = None, floatfmt: str = "{:.4g}") -> None:
     """A plain aligned text table (renders the same in notebooks, terminals and stored outputs)."""
     if not rows:
         print("(empty)")
         return
     cols = list(columns or rows[0].keys())
+
     def fmt(v):
         return floatfmt.format(v) if isinstance(v, float) else str(v)
+
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))

@@ -15,6 +15,7 @@ state in the stored notebook: a finished bar with the elapsed time.
 A long cell shows its bar from its first second: the bar is drawn when the block starts and its
 elapsed time ticks once a second even while one slow item is running.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,16 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{
 
 def text_bar(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kw) -> tqdm:
     """tqdm's text bar on stdout, fixed width, refreshed at most once a second."""
-    opts = dict(total=total, desc=desc, file=sys.stdout, ncols=100, mininterval=1.0, ascii=False,
-                bar_format=BAR_FORMAT, leave=True)
+    opts = dict(
+        total=total,
+        desc=desc,
+        file=sys.stdout,
+        ncols=100,
+        mininterval=1.0,
+        ascii=False,
+        bar_format=BAR_FORMAT,
+        leave=True,
+    )
     opts.update(kw)
     return tqdm(iterable, **opts)
 

@@ -47,9 +47,9 @@ LETTERS = "ABCDEFGH"
 class Question:
     prompt: str
     options: Sequence[str]
-    answer: int                  # index into options
-    explanation: str             # why the answer is right (and the others are not)
-    transfer: bool = False       # applies the lesson to a setting it did not show
+    answer: int  # index into options
+    explanation: str  # why the answer is right (and the others are not)
+    transfer: bool = False  # applies the lesson to a setting it did not show
 
     def __post_init__(self) -> None:
         if not 0 <= self.answer < len(self.options):
@@ -67,10 +67,10 @@ class Predict:
     """Predict a number the notebook measures. ``options[i]`` covers ``edges[i-1] <= x < edges[i]``."""
 
     prompt: str
-    key: str                     # the name the notebook passes in ``measured``
+    key: str  # the name the notebook passes in ``measured``
     options: Sequence[str]
-    edges: Sequence[float]       # ascending, len(options) - 1 boundaries
-    explanation: str             # may use {value}: the measured number
+    edges: Sequence[float]  # ascending, len(options) - 1 boundaries
+    explanation: str  # may use {value}: the measured number
     fmt: str = "{:.3g}"
 
     def __post_init__(self) -> None:
@@ -85,8 +85,9 @@ class Predict:
     def explain(self, measured: Mapping[str, float]) -> str:
         if self.key not in measured:
             return f"（没有收到测量值 {self.key}：先运行上面的实验单元格，再用 measured= 传入。）"
-        return f"本次运行测得 {self.key} = {self.fmt.format(float(measured[self.key]))}。" + \
-            self.explanation.format(value=self.fmt.format(float(measured[self.key])))
+        return f"本次运行测得 {self.key} = {self.fmt.format(float(measured[self.key]))}。" + self.explanation.format(
+            value=self.fmt.format(float(measured[self.key]))
+        )
 
 
 Item = Question | Predict
@@ -101,8 +102,12 @@ def build_item(d: Mapping) -> Item:
 
 def _live() -> bool:
     """A running kernel with ipywidgets (JupyterLab), not a terminal, a test or a notebook build."""
-    return _widgets is not None and get_ipython is not None and get_ipython() is not None \
+    return (
+        _widgets is not None
+        and get_ipython is not None
+        and get_ipython() is not None
         and getattr(get_ipython(), "kernel", None) is not None
+    )
 
 
 def _display_once(widget, text: str) -> None:
@@ -133,8 +138,7 @@ class Quiz:
                 tag = "  〔迁移：换一个本课没演示的设置〕"
             lines.append(f"\n{i}. {q.prompt}{tag}")
             lines.extend(f"   {LETTERS[j]}. {opt}" for j, opt in enumerate(q.options))
-        lines.append("\n作答：q.answer(题号, \"字母\")，例如 q.answer(1, \"B\")；"
-                     "在运行中的 JupyterLab 里也可以直接点选。")
+        lines.append('\n作答：q.answer(题号, "字母")，例如 q.answer(1, "B")；在运行中的 JupyterLab 里也可以直接点选。')
         return "\n".join(lines)
 
     def _verdict(self, q: Item, idx: int) -> tuple[bool | None, str]:
@@ -159,8 +163,11 @@ class Quiz:
         w = _widgets
         boxes = []
         for i, q in enumerate(self.questions, 1):
-            radio = w.RadioButtons(options=[(f"{LETTERS[j]}. {o}", j) for j, o in enumerate(q.options)],
-                                   value=None, layout=w.Layout(width="auto"))
+            radio = w.RadioButtons(
+                options=[(f"{LETTERS[j]}. {o}", j) for j, o in enumerate(q.options)],
+                value=None,
+                layout=w.Layout(width="auto"),
+            )
             out = w.HTML()
             btn = w.Button(description="检查答案", button_style="info")
 
@@ -188,7 +195,7 @@ class Quiz:
         return self
 
     def __repr__(self) -> str:
-        return f"<Quiz {self.title!r}: {len(self.questions)} 题；q.answer(题号, \"字母\") 作答>"
+        return f'<Quiz {self.title!r}: {len(self.questions)} 题；q.answer(题号, "字母") 作答>'
 
 
 def _letter_index(choice: str, n: int) -> int:
@@ -223,14 +230,19 @@ class Prediction:
     def as_text(self) -> str:
         lines = [f"{PREDICT_TAG} {self.lesson} · {self.item.prompt}"]
         lines.extend(f"   {LETTERS[j]}. {opt}" for j, opt in enumerate(self.item.options))
-        lines.append("先选一个：p.guess(\"字母\")，或在运行中的 JupyterLab 里点选并按「记下预测」；"
-                     "下面的单元格测出它，再下面的 p.reveal(...) 揭晓答案和测得的数值。")
+        lines.append(
+            '先选一个：p.guess("字母")，或在运行中的 JupyterLab 里点选并按「记下预测」；'
+            "下面的单元格测出它，再下面的 p.reveal(...) 揭晓答案和测得的数值。"
+        )
         return "\n".join(lines)
 
     def _widget(self):
         w = _widgets
-        radio = w.RadioButtons(options=[(f"{LETTERS[j]}. {o}", j) for j, o in enumerate(self.item.options)],
-                               value=self.guessed, layout=w.Layout(width="auto"))
+        radio = w.RadioButtons(
+            options=[(f"{LETTERS[j]}. {o}", j) for j, o in enumerate(self.item.options)],
+            value=self.guessed,
+            layout=w.Layout(width="auto"),
+        )
         btn = w.Button(description="记下预测", button_style="info")
         out = w.HTML()
 
@@ -239,8 +251,7 @@ class Prediction:
                 out.value = "<i>先选一个答案。</i>"
                 return
             _GUESSES[(self.lesson, self.item.key)] = radio.value
-            out.value = (f"已记下：<b>{LETTERS[radio.value]}</b>。运行下面的测量单元格，"
-                         "再运行揭晓单元格 (p.reveal)。")
+            out.value = f"已记下：<b>{LETTERS[radio.value]}</b>。运行下面的测量单元格，再运行揭晓单元格 (p.reveal)。"
 
         btn.on_click(on_click)
         return w.VBox([w.HTML(f"<b>{PREDICT_TAG} {self.item.prompt}</b>"), radio, btn, out])
@@ -262,8 +273,9 @@ class Prediction:
             head = f"你的预测 {LETTERS[g]}：✓ 猜对了。"
         else:
             head = f"你的预测 {LETTERS[g]}：✗ 没猜中。"
-        return (f"{REVEAL_HEAD} {head}\n正确答案是 {LETTERS[right]}（{self.item.options[right]}）。"
-                f"{self.item.explain(m)}")
+        return (
+            f"{REVEAL_HEAD} {head}\n正确答案是 {LETTERS[right]}（{self.item.options[right]}）。{self.item.explain(m)}"
+        )
 
     def reveal(self, value: float) -> bool | None:
         """After the measuring cell: the guess, the measured value, the right range and why."""
@@ -273,7 +285,7 @@ class Prediction:
         return None if g is None else g == self.item.correct({self.item.key: float(value)})
 
     def __repr__(self) -> str:
-        return f"<Prediction {self.lesson} {self.item.key}: p.guess(\"字母\") 预测，测量后 p.reveal(数值)>"
+        return f'<Prediction {self.lesson} {self.item.key}: p.guess("字母") 预测，测量后 p.reveal(数值)>'
 
 
 def predict(lesson: str, key: str, show: bool = True) -> Prediction:

@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from ..distributed import subprocess_env, torchrun_command
 from ..monitor import read_jsonl
@@ -39,8 +39,8 @@ class RunResult:
         return "\n".join(self.output.strip().splitlines()[-n:])
 
 
-def _flags(flags: dict) -> List[str]:
-    out: List[str] = []
+def _flags(flags: dict) -> list[str]:
+    out: list[str] = []
     for key, value in flags.items():
         name = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -52,15 +52,16 @@ def _flags(flags: dict) -> List[str]:
     return out
 
 
-def train_command(out_dir: str | os.PathLike, **flags) -> List[str]:
+def train_command(out_dir: str | os.PathLike, **flags) -> list[str]:
     return [sys.executable, "-m", "course_lib.train", "--out-dir", str(out_dir), *_flags(flags)]
 
 
-def torchrun_train_command(nproc: int, out_dir: str | os.PathLike, max_restarts: int = 0, **flags) -> List[str]:
+def torchrun_train_command(nproc: int, out_dir: str | os.PathLike, max_restarts: int = 0, **flags) -> list[str]:
     """``torchrun --standalone --nproc-per-node=N -m course_lib.train ...`` (``--standalone``
     picks a free rendezvous port; ``course_lib.launch`` sets ``distributed.TORCHRUN_ENV``)."""
-    return torchrun_command(["--out-dir", str(out_dir), *_flags(flags)], nproc_per_node=nproc,
-                            max_restarts=max_restarts)
+    return torchrun_command(
+        ["--out-dir", str(out_dir), *_flags(flags)], nproc_per_node=nproc, max_restarts=max_restarts
+    )
 
 
 def _last_step(out_dir: Path) -> int:
@@ -71,15 +72,23 @@ def _last_step(out_dir: Path) -> int:
     return max(steps) if steps else 0
 
 
-def run(cmd: Sequence[str], out_dir: str | os.PathLike, timeout: float = 900, env: Optional[dict] = None) -> RunResult:
+def run(cmd: Sequence[str], out_dir: str | os.PathLike, timeout: float = 900, env: dict | None = None) -> RunResult:
     """Run to the end (or ``timeout`` seconds) and collect the output."""
     t0 = time.perf_counter()
-    r = subprocess.run(list(cmd), cwd=repo_root(), env=subprocess_env(env), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        list(cmd), cwd=repo_root(), env=subprocess_env(env), capture_output=True, text=True, timeout=timeout
+    )
     return RunResult(r.returncode, _last_step(Path(out_dir)), r.stdout + r.stderr, time.perf_counter() - t0)
 
 
-def run_and_kill(cmd: Sequence[str], out_dir: str | os.PathLike, kill_after_step: int, timeout: float = 900,
-                 env: Optional[dict] = None, poll_s: float = 0.05) -> RunResult:
+def run_and_kill(
+    cmd: Sequence[str],
+    out_dir: str | os.PathLike,
+    kill_after_step: int,
+    timeout: float = 900,
+    env: dict | None = None,
+    poll_s: float = 0.05,
+) -> RunResult:
     """Start ``cmd``; once ``metrics.jsonl`` shows ``kill_after_step``, SIGKILL the whole process
     group (torchrun and its workers too)."""
     out_dir = Path(out_dir)
@@ -87,8 +96,14 @@ def run_and_kill(cmd: Sequence[str], out_dir: str | os.PathLike, kill_after_step
     log_path = out_dir.parent / f".{out_dir.name}.log"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(list(cmd), cwd=repo_root(), env=subprocess_env(env), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=repo_root(),
+            env=subprocess_env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             while proc.poll() is None:
                 if _last_step(out_dir) >= kill_after_step:

@@ -17,13 +17,20 @@ from ..engine import Engine, Request
 
 @dataclass
 class Arrival:
-    time: float               # seconds after the start of the trace
+    time: float  # seconds after the start of the trace
     prompt_ids: list[int]
     max_tokens: int
 
 
-def poisson_trace(n: int, rate: float, prompts: Sequence[Sequence[int]], short: tuple[int, int] = (4, 16),
-                  long: tuple[int, int] = (64, 96), p_long: float = 0.25, seed: int = 0) -> list[Arrival]:
+def poisson_trace(
+    n: int,
+    rate: float,
+    prompts: Sequence[Sequence[int]],
+    short: tuple[int, int] = (4, 16),
+    long: tuple[int, int] = (64, 96),
+    p_long: float = 0.25,
+    seed: int = 0,
+) -> list[Arrival]:
     """``n`` requests with exponential gaps (a Poisson process of ``rate`` requests/s).
 
     Answer lengths are a mix: mostly short, ``p_long`` of them long (chat traffic looks like this;
@@ -31,7 +38,7 @@ def poisson_trace(n: int, rate: float, prompts: Sequence[Sequence[int]], short: 
     """
     g = torch.Generator().manual_seed(seed)
     gaps = torch.empty(n, dtype=torch.float64).exponential_(rate, generator=g)
-    times = torch.cumsum(gaps, 0) - gaps[0]          # the first request arrives at t = 0
+    times = torch.cumsum(gaps, 0) - gaps[0]  # the first request arrives at t = 0
     out = []
     for i in range(n):
         lo, hi = long if float(torch.rand((), generator=g)) < p_long else short
@@ -40,8 +47,9 @@ def poisson_trace(n: int, rate: float, prompts: Sequence[Sequence[int]], short: 
     return out
 
 
-def run_staggered(engine: Engine, prompts: Sequence[Sequence[int]], n: int = 24, every: int = 2,
-                  max_steps: int = 2000) -> tuple[list[Request], list[int]]:
+def run_staggered(
+    engine: Engine, prompts: Sequence[Sequence[int]], n: int = 24, every: int = 2, max_steps: int = 2000
+) -> tuple[list[Request], list[int]]:
     """Submit ``n`` requests, one every ``every`` engine steps, and step until all are finished.
 
     Request ``i`` gets ``prompts[i % len(prompts)]`` (token ids) and ``max_tokens = 3 + (7 i) % 23``,
@@ -82,22 +90,31 @@ def replay_trace(engine: Engine, trace: Sequence[Arrival]) -> dict:
     while i < len(trace) or engine.has_work:
         while i < len(trace) and trace[i].time <= now():
             req = engine.submit(trace[i].prompt_ids, trace[i].max_tokens)
-            req.t_submit = trace[i].time          # latency counts from arrival, not from submit
+            req.t_submit = trace[i].time  # latency counts from arrival, not from submit
             reqs.append(req)
             i += 1
         if not engine.has_work:
-            offset += trace[i].time - now()       # idle: jump to the next arrival
+            offset += trace[i].time - now()  # idle: jump to the next arrival
             continue
         engine.step()
     tokens = sum(len(r.output) for r in reqs)
     makespan = max(r.t_done for r in reqs) - trace[0].time
     ttft = [r.t_first - r.t_submit for r in reqs]
     tpot = [(r.t_done - r.t_first) / (len(r.output) - 1) for r in reqs if len(r.output) > 1]
-    return {"requests": len(reqs), "tokens": tokens, "seconds": makespan, "tok_s": tokens / makespan,
-            "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
-            "tpot_p50": percentile(tpot, 50), "tpot_p95": percentile(tpot, 95),
-            "decode_steps": engine.stats["decode_steps"], "idle_rows": engine.stats["idle_rows"],
-            "decode_rows": engine.stats["decode_rows"], "outputs": [r.output for r in reqs]}
+    return {
+        "requests": len(reqs),
+        "tokens": tokens,
+        "seconds": makespan,
+        "tok_s": tokens / makespan,
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p95": percentile(ttft, 95),
+        "tpot_p50": percentile(tpot, 50),
+        "tpot_p95": percentile(tpot, 95),
+        "decode_steps": engine.stats["decode_steps"],
+        "idle_rows": engine.stats["idle_rows"],
+        "decode_rows": engine.stats["decode_rows"],
+        "outputs": [r.output for r in reqs],
+    }
 
 
 def percentile(xs: Sequence[float], q: float) -> float:
@@ -110,7 +127,7 @@ def step_seconds(model, batch: int, context: int = 64, repeats: int = 5) -> floa
     eng = Engine(model, eos_id=None, max_batch=batch)
     for _ in range(batch):
         eng.submit([65] * context, repeats + 2)
-    eng.step()                                    # admit + prefill everything, first decode
+    eng.step()  # admit + prefill everything, first decode
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -119,9 +136,16 @@ def step_seconds(model, batch: int, context: int = 64, repeats: int = 5) -> floa
     return sorted(times)[len(times) // 2]
 
 
-def batching_experiment(model, prompts: Sequence[Sequence[int]], loads: Sequence[float] = (0.5, 1.0, 2.0),
-                        n: int = 48, rounds: int = 3, max_batch: int = 8, eos_id: int | None = None,
-                        seed: int = 0) -> list[dict]:
+def batching_experiment(
+    model,
+    prompts: Sequence[Sequence[int]],
+    loads: Sequence[float] = (0.5, 1.0, 2.0),
+    n: int = 48,
+    rounds: int = 3,
+    max_batch: int = 8,
+    eos_id: int | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """Static vs continuous batching on the same Poisson traces, at several offered loads.
 
     ``load`` is the arrival rate as a fraction of the continuous engine's capacity, estimated on
@@ -133,7 +157,7 @@ def batching_experiment(model, prompts: Sequence[Sequence[int]], loads: Sequence
     t_step = step_seconds(model, max_batch)
     probe = poisson_trace(1000, 1.0, prompts, seed=seed)
     mean_len = sum(a.max_tokens for a in probe) / len(probe)
-    capacity = max_batch / (mean_len * t_step)        # requests/s the continuous engine can absorb
+    capacity = max_batch / (mean_len * t_step)  # requests/s the continuous engine can absorb
     rows = []
     for r in range(rounds):
         for load in loads:
@@ -150,27 +174,44 @@ def batching_experiment(model, prompts: Sequence[Sequence[int]], loads: Sequence
 # --------------------------------------------------------------------------------------------
 # Lesson 4.2.6: prefix caching and chunked prefill, measured
 # --------------------------------------------------------------------------------------------
-SYSTEM_PROMPT = ("# You are a careful Python assistant. Answer with short, correct code.\n"
-                 "# Keep names clear, add no prints, and never import anything unused.\n")
+SYSTEM_PROMPT = (
+    "# You are a careful Python assistant. Answer with short, correct code.\n"
+    "# Keep names clear, add no prints, and never import anything unused.\n"
+)
 
 
-def shared_prefix_trace(tok, n: int, rate: float, prefix_len: int = 128, share: float = 0.8,
-                        answer: tuple[int, int] = (8, 24), seed: int = 0) -> list[Arrival]:
+def shared_prefix_trace(
+    tok,
+    n: int,
+    rate: float,
+    prefix_len: int = 128,
+    share: float = 0.8,
+    answer: tuple[int, int] = (8, 24),
+    seed: int = 0,
+) -> list[Arrival]:
     """``n`` Poisson arrivals; a fraction ``share`` of the prompts starts with the same ``prefix_len``
     tokens (a system prompt), the rest are as long but share nothing. Each prompt ends with its own
     short question, so no two prompts are identical."""
-    prefix = tok.encode((SYSTEM_PROMPT * (1 + prefix_len // len(SYSTEM_PROMPT))))[:prefix_len]
+    prefix = tok.encode(SYSTEM_PROMPT * (1 + prefix_len // len(SYSTEM_PROMPT)))[:prefix_len]
     g = torch.Generator().manual_seed(seed)
     gaps = torch.empty(n, dtype=torch.float64).exponential_(rate, generator=g)
     times = torch.cumsum(gaps, 0) - gaps[0]
-    questions = ["def add(a, b):", "class Stack:", "import json\n", "for x in xs:", "with open(p) as f:",
-                 "def mean(xs):", "try:", "if not items:"]
+    questions = [
+        "def add(a, b):",
+        "class Stack:",
+        "import json\n",
+        "for x in xs:",
+        "with open(p) as f:",
+        "def mean(xs):",
+        "try:",
+        "if not items:",
+    ]
     out = []
     for i in range(n):
         q = tok.encode(f"{questions[i % len(questions)]} #{i}\n")
         if float(torch.rand((), generator=g)) < share:
             ids = prefix + q
-        else:   # as long as a shared prompt, but its own bytes from the first one on
+        else:  # as long as a shared prompt, but its own bytes from the first one on
             own = tok.encode(f"# request {i}: " + "".join(chr(97 + (i * 7 + j) % 26) for j in range(prefix_len)))
             ids = own[:prefix_len] + q
         m = int(torch.randint(answer[0], answer[1] + 1, (), generator=g))
@@ -185,8 +226,16 @@ def _service_seconds(model, trace: Sequence[Arrival], **engine_kw) -> float:
     return res["seconds"] / len(burst)
 
 
-def prefix_cache_experiment(model, tok, n: int = 40, rounds: int = 3, load: float = 0.7,
-                            prefix_len: int = 128, max_batch: int = 8, seed: int = 0) -> list[dict]:
+def prefix_cache_experiment(
+    model,
+    tok,
+    n: int = 40,
+    rounds: int = 3,
+    load: float = 0.7,
+    prefix_len: int = 128,
+    max_batch: int = 8,
+    seed: int = 0,
+) -> list[dict]:
     """Prefix cache off vs on, same traces, interleaved rounds (off first in even rounds).
 
     ``load`` is the arrival rate as a fraction of what the engine *without* a cache can serve on this
@@ -198,25 +247,41 @@ def prefix_cache_experiment(model, tok, n: int = 40, rounds: int = 3, load: floa
     rows = []
     for r in range(rounds):
         trace = shared_prefix_trace(tok, n, rate, prefix_len=prefix_len, seed=seed + r)
-        for cache in ((False, True) if r % 2 == 0 else (True, False)):
+        for cache in (False, True) if r % 2 == 0 else (True, False):
             eng = Engine(model, prefix_cache=cache, **kw)
             res = replay_trace(eng, trace)
-            res.update(cache=cache, round=r, rate=rate, prefill_tokens=eng.stats["prefill_tokens"],
-                       cached_tokens=eng.stats["cached_tokens"], hit_rate=eng.prefix_cache_stats()["hit_rate"])
+            res.update(
+                cache=cache,
+                round=r,
+                rate=rate,
+                prefill_tokens=eng.stats["prefill_tokens"],
+                cached_tokens=eng.stats["cached_tokens"],
+                hit_rate=eng.prefix_cache_stats()["hit_rate"],
+            )
             rows.append(res)
     return rows
 
 
-def long_prompt_itl(model, prefill_chunk: int | None, *, n_streams: int = 4, stream_tokens: int = 96,
-                    long_len: int = 240, every: int = 8, n_long: int = 8, max_step_tokens: int = 512) -> dict:
+def long_prompt_itl(
+    model,
+    prefill_chunk: int | None,
+    *,
+    n_streams: int = 4,
+    stream_tokens: int = 96,
+    long_len: int = 240,
+    every: int = 8,
+    n_long: int = 8,
+    max_step_tokens: int = 512,
+) -> dict:
     """Inter-token latency (ITL) of running streams while long prompts keep arriving.
 
     ``n_streams`` requests decode ``stream_tokens`` tokens each; from step 4 on, a ``long_len``-token
     prompt arrives every ``every`` engine steps (``n_long`` of them, answering 4 tokens). Every token's
     wall time is recorded by ``on_token``; the ITL samples are the gaps between consecutive tokens of
     the streams. Also returns the long prompts' time to first token, which chunking makes longer."""
-    eng = Engine(model, eos_id=None, max_batch=n_streams + n_long, max_step_tokens=max_step_tokens,
-                 prefill_chunk=prefill_chunk)
+    eng = Engine(
+        model, eos_id=None, max_batch=n_streams + n_long, max_step_tokens=max_step_tokens, prefill_chunk=prefill_chunk
+    )
     times: dict[int, list[float]] = {}
 
     def on_token(req: Request, tok: int) -> None:
@@ -233,16 +298,22 @@ def long_prompt_itl(model, prefill_chunk: int | None, *, n_streams: int = 4, str
         step += 1
     gaps = [b - a for r in streams for a, b in zip(times[r.id], times[r.id][1:], strict=False)]
     ttft = [times[r.id][0] - r.t_submit for r in longs]
-    return {"chunk": prefill_chunk, "itl_p50": percentile(gaps, 50), "itl_p95": percentile(gaps, 95),
-            "itl_max": max(gaps), "long_ttft_p50": percentile(ttft, 50), "steps": step,
-            "outputs": [r.output for r in streams + longs]}
+    return {
+        "chunk": prefill_chunk,
+        "itl_p50": percentile(gaps, 50),
+        "itl_p95": percentile(gaps, 95),
+        "itl_max": max(gaps),
+        "long_ttft_p50": percentile(ttft, 50),
+        "steps": step,
+        "outputs": [r.output for r in streams + longs],
+    }
 
 
 def chunked_prefill_experiment(model, chunk: int = 32, rounds: int = 3, **kw) -> list[dict]:
     """``long_prompt_itl`` without and with chunking, interleaved rounds (one row per round and mode)."""
     rows = []
     for r in range(rounds):
-        for c in ((None, chunk) if r % 2 == 0 else (chunk, None)):
+        for c in (None, chunk) if r % 2 == 0 else (chunk, None):
             res = long_prompt_itl(model, c, **kw)
             res["round"] = r
             rows.append(res)

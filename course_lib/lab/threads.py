@@ -12,12 +12,13 @@ Rule: the cores this process may use, minus the load already running (1-minute l
 at least 1 and at most MAX_THREADS. `COURSE_THREADS=N` overrides the rule. The choice is also
 exported as OMP_NUM_THREADS, so training subprocesses (the CLI, torchrun workers) follow it.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-MAX_THREADS = 8      # the course's models stop scaling well beyond this on CPU
+MAX_THREADS = 8  # the course's models stop scaling well beyond this on CPU
 ENV = "COURSE_THREADS"
 
 
@@ -30,8 +31,10 @@ class ThreadChoice:
 
     def line(self) -> str:
         load = "未知" if self.load is None else f"{self.load:.1f}"
-        return (f"torch CPU 线程数 (threads) = {self.threads}（可用核 {self.cores}，当前负载 {load}；{self.reason}；"
-                f"想指定就设环境变量 {ENV}=N）")
+        return (
+            f"torch CPU 线程数 (threads) = {self.threads}（可用核 {self.cores}，当前负载 {load}；{self.reason}；"
+            f"想指定就设环境变量 {ENV}=N）"
+        )
 
 
 def usable_cores() -> int:

@@ -31,6 +31,8 @@ import numpy as np
 from course_lib.config import ModelConfig, pick
 from course_lib.lab.experiments import lr_warmup_grid
 from course_lib.lab.plotting import new_axes, print_table
+from course_lib.lab.progress_bars import live_bar
+from course_lib.lab.quiz import predict
 from course_lib.schedule import lr_multiplier, schedule_values
 
 # %% [markdown]
@@ -72,7 +74,13 @@ for s in range(4):
 #   随机初始化的模型第 1 步 loss ≈ ln 258 ≈ 5.55，升到它之上，说明更新把模型推得比随机猜还差；
 # - **末期 loss**：最后 10 步训练 loss 的平均。
 #
-# `course_lib.lab.experiments.lr_warmup_grid` 跑整个网格（每个单元格跑完打印一行）。
+# `course_lib.lab.experiments.lr_warmup_grid` 跑整个网格（进度条从第一秒起就在走，每个单元格跑完在它上方打印一行）。
+#
+# **先预测**：在运行网格之前，凭上面的设置猜一猜下面这个数。选一个（点选后按「记下预测」，或 `p.guess("B")`），
+# 网格跑完后 `p.reveal(...)` 会告诉你猜得对不对。
+
+# %%
+p = predict("4.0.2", "spike_no_warmup_top")
 
 # %%
 LRS = pick((0.01, 0.03, 0.1, 0.3), (0.01, 0.3))
@@ -84,13 +92,15 @@ print(f"{len(LRS)} lr x {len(WARMUPS)} warmup x {len(SEEDS)} seeds = {len(LRS) *
       f"of {STEPS} steps; model {grid_model.n_layers} layers x d_model {grid_model.d_model}")
 summary = []
 
-def report(cell):
-    summary.append(cell)
-    print(f"lr {cell['lr']:<5g} warmup {cell['warmup']:>2}: loss spike {cell['spike (mean)']:+.2f} nats, "
-          f"final loss {cell['final loss (mean)']:.3f} (mean of {len(SEEDS)} seeds)")
+with live_bar(total=len(LRS) * len(WARMUPS), desc="grid cells") as bar:
+    def report(cell):
+        summary.append(cell)
+        bar.write(f"lr {cell['lr']:<5g} warmup {cell['warmup']:>2}: loss spike {cell['spike (mean)']:+.2f} nats, "
+                  f"final loss {cell['final loss (mean)']:.3f} (mean of {len(SEEDS)} seeds)")
+        bar.update(1)
 
-curves = lr_warmup_grid(grid_model, LRS, WARMUPS, SEEDS, STEPS, name="4.0.2/grid", on_cell=report,
-                        betas=(0.9, 0.999), grad_clip=0.0, batch_size=16, seq_len=64)
+    curves = lr_warmup_grid(grid_model, LRS, WARMUPS, SEEDS, STEPS, name="4.0.2/grid", on_cell=report,
+                            betas=(0.9, 0.999), grad_clip=0.0, batch_size=16, seq_len=64)
 
 # %%
 def grid_of(key):
@@ -142,6 +152,9 @@ assert max(stable[longest]) > max(stable[0], default=0), stable
 assert gap < spike_of(top, 0), (gap, spike_of(top, 0))
 assert all(spike_of(LRS[0], w) < STABLE for w in WARMUPS), summary   # small lr: warmup makes no difference
 
+# %%
+p.reveal(spike_of(top, 0))
+
 # %% [markdown]
 # **读图**：没有 warmup 时，学习率一大，loss 在最初几步就冲到随机猜测之上（左图第一行越往右越红）；同样的学习率配上足够长的 warmup，
 # loss 几乎不再升高。把「整个运行中 loss 比第 1 步升高不到 1 nat」算作平稳起步，上表列出每种 warmup 下平稳的学习率：
@@ -170,7 +183,8 @@ try:
         ax.plot(schedule_values(kind, peak_lr, min(warmup, total), total, min_lr=peak_lr * min_lr_frac))
         plt.show()
 
-    w.interact(explore, peak_lr=w.FloatLogSlider(value=3e-3, base=10, min=-5, max=-1),
+    # readout ".0e": the slider reads 3e-3, not 0.00316
+    w.interact(explore, peak_lr=w.FloatLogSlider(value=3e-3, base=10, min=-5, max=-1, step=0.1, readout_format=".0e"),
                warmup=w.IntSlider(20, 0, 500), total=w.IntSlider(200, 10, 2000),
                kind=["constant", "linear", "cosine", "wsd"], min_lr_frac=w.FloatSlider(value=0.1, min=0, max=1, step=0.05))
 except ImportError:
@@ -195,8 +209,7 @@ check("4.0.2");
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：它的答案由本课上面测得的数值决定。
-q = quiz("4.0.2", measured={"hf_lr_step1": lr_multiplier(1, kind="linear", warmup_steps=4, total_steps=10)})
+q = quiz("4.0.2")   # 预测题在第 2 节的网格之前已经问过；这里是理解题和一道迁移题
 
 # %% [markdown]
 # ## 下一步

@@ -102,7 +102,7 @@ print("installed trackers:", installed or "none (pip install -e '.[trackers]')")
 if installed:
     os.environ.setdefault("WANDB_SILENT", "true")
     tr_dir = runs_dir("4.0.4/trackers", fresh=True)
-    cfg3 = TrainConfig.default(max_steps=pick(20, 6), out_dir=str(tr_dir), tensorboard=False, ckpt_interval=0,
+    cfg3 = TrainConfig.default(max_steps=pick(20, 6), warmup_steps=2, out_dir=str(tr_dir), tensorboard=False, ckpt_interval=0,
                                log_interval=2)
     trackers = [make_tracker(n, mode="offline") for n in installed]
     Trainer(ModelConfig.small(), cfg3, callbacks=trackers, console=False, save_checkpoints=False).fit()

@@ -156,15 +156,12 @@ print(f"memory roof {BW / 1e9:.1f} GB/s, compute roof {PEAK / 1e9:.1f} GFLOP/s (
 # %% [markdown]
 # ## 4. 先猜一个数
 # 下面要测 batch 1 的 fp32 decode。每步要读全部权重（每个 4 字节）和 KV cache，第 2 节的 profile 又告诉你矩阵乘法只占一部分时间。
-# 先猜：它能用到探针带宽的多少？（本课最后的自检第 4 题会用测得的数判分。）
+# 先猜：它能用到探针带宽的多少？（点选后按「记下预测」，或 `p.guess("B")`；第 6 节测出来以后揭晓。）
 
 # %%
-from course_lib.lab.quiz_data import QUIZZES
+from course_lib.lab.quiz import predict
 
-ask = next(q for q in QUIZZES["4.0.6"] if q.get("key") == "decode_mbu_b1")
-print(ask["prompt"])
-for letter, opt in zip("ABCD", ask["options"], strict=True):
-    print(f"  {letter}. {opt}")
+p = predict("4.0.6", "decode_mbu_b1")
 
 # %% [markdown]
 # ## 5. 训练步、prefill、decode 各在哪里
@@ -288,6 +285,9 @@ print(f"batch-1 step reads {need / 1e6:.1f} MB: at the probe's {BW / 1e9:.1f} GB
 print(f"limit {BW / need:.0f} tok/s, measured {dec[1]['tokens_per_s']:.0f} tok/s; if only the matmuls ran "
       f"({share['matmul_share']:.0%} of the profiled time) MBU would be {min(1.0, mbu[1] / share['matmul_share']):.2f}")
 
+# %%
+p.reveal(mbu[1])  # 第 4 节的预测
+
 # %% [markdown]
 # ## 小结
 # - 一次计时会骗人：先预热，交替多轮，报告中位数和范围、线程数和负载；GPU 上计时前后 `torch.cuda.synchronize()`。
@@ -310,8 +310,7 @@ check("4.0.6");
 # %%
 from course_lib.lab.quiz import quiz
 
-# 最后一题是「预测数值」：第 4 节已经问过，答案由第 6 节测得的 MBU 决定。
-q = quiz("4.0.6", measured={"decode_mbu_b1": mbu[1]})
+q = quiz("4.0.6")
 
 # %% [markdown]
 # ## 下一步

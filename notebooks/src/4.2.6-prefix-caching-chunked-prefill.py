@@ -128,9 +128,13 @@ print("free blocks after the trace == pool size:", len(eng.pool.free) == eng.poo
 # 其余 20% 一样长但什么也不共享，每个请求再接一句自己的问题。到达率取「不开缓存的引擎在本机能服务的速率」的 0.7 倍
 # （先在同类请求的一次突发上测出来），同一条到达序列分别交给缓存关 / 开的引擎，两者轮流先跑。
 #
-# **先预测**：开缓存后实际算的预填充 token 数是不开时的多少倍？
-# (A) 不到 0.25 倍　(B) 0.25 到 0.4 倍　(C) 0.4 到 0.6 倍　(D) 0.6 倍以上。
-# 提示：数一数每种请求各要算多少个 token（`block_size=16`，128 恰好是 8 个整块）。答案在最后的自检里对照实测值。
+# **先预测**（点选后按「记下预测」，或 `p.guess("B")`）：开缓存后实际算的预填充 token 数是不开时的多少倍？
+# 提示：数一数每种请求各要算多少个 token（`block_size=16`，128 恰好是 8 个整块）。测完以后揭晓。
+
+# %%
+from course_lib.lab.quiz import predict
+
+p = predict("4.2.6", "prefill_ratio")
 
 # %%
 rows = prefix_cache_experiment(model, tok, n=pick(40, 12), rounds=pick(3, 1))
@@ -148,6 +152,9 @@ ttft_ratio = sorted(y["ttft_p95"] / x["ttft_p95"] for x, y in zip(off, on, stric
 assert prefill_ratio < 0.5, prefill_ratio
 print(f"median: prefill tokens on/off = {prefill_ratio:.2f}x (target <= 0.4x: {prefill_ratio <= 0.4}); "
       f"p95 TTFT on/off = {ttft_ratio:.2f}x (target <= 0.5x: {ttft_ratio <= 0.5})")
+
+# %%
+p.reveal(prefill_ratio)  # 上面的预测
 
 # %% [markdown]
 # **读表**：省下的预填充 token 是确定的算术（上面断言了不到一半，每轮都一样，因为到达顺序不影响谁命中谁）；
@@ -213,13 +220,11 @@ result = check("4.2.6")
 
 # %% [markdown]
 # ## 自检
-#
-# 最后一题是第 2 节之前的那道预测题，对照实测的 `prefill_ratio`。
 
 # %%
 from course_lib.lab.quiz import quiz
 
-q = quiz("4.2.6", measured={"prefill_ratio": prefill_ratio})
+q = quiz("4.2.6")
 
 # %% [markdown]
 # ## 下一步

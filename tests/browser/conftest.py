@@ -1,11 +1,11 @@
 """Fixtures for the real-browser tests (see browser_support.py for the why)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
 from browser_support import SCREENSHOT_DIR, find_chromium
 
 
@@ -30,10 +30,19 @@ def browser(chromium_path):
 
     with sync_playwright() as pw:
         b = pw.chromium.launch(
-            executable_path=chromium_path, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"])
+            executable_path=chromium_path,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+            ],
+        )
         yield b
         b.close()
 

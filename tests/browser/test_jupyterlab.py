@@ -1,6 +1,7 @@
 """A learner's session in a real browser: JupyterLab serves a lesson, all cells run, a slider moves
 the interactive plot. Screenshots go to runs/browser-screenshots/ (or $COURSE_SCREENSHOT_DIR).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser_support import ROOT, free_port, stop, wait_http
 
 # The lesson whose interactive schedule explorer (ipywidgets sliders) the test drives.
@@ -34,19 +34,40 @@ def lab(tmp_path):
     settings = tmp_path / "settings"
     (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
-        '{"windowingMode": "none"}')
+        '{"windowingMode": "none"}'
+    )
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
-        '{"fetchNews": "false", "checkForUpdates": false}')
-    env = dict(os.environ, COURSE_QUICK="1", JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-               JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTERLAB_SETTINGS_DIR=str(settings))
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
+    env = dict(
+        os.environ,
+        COURSE_QUICK="1",
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+    )
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.open_browser=False",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-        stdout=log, stderr=subprocess.STDOUT, env=env)
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", timeout=120)
         yield {"port": port, "name": src.name, "log": tmp_path / "lab.log"}
@@ -87,13 +108,15 @@ def test_lesson_runs_in_jupyterlab_and_slider_changes_plot(lab, browser, screens
             pytest.fail("JupyterLab 里 Run All Cells 7 分钟内没有跑完")
         time.sleep(1)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
-                          ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
+    errors = page.locator(
+        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg, "
+        ".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']"
+    ).count()
     page.screenshot(path=str(screenshot_dir / "lab-after-run-all.png"), full_page=False)
     assert errors == 0, f"notebook 在浏览器里运行时出现了 {errors} 个错误输出，截图见 {screenshot_dir}"
 
     # numbers formatted for reading: the peak-lr slider reads 3e-3, not 0.00316
-    if 'readout_format=\\".0e\\"' in Path(NOTEBOOK).read_text(encoding="utf-8"):   # 4.0.2 once rebuilt
+    if 'readout_format=\\".0e\\"' in Path(NOTEBOOK).read_text(encoding="utf-8"):  # 4.0.2 once rebuilt
         readout = page.locator(".widget-slider .widget-readout").first.inner_text().strip()
         assert readout == "3e-3", f"学习率滑块应显示 3e-3 这样的读数，实际显示 {readout!r}"
 

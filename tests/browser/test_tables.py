@@ -2,18 +2,18 @@
 status label of a check() table and a progress() table sits on one line (no "未/实/现" stacking
 beside a long message). Screenshot: runs/browser-screenshots/tables-1280.png.
 """
+
 from __future__ import annotations
 
 import inspect
 
 import nbformat
-
 from browser_support import LAB_TOKEN, jupyterlab, run_all_cells
 
 # The cell a learner runs, plus the table shapes check() and progress() produce: long failure
 # messages and long test names squeeze the status column hardest.
 CELLS = [
-    "from course_lib.lab.grading import check\nresult = check(\"00\")",
+    'from course_lib.lab.grading import check\nresult = check("00")',
     """from course_lib.lab.grading import STATUS_FAIL, STATUS_PASS, STATUS_TODO, CheckResult, Progress, TestRow
 long = ("期望 lr = 3.0e-04（第 12 步，warmup 之后按余弦衰减），实际得到 0.0e+00：第 0 步的 lr 应为 peak/warmup；"
         "检查 step 是从 0 还是从 1 开始数，以及衰减是否在 warmup 结束之后才开始。") * 2
@@ -69,5 +69,7 @@ def test_status_labels_fit_on_one_line_at_1280px(browser, screenshot_dir, tmp_pa
     assert {"通过", "未通过", "未实现", "全部通过", "部分通过", "未开始"} <= labels, f"表里缺少状态：{sorted(labels)}"
     # the label's own text box (not the cell, which is as tall as its row's message): one line high
     broken = [c for c in cells if c["lines"] > 1 or c["height"] > 1.6 * c["lineHeight"]]
-    assert not broken, (f"1280 px 宽时这些状态标签被折成了多行（截图 {screenshot_dir / 'tables-1280.png'}）："
-                        f"{[(c['label'], c['lines'], round(c['height'])) for c in broken]}")
+    assert not broken, (
+        f"1280 px 宽时这些状态标签被折成了多行（截图 {screenshot_dir / 'tables-1280.png'}）："
+        f"{[(c['label'], c['lines'], round(c['height'])) for c in broken]}"
+    )

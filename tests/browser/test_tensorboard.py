@@ -1,4 +1,5 @@
 """TensorBoard, started the way a learner would, serves the scalar series a training run logged."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,23 @@ def test_tensorboard_serves_logged_scalars(tmp_path, browser, screenshot_dir):
 
     port = free_port()
     out = open(tmp_path / "tb.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir),
-                             "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(run_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/data/runs", timeout=120)
@@ -50,7 +65,9 @@ def test_tensorboard_serves_logged_scalars(tmp_path, browser, screenshot_dir):
         steps = [int(p[1]) for p in series]
         values = [float(p[2]) for p in series]
         assert steps == list(range(1, 31)), f"期望 30 个 step (1..30)，TensorBoard 返回 {steps}"
-        assert all(abs(a - b) < 1e-5 for a, b in zip(values, losses, strict=True)), "TensorBoard 返回的 loss 与写入的不一致"
+        assert all(abs(a - b) < 1e-5 for a, b in zip(values, losses, strict=True)), (
+            "TensorBoard 返回的 loss 与写入的不一致"
+        )
 
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(base + "/#timeseries")

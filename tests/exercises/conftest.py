@@ -14,6 +14,7 @@ A folder lets tests/test_grader_strength.py point a grader at plausible wrong an
 Each call loads the file fresh from disk (no import cache), so an edited exercise is picked
 up without restarting anything.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,8 +58,7 @@ def load_exercise_module(name: str, kind: str) -> ModuleType:
 def impl_kind(request) -> str:
     kind = request.config.getoption("--impl") or os.environ.get("COURSE_IMPL") or "solutions"
     if kind not in ("exercises", "solutions") and not (ROOT / kind).is_dir():
-        raise pytest.UsageError(
-            f"--impl / COURSE_IMPL 只能是 exercises、solutions 或一个存在的文件夹，收到 {kind!r}")
+        raise pytest.UsageError(f"--impl / COURSE_IMPL 只能是 exercises、solutions 或一个存在的文件夹，收到 {kind!r}")
     return kind
 
 

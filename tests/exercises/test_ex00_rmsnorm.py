@@ -1,5 +1,6 @@
 """Grader for exercises/ex00_rmsnorm.py: RMSNorm against the trusted oracle
 `torch.nn.functional.rms_norm` (torch >= 2.4)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,7 @@ def test_bf16_close_to_fp32_reference(impl):
     assert got.dtype == torch.bfloat16, f"输出 dtype 应为 torch.bfloat16，实际为 {got.dtype}"
     rel = ((got.float() - ref).abs() / ref.abs().clamp_min(1e-3)).max().item()
     # Two bf16 roundings (cast back, then multiply by weight) -> at most ~2 * 2**-8.
-    assert rel < 2.0 ** -6, (
-        f"bf16 输入的结果离 float32 参考值太远：最大相对误差 {rel:.3g}，期望 < {2.0 ** -6:.3g}。"
+    assert rel < 2.0**-6, (
+        f"bf16 输入的结果离 float32 参考值太远：最大相对误差 {rel:.3g}，期望 < {2.0**-6:.3g}。"
         "提示：先 x.float() 再计算，最后 .to(x.dtype)"
     )

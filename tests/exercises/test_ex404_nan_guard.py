@@ -1,6 +1,7 @@
 """Grader for exercises/ex404_nan_guard.py: finite steps pass and return the true grad-norm
 (oracle: torch.nn.utils.get_total_norm-style computation via vector_norm, rtol 1e-5); NaN/Inf
 in the loss or in any gradient raises, naming the step; nothing is modified."""
+
 import pytest
 import torch
 
@@ -25,8 +26,9 @@ def test_finite_step_returns_grad_norm(impl):
     assert all(torch.equal(a, p.grad) for a, p in zip(before, m.parameters(), strict=True)), "不应修改梯度"
 
 
-@pytest.mark.parametrize("where,value", [("loss", float("nan")), ("loss", float("inf")),
-                                         ("grad", float("nan")), ("grad", float("-inf"))])
+@pytest.mark.parametrize(
+    "where,value", [("loss", float("nan")), ("loss", float("inf")), ("grad", float("nan")), ("grad", float("-inf"))]
+)
 def test_nonfinite_raises_naming_the_step(impl, where, value):
     ex = impl(EX)
     m, loss = setup()
@@ -39,12 +41,13 @@ def test_nonfinite_raises_naming_the_step(impl, where, value):
     msg = str(e.value)
     assert "step 17" in msg, f"错误信息应包含出问题的步数 'step 17'，实际：{msg!r}"
     assert "learning rate" in msg.lower() or "学习率" in msg, (
-        f"错误信息应列出可能的原因（至少提到学习率 / learning rate），实际：{msg!r}")
+        f"错误信息应列出可能的原因（至少提到学习率 / learning rate），实际：{msg!r}"
+    )
 
 
 def test_params_without_grad_are_skipped(impl):
     m, loss = setup()
-    extra = torch.nn.Parameter(torch.ones(2))   # no .grad
+    extra = torch.nn.Parameter(torch.ones(2))  # no .grad
     got = impl(EX).guard_step(1, loss, [*m.parameters(), extra])
     want = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in m.parameters()])).item()
     assert got == pytest.approx(want, rel=1e-5), f"没有梯度的参数应跳过：期望 {want:.6g}，实际 {got}"

@@ -1,6 +1,7 @@
 """Grader for exercises/ex406_roofline_counts.py. Oracle: course_lib.roofline (whose counts are
 checked against hand-computed values and against torch's FlopCounterMode in
 tests/unit/test_roofline.py). Exact integers: no tolerance needed."""
+
 import pytest
 
 from course_lib import roofline
@@ -23,8 +24,10 @@ def test_flops_per_token(impl, name, seq_len):
     dense = 6 * (roofline.num_params(cfg) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model))
     assert got == want, (
         f"配置 {name}，seq_len={seq_len}：应为 {want} FLOPs/token（其中 6N = {dense}，注意力 12·L·H·Q·T = "
-        f"{want - dense}），你的结果 {got}。" + (" 看起来少了注意力那一项 12·L·H·Q·T。" if got == dense else "")
-        + " 提示：embedding 表只算一次；H 是 query 头数。")
+        f"{want - dense}），你的结果 {got}。"
+        + (" 看起来少了注意力那一项 12·L·H·Q·T。" if got == dense else "")
+        + " 提示：embedding 表只算一次；H 是 query 头数。"
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -42,4 +45,5 @@ def test_decode_bytes_per_step(impl, name, context, batch, dtype_bytes):
         hint = " 看起来按 query 头数 n_heads 算了 KV：cache 里只存 n_kv_heads 个头 (GQA)。"
     assert got == want, (
         f"配置 {name}，context={context}，batch={batch}，每个数 {dtype_bytes} 字节：应读 {want} 字节"
-        f"（权重 {weights}，KV {kv}），你的结果 {got}。{hint}")
+        f"（权重 {weights}，KV {kv}），你的结果 {got}。{hint}"
+    )

@@ -1,4 +1,5 @@
 """Grader for exercises/ex411_keep_last_k.py; oracle: course_lib.checkpoint.CheckpointManager.rotate."""
+
 import os
 import time
 
@@ -32,7 +33,8 @@ def test_matches_checkpoint_manager(impl, tmp_path, steps, k):
     assert names(b) == names(a), f"保留的检查点不对：期望 {names(a)}，实际 {names(b)}"
     want = sorted(s for s in steps)[: max(0, len(steps) - k)]
     assert [p.name for p in removed] == [f"step_{s:08d}" for s in want], (
-        f"返回值应是被删除的文件夹（按步数从小到大）：期望 {want}，实际 {[p.name for p in removed]}")
+        f"返回值应是被删除的文件夹（按步数从小到大）：期望 {want}，实际 {[p.name for p in removed]}"
+    )
 
 
 def test_numeric_not_string_order(impl, tmp_path):
@@ -41,18 +43,20 @@ def test_numeric_not_string_order(impl, tmp_path):
     make(d, [99999999, 100000000, 5])
     impl(EX).rotate_checkpoints(d, 1)
     assert names(d) == ["step_100000000"], (
-        f"应按步数数值保留 step_100000000（按字符串排序它反而最小），实际剩下 {names(d)}")
+        f"应按步数数值保留 step_100000000（按字符串排序它反而最小），实际剩下 {names(d)}"
+    )
 
 
 def test_step_order_not_mtime_order(impl, tmp_path):
     d = tmp_path / "checkpoints"
     make(d, [3, 1, 2])
     now = time.time()
-    for step, age in ((3, 300), (1, 100), (2, 200)):   # the newest step was touched longest ago
+    for step, age in ((3, 300), (1, 100), (2, 200)):  # the newest step was touched longest ago
         os.utime(d / f"step_{step:08d}", (now - age, now - age))
     impl(EX).rotate_checkpoints(d, 2)
     assert names(d) == ["step_00000002", "step_00000003"], (
-        f"应按步数保留 step 2 和 3（它们的修改时间 mtime 最旧，不能按 mtime 排序），实际剩下 {names(d)}")
+        f"应按步数保留 step 2 和 3（它们的修改时间 mtime 最旧，不能按 mtime 排序），实际剩下 {names(d)}"
+    )
 
 
 def test_incomplete_and_other_files_untouched(impl, tmp_path):
@@ -62,7 +66,8 @@ def test_incomplete_and_other_files_untouched(impl, tmp_path):
     (d / "notes.txt").write_text("keep me")
     impl(EX).rotate_checkpoints(d, 1)
     assert names(d) == ["notes.txt", "step_00000003", "step_00000004"], (
-        f"没有 COMPLETE.json 的文件夹和其他文件不能删：剩下 {names(d)}")
+        f"没有 COMPLETE.json 的文件夹和其他文件不能删：剩下 {names(d)}"
+    )
 
 
 def test_keep_last_zero_is_an_error(impl, tmp_path):

@@ -17,6 +17,7 @@ the state that was not restored instead of only saying "weights differ".
 What this proves: process death at any of those instants (SIGKILL runs no cleanup code) is
 survived. It does not prove survival of a power cut: the page cache outlives a SIGKILL.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,17 @@ from safetensors.torch import load_file
 EX = "ex411_train_script"
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("train_script_harness.py")
-ARGS = {"max_steps": 12, "save_every": 4, "log_every": 2, "warmup_steps": 3, "lr": 3e-3, "grad_clip": 0.5,
-        "seed": 0}
+ARGS = {"max_steps": 12, "save_every": 4, "log_every": 2, "warmup_steps": 3, "lr": 3e-3, "grad_clip": 0.5, "seed": 0}
 # resume points of the next process: 4; 4 (step 8's first file torn); 8 (step 12's second file
 # torn: step 8 went through); 8 (killed before step 12's rename); -
 KILLS = ["step:6", "write:1", "write:2", "rename:1", ""]
-RUN_TIMEOUT = 300     # one run of the 12-step script takes ~5 s; generous for a loaded machine
+RUN_TIMEOUT = 300  # one run of the 12-step script takes ~5 s; generous for a loaded machine
 
 STATE_NAMES = {
     "w": "模型权重 (model.state_dict()) 与不中断时不同：模型没有保存/恢复，或恢复的不是最新的完整 checkpoint？",
     "d": "恢复后的训练 batch 与不中断时不同：数据位置 (data position) 没有保存/恢复？",
     "r": "恢复后的随机数状态与不中断时不同 (dropout 用的 RNG)：RNG 状态没有保存/恢复？"
-         "（注意：创建 DataLoader 迭代器也会从全局 RNG 取数）",
+    "（注意：创建 DataLoader 迭代器也会从全局 RNG 取数）",
     "lr": "恢复后的学习率与不中断时不同：scheduler 状态没有保存/恢复？",
     "o": "恢复后的优化器状态与不中断时不同：optimizer.state_dict()（Adam 的动量和步数）没有保存/恢复？",
 }
@@ -66,15 +66,23 @@ def cli_args(out_dir: Path) -> list[str]:
 
 def run_once(script: Path, out_dir: Path, trace: Path, kill: str) -> subprocess.CompletedProcess:
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, HARNESS_TRACE=str(trace), HARNESS_KILL=kill, PYTHONPATH=pythonpath,
-               HARNESS_CKPT_DIR=str(out_dir / "checkpoints"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        HARNESS_TRACE=str(trace),
+        HARNESS_KILL=kill,
+        PYTHONPATH=pythonpath,
+        HARNESS_CKPT_DIR=str(out_dir / "checkpoints"),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     cmd = [sys.executable, str(HARNESS), str(script), *cli_args(out_dir)]
     try:
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                              check=False)
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return subprocess.CompletedProcess(cmd, 124, out, f"你的脚本运行超过 {RUN_TIMEOUT} 秒，可能有死循环 (infinite loop)")
+        return subprocess.CompletedProcess(
+            cmd, 124, out, f"你的脚本运行超过 {RUN_TIMEOUT} 秒，可能有死循环 (infinite loop)"
+        )
 
 
 def read_trace(trace: Path) -> list[list[dict]]:
@@ -133,7 +141,7 @@ class Runs:
             for kill in KILLS:
                 self.procs.append(run_once(script, self.dir, self.trace, kill))
                 if kill and self.procs[-1].returncode != -9:
-                    break          # it should have been killed; something else happened
+                    break  # it should have been killed; something else happened
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +151,8 @@ def runs(impl_path, tmp_path_factory):
 
 def require_reference(runs: Runs) -> None:
     assert runs.ref.returncode == 0, (
-        f"不中断地运行你的脚本就失败了（退出码 {runs.ref.returncode}），输出最后几行：\n{tail(runs.ref)}")
+        f"不中断地运行你的脚本就失败了（退出码 {runs.ref.returncode}），输出最后几行：\n{tail(runs.ref)}"
+    )
 
 
 def test_uninterrupted_run(runs):
@@ -151,15 +160,17 @@ def test_uninterrupted_run(runs):
     require_reference(runs)
     steps = runs.ref_steps
     assert len(steps) == ARGS["max_steps"], (
-        f"--max-steps {ARGS['max_steps']} 应做 {ARGS['max_steps']} 次 optimizer.step()，实际 {len(steps)} 次")
+        f"--max-steps {ARGS['max_steps']} 应做 {ARGS['max_steps']} 次 optimizer.step()，实际 {len(steps)} 次"
+    )
     for i, s in enumerate(steps):
         want = expected_lr(i)
         assert abs(s["lr"][0] - want) <= 1e-9 + 1e-6 * want, (
-            f"第 {i} 步（从 0 数）的学习率：期望 {want:.6g}，实际 {s['lr'][0]:.6g}。"
-            "warmup 与衰减的约定见练习说明")
+            f"第 {i} 步（从 0 数）的学习率：期望 {want:.6g}，实际 {s['lr'][0]:.6g}。warmup 与衰减的约定见练习说明"
+        )
         assert s["gn"] <= ARGS["grad_clip"] * (1 + 1e-4), (
             f"第 {i} 步 optimizer.step() 前的梯度范数：期望 ≤ {ARGS['grad_clip']}，实际 {s['gn']:.4g}："
-            "梯度裁剪要放在 backward() 之后、step() 之前")
+            "梯度裁剪要放在 backward() 之后、step() 之前"
+        )
     assert len({s["r"] for s in steps}) > 1, "每一步的 RNG 状态都一样：模型处于 train() 模式吗（dropout 要用随机数）？"
     final = runs.ref_dir / "final_model.safetensors"
     assert final.is_file(), f"跑完后应有 {final.name}（用已写好的 save_final_weights）"
@@ -173,7 +184,8 @@ def test_uninterrupted_run(runs):
         missing = {"step", "loss", "lr", "grad_norm"} - set(r)
         assert not missing, f"日志行缺少字段 {sorted(missing)}：{r}"
         assert abs(r["lr"] - expected_lr(r["step"])) <= 1e-9 + 1e-6 * r["lr"], (
-            f"日志第 {r['step']} 步的 lr：期望 {expected_lr(r['step']):.6g}（这一步实际使用的），实际 {r['lr']:.6g}")
+            f"日志第 {r['step']} 步的 lr：期望 {expected_lr(r['step']):.6g}（这一步实际使用的），实际 {r['lr']:.6g}"
+        )
 
 
 def test_checkpoint_contents(runs):
@@ -196,19 +208,25 @@ def killed_event(events: list[dict]) -> dict:
 def why_previous(prev: dict) -> str:
     """What the previous process's kill left behind, and the likely mistake, for a message."""
     if prev.get("at") == "write":
-        return (f"检查点不是原子写入的 (not atomic)：上一次运行写 checkpoints/{prev['file']} 时被杀，"
-                f"这个文件只写了一半（{prev['kept']}/{prev['size']} 字节），这次启动却把它当成 checkpoint 读了。"
-                "整个文件先写到临时文件（如 step_N.pt.tmp），写完再 os.replace 到最终名字；"
-                "不要直接写最终名字（Path.write_bytes），也不要把临时文件复制 (shutil.copyfile) 过去；"
-                "恢复时只找正式名字的文件")
+        return (
+            f"检查点不是原子写入的 (not atomic)：上一次运行写 checkpoints/{prev['file']} 时被杀，"
+            f"这个文件只写了一半（{prev['kept']}/{prev['size']} 字节），这次启动却把它当成 checkpoint 读了。"
+            "整个文件先写到临时文件（如 step_N.pt.tmp），写完再 os.replace 到最终名字；"
+            "不要直接写最终名字（Path.write_bytes），也不要把临时文件复制 (shutil.copyfile) 过去；"
+            "恢复时只找正式名字的文件"
+        )
     if prev.get("at") == "rename":
         others = [f for f in prev.get("files", []) if f != prev.get("src")]
         if not others:
-            return (f"上一次运行在把 {prev.get('src') or prev.get('dst')} 换名到位 (os.replace) 之前被杀，"
-                    f"那一刻 checkpoints/ 里只有 {prev.get('files')}：旧的 checkpoint 在新的换名到位之前就被删掉了，"
-                    "重跑只能从头开始。先 os.replace 新的 checkpoint，再删旧的")
-        return (f"上一次运行在换名到位 (os.replace) 之前被杀，那一刻 checkpoints/ 里有 {prev.get('files')}："
-                "应从其中最新的完整 checkpoint 恢复")
+            return (
+                f"上一次运行在把 {prev.get('src') or prev.get('dst')} 换名到位 (os.replace) 之前被杀，"
+                f"那一刻 checkpoints/ 里只有 {prev.get('files')}：旧的 checkpoint 在新的换名到位之前就被删掉了，"
+                "重跑只能从头开始。先 os.replace 新的 checkpoint，再删旧的"
+            )
+        return (
+            f"上一次运行在换名到位 (os.replace) 之前被杀，那一刻 checkpoints/ 里有 {prev.get('files')}："
+            "应从其中最新的完整 checkpoint 恢复"
+        )
     return ""
 
 
@@ -219,7 +237,7 @@ def test_resume_after_kills_is_bitwise(runs):
     ref = runs.ref_steps
     segments = read_trace(runs.trace)
     resume_at = 0
-    prev: dict = {}                           # the previous process's "killed" event
+    prev: dict = {}  # the previous process's "killed" event
     for n, (kill, proc) in enumerate(zip(KILLS, runs.procs, strict=False)):
         label = f"第 {n + 1} 次运行（{describe(kill)}）"
         why = why_previous(prev)
@@ -227,12 +245,17 @@ def test_resume_after_kills_is_bitwise(runs):
         if kill:
             assert proc.returncode == -9, (
                 f"{label}：进程应被杀掉，却以退出码 {proc.returncode} 结束{hint}"
-                + ("（这个进程一次也没有写 checkpoints/ 下的文件或换名？）"
-                   if proc.returncode == 0 and not kill.startswith("step") else "")
-                + f"。输出最后几行：\n{tail(proc)}")
+                + (
+                    "（这个进程一次也没有写 checkpoints/ 下的文件或换名？）"
+                    if proc.returncode == 0 and not kill.startswith("step")
+                    else ""
+                )
+                + f"。输出最后几行：\n{tail(proc)}"
+            )
         else:
             assert proc.returncode == 0, (
-                f"{label}：应正常跑完，退出码 {proc.returncode}{hint}。输出最后几行：\n{tail(proc)}")
+                f"{label}：应正常跑完，退出码 {proc.returncode}{hint}。输出最后几行：\n{tail(proc)}"
+            )
         events = segments[n] if n < len(segments) else []
         seg = steps_of(events)
         if n > 0:
@@ -245,14 +268,15 @@ def test_resume_after_kills_is_bitwise(runs):
             start = matches[-1]
             assert start == resume_at, (
                 f"{label}：应从最新的完整 checkpoint（第 {resume_at} 步）恢复，实际从第 {start} 步开始"
-                + (hint or ("：没有找到并加载已有的 checkpoint？" if start == 0 else "")))
+                + (hint or ("：没有找到并加载已有的 checkpoint？" if start == 0 else ""))
+            )
             for j, s in enumerate(seg):
                 i = start + j
                 assert i < len(ref), f"{label}：比不中断的运行多做了 optimizer.step()（恢复后的 step 计数不对？）"
                 for key in ("w", "d", "r", "lr", "o"):
-                    assert s[key] == ref[i][key], (
-                        f"{label}，第 {i} 步：{STATE_NAMES[key]}"
-                        + (f"（期望 lr={ref[i]['lr'][0]:.6g}，实际 {s['lr'][0]:.6g}）" if key == "lr" else ""))
+                    assert s[key] == ref[i][key], f"{label}，第 {i} 步：{STATE_NAMES[key]}" + (
+                        f"（期望 lr={ref[i]['lr'][0]:.6g}，实际 {s['lr'][0]:.6g}）" if key == "lr" else ""
+                    )
             done = start + len(seg)
         # The next process resumes from the newest checkpoint completed before this one died: a
         # kill after step `done` comes before that step's save, a torn write or a kill before the
@@ -267,7 +291,8 @@ def test_resume_after_kills_is_bitwise(runs):
     for k in want:
         assert want[k].dtype == got[k].dtype and bool((want[k] == got[k]).all()), (
             f"最终权重 {k} 与不中断的运行不是逐位相同 (bitwise)，"
-            f"最大差 {(want[k].float() - got[k].float()).abs().max().item():.3g}")
+            f"最大差 {(want[k].float() - got[k].float()).abs().max().item():.3g}"
+        )
 
 
 def read_log(path: Path) -> list[dict]:
@@ -294,15 +319,17 @@ def test_resumed_log_has_every_step(runs):
     uninterrupted run's values (a step redone after a resume may appear twice, identically)."""
     require_reference(runs)
     assert len(runs.procs) == len(KILLS) and runs.procs[-1].returncode == 0, (
-        "被杀掉又恢复的运行没有跑完（见 test_resume_after_kills_is_bitwise 的说明），无法检查它的日志")
+        "被杀掉又恢复的运行没有跑完（见 test_resume_after_kills_is_bitwise 的说明），无法检查它的日志"
+    )
     want = {r["step"]: r for r in read_log(runs.ref_dir / "metrics.jsonl") if "step" in r}
     rows = read_log(runs.dir / "metrics.jsonl")
     got_steps = sorted({r.get("step") for r in rows if isinstance(r.get("step"), int)})
     missing = [s for s in range(0, ARGS["max_steps"], ARGS["log_every"]) if s not in got_steps]
     assert not missing, (
         f"恢复后日志丢了第 {step_ranges(missing)} 步：被杀掉又重启 {len(KILLS) - 1} 次之后，"
-        f"metrics.jsonl 里只有第 {got_steps} 步。重启时要以追加模式 open(..., \"a\") 打开日志，"
-        "\"w\" 会清空之前几次运行写下的行")
+        f'metrics.jsonl 里只有第 {got_steps} 步。重启时要以追加模式 open(..., "a") 打开日志，'
+        '"w" 会清空之前几次运行写下的行'
+    )
     for r in rows:
         ref = want.get(r.get("step"))
         if ref is None:
@@ -310,4 +337,5 @@ def test_resumed_log_has_every_step(runs):
         for key in ("loss", "lr", "grad_norm"):
             assert r.get(key) == ref.get(key), (
                 f"恢复后日志第 {r['step']} 步的 {key}：不中断的运行是 {ref.get(key)!r}，这里是 {r.get(key)!r}"
-                "（逐位恢复时，重做的步应写出完全相同的数）")
+                "（逐位恢复时，重做的步应写出完全相同的数）"
+            )

@@ -3,6 +3,7 @@ data. Oracle: torch's DistributedDataParallel on the same model, data and SGD st
 Tolerance atol 1e-6: the same sums in fp32 (2 ranks: a + b is exact in either order); only
 DDP's bucketed division by the world size may round differently. SGD, not Adam: Adam is nearly
 scale-invariant and would hide a sum that forgot to divide by the world size."""
+
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from course_lib.distributed import free_port
 EX = "ex412_ddp_by_hand"
 STEPS = 3
 
-WORKER = textwrap.dedent(r'''
+WORKER = textwrap.dedent(r"""
     import importlib.util, json, os, sys
     import torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -61,7 +62,7 @@ WORKER = textwrap.dedent(r'''
     # the report is out, so leave without those destructors (as course_lib.train's workers do)
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0)
-''')
+""")
 
 
 def run_two(path, tmp_path, what):
@@ -70,10 +71,24 @@ def run_two(path, tmp_path, what):
     port = str(free_port())
     procs = []
     for r in range(2):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(path), what, str(STEPS)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        env = dict(
+            os.environ,
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(path), what, str(STEPS)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     reps = []
     try:
         for r, p in enumerate(procs):
@@ -97,7 +112,8 @@ def compare(reps, how):
             diff = max(abs(a - b) for a, b in zip(g, w, strict=True))
             assert diff <= 1e-6, (
                 f"{how}：rank {rep['rank']} 训练 {STEPS} 步后第 {i} 个参数与 DistributedDataParallel 差 {diff:.3g}"
-                f"（允许 1e-6）。梯度应是各进程的 **平均**：all_reduce 求和之后还要除以进程数")
+                f"（允许 1e-6）。梯度应是各进程的 **平均**：all_reduce 求和之后还要除以进程数"
+            )
 
 
 def test_average_after_backward_matches_ddp(impl_path, tmp_path):
@@ -108,5 +124,6 @@ def test_hooks_during_backward_match_ddp(impl_path, tmp_path):
     reps = run_two(impl_path(EX), tmp_path, "hooks")
     for rep in reps:
         assert rep["handles"] == rep["n_params"], (
-            f"install_grad_hooks 应返回每个可训练参数一个句柄的列表：期望 {rep['n_params']} 个，实际 {rep['handles']}")
+            f"install_grad_hooks 应返回每个可训练参数一个句柄的列表：期望 {rep['n_params']} 个，实际 {rep['handles']}"
+        )
     compare(reps, "install_grad_hooks")

@@ -4,6 +4,7 @@ setup_ddp and one training step; the parent checks what they report.
 Oracle: after one DDP step, both ranks hold identical parameters, equal (allclose 1e-6: only
 the all-reduce summation order differs) to one process stepping on the mean of both ranks'
 gradients, i.e. on the union of both ranks' batches."""
+
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from course_lib.distributed import free_port
 
 EX = "ex412_ddp_setup"
 
-WORKER = textwrap.dedent(r'''
+WORKER = textwrap.dedent(r"""
     import importlib.util, json, os, sys
     import torch, torch.distributed as dist
     from torch.utils.data import TensorDataset, DistributedSampler
@@ -48,7 +49,7 @@ WORKER = textwrap.dedent(r'''
     # the report is out, so leave without those destructors (as course_lib.train's workers do)
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0)
-''')
+""")
 
 
 def run_two(path, tmp_path):
@@ -57,15 +58,29 @@ def run_two(path, tmp_path):
     port = str(free_port())
     procs = []
     for r in range(2):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env))
+        env = dict(
+            os.environ,
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     reps = []
     try:
         for r, p in enumerate(procs):
             out, err = p.communicate(timeout=120)
-            line = [l for l in out.splitlines() if l.startswith("REPORT")]
+            line = [ln for ln in out.splitlines() if ln.startswith("REPORT")]
             assert p.returncode == 0 and line, f"rank {r} 的进程失败了：\n{err[-2000:]}"
             reps.append(json.loads(line[0][6:]))
     finally:
@@ -80,7 +95,8 @@ def test_two_process_gloo_setup(impl, tmp_path):
     reps = run_two(mod.__file__, tmp_path)
     for r, rep in enumerate(reps):
         assert rep["initialized"] and rep["rank"] == r and rep["world"] == 2, (
-            f"rank {r}: 进程组应从环境变量初始化为 rank={r}, world_size=2，实际 {rep['rank']}/{rep['world']}")
+            f"rank {r}: 进程组应从环境变量初始化为 rank={r}, world_size=2，实际 {rep['rank']}/{rep['world']}"
+        )
         assert rep["backend"] == "gloo", f"CPU 上应使用 gloo 后端，实际 {rep['backend']}"
         assert rep["is_ddp"], "返回的模型应是 DistributedDataParallel"
         assert rep["is_sampler"] and rep["loader_uses_sampler"], "DataLoader 应使用返回的 DistributedSampler"
@@ -99,4 +115,5 @@ def test_two_process_gloo_setup(impl, tmp_path):
     want = [p.detach().flatten().tolist() for p in m.parameters()]
     for g, w in zip(reps[0]["params"], want, strict=True):
         assert torch.allclose(torch.tensor(g), torch.tensor(w), atol=1e-6), (
-            f"DDP 一步后的参数应等于单进程在两个 rank 批次合并后的一步：期望 {w}，实际 {g}")
+            f"DDP 一步后的参数应等于单进程在两个 rank 批次合并后的一步：期望 {w}，实际 {g}"
+        )

@@ -2,6 +2,7 @@
 worker processes on 1, 2 and 3 ranks. Oracle: the set 0..N-1 (each sample exactly once per
 epoch), the same rank read with a different worker count (order must not depend on it), and
 the uninterrupted epoch (a resumed read must continue it exactly)."""
+
 import json
 import multiprocessing
 
@@ -9,7 +10,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 EX = "ex413_sharded_stream"
-N = 23                       # not a multiple of 2 or 3: ranks get different counts
+N = 23  # not a multiple of 2 or 3: ranks get different counts
 CTX = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
@@ -28,7 +29,8 @@ def test_every_sample_exactly_once_per_epoch(impl, world, workers):
     missing = sorted(set(range(N)) - set(seen))
     assert not dup and not missing, (
         f"{world} 个 rank × {workers} 个 worker：每个样本应恰好一次。重复 {dup}，缺少 {missing}"
-        + ("（每个 worker 都产生了整份数据？用 get_worker_info() 再切一次）" if dup and workers > 1 else ""))
+        + ("（每个 worker 都产生了整份数据？用 get_worker_info() 再切一次）" if dup and workers > 1 else "")
+    )
     sizes = [len(p) for p in per_rank]
     assert max(sizes) - min(sizes) <= 1, f"各 rank 的样本数最多差 1，实际 {sizes}"
 
@@ -39,7 +41,8 @@ def test_order_does_not_depend_on_workers(impl, world, rank):
     orders = {w: read(ex.ShardedStream(N, rank=rank, world_size=world, seed=2), w) for w in (0, 1, 2)}
     assert orders[0] == orders[1] == orders[2], (
         f"rank {rank}/{world}：训练循环看到的顺序应与 worker 数无关：\n"
-        f"W=0 {orders[0]}\nW=1 {orders[1]}\nW=2 {orders[2]}")
+        f"W=0 {orders[0]}\nW=1 {orders[1]}\nW=2 {orders[2]}"
+    )
 
 
 def test_epochs_reshuffle_deterministically(impl):
@@ -63,7 +66,7 @@ def test_resume_mid_epoch_continues_exactly(impl, epoch, consumed, w_before, w_a
     full = read(ds, w_before)
     state = ds.state_dict(consumed)
     try:
-        state = json.loads(json.dumps(state))          # plain ints and strings only
+        state = json.loads(json.dumps(state))  # plain ints and strings only
     except TypeError as e:
         pytest.fail(f"state_dict 应只含普通类型（int/str），才能放进 checkpoint：{e}")
     fresh = ex.ShardedStream(N, rank=1, world_size=2, seed=4)
@@ -71,7 +74,8 @@ def test_resume_mid_epoch_continues_exactly(impl, epoch, consumed, w_before, w_a
     rest = read(fresh, w_after)
     assert rest == full[consumed:], (
         f"epoch {epoch} 用掉 {consumed} 个后恢复（之前 {w_before} 个 worker，之后 {w_after} 个）：\n"
-        f"期望 {full[consumed:]}\n实际 {rest}")
+        f"期望 {full[consumed:]}\n实际 {rest}"
+    )
 
 
 def test_bad_arguments_are_refused(impl):

@@ -4,6 +4,7 @@ SGD matters: AdamW is (almost) invariant to the gradient's scale, so a loop that
 divide by N could pass an AdamW-only check; SGD's update is N times too big then.
 Tolerance atol 1e-6: same maths, only the order of fp32 additions differs (parameters ~0.1-1,
 fp32 eps 1.2e-7)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,11 +41,14 @@ def test_equals_big_batch(impl, n, b, clip, opt):
         o2.step()
         o2.zero_grad()
         assert isinstance(got, float), f"应返回 Python float，实际 {type(got).__name__}"
-        assert abs(got - float(want.detach())) < 1e-5, f"第 {step + 1} 步返回的平均损失应为 {float(want.detach()):.6f}，实际 {got:.6f}"
+        assert abs(got - float(want.detach())) < 1e-5, (
+            f"第 {step + 1} 步返回的平均损失应为 {float(want.detach()):.6f}，实际 {got:.6f}"
+        )
         for (k, p), q in zip(m1.named_parameters(), m2.parameters(), strict=True):
             assert torch.allclose(p, q, atol=1e-6), (
                 f"{opt}, N={n}, B={b}, clip={clip}, 第 {step + 1} 步后参数 {k} 与大批次的一步不同，"
-                f"最大差 {(p - q).abs().max():.3g}。提示：每个小批次的 loss 要除以 N；裁剪在所有小批次之后做一次")
+                f"最大差 {(p - q).abs().max():.3g}。提示：每个小批次的 loss 要除以 N；裁剪在所有小批次之后做一次"
+            )
 
 
 def test_one_optimizer_step_and_grads_cleared(impl):

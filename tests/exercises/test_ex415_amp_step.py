@@ -1,6 +1,7 @@
 """Grader for exercises/ex415_amp_step.py (fp16 autocast + GradScaler on CPU). Oracle: the same
 steps written out with torch.amp / clip_grad_norm_ here; identical ops in the same order give
 bitwise-equal results, so parameters are compared with torch.equal."""
+
 import math
 
 import torch
@@ -12,7 +13,7 @@ EX = "ex415_amp_step"
 def setup():
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
-    return m, torch.optim.AdamW(m.parameters(), lr=1e-2), torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    return m, torch.optim.AdamW(m.parameters(), lr=1e-2), torch.amp.GradScaler("cpu", init_scale=2.0**12)
 
 
 def batch(seed):
@@ -43,7 +44,12 @@ def test_matches_reference_steps(impl):
         assert abs(got["loss"] - want_loss) < 1e-6, f"loss 应为 {want_loss}，实际 {got['loss']}"
         assert abs(got["grad_norm"] - want_norm) < 1e-4 * max(1, want_norm), (
             f"grad_norm 应为 unscale 之后的真实范数 {want_norm:.4g}，实际 {got['grad_norm']:.4g}"
-            + ("（约为 scale 倍：是不是在 unscale_ 之前就裁剪/计算范数了？）" if got["grad_norm"] > 100 * want_norm else ""))
+            + (
+                "（约为 scale 倍：是不是在 unscale_ 之前就裁剪/计算范数了？）"
+                if got["grad_norm"] > 100 * want_norm
+                else ""
+            )
+        )
         assert got["skipped"] is False
         for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
             assert torch.equal(p, q), f"第 {step + 1} 步后参数与参考实现不同（最大差 {(p - q).abs().max():.3g}）"

@@ -10,6 +10,7 @@ holds ceil(n0/2) rows of those, rank 1 the rest. A rank that holds no rows of a 
 which tests/unit/test_fsdp_memory.py compares byte for byte with a real 3-process run.
 The measurements run once per module and only after the learner's function has answered (a stub
 fails at once)."""
+
 import pytest
 
 from course_lib.config import ModelConfig
@@ -19,10 +20,12 @@ from course_lib.memory import param_shapes, per_rank_state_bytes
 EX = "ex416_per_rank_memory"
 KEYS = ("params", "grads", "optimizer", "total")
 UNEVEN = ModelConfig(vocab_size=259, d_model=36, n_layers=1, n_heads=3, n_kv_heads=1, ffn_hidden=51, max_seq_len=32)
-UNTIED = ModelConfig(vocab_size=258, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=40, max_seq_len=32,
-                     tie_embeddings=False)
-ZERO_ROWS = ModelConfig(vocab_size=260, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=20,
-                        max_seq_len=32, tie_embeddings=False)
+UNTIED = ModelConfig(
+    vocab_size=258, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=40, max_seq_len=32, tie_embeddings=False
+)
+ZERO_ROWS = ModelConfig(
+    vocab_size=260, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=20, max_seq_len=32, tie_embeddings=False
+)
 
 
 _RUNS: dict = {}
@@ -38,8 +41,11 @@ def measured(cfg: ModelConfig, world: int) -> dict:
 
 def why(cfg, got, want, world, strategy, rank) -> str:
     """The mismatch in words, with the likely mistake when the difference has a known shape."""
-    diff = {k: (got.get(k) if isinstance(got, dict) else None, want[k]) for k in KEYS
-            if not isinstance(got, dict) or got.get(k) != want[k]}
+    diff = {
+        k: (got.get(k) if isinstance(got, dict) else None, want[k])
+        for k in KEYS
+        if not isinstance(got, dict) or got.get(k) != want[k]
+    }
     lines = [f"world_size={world}, strategy={strategy!r}, rank={rank}：实测 {want}，你的结果 {got}。"]
     if not isinstance(got, dict):
         return lines[0] + " 应返回 dict。"
@@ -47,7 +53,9 @@ def why(cfg, got, want, world, strategy, rank) -> str:
     if "optimizer" in diff and isinstance(got.get("optimizer"), int):
         delta = want["optimizer"] - got["optimizer"]
         if delta == 4 * n_tensors or (strategy == "fsdp" and 0 < delta < 4 * n_tensors):
-            lines.append("optimizer 少了 AdamW 的 step 计数器：每个参数张量一个 4 字节的 0 维张量，不分片，每个 rank 都有。")
+            lines.append(
+                "optimizer 少了 AdamW 的 step 计数器：每个参数张量一个 4 字节的 0 维张量，不分片，每个 rank 都有。"
+            )
     if strategy == "fsdp" and "params" in diff and isinstance(got.get("params"), int):
         if got["params"] > want["params"]:
             lines.append("params 偏大：补齐 (padding) 的行不计入；最后的 rank 只拿余下的行（可能是 0 行）。")
@@ -72,7 +80,8 @@ def test_one_rank_holds_everything(impl, strategy):
     got = impl(EX).per_rank_memory(UNTIED, 1, strategy, 0)
     want = measured(UNTIED, 1)[strategy]["ranks"][0]
     assert isinstance(got, dict) and all(got.get(k) == want[k] for k in KEYS), (
-        why(UNTIED, got, want, 1, strategy, 0) + "\n（world_size=1：FSDP 没有东西可分，与 DDP 相同。）")
+        why(UNTIED, got, want, 1, strategy, 0) + "\n（world_size=1：FSDP 没有东西可分，与 DDP 相同。）"
+    )
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2])
@@ -80,7 +89,9 @@ def test_three_ranks_one_with_no_rows(impl, rank):
     """k_proj and v_proj have 4 rows: over 3 ranks that is 2, 2, 0."""
     got = impl(EX).per_rank_memory(ZERO_ROWS, 3, "fsdp", rank)
     want = {k: v for k, v in per_rank_state_bytes(ZERO_ROWS, 3, "fsdp", rank=rank).items() if k in KEYS}
-    assert isinstance(got, dict) and all(got.get(k) == want[k] for k in KEYS), why(ZERO_ROWS, got, want, 3, "fsdp", rank)
+    assert isinstance(got, dict) and all(got.get(k) == want[k] for k in KEYS), why(
+        ZERO_ROWS, got, want, 3, "fsdp", rank
+    )
 
 
 @pytest.mark.parametrize("world,rank", [(2, 2), (2, -1), (0, 0)])

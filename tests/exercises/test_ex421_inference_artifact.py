@@ -1,4 +1,5 @@
 """Grader for ex421: weights-only artefact round trip (oracle: the original model's logits)."""
+
 import json
 
 import pytest
@@ -19,8 +20,11 @@ def test_files_written(impl, tmp_path):
     impl(EX).save_artifact(_model(), tmp_path / "art")
     assert (tmp_path / "art" / "model.safetensors").exists(), "应写出 model.safetensors"
     meta = json.loads((tmp_path / "art" / "config.json").read_text())
-    assert meta.get("model") == _model().config.to_dict(), f"config.json 的 'model' 应为 model.config.to_dict()，实际 {meta.get('model')}"
+    assert meta.get("model") == _model().config.to_dict(), (
+        f"config.json 的 'model' 应为 model.config.to_dict()，实际 {meta.get('model')}"
+    )
     from safetensors.torch import load_file
+
     names = set(load_file(str(tmp_path / "art" / "model.safetensors")))
     assert "embed_tokens.weight" in names, "缺少 embed_tokens.weight"
     assert "lm_head.weight" not in names, "共享权重 (tied weights) 只应保存一次：不要保存 lm_head.weight"

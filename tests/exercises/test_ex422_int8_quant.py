@@ -1,4 +1,5 @@
 """Grader for ex422: int8 per-channel quantization (oracle: course_lib.quantize + the error bound)."""
+
 import torch
 
 from course_lib.quantize import quantize_int8 as ref_q
@@ -30,7 +31,9 @@ def test_matches_reference_and_error_bound(impl):
     err = (deq - w).abs()
     # round-to-nearest: |w - q*s| <= s/2 (plus fp32 rounding)
     bound = s[:, None] / 2 * (1 + 1e-5) + 1e-9
-    assert (err <= bound).all(), f"误差超过半个量化步长 scale/2：最大误差/步长 = {(err / s[:, None]).max():.3f}（应 <= 0.5）"
+    assert (err <= bound).all(), (
+        f"误差超过半个量化步长 scale/2：最大误差/步长 = {(err / s[:, None]).max():.3f}（应 <= 0.5）"
+    )
 
 
 def test_zero_row_and_range(impl):
@@ -40,5 +43,6 @@ def test_zero_row_and_range(impl):
     assert torch.isfinite(s).all() and (s > 0).all(), "全零行的 scale 也必须 > 0 且有限"
     assert (q[3] == 0).all(), "全零行应量化为 0"
     assert q.abs().max() <= 127, "q 应截断在 [-127, 127]"
-    assert torch.equal(q.abs().amax(1)[torch.arange(24) != 3], torch.full((23,), 127, dtype=torch.int8)), \
+    assert torch.equal(q.abs().amax(1)[torch.arange(24) != 3], torch.full((23,), 127, dtype=torch.int8)), (
         "每行绝对值最大的元素应映射到 ±127（用满 int8 范围）"
+    )

@@ -1,4 +1,5 @@
 """Grader for ex423: one cached attention step == full causal attention (oracle: SDPA, is_causal)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,11 @@ def test_decode_steps_match_full_causal_attention(impl, T):
     f = impl(EX).attend_with_cache
     kc, vc = k[:, :, :0], v[:, :, :0]
     for t in range(T):
-        out, kc, vc = f(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], kc, vc)
+        out, kc, vc = f(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], kc, vc)
         assert tuple(out.shape) == (2, 3, 1, 16), f"out 形状应为 (2, 3, 1, 16)，实际 {tuple(out.shape)}"
         assert tuple(kc.shape) == (2, 3, t + 1, 16), f"第 {t} 步后缓存长度应为 {t + 1}，实际形状 {tuple(kc.shape)}"
         # fp32, same math, different summation order -> 1e-5
-        err = (out - full[:, :, t:t + 1]).abs().max().item()
+        err = (out - full[:, :, t : t + 1]).abs().max().item()
         assert err < 1e-5, f"第 {t} 步的输出与完整因果注意力不一致：最大误差 {err:.3g}（允许 1e-5）"
 
 

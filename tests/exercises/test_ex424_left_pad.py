@@ -1,5 +1,6 @@
 """Grader for ex424: left padding + mask + positions (oracle: course_lib left_pad/position_ids_from_mask,
 and the model: a padded batch must give the same logits as each sequence alone)."""
+
 import pytest
 import torch
 
@@ -14,8 +15,11 @@ SEQS = [[5, 6, 7], [1, 2, 3, 4, 5, 6], [9]]
 def test_matches_reference(impl):
     ids, mask, pos = impl(EX).left_pad_batch(SEQS, 256)
     rids, rmask = left_pad(SEQS, 256)
-    for name, got, want in (("input_ids", ids, rids), ("attention_mask", mask, rmask),
-                            ("position_ids", pos, position_ids_from_mask(rmask, rmask.shape[1]))):
+    for name, got, want in (
+        ("input_ids", ids, rids),
+        ("attention_mask", mask, rmask),
+        ("position_ids", pos, position_ids_from_mask(rmask, rmask.shape[1])),
+    ):
         assert got.dtype == torch.long, f"{name} 的 dtype 应为 torch.long，实际 {got.dtype}"
         assert torch.equal(got, want), f"{name} 不对：\n期望 {want.tolist()}\n实际 {got.tolist()}"
 

@@ -3,6 +3,7 @@
 Oracle: every request generated alone with course_lib.generate.generate (greedy, token for
 token), plus the pool's block count and the scheduling rules the stub's docstring states.
 """
+
 import pytest
 import torch
 
@@ -11,9 +12,21 @@ from course_lib.generate import generate
 from course_lib.pretrained import load_reference_model
 
 EX = "ex425_scheduler"
-NL = ord("\n")   # EOS for these tests: the reference model writes newlines often, so rows end mid-batch
-PROMPTS = ["def ", "class Foo(object):\n    def __init__(self", "import", "    for i in range(len(x)):\n        ",
-           "x = ", "# comment", "if __name__ == ", "return", "try:\n    ", "    self.", "with open(", "print("]
+NL = ord("\n")  # EOS for these tests: the reference model writes newlines often, so rows end mid-batch
+PROMPTS = [
+    "def ",
+    "class Foo(object):\n    def __init__(self",
+    "import",
+    "    for i in range(len(x)):\n        ",
+    "x = ",
+    "# comment",
+    "if __name__ == ",
+    "return",
+    "try:\n    ",
+    "    self.",
+    "with open(",
+    "print(",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +74,9 @@ def test_each_request_equals_generating_it_alone(impl, model_tok):
     assert max(sizes) > 1, "请求从来没有共享过一个批次：admit 每步应接纳所有放得下的请求"
     for r in reqs:
         want = alone(model, r)
-        assert r.output == want, (f"请求 {r.id}（prompt {tok.decode(r.prompt_ids)!r}）的输出与单独生成不同：\n"
-                                  f"期望 {want}\n实际 {r.output}")
+        assert r.output == want, (
+            f"请求 {r.id}（prompt {tok.decode(r.prompt_ids)!r}）的输出与单独生成不同：\n期望 {want}\n实际 {r.output}"
+        )
 
 
 def test_finished_rows_free_their_blocks_at_once(impl, model_tok):
@@ -73,8 +87,10 @@ def test_finished_rows_free_their_blocks_at_once(impl, model_tok):
         done = [r for r in e.running if r.done]
         assert not done, f"第 {e.steps} 步之后，已结束的请求 {[r.id for r in done]} 仍在 running 里：evict 应把它们移出"
         held = sum(len(r.blocks.table) for r in e.running)
-        assert e.pool.used_blocks() == held, (f"第 {e.steps} 步之后池里占用 {e.pool.used_blocks()} 块，"
-                                              f"但正在运行的请求只持有 {held} 块：结束的请求要 engine.release(req)")
+        assert e.pool.used_blocks() == held, (
+            f"第 {e.steps} 步之后池里占用 {e.pool.used_blocks()} 块，"
+            f"但正在运行的请求只持有 {held} 块：结束的请求要 engine.release(req)"
+        )
 
     replay(eng, tok, n=16, every=1, watch=watch)
     assert eng.pool.used_blocks() == 0, "全部请求结束后，所有 KV 块都应回到空闲列表"
@@ -97,12 +113,12 @@ def test_batch_fills_up_to_max_batch_and_never_beyond(impl, model_tok):
 def test_step_token_budget_and_fifo(impl, model_tok):
     model, tok = model_tok
     eng = learner_engine(impl, model, max_batch=8, max_step_tokens=20)
-    long_ = [eng.submit(list(range(65, 80)), 10) for _ in range(2)]      # 15 tokens each
-    short = eng.submit(tok.encode("x"), 10)                               # 1 token: must not jump the queue
+    long_ = [eng.submit(list(range(65, 80)), 10) for _ in range(2)]  # 15 tokens each
+    short = eng.submit(tok.encode("x"), 10)  # 1 token: must not jump the queue
     eng.step()
     assert [r in eng.running for r in long_ + [short]] == [True, False, False], (
-        "预算 20 个 token、队首两个请求各 15 个 token：第一步只能接纳第一个；"
-        "第三个短请求也不能插队（严格 FIFO）")
+        "预算 20 个 token、队首两个请求各 15 个 token：第一步只能接纳第一个；第三个短请求也不能插队（严格 FIFO）"
+    )
     eng.run_until_done()
     firsts = [r.step_first for r in long_ + [short]]
     assert firsts == sorted(firsts), f"请求应按到达顺序开始生成，实际开始于第 {firsts} 步"

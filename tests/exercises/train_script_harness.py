@@ -27,6 +27,7 @@ what torch.save was given and whether it loads with weights_only=True); "killed"
 file, and what the checkpoint folder held at that moment).
 The script never knows: it is run with runpy as __main__, with its own argv.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -56,7 +57,7 @@ _counts = {"step": 0, "save": 0, "write": 0, "rename": 0}
 # the real functions, taken before anything is patched
 _open, _os_open, _os_close, _os_fsync = builtins.open, os.open, os.close, os.fsync
 _os_replace, _os_rename = os.replace, os.rename
-_torn_fds: dict[int, str] = {}     # os.open'ed descriptor -> path, for the file being torn
+_torn_fds: dict[int, str] = {}  # os.open'ed descriptor -> path, for the file being torn
 
 
 def emit(**event) -> None:
@@ -80,9 +81,12 @@ def on_forward(module, args):
     if not (_is_top_model(module) and module.training):
         return
     ids = args[0] if args else None
-    emit(e="fwd", w=digest(module.state_dict().values()),
-         d=digest([ids]) if isinstance(ids, torch.Tensor) else "",
-         r=digest([torch.get_rng_state()]))
+    emit(
+        e="fwd",
+        w=digest(module.state_dict().values()),
+        d=digest([ids]) if isinstance(ids, torch.Tensor) else "",
+        r=digest([torch.get_rng_state()]),
+    )
 
 
 def _opt_tensors(opt):
@@ -255,7 +259,7 @@ def install() -> None:
     builtins.open = io.open = patched_open
     os.open, os.fdopen, os.close, os.fsync = patched_os_open, patched_os_fdopen, patched_os_close, patched_os_fsync
     os.replace, os.rename = patched_replace, patched_rename
-    shutil._USE_CP_SENDFILE = False   # copies go through write(), where they can be torn
+    shutil._USE_CP_SENDFILE = False  # copies go through write(), where they can be torn
 
 
 def main() -> None:

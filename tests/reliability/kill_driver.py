@@ -17,6 +17,7 @@
 
 The process kills itself with SIGKILL: nothing gets to clean up, as in a real crash.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,35 @@ MAX_STEPS, CKPT_INTERVAL = 16, 2
 def train_config(out_dir: str, data: str, strategy: str = "ddp", overrides=None):
     """``overrides``: other TrainConfig fields (e.g. ``task="sft", init=...`` in test_sft_kill.py)."""
     from course_lib.config import TrainConfig
-    kw = dict(data=data, max_steps=MAX_STEPS, batch_size=4, seq_len=32, warmup_steps=3,
-              eval_interval=8, eval_batches=1, log_interval=1, ckpt_interval=CKPT_INTERVAL,
-              keep_last=2, out_dir=out_dir, tensorboard=False, lr=3e-3, min_lr=3e-4,
-              device="cpu", val_fraction=0.1, strategy=strategy)
+
+    kw = dict(
+        data=data,
+        max_steps=MAX_STEPS,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=3,
+        eval_interval=8,
+        eval_batches=1,
+        log_interval=1,
+        ckpt_interval=CKPT_INTERVAL,
+        keep_last=2,
+        out_dir=out_dir,
+        tensorboard=False,
+        lr=3e-3,
+        min_lr=3e-4,
+        device="cpu",
+        val_fraction=0.1,
+        strategy=strategy,
+    )
     return TrainConfig(**{**kw, **(overrides or {})})
 
 
 def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp", overrides=None) -> None:
     import torch
+
     torch.set_num_threads(1)  # the reference and every resumed run use the same kernels
-    from course_lib.faults import FAULT_ENV, fault_point
     from course_lib.config import ModelConfig
+    from course_lib.faults import FAULT_ENV, fault_point
     from course_lib.train import Callback, Trainer
 
     os.environ[FAULT_ENV] = fault or ""
@@ -61,13 +79,25 @@ def run(out_dir: str, data: str, fault, log_path: str, strategy: str = "ddp", ov
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = Trainer(ModelConfig(**TINY_MODEL), train_config(out_dir, data, strategy, overrides),
-                          callbacks=[StepFaults()], console=False)
+        trainer = Trainer(
+            ModelConfig(**TINY_MODEL),
+            train_config(out_dir, data, strategy, overrides),
+            callbacks=[StepFaults()],
+            console=False,
+        )
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"fault": fault, "resumed_step": trainer.step,
-                            "resumed_from": str(trainer.resumed_from) if trainer.resumed_from else None,
-                            "warnings": [str(w.message) for w in caught]}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "fault": fault,
+                    "resumed_step": trainer.step,
+                    "resumed_from": str(trainer.resumed_from) if trainer.resumed_from else None,
+                    "warnings": [str(w.message) for w in caught],
+                }
+            )
+            + "\n"
+        )
     trainer.fit()
 
 

@@ -1,6 +1,7 @@
 """Bad checkpoints get a clear error naming the file and the problem; automatic resume falls
 back to the previous good one; a different model config is a hard error (never a fallback,
 never an overwrite); a malicious pickle is refused and its code never runs."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.checkpoint import (MARKER_FILE, STATE_FILE, CheckpointError, CheckpointManager,
-                                   safe_torch_load, sha256_file)
+from course_lib.checkpoint import (
+    MARKER_FILE,
+    STATE_FILE,
+    CheckpointError,
+    CheckpointManager,
+    safe_torch_load,
+    sha256_file,
+)
 from course_lib.config import ModelConfig, TrainConfig
 from course_lib.train import ConfigMismatchError, Trainer
 
@@ -106,7 +113,7 @@ def test_bit_flip_that_still_unpickles_is_caught_by_checksum(tmp_path):
 
 def test_incomplete_save_is_invisible(tmp_path):
     mgr, good, newest = two_checkpoints(tmp_path)
-    (newest / MARKER_FILE).unlink()   # as if killed before the marker was written
+    (newest / MARKER_FILE).unlink()  # as if killed before the marker was written
     assert mgr.latest() == good
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):
         mgr.verify(newest)
@@ -174,9 +181,20 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, container):
 
 # ---------------------------------------------------------------- config mismatch
 def test_mismatched_model_config_is_a_hard_error_and_overwrites_nothing(tmp_path, tiny_corpus):
-    tc = TrainConfig(data=tiny_corpus, max_steps=4, batch_size=2, seq_len=16, warmup_steps=1,
-                     eval_interval=100, eval_batches=1, log_interval=2, ckpt_interval=2,
-                     out_dir=str(tmp_path / "run"), tensorboard=False, val_fraction=0.2)
+    tc = TrainConfig(
+        data=tiny_corpus,
+        max_steps=4,
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=1,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=2,
+        ckpt_interval=2,
+        out_dir=str(tmp_path / "run"),
+        tensorboard=False,
+        val_fraction=0.2,
+    )
     Trainer(ModelConfig(**MC), tc, console=False).fit()
     mgr = CheckpointManager(tmp_path / "run", verbose=False)
     before = {p.name: sha256_file(p / STATE_FILE) for _, p in mgr.list_complete()}

@@ -12,27 +12,44 @@ per-micro-batch backward). Tolerance: atol 2e-5 / rtol 1e-4 on parameters of siz
 after 8 AdamW steps (fp32 rounding of ~1e-7 per step, amplified by Adam's normalisation of
 small gradient entries, measured max difference ~1e-6).
 """
+
 from __future__ import annotations
 
 import subprocess
 
 import pytest
 import torch
+from torchrun_util import TIMEOUT, flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)
 
 from course_lib.checkpoint import CheckpointManager
 from course_lib.cli import build_parser, configs_from_args
 from course_lib.distributed import free_port, subprocess_env, torchrun_command
 from course_lib.faults import fault_env
 from course_lib.train import ReplayDDPBatches, Trainer
-from torchrun_util import TIMEOUT, flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)
 
 ATOL, RTOL = 2e-5, 1e-4
 
 
 def cli_args(out, **kw):
-    a = dict(max_steps=8, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64,
-             seq_len=32, batch_size=4, warmup_steps=2, eval_interval=100, eval_batches=1, log_interval=2,
-             ckpt_interval=4, device="cpu", seed=7, out_dir=str(out))
+    a = dict(
+        max_steps=8,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        ffn_hidden=64,
+        max_seq_len=64,
+        seq_len=32,
+        batch_size=4,
+        warmup_steps=2,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=2,
+        ckpt_interval=4,
+        device="cpu",
+        seed=7,
+        out_dir=str(out),
+    )
     a.update(kw)
     return flags(a)
 
@@ -59,7 +76,8 @@ def assert_same_params(ref_sd, got_sd, exact=False):
         else:
             worst = max(worst, (a - b).abs().max().item())
             assert torch.allclose(a, b, atol=ATOL, rtol=RTOL), (
-                f"参数 {k}：最大差 {(a - b).abs().max().item():.3g}，超出 atol={ATOL}, rtol={RTOL}")
+                f"参数 {k}：最大差 {(a - b).abs().max().item():.3g}，超出 atol={ATOL}, rtol={RTOL}"
+            )
     return worst
 
 
@@ -84,8 +102,11 @@ def test_two_rank_ddp_equals_one_process_on_the_combined_batch(ddp_runs, tmp_pat
     worst = assert_same_params(ref.model.state_dict(), state["model"])
     print(f"acc={acc}: max |DDP - single| = {worst:.3g}")
     # and the model actually moved (the comparison is not between two initialisations)
-    init = Trainer(*configs_from_args(build_parser().parse_args(cli_args(tmp_path / "init"))),
-                   console=False, save_checkpoints=False).model.state_dict()
+    init = Trainer(
+        *configs_from_args(build_parser().parse_args(cli_args(tmp_path / "init"))),
+        console=False,
+        save_checkpoints=False,
+    ).model.state_dict()
     moved = max((init[k] - state["model"][k]).abs().max().item() for k in init)
     assert moved > 1e-3, f"参数几乎没变 (max change {moved:.3g})：训练没有发生"
 
@@ -105,10 +126,16 @@ def test_two_nodes_on_loopback(ddp_runs, tmp_path):
     port = free_port()
     out = tmp_path / "two_nodes"
     env = subprocess_env({"OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"})
-    procs = [subprocess.Popen(torchrun_command(cli_args(out), nproc_per_node=1, nnodes=2, node_rank=r,
-                                               master_port=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            torchrun_command(cli_args(out), nproc_per_node=1, nnodes=2, node_rank=r, master_port=port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for r in (0, 1)
+    ]
     outs = []
     try:
         for p in procs:

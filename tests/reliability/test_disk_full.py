@@ -17,6 +17,7 @@ The full disk is simulated (CI machines cannot always mount a small tmpfs): ``CO
 dcp_disk_full@STEP[:RANK]`` makes a rank's DCP write raise ``OSError(ENOSPC)`` inside DCP (so
 it travels the way a real one does), and monkeypatched writes raise ``OSError(ENOSPC)``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,10 +38,41 @@ from course_lib.train import Trainer
 from course_lib.train import main as train_main
 
 MC = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64}
-FLAGS = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-hidden", "64",
-         "--max-seq-len", "64", "--seq-len", "32", "--batch-size", "4", "--max-steps", "6", "--warmup-steps", "1",
-         "--ckpt-interval", "2", "--keep-last", "10", "--eval-interval", "100", "--eval-batches", "1",
-         "--log-interval", "1", "--device", "cpu", "--no-tensorboard"]
+FLAGS = [
+    "--d-model",
+    "32",
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--n-kv-heads",
+    "1",
+    "--ffn-hidden",
+    "64",
+    "--max-seq-len",
+    "64",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "6",
+    "--warmup-steps",
+    "1",
+    "--ckpt-interval",
+    "2",
+    "--keep-last",
+    "10",
+    "--eval-interval",
+    "100",
+    "--eval-batches",
+    "1",
+    "--log-interval",
+    "1",
+    "--device",
+    "cpu",
+    "--no-tensorboard",
+]
 
 
 def argv(out: Path, data: str, *extra: str) -> list[str]:
@@ -65,8 +97,9 @@ def assert_disk_full_reported(rc: int, err: str, out: Path) -> None:
 
 
 # ---- defect 1 ------------------------------------------------------------------------------
-def test_sharded_save_on_a_full_disk_is_one_line_and_removes_its_temp_folder(tmp_path, tiny_corpus, monkeypatch,
-                                                                             capsys):
+def test_sharded_save_on_a_full_disk_is_one_line_and_removes_its_temp_folder(
+    tmp_path, tiny_corpus, monkeypatch, capsys
+):
     out = tmp_path / "r"
     monkeypatch.setenv("COURSE_FAULT", "dcp_disk_full@4")
     rc = train_main(argv(out, tiny_corpus, "--strategy", "fsdp"))
@@ -76,8 +109,9 @@ def test_sharded_save_on_a_full_disk_is_one_line_and_removes_its_temp_folder(tmp
     assert "resumed from" in capsys.readouterr().out and steps(out)[-1] == "step_00000006"
 
 
-def test_a_full_disk_while_rank0_writes_the_trainer_state_is_reported_the_same_way(tmp_path, tiny_corpus,
-                                                                                  monkeypatch, capsys):
+def test_a_full_disk_while_rank0_writes_the_trainer_state_is_reported_the_same_way(
+    tmp_path, tiny_corpus, monkeypatch, capsys
+):
     """The part only rank 0 writes (trainer.pt, the marker) after DCP's shards: same line, same cleanup."""
     real_save = torch.save
 
@@ -85,6 +119,7 @@ def test_a_full_disk_while_rank0_writes_the_trainer_state_is_reported_the_same_w
         if Path(getattr(f, "name", "")).name == ckpt_mod.TRAINER_FILE and obj.get("step") == 4:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 100")
         return real_save(obj, f, *a, **kw)
+
     monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
     out = tmp_path / "r"
     rc = train_main(argv(out, tiny_corpus, "--strategy", "fsdp"))
@@ -117,17 +152,30 @@ def test_two_ranks_one_full_disk_every_rank_ends_in_one_line(tmp_path, tiny_corp
 
 # ---- defect 2 ------------------------------------------------------------------------------
 def test_a_damaged_shard_with_a_resealed_marker_falls_back_to_the_previous_checkpoint(tmp_path, tiny_corpus):
-    cfg = dict(data=tiny_corpus, max_steps=4, batch_size=4, seq_len=32, warmup_steps=1, eval_interval=100,
-               eval_batches=1, log_interval=1, ckpt_interval=2, keep_last=5, out_dir=str(tmp_path),
-               tensorboard=False, device="cpu", strategy="fsdp")
+    cfg = dict(
+        data=tiny_corpus,
+        max_steps=4,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=1,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=1,
+        ckpt_interval=2,
+        keep_last=5,
+        out_dir=str(tmp_path),
+        tensorboard=False,
+        device="cpu",
+        strategy="fsdp",
+    )
     Trainer(ModelConfig(**MC), TrainConfig(**cfg), console=False).fit()
     newest = tmp_path / "checkpoints" / "step_00000004"
     shard = newest / "__0_0.distcp"
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])   # torn, then "verified"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # torn, then "verified"
     marker = json.loads((newest / MARKER_FILE).read_text())
     marker["files"][shard.name] = {"bytes": shard.stat().st_size, "sha256": sha256_file(shard)}
     (newest / MARKER_FILE).write_text(json.dumps(marker))
-    ShardedCheckpointManager.verify(newest)   # the marker checks pass: only DCP can notice
+    ShardedCheckpointManager.verify(newest)  # the marker checks pass: only DCP can notice
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tr = Trainer(ModelConfig(**MC), TrainConfig(**cfg), console=False)
@@ -137,16 +185,18 @@ def test_a_damaged_shard_with_a_resealed_marker_falls_back_to_the_previous_check
 
 
 # ---- defect 3 ------------------------------------------------------------------------------
-def test_a_full_disk_while_appending_metrics_names_the_file_and_keeps_the_checkpoint(tmp_path, tiny_corpus,
-                                                                                   monkeypatch, capsys):
+def test_a_full_disk_while_appending_metrics_names_the_file_and_keeps_the_checkpoint(
+    tmp_path, tiny_corpus, monkeypatch, capsys
+):
     out = tmp_path / "r"
     real_write = monitor.os.write
 
     def write(fd, data):
         if fd not in (1, 2) and bytes(data).startswith(b'{"step": 3,'):
-            real_write(fd, bytes(data)[:10])    # a partial line reaches the disk, then it is full
+            real_write(fd, bytes(data)[:10])  # a partial line reaches the disk, then it is full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
+
     monkeypatch.setattr(monitor.os, "write", write)
     rc = train_main(argv(out, tiny_corpus))
     lines = error_lines(capsys.readouterr().err)

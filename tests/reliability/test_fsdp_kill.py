@@ -11,6 +11,7 @@ are bitwise-identical (torch.equal) to an uninterrupted run's.
 What this proves: a crash of the process (SIGKILL: the page cache survives) never leaves a
 sharded checkpoint that counts but cannot be loaded. It does not simulate a power cut.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -42,8 +43,12 @@ def lineage(args):
 
 def finished(out_dir, data):
     """The state a run folder ends in, read back the way a resume reads it (no training left)."""
-    tr = Trainer(ModelConfig(**kill_driver.TINY_MODEL), kill_driver.train_config(str(out_dir), data, "fsdp"),
-                 console=False, save_checkpoints=False)
+    tr = Trainer(
+        ModelConfig(**kill_driver.TINY_MODEL),
+        kill_driver.train_config(str(out_dir), data, "fsdp"),
+        console=False,
+        save_checkpoints=False,
+    )
     assert tr.step == kill_driver.MAX_STEPS
     return tr
 
@@ -75,8 +80,9 @@ def test_sigkill_in_every_sharded_save_phase_then_resume(tmp_path, tiny_corpus):
     ref, got = finished(tmp_path / "ref", tiny_corpus), finished(out, tiny_corpus)
     for (k, a), b in zip(ref.model.state_dict().items(), got.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{k} 与未中断运行不是逐位相同 (bitwise-identical)"
-    for i, (sa, sb) in enumerate(zip(ref.optimizer.state_dict()["state"].values(),
-                                     got.optimizer.state_dict()["state"].values(), strict=True)):
+    for i, (sa, sb) in enumerate(
+        zip(ref.optimizer.state_dict()["state"].values(), got.optimizer.state_dict()["state"].values(), strict=True)
+    ):
         for key in sa:
             assert torch.equal(sa[key], sb[key]), f"optimizer state {i}/{key} 不是逐位相同"
     assert ref.batches_consumed == got.batches_consumed

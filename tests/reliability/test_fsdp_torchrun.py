@@ -13,12 +13,14 @@ the same samples at every step (``data.StreamingTokenDataset``: together the ran
 uninterrupted run's loss curve step for step (tolerance 1e-5 relative: only the order of
 additions differs) and end at the same global sample count.
 """
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
 import torch
+from torchrun_util import flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)
 
 from course_lib.checkpoint import ShardedCheckpointManager, safe_torch_load
 from course_lib.cli import build_parser, configs_from_args
@@ -30,18 +32,30 @@ from course_lib.fsdp import load_full_model_state
 from course_lib.lab.measure import rank_state_run
 from course_lib.monitor import last_per_step, read_jsonl
 from course_lib.train import Callback, ReplayDDPBatches, Trainer
-from torchrun_util import flags, run  # tests/reliability is on sys.path (pytest's rootdir-less import)
 
 ATOL, RTOL = 2e-5, 1e-4
 LOSS_RTOL = 1e-5
-STEPS, ACC, B2 = 8, 2, 4   # 2 ranks x batch 4 x 2 micro-steps == 1 process x batch 8 x 2 micro-steps
+STEPS, ACC, B2 = 8, 2, 4  # 2 ranks x batch 4 x 2 micro-steps == 1 process x batch 8 x 2 micro-steps
 MODEL = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
 
 
 def cli_args(out, **kw):
-    a = dict(max_steps=STEPS, **MODEL, seq_len=32, batch_size=B2, warmup_steps=2, eval_interval=100,
-             eval_batches=1, log_interval=1, ckpt_interval=4, device="cpu", seed=7, out_dir=str(out),
-             strategy="fsdp", accumulation_steps=ACC)
+    a = dict(
+        max_steps=STEPS,
+        **MODEL,
+        seq_len=32,
+        batch_size=B2,
+        warmup_steps=2,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=1,
+        ckpt_interval=4,
+        device="cpu",
+        seed=7,
+        out_dir=str(out),
+        strategy="fsdp",
+        accumulation_steps=ACC,
+    )
     a.update(kw)
     return flags(a)
 
@@ -67,14 +81,16 @@ def assert_close_params(ref_sd, got_sd):
         b = got_sd[k]
         worst = max(worst, (a - b).abs().max().item())
         assert torch.allclose(a, b, atol=ATOL, rtol=RTOL), (
-            f"参数 {k}：最大差 {(a - b).abs().max().item():.3g}，超出 atol={ATOL}, rtol={RTOL}")
+            f"参数 {k}：最大差 {(a - b).abs().max().item():.3g}，超出 atol={ATOL}, rtol={RTOL}"
+        )
     return worst
 
 
 def assert_same_losses(ref: dict, got: dict, steps):
     for s in steps:
         assert got[s] == pytest.approx(ref[s], rel=LOSS_RTOL), (
-            f"step {s}：恢复后的 loss {got[s]:.6f} 与未中断运行的 {ref[s]:.6f} 不同")
+            f"step {s}：恢复后的 loss {got[s]:.6f} 与未中断运行的 {ref[s]:.6f} 不同"
+        )
 
 
 def copy_checkpoint(src_out, dst_out, step):

@@ -7,6 +7,7 @@ course_lib (a cold `python` start costs ~3 s of imports; a fork costs ~0.05 s), 
 points fit in well under a minute on 2 cores. Kill points are drawn from a seeded RNG and
 printed, so a failure is reproducible.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -76,16 +77,18 @@ def test_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "course_lib.train", "kill_driver"])
     lineages = draw_kill_points(random.Random(SEED))
-    flat = [p for l in lineages for p in l]
+    flat = [p for lin in lineages for p in lin]
     n_save = sum(p.split("@")[0].startswith("save") for p in flat)
-    print(f"\nkill points (seed {SEED}): {len(flat)} in total, {n_save} inside checkpoint saves, "
-          f"{len(flat) - n_save} inside training steps")
-    for i, l in enumerate(lineages):
-        print(f"  lineage {i}: {' -> '.join(l)}")
+    print(
+        f"\nkill points (seed {SEED}): {len(flat)} in total, {n_save} inside checkpoint saves, "
+        f"{len(flat) - n_save} inside training steps"
+    )
+    for i, lin in enumerate(lineages):
+        print(f"  lineage {i}: {' -> '.join(lin)}")
     assert len(flat) >= 20 and n_save >= 5 and len(flat) - n_save >= 5
 
     jobs = [(ctx, str(tmp_path / "ref"), data, [])]
-    jobs += [(ctx, str(tmp_path / f"lineage{i}"), data, l) for i, l in enumerate(lineages)]
+    jobs += [(ctx, str(tmp_path / f"lineage{i}"), data, lin) for i, lin in enumerate(lineages)]
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lineage_job, jobs))
 
@@ -93,7 +96,8 @@ def test_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
     assert ref_codes == [0], f"未中断的参照运行 (reference run) 失败，exit codes {ref_codes}"
     for i, codes in enumerate(lineage_codes):
         assert codes[:-1] == [-signal.SIGKILL] * KILLS_PER_LINEAGE, (
-            f"lineage {i}: 每个故障点都应以 SIGKILL 结束 (exit code -9)，实际 exit codes {codes}")
+            f"lineage {i}: 每个故障点都应以 SIGKILL 结束 (exit code -9)，实际 exit codes {codes}"
+        )
         assert codes[-1] == 0, f"lineage {i}: 最后一次恢复运行应正常结束，实际 exit code {codes[-1]}"
 
     ref_mgr = CheckpointManager(tmp_path / "ref", verbose=False)
@@ -117,13 +121,14 @@ def test_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
             assert step - e["resumed_step"] <= kill_driver.CKPT_INTERVAL, (fault, e)
         mgr = CheckpointManager(out, verbose=False)
         for _, folder in mgr.list_complete():
-            mgr.verify(folder)   # every checkpoint left on disk is complete and intact
+            mgr.verify(folder)  # every checkpoint left on disk is complete and intact
         state = mgr.load(mgr.path_for(kill_driver.MAX_STEPS))
         got = dict(all_tensors({k: state[k] for k in ("model", "optimizer", "scheduler", "rng", "data")}))
         assert got.keys() == ref_tensors.keys()
         for name, t in ref_tensors.items():
             assert torch.equal(got[name], t), (
-                f"lineage {i}（故障点 {points}）：{name} 与未中断运行不是逐位相同 (bitwise-identical)")
+                f"lineage {i}（故障点 {points}）：{name} 与未中断运行不是逐位相同 (bitwise-identical)"
+            )
         assert state["step"] == ref_state["step"] and state["data"] == ref_state["data"]
         losses = [r["loss"] for r in last_per_step(read_jsonl(out / "metrics.jsonl"))]
         assert losses == ref_losses, f"lineage {i}: 恢复后的 loss 曲线与未中断运行不同"

@@ -1,4 +1,5 @@
 """Metrics reach the JSONL file and TensorBoard (read back with TensorBoard's own reader)."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,21 @@ MC = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_se
 
 def test_tensorboard_and_jsonl_agree(tmp_path, tiny_corpus):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    cfg = TrainConfig(data=tiny_corpus, max_steps=10, batch_size=4, seq_len=32, warmup_steps=2,
-                      eval_interval=5, eval_batches=1, log_interval=2, ckpt_interval=0,
-                      out_dir=str(tmp_path), tensorboard=True, val_fraction=0.1)
+
+    cfg = TrainConfig(
+        data=tiny_corpus,
+        max_steps=10,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=2,
+        eval_interval=5,
+        eval_batches=1,
+        log_interval=2,
+        ckpt_interval=0,
+        out_dir=str(tmp_path),
+        tensorboard=True,
+        val_fraction=0.1,
+    )
     Trainer(ModelConfig(**MC), cfg, callbacks=[ProgressBar(leave=False)], console=False).fit()
     recs = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in recs] == [2, 4, 6, 8, 10]
@@ -27,8 +40,8 @@ def test_tensorboard_and_jsonl_agree(tmp_path, tiny_corpus):
         assert tag in tags, f"TensorBoard 里缺少 {tag}；实际有 {tags}"
     tb_loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert [s for s, _ in tb_loss] == [2, 4, 6, 8, 10]
-    for (s, v), r in zip(tb_loss, recs, strict=True):
-        assert v == pytest.approx(r["loss"], rel=1e-6)   # TensorBoard stores float32
+    for (_s, v), r in zip(tb_loss, recs, strict=True):
+        assert v == pytest.approx(r["loss"], rel=1e-6)  # TensorBoard stores float32
     assert [e.step for e in acc.Scalars("eval/loss")] == [5, 10]
 
 
@@ -44,6 +57,6 @@ def test_logger_interval_eta_and_dedupe(tmp_path):
     assert recs[-1]["eta_s"] == 0
     # a resumed run appends steps again: the last record per step wins
     with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 6, "loss": 0.5}\n{"step": 7, "lo')   # plus a torn last line
+        f.write('{"step": 6, "loss": 0.5}\n{"step": 7, "lo')  # plus a torn last line
     curve = last_per_step(read_jsonl(tmp_path / "metrics.jsonl"))
     assert [(r["step"], r["loss"]) for r in curve] == [(3, 1 / 3), (6, 0.5)]

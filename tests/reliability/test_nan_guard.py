@@ -1,5 +1,6 @@
 """NaN/Inf is caught on the step where it appears, training stops with a message naming the
 step and the likely causes, and no non-finite weight ever reaches a checkpoint."""
+
 from __future__ import annotations
 
 import math
@@ -16,9 +17,21 @@ MC = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_se
 
 
 def tc(out, data, **kw):
-    base = dict(data=data, max_steps=12, batch_size=4, seq_len=32, warmup_steps=2, eval_interval=100,
-                eval_batches=1, log_interval=1, ckpt_interval=2, keep_last=10, out_dir=str(out),
-                tensorboard=False, val_fraction=0.1)
+    base = dict(
+        data=data,
+        max_steps=12,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=2,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=1,
+        ckpt_interval=2,
+        keep_last=10,
+        out_dir=str(out),
+        tensorboard=False,
+        val_fraction=0.1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -58,8 +71,9 @@ def all_checkpoints_finite(out) -> list[int]:
     return steps
 
 
-@pytest.mark.parametrize("poison,value", [(PoisonGrad, float("nan")), (PoisonGrad, float("inf")),
-                                          (PoisonWeights, None)])
+@pytest.mark.parametrize(
+    "poison,value", [(PoisonGrad, float("nan")), (PoisonGrad, float("inf")), (PoisonWeights, None)]
+)
 def test_nonfinite_detected_on_the_step_it_happens(tmp_path, tiny_corpus, poison, value):
     at = 7
     cb = poison(at, value) if value is not None else poison(at)
@@ -81,8 +95,18 @@ def test_nonfinite_detected_on_the_step_it_happens(tmp_path, tiny_corpus, poison
 
 def test_huge_lr_stops_at_first_nonfinite_step(tmp_path, tiny_corpus):
     # lr = 1e4 without clipping: the weights blow up within a few steps.
-    cfg = tc(tmp_path, tiny_corpus, lr=1e4, min_lr=0.0, warmup_steps=0, grad_clip=0.0, max_steps=40,
-             schedule="constant", ckpt_interval=1, keep_last=100)
+    cfg = tc(
+        tmp_path,
+        tiny_corpus,
+        lr=1e4,
+        min_lr=0.0,
+        warmup_steps=0,
+        grad_clip=0.0,
+        max_steps=40,
+        schedule="constant",
+        ckpt_interval=1,
+        keep_last=100,
+    )
     trainer = Trainer(ModelConfig(**MC), cfg, console=False)
     with pytest.raises(NonFiniteError) as e:
         trainer.fit()

@@ -10,6 +10,7 @@
 Minor: a kill between rename and rotation leaves keep_last + 1 checkpoints only until the next
 start; a full disk during a save is reported as a full disk, and the earlier checkpoints stay.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,21 @@ MC = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden":
 
 
 def tc(out, data, **kw):
-    base = {"data": data, "max_steps": 6, "batch_size": 4, "seq_len": 32, "warmup_steps": 1, "eval_interval": 100,
-                "eval_batches": 1, "log_interval": 1, "ckpt_interval": 2, "keep_last": 2, "out_dir": str(out),
-                "tensorboard": False, "device": "cpu"}
+    base = {
+        "data": data,
+        "max_steps": 6,
+        "batch_size": 4,
+        "seq_len": 32,
+        "warmup_steps": 1,
+        "eval_interval": 100,
+        "eval_batches": 1,
+        "log_interval": 1,
+        "ckpt_interval": 2,
+        "keep_last": 2,
+        "out_dir": str(out),
+        "tensorboard": False,
+        "device": "cpu",
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -94,6 +107,7 @@ def _two(tmp_path):
 def _marker_json(text):
     def damage(folder: Path, monkeypatch):
         (folder / MARKER_FILE).write_text(text)
+
     return damage
 
 
@@ -112,22 +126,41 @@ def _unreadable(name):
             if Path(path) == target:
                 raise PermissionError(13, "Permission denied", str(target))
             return real_open(path, *a, **kw)
+
         real_read_text = Path.read_text
 
         def fake_read_text(self, *a, **kw):
             if self == target:
                 raise PermissionError(13, "Permission denied", str(target))
             return real_read_text(self, *a, **kw)
+
         monkeypatch.setattr("builtins.open", fake_open)
         monkeypatch.setattr(Path, "read_text", fake_read_text)
+
     return damage
 
 
-@pytest.mark.parametrize("damage", [_marker_json("[]"), _marker_json("null"), _marker_json("42"),
-                                    _marker_json('"done"'), _marker_dir, _unreadable(MARKER_FILE),
-                                    _unreadable(STATE_FILE)],
-                         ids=["marker-list", "marker-null", "marker-number", "marker-string", "marker-folder",
-                              "marker-unreadable", "state-unreadable"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _marker_json("[]"),
+        _marker_json("null"),
+        _marker_json("42"),
+        _marker_json('"done"'),
+        _marker_dir,
+        _unreadable(MARKER_FILE),
+        _unreadable(STATE_FILE),
+    ],
+    ids=[
+        "marker-list",
+        "marker-null",
+        "marker-number",
+        "marker-string",
+        "marker-folder",
+        "marker-unreadable",
+        "state-unreadable",
+    ],
+)
 def test_damaged_checkpoint_falls_back(tmp_path, monkeypatch, damage):
     mgr, good, newest = _two(tmp_path)
     damage(newest, monkeypatch)
@@ -169,16 +202,33 @@ def test_launcher_turns_off_the_shared_rendezvous_store(tmp_path):
     gives torchrun TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 even when the caller's environment
     lacks it: the workers then do not use the agent's store (the cause of connectFullMesh
     failures after --max-restarts)."""
-    env = {k: v for k, v in distributed.subprocess_env({"OMP_NUM_THREADS": "1"}).items()
-           if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}
+    env = {
+        k: v
+        for k, v in distributed.subprocess_env({"OMP_NUM_THREADS": "1"}).items()
+        if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+    }
     probe = "import os; print('AGENT_STORE=' + os.environ.get('TORCHELASTIC_USE_AGENT_STORE', '?'))"
     base = ["--standalone", "--nproc-per-node=1", "--max-restarts=1", "--no-python", sys.executable, "-c", probe]
-    launched = subprocess.run([sys.executable, "-m", "course_lib.launch", *base], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=180, check=False)
+    launched = subprocess.run(
+        [sys.executable, "-m", "course_lib.launch", *base],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert launched.returncode == 0, launched.stderr[-2000:]
     assert "AGENT_STORE=False" in launched.stdout, launched.stdout + launched.stderr[-2000:]
-    plain = subprocess.run([sys.executable, "-m", "torch.distributed.run", *base], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=180, check=False)
+    plain = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *base],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert "AGENT_STORE=True" in plain.stdout, "plain torchrun should share its store (else this test proves nothing)"
 
 
@@ -193,11 +243,17 @@ def test_worker_warns_when_restarts_may_fail(monkeypatch):
 # ---- defect 4 (schedule) -------------------------------------------------------------------
 def test_resume_with_changed_max_steps_warns_with_the_lr_jump(tmp_path, tiny_corpus, capsys):
     out = tmp_path / "run"
-    Trainer(ModelConfig(**MC), tc(out, tiny_corpus, max_steps=4, ckpt_interval=4, schedule="linear",
-                                  min_lr=0.0), console=False).fit()
+    Trainer(
+        ModelConfig(**MC),
+        tc(out, tiny_corpus, max_steps=4, ckpt_interval=4, schedule="linear", min_lr=0.0),
+        console=False,
+    ).fit()
     capsys.readouterr()
-    Trainer(ModelConfig(**MC), tc(out, tiny_corpus, max_steps=8, ckpt_interval=4, schedule="linear",
-                                  min_lr=0.0), console=False)
+    Trainer(
+        ModelConfig(**MC),
+        tc(out, tiny_corpus, max_steps=8, ckpt_interval=4, schedule="linear", min_lr=0.0),
+        console=False,
+    )
     err = capsys.readouterr().err
     assert "max_steps 4 -> 8" in err and "learning-rate schedule" in err, err
     # old schedule: lr 0 after its last step; new one (warmup 1, linear to step 8): 3e-3 * 4/7 at step 5
@@ -205,17 +261,36 @@ def test_resume_with_changed_max_steps_warns_with_the_lr_jump(tmp_path, tiny_cor
     assert "betas" not in err, f"没有改变的字段不应出现在警告里：{err}"
     # bookkeeping-only changes (metadata resume='free') are not warned about
     capsys.readouterr()
-    Trainer(ModelConfig(**MC), tc(out, tiny_corpus, max_steps=4, ckpt_interval=4, schedule="linear", min_lr=0.0,
-                                  log_interval=3, keep_last=1), console=False)
+    Trainer(
+        ModelConfig(**MC),
+        tc(out, tiny_corpus, max_steps=4, ckpt_interval=4, schedule="linear", min_lr=0.0, log_interval=3, keep_last=1),
+        console=False,
+    )
     assert "warning" not in capsys.readouterr().err
 
 
 # ---- minor ---------------------------------------------------------------------------------
 def test_kill_between_rename_and_rotation_is_tidied_on_the_next_start(tmp_path, tiny_corpus):
     out = tmp_path / "run"
-    flags = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64, "seq_len": 32,
-                 "batch_size": 4, "warmup_steps": 1, "log_interval": 1, "eval_interval": 100, "ckpt_interval": 2, "keep_last": 2,
-                 "max_steps": 6, "tensorboard": False, "data": tiny_corpus, "device": "cpu"}
+    flags = {
+        "d_model": 32,
+        "n_layers": 1,
+        "n_heads": 2,
+        "n_kv_heads": 1,
+        "ffn_hidden": 64,
+        "max_seq_len": 64,
+        "seq_len": 32,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "log_interval": 1,
+        "eval_interval": 100,
+        "ckpt_interval": 2,
+        "keep_last": 2,
+        "max_steps": 6,
+        "tensorboard": False,
+        "data": tiny_corpus,
+        "device": "cpu",
+    }
     r = run(train_command(out, **flags), out, timeout=300, env=fault_env("save_renamed", 6))
     assert r.returncode != 0 and steps(out / "checkpoints") == [2, 4, 6], r.tail()
     r = run(train_command(out, **flags), out, timeout=300)
@@ -230,6 +305,7 @@ def test_disk_full_during_save_says_so_and_keeps_the_earlier_checkpoints(tmp_pat
     def full_disk(obj, f, *a, **kw):
         f.write(b"x" * 100)
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 100")
+
     monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
     with pytest.raises(CheckpointError, match="disk full") as e:
         mgr.save(4, {"model": {"w": torch.zeros(2)}})
@@ -240,11 +316,38 @@ def test_disk_full_during_save_says_so_and_keeps_the_earlier_checkpoints(tmp_pat
 
 
 def test_cli_reports_a_failed_save_in_one_line(tmp_path, tiny_corpus, monkeypatch, capsys):
-    monkeypatch.setattr(ckpt_mod.torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
-    rc = train_main(["--out-dir", str(tmp_path / "r"), "--data", tiny_corpus, "--d-model", "32", "--n-layers", "1",
-                     "--n-heads", "2", "--n-kv-heads", "1", "--ffn-hidden", "64", "--max-seq-len", "64",
-                     "--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--warmup-steps", "1",
-                     "--no-tensorboard"])
+    monkeypatch.setattr(
+        ckpt_mod.torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    )
+    rc = train_main(
+        [
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--data",
+            tiny_corpus,
+            "--d-model",
+            "32",
+            "--n-layers",
+            "1",
+            "--n-heads",
+            "2",
+            "--n-kv-heads",
+            "1",
+            "--ffn-hidden",
+            "64",
+            "--max-seq-len",
+            "64",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--no-tensorboard",
+        ]
+    )
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert rc == 1 and len(err) == 1 and "disk full" in err[0], err
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["max_steps"] == 2

@@ -2,6 +2,7 @@
 `--init` from an artefact) inside steps and inside checkpoint saves, resume each time, and require
 the final state to be bitwise-identical to an uninterrupted SFT run (same driver as
 test_kill_resume.py, with TrainConfig overrides ``task="sft", init=...``)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,15 @@ def make_sft_setup(tmp: Path) -> dict:
     from course_lib.model import DIYModel
     from course_lib.tokenizer import train_bpe
 
-    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i + 1}"},
-                          {"role": "assistant", "content": f"{i} + {i + 1} = {2 * i + 1}"}]} for i in range(60)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {i} and {i + 1}"},
+                {"role": "assistant", "content": f"{i} + {i + 1} = {2 * i + 1}"},
+            ]
+        }
+        for i in range(60)
+    ]
     rows += [{"prompt": f"name {i}", "response": "def " + "f" * (1 + i % 5) + "(): pass"} for i in range(40)]
     data = tmp / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -84,7 +92,8 @@ def test_sft_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
     assert results[0] == [0], f"未中断的 SFT 参照运行失败，exit codes {results[0]}"
     for i, codes in enumerate(results[1:]):
         assert codes == [-signal.SIGKILL] * KILLS_PER_LINEAGE + [0], (
-            f"lineage {i}: 每个故障点都应以 SIGKILL 结束、最后一次正常结束，实际 exit codes {codes}")
+            f"lineage {i}: 每个故障点都应以 SIGKILL 结束、最后一次正常结束，实际 exit codes {codes}"
+        )
 
     ref_mgr = CheckpointManager(tmp_path / "ref", verbose=False)
     ref_state = ref_mgr.load(ref_mgr.path_for(kill_driver.MAX_STEPS))
@@ -96,7 +105,9 @@ def test_sft_kill_at_random_points_then_resume_is_bitwise_identical(tmp_path):
         out = tmp_path / f"lineage{i}"
         events = read_jsonl(out / "driver_log.jsonl")
         print(f"  lineage {i}: {points}, resumed at steps {[e['resumed_step'] for e in events]}")
-        assert not [w for e in events for w in e["warnings"] if "skipping" in w], f"lineage {i}: 恢复时跳过了损坏的 checkpoint"
+        assert not [w for e in events for w in e["warnings"] if "skipping" in w], (
+            f"lineage {i}: 恢复时跳过了损坏的 checkpoint"
+        )
         mgr = CheckpointManager(out, verbose=False)
         state = mgr.load(mgr.path_for(kill_driver.MAX_STEPS))
         got = dict(all_tensors({k: state[k] for k in keys}))

@@ -1,5 +1,6 @@
 """Shared by the DDP and FSDP torchrun tests: CLI flags from a dict, and one torchrun run whose
 failure shows the useful end of its output."""
+
 from __future__ import annotations
 
 from course_lib.distributed import run_streaming

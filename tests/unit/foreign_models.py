@@ -9,11 +9,11 @@
 Importable as ``foreign_models`` with tests/unit on PYTHONPATH:
 ``python -m course_lib.train --model-class foreign_models:NanoGPT --model-kwargs '{"n_layer": 2}'``.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -25,16 +25,25 @@ from course_lib.model import ModelOutput, build_attention_mask, position_ids_fro
 
 def tiny_llama(vocab_size: int = 258, hidden_size: int = 32, layers: int = 2, max_len: int = 64, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=max_len, tie_word_embeddings=True, attn_implementation="sdpa")
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_len,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg)
 
 
 @dataclass
 class GPTConfig:
     vocab_size: int = 258
-    max_seq_len: int = 64        # nanoGPT's block_size
+    max_seq_len: int = 64  # nanoGPT's block_size
     n_layer: int = 2
     n_head: int = 2
     n_embd: int = 32
@@ -67,7 +76,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:            # the course's KV-cache convention: update returns all keys so far
+        if cache is not None:  # the course's KV-cache convention: update returns all keys so far
             k, v = cache.update(self.layer_idx, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
@@ -78,7 +87,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg, layer_idx)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        )
 
     def forward(self, x, mask, cache):
         x = x + self.attn(self.ln_1(x), mask, cache)
@@ -96,23 +107,33 @@ class NanoGPT(nn.Module):
         self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight      # weight tying, as in nanoGPT
+        self.lm_head.weight = self.wte.weight  # weight tying, as in nanoGPT
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else 0.02
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
-                targets: Optional[torch.Tensor] = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=False,
+        targets: torch.Tensor | None = None,
+    ) -> ModelOutput:
         B, T = input_ids.shape
         cache = past_key_values if past_key_values is not None else (DynamicCache() if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = (position_ids_from_mask(attention_mask, T) if attention_mask is not None
-                            else torch.arange(past, past + T, device=input_ids.device).expand(B, T))
+            position_ids = (
+                position_ids_from_mask(attention_mask, T)
+                if attention_mask is not None
+                else torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            )
         # keys the cache will hand back (a preallocated cache may return unused slots: masked)
         k_len = cache.attended_length(T) if cache is not None else T
-        simple = attention_mask is None and past == 0 and k_len == T      # SDPA's is_causal path
+        simple = attention_mask is None and past == 0 and k_len == T  # SDPA's is_causal path
         mask = None if simple else build_attention_mask(attention_mask, T, past, k_len, input_ids.device)
         x = self.wte(input_ids) + self.wpe(position_ids)
         for block in self.h:

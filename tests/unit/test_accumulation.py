@@ -5,6 +5,7 @@ Tolerance for accumulation vs one big batch: atol 1e-5 / rtol 1e-4 on parameters
 steps. The two compute the same mean gradient; only the summation order differs (N partial
 backward passes added into .grad vs one), i.e. fp32 rounding ~1e-7 per step.
 """
+
 import pytest
 import torch
 
@@ -15,19 +16,34 @@ MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_se
 
 
 def tc(out, **kw):
-    base = dict(max_steps=6, batch_size=2, seq_len=32, warmup_steps=1, eval_interval=100, eval_batches=1,
-                log_interval=100, ckpt_interval=3, out_dir=str(out), tensorboard=False, seed=3)
+    base = dict(
+        max_steps=6,
+        batch_size=2,
+        seq_len=32,
+        warmup_steps=1,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=100,
+        ckpt_interval=3,
+        out_dir=str(out),
+        tensorboard=False,
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_accumulation_equals_big_batch(tmp_path, n):
-    acc = Trainer(ModelConfig(**MC), tc(tmp_path / "acc", accumulation_steps=n), console=False,
-                  save_checkpoints=False)
+    acc = Trainer(ModelConfig(**MC), tc(tmp_path / "acc", accumulation_steps=n), console=False, save_checkpoints=False)
     acc.fit()
-    big = Trainer(ModelConfig(**MC), tc(tmp_path / "big"), callbacks=[ReplayDDPBatches(1, n)], console=False,
-                  save_checkpoints=False)
+    big = Trainer(
+        ModelConfig(**MC),
+        tc(tmp_path / "big"),
+        callbacks=[ReplayDDPBatches(1, n)],
+        console=False,
+        save_checkpoints=False,
+    )
     big.fit()
     for k, a in acc.model.state_dict().items():
         b = big.model.state_dict()[k]

@@ -1,5 +1,6 @@
 """Activation checkpointing: same gradients, less memory, the estimate follows the measurement,
 and the trainer's flag changes nothing but memory and time (also across a resume)."""
+
 import contextlib
 import json
 import subprocess
@@ -17,10 +18,11 @@ from course_lib.train import Callback, Trainer
 
 TINY = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=176, max_seq_len=128)
 # The three sizes of lesson 4.0.5 (quick mode: fewer layers in the largest, a smaller batch).
-SIZES = {"tiny": TINY,
-         "small": ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden=352, max_seq_len=128),
-         "medium": ModelConfig(d_model=256, n_layers=pick(6, 2), n_heads=8, n_kv_heads=8, ffn_hidden=704,
-                               max_seq_len=128)}
+SIZES = {
+    "tiny": TINY,
+    "small": ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden=352, max_seq_len=128),
+    "medium": ModelConfig(d_model=256, n_layers=pick(6, 2), n_heads=8, n_kv_heads=8, ffn_hidden=704, max_seq_len=128),
+}
 BATCH, SEQ = pick(16, 8), pick(128, 64)
 
 
@@ -45,8 +47,9 @@ def test_gradients_are_bitwise_identical(dtype, dropout):
     loss1, g1 = _grads(cfg, True, dtype)
     assert torch.equal(loss0, loss1)
     for name in g0:
-        assert torch.equal(g0[name], g1[name]), (f"{name}: 开启 activation checkpointing 后梯度不同，"
-                                                 f"最大差 {(g0[name] - g1[name]).abs().max().item():.3g}")
+        assert torch.equal(g0[name], g1[name]), (
+            f"{name}: 开启 activation checkpointing 后梯度不同，最大差 {(g0[name] - g1[name]).abs().max().item():.3g}"
+        )
 
 
 def test_checkpoint_only_in_training_forwards(monkeypatch):
@@ -91,8 +94,10 @@ def test_checkpointing_lowers_the_measured_peak():
 @pytest.mark.parametrize("ac", [False, True])
 def test_estimate_within_10_percent_with_and_without_checkpointing(name, ac):
     row = compare(SIZES[name], BATCH, SEQ, "fp32", activation_checkpointing=ac)
-    assert row["within_10pct"], (f"{name} AC={ac}: 估计 {row['estimate_MiB']:.2f} MiB，实测 {row['measured_MiB']:.2f} MiB，"
-                                 f"误差 {row['error_pct']:.1f}%（目标 ±10%）")
+    assert row["within_10pct"], (
+        f"{name} AC={ac}: 估计 {row['estimate_MiB']:.2f} MiB，实测 {row['measured_MiB']:.2f} MiB，"
+        f"误差 {row['error_pct']:.1f}%（目标 ±10%）"
+    )
 
 
 def test_estimate_with_checkpointing_bf16_and_batch_search():
@@ -102,17 +107,46 @@ def test_estimate_with_checkpointing_bf16_and_batch_search():
     assert e.peak_phase in ("backward start", "recompute, last block", "recompute, first block", "optimizer step")
     assert e.detail["block_inputs"] == TINY.n_layers * 8 * 64 * TINY.d_model * 4
     budget = 30 * 2**20
-    assert find_max_batch_size(budget, TINY, 128, activation_checkpointing=True) > find_max_batch_size(budget, TINY, 128)
+    assert find_max_batch_size(budget, TINY, 128, activation_checkpointing=True) > find_max_batch_size(
+        budget, TINY, 128
+    )
 
 
 MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
 
 
 def _cli_losses(out, *flags):
-    cmd = [sys.executable, "-m", "course_lib.train", "--out-dir", str(out), "--max-steps", "4", "--d-model", "32",
-           "--n-layers", "2", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-hidden", "64", "--seq-len", "32",
-           "--batch-size", "4", "--warmup-steps", "1", "--no-tensorboard", "--eval-interval", "4",
-           "--log-interval", "1", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "course_lib.train",
+        "--out-dir",
+        str(out),
+        "--max-steps",
+        "4",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "2",
+        "--n-heads",
+        "2",
+        "--n-kv-heads",
+        "1",
+        "--ffn-hidden",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--no-tensorboard",
+        "--eval-interval",
+        "4",
+        "--log-interval",
+        "1",
+        *flags,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -129,9 +163,19 @@ def test_cli_flag_gives_the_same_losses(tmp_path):
 
 def test_flag_may_change_across_a_resume(tmp_path):
     def tc(out, ac):
-        return TrainConfig(max_steps=8, batch_size=4, seq_len=32, warmup_steps=2, eval_interval=4, eval_batches=1,
-                           log_interval=4, ckpt_interval=4, out_dir=str(out), tensorboard=False,
-                           activation_checkpointing=ac)
+        return TrainConfig(
+            max_steps=8,
+            batch_size=4,
+            seq_len=32,
+            warmup_steps=2,
+            eval_interval=4,
+            eval_batches=1,
+            log_interval=4,
+            ckpt_interval=4,
+            out_dir=str(out),
+            tensorboard=False,
+            activation_checkpointing=ac,
+        )
 
     ref = Trainer(ModelConfig(**MC), tc(tmp_path / "a", False), console=False)
     ref.fit()

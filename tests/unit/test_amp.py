@@ -1,5 +1,6 @@
 """Mixed precision: bf16 autocast on CPU; fp16 with GradScaler (skips on inf, scheduler held,
 clipping after unscale_, scaler state in the checkpoint and restored on resume)."""
+
 import math
 
 import pytest
@@ -13,8 +14,20 @@ MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_se
 
 
 def tc(out, **kw):
-    base = dict(max_steps=6, batch_size=4, seq_len=32, warmup_steps=1, eval_interval=100, eval_batches=1,
-                log_interval=100, ckpt_interval=3, out_dir=str(out), tensorboard=False, seed=5, device="cpu")
+    base = dict(
+        max_steps=6,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=1,
+        eval_interval=100,
+        eval_batches=1,
+        log_interval=100,
+        ckpt_interval=3,
+        out_dir=str(out),
+        tensorboard=False,
+        seed=5,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 

@@ -1,4 +1,5 @@
 """Batched generation: left padding + mask + positions == each prompt alone; EOS; streaming."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from course_lib.kv_cache import Cache
 
 def _trained():
     from course_lib.pretrained import load_reference_model
+
     return load_reference_model()
 
 
@@ -97,8 +99,9 @@ def test_streaming_yields_pieces_that_join_to_the_generated_text():
     prompt = "def main():\n    "
     pieces = list(stream_generate(model, tok, prompt, 40))
     assert len(pieces) > 1
-    want = tok.decode(generate(model, torch.tensor([tok.encode(prompt)]), 40, eos_id=tok.eos_id, pad_id=tok.pad_id)[0]
-                      .tolist())
+    want = tok.decode(
+        generate(model, torch.tensor([tok.encode(prompt)]), 40, eos_id=tok.eos_id, pad_id=tok.pad_id)[0].tolist()
+    )
     assert "".join(pieces) == want
 
 

@@ -2,6 +2,7 @@
 
 Kept small (a 1-layer model, a few tokens): compiling costs seconds on a 2-core CPU.
 """
+
 import pytest
 import torch
 
@@ -13,8 +14,7 @@ from course_lib.model import DIYModel
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    return DIYModel(ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64,
-                                max_seq_len=32)).eval()
+    return DIYModel(ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=32)).eval()
 
 
 def test_tensor_position_cache_matches_dynamic_cache_eagerly():
@@ -58,6 +58,7 @@ def test_generate_compiled_equals_eager():
     # one graph serves every step and every length in the same cache bucket: no recompiles
     # (a strided input or a Python int that changes per step would recompile each step)
     from torch._dynamo.utils import counters
+
     before = counters["stats"]["unique_graphs"]
     assert torch.equal(generate(m, ids[:, :4], 9, compile=True), generate(m, ids[:, :4], 9))
     assert torch.equal(generate(m, ids[:1], 6, compile=True), generate(m, ids[:1], 6))

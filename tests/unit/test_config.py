@@ -1,4 +1,3 @@
-
 import pytest
 
 from course_lib.config import RESUME_KINDS, ConfigError, ModelConfig, TrainConfig, fields_by_resume, quick_mode
@@ -12,11 +11,18 @@ def test_json_round_trip(tmp_path):
     assert TrainConfig.from_json(p) == t
 
 
-@pytest.mark.parametrize("kw, field", [
-    (dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"),
-    (dict(warmup_steps=700, max_steps=600), "warmup_steps"), (dict(schedule="exp"), "schedule"),
-    (dict(dtype="fp8"), "dtype"), (dict(keep_last=0), "keep_last"), (dict(grad_clip=-1.0), "grad_clip"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(warmup_steps=700, max_steps=600), "warmup_steps"),
+        (dict(schedule="exp"), "schedule"),
+        (dict(dtype="fp8"), "dtype"),
+        (dict(keep_last=0), "keep_last"),
+        (dict(grad_clip=-1.0), "grad_clip"),
+    ],
+)
 def test_bad_train_values_name_the_field(kw, field):
     with pytest.raises(ConfigError, match=rf"TrainConfig\.{field}: "):
         TrainConfig(**kw)
@@ -48,20 +54,23 @@ def test_quick_mode_only_shrinks_sizes(monkeypatch):
         assert getattr(q_t, k) == getattr(f_t, k)
 
 
-@pytest.mark.parametrize("cls, kw, field", [
-    (ModelConfig, {"tie_embeddings": "false"}, "tie_embeddings"),   # a non-empty string is truthy
-    (TrainConfig, {"resume": "false"}, "resume"),
-    (TrainConfig, {"stop_on_nonfinite": 0}, "stop_on_nonfinite"),
-    (TrainConfig, {"lr": "3e-3"}, "lr"),
-    (TrainConfig, {"max_steps": 10.5}, "max_steps"),
-    (TrainConfig, {"max_steps": True}, "max_steps"),
-    (TrainConfig, {"data": 123}, "data"),
-    (TrainConfig, {"device": 5}, "device"),
-    (TrainConfig, {"seed": 10 ** 30}, "seed"),
-    (TrainConfig, {"betas": ["0.9", 0.95]}, "betas"),
-    (ModelConfig, {"rope_theta": float("inf")}, "rope_theta"),
-    (ModelConfig, {"dropout": float("nan")}, "dropout"),
-])
+@pytest.mark.parametrize(
+    "cls, kw, field",
+    [
+        (ModelConfig, {"tie_embeddings": "false"}, "tie_embeddings"),  # a non-empty string is truthy
+        (TrainConfig, {"resume": "false"}, "resume"),
+        (TrainConfig, {"stop_on_nonfinite": 0}, "stop_on_nonfinite"),
+        (TrainConfig, {"lr": "3e-3"}, "lr"),
+        (TrainConfig, {"max_steps": 10.5}, "max_steps"),
+        (TrainConfig, {"max_steps": True}, "max_steps"),
+        (TrainConfig, {"data": 123}, "data"),
+        (TrainConfig, {"device": 5}, "device"),
+        (TrainConfig, {"seed": 10**30}, "seed"),
+        (TrainConfig, {"betas": ["0.9", 0.95]}, "betas"),
+        (ModelConfig, {"rope_theta": float("inf")}, "rope_theta"),
+        (ModelConfig, {"dropout": float("nan")}, "dropout"),
+    ],
+)
 def test_json_values_are_type_checked(cls, kw, field):
     with pytest.raises(ConfigError, match=rf"{cls.__name__}\.{field}: .*; "):
         cls.from_dict(kw)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from course_lib.data import (ByteTokenizer, DataError, StreamingTokenDataset, files_corpus, load_corpus)
+from course_lib.data import ByteTokenizer, DataError, StreamingTokenDataset, files_corpus, load_corpus
 
 
 def test_byte_tokenizer_round_trips_chinese():
@@ -28,13 +28,16 @@ def test_learner_files(tmp_path):
     assert c.documents == ["你好，世界", "hello", "x"]
 
 
-@pytest.mark.parametrize("setup, match", [
-    (lambda p: p / "missing.txt", "does not exist"),
-    (lambda p: (p / "e.txt").write_text("") and p / "e.txt" or p / "e.txt", "no text"),
-    (lambda p: (p / "g.txt").write_bytes("中文".encode("gbk")) and p / "g.txt", "not valid UTF-8"),
-    (lambda p: (p / "j.jsonl").write_text("{oops\n") and p / "j.jsonl", "not valid JSON"),
-    (lambda p: (p / "x.csv").write_text("a") and p / "x.csv", "unsupported"),
-])
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda p: p / "missing.txt", "does not exist"),
+        (lambda p: (p / "e.txt").write_text("") and p / "e.txt" or p / "e.txt", "no text"),
+        (lambda p: (p / "g.txt").write_bytes("中文".encode("gbk")) and p / "g.txt", "not valid UTF-8"),
+        (lambda p: (p / "j.jsonl").write_text("{oops\n") and p / "j.jsonl", "not valid JSON"),
+        (lambda p: (p / "x.csv").write_text("a") and p / "x.csv", "unsupported"),
+    ],
+)
 def test_bad_input_errors(tmp_path, setup, match):
     path = setup(tmp_path)
     with pytest.raises(DataError, match=match):

@@ -1,5 +1,6 @@
 """The input pipeline under DDP: every sample exactly once per epoch across workers x ranks,
 for the streaming dataset and for map-style data + DistributedSampler; set_epoch; resume."""
+
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
@@ -11,7 +12,7 @@ from course_lib.train import Callback, Trainer
 
 T, B = 10, 4
 TOKENS = torch.arange(4021, dtype=torch.int32)  # token value == position: x[0] // T is the sample id
-N = (len(TOKENS) - 1) // T                      # 402 samples
+N = (len(TOKENS) - 1) // T  # 402 samples
 
 
 def ids(x):
@@ -69,8 +70,18 @@ def test_trainer_map_loader_resumes_bitwise(tmp_path):
     mc = ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
 
     def cfg(out):
-        return TrainConfig(max_steps=6, batch_size=4, seq_len=32, warmup_steps=1, eval_interval=100,
-                           log_interval=100, ckpt_interval=3, out_dir=str(out), tensorboard=False, loader="map")
+        return TrainConfig(
+            max_steps=6,
+            batch_size=4,
+            seq_len=32,
+            warmup_steps=1,
+            eval_interval=100,
+            log_interval=100,
+            ckpt_interval=3,
+            out_dir=str(out),
+            tensorboard=False,
+            loader="map",
+        )
 
     ref = Trainer(mc, cfg(tmp_path / "a"), console=False)
     ref.fit()
@@ -88,6 +99,7 @@ def test_trainer_map_loader_resumes_bitwise(tmp_path):
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, res.model.state_dict()[k]), k
     from course_lib.train import ConfigMismatchError
+
     with pytest.raises(ConfigMismatchError, match="loader"):
         Trainer(mc, cfg(tmp_path / "b").replace(loader="stream", max_steps=8), console=False)
 

@@ -1,4 +1,5 @@
 """generate()'s unpadded fast path (no mask handed to DIYModel) gives the same tokens as the masked path."""
+
 import torch
 
 from course_lib.config import ModelConfig

@@ -1,4 +1,5 @@
 """course_lib.lab.demo (sampling demos and the text checks) and course_lib.lab.experiments (lr x warmup grid)."""
+
 import contextlib
 import io
 import math
@@ -9,8 +10,14 @@ import torch
 import course_lib.lab.demo as demo
 from course_lib.config import ModelConfig
 from course_lib.data import ByteTokenizer
-from course_lib.lab.demo import (distinct_ngram_ratio, sample_blocks, sample_text, show_sample, stream_sample,
-                             whitespace_fraction)
+from course_lib.lab.demo import (
+    distinct_ngram_ratio,
+    sample_blocks,
+    sample_text,
+    show_sample,
+    stream_sample,
+    whitespace_fraction,
+)
 from course_lib.lab.experiments import cell_summary, final_loss, lr_warmup_grid, spike
 from course_lib.model import DIYModel
 
@@ -31,7 +38,7 @@ def test_same_seed_same_text_other_seed_other_text(tiny):
 
 def test_stop_string_ends_the_text_and_is_not_included(tiny, monkeypatch):
     model, tok = tiny
-    pieces = ["ab", "c\n", "\nd", "ef"]   # the newline pair straddles two pieces
+    pieces = ["ab", "c\n", "\nd", "ef"]  # the newline pair straddles two pieces
     monkeypatch.setattr(demo, "stream_generate", lambda *a, **k: iter(pieces))
     out = "".join(stream_sample(model, tok, "x", 10))
     assert "\n\n" not in out and out.startswith("abc") and "d" not in out
@@ -56,8 +63,9 @@ def test_grid_shapes_and_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path))
     cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
     seen = []
-    curves = lr_warmup_grid(cfg, (0.01,), (0, 2), (0, 1), 3, name="test-grid", on_cell=seen.append,
-                            batch_size=2, seq_len=16)
+    curves = lr_warmup_grid(
+        cfg, (0.01,), (0, 2), (0, 1), 3, name="test-grid", on_cell=seen.append, batch_size=2, seq_len=16
+    )
     assert set(curves) == {(0.01, 0), (0.01, 2)} and all(len(r) == 3 for runs in curves.values() for r in runs)
     # same seed -> same first loss (same init, same first batch) whatever the warmup
     assert curves[(0.01, 0)][0][0] == curves[(0.01, 2)][0][0]

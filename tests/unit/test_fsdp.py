@@ -6,6 +6,7 @@ a sharded save, measured memory) is in tests/reliability/test_fsdp_torchrun.py a
 test_fsdp_kill.py. A single process with ``strategy="fsdp"`` trains the plain model and writes
 the same DCP checkpoints as N ranks do (one shard), which is what a 2 -> 1 resume loads.
 """
+
 import json
 import shutil
 import warnings
@@ -13,8 +14,16 @@ import warnings
 import pytest
 import torch
 
-from course_lib.checkpoint import (MARKER_FILE, SHARDED_FORMAT, TRAINER_FILE, CheckpointError, CheckpointManager,
-                                   ShardedCheckpointManager, checkpoint_format, safe_torch_load)
+from course_lib.checkpoint import (
+    MARKER_FILE,
+    SHARDED_FORMAT,
+    TRAINER_FILE,
+    CheckpointError,
+    CheckpointManager,
+    ShardedCheckpointManager,
+    checkpoint_format,
+    safe_torch_load,
+)
 from course_lib.cli import build_parser, configs_from_args
 from course_lib.config import ConfigError, ModelConfig, TrainConfig
 from course_lib.data import DataError, StreamingTokenDataset
@@ -29,9 +38,21 @@ MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_se
 
 
 def tc(out, **kw):
-    base = dict(max_steps=6, batch_size=4, seq_len=32, warmup_steps=2, eval_interval=6, eval_batches=1,
-                log_interval=1, ckpt_interval=2, keep_last=2, out_dir=str(out), tensorboard=False,
-                strategy="fsdp", device="cpu")
+    base = dict(
+        max_steps=6,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=2,
+        eval_interval=6,
+        eval_batches=1,
+        log_interval=1,
+        ckpt_interval=2,
+        keep_last=2,
+        out_dir=str(out),
+        tensorboard=False,
+        strategy="fsdp",
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -64,7 +85,7 @@ def test_sharded_checkpoints_layout_and_rotation(straight):
     assert checkpoint_format(folder) == SHARDED_FORMAT
     marker = mgr.verify(folder)
     assert set(marker["files"]) == names - {MARKER_FILE}, "the marker covers every file written before it"
-    state = safe_torch_load(folder / TRAINER_FILE)   # weights_only=True
+    state = safe_torch_load(folder / TRAINER_FILE)  # weights_only=True
     assert state["step"] == 6 and "model" not in state and "optimizer" not in state
     assert state["data"]["samples_consumed"] == 6 * 4 and state["data"]["global_micro_batch"] == 4
     assert not list(mgr.dir.glob("*.tmp")), "no temp folder left after complete saves"
@@ -80,8 +101,9 @@ def test_resume_from_sharded_checkpoint_is_bitwise_identical(straight, tmp_path)
     assert [r["loss"] for r in h] == [r["loss"] for r in ref.history[4:]]
     for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    for g_ref, g in zip(ref.optimizer.state_dict()["state"].values(),
-                        resumed.optimizer.state_dict()["state"].values(), strict=True):
+    for g_ref, g in zip(
+        ref.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values(), strict=True
+    ):
         assert torch.equal(g_ref["exp_avg_sq"], g["exp_avg_sq"])
 
 
@@ -105,7 +127,7 @@ def test_killed_save_and_corrupt_shard_fall_back(straight, tmp_path):
         tr = Trainer(ModelConfig(**MC), tc(tmp_path), console=False)
     assert tr.step == 4, "falls back to the previous complete checkpoint"
     assert any("skipping checkpoint step_00000006" in str(w.message) for w in caught)
-    tr.fit()   # its next save replaces the corrupt step 6 and rotation drops the killed save's temp folder
+    tr.fit()  # its next save replaces the corrupt step 6 and rotation drops the killed save's temp folder
     assert not half.exists() and [s for s, _ in mgr.list_complete()] == [4, 6]
     mgr.verify(mgr.path_for(6))
 
@@ -133,7 +155,7 @@ def test_export_from_sharded_checkpoint(straight, tmp_path):
 
 def test_rank_state_bytes_counts_a_whole_model_once():
     model = DIYModel(ModelConfig(**MC))
-    n = model.num_parameters()   # tied embedding counted once
+    n = model.num_parameters()  # tied embedding counted once
     assert rank_state_bytes(model) == {"params": 4 * n, "grads": 0, "optimizer": 0, "total": 4 * n}
     opt = torch.optim.AdamW(model.parameters())
     x = torch.randint(0, 256, (1, 8))
@@ -141,7 +163,7 @@ def test_rank_state_bytes_counts_a_whole_model_once():
     opt.step()
     got = rank_state_bytes(model, opt)
     n_tensors = len({id(p) for p in model.parameters()})
-    assert got["grads"] == 4 * n and got["optimizer"] == 2 * 4 * n + 4 * n_tensors   # exp_avg, exp_avg_sq, step
+    assert got["grads"] == 4 * n and got["optimizer"] == 2 * 4 * n + 4 * n_tensors  # exp_avg, exp_avg_sq, step
 
 
 @pytest.mark.parametrize("loader", [StreamingTokenDataset, DistributedChunkBatches])
@@ -159,8 +181,19 @@ def test_global_batches_do_not_depend_on_the_number_of_ranks(loader):
 
 
 def test_reshard_data_position():
-    saved = global_data_position({"batches_consumed": 10, "batch_size": 4, "world_size": 2, "rank": 0,
-                                  "seed": 1, "seq_len": 32, "fingerprint": "x", "loader": "stream"}, 2)
+    saved = global_data_position(
+        {
+            "batches_consumed": 10,
+            "batch_size": 4,
+            "world_size": 2,
+            "rank": 0,
+            "seed": 1,
+            "seq_len": 32,
+            "fingerprint": "x",
+            "loader": "stream",
+        },
+        2,
+    )
     assert saved["samples_consumed"] == 80
     one = reshard_data_position(saved, batch_size=8, world_size=1, rank=0, accumulation_steps=2)
     assert one["batches_consumed"] == 10 and one["batch_size"] == 8 and one["world_size"] == 1

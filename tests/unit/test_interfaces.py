@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from course_lib import callbacks, config, export, fsio, monitor, quantize, train
-from course_lib.lab import envcheck
 from course_lib.config import ModelConfig
 from course_lib.data import DataError, DataPosition, StreamingTokenDataset
 from course_lib.dataloading import DistributedChunkBatches
 from course_lib.fsio import atomic_path, atomic_write_text
 from course_lib.kv_cache import Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache
+from course_lib.lab import envcheck
 from course_lib.model import DIYModel
 
 
@@ -57,12 +57,22 @@ def test_trainer_and_progress_bar_share_one_callback_base():
 # ---- caches -------------------------------------------------------------------------------
 def test_cache_interface_is_required():
     # a cache that leaves out one required method cannot even be created
-    NoReorder = type("NoReorder", (Cache,), {"update": lambda self, i, k, v: (k, v),
-                                             "get_seq_length": lambda self, i=0: 0, "nbytes": lambda self: 0})
+    NoReorder = type(
+        "NoReorder",
+        (Cache,),
+        {"update": lambda self, i, k, v: (k, v), "get_seq_length": lambda self, i=0: 0, "nbytes": lambda self: 0},
+    )
     with pytest.raises(TypeError, match="reorder"):
         NoReorder()
-    NoBytes = type("NoBytes", (Cache,), {"update": lambda self, i, k, v: (k, v),
-                                         "get_seq_length": lambda self, i=0: 0, "reorder": lambda self, index: None})
+    NoBytes = type(
+        "NoBytes",
+        (Cache,),
+        {
+            "update": lambda self, i, k, v: (k, v),
+            "get_seq_length": lambda self, i=0: 0,
+            "reorder": lambda self, index: None,
+        },
+    )
     with pytest.raises(TypeError, match="nbytes"):
         NoBytes()
     for cls in (DynamicCache, StaticCache, QuantizedKVCache, PagedKVCache):
@@ -102,7 +112,7 @@ def test_atomic_write_replaces_whole_file_or_leaves_the_old_one(tmp_path):
     atomic_write_text(target, json.dumps({"v": 1}))
     with pytest.raises(RuntimeError):
         with atomic_path(target) as tmp:
-            tmp.write_text('{"v": 2, "trunc')   # a writer that dies half-way
+            tmp.write_text('{"v": 2, "trunc')  # a writer that dies half-way
             raise RuntimeError("crash while writing")
     assert json.loads(target.read_text()) == {"v": 1}
     assert os.listdir(tmp_path) == ["config.json"], "the temporary file must not be left behind"
@@ -119,12 +129,11 @@ def test_artefact_writers_use_the_atomic_helper(tmp_path, monkeypatch):
         written.append(os.path.basename(path))
         return real(path)
 
-    monkeypatch.setattr(fsio, "atomic_path", spy)     # atomic_write_text goes through this one
-    monkeypatch.setattr(export, "atomic_path", spy)   # save_safetensors
+    monkeypatch.setattr(fsio, "atomic_path", spy)  # atomic_write_text goes through this one
+    monkeypatch.setattr(export, "atomic_path", spy)  # save_safetensors
     model = DIYModel(ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=32))
     export.save_inference(model, tmp_path / "a")
     quantize.save_quantized(quantize.quantize_model(model, "int8"), tmp_path / "q")
     export.export_hf_llama(model, tmp_path / "hf")
     assert written.count("model.safetensors") == 3, written
     assert written.count("config.json") == 3, written
-

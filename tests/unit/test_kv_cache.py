@@ -1,11 +1,18 @@
 """KV caches: every cache == no cache (token for token), memory formula, int8 and paged caches."""
+
 import pytest
 import torch
 
 from course_lib.config import ModelConfig
 from course_lib.generate import generate, make_cache
-from course_lib.kv_cache import (BlockPool, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache,
-                                 kv_cache_bytes_formula)
+from course_lib.kv_cache import (
+    BlockPool,
+    DynamicCache,
+    PagedKVCache,
+    QuantizedKVCache,
+    StaticCache,
+    kv_cache_bytes_formula,
+)
 from course_lib.model import DIYModel
 
 
@@ -22,6 +29,7 @@ PROMPTS = ["def __init__(self", "import os\nimport sys\n\n", "    return"]
 @pytest.fixture(scope="module")
 def trained():
     from course_lib.pretrained import load_reference_model
+
     model, tok = load_reference_model()
     refs = {p: generate(model, torch.tensor([tok.encode(p)]), 40, use_cache=False) for p in PROMPTS}
     return model, tok, refs
@@ -52,7 +60,7 @@ def test_exact_caches_logits_match_full_forward(kind):
         cache = make_cache(kind, model, 3, max_len=30)
         outs = [model(ids[:, :10], past_key_values=cache, use_cache=True).logits]
         for t in range(10, 30):
-            outs.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+            outs.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
 
 
@@ -64,7 +72,7 @@ def test_int8_cache_logits_close_teacher_forced():
         cache = QuantizedKVCache()
         outs = [model(ids[:, :20], past_key_values=cache, use_cache=True).logits]
         for t in range(20, 60):
-            outs.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+            outs.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
     got = torch.cat(outs, 1)
     # Tolerance: int8 per-token K/V errors (<= max/254) shift logits of this random-init model by ~1e-3.
     assert (got - full).abs().max() < 2e-2

@@ -1,4 +1,5 @@
 """`make lab` prints the port JupyterLab is asked for in LAB_ARGS (issue: the banner said 8888 whatever --port was)."""
+
 import importlib.util
 from pathlib import Path
 
@@ -9,10 +10,17 @@ lab = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lab)
 
 
-@pytest.mark.parametrize("args, port", [
-    ([], 8888), (["--no-browser"], 8888), (["--no-browser", "--port", "8890"], 8890), (["--port=8891"], 8891),
-    (["--ServerApp.port=9000", "--no-browser"], 9000), (["--port", "abc"], 8888),
-])
+@pytest.mark.parametrize(
+    "args, port",
+    [
+        ([], 8888),
+        (["--no-browser"], 8888),
+        (["--no-browser", "--port", "8890"], 8890),
+        (["--port=8891"], 8891),
+        (["--ServerApp.port=9000", "--no-browser"], 9000),
+        (["--port", "abc"], 8888),
+    ],
+)
 def test_lab_port_is_read_from_lab_args(args, port):
     assert lab.lab_port(args) == port
 

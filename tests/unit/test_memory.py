@@ -1,4 +1,5 @@
 """memory.estimate against the real peak, parameter counts, and the max-batch search."""
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -11,8 +12,10 @@ TINY = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=1
 MHA = ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=96, max_seq_len=64)
 
 
-@pytest.mark.parametrize("cfg", [TINY, MHA, ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
-                                                        ffn_hidden=64, tie_embeddings=False)])
+@pytest.mark.parametrize(
+    "cfg",
+    [TINY, MHA, ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, tie_embeddings=False)],
+)
 def test_param_count_matches_model(cfg):
     assert count_params(cfg)["total"] == DIYModel(cfg).num_parameters()
 
@@ -20,8 +23,10 @@ def test_param_count_matches_model(cfg):
 @pytest.mark.parametrize("cfg,dtype", [(TINY, "fp32"), (TINY, "bf16"), (MHA, "fp32")])
 def test_estimate_within_10_percent_of_measured_peak(cfg, dtype):
     row = compare(cfg, 4, 64, dtype)
-    assert row["within_10pct"], (f"估计值 {row['estimate_MiB']:.2f} MiB，实测峰值 {row['measured_MiB']:.2f} MiB，"
-                                 f"误差 {row['error_pct']:.1f}%（目标 ±10%）")
+    assert row["within_10pct"], (
+        f"估计值 {row['estimate_MiB']:.2f} MiB，实测峰值 {row['measured_MiB']:.2f} MiB，"
+        f"误差 {row['error_pct']:.1f}%（目标 ±10%）"
+    )
 
 
 class _CastCounter(TorchDispatchMode):
@@ -40,8 +45,12 @@ class _CastCounter(TorchDispatchMode):
 
 def _state_bytes(opt):
     # per-parameter tensors only (AdamW's 0-d "step" counters are bookkeeping, not memory)
-    return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
-               if torch.is_tensor(t) and t.dim() > 0)
+    return sum(
+        t.numel() * t.element_size()
+        for st in opt.state.values()
+        for t in st.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
 
 
 def test_breakdown_parts_equal_the_real_tensors_of_a_step():
@@ -54,9 +63,11 @@ def test_breakdown_parts_equal_the_real_tensors_of_a_step():
     assert e.params == sum(p.numel() * p.element_size() for p in params)
     model(x, targets=x).loss.backward()
     assert e.grads == sum(p.grad.numel() * p.grad.element_size() for p in params)
-    for name, make in (("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-4)),
-                       ("sgd_momentum", lambda ps: torch.optim.SGD(ps, lr=1e-4, momentum=0.9)),
-                       ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-4))):
+    for name, make in (
+        ("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-4)),
+        ("sgd_momentum", lambda ps: torch.optim.SGD(ps, lr=1e-4, momentum=0.9)),
+        ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-4)),
+    ):
         opt = make(params)
         opt.step()
         assert estimate(TINY, 4, 64, "fp32", name).optimizer_state == _state_bytes(opt), name

@@ -1,4 +1,5 @@
 """DIYModel correctness: cache == full forward, left padding == alone, GQA, errors."""
+
 import pytest
 import torch
 
@@ -9,8 +10,9 @@ from course_lib.model import DIYModel, RMSNorm
 
 def make(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=kw.pop("n_kv_heads", 2),
-                      ffn_hidden=128, max_seq_len=64, **kw)
+    cfg = ModelConfig(
+        d_model=64, n_layers=2, n_heads=4, n_kv_heads=kw.pop("n_kv_heads", 2), ffn_hidden=128, max_seq_len=64, **kw
+    )
     return DIYModel(cfg).eval()
 
 
@@ -24,7 +26,7 @@ def test_incremental_decoding_matches_full_forward(kv_heads):
         out = model(ids[:, :8], past_key_values=cache, use_cache=True)
         steps = [out.logits]
         for t in range(8, 20):
-            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
             steps.append(out.logits)
     inc = torch.cat(steps, dim=1)
     torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
@@ -49,13 +51,13 @@ def test_left_padded_batch_matches_each_sequence_alone():
     ids = torch.full((3, T), 256)
     mask = torch.zeros(3, T, dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, T - len(s):] = s
-        mask[i, T - len(s):] = 1
+        ids[i, T - len(s) :] = s
+        mask[i, T - len(s) :] = 1
     with torch.no_grad():
         batched = model(ids, attention_mask=mask).logits[:, -1]
         for i, s in enumerate(seqs):
             alone = model(s[None]).logits[:, -1]
-            torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
     assert torch.isfinite(batched).all()
 
 
@@ -122,6 +124,7 @@ def test_gqa_without_copies_matches_repeat_interleave(monkeypatch):
     (kept for torch without it) must give the same logits, cached and uncached."""
     import course_lib.model as model_mod
     from course_lib.config import ModelConfig as MC
+
     torch.manual_seed(0)
     m = DIYModel(MC(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=64)).eval()
     ids = torch.randint(0, 258, (2, 12))
@@ -140,6 +143,7 @@ def test_decode_without_padding_builds_no_mask(monkeypatch):
     """A one-token decode step with no padding sees every cached key: no mask tensor is built."""
     import course_lib.model as model_mod
     from course_lib.config import ModelConfig as MC
+
     m = DIYModel(MC(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=32)).eval()
     calls = []
     real = model_mod.build_attention_mask

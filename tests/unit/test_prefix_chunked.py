@@ -1,4 +1,5 @@
 """Prefix caching and chunked prefill: exact against generating each request alone, no leaked blocks."""
+
 import random
 
 import pytest
@@ -11,8 +12,11 @@ from course_lib.kv_cache import BlockPool
 from course_lib.pretrained import load_reference_model
 
 NL = ord("\n")
-PREFIXES = ["def forward(self, x):\n    h = self.norm(x)\n    ", "import os\nimport sys\nfrom pathlib import Path\n",
-            "class Model(nn.Module):\n    def __init__(self, cfg):\n        super().__init__()\n        self."]
+PREFIXES = [
+    "def forward(self, x):\n    h = self.norm(x)\n    ",
+    "import os\nimport sys\nfrom pathlib import Path\n",
+    "class Model(nn.Module):\n    def __init__(self, cfg):\n        super().__init__()\n        self.",
+]
 SUFFIXES = ["", "x", "return ", "for i in range(", "# ", "if x is None:", "y = x +", "print(", "self.w", "q, k, v"]
 
 
@@ -31,7 +35,7 @@ def random_trace(tok, n=50, seed=0):
     out, step = [], 0
     for i in range(n):
         if i % 5 == 4:
-            text = rng.choice(SUFFIXES) + "z" * rng.randint(1, 9)                   # no shared prefix
+            text = rng.choice(SUFFIXES) + "z" * rng.randint(1, 9)  # no shared prefix
         else:
             text = rng.choice(PREFIXES) + rng.choice(SUFFIXES)
         out.append((step, tok.encode(text), rng.randint(1, 28)))
@@ -69,8 +73,16 @@ def live_tables(eng):
 def test_random_trace_equals_generating_each_alone(model_tok, trace_and_oracle, prefix_cache, prefill_chunk):
     model, tok = model_tok
     trace, want = trace_and_oracle
-    eng = Engine(model, eos_id=NL, max_batch=8, num_blocks=48, block_size=4, max_step_tokens=64,
-                 prefix_cache=prefix_cache, prefill_chunk=prefill_chunk)
+    eng = Engine(
+        model,
+        eos_id=NL,
+        max_batch=8,
+        num_blocks=48,
+        block_size=4,
+        max_step_tokens=64,
+        prefix_cache=prefix_cache,
+        prefill_chunk=prefill_chunk,
+    )
     free0 = len(eng.pool.free)
     chunks = []
     prefill = eng.runner.prefill
@@ -95,7 +107,7 @@ def test_random_trace_equals_generating_each_alone(model_tok, trace_and_oracle, 
 def test_a_hit_reuses_blocks_but_never_the_last_prompt_token(model_tok):
     model, tok = model_tok
     eng = Engine(model, eos_id=None, block_size=4, prefix_cache=True)
-    ids = tok.encode("import os\nimport sys")            # 20 tokens: five full blocks
+    ids = tok.encode("import os\nimport sys")  # 20 tokens: five full blocks
     assert len(ids) == 20
     a = eng.submit(ids, 3)
     eng.run_until_done()
@@ -110,9 +122,9 @@ def test_a_hit_reuses_blocks_but_never_the_last_prompt_token(model_tok):
 def test_shared_blocks_are_refcounted_and_outlive_one_holder(model_tok):
     model, tok = model_tok
     eng = Engine(model, eos_id=None, max_batch=4, block_size=4, prefix_cache=True)
-    prefix = tok.encode("def forward(self, x):\n")      # 22 tokens: five full blocks
+    prefix = tok.encode("def forward(self, x):\n")  # 22 tokens: five full blocks
     first = eng.submit(prefix + tok.encode("a"), 10)
-    eng.step()                                            # first is prefilled; its full blocks are registered
+    eng.step()  # first is prefilled; its full blocks are registered
     second = eng.submit(prefix + tok.encode("b"), 30)
     eng.step()
     shared = first.blocks.table[:5]
@@ -138,10 +150,10 @@ def test_lru_keeps_cached_blocks_free_and_evicts_the_oldest_first():
         bm.release(s)
     assert bm.num_free == 6 and len(bm.cached) == 4, "freed blocks stay cached and count as free"
     s = SeqBlocks(1)
-    bm.allocate(s, bm.match([1, 2, 3, 4, 9], 4), 5)       # hit on [1, 2] and [3, 4]; one fresh block
+    bm.allocate(s, bm.match([1, 2, 3, 4, 9], 4), 5)  # hit on [1, 2] and [3, 4]; one fresh block
     assert s.length == 4 and bm.stats["evictions"] == 0, "an unused block is handed out before a cached one"
     t = SeqBlocks(1)
-    bm.allocate(t, [], 6)                                  # three fresh: one unused, then the two of [5..8]
+    bm.allocate(t, [], 6)  # three fresh: one unused, then the two of [5..8]
     assert bm.stats["evictions"] == 2 and bm.match([5, 6, 7, 8], 4) == []
     bm.release(s)
     bm.release(t)
@@ -153,7 +165,7 @@ def test_chunked_prefill_keeps_running_streams_decoding(model_tok):
     eng = Engine(model, eos_id=None, max_batch=4, prefill_chunk=16, max_step_tokens=32)
     streams = [eng.submit(tok.encode(p), 40) for p in ("def ", "x = ")]
     eng.step()
-    long_ = eng.submit(tok.encode("import os\n" * 12), 5)   # 120 tokens: 8 chunks of 16
+    long_ = eng.submit(tok.encode("import os\n" * 12), 5)  # 120 tokens: 8 chunks of 16
     steps = 0
     while not long_.output:
         before = [len(s.output) for s in streams]

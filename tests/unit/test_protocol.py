@@ -3,6 +3,7 @@ nanoGPT-style GPT (tests/unit/foreign_models.py), go through the real train comm
 bitwise resume, generate and the inference artefact; the nanoGPT model, whose attention follows the
 course's cache convention, also runs in every cache kind and in the engine; the HF adapter
 (recompute mode) is refused by the engine with a message naming what is missing."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ def test_native_model_in_every_cache_kind_and_the_engine():
     ref = generate(model, ids, 12, use_cache=False)
     for kind in ("dynamic", "static", "paged"):
         assert torch.equal(generate(model, ids, 12, cache=kind), ref), kind
-    x, m = left_pad([[1, 2, 3, 4, 5], [7, 8]], 0)          # left-padded row == the row alone
+    x, m = left_pad([[1, 2, 3, 4, 5], [7, 8]], 0)  # left-padded row == the row alone
     assert torch.equal(generate(model, x, 6, attention_mask=m)[1], generate(model, torch.tensor([[7, 8]]), 6)[0])
     engine = Engine(model, max_batch=4)
     reqs = [engine.submit(r.tolist(), 12) for r in ids]
@@ -63,10 +64,11 @@ def test_hf_llama_generates_hf_greedy_tokens_and_the_engine_says_why_not():
     # training loss: HF's own shifted-labels loss equals ours on aligned targets
     seq = torch.randint(0, 258, (2, 17), generator=torch.Generator().manual_seed(1))
     ours = model(seq[:, :-1], targets=seq[:, 1:]).loss
-    theirs = model.hf(input_ids=seq[:, :-1], labels=seq[:, :-1].clone()).loss   # HF shifts inside
+    theirs = model.hf(input_ids=seq[:, :-1], labels=seq[:, :-1].clone()).loss  # HF shifts inside
     full = model.hf(input_ids=seq).logits[:, :-1]
-    assert torch.allclose(ours, torch.nn.functional.cross_entropy(full.reshape(-1, 258), seq[:, 1:].reshape(-1)),
-                          atol=1e-5)
+    assert torch.allclose(
+        ours, torch.nn.functional.cross_entropy(full.reshape(-1, 258), seq[:, 1:].reshape(-1)), atol=1e-5
+    )
     assert theirs.isfinite()
     engine = Engine(model, max_batch=2)
     r = engine.submit([1, 2, 3], 4)
@@ -96,22 +98,36 @@ class Stage3GPT(torch.nn.Module):
 
 def make_stage3(**kw):
     from course_lib.protocol import PlainCausalLM
+
     return PlainCausalLM(Stage3GPT(**kw), vocab_size=kw.get("vocab_size", 258), max_seq_len=kw.get("block_size", 32))
 
 
 def test_plain_stage3_model_trains_resumes_and_generates(tmp_path):
-    spec = ModelSpec(make_stage3, {"block_size": 32})      # a callable: in-process, e.g. from a notebook
+    spec = ModelSpec(make_stage3, {"block_size": 32})  # a callable: in-process, e.g. from a notebook
     assert spec.to_dict()["class"].endswith(":make_stage3") and spec.max_seq_len == 32
-    cfg = TrainConfig(data=corpus(tmp_path), max_steps=4, batch_size=2, seq_len=16, warmup_steps=1, ckpt_interval=2,
-                      eval_interval=2, eval_batches=1, out_dir=str(tmp_path / "r"), device="cpu", tensorboard=False,
-                      val_fraction=0.1)
+    cfg = TrainConfig(
+        data=corpus(tmp_path),
+        max_steps=4,
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=1,
+        ckpt_interval=2,
+        eval_interval=2,
+        eval_batches=1,
+        out_dir=str(tmp_path / "r"),
+        device="cpu",
+        tensorboard=False,
+        val_fraction=0.1,
+    )
     tr = Trainer(spec, cfg, console=False)
     hist = tr.fit()
     assert len(hist) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
-    again = Trainer(spec, cfg, console=False)              # resumes at the end: the state dict round-trips
+    again = Trainer(spec, cfg, console=False)  # resumes at the end: the state dict round-trips
     assert again.step == 4
-    assert all(torch.equal(a, b) for a, b in zip(tr.model.state_dict().values(), again.model.state_dict().values(),
-                                                   strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(tr.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+    )
     model = tr.model.eval()
     ids = torch.randint(0, 258, (2, 5), generator=torch.Generator().manual_seed(0))
     assert torch.equal(generate(model, ids, 8), generate(model, ids, 8, use_cache=False))
@@ -142,12 +158,42 @@ def corpus(tmp: Path) -> str:
 
 def train(spec, data: str, out: Path, extra_env=None) -> subprocess.CompletedProcess:
     import json
-    cmd = [sys.executable, "-m", "course_lib.train", "--model-class", spec[0], "--model-kwargs", json.dumps(spec[1]),
-           "--data", data, "--device", "cpu", "--max-steps", "6", "--batch-size", "4", "--seq-len", "32",
-           "--warmup-steps", "2", "--eval-interval", "3", "--eval-batches", "1", "--log-interval", "3",
-           "--ckpt-interval", "2", "--no-tensorboard", "--val-fraction", "0.1", "--out-dir", str(out)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), OMP_NUM_THREADS="1",
-               **(extra_env or {}))
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "course_lib.train",
+        "--model-class",
+        spec[0],
+        "--model-kwargs",
+        json.dumps(spec[1]),
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--warmup-steps",
+        "2",
+        "--eval-interval",
+        "3",
+        "--eval-batches",
+        "1",
+        "--log-interval",
+        "3",
+        "--ckpt-interval",
+        "2",
+        "--no-tensorboard",
+        "--val-fraction",
+        "0.1",
+        "--out-dir",
+        str(out),
+    ]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), OMP_NUM_THREADS="1", **(extra_env or {}))
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -181,7 +227,10 @@ def test_train_kill_resume_generate(spec, tmp_path):
     b, _ = CheckpointManager(run, verbose=False).load_latest()
     assert a["step"] == b["step"] == 6
     assert a["config"]["model"] == {"class": spec[0], "kwargs": spec[1]}
-    pa, pb = dict(tensors({"m": a["model"], "o": a["optimizer"]})), dict(tensors({"m": b["model"], "o": b["optimizer"]}))
+    pa, pb = (
+        dict(tensors({"m": a["model"], "o": a["optimizer"]})),
+        dict(tensors({"m": b["model"], "o": b["optimizer"]})),
+    )
     assert pa.keys() == pb.keys() and len(pa) > 10
     assert all(torch.equal(pa[k], pb[k]) for k in pa), [k for k in pa if not torch.equal(pa[k], pb[k])][:5]
 
@@ -198,26 +247,51 @@ def test_train_kill_resume_generate(spec, tmp_path):
 
     # resuming with another model spec is refused (it would overwrite the run)
     other = ModelSpec(spec[0], {**spec[1], "seed": 1} if spec is LLAMA else {**spec[1], "n_head": 4})
-    cfg = TrainConfig(data=data, max_steps=8, batch_size=4, seq_len=32, warmup_steps=2, out_dir=str(run),
-                      device="cpu", tensorboard=False, val_fraction=0.1)
+    cfg = TrainConfig(
+        data=data,
+        max_steps=8,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=2,
+        out_dir=str(run),
+        device="cpu",
+        tensorboard=False,
+        val_fraction=0.1,
+    )
     with pytest.raises(ConfigMismatchError, match="different model config"):
         Trainer(other, cfg, console=False)
 
 
 def test_fsdp_refused_for_a_foreign_model(tmp_path):
-    cfg = TrainConfig(data=corpus(tmp_path), max_steps=2, batch_size=2, seq_len=16, warmup_steps=0,
-                      out_dir=str(tmp_path / "r"), device="cpu", tensorboard=False, strategy="fsdp")
+    cfg = TrainConfig(
+        data=corpus(tmp_path),
+        max_steps=2,
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=0,
+        out_dir=str(tmp_path / "r"),
+        device="cpu",
+        tensorboard=False,
+        strategy="fsdp",
+    )
     with pytest.raises(ConfigError, match="--strategy ddp"):
         Trainer(ModelSpec(*NANO), cfg, console=False)
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["--model-class", "foreign_models:NanoGPT", "--model-kwargs", "[1]"], "--model-kwargs: expected a JSON object"),
-    (["--model-class", "foreign_models:NanoGPT", "--model-kwargs", "{bad"], "--model-kwargs: not valid JSON"),
-    (["--model-class", "no_such_mod_xyz:M"], "--model-class: cannot import"),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (
+            ["--model-class", "foreign_models:NanoGPT", "--model-kwargs", "[1]"],
+            "--model-kwargs: expected a JSON object",
+        ),
+        (["--model-class", "foreign_models:NanoGPT", "--model-kwargs", "{bad"], "--model-kwargs: not valid JSON"),
+        (["--model-class", "no_such_mod_xyz:M"], "--model-class: cannot import"),
+    ],
+)
 def test_cli_model_class_errors_are_one_line(argv, expected, capsys):
     from course_lib.cli import train_main
+
     assert train_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err

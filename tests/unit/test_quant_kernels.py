@@ -4,16 +4,26 @@ The kernels take bf16 activations (8 significant bits): the comparison allows th
 rounding x to bf16 (relative 2^-9 per element, a sum of K such terms grows like sqrt(K)), stated
 as |fast - reference| <= 1e-2 * max|reference| per layer and 5e-2 nats of KL per token for a model.
 """
+
 import pytest
 import torch
 
 from course_lib.config import ModelConfig
 from course_lib.model import DIYModel
-from course_lib.quantize import (Int4Linear, Int8Linear, QuantEmbedding, convert_for_runtime, int4_kernel_available,
-                                 int8_kernel_available, logits_divergence, quantize_model)
+from course_lib.quantize import (
+    Int4Linear,
+    Int8Linear,
+    QuantEmbedding,
+    convert_for_runtime,
+    int4_kernel_available,
+    int8_kernel_available,
+    logits_divergence,
+    quantize_model,
+)
 
-needs_kernels = pytest.mark.skipif(not (int8_kernel_available() and int4_kernel_available()),
-                                   reason="this torch has no packed int8/int4 CPU kernels")
+needs_kernels = pytest.mark.skipif(
+    not (int8_kernel_available() and int4_kernel_available()), reason="this torch has no packed int8/int4 CPU kernels"
+)
 
 
 def _layer(kind, n_in, n_out, group=32):
@@ -23,8 +33,9 @@ def _layer(kind, n_in, n_out, group=32):
 
 
 @needs_kernels
-@pytest.mark.parametrize("kind,n_in,n_out", [("int8", 64, 96), ("int8", 96, 258), ("int4", 64, 96),
-                                             ("int4", 96, 258), ("int4", 80, 40)])
+@pytest.mark.parametrize(
+    "kind,n_in,n_out", [("int8", 64, 96), ("int8", 96, 258), ("int4", 64, 96), ("int4", 96, 258), ("int4", 80, 40)]
+)
 def test_kernel_matches_reference(kind, n_in, n_out):
     """Odd shapes on purpose: 258 rows (the byte vocabulary) is not a multiple of 16 and 80 is
     not a multiple of the group (32): the runtime packing pads both and crops the output."""
@@ -55,8 +66,9 @@ def test_embedding_gathers_rows_without_whole_table(kind, monkeypatch):
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_model_on_kernels_matches_reference_model(method, monkeypatch):
     torch.manual_seed(0)
-    model = DIYModel(ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=160,
-                                 max_seq_len=64)).eval()
+    model = DIYModel(
+        ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=160, max_seq_len=64)
+    ).eval()
     ref = quantize_model(model, method, group_size=32, kernel=False)
     fast = quantize_model(model, method, group_size=32)
     assert all(m.kernel for m in fast.modules() if isinstance(m, (Int8Linear, Int4Linear)))

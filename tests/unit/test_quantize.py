@@ -1,4 +1,5 @@
 """Quantization: error bounds, packing, save/load, GPTQ beats round-to-nearest, dynamic int8."""
+
 import copy
 import warnings
 
@@ -7,9 +8,22 @@ import torch
 
 from course_lib.config import ModelConfig
 from course_lib.model import DIYModel
-from course_lib.quantize import (Int4Linear, compare_to_reference, dequantize_int4, dequantize_int8, dynamic_int8,
-                                 gptq_int4, load_quantized, model_nbytes, pack_int4, quantize_int4, quantize_int8,
-                                 quantize_model, save_quantized, unpack_int4)
+from course_lib.quantize import (
+    Int4Linear,
+    compare_to_reference,
+    dequantize_int4,
+    dequantize_int8,
+    dynamic_int8,
+    gptq_int4,
+    load_quantized,
+    model_nbytes,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+    quantize_model,
+    save_quantized,
+    unpack_int4,
+)
 
 
 def make(seed=0):
@@ -66,6 +80,7 @@ def test_quantized_load_rejects_mismatch(tmp_path):
     import json
 
     from course_lib.export import ExportError
+
     save_quantized(quantize_model(make(), "int4", 32), tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
     meta["quantization"]["method"] = "int8"

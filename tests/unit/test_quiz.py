@@ -9,6 +9,7 @@
   question are of like length;
 - the answers are not in the notebook sources (the cell reads quiz("x.y.z")).
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,16 +31,21 @@ def test_answer_positions_are_spread():
     counts = collections.Counter(fixed)
     worst, n = counts.most_common(1)[0]
     assert n <= 0.35 * len(fixed), (
-        f"选项 {LETTERS[worst]} 是 {n}/{len(fixed)} 道题的正确答案（上限 35%）：把正确答案分散到各个位置")
+        f"选项 {LETTERS[worst]} 是 {n}/{len(fixed)} 道题的正确答案（上限 35%）：把正确答案分散到各个位置"
+    )
 
 
 def test_correct_option_is_rarely_the_longest():
     fixed = [q for _, q in ITEMS if isinstance(q, Question)]
-    longest = [q.prompt for q in fixed
-               if len(q.options[q.answer]) > max(len(o) for i, o in enumerate(q.options) if i != q.answer)]
+    longest = [
+        q.prompt
+        for q in fixed
+        if len(q.options[q.answer]) > max(len(o) for i, o in enumerate(q.options) if i != q.answer)
+    ]
     assert len(longest) <= 0.4 * len(fixed), (
         f"{len(longest)}/{len(fixed)} 道题的正确答案是最长的选项（上限 40%）：干扰项要和答案一样长、一样可信。"
-        f"例如：{longest[:3]}")
+        f"例如：{longest[:3]}"
+    )
 
 
 def test_no_question_repeats():
@@ -57,23 +63,29 @@ def test_each_lesson_predicts_a_measured_number(lesson):
     src = SOURCES.get(lesson)
     assert src is not None, f"{lesson} 没有对应的 notebook 源文件"
     text = src.read_text(encoding="utf-8")
-    if lesson in ASKED_AT_THE_END:   # the older form, until its notebook is converted and rebuilt
+    if lesson in ASKED_AT_THE_END:  # the older form, until its notebook is converted and rebuilt
         assert re.search(r'quiz\(\s*"' + re.escape(lesson) + r'"\s*,\s*measured=', text), (
-            f"{src.name}: 在 ASKED_AT_THE_END 里，自检单元格应仍是 quiz(\"{lesson}\", measured={{...}})")
+            f'{src.name}: 在 ASKED_AT_THE_END 里，自检单元格应仍是 quiz("{lesson}", measured={{...}})'
+        )
         return
     for k in keys:
-        m = re.search(r'^(\w+)\s*=\s*predict\(\s*"' + re.escape(lesson) + r'"\s*,\s*"' + re.escape(k) + '"', text, re.MULTILINE)
-        assert m, f"{src.name}: 预测题 {k} 应在测量它的单元格之前用 p = predict(\"{lesson}\", \"{k}\") 提问"
-        assert re.search(rf"^{m.group(1)}\.reveal\(", text[m.end():], re.MULTILINE), (
-            f"{src.name}: predict(\"{lesson}\", \"{k}\") 之后应有 {m.group(1)}.reveal(测得的数值)")
+        m = re.search(
+            r'^(\w+)\s*=\s*predict\(\s*"' + re.escape(lesson) + r'"\s*,\s*"' + re.escape(k) + '"', text, re.MULTILINE
+        )
+        assert m, f'{src.name}: 预测题 {k} 应在测量它的单元格之前用 p = predict("{lesson}", "{k}") 提问'
+        assert re.search(rf"^{m.group(1)}\.reveal\(", text[m.end() :], re.MULTILINE), (
+            f'{src.name}: predict("{lesson}", "{k}") 之后应有 {m.group(1)}.reveal(测得的数值)'
+        )
     assert re.search(r'quiz\(\s*"' + re.escape(lesson) + r'"\s*\)', text), (
-        f"{src.name}: 结尾的自检写成 quiz(\"{lesson}\")：预测题已经在测量之前问过，不要在数值打印之后再问")
+        f'{src.name}: 结尾的自检写成 quiz("{lesson}")：预测题已经在测量之前问过，不要在数值打印之后再问'
+    )
 
 
 @pytest.mark.parametrize("lesson", sorted(QUIZZES))
 def test_each_lesson_has_a_transfer_question(lesson):
     assert any(isinstance(q, Question) and q.transfer for q in map(build_item, QUIZZES[lesson])), (
-        f"{lesson} 没有迁移题 (T(...))：至少一道题把本课用到一个没演示过的设置上（例如「batch 翻倍，哪条线会动、为什么」）")
+        f"{lesson} 没有迁移题 (T(...))：至少一道题把本课用到一个没演示过的设置上（例如「batch 翻倍，哪条线会动、为什么」）"
+    )
 
 
 ARITHMETIC = re.compile(r"\d\s*[×*+/−-]\s*\d[^。；]*=|=[^。；]*\d\s*[×*+/−-]\s*\d")
@@ -97,7 +109,8 @@ def test_options_are_of_like_length():
 def test_answers_are_not_in_the_notebook(lesson):
     text = SOURCES[lesson].read_text(encoding="utf-8")
     assert "Question(" not in text and "Quiz(" not in text, (
-        f"{SOURCES[lesson].name}: 题目和答案应放在 course_lib/lab/quiz_data.py，notebook 只调用 quiz(\"{lesson}\")")
+        f'{SOURCES[lesson].name}: 题目和答案应放在 course_lib/lab/quiz_data.py，notebook 只调用 quiz("{lesson}")'
+    )
 
 
 def test_predict_grades_against_the_measurement(capsys):
@@ -125,7 +138,7 @@ def test_a_prediction_records_the_guess_and_reveals_after(capsys):
     p = predict("4.2.4", "batch8_speedup")
     shown = capsys.readouterr().out
     assert PREDICT_TAG in shown and "5.1" not in shown and "正确答案" not in shown
-    assert p.reveal(5.1) is None                       # no guess recorded yet
+    assert p.reveal(5.1) is None  # no guess recorded yet
     assert "没有先记下预测" in capsys.readouterr().out
     p.guess("C")
     assert p.reveal(5.1) is True

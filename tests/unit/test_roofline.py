@@ -1,11 +1,12 @@
 """course_lib.roofline: FLOP and byte counts against hand-computed values, probes that run fast."""
+
 import time
 
 import pytest
 import torch
 
-from course_lib.config import ModelConfig
 from course_lib import roofline as rl
+from course_lib.config import ModelConfig
 
 # vocab 10, d 8, 2 layers, 2 query heads / 1 kv head (head_dim 4), SwiGLU 16, tied embeddings
 TINY = ModelConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=16, max_seq_len=32)
@@ -16,6 +17,7 @@ def test_param_counts_by_hand():
     # 2 layers 1184 + final norm 8 + embedding 10x8 = 80 -> 1272
     assert rl.num_params(TINY) == 1272
     from course_lib.model import DIYModel
+
     assert rl.num_params(TINY) == DIYModel(TINY).num_parameters()
     untied = TINY.replace(tie_embeddings=False)
     assert rl.num_params(untied) == DIYModel(untied).num_parameters() == 1352
@@ -31,9 +33,9 @@ def test_training_flops_by_hand():
 
 
 def test_decode_bytes_by_hand():
-    norms = (2 * 2 + 1) * 8 * 4                      # 5 RMSNorm vectors, fp32
+    norms = (2 * 2 + 1) * 8 * 4  # 5 RMSNorm vectors, fp32
     assert rl.weight_bytes(TINY) == 1232 * 4 + norms == 5088
-    rows = 2 * (8 + 4 + 4 + 8 + 16 + 16 + 8) + 10     # output rows of every matrix
+    rows = 2 * (8 + 4 + 4 + 8 + 16 + 16 + 8) + 10  # output rows of every matrix
     assert rl.weight_bytes(TINY, 8) == 1232 + rows * 4 + norms == 1944
     # int4, groups of 4: every in_features (8 or 16) splits into 2 or 4 groups
     groups = 2 * (8 * 2 + 4 * 2 + 4 * 2 + 8 * 2 + 16 * 2 + 16 * 2 + 8 * 4) + 10 * 2
@@ -53,6 +55,7 @@ def test_flops_match_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     from course_lib.model import DIYModel
+
     cfg = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=176, max_seq_len=64)
     torch.manual_seed(0)
     m = DIYModel(cfg)
@@ -93,14 +96,16 @@ def test_measured_peak_is_cached():
 
 
 def test_llc_is_positive():
-    assert rl.last_level_cache_bytes() >= 2 ** 16
+    assert rl.last_level_cache_bytes() >= 2**16
 
 
 def test_mfu_measured_peak_and_console(tmp_path, capsys):
     from course_lib.monitor import StepLogger
+
     peak = rl.measured_peak_flops()
-    lg = StepLogger(tmp_path, total_steps=2, interval=1, tensorboard=False, console=True,
-                    flops_per_token=1000.0, peak_flops=peak)
+    lg = StepLogger(
+        tmp_path, total_steps=2, interval=1, tensorboard=False, console=True, flops_per_token=1000.0, peak_flops=peak
+    )
     lg.start(0)
     lg.count_tokens(100)
     rec = lg.log(1, {"loss": 1.0})
@@ -121,6 +126,7 @@ def test_prefill_and_train_counts_by_hand():
 def test_hotspots_name_course_lib_lines():
     from course_lib.lab.profiling import decode_loop
     from course_lib.model import DIYModel
+
     torch.manual_seed(0)
     m = DIYModel(TINY.replace(vocab_size=258)).eval()
     run = decode_loop(m, 1, 4, 3)

@@ -1,10 +1,23 @@
 """course_lib.lab.runner: command lines, and SIGKILL of a real training process at a logged step."""
+
 import sys
 
 from course_lib.lab.runner import run, run_and_kill, torchrun_train_command, train_command
 
-TINY = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, seq_len=32, batch_size=4,
-            warmup_steps=1, log_interval=1, eval_interval=1000, ckpt_interval=2, tensorboard=False)
+TINY = dict(
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    ffn_hidden=64,
+    seq_len=32,
+    batch_size=4,
+    warmup_steps=1,
+    log_interval=1,
+    eval_interval=1000,
+    ckpt_interval=2,
+    tensorboard=False,
+)
 
 
 def test_flags_render_like_the_cli():

@@ -1,4 +1,5 @@
 """LR schedules against closed-form values and Hugging Face's own functions."""
+
 import math
 
 import pytest
@@ -25,8 +26,12 @@ def hf_cosine(step, warmup, total, num_cycles=0.5):
 @pytest.mark.parametrize("warmup,total", [(0, 10), (5, 50), (10, 11), (100, 1000)])
 def test_linear_and_cosine_match_hf_formulas(warmup, total):
     for s in range(total + 1):  # past total_steps HF cosine rises again; ours stays at the floor
-        assert lr_multiplier(s, kind="linear", warmup_steps=warmup, total_steps=total) == pytest.approx(hf_linear(s, warmup, total), abs=1e-12)
-        assert lr_multiplier(s, kind="cosine", warmup_steps=warmup, total_steps=total) == pytest.approx(hf_cosine(s, warmup, total), abs=1e-12)
+        assert lr_multiplier(s, kind="linear", warmup_steps=warmup, total_steps=total) == pytest.approx(
+            hf_linear(s, warmup, total), abs=1e-12
+        )
+        assert lr_multiplier(s, kind="cosine", warmup_steps=warmup, total_steps=total) == pytest.approx(
+            hf_cosine(s, warmup, total), abs=1e-12
+        )
 
 
 def test_matches_transformers_when_importable():
@@ -38,7 +43,10 @@ def test_matches_transformers_when_importable():
         ours = build_scheduler(o2, kind, 7, 40)
         for _ in range(41):
             assert o1.param_groups[0]["lr"] == pytest.approx(o2.param_groups[0]["lr"], abs=1e-15)
-            o1.step(); o2.step(); hf.step(); ours.step()
+            o1.step()
+            o2.step()
+            hf.step()
+            ours.step()
 
 
 def test_hf_convention_first_step_is_zero_and_nanogpt_is_not():
@@ -63,12 +71,14 @@ def test_cosine_floor_wsd_and_constant():
 def test_min_lr_is_reached_exactly_at_total_steps(kind, warmup, total):
     """Every decay ends at the floor at total_steps, not before, and stays there."""
     ratio = 0.1
-    m = [lr_multiplier(s, kind=kind, warmup_steps=warmup, total_steps=total, min_lr_ratio=ratio)
-         for s in range(total + 5)]
+    m = [
+        lr_multiplier(s, kind=kind, warmup_steps=warmup, total_steps=total, min_lr_ratio=ratio)
+        for s in range(total + 5)
+    ]
     assert m[total] == pytest.approx(ratio, abs=1e-12), f"{kind}: 在 total_steps 处应正好等于下限 min_lr"
     assert all(v == pytest.approx(ratio, abs=1e-12) for v in m[total:]), f"{kind}: total_steps 之后应保持在下限"
     assert m[total - 1] > ratio + 1e-9, f"{kind}: 在 total_steps 之前就到了下限（过早变平）"
-    assert all(a >= b - 1e-12 for a, b in zip(m[warmup:], m[warmup + 1:], strict=False)), f"{kind}: 衰减应单调不增"
+    assert all(a >= b - 1e-12 for a, b in zip(m[warmup:], m[warmup + 1 :], strict=False)), f"{kind}: 衰减应单调不增"
 
 
 def test_linear_with_min_lr_rescales_instead_of_clamping():

@@ -4,6 +4,7 @@ The server runs uvicorn in a background thread on an OS-chosen port (a fixture t
 stops it); one test also starts `python -m course_lib.serve` as a subprocess and stops it with
 Ctrl-C (SIGINT).
 """
+
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from course_lib.serve import ServerThread, StopMatcher, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "reference_model"
-BAD_BYTE = 7   # the fault-injecting model below raises when this token is in its batch
+BAD_BYTE = 7  # the fault-injecting model below raises when this token is in its batch
 
 
 class Faulty(torch.nn.Module):
@@ -94,8 +95,16 @@ def test_seeded_sampling_is_reproducible_and_matches_generate(client, model_tok)
     kw = {"model": NAME, "prompt": "def ", "max_tokens": 12, "temperature": 0.9, "top_p": 0.95, "seed": 1234}
     a, b = (client.completions.create(**kw).choices[0].text for _ in range(2))
     g = torch.Generator().manual_seed(1234)
-    ids = generate(model, torch.tensor([tok.encode("def ")]), 12, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                   temperature=0.9, top_p=0.95, generator=g)[0].tolist()
+    ids = generate(
+        model,
+        torch.tensor([tok.encode("def ")]),
+        12,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        temperature=0.9,
+        top_p=0.95,
+        generator=g,
+    )[0].tolist()
     assert a == b == tok.decode([t for t in ids if t < 256])
 
 
@@ -103,10 +112,16 @@ def test_stop_string_cuts_the_text(client, model_tok):
     model, tok = model_tok
     full = greedy_alone(model, tok, "class Foo(object):\n    def __init__(self", 30)
     stop = full[5:7]
-    want = full[:full.index(stop)]
+    want = full[: full.index(stop)]
     for stream in (False, True):
-        r = client.completions.create(model=NAME, prompt="class Foo(object):\n    def __init__(self", max_tokens=30,
-                                      temperature=0, stop=stop, stream=stream)
+        r = client.completions.create(
+            model=NAME,
+            prompt="class Foo(object):\n    def __init__(self",
+            max_tokens=30,
+            temperature=0,
+            stop=stop,
+            stream=stream,
+        )
         text = "".join(c.choices[0].text for c in r) if stream else r.choices[0].text
         assert text == want
 
@@ -121,12 +136,12 @@ def test_stop_matcher_holds_back_partial_matches():
 
 
 BAD_REQUESTS = [
-    ({"model": NAME}, "prompt"),                                         # missing field
+    ({"model": NAME}, "prompt"),  # missing field
     ({"prompt": "x", "max_tokens": 3}, "model"),
-    ({"model": NAME, "prompt": "x", "max_tokens": -1}, "max_tokens"),    # negative
-    ({"model": NAME, "prompt": "x", "max_tokens": "5"}, "max_tokens"),   # wrong type
+    ({"model": NAME, "prompt": "x", "max_tokens": -1}, "max_tokens"),  # negative
+    ({"model": NAME, "prompt": "x", "max_tokens": "5"}, "max_tokens"),  # wrong type
     ({"model": NAME, "prompt": 5}, "prompt"),
-    ({"model": NAME, "prompt": "x" * 300}, "prompt"),                   # longer than the context (256)
+    ({"model": NAME, "prompt": "x" * 300}, "prompt"),  # longer than the context (256)
     ({"model": NAME, "prompt": "x" * 200, "max_tokens": 100}, "max_tokens"),
     ({"model": NAME, "prompt": "x", "temperature": "hot"}, "temperature"),
     ({"model": NAME, "prompt": "x", "top_p": 0}, "top_p"),
@@ -145,8 +160,10 @@ def test_bad_request_gets_4xx_naming_the_field_then_server_still_serves(server, 
     assert ok.choices[0].finish_reason in ("length", "stop")
 
 
-@pytest.mark.parametrize("raw,field", [(b'{"model": "reference_model", "prompt": "\xff\xfe"}', "body"),
-                                       (b'{"model": ', "body"), (b'[1, 2]', "body")])
+@pytest.mark.parametrize(
+    "raw,field",
+    [(b'{"model": "reference_model", "prompt": "\xff\xfe"}', "body"), (b'{"model": ', "body"), (b"[1, 2]", "body")],
+)
 def test_undecodable_body_gets_400(server, raw, field):
     r = httpx.post(server.url + "/v1/completions", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
@@ -201,8 +218,13 @@ def test_load_200_requests_none_lost_or_corrupted(server, client, model_tok):
 def test_python_m_serve_starts_answers_and_stops_on_ctrl_c():
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "course_lib.serve", "--model", str(REFERENCE_DIR),
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "course_lib.serve", "--model", str(REFERENCE_DIR), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -230,8 +252,13 @@ def test_python_m_serve_starts_answers_and_stops_on_ctrl_c():
 def test_sigterm_with_an_open_stream_stops_within_the_shutdown_timeout_exit_0():
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "course_lib.serve", "--port", str(port), "--shutdown-timeout",
-                             "0.3"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "course_lib.serve", "--port", str(port), "--shutdown-timeout", "0.3"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -267,6 +294,43 @@ def test_sigterm_with_an_open_stream_stops_within_the_shutdown_timeout_exit_0():
 
 def test_bad_model_dir_is_one_clear_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "course_lib.serve", "--model", str(tmp_path)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "course_lib.serve", "--model", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_openai_client_with_prefix_caching_on_equals_greedy_alone(model_tok):
+    """Lesson 4.2.6 behind the server (``--prefix-cache``): requests sharing a long prompt prefix,
+    concurrently and streamed or not, each answer exactly what the model answers alone; the cache
+    was really used, and every KV block is back in the pool afterwards."""
+    model, tok = model_tok
+    prefix = "import os\nimport sys\n\n\ndef main(argv):\n    parser = argparse.ArgumentParser()\n" * 2
+    prompts = [prefix + tail for tail in ("    return ", "    if ", "    for ", "    x = ")]
+    jobs = [(prompts[i % len(prompts)], 4 + i % 5, i % 2 == 0) for i in range(24)]
+    want = {(p, n): greedy_alone(model, tok, p, n) for p, n, _ in jobs}
+    engine = Engine(model, eos_id=tok.eos_id, max_batch=4, num_blocks=48, prefix_cache=True)
+    with ServerThread(create_app(engine, tok, NAME)) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+        def one(job):
+            p, n, stream = job
+            r = c.completions.create(model=NAME, prompt=p, max_tokens=n, temperature=0, stream=stream)
+            return "".join(ch.choices[0].text for ch in r) if stream else r.choices[0].text
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(one, jobs))
+        bad = [(j[:2], g) for j, g in zip(jobs, got, strict=True) if g != want[j[:2]]]
+        assert not bad, f"{len(bad)} responses differ from greedy alone with the prefix cache on, e.g. {bad[:2]}"
+        stats = engine.prefix_cache_stats()
+        assert stats["cached_tokens"] > 0, f"no prefill token came from the cache: {stats}"
+        deadline = time.time() + 30
+        while engine.block_manager.num_free != engine.pool.num_blocks and time.time() < deadline:
+            time.sleep(0.05)
+        assert engine.block_manager.num_free == engine.pool.num_blocks, "KV blocks leaked with the prefix cache on"

@@ -5,6 +5,7 @@ surrogates, a 50 MB Content-Length, unknown routes, wrong methods) go out as raw
 a socket. One server per module on the small reference model, plus a second one whose model is
 slowed down (sleep per forward) for the disconnect and shutdown tests.
 """
+
 import json
 import socket
 import time
@@ -67,20 +68,21 @@ def greedy_alone(model, tok, prompt, max_tokens):
 
 def post(server, body, path="/v1/completions", **kw):
     if isinstance(body, bytes):
-        return httpx.post(server.url + path, content=body, headers={"Content-Type": "application/json"},
-                          timeout=60, **kw)
+        return httpx.post(
+            server.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=60, **kw
+        )
     return httpx.post(server.url + path, json=body, timeout=60, **kw)
 
 
 def assert_openai_error(r, status, param=None):
     assert r.status_code == status, (r.status_code, r.text)
     body = r.json()
-    assert set(body) == {"error"}, body                          # never FastAPI's {"detail": ...}
+    assert set(body) == {"error"}, body  # never FastAPI's {"detail": ...}
     err = body["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"], err
     if param is not None:
         assert err["param"] == param, err
-        assert param.split("[")[0] in err["message"], err        # the message names the field too
+        assert param.split("[")[0] in err["message"], err  # the message names the field too
     return err
 
 
@@ -98,11 +100,21 @@ BAD = [  # (id, path, body (dict or raw bytes), status, param)
     ("seed-below-int64", "/v1/completions", {**C, "seed": -(2**63) - 1}, 400, "seed"),
     ("seed-float", "/v1/completions", {**C, "seed": 1.5}, 400, "seed"),
     ("lone-surrogate", "/v1/completions", b'{"model": "reference_model", "prompt": "a\\ud800b"}', 400, "prompt"),
-    ("lone-surrogate-stop", "/v1/completions", b'{"model": "reference_model", "prompt": "a", "stop": "\\udfff"}',
-     400, "stop"),
+    (
+        "lone-surrogate-stop",
+        "/v1/completions",
+        b'{"model": "reference_model", "prompt": "a", "stop": "\\udfff"}',
+        400,
+        "stop",
+    ),
     ("nested-100000", "/v1/completions", DEEP, 400, "body"),
-    ("int-5000-digits", "/v1/completions", b'{"model": "reference_model", "prompt": "x", "max_tokens": 1'
-     + b"0" * 5000 + b"}", 400, "body"),
+    (
+        "int-5000-digits",
+        "/v1/completions",
+        b'{"model": "reference_model", "prompt": "x", "max_tokens": 1' + b"0" * 5000 + b"}",
+        400,
+        "body",
+    ),
     ("nan", "/v1/completions", b'{"model": "reference_model", "prompt": "x", "temperature": NaN}', 400, "body"),
     ("n-true", "/v1/completions", {**C, "n": True}, 400, "n"),
     ("n-float", "/v1/completions", {**C, "n": 1.0}, 400, "n"),
@@ -118,12 +130,27 @@ BAD = [  # (id, path, body (dict or raw bytes), status, param)
     ("logprobs-neg", "/v1/completions", {**C, "logprobs": -1}, 400, "logprobs"),
     ("echo-str", "/v1/completions", {**C, "echo": "yes"}, 400, "echo"),
     ("echo+logprobs", "/v1/completions", {**C, "echo": True, "logprobs": 1}, 400, "echo"),
-    ("stream_options-no-stream", "/v1/completions", {**C, "stream_options": {"include_usage": True}}, 400,
-     "stream_options"),
-    ("stream_options-unknown", "/v1/completions", {**C, "stream": True, "stream_options": {"x": 1}}, 400,
-     "stream_options"),
-    ("include_usage-str", "/v1/completions", {**C, "stream": True, "stream_options": {"include_usage": "y"}}, 400,
-     "include_usage"),
+    (
+        "stream_options-no-stream",
+        "/v1/completions",
+        {**C, "stream_options": {"include_usage": True}},
+        400,
+        "stream_options",
+    ),
+    (
+        "stream_options-unknown",
+        "/v1/completions",
+        {**C, "stream": True, "stream_options": {"x": 1}},
+        400,
+        "stream_options",
+    ),
+    (
+        "include_usage-str",
+        "/v1/completions",
+        {**C, "stream": True, "stream_options": {"include_usage": "y"}},
+        400,
+        "include_usage",
+    ),
     ("frequency_penalty-3", "/v1/completions", {**C, "frequency_penalty": 3}, 400, "frequency_penalty"),
     ("presence_penalty-str", "/v1/completions", {**C, "presence_penalty": "a"}, 400, "presence_penalty"),
     ("temperature-2.5", "/v1/completions", {**C, "temperature": 2.5}, 400, "temperature"),
@@ -139,28 +166,63 @@ BAD = [  # (id, path, body (dict or raw bytes), status, param)
     ("prompt-nested-str", "/v1/completions", {**C, "prompt": [["a"]]}, 400, "prompt"),
     ("prompt-list-one-empty", "/v1/completions", {**C, "prompt": ["a", ""]}, 400, "prompt"),
     ("prompt-list-one-too-long", "/v1/completions", {**C, "prompt": ["a", "x" * 300]}, 400, "prompt"),
-    ("prompt-list-one-over-context", "/v1/completions", {**C, "prompt": ["a", "x" * 200], "max_tokens": 100}, 400,
-     "max_tokens"),
+    (
+        "prompt-list-one-over-context",
+        "/v1/completions",
+        {**C, "prompt": ["a", "x" * 200], "max_tokens": 100},
+        400,
+        "max_tokens",
+    ),
     ("model-unknown", "/v1/completions", {**C, "model": "gpt-4"}, 404, "model"),
     ("chat-n-2", "/v1/chat/completions", {**CH, "n": 2}, 400, "n"),
-    ("chat-tools", "/v1/chat/completions", {**CH, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
-     "tools"),
+    (
+        "chat-tools",
+        "/v1/chat/completions",
+        {**CH, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        400,
+        "tools",
+    ),
     ("chat-tool_choice", "/v1/chat/completions", {**CH, "tool_choice": "required"}, 400, "tool_choice"),
-    ("chat-response_format", "/v1/chat/completions", {**CH, "response_format": {"type": "json_object"}}, 400,
-     "response_format"),
+    (
+        "chat-response_format",
+        "/v1/chat/completions",
+        {**CH, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
+    ),
     ("chat-logit_bias", "/v1/chat/completions", {**CH, "logit_bias": {"1": 2}}, 400, "logit_bias"),
     ("chat-top_logprobs-alone", "/v1/chat/completions", {**CH, "top_logprobs": 2}, 400, "top_logprobs"),
     ("chat-logprobs-int", "/v1/chat/completions", {**CH, "logprobs": 3}, 400, "logprobs"),
     ("chat-unknown-key", "/v1/chat/completions", {**CH, "prompt": "x"}, 400, "prompt"),
     ("chat-no-messages", "/v1/chat/completions", {"model": NAME}, 400, "messages"),
-    ("chat-bad-role", "/v1/chat/completions", {**CH, "messages": M + [{"role": "robot", "content": "x"}]}, 400,
-     "messages[1].role"),
-    ("chat-content-int", "/v1/chat/completions", {**CH, "messages": [{"role": "user", "content": 5}]}, 400,
-     "messages[0].content"),
-    ("chat-surrogate", "/v1/chat/completions",
-     b'{"model": "reference_model", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "messages"),
-    ("chat-too-long", "/v1/chat/completions", {**CH, "messages": [{"role": "user", "content": "x" * 300}]}, 400,
-     "messages"),
+    (
+        "chat-bad-role",
+        "/v1/chat/completions",
+        {**CH, "messages": M + [{"role": "robot", "content": "x"}]},
+        400,
+        "messages[1].role",
+    ),
+    (
+        "chat-content-int",
+        "/v1/chat/completions",
+        {**CH, "messages": [{"role": "user", "content": 5}]},
+        400,
+        "messages[0].content",
+    ),
+    (
+        "chat-surrogate",
+        "/v1/chat/completions",
+        b'{"model": "reference_model", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        400,
+        "messages",
+    ),
+    (
+        "chat-too-long",
+        "/v1/chat/completions",
+        {**CH, "messages": [{"role": "user", "content": "x" * 300}]},
+        400,
+        "messages",
+    ),
     ("chat-stop-5", "/v1/chat/completions", {**CH, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("chat-seed-2^64", "/v1/chat/completions", {**CH, "seed": 2**64, "stream": True}, 400, "seed"),
     ("chat-model-unknown", "/v1/chat/completions", {**CH, "model": "gpt-4"}, 404, "model"),
@@ -175,9 +237,15 @@ def test_bad_input_gets_openai_error_naming_the_field(server, path, body, status
     assert engine.steps == steps0, "a refused request must not reach the engine"
 
 
-ROUTES = [("GET", "/nope", 404), ("POST", "/v1/nope", 404), ("GET", "/v1/completions", 405),
-          ("GET", "/v1/chat/completions", 405), ("POST", "/v1/models", 405), ("DELETE", "/health", 405),
-          ("GET", "/docs", 404)]
+ROUTES = [
+    ("GET", "/nope", 404),
+    ("POST", "/v1/nope", 404),
+    ("GET", "/v1/completions", 405),
+    ("GET", "/v1/chat/completions", 405),
+    ("POST", "/v1/models", 405),
+    ("DELETE", "/health", 405),
+    ("GET", "/docs", 404),
+]
 
 
 @pytest.mark.parametrize("method,path,status", ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
@@ -212,8 +280,10 @@ def _read_response(sock) -> tuple[int, bytes]:
 def test_body_over_the_limit_is_refused_before_it_is_sent(server):
     """Content-Length 50 MB and not one body byte sent: the 413 comes back at once (nothing read)."""
     with socket.create_connection((server.host, server.port), timeout=30) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 50000000\r\n\r\n")
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n"
+        )
         status, body = _read_response(s)
     assert status == 413 and json.loads(body)["error"]["param"] == "body", body
 
@@ -221,14 +291,16 @@ def test_body_over_the_limit_is_refused_before_it_is_sent(server):
 def test_chunked_body_over_the_limit_is_refused_while_streaming(server):
     """No Content-Length (chunked upload): the server counts the bytes and stops at the limit."""
     with socket.create_connection((server.host, server.port), timeout=30) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         piece = b" " * 65536
         try:
-            for _ in range(24):                         # 1.5 MiB > the 1 MiB default
+            for _ in range(24):  # 1.5 MiB > the 1 MiB default
                 s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
         except OSError:
-            pass                                        # the server answered and closed: fine
+            pass  # the server answered and closed: fine
         status, body = _read_response(s)
     assert status == 413 and json.loads(body)["error"]["param"] == "body", body
 
@@ -251,14 +323,28 @@ def test_seed_range_of_vllm_is_accepted(client, seed):
 
 def test_accepted_no_op_fields(client, model_tok):
     model, tok = model_tok
-    r = client.completions.create(model=NAME, prompt="def ", max_tokens=5, temperature=0, n=1, best_of=1,
-                                  user="someone", echo=False, logit_bias={}, frequency_penalty=0,
-                                  presence_penalty=0)
+    r = client.completions.create(
+        model=NAME,
+        prompt="def ",
+        max_tokens=5,
+        temperature=0,
+        n=1,
+        best_of=1,
+        user="someone",
+        echo=False,
+        logit_bias={},
+        frequency_penalty=0,
+        presence_penalty=0,
+    )
     assert r.choices[0].text == greedy_alone(model, tok, "def ", 5)
 
 
-LIST_PROMPTS = [("strings", ["def ", "import", "class "]), ("ids", [100, 101, 102, 32]),
-                ("id-lists", [[100, 101, 102, 32], [105, 109]]), ("one-string-list", ["x = "])]
+LIST_PROMPTS = [
+    ("strings", ["def ", "import", "class "]),
+    ("ids", [100, 101, 102, 32]),
+    ("id-lists", [[100, 101, 102, 32], [105, 109]]),
+    ("one-string-list", ["x = "]),
+]
 
 
 @pytest.mark.parametrize("prompt", [p for _, p in LIST_PROMPTS], ids=[i for i, _ in LIST_PROMPTS])
@@ -303,9 +389,15 @@ def test_logprobs_streamed_and_cut_at_a_stop_string(client, model_tok):
     model, tok = model_tok
     full = greedy_alone(model, tok, "class Foo(object):\n    def __init__(self", 30)
     stop = full[5:7]
-    want = full[:full.index(stop)]
-    kw = {"model": NAME, "prompt": "class Foo(object):\n    def __init__(self", "max_tokens": 30, "temperature": 0,
-          "stop": stop, "logprobs": 2}
+    want = full[: full.index(stop)]
+    kw = {
+        "model": NAME,
+        "prompt": "class Foo(object):\n    def __init__(self",
+        "max_tokens": 30,
+        "temperature": 0,
+        "stop": stop,
+        "logprobs": 2,
+    }
     r = client.completions.create(**kw).choices[0]
     assert r.text == want and "".join(r.logprobs.tokens) == want and r.finish_reason == "stop"
     chunks = list(client.completions.create(**kw, stream=True))
@@ -318,15 +410,24 @@ def test_echo_prepends_the_prompt(client, model_tok):
     want = greedy_alone(model, tok, "import", 6)
     r = client.completions.create(model=NAME, prompt=["import", "def "], max_tokens=6, temperature=0, echo=True)
     assert r.choices[0].text == "import" + want and r.choices[1].text.startswith("def ")
-    chunks = list(client.completions.create(model=NAME, prompt="import", max_tokens=6, temperature=0, echo=True,
-                                            stream=True))
+    chunks = list(
+        client.completions.create(model=NAME, prompt="import", max_tokens=6, temperature=0, echo=True, stream=True)
+    )
     assert "".join(c.choices[0].text for c in chunks) == "import" + want
 
 
 def test_stream_include_usage_is_the_last_chunk(client):
     plain = client.completions.create(model=NAME, prompt=["def ", "x = "], max_tokens=5, temperature=0)
-    chunks = list(client.completions.create(model=NAME, prompt=["def ", "x = "], max_tokens=5, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=NAME,
+            prompt=["def ", "x = "],
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == plain.usage.model_dump()
     assert all(c.usage is None for c in chunks[:-1])
     without = list(client.completions.create(model=NAME, prompt="def ", max_tokens=5, temperature=0, stream=True))
@@ -351,8 +452,13 @@ def greedy_penalized(model, tok, prompt, n, fp, pp):
 def test_frequency_and_presence_penalties_follow_openais_formula(client, model_tok, fp, pp):
     model, tok = model_tok
     prompt = "        self."
-    got = client.completions.create(model=NAME, prompt=prompt, max_tokens=16, temperature=0,
-                                    frequency_penalty=fp, presence_penalty=pp).choices[0].text
+    got = (
+        client.completions.create(
+            model=NAME, prompt=prompt, max_tokens=16, temperature=0, frequency_penalty=fp, presence_penalty=pp
+        )
+        .choices[0]
+        .text
+    )
     assert got == greedy_penalized(model, tok, prompt, 16, fp, pp)
     if fp == 2.0:
         assert got != greedy_alone(model, tok, prompt, 16), "a strong penalty should change the answer"
@@ -374,16 +480,20 @@ def test_chat_completion_plain_and_streamed(client, model_tok):
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == want and r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.prompt_tokens == len(tok.encode(render_chat(msgs)))
-    chunks = list(client.chat.completions.create(model=NAME, messages=msgs, max_tokens=20, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=NAME, messages=msgs, max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
     assert chunks[-1].usage.model_dump() == r.usage.model_dump()
     # max_completion_tokens, a user stop string, logprobs
     stop = want[3:5]
-    r2 = client.chat.completions.create(model=NAME, messages=msgs, max_completion_tokens=20, temperature=0,
-                                        stop=[stop], logprobs=True, top_logprobs=2)
-    assert r2.choices[0].message.content == want[:want.index(stop)]
+    r2 = client.chat.completions.create(
+        model=NAME, messages=msgs, max_completion_tokens=20, temperature=0, stop=[stop], logprobs=True, top_logprobs=2
+    )
+    assert r2.choices[0].message.content == want[: want.index(stop)]
     content = r2.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r2.choices[0].message.content
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
@@ -407,6 +517,7 @@ def _record_requests(srv, monkeypatch) -> list:
     def recording(*a, **kw):
         seen.append(submit(*a, **kw))
         return seen[-1]
+
     monkeypatch.setattr(runner, "submit", recording)
     return seen
 
@@ -418,16 +529,23 @@ def _wait_done(reqs, timeout=30):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("path,body", [("/v1/completions", {"prompt": ["def ", "import"]}),
-                                       ("/v1/chat/completions", {"messages": M})], ids=["completions", "chat"])
+@pytest.mark.parametrize(
+    "path,body",
+    [("/v1/completions", {"prompt": ["def ", "import"]}), ("/v1/chat/completions", {"messages": M})],
+    ids=["completions", "chat"],
+)
 def test_non_streaming_client_that_disconnects_aborts_its_requests(slow_server, monkeypatch, path, body):
     seen = _record_requests(slow_server, monkeypatch)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(slow_server.url + path, json={"model": NAME, "max_tokens": 200, "temperature": 0, **body},
-                   timeout=httpx.Timeout(60, read=0.5))
+        httpx.post(
+            slow_server.url + path,
+            json={"model": NAME, "max_tokens": 200, "temperature": 0, **body},
+            timeout=httpx.Timeout(60, read=0.5),
+        )
     _wait_done(seen)
-    assert seen and all(r.finish_reason == "abort" and len(r.output) < 150 for r in seen), \
-        [(r.finish_reason, len(r.output)) for r in seen]
+    assert seen and all(r.finish_reason == "abort" and len(r.output) < 150 for r in seen), [
+        (r.finish_reason, len(r.output)) for r in seen
+    ]
     engine = slow_server.server.config.app.state.runner.engine
     deadline = time.monotonic() + 10
     while len(engine.pool.free) != engine.pool.num_blocks:
@@ -450,13 +568,17 @@ def test_shutdown_is_bounded_and_aborts_open_requests(model_tok, monkeypatch):
     srv = ServerThread(app, shutdown_timeout=0.5)
     with srv:
         seen = _record_requests(srv, monkeypatch)
-        with httpx.stream("POST", srv.url + "/v1/completions", timeout=60,
-                          json={"model": NAME, "prompt": "def ", "max_tokens": 240, "stream": True}) as r:
+        with httpx.stream(
+            "POST",
+            srv.url + "/v1/completions",
+            timeout=60,
+            json={"model": NAME, "prompt": "def ", "max_tokens": 240, "stream": True},
+        ) as r:
             lines = r.iter_lines()
             next(lines)
             t0 = time.monotonic()
             srv.server.should_exit = True
-            rest = list(lines)                          # the server ends the stream where it is
+            rest = list(lines)  # the server ends the stream where it is
             srv.thread.join(timeout=30)
             took = time.monotonic() - t0
     assert not srv.thread.is_alive() and took < 2.0, f"shutdown took {took:.1f} s with a 0.5 s limit"
@@ -466,11 +588,18 @@ def test_shutdown_is_bounded_and_aborts_open_requests(model_tok, monkeypatch):
     assert len(engine.pool.free) == engine.pool.num_blocks, "KV blocks leaked at shutdown"
 
 
-BAD_FLAGS = [(["--max-batch", "0"], "--max-batch"), (["--block-size", "0"], "--block-size"),
-             (["--num-blocks", "-3"], "--num-blocks"), (["--num-blocks", "0"], "--num-blocks"),
-             (["--port", "99999"], "--port"), (["--port", "x"], "--port"), (["--threads", "0"], "--threads"),
-             (["--max-body-bytes", "0"], "--max-body-bytes"), (["--shutdown-timeout", "-1"], "--shutdown-timeout"),
-             (["--shutdown-timeout", "nan"], "--shutdown-timeout")]
+BAD_FLAGS = [
+    (["--max-batch", "0"], "--max-batch"),
+    (["--block-size", "0"], "--block-size"),
+    (["--num-blocks", "-3"], "--num-blocks"),
+    (["--num-blocks", "0"], "--num-blocks"),
+    (["--port", "99999"], "--port"),
+    (["--port", "x"], "--port"),
+    (["--threads", "0"], "--threads"),
+    (["--max-body-bytes", "0"], "--max-body-bytes"),
+    (["--shutdown-timeout", "-1"], "--shutdown-timeout"),
+    (["--shutdown-timeout", "nan"], "--shutdown-timeout"),
+]
 
 
 @pytest.mark.parametrize("argv,flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])

@@ -9,8 +9,7 @@ from course_lib.config import ModelConfig
 from course_lib.generate import generate, sample_next
 from course_lib.model import DIYModel
 from course_lib.pretrained import load_reference_model
-from course_lib.speculative import (DraftModelProposer, NgramProposer, speculative_generate, target_probs,
-                                    verify_sampled)
+from course_lib.speculative import DraftModelProposer, NgramProposer, speculative_generate, target_probs, verify_sampled
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +18,12 @@ def ref():
     return model.eval(), tok
 
 
-PROMPTS = ["def __init__(self, name):\n    self.name = name\n    self.", "import os\nimport sys\nimport ",
-           "for i in range(10):\n    print(i)\nfor j in range(", "class A:\n    pass\n\n\nclass B"]
+PROMPTS = [
+    "def __init__(self, name):\n    self.name = name\n    self.",
+    "import os\nimport sys\nimport ",
+    "for i in range(10):\n    print(i)\nfor j in range(",
+    "class A:\n    pass\n\n\nclass B",
+]
 
 
 N_NEW = 40
@@ -50,8 +53,17 @@ def test_ngram_greedy_equals_plain_greedy(ref, plain, k):
 def test_draft_model_greedy_equals_plain_greedy_with_eos(ref):
     model, tok = ref
     torch.manual_seed(0)
-    draft = DIYModel(ModelConfig(vocab_size=model.config.vocab_size, d_model=32, n_layers=1, n_heads=2,
-                                 n_kv_heads=1, ffn_hidden=64, max_seq_len=model.config.max_seq_len)).eval()
+    draft = DIYModel(
+        ModelConfig(
+            vocab_size=model.config.vocab_size,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=1,
+            ffn_hidden=64,
+            max_seq_len=model.config.max_seq_len,
+        )
+    ).eval()
     eos = tok.encode("\n")[0]
     for text in PROMPTS[:2]:
         ids = torch.tensor([tok.encode(text)])
@@ -79,8 +91,9 @@ def test_target_probs_matches_sample_next():
     for kw in ({"temperature": 0.7}, {"temperature": 1.0, "top_k": 4}, {"temperature": 1.3, "top_p": 0.8}):
         p = target_probs(logits, kw["temperature"], kw.get("top_k"), kw.get("top_p"))[0]
         g = torch.Generator().manual_seed(0)
-        draws = torch.stack([sample_next(logits, kw["temperature"], kw.get("top_k"), kw.get("top_p"), g)
-                             for _ in range(4000)]).flatten()
+        draws = torch.stack(
+            [sample_next(logits, kw["temperature"], kw.get("top_k"), kw.get("top_p"), g) for _ in range(4000)]
+        ).flatten()
         freq = torch.bincount(draws, minlength=12).float() / draws.numel()
         assert (p == 0).eq(freq == 0).all(), f"support differs for {kw}"
         assert 0.5 * (freq - p).abs().sum() < 0.04, f"sample_next frequencies far from target_probs for {kw}"
@@ -97,7 +110,7 @@ def test_sampled_verify_keeps_the_model_distribution(deterministic):
     counts = torch.zeros(8)
     for _ in range(N):
         if deterministic:
-            proposal, qq = [1], None          # prompt lookup always proposes token 1
+            proposal, qq = [1], None  # prompt lookup always proposes token 1
         else:
             proposal, qq = [int(torch.multinomial(q, 1, generator=g))], q[None]
         out = verify_sampled(torch.stack([p, p]), proposal, qq, g)

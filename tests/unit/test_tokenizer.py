@@ -1,19 +1,25 @@
 """The BPE tokenizer beside bytes: round trips, the chat template, artefacts, resume, HF AutoTokenizer."""
+
 import json
 
 import pytest
 import torch
 
-from course_lib.chat import (END_OF_TURN, encode_chat, messages_from_record, render_chat, validate_messages)
+from course_lib.chat import END_OF_TURN, encode_chat, messages_from_record, render_chat, validate_messages
 from course_lib.config import ModelConfig
 from course_lib.data import ByteTokenizer, DataError
 from course_lib.export import export_hf_llama, load_inference, save_inference
 from course_lib.generate import generate, stream_generate
 from course_lib.model import DIYModel
-from course_lib.tokenizer import BPETokenizer, load_tokenizer, main as tokenizer_main, train_bpe
+from course_lib.tokenizer import BPETokenizer, load_tokenizer, train_bpe
+from course_lib.tokenizer import main as tokenizer_main
 
-TEXTS = ["训练一个分词器：中文每个字在字节里是三个 token。", "def add(a, b):\n    return a + b\n",
-         "emoji 🎉👍🏽 and ✓ mixed with 中文, English and `code`", "class A:\n\tpass\n\n\n  x = {'k': [1, 2]}\n"]
+TEXTS = [
+    "训练一个分词器：中文每个字在字节里是三个 token。",
+    "def add(a, b):\n    return a + b\n",
+    "emoji 🎉👍🏽 and ✓ mixed with 中文, English and `code`",
+    "class A:\n\tpass\n\n\n  x = {'k': [1, 2]}\n",
+]
 SAMPLES = TEXTS * 20 + ["分词 训练 模型 数据 恢复 检查点"] * 30
 
 
@@ -30,6 +36,7 @@ def test_bpe_round_trips_chinese_code_emoji(bpe):
 
 def test_special_tokens_are_single_tokens(bpe):
     from course_lib.chat import end_of_turn_id
+
     assert (bpe.pad_id, bpe.eos_id, bpe.im_start_id, bpe.im_end_id) == (0, 1, 2, 3)
     assert end_of_turn_id(bpe) == 3 and end_of_turn_id(ByteTokenizer()) is None
     assert bpe.encode("<|im_end|>") == [3]
@@ -37,8 +44,12 @@ def test_special_tokens_are_single_tokens(bpe):
 
 
 def test_chat_template_tokens_equal_the_rendered_text(bpe):
-    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "  hi\n  there"},
-            {"role": "assistant", "content": "\n def x():\n    pass"}, {"role": "user", "content": ""}]
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "  hi\n  there"},
+        {"role": "assistant", "content": "\n def x():\n    pass"},
+        {"role": "user", "content": ""},
+    ]
     assert render_chat(msgs[:1]) == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>assistant\n"
     for tok in (bpe, ByteTokenizer()):
         ids, mask = encode_chat(msgs, tok)
@@ -46,11 +57,18 @@ def test_chat_template_tokens_equal_the_rendered_text(bpe):
         assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "\n def x():\n    pass" + END_OF_TURN
 
 
-@pytest.mark.parametrize("bad,where", [
-    ("hi", "messages:"), ([], "messages:"), ([{"content": "x"}], "messages[0].role:"),
-    ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "messages[1].role:"),
-    ([{"role": "user", "content": 3}], "messages[0].content:"), ([{"role": "user"}], "messages[0].content:"),
-    ([{"role": "user", "content": "x<|im_end|>"}], "messages[0].content:")])
+@pytest.mark.parametrize(
+    "bad,where",
+    [
+        ("hi", "messages:"),
+        ([], "messages:"),
+        ([{"content": "x"}], "messages[0].role:"),
+        ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "messages[1].role:"),
+        ([{"role": "user", "content": 3}], "messages[0].content:"),
+        ([{"role": "user"}], "messages[0].content:"),
+        ([{"role": "user", "content": "x<|im_end|>"}], "messages[0].content:"),
+    ],
+)
 def test_validate_messages_names_the_field(bad, where):
     with pytest.raises(ValueError) as e:
         validate_messages(bad)
@@ -71,6 +89,7 @@ def test_file_round_trip_and_description(bpe, tmp_path):
     again = load_tokenizer(str(path))
     assert again.sha256 == bpe.sha256 and again.encode(TEXTS[2]) == bpe.encode(TEXTS[2])
     from course_lib.tokenizer import tokenizer_from_description
+
     assert tokenizer_from_description(bpe.describe()).sha256 == bpe.sha256
     assert isinstance(load_tokenizer("byte"), ByteTokenizer)
     with pytest.raises(DataError, match="tokenizer file not found"):
@@ -90,8 +109,11 @@ def test_course_command_trains_on_the_learners_corpus(tmp_path, capsys):
 
 def test_inference_artefact_carries_the_tokenizer(bpe, tmp_path):
     torch.manual_seed(0)
-    m = DIYModel(ModelConfig(vocab_size=bpe.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
-                             ffn_hidden=64, max_seq_len=64)).eval()
+    m = DIYModel(
+        ModelConfig(
+            vocab_size=bpe.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64
+        )
+    ).eval()
     save_inference(m, tmp_path, bpe)
     assert (tmp_path / "tokenizer.json").is_file()
     assert "json" not in json.loads((tmp_path / "config.json").read_text())["tokenizer"]
@@ -114,8 +136,11 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 def test_hf_autotokenizer_and_model_generate_the_same_tokens(bpe, tmp_path, kind):
     tok = bpe if kind == "bpe" else ByteTokenizer()
     torch.manual_seed(1)
-    m = DIYModel(ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                             ffn_hidden=160, max_seq_len=128)).eval()
+    m = DIYModel(
+        ModelConfig(
+            vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=160, max_seq_len=128
+        )
+    ).eval()
     export_hf_llama(m, tmp_path, tok)
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
@@ -128,6 +153,12 @@ def test_hf_autotokenizer_and_model_generate_the_same_tokens(bpe, tmp_path, kind
     assert list(prompt) == ours_ids
     ids = torch.tensor([ours_ids])
     with torch.no_grad():
-        want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
-                           pad_token_id=tok.pad_id, eos_token_id=None)[:, ids.shape[1]:]
+        want = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=16,
+            do_sample=False,
+            pad_token_id=tok.pad_id,
+            eos_token_id=None,
+        )[:, ids.shape[1] :]
     assert generate(m, ids, 16).tolist() == want.tolist()

@@ -2,6 +2,7 @@
 with ``--tracker``, SIGKILLed and resumed, must log loss / lr / grad-norm / tokens-per-s and continue
 the same tracker run id (kept in out_dir/trackers.json). A tracker whose package is not installed
 (the optional [trackers] extra) is skipped with that reason."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=64)
 KEYS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s")
 # where each tracker writes a run part offline, and the file that holds its records
-LAYOUT = {"wandb": ("wandb", "offline-run-*", "run-{id}.wandb"),
-          "swanlab": ("swanlog", "run-*", "run-{id}.swanlab")}
+LAYOUT = {"wandb": ("wandb", "offline-run-*", "run-{id}.wandb"), "swanlab": ("swanlog", "run-*", "run-{id}.swanlab")}
 
 
 def corpus(tmp: Path) -> str:
@@ -61,9 +61,21 @@ class StopAt(Callback):
 
 
 def cfg(tmp: Path, data: str, **kw) -> TrainConfig:
-    base = dict(data=data, max_steps=6, batch_size=2, seq_len=16, warmup_steps=1, eval_interval=3, eval_batches=1,
-                log_interval=2, ckpt_interval=2, out_dir=str(tmp / "run"), tensorboard=False, device="cpu",
-                val_fraction=0.1)
+    base = dict(
+        data=data,
+        max_steps=6,
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=1,
+        eval_interval=3,
+        eval_batches=1,
+        log_interval=2,
+        ckpt_interval=2,
+        out_dir=str(tmp / "run"),
+        tensorboard=False,
+        device="cpu",
+        val_fraction=0.1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -71,14 +83,14 @@ def cfg(tmp: Path, data: str, **kw) -> TrainConfig:
 def test_shared_logic_ids_intervals_and_resume(tmp_path):
     data = corpus(tmp_path)
     rec = Recorder()
-    with pytest.raises(KeyboardInterrupt):   # a crash after step 3 (checkpoint at 2)
+    with pytest.raises(KeyboardInterrupt):  # a crash after step 3 (checkpoint at 2)
         Trainer(ModelConfig(**TINY), cfg(tmp_path, data), callbacks=[rec, StopAt(3)], console=False).fit()
     start = rec.calls[0]
     assert start[0] == "start" and start[2] is False and start[3] == ["model", "train"]
     first_id = start[1]
     assert read_run_ids(tmp_path / "run") == {"recorder": first_id}
     logs = [c for c in rec.calls if c[0] == "log"]
-    assert [c[1] for c in logs] == [2, 3]      # every log_interval steps, and on an eval step
+    assert [c[1] for c in logs] == [2, 3]  # every log_interval steps, and on an eval step
     assert all(k in logs[0][2] for k in KEYS) and logs[0][2]["train/step"] == 2
     assert logs[0][2]["train/tokens_per_s"] > 0 and "eval/loss" in logs[1][2]
 
@@ -86,13 +98,12 @@ def test_shared_logic_ids_intervals_and_resume(tmp_path):
     tr = Trainer(ModelConfig(**TINY), cfg(tmp_path, data), callbacks=[rec2], console=False)
     assert tr.step == 2
     tr.fit()
-    assert rec2.calls[0][:3] == ("start", first_id, True)      # the same tracker run continues
+    assert rec2.calls[0][:3] == ("start", first_id, True)  # the same tracker run continues
     assert [c[1] for c in rec2.calls if c[0] == "log"] == [3, 4, 6]
     assert rec2.calls[-1] == ("finish",)
 
-    rec3 = Recorder()   # a fresh start (--no-resume) is a new tracker run
-    Trainer(ModelConfig(**TINY), cfg(tmp_path, data, resume=False, max_steps=2), callbacks=[rec3],
-            console=False).fit()
+    rec3 = Recorder()  # a fresh start (--no-resume) is a new tracker run
+    Trainer(ModelConfig(**TINY), cfg(tmp_path, data, resume=False, max_steps=2), callbacks=[rec3], console=False).fit()
     assert rec3.calls[0][2] is False and rec3.calls[0][1] != first_id
     assert read_run_ids(tmp_path / "run")["recorder"] == rec3.calls[0][1]
 
@@ -100,21 +111,60 @@ def test_shared_logic_ids_intervals_and_resume(tmp_path):
 def test_unknown_or_missing_tracker_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match="unknown tracker"):
         make_tracker("mlflow")
-    monkeypatch.setitem(sys.modules, "wandb", None)     # as if not installed
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     from course_lib.trackers import TrackerUnavailable
+
     with pytest.raises(TrackerUnavailable, match=r"pip install -e \"\.\[trackers\]\""):
         make_tracker("wandb")
 
 
 def train(tracker: str, data: str, out: Path, extra_env=None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "course_lib.train", "--tracker", tracker, "--tracker-mode", "offline",
-           "--data", data, "--device", "cpu", "--max-steps", "6", "--batch-size", "2", "--seq-len", "16",
-           "--warmup-steps", "1", "--eval-interval", "3", "--eval-batches", "1", "--log-interval", "1",
-           "--ckpt-interval", "2", "--no-tensorboard", "--val-fraction", "0.1", "--out-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "course_lib.train",
+        "--tracker",
+        tracker,
+        "--tracker-mode",
+        "offline",
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--warmup-steps",
+        "1",
+        "--eval-interval",
+        "3",
+        "--eval-batches",
+        "1",
+        "--log-interval",
+        "1",
+        "--ckpt-interval",
+        "2",
+        "--no-tensorboard",
+        "--val-fraction",
+        "0.1",
+        "--out-dir",
+        str(out),
+    ]
     for k, v in TINY.items():
         cmd += ["--" + k.replace("_", "-"), str(v)]
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true",
-               WANDB_DIR=str(out), SWANLAB_MODE="offline", OMP_NUM_THREADS="1", **(extra_env or {}))
+    env = dict(
+        os.environ,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        WANDB_DISABLE_GIT="true",
+        WANDB_DIR=str(out),
+        SWANLAB_MODE="offline",
+        OMP_NUM_THREADS="1",
+        **(extra_env or {}),
+    )
     env.pop("WANDB_API_KEY", None)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -133,10 +183,10 @@ def test_offline_run_resumes_into_the_same_run_id(tracker, tmp_path):
     assert json.loads((out / IDS_FILE).read_text())[tracker] == run_id
     folder, part_glob, record = LAYOUT[tracker]
     parts = sorted((out / folder).glob(part_glob))
-    assert len(parts) == 2, parts                      # the killed part and the resumed part ...
+    assert len(parts) == 2, parts  # the killed part and the resumed part ...
     blobs = []
     for part in parts:
-        assert part.name.endswith(run_id), part.name   # ... under one run id (sync merges them)
+        assert part.name.endswith(run_id), part.name  # ... under one run id (sync merges them)
         blobs.append((part / record.format(id=run_id)).read_bytes())
     # wandb hands records to its own service process, which outlives the SIGKILL: the killed part
     # keeps its steps. SwanLab batches records in the training process (core.record_interval,

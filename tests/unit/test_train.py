@@ -1,4 +1,5 @@
 """The loop trains, resumes exactly, and the CLI works."""
+
 import subprocess
 import sys
 
@@ -13,8 +14,20 @@ MC = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_se
 
 
 def tc(out, **kw):
-    base = dict(max_steps=12, batch_size=4, seq_len=32, warmup_steps=2, eval_interval=6, eval_batches=1,
-                log_interval=4, ckpt_interval=4, out_dir=str(out), tensorboard=False, lr=3e-3, min_lr=3e-4)
+    base = dict(
+        max_steps=12,
+        batch_size=4,
+        seq_len=32,
+        warmup_steps=2,
+        eval_interval=6,
+        eval_batches=1,
+        log_interval=4,
+        ckpt_interval=4,
+        out_dir=str(out),
+        tensorboard=False,
+        lr=3e-3,
+        min_lr=3e-4,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -27,6 +40,7 @@ def test_loss_falls(tmp_path):
 def test_resume_is_bitwise_identical(tmp_path):
     ref = Trainer(ModelConfig(**MC), tc(tmp_path / "a"), console=False)
     ref.fit()
+
     class Crash(Callback):  # simulate a crash right after the step-8 checkpoint
         def on_step_end(self, trainer, metrics):
             if trainer.step == 9:
@@ -45,14 +59,49 @@ def test_resume_is_bitwise_identical(tmp_path):
 
 
 def test_cli_train_then_generate(tmp_path):
-    env_cmd = [sys.executable, "-m", "course_lib.train", "--out-dir", str(tmp_path), "--max-steps", "6",
-               "--d-model", "32", "--n-layers", "1", "--ffn-hidden", "64", "--seq-len", "32", "--batch-size", "4",
-               "--warmup-steps", "1", "--no-tensorboard", "--eval-interval", "3"]
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "course_lib.train",
+        "--out-dir",
+        str(tmp_path),
+        "--max-steps",
+        "6",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--ffn-hidden",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--no-tensorboard",
+        "--eval-interval",
+        "3",
+    ]
     r = subprocess.run(env_cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "done" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "course_lib.generate", "--run", str(tmp_path), "--prompt", "def ",
-                        "--max-new-tokens", "10"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "course_lib.generate",
+            "--run",
+            str(tmp_path),
+            "--prompt",
+            "def ",
+            "--max-new-tokens",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("def ")
     r = subprocess.run([sys.executable, "-m", "course_lib.train", "--lr", "-1"], capture_output=True, text=True)
@@ -64,6 +113,7 @@ def test_cli_train_then_generate(tmp_path):
 def test_generation_cache_equals_no_cache(tmp_path):
     torch.manual_seed(0)
     from course_lib.model import DIYModel
+
     m = DIYModel(ModelConfig(**MC)).eval()
     ids = torch.randint(0, 256, (2, 5))
     a = generate(m, ids, 15, use_cache=True)
@@ -75,8 +125,9 @@ def test_generation_cache_equals_no_cache(tmp_path):
 def test_no_host_sync_per_micro_batch(tmp_path, monkeypatch):
     """One optimizer step over 4 micro-batches reads numbers back from the device once (the NaN
     guard's loss + grad-norm), not once per micro-batch (nanoGPT style)."""
-    t = Trainer(ModelConfig(**MC), tc(tmp_path, accumulation_steps=4, data="stdlib"), console=False,
-                save_checkpoints=False)
+    t = Trainer(
+        ModelConfig(**MC), tc(tmp_path, accumulation_steps=4, data="stdlib"), console=False, save_checkpoints=False
+    )
     t.next_batch = lambda: (torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32)))
     reads, active = [], [True]
     for name in ("item", "tolist", "__float__", "__bool__"):
@@ -86,6 +137,7 @@ def test_no_host_sync_per_micro_batch(tmp_path, monkeypatch):
             if active[0]:
                 reads.append(_name)
             return _orig(self, *a, **kw)
+
         monkeypatch.setattr(torch.Tensor, name, counted)
     step = t.optimizer.step
 
@@ -95,6 +147,7 @@ def test_no_host_sync_per_micro_batch(tmp_path, monkeypatch):
             return step(*a, **kw)
         finally:
             active[0] = True
+
     t.optimizer.step = optimizer_step
     t.train_step()
     monkeypatch.undo()
@@ -115,8 +168,11 @@ def test_cli_help_comes_from_the_config_metadata():
 
 # ---- the resume policy as pure functions (course_lib.resume) --------------------------------------
 def _saved_state(train_cfg: TrainConfig, world_size: int = 1, **train_overrides) -> dict:
-    return {"config": {"model": ModelConfig(**MC).to_dict(), "train": dict(train_cfg.to_dict(), **train_overrides)},
-            "data": {"loader": train_cfg.loader}, "world_size": world_size}
+    return {
+        "config": {"model": ModelConfig(**MC).to_dict(), "train": dict(train_cfg.to_dict(), **train_overrides)},
+        "data": {"loader": train_cfg.loader},
+        "world_size": world_size,
+    }
 
 
 def test_resume_policy_refuses_another_model_or_world_size(tmp_path):
@@ -135,7 +191,7 @@ def test_resume_policy_returns_the_changed_settings_and_their_warnings(tmp_path)
     from course_lib.resume import change_warnings, check_resumable
 
     cfg = tc(tmp_path)
-    state = _saved_state(cfg, max_steps=6, out_dir="/elsewhere")   # out_dir is free to change
+    state = _saved_state(cfg, max_steps=6, out_dir="/elsewhere")  # out_dir is free to change
     changes = check_resumable(state, ModelConfig(**MC).to_dict(), cfg, 1, 0, tmp_path)
     assert changes == {"max_steps": (6, 12)}
     lines = change_warnings(changes, 4, 1e-3, 2e-3)

@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): LayerNorm's centring by mistake (subtracts the mean)."""
+
 import torch
 from torch import Tensor
 

@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): loads without weights_only=True (would run code hidden in a file)."""
+
 import os
 from typing import IO, BinaryIO
 
@@ -7,11 +8,9 @@ import torch
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 
 
-def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
-                    out: PathOrFile) -> None:
+def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: PathOrFile) -> None:
     # Only tensors and plain containers: loadable with weights_only=True.
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "iteration": int(iteration)}, out)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": int(iteration)}, out)
 
 
 def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

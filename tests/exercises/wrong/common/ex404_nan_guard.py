@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): checks the loss only, not the gradients."""
+
 import math
 from collections.abc import Iterable
 
@@ -16,5 +17,6 @@ def guard_step(step: int, loss: torch.Tensor, parameters: Iterable[torch.nn.Para
     if not (math.isfinite(loss_val)):
         raise NonFiniteError(
             f"non-finite value at step {step}: loss={loss_val}, grad_norm={norm}. Likely causes: "
-            "learning rate too high, exploding gradients (use clipping), fp16 overflow, bad batch.")
+            "learning rate too high, exploding gradients (use clipping), fp16 overflow, bad batch."
+        )
     return norm

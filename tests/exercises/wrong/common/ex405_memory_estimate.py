@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): counts one optimizer state per parameter for every optimizer."""
+
 import torch
 
 STATES = {"adamw": 2, "sgd_momentum": 1, "sgd": 0}
@@ -7,7 +8,7 @@ STATES = {"adamw": 2, "sgd_momentum": 1, "sgd": 0}
 def static_training_bytes(model: torch.nn.Module, optimizer: str = "adamw") -> dict:
     params = grads = 0
     seen = set()
-    for p in model.parameters():          # parameters() already skips shared ones; be explicit
+    for p in model.parameters():  # parameters() already skips shared ones; be explicit
         if id(p) in seen:
             continue
         seen.add(id(p))

@@ -1,13 +1,22 @@
 """WRONG on purpose (tests/test_grader_strength.py): clips the still-scaled gradients (no unscale_ first)."""
+
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def amp_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   x: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor], max_norm: float,
-                   device_type: str = "cpu", dtype: torch.dtype = torch.float16) -> dict:
+def amp_train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    max_norm: float,
+    device_type: str = "cpu",
+    dtype: torch.dtype = torch.float16,
+) -> dict:
     with torch.autocast(device_type=device_type, dtype=dtype):
         loss = loss_fn(model(x), y)
     scaler.scale(loss).backward()

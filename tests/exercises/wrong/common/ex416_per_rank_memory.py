@@ -1,5 +1,6 @@
 """WRONG on purpose (tests/test_grader_strength.py): FSDP = the DDP numbers divided by the world size
 (ignores that dim-0 shards are uneven and that the step counters are not sharded)."""
+
 import torch
 
 from course_lib.config import ModelConfig

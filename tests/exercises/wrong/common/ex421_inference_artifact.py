@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): returns the model in training mode (dropout on)."""
+
 import json
 from pathlib import Path
 
@@ -8,23 +9,29 @@ from course_lib.model import DIYModel
 
 def save_artifact(model: DIYModel, out_dir) -> None:
     from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()
-               if not (k == "lm_head.weight" and model.config.tie_embeddings)}
+    tensors = {
+        k: v.detach().cpu().contiguous().clone()
+        for k, v in sd.items()
+        if not (k == "lm_head.weight" and model.config.tie_embeddings)
+    }
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict()}, indent=2))
 
 
 def load_artifact(out_dir) -> DIYModel:
     from safetensors.torch import load_file
+
     out = Path(out_dir)
     meta = json.loads((out / "config.json").read_text())
     model = DIYModel(ModelConfig.from_dict(meta["model"]))
     tensors = load_file(str(out / "model.safetensors"))
-    expected = {k: v.shape for k, v in model.state_dict().items()
-                if not (k == "lm_head.weight" and model.config.tie_embeddings)}
+    expected = {
+        k: v.shape for k, v in model.state_dict().items() if not (k == "lm_head.weight" and model.config.tie_embeddings)
+    }
     bad = [k for k in expected if k not in tensors or tensors[k].shape != expected[k]]
     bad += [k for k in tensors if k not in expected]
     if bad:

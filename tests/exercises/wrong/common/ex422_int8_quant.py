@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): one scale for the whole tensor instead of one per output channel."""
+
 import torch
 from torch import Tensor
 

@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): pads on the right."""
+
 import torch
 from torch import Tensor
 
@@ -10,7 +11,7 @@ def left_pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor, 
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, pos

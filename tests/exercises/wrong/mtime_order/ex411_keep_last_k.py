@@ -1,4 +1,5 @@
 """WRONG on purpose (tests/test_grader_strength.py): sorts checkpoint folders by modification time, not by step number."""
+
 import re
 import shutil
 from pathlib import Path

@@ -1,6 +1,7 @@
 """Plausible mistake: finished requests leave the batch but their KV blocks are never given back
 (the pool leaks until nothing can be admitted). Should fail test_finished_rows_free_their_blocks_at_once
 (and test_pool_pressure_outputs_still_exact)."""
+
 from course_lib.engine import Engine
 
 

@@ -1,5 +1,6 @@
 """WRONG on purpose (tests/test_grader_strength.py): counts fully_shard's padding, ceil(n0/W) rows on
 every rank, as if the last rank held a full shard."""
+
 import math
 
 import torch
