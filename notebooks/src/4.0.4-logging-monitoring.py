@@ -95,6 +95,8 @@ else:
 # %%
 import importlib.util
 
+from IPython.utils.capture import capture_output
+
 from course_lib.trackers import make_tracker, read_run_ids
 
 installed = [n for n in ("wandb", "swanlab") if importlib.util.find_spec(n) is not None]
@@ -105,7 +107,9 @@ if installed:
     cfg3 = TrainConfig.default(max_steps=pick(20, 6), warmup_steps=2, out_dir=str(tr_dir), tensorboard=False, ckpt_interval=0,
                                log_interval=2)
     trackers = [make_tracker(n, mode="offline") for n in installed]
-    Trainer(ModelConfig.small(), cfg3, callbacks=trackers, console=False, save_checkpoints=False).fit()
+    # the trackers' own banners (paths on this machine, sync hints) are kept out of the page
+    with capture_output():
+        Trainer(ModelConfig.small(), cfg3, callbacks=trackers, console=False, save_checkpoints=False).fit()
     for name, run_id in read_run_ids(tr_dir).items():
         folder = {"wandb": "wandb", "swanlab": "swanlog"}[name]
         parts = sorted(p.name for p in (tr_dir / folder).iterdir() if p.is_dir() and p.name.endswith(run_id))

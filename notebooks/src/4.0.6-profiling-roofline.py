@@ -286,7 +286,7 @@ print(f"limit {BW / need:.0f} tok/s, measured {dec[1]['tokens_per_s']:.0f} tok/s
       f"({share['matmul_share']:.0%} of the profiled time) MBU would be {min(1.0, mbu[1] / share['matmul_share']):.2f}")
 
 # %%
-p.reveal(mbu[1])  # 第 4 节的预测
+p.reveal(mbu[1])
 
 # %% [markdown]
 # ## 小结

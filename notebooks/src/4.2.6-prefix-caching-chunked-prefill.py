@@ -154,7 +154,7 @@ print(f"median: prefill tokens on/off = {prefill_ratio:.2f}x (target <= 0.4x: {p
       f"p95 TTFT on/off = {ttft_ratio:.2f}x (target <= 0.5x: {ttft_ratio <= 0.5})")
 
 # %%
-p.reveal(prefill_ratio)  # 上面的预测
+p.reveal(prefill_ratio)
 
 # %% [markdown]
 # **读表**：省下的预填充 token 是确定的算术（上面断言了不到一半，每轮都一样，因为到达顺序不影响谁命中谁）；
