@@ -48,11 +48,13 @@ refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
 # The whole suite (what CI runs, ~10-20 min on 2 cores): unit tests, graders, reliability, browser,
-# every notebook through nbval. TEST_JOBS=0 runs it in one process; TEST_ARGS="--lf" reruns failures.
+# every notebook through nbval. TEST_JOBS=0 runs tests/ in one process; TEST_ARGS="--lf" reruns failures.
+# The notebooks run in a second pytest without xdist: nbval runs a notebook's cells in one kernel, in order.
 TEST_JOBS ?= 2
 TEST_ARGS ?=
 test: install-test
-	COURSE_QUICK=1 $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
+	COURSE_QUICK=1 $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup tests $(TEST_ARGS)
+	COURSE_QUICK=1 $(VPY) -m pytest -p no:xdist notebooks $(TEST_ARGS)
 
 # The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
 # course_lib. Left out: files that train, spawn processes, compile or start a server, and the

@@ -290,7 +290,7 @@ def test_fsdp_refused_for_a_foreign_model(tmp_path):
     ],
 )
 def test_cli_model_class_errors_are_one_line(argv, expected, capsys):
-    from course_lib.cli import train_main
+    from course_lib.train import main as train_main
 
     assert train_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

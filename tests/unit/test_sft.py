@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.chat import IM_END
-from course_lib.cli import train_main
 from course_lib.config import ModelConfig, TrainConfig
 from course_lib.data import ByteTokenizer, DataError
 from course_lib.export import save_inference
@@ -25,6 +24,7 @@ from course_lib.sft import (
 )
 from course_lib.tokenizer import train_bpe
 from course_lib.train import ConfigMismatchError, Trainer
+from course_lib.train import main as train_main
 
 TOK = ByteTokenizer()
 CONVS = [

@@ -188,9 +188,10 @@ def test_offline_run_resumes_into_the_same_run_id(tracker, tmp_path):
     for part in parts:
         assert part.name.endswith(run_id), part.name  # ... under one run id (sync merges them)
         blobs.append((part / record.format(id=run_id)).read_bytes())
-    # wandb hands records to its own service process, which outlives the SIGKILL: the killed part
-    # keeps its steps. SwanLab batches records in the training process (core.record_interval,
-    # 1.5 s): a SIGKILL loses what was not written yet, here possibly the whole short killed part.
-    for blob in blobs if tracker == "wandb" else blobs[-1:]:
+    # What the killed part had logged is best effort for both: wandb hands records to its own
+    # service process, which usually outlives the SIGKILL but may not have flushed yet on a loaded
+    # machine (seen in CI); SwanLab batches records in the training process (core.record_interval,
+    # 1.5 s), so a SIGKILL loses what was not written yet. The resumed part must hold every metric.
+    for blob in blobs[-1:]:
         for key in KEYS:
             assert key.encode() in blob, key
