@@ -12,7 +12,10 @@ checkpoint of a run and prints a sample.
 from __future__ import annotations
 
 import codecs
+import functools
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -112,8 +115,29 @@ def compile_available() -> tuple[bool, str]:
     """``torch.compile`` on CPU generates C++ and needs a compiler; on CUDA it needs Triton."""
     if not hasattr(torch, "compile"):
         return False, f"torch {torch.__version__} has no torch.compile"
-    if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
         return False, "torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH; none found"
+    return _compiler_works(cxx)
+
+
+@functools.cache
+def _compiler_works(cxx: str) -> tuple[bool, str]:
+    """A compiler on PATH can still be unusable (a half-installed toolchain: "cannot execute
+    cc1plus"); compile an empty program once per process to find out before torch.compile does."""
+    try:
+        r = subprocess.run(
+            [cxx, "-x", "c++", "-", "-o", os.devnull],
+            input="int main() { return 0; }\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"the C++ compiler {cxx} cannot be run ({type(e).__name__})"
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["no output"])[0]
+        return False, f"the C++ compiler {cxx} does not work ({msg})"
     return True, "ok"
 
 

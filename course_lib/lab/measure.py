@@ -60,6 +60,7 @@ from ..kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from ..memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
 from ..model import DIYModel
 from ..quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
+from ..util import first_line
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +194,10 @@ def compiled_vs_eager(model, batch_size: int = 1, prompt_len: int = 32, new_toke
     if not ok:
         return {"available": False, "reason": why}
     model = as_model(model)
-    warm = warm_up_compiled(model, batch_size, prompt_len + new_tokens)
+    try:
+        warm = warm_up_compiled(model, batch_size, prompt_len + new_tokens)
+    except Exception as e:  # noqa: BLE001 - a toolchain that fails mid-compile: the lesson says so and goes on
+        return {"available": False, "reason": f"torch.compile failed: {first_line(e)}"}
     res = interleaved_rounds(
         {
             "eager": lambda: measure_generation(model, batch_size, prompt_len, new_tokens)["decode_tok_s"],
