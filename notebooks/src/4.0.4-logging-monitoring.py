@@ -44,9 +44,8 @@ history = trainer.fit()
 # %% [markdown]
 # ## 1. JSONL：画图的依据
 # 每条记录一行 JSON（`course_lib.monitor.StepLogger`）。它是纯文本、只追加 (append-only)，每行写完就 `flush()`：
-# 进程被 SIGKILL 时，已经 flush 的行都在操作系统的页缓存 (page cache) 里，最多丢最后一行写了一半的（`read_jsonl` 会跳过它）。
-# **断电**不一样：flush 只把数据交给操作系统，没有 `fsync` 的行可能还没落盘，断电会丢掉最近几秒甚至更多的记录。
-# 日志丢几行可以接受（检查点才需要 fsync，见 4.0.1），所以这里不为每行付 fsync 的代价；kill 测试证明的只是前一种情况。
+# 进程被 SIGKILL 时，已经 flush 的行都还在，最多丢最后一行写了一半的（`read_jsonl` 会跳过它）；断电时没有 fsync 的行可能丢
+# （SIGKILL 与断电的区别见 4.0.1 第 1 节）。日志丢几行可以接受，检查点才需要 fsync，所以这里不为每行付 fsync 的代价。
 
 # %%
 recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
@@ -169,7 +168,7 @@ check("4.0.4");
 # %%
 from course_lib.lab.quiz import quiz
 
-q = quiz("4.0.4")   # 预测题在第 3 节的实验之前已经问过
+q = quiz("4.0.4")   # 预测题在第 4 节的实验之前已经问过
 
 # %% [markdown]
 # ## 下一步
