@@ -29,7 +29,9 @@ def code_without_comments(source: str) -> list[tuple[int, str]]:
     """The tokens that run: comments, blank lines and indentation-only differences ignored."""
     skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
     try:
-        return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in skip]
+        return [
+            (t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type not in skip
+        ]
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return [(-1, source)]  # not plain Python (a magic?): compare as text
 
@@ -46,8 +48,9 @@ def sync(name: str) -> int:
         if w.source == s.source:
             continue
         if w.cell_type == "code" and code_without_comments(w.source) != code_without_comments(s.source):
-            raise SystemExit(f"{name}: code cell {i} changed more than its comments: rebuild it "
-                             f"(tools/build_notebooks.py {name})")
+            raise SystemExit(
+                f"{name}: code cell {i} changed more than its comments: rebuild it (tools/build_notebooks.py {name})"
+            )
         s.source = w.source
         changed += 1
     if changed:
