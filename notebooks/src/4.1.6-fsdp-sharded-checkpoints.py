@@ -67,7 +67,7 @@ print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| ste
 # ## 1. 每个 rank 持有什么：DDP 与 FSDP
 #
 # 4.0.5 的静态部分：fp32 训练时每个参数有 4 字节权重、4 字节梯度、AdamW 的两个状态 (exp_avg, exp_avg_sq) 共 8 字节，
-# 合计约 16 字节/参数。**DDP** 的每个 rank 都有完整的这一份：加卡只加速，不省内存。ZeRO 论文把这份状态分到各 rank 上：
+# 合计约 16 字节/参数。**DDP** 的每个 rank 都有完整的这一份：加卡不省每个 rank 的内存（下表 DDP 的 W=1 与 W=2 两行一样大）。ZeRO 论文把这份状态分到各 rank 上：
 #
 # | 分片 (shard) 的内容 | 名字 | PyTorch 里 |
 # |---|---|---|
