@@ -202,7 +202,7 @@ print("fell back to:", folder.name, "| warning:", str(w[0].message)[:100], "..."
 
 # %% [markdown]
 # 完整的 pickle 加载（`torch.load(..., weights_only=False)`，torch 2.6 之前的默认）会执行文件里的代码。
-# 我们只用 `weights_only=True`（`safe_torch_load`）；这是课程里唯一一处演示它，后面的课程都引用这里：
+# 我们只用 `weights_only=True`（`safe_torch_load`）：
 
 # %%
 class Evil:
