@@ -88,7 +88,7 @@ else:
 #
 # 怎么选：只有自己一台机器、不想注册账号就用 TensorBoard（一直开着）；要和别人分享曲线、比较很多次实验，选 wandb 或 SwanLab 之一，
 # 看你的团队已经在用哪个。两者在课程里都是 `Callback`（`course_lib/trackers.py`），命令行加 `--tracker wandb` 或 `--tracker swanlab`，
-# 默认离线模式，不需要账号。**恢复的训练继续同一个追踪 run**：run id 存在 `out_dir/trackers.json`，从 checkpoint 恢复时沿用。
+# 默认离线模式，不需要账号。**恢复的训练继续同一个追踪 run**：run id 存在 `out_dir/trackers.json`，从 checkpoint 恢复时沿用（这里不演示；`tests/unit/test_trackers.py` 对两种工具各检查一次）。
 # 下面用离线模式把一次短训练同时发给已安装的追踪工具（它们在可选的 `.[trackers]` 里；没装的会跳过并说明）：
 
 # %%
