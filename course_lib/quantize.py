@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -505,8 +506,19 @@ def dynamic_int8(model) -> tuple[nn.Module, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         qm = quantize_dynamic(copy.deepcopy(model).eval().cpu(), {nn.Linear}, dtype=torch.qint8)
-    msgs = list(dict.fromkeys(str(w.message).strip() for w in caught))
+    msgs = list(dict.fromkeys(without_build_location(str(w.message)) for w in caught))
     return qm, msgs
+
+
+# torch's C++ warnings end with the source location on the machine that built the wheel, e.g.
+# " (Triggered internally at /__w/pytorch/pytorch/aten/src/ATen/quantized/Quantizer.cpp:111.)".
+# The message itself is what a reader needs (4.2.2 prints it); the build path is noise.
+_BUILD_LOCATION = re.compile(r"\s*\(Triggered internally at [^()]*\)\s*$")
+
+
+def without_build_location(message: str) -> str:
+    """A warning's text without torch's trailing "(Triggered internally at <build path>)"."""
+    return _BUILD_LOCATION.sub("", message.strip()).strip()
 
 
 # --------------------------------------------------------------------------------------------

