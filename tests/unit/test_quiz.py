@@ -156,7 +156,7 @@ def test_a_prediction_records_the_guess_and_reveals_after(capsys):
 # Quiz texts that a stored notebook's outputs contradicted (the claims audit of the quiz texts,
 # docs/claims-audit.md): they stay gone from every prompt, option and explanation.
 QUIZ_GONE = {
-    "4.0.1": ["它们的 loss 与第一次完全相同"],  # not printed; the resumed-vs-reference equality is
+    "4.0.1": ["它们的 loss 与第一次完全相同"],  # not printed (what is: resumed == uninterrupted)
     "4.0.3": ["偶尔接近阈值"],  # 25% of the clean steps exceed max_norm = 1.0
     "4.0.5": ["偏差来自分配器的对齐"],  # the estimate errs both ways; no cause was measured
     "4.1.1": ["从很小的值开始", "小很多"],  # the restarted warmup gives 1/3 of the peak: 0.59x
