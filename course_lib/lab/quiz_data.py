@@ -670,7 +670,7 @@ QUIZZES = {
                 "pickle 文件无法跨 PyTorch 大版本读取，而 safetensors 的格式保证兼容",
             ],
             2,
-            "pickle 加载时可以执行任意代码（本课演示过）；safetensors 只有张量和一段 JSON 头。",
+            "pickle 加载时可以执行任意代码（4.0.1 第 4 节演示过）；safetensors 只有张量和一段 JSON 头。",
         ),
         P(
             "本课导出的 model.safetensors 大约是训练检查点 state.pt 的多少倍大小？",

@@ -162,6 +162,7 @@ QUIZ_GONE = {
     "4.1.1": ["从很小的值开始", "小很多"],  # the restarted warmup gives 1/3 of the peak: 0.59x
     "4.1.3": ["理想上限约 2 倍"],  # measured 2.47x with 2 workers
     "4.1.6": ["越接近 1.25 倍", "多出一倍以上"],  # the root moves 2 shares, as in DDP: a big root -> 1x
+    "4.2.1": ["执行任意代码（本课演示过）"],  # the demonstration is in 4.0.1 section 4
     "4.2.2": ["没有量化的嵌入", "打包算子才快", "比一半多一点"],  # embeddings quantized; int8 x0.94; int4 g32 0.61x
     "4.2.4": ["batch 1 的解码受内存带宽限制"],  # the 1.6M reference model is overhead-bound at batch 1
 }
