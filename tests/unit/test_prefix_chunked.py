@@ -82,7 +82,14 @@ def check_blocks(eng):
 
 @pytest.mark.parametrize(
     "prefix_cache,prefill_chunk,speculative",
-    [(False, None, False), (True, None, False), (False, 8, False), (True, 8, False), (False, None, True), (True, 8, True)],
+    [
+        (False, None, False),
+        (True, None, False),
+        (False, 8, False),
+        (True, 8, False),
+        (False, None, True),
+        (True, 8, True),
+    ],
 )
 def test_random_trace_equals_generating_each_alone(
     model_tok, trace_and_oracle, prefix_cache, prefill_chunk, speculative

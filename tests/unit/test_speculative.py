@@ -176,9 +176,7 @@ def test_engine_with_draft_models_equals_greedy_alone(ref):
     random tiny draft (few proposals kept) and the model itself (every proposal kept)."""
     model, tok = ref
     eos = tok.encode("\n")[0]
-    want = [
-        generate(model, torch.tensor([tok.encode(p)]), 24, eos_id=eos)[0].tolist() for p in ENGINE_PROMPTS
-    ]
+    want = [generate(model, torch.tensor([tok.encode(p)]), 24, eos_id=eos)[0].tolist() for p in ENGINE_PROMPTS]
     for draft, rate in ((tiny_draft(model), None), (model, 1.0)):
         eng = Engine(model, eos_id=eos, max_batch=3, block_size=4, speculative=SpecConfig(DraftModelProposer(draft), 3))
         reqs = [eng.submit(tok.encode(p), 24) for p in ENGINE_PROMPTS]
