@@ -238,8 +238,9 @@ for text in ["import os\nimport sys\nimport ", "class Model(nn.Module):\n    def
     assert same
 
 # %% [markdown]
-# 第一个 prompt 在重复自己（`import` 一行接一行），提示查找几乎每次都猜对 4 个，每次验证产出 5 个 token；
+# 第一个 prompt 在重复自己（`import` 一行接一行），提示查找的 4 个提议每次都被接受，每次验证产出 5 个 token（上面逐步打印）；
 # 第二个 prompt 的续写重复得少，很多步只产出 1 个（提议在第一个 token 就被拒，或者前文里根本找不到可以提议的 n-gram）。
+# 两个 prompt 的输出都与普通贪心生成逐 token 相同（上面断言了）。
 #
 # 引擎里三者一起开：第 1 节的那 16 个请求（共享前缀、遇到 EOS 结束、小块池逼出抢占），前缀缓存 + 分块预填充 + 推测解码：
 
@@ -291,23 +292,27 @@ print(f"tokens per verify step per prompt (last round): {[round(x, 2) for x in r
 print(f"median: {tps:.2f} tokens per verify step; a 5-token forward costs {cost:.2f}x a 1-token one; "
       f"upper bound tokens/step / cost = {tps / cost:.2f}x; measured speed-up {speedup:.2f}x")
 print(f"weights: {weights_mb:.1f} MB (fp32); torch threads: {torch.get_num_threads()}")
+assert cost < 4, cost  # five tokens cost far less than five forwards
 
 # %%
 p.reveal(tps)
 
 # %% [markdown]
-# **读表：什么限制了加速**。一次验证产出 `tokens/step` 个 token，却要付一次 k+1 个 token 的前向，所以加速比最多是
-# 「每步 token 数 ÷ 前向代价比」（上面打印的上界），再减去提议者自己的时间（提示查找是 Python 循环）和裁剪缓存的开销，
-# 所以实测的加速比低于这个上界。这两个量在这里都不利：
+# **读表：什么限制了加速**。一次验证产出「每步 token 数」个 token，却要付一次 k+1 个 token 的前向，所以加速比最多是
+# 「每步 token 数 ÷ 前向代价比」（上面打印的上界）；提议者自己的时间（提示查找是 Python 循环）和每步裁剪缓存的开销
+# 不在这个上界里，还要从中扣掉。上面打印了上界和实测的加速比，逐项看：
 #
-# - 留出文本的续写重复得不多，提示查找常常猜不中，每步产出的 token 只比 1 多一点（表里每个 prompt 各不相同，重复的代码多得多）；
-# - 这个模型的权重只有上面打印的那么几 MB，装得进 CPU 缓存：一次解码前向的时间主要花在与 token 数无关的固定开销上
-#   （Python、每层十几个小算子的调度），而不是读权重，多喂几个 token 还要多做注意力和掩码的工作，所以 5 个 token 的前向
-#   比 1 个 token 的贵了打印出来的那个倍数。
+# - **前向代价比**：喂 5 个 token 的前向只比喂 1 个贵打印出来的那个倍数，远小于 5 倍。这个 1.6 M 参数的模型在 CPU 上
+#   是受固定开销限制的 (overhead-bound)：一次前向的时间主要花在与 token 数无关的部分（Python、每层十几个小算子的调度），
+#   所以一次验证多算几个 token 几乎不要钱，这一项对推测解码是有利的；
+# - **每步 token 数**：留出文本的续写里可供提示查找的重复不多（表里的接受率），每步只比 1 个多一点，于是上界本身就不大；
+#   同一个提议者在自己重复的代码上（本节第一个单元格）每步能产出 5 个；
+# - **扣掉的部分**：一步前向本身只有几毫秒，提示查找的 Python 循环、裁剪缓存这些每步的固定开销与它相比并不小。
 #
-# 推测解码的收益在另一种情况下才出现：解码受内存带宽限制 (bandwidth-bound) 的大模型（比如 GPU 上几十亿参数的模型），
-# 每一步都要把全部权重从显存读一遍，喂 1 个 token 和喂 5 个 token 几乎一样贵，加速比就接近「每步 token 数」。
-# 本课没有训练这样的模型（在这台 CPU 上训练不动），所以这里不给那种情况的数字；上面的表只说明这台机器上的这个小模型。
+# 推测解码真正划算的地方是另一种情况：解码受内存带宽限制 (bandwidth-bound) 的大模型（比如 GPU 上几十亿参数的模型），
+# 每一步都要把全部权重读一遍，一步本身就很贵，提议者的开销相对可以忽略；再配一个真正会写这类文本的草稿模型 (draft model)，
+# 每步 token 数才会明显大于 1。本课没有训练这样的模型（在这台 CPU 上训练不动），所以这里不给那种情况的数字；
+# 上面的表只说明这台机器上的这个小模型。
 #
 # ## 小结
 #
