@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Engine, Request
+from ..generate import generate
+from ..kv_cache import DynamicCache
+from ..speculative import NgramProposer, SpecConfig, crop
 
 
 @dataclass
@@ -327,9 +330,6 @@ def chunked_prefill_experiment(model, chunk: int = 32, rounds: int = 3, **kw) ->
 def verify_forward_seconds(model, prompt: torch.Tensor, n_tokens: int, reps: int = 50) -> float:
     """Seconds of one model call that feeds ``n_tokens`` after a cached ``prompt`` ((1, T)): the
     verify forward of speculative decoding (``n_tokens = k + 1``) or a plain decode step (1)."""
-    from ..kv_cache import DynamicCache
-    from ..speculative import crop
-
     cache = DynamicCache()
     T = prompt.shape[1]
     model(prompt, past_key_values=cache, use_cache=True)
@@ -347,8 +347,6 @@ def speculative_experiment(
     """Per round, interleaved (greedy, batch 1, no EOS): plain ``generate`` and
     ``generate(speculative=SpecConfig(NgramProposer(), k))`` tokens/s over ``prompts`` ((1, T) each),
     tokens emitted per verify step, and the seconds of a (k + 1)-token vs a 1-token forward."""
-    from ..generate import generate
-    from ..speculative import NgramProposer, SpecConfig
 
     def tok_s(spec) -> tuple[float, list]:
         stats = []
