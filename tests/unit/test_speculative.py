@@ -93,6 +93,16 @@ def test_draft_model_greedy_equals_plain_greedy_with_eos(ref):
         assert got == want, f"draft-model speculative greedy differs for {text!r}"
 
 
+def test_generate_speculative_streams_and_stops_at_eos_like_generate(ref):
+    model, tok = ref
+    eos = tok.encode("\n")[0]
+    ids = torch.tensor([tok.encode(PROMPTS[1])])  # continues "os\nimport ...": EOS (newline) early
+    seen = []
+    got = generate(model, ids, 40, eos_id=eos, speculative=SpecConfig(), on_token=lambda t: seen.append(int(t[0])))
+    want = generate(model, ids, 40, eos_id=eos)
+    assert got.tolist() == want.tolist() and seen == want[0].tolist() and seen[-1] == eos
+
+
 def test_self_draft_accepts_every_proposal(ref):
     """The model as its own draft: every greedy proposal is right, k + 1 tokens per verify step."""
     model, tok = ref
