@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Speculative decoding with prompt lookup (n-gram) proposals on the shipped reference model:
 greedy tokens/s vs plain cached decode, batch 1, tokens per verify step, and the measured cost of
-one (k + 1)-token verify forward against a 1-token decode forward (what bounds the speed-up).
+one (k + 1)-token verify forward against a 1-token decode forward (what bounds the speed-up); and the
+engine path (``Engine(speculative=SpecConfig(NgramProposer(), k))``) against the plain engine, at
+batch 1 and with all prompts in one running batch (one ragged verify forward per step).
 Threads pinned (``BENCH_THREADS``, default 1); candidates interleaved in rounds, median and range.
 
     python bench/speculative.py
@@ -19,13 +21,12 @@ from course_lib.config import quick_mode  # noqa: E402
 
 
 def run(quick: bool) -> list[dict]:
-    import torch
-
+    from course_lib.engine import Engine
     from course_lib.generate import generate
-    from course_lib.kv_cache import DynamicCache
     from course_lib.lab.measure import interleaved_rounds, pin_threads
+    from course_lib.lab.serving import verify_forward_seconds
     from course_lib.pretrained import heldout_tokens, load_reference_model
-    from course_lib.speculative import NgramProposer, speculative_generate
+    from course_lib.speculative import NgramProposer, SpecConfig, speculative_generate
 
     threads = pin_threads()
     model, _ = load_reference_model()
@@ -50,26 +51,57 @@ def run(quick: bool) -> list[dict]:
             stats.append(s)
         return n_prompts * new / (time.perf_counter() - t0)
 
-    @torch.no_grad()
     def forward_seconds(n_tokens: int) -> float:
-        cache = DynamicCache()
-        model(prompts[0], past_key_values=cache, use_cache=True)
-        ids = prompts[0][:, :n_tokens]
-        reps = 20 if quick else 100
+        return verify_forward_seconds(model, prompts[0], n_tokens, reps=20 if quick else 100)
+
+    engine_stats = {}
+
+    def engine(speculative: bool, batch: int) -> float:
+        """tokens/s of one Engine over all prompts, ``batch`` running at a time (no EOS: every
+        request emits ``new`` tokens)."""
+        eng = Engine(model, max_batch=batch, speculative=SpecConfig(NgramProposer(), k=k) if speculative else None)
         t0 = time.perf_counter()
-        for _ in range(reps):
-            model(ids, past_key_values=cache, use_cache=True)
-            cache.keys = [x[:, :, :prompt_len] for x in cache.keys]
-            cache.values = [x[:, :, :prompt_len] for x in cache.values]
-        return (time.perf_counter() - t0) / reps
+        for p in prompts:
+            eng.submit(p[0].tolist(), new)
+        eng.run_until_done()
+        dt = time.perf_counter() - t0
+        if speculative:
+            engine_stats[batch] = eng.spec_stats()
+        return n_prompts * new / dt
 
     plain(), spec()  # warm-up
+    engine(False, 1), engine(True, 1)
     res = interleaved_rounds({"plain": plain, "spec": spec}, rounds=rounds)
+    eng_res = interleaved_rounds(
+        {
+            "plain_1": lambda: engine(False, 1),
+            "spec_1": lambda: engine(True, 1),
+            "plain_b": lambda: engine(False, n_prompts),
+            "spec_b": lambda: engine(True, n_prompts),
+        },
+        rounds=rounds,
+    )
     cost = interleaved_rounds({"1": lambda: forward_seconds(1), "k+1": lambda: forward_seconds(k + 1)}, rounds=rounds)
     tps = sum(s.emitted for s in stats) / sum(s.verify_steps for s in stats)
     ratios = [s / p for s, p in zip(res["spec"]["values"], res["plain"]["values"], strict=True)]
     verify_cost = cost["k+1"]["median"] / cost["1"]["median"]
     rng = f"range {min(ratios):.2f}-{max(ratios):.2f}x"
+
+    def engine_row(batch: int, key: str) -> dict:
+        r = [s / p for s, p in zip(eng_res[f"spec_{key}"]["values"], eng_res[f"plain_{key}"]["values"], strict=True)]
+        st = engine_stats[batch]
+        return {
+            "name": f"Engine(speculative=SpecConfig(NgramProposer(), k={k})) vs plain Engine, greedy, max_batch={batch}, "
+            f"{n_prompts} prompts ({threads} thread(s), {rounds} rounds, range {min(r):.2f}-{max(r):.2f}x; "
+            f"{st['tokens_per_step']:.2f} tokens per row per verify step, acceptance {st['acceptance_rate']:.2f})",
+            "value": eng_res[f"spec_{key}"]["median"],
+            "unit": "tok/s",
+            "baseline": eng_res[f"plain_{key}"]["median"],
+            "ratio": sorted(r)[len(r) // 2],
+            "target": "report",
+            "met": None,
+        }
+
     return [
         {
             "name": f"speculative greedy decode (prompt lookup, k={k}), reference model 1.6M, batch 1 "
@@ -100,6 +132,8 @@ def run(quick: bool) -> list[dict]:
             "target": "report",
             "met": None,
         },
+        engine_row(1, "1"),
+        engine_row(n_prompts, "b"),
     ]
 
 

@@ -158,6 +158,26 @@ class BlockManager:
         for _ in range(max(need, 0)):
             seq.table.append(self._take_fresh())
 
+    def truncate(self, seq: SeqBlocks, n_positions: int) -> None:
+        """Roll ``seq`` back to its first ``n_positions`` (speculative decoding: drop the K/V of rejected
+        proposals) and give back the blocks past them.
+
+        The dropped positions lie at or after the length the sequence had before its verify forward,
+        so every block they touch is one only this sequence holds and no hash names (shared and
+        registered blocks are full blocks *before* that length): the freed ones go to the end of the
+        free list, like any plain block."""
+        if n_positions > seq.length:
+            raise ValueError(f"truncate: the sequence holds {seq.length} positions, cannot grow to {n_positions}")
+        if n_positions < len(seq.hashes) * self.block_size:
+            raise ValueError("truncate: would cut into a registered (possibly shared) block")
+        seq.lengths[:] = [n_positions] * len(seq.lengths)
+        keep = self.blocks_for(n_positions)
+        for b in reversed(seq.table[keep:]):
+            self.refs[b] -= 1
+            if self.refs[b] == 0:  # (a registered block would go to the front; none can be here)
+                self.pool.free.append(b)
+        del seq.table[keep:]
+
     # ---- the prefix cache: insert ------------------------------------------------------------------
     def commit(self, seq: SeqBlocks, token_ids: Sequence[int]) -> None:
         """Register the full blocks of ``seq`` that a forward has completed since the last commit.

@@ -18,10 +18,23 @@ queue, and on re-admission its prompt plus the tokens generated so far are prefi
 request that could never fit (longer than the model's context or the whole pool) is refused when
 it is submitted, with the reason.
 
-Lesson 4.2.6 adds two options: ``prefix_cache=True`` (full KV blocks shared between requests whose
-token prefixes are equal, ``block_manager.py``) and ``prefill_chunk=C`` (at most C prompt tokens
+Lesson 4.2.6 adds three options: ``prefix_cache=True`` (full KV blocks shared between requests whose
+token prefixes are equal, ``block_manager.py``), ``prefill_chunk=C`` (at most C prompt tokens
 prefilled per step, so a long prompt is prefilled over several steps, interleaved with the running
-batch's decode steps, ``scheduler.py``).
+batch's decode steps, ``scheduler.py``) and ``speculative=SpecConfig(proposer, k)`` (speculative
+decoding, ``speculative.py``): each decode step every row feeds its pending token plus up to k
+proposed ones, all rows in ONE ragged forward (``ModelRunner.verify``); each row keeps the proposals
+its own sampler agrees with plus one token of the model's, and ``BlockManager.truncate`` rolls the
+rejected positions back and returns their blocks. Proposals only use blocks the pool can spare:
+speculation never preempts anybody (a row short of blocks proposes fewer tokens).
+
+Verification samples every position with the request's own sampler (``_sample``: temperature, top-p,
+penalties, its generator) and stops at the first sampled token that differs from the proposal. For a
+deterministic proposal (prompt lookup; a draft model drafting greedily) this IS the accept / reject
+rule with the residual distribution: the proposal x is kept with probability p(x), otherwise the
+token drawn is distributed as p without x, renormalised. Every emitted token is drawn from the
+model's own distribution exactly as plain decoding draws it, one generator draw per token, so
+greedy output is identical and seeded sampling draws the same numbers as without speculation.
 
 The job is split the way nano-vllm splits it: ``scheduler.py`` decides (queues, admission, chunks,
 preemption), ``block_manager.py`` keeps the blocks (tables, reference counts, prefix cache),
@@ -52,6 +65,7 @@ from .generate import sample_next
 from .kv_cache import BlockPool
 from .model_runner import ModelRunner
 from .scheduler import Scheduler
+from .speculative import SpecConfig, _n_accepted
 from .util import cdiv
 
 
@@ -81,6 +95,7 @@ class Request:
     logprobs: int | None = None  # None: record nothing
     token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list, repr=False)
     pending_logprob: tuple[float, list[tuple[int, float]]] | None = field(default=None, repr=False)
+    proposer: object | None = field(default=None, repr=False)  # speculative decoding: this request's proposer
     on_token: Callable[[Request, int], None] | None = field(default=None, repr=False)  # from the engine thread
     on_finish: Callable[[Request], None] | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_ids))
@@ -117,8 +132,8 @@ class Engine:
     ``policy="continuous"`` admits at every step and evicts finished rows at once;
     ``policy="static"`` is the baseline: a batch is formed only when none is running, and
     finished rows keep being computed (their output ignored) until the batch's longest request
-    ends, as a plain ``generate`` over a fixed batch does. ``prefix_cache`` and ``prefill_chunk``:
-    see the module docstring.
+    ends, as a plain ``generate`` over a fixed batch does. ``prefix_cache``, ``prefill_chunk`` and
+    ``speculative``: see the module docstring.
 
     ``admit``, ``prefill``, ``decode`` and ``evict`` are the four steps a lesson (and exercise
     ex425, which replaces ``admit`` / ``evict``) works with; ``waiting``, ``running``,
@@ -137,9 +152,15 @@ class Engine:
         policy: str = "continuous",
         prefix_cache: bool = False,
         prefill_chunk: int | None = None,
+        speculative: SpecConfig | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        if speculative is not None and not isinstance(speculative, SpecConfig):
+            raise TypeError(
+                f"speculative must be a course_lib.speculative.SpecConfig (or None), got {type(speculative).__name__}"
+            )
         self.model = model.eval()
+        self.spec = speculative
         self.eos_id, self.clock = eos_id, clock
         self.max_len = model.config.max_seq_len
         if num_blocks is None:  # enough for every row to reach the full context
@@ -151,6 +172,10 @@ class Engine:
             "prefill_tokens": 0,
             "preemptions": 0,
             "cached_tokens": 0,
+            "spec_rows": 0,  # speculative: row-steps verified, tokens proposed / accepted / emitted by them
+            "spec_proposed": 0,
+            "spec_accepted": 0,
+            "spec_emitted": 0,
         }
         self.pool = BlockPool.for_model(model, num_blocks=num_blocks, block_size=block_size)
         self.block_manager = BlockManager(self.pool, prefix_cache=prefix_cache)
@@ -211,6 +236,17 @@ class Engine:
             "computed_tokens": computed,
             "hit_rate": saved / (saved + computed) if saved + computed else 0.0,
             **self.block_manager.cache_stats(),
+        }
+
+    def spec_stats(self) -> dict:
+        """Speculative decoding: tokens emitted per row per verify step, and the acceptance rate."""
+        s = self.stats
+        return {
+            "verify_rows": s["spec_rows"],
+            "proposed": s["spec_proposed"],
+            "accepted": s["spec_accepted"],
+            "tokens_per_step": s["spec_emitted"] / s["spec_rows"] if s["spec_rows"] else 0.0,
+            "acceptance_rate": s["spec_accepted"] / s["spec_proposed"] if s["spec_proposed"] else 0.0,
         }
 
     # ---- submitting ---------------------------------------------------------------------------
@@ -312,6 +348,9 @@ class Engine:
         rows = self.scheduler.reserve_or_preempt(rows)
         if not rows:
             return
+        if self.spec is not None:
+            self._verify(rows)
+            return
         idle = sum(r.done for r in rows)  # static batching: finished rows still computed
         try:
             logits = self._forward(rows)
@@ -327,6 +366,9 @@ class Engine:
                         self.block_manager.commit(req.blocks, req.prompt_ids + req.output)
             except Exception as e:  # noqa: BLE001  an engine error fails this request only
                 self._fail(req, e)
+        self._record(rows, idle)
+
+    def _record(self, rows: list[Request], idle: int) -> None:
         self.stats["decode_steps"] += 1
         self.history.append((self.steps, len(rows), idle))
         self.stats["decode_rows"] += len(rows)
@@ -334,6 +376,68 @@ class Engine:
 
     def _forward(self, rows: list[Request]) -> Tensor:
         return self.runner.decode([r.blocks for r in rows], [r.output[-1] for r in rows])
+
+    # ---- 2'. decode, speculative ----------------------------------------------------------------
+    def _verify(self, rows: list[Request]) -> None:
+        """ONE forward for all decoding rows, each feeding its pending token + its proposals."""
+        idle = sum(r.done for r in rows)
+        fed, feeds = [], []
+        for req in rows:
+            try:
+                feeds.append(self._propose(req))
+                fed.append(req)
+            except Exception as e:  # noqa: BLE001  a failing proposer fails this request only
+                self._fail(req, e)
+        try:
+            logits = self.runner.verify([r.blocks for r in fed], feeds) if fed else None
+        except Exception:  # noqa: BLE001  find the culprit: retry each row alone
+            logits = None
+        for i, (req, feed) in enumerate(zip(fed, feeds, strict=True)):
+            try:
+                row = logits[i] if logits is not None else self.runner.verify([req.blocks], [feed])[0]
+                self._accept(req, feed, row)
+            except Exception as e:  # noqa: BLE001  an engine error fails this request only
+                self._fail(req, e)
+        self._record(rows, idle)
+
+    def _propose(self, req: Request) -> list[int]:
+        """[pending token] + up to k proposals, with blocks reserved for them from what the pool spares."""
+        room = min(self.spec.k, req.max_tokens - len(req.output) - 1)  # the verify step emits one more
+        if req.done or room < 1:  # (a finished static-batching row idles on its one token)
+            return [req.output[-1]]
+        if req.proposer is None:
+            req.proposer = self.spec.proposer.fork()
+        proposal = list(req.proposer.propose(req.prompt_ids + req.output, room)[0])[:room]
+        seq = req.blocks
+        try:
+            self.block_manager.reserve(seq, seq.length + 1 + len(proposal))
+        except RuntimeError:  # the pool is short: speculate only into the blocks the row already holds
+            proposal = proposal[: max(0, len(seq.table) * self.block_manager.block_size - seq.length - 1)]
+        return [req.output[-1]] + proposal
+
+    def _accept(self, req: Request, feed: list[int], logits: Tensor) -> None:
+        """Sample position by position; keep going while the sampled token equals the proposal."""
+        seq = req.blocks
+        start = seq.length - len(feed)  # positions held before this verify forward
+        if req.done:  # a finished static-batching row: its one idle position stays, as in plain decode
+            return
+        proposal, emitted = feed[1:], []
+        for i in range(len(feed)):
+            tok = self._sample(req, logits[i : i + 1])
+            self._emit(req, tok)
+            emitted.append(tok)
+            if req.done or i == len(proposal) or tok != proposal[i]:
+                break
+        # the cache keeps [pending token] + the accepted proposals; the last emitted token is pending
+        self.block_manager.truncate(seq, start + len(emitted))
+        if req.proposer is not None:  # a draft model crops its own cache to the final tokens
+            req.proposer.accepted(len(emitted), len(req.prompt_ids) + len(req.output) - 1)
+        if self.block_manager.prefix_cache:
+            self.block_manager.commit(seq, req.prompt_ids + req.output)
+        self.stats["spec_rows"] += 1
+        self.stats["spec_proposed"] += len(proposal)
+        self.stats["spec_accepted"] += _n_accepted(emitted, proposal)
+        self.stats["spec_emitted"] += len(emitted)
 
     # ---- 3. evict -------------------------------------------------------------------------------
     def evict(self) -> None:
@@ -398,6 +502,8 @@ class Engine:
         if req.blocks is not None:
             self.block_manager.release(req.blocks)
             req.blocks = None
+        if req.done:
+            req.proposer = None  # a draft model's cache goes with it
 
 
 def _apply_penalties(logits: Tensor, req: Request) -> Tensor:

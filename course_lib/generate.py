@@ -28,6 +28,7 @@ from .config import ConfigError
 from .export import load_model_from_run
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 from .model import DIYModel
+from .speculative import SpecConfig, generate_speculative
 from .tokenizer import token_bytes
 
 
@@ -206,6 +207,7 @@ def generate(
     on_token: Callable[[Tensor], None] | None = None,
     drop_finished: bool = True,
     compile: bool = False,
+    speculative: SpecConfig | None = None,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids``; returns only the new tokens.
 
@@ -225,7 +227,17 @@ def generate(
     (compiled once per process and batch size: the first call pays seconds to minutes, see
     ``warm_up_compiled``). It needs unpadded prompts (one length) and keeps finished rows in the
     batch; on CPU it needs a C++ compiler (``compile_available()``).
+
+    ``speculative=SpecConfig(proposer, k)`` is speculative decoding (``speculative.py``, lesson 4.2.6):
+    one unpadded prompt; greedy output identical, sampling with the same distribution; the call's
+    tokens per verify step end up in ``speculative.stats``.
     """
+    if speculative is not None:  # its own loop: propose k, verify k + 1 in one forward, crop the cache
+        return generate_speculative(
+            model, input_ids, max_new_tokens, speculative, attention_mask=attention_mask, temperature=temperature,
+            top_k=top_k, top_p=top_p, eos_id=eos_id, pad_id=pad_id, use_cache=use_cache, cache=cache,
+            generator=generator, on_token=on_token, drop_finished=drop_finished, compile=compile,
+        )  # fmt: skip
     model.eval()
     B = input_ids.shape[0]
     device = input_ids.device

@@ -9,6 +9,10 @@ pool never fails half-way through the layers):
 * ``decode(seqs, tokens)``: one new token for each of many sequences of different lengths in ONE
   forward, through ``RaggedPagedCache``, a left-padded view with the mask and per-row positions the
   model already supports (lesson 4.2.4).
+* ``verify(seqs, feeds)`` (speculative decoding): a *different* number of new tokens per sequence
+  (its last token + its proposals) in ONE forward; logits at every new position. Short rows are
+  padded on the right with dummies that are never written to the pool: causal attention keeps them
+  out of every real token's output, and their logits are ignored.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ class RaggedPagedCache(Cache):
     (the engine does it before the forward, so a full pool never fails half-way through layers).
     """
 
-    def __init__(self, pool: BlockPool, seqs: Sequence[SeqBlocks]) -> None:
+    def __init__(self, pool: BlockPool, seqs: Sequence[SeqBlocks], n_real: Sequence[int] | None = None) -> None:
+        # n_real[b]: how many of the step's new tokens are real for row b (the rest: right-padding
+        # dummies of a ragged verify step, never written). None: all of them.
         self.pool, self.seqs = pool, list(seqs)
+        self.n_real = list(n_real) if n_real is not None else None
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(s.lengths[layer_idx] for s in self.seqs)
@@ -58,25 +65,41 @@ class RaggedPagedCache(Cache):
         B, T = k.shape[0], k.shape[2]
         if B != len(self.seqs):
             raise ValueError(f"RaggedPagedCache has {len(self.seqs)} rows, got batch {B}")
-        if B > 1 and T > 1:
+        if B > 1 and T > 1 and self.n_real is None:
             # A multi-token step for rows of different lengths would write their padding too.
             raise ValueError("RaggedPagedCache: prefill one sequence at a time (B == 1) or decode one token (T == 1)")
+        real = self.n_real if self.n_real is not None else [T] * B
         starts = [s.lengths[layer_idx] for s in self.seqs]
-        for s, n in zip(self.seqs, starts, strict=True):
-            if n + T > len(s.table) * self.pool.block_size:
+        for s, n, r in zip(self.seqs, starts, real, strict=True):
+            if n + r > len(s.table) * self.pool.block_size:
                 raise RuntimeError(
-                    f"sequence needs {n + T} slots but holds {len(s.table)} blocks; reserve blocks first"
+                    f"sequence needs {n + r} slots but holds {len(s.table)} blocks; reserve blocks first"
                 )
         kp, vp = self.pool.k[layer_idx], self.pool.v[layer_idx]
-        # 1. write: row b's new tokens go to positions starts[b] .. starts[b] + T - 1 of its own blocks
-        blk, slot = self._slots([list(range(n, n + T)) for n in starts])
-        kp[blk, :, slot] = k.permute(0, 2, 1, 3)  # (B, T, H, D) into (block, :, slot)
-        vp[blk, :, slot] = v.permute(0, 2, 1, 3)
-        for s in self.seqs:
-            s.lengths[layer_idx] += T
-        # 2. gather the left-padded view: row b's position p sits at column L_new - n_b + p
+        # 1. write: row b's real new tokens go to positions starts[b] .. starts[b] + real[b] - 1 of its own blocks
+        if all(r == T for r in real):
+            blk, slot = self._slots([list(range(n, n + T)) for n in starts])
+            kp[blk, :, slot] = k.permute(0, 2, 1, 3)  # (B, T, H, D) into (block, :, slot)
+            vp[blk, :, slot] = v.permute(0, 2, 1, 3)
+        else:  # a ragged verify step: only the real tokens, flattened to (N, H, D)
+            bs, dev = self.pool.block_size, kp.device
+            rows = torch.tensor([b for b, r in enumerate(real) for _ in range(r)], dtype=torch.long, device=dev)
+            cols = torch.tensor([j for r in real for j in range(r)], dtype=torch.long, device=dev)
+            ps = [n + j for n, r in zip(starts, real, strict=True) for j in range(r)]
+            tbl = [s.table for s, r in zip(self.seqs, real, strict=True) for _ in range(r)]
+            blk = torch.tensor([t[p // bs] for t, p in zip(tbl, ps, strict=True)], dtype=torch.long, device=dev)
+            slot = torch.tensor([p % bs for p in ps], dtype=torch.long, device=dev)
+            kp[blk, :, slot] = k.permute(0, 2, 1, 3)[rows, cols]
+            vp[blk, :, slot] = v.permute(0, 2, 1, 3)[rows, cols]
+        for s, r in zip(self.seqs, real, strict=True):
+            s.lengths[layer_idx] += r
+        # 2. gather the left-padded view: row b's position p sits at column L_new - n_b + p, its
+        # dummies (positions n_b + real_b .. n_b + T - 1, at the right end) are read as padding
         L_new = max(starts) + T
-        pos = [[p - (L_new - (n + T)) for p in range(L_new)] for n in starts]  # < 0 on the padding
+        pos = [
+            [p if p < n + r else -1 for p in (c - (L_new - (n + T)) for c in range(L_new))]
+            for n, r in zip(starts, real, strict=True)
+        ]  # < 0 on the padding
         blk, slot = self._slots(pos)
         pad = torch.tensor([[p < 0 for p in row] for row in pos], device=k.device)[:, None, :, None]
         # Padding reads block 0 (any real slot) and is zeroed; the mask hides it from attention anyway.
@@ -121,5 +144,22 @@ class ModelRunner:
             ]
         except Exception:
             for s, n in zip(seqs, saved, strict=True):  # undo the layers written before the failure
+                s.lengths[:] = n
+            raise
+
+    def verify(self, seqs: Sequence[SeqBlocks], feeds: Sequence[Sequence[int]]) -> Tensor:
+        """ONE forward: row ``b`` feeds ``feeds[b]`` (1 + its proposals) at its own next positions;
+        (B, T, vocab) logits, T = the longest feed (row ``b``'s logits past ``len(feeds[b])``: dummies).
+
+        Every fed token's K/V is written (the caller rolls rejected ones back with
+        ``BlockManager.truncate``); blocks must hold ``seq.length + len(feed)`` positions."""
+        saved = [list(s.lengths) for s in seqs]
+        T = max(len(f) for f in feeds)
+        cache = RaggedPagedCache(self.pool, seqs, n_real=[len(f) for f in feeds])
+        x = torch.tensor([list(f) + [f[-1]] * (T - len(f)) for f in feeds], dtype=torch.long, device=self.device)
+        try:
+            return self.model(x, attention_mask=cache.attention_mask(T), past_key_values=cache, use_cache=True).logits
+        except Exception:
+            for s, n in zip(seqs, saved, strict=True):
                 s.lengths[:] = n
             raise

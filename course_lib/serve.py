@@ -62,6 +62,7 @@ from .cli import OneLineParser  # a bad flag is one "error: ..." line, exit 2
 from .engine import Engine, Request, RequestRefused
 from .export import load_inference
 from .pretrained import REFERENCE_DIR
+from .speculative import NgramProposer, SpecConfig
 from .util import first_line
 
 log = logging.getLogger("course_lib.serve")
@@ -1164,6 +1165,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reuse the KV blocks of prompt prefixes other requests already computed (lesson 4.2.6)",
     )
+    p.add_argument(
+        "--speculative",
+        type=_at_least(1),
+        default=None,
+        metavar="K",
+        help="speculative decoding: propose K tokens per step by prompt lookup (n-gram), verify them in one "
+        "forward; same tokens as without (lesson 4.2.6; default: off)",
+    )
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--max-body-bytes",
@@ -1196,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_blocks=args.num_blocks,
         block_size=args.block_size,
         prefix_cache=args.prefix_cache,
+        speculative=SpecConfig(NgramProposer(), k=args.speculative) if args.speculative else None,
     )
     if engine.pool.num_blocks * engine.pool.block_size < engine.max_len:
         print(

@@ -23,6 +23,10 @@ Two proposers:
 
 Rejected proposals leave K/V in the caches; ``crop`` cuts a ``DynamicCache`` back to the accepted
 length, so the next step starts from exactly the state a plain decode would have.
+
+Where it plugs in: ``generate(model, ids, n, speculative=SpecConfig(NgramProposer(), k=4))`` (batch 1,
+delegates to ``speculative_generate`` below) and ``Engine(model, speculative=SpecConfig(...))``, which
+verifies every running row's proposals in ONE ragged forward over the paged pool (``engine.py``).
 """
 
 from __future__ import annotations
@@ -92,6 +96,10 @@ class NgramProposer:
     def accepted(self, n_kept: int, total_len: int) -> None:
         pass
 
+    def fork(self) -> NgramProposer:
+        """The proposer for one more sequence (the engine keeps one per request): stateless, so itself."""
+        return self
+
 
 class DraftModelProposer:
     """A small model with the same tokenizer proposes k tokens, one cheap decode step each.
@@ -129,6 +137,33 @@ class DraftModelProposer:
     def accepted(self, n_kept: int, total_len: int) -> None:
         """``total_len`` tokens are now final; the draft's cache keeps at most that many."""
         crop(self.cache, min(self.cache.get_seq_length(), total_len))
+
+    def fork(self) -> DraftModelProposer:
+        """A proposer for one more sequence: the same draft weights, its own cache. Greedy drafting
+        (q one-hot): the engine verifies every proposal as a deterministic one (``Engine`` docstring)."""
+        return DraftModelProposer(self.draft)
+
+
+@dataclass
+class SpecConfig:
+    """Speculative decoding settings for ``generate(..., speculative=)`` and ``Engine(..., speculative=)``.
+
+    ``proposer``: ``NgramProposer()`` (prompt lookup, the default) or ``DraftModelProposer(draft)``;
+    ``k``: tokens proposed per verify step. ``stats``: after a ``generate`` call, that call's
+    ``SpecStats`` (tokens per verify step, acceptance rate)."""
+
+    proposer: NgramProposer | DraftModelProposer = field(default_factory=NgramProposer)
+    k: int = 4
+    stats: SpecStats | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"SpecConfig.k (tokens proposed per verify step) must be an integer >= 1, got {self.k!r}")
+        if not callable(getattr(self.proposer, "propose", None)):
+            raise TypeError(
+                f"SpecConfig.proposer must have a propose(tokens, k) method (NgramProposer, DraftModelProposer); "
+                f"got {type(self.proposer).__name__}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,20 +235,23 @@ def speculative_generate(
     top_p: float | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    on_token=None,
 ) -> tuple[Tensor, SpecStats]:
     """Generate up to ``max_new_tokens`` after one prompt (``input_ids``: (1, T)).
 
     Returns (new tokens as a (1, n) tensor, ``SpecStats``). Greedy output equals
     ``generate(model, input_ids, max_new_tokens, eos_id=eos_id)``; sampled output has the same
     distribution as ``generate`` with the same temperature / top-k / top-p (not the same draws).
-    ``proposer``: ``NgramProposer()`` (default) or ``DraftModelProposer(draft)``.
+    ``proposer``: ``NgramProposer()`` (default) or ``DraftModelProposer(draft)``. ``on_token(ids)``
+    is called with each new token as a (1,) tensor, as ``generate`` calls it.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"speculative_generate takes one prompt of shape (1, T); got {tuple(input_ids.shape)}")
     if k < 1:
         raise ValueError(f"k (tokens proposed per step) must be >= 1, got {k}")
     T = input_ids.shape[1]
-    if T + max_new_tokens > model.config.max_seq_len:
+    # the last new token is never fed back, so T + max_new_tokens - 1 positions (generate's rule)
+    if T + max_new_tokens - 1 > model.config.max_seq_len:
         raise ValueError(
             f"prompt of {T} tokens + max_new_tokens={max_new_tokens} passes the model's "
             f"max_seq_len={model.config.max_seq_len}; shorten the prompt or ask for fewer tokens"
@@ -248,12 +286,31 @@ def speculative_generate(
         stats.per_step.append(len(emit))
         tokens += emit
         new += emit
+        if on_token is not None:
+            for tok in emit:
+                on_token(torch.tensor([tok], dtype=torch.long, device=device))
         # the cache holds K/V for tokens[:-len(emit)] + proposal; keep only what is final, minus the last token
         crop(cache, len(tokens) - 1)
         proposer.accepted(len(emit), len(tokens) - 1)
         if eos_id is not None and emit[-1] == eos_id:
             break
     return torch.tensor([new], dtype=torch.long, device=device), stats
+
+
+def generate_speculative(model, input_ids: Tensor, max_new_tokens: int, spec: SpecConfig, **kw) -> Tensor:
+    """``generate(..., speculative=spec)``: one unpadded prompt, a plain cache. Fills ``spec.stats``."""
+    mask = kw.pop("attention_mask", None)
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1 or (mask is not None and not bool(mask.all())):
+        raise ValueError(
+            "generate(speculative=...) takes one unpadded prompt of shape (1, T); "
+            f"got {tuple(input_ids.shape)}{' with padding' if mask is not None else ''}: use the Engine for many"
+        )
+    if kw.pop("compile", False) or kw.pop("cache", None) is not None or not kw.pop("use_cache", True):
+        raise ValueError("generate(speculative=...) keeps its own DynamicCache: leave compile, cache and use_cache")
+    for unused in ("pad_id", "drop_finished"):  # one row that stops at EOS: nothing to pad or drop
+        kw.pop(unused, None)
+    out, spec.stats = speculative_generate(model, input_ids, max_new_tokens, proposer=spec.proposer, k=spec.k, **kw)
+    return out
 
 
 def _n_accepted(emit: list[int], proposal: list[int]) -> int:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Engine, Request
+from ..generate import generate
+from ..kv_cache import DynamicCache
+from ..speculative import NgramProposer, SpecConfig, crop
 
 
 @dataclass
@@ -317,4 +320,60 @@ def chunked_prefill_experiment(model, chunk: int = 32, rounds: int = 3, **kw) ->
             res = long_prompt_itl(model, c, **kw)
             res["round"] = r
             rows.append(res)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 4.2.6: speculative decoding, measured (also bench/speculative.py)
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def verify_forward_seconds(model, prompt: torch.Tensor, n_tokens: int, reps: int = 50) -> float:
+    """Seconds of one model call that feeds ``n_tokens`` after a cached ``prompt`` ((1, T)): the
+    verify forward of speculative decoding (``n_tokens = k + 1``) or a plain decode step (1)."""
+    cache = DynamicCache()
+    T = prompt.shape[1]
+    model(prompt, past_key_values=cache, use_cache=True)
+    ids = prompt[:, :n_tokens]
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        model(ids, past_key_values=cache, use_cache=True)
+        crop(cache, T)
+    return (time.perf_counter() - t0) / reps
+
+
+def speculative_experiment(
+    model, prompts: Sequence[torch.Tensor], new: int, k: int = 4, rounds: int = 3, reps: int = 50
+) -> list[dict]:
+    """Per round, interleaved (greedy, batch 1, no EOS): plain ``generate`` and
+    ``generate(speculative=SpecConfig(NgramProposer(), k))`` tokens/s over ``prompts`` ((1, T) each),
+    tokens emitted per verify step, and the seconds of a (k + 1)-token vs a 1-token forward."""
+
+    def tok_s(spec) -> tuple[float, list]:
+        stats = []
+        t0 = time.perf_counter()
+        for p in prompts:
+            cfg = SpecConfig(NgramProposer(), k=k) if spec else None
+            generate(model, p, new, speculative=cfg)
+            stats.append(cfg.stats if cfg else None)
+        return len(prompts) * new / (time.perf_counter() - t0), stats
+
+    tok_s(False), tok_s(True)  # warm-up
+    rows = []
+    for r in range(rounds):
+        plain, _ = tok_s(False)
+        spec, stats = tok_s(True)
+        one = verify_forward_seconds(model, prompts[0], 1, reps)
+        many = verify_forward_seconds(model, prompts[0], k + 1, reps)
+        rows.append(
+            {
+                "round": r,
+                "plain_tok_s": plain,
+                "spec_tok_s": spec,
+                "tokens_per_step": sum(s.emitted for s in stats) / sum(s.verify_steps for s in stats),
+                "acceptance": sum(s.accepted for s in stats) / max(1, sum(s.proposed for s in stats)),
+                "forward_1_s": one,
+                "forward_k1_s": many,
+                "per_prompt": [s.tokens_per_step for s in stats],
+            }
+        )
     return rows

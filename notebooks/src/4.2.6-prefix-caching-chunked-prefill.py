@@ -21,6 +21,8 @@
 # - 验证两者都不改变输出：每个请求的贪心输出仍与单独生成逐 token 相同，跑完后没有泄漏的块；
 # - 实测：前缀缓存省下多少预填充 token、首 token 延迟 (TTFT) 降多少；分块预填充让正在生成的请求的
 #   token 间延迟 (inter-token latency, ITL) 降多少，又让长 prompt 自己的 TTFT 付出多少代价。
+# - 推测解码 (speculative decoding)：一次验证前向确认多个 token，贪心输出不变；在 `generate` 和引擎里怎么用，
+#   每步平均产出几个 token，在这个小模型上又是什么限制了它的加速。
 #
 # **前置知识**：4.2.5 的连续批处理引擎（admit / decode / evict、分页块、抢占）。
 #
@@ -202,11 +204,124 @@ print(f"median: p95 ITL chunked/plain = {itl_ratio:.2f}x (target <= 0.5x: {itl_r
 # **同一次**前向（一个 ragged batch），这份固定开销就省掉了。C 取多大是延迟与吞吐的权衡，vLLM 用
 # `max_num_batched_tokens` 调它。
 #
+# ## 4. 推测解码 (speculative decoding)：一次前向确认多个 token
+#
+# 解码每一步只产出 1 个 token。推测解码让一个便宜的提议者 (proposer) 先猜 k 个 token，模型把
+# 「最后一个 token + k 个提议」放进**一次**前向：位置 i 的 logits 正是模型接受了前 i 个提议之后自己给出的分布。
+#
+# - **贪心**：从头比较，提议等于模型的 argmax 就接受；第一个不等处换成模型自己的 token；k 个全对时，第 k+1 个位置再多给一个。
+#   输出与模型单独贪心生成逐 token 相同，变的只是前向的次数；
+# - **采样**：提议 x 以 min(1, p(x)/q(x)) 的概率接受，被拒时从残差 (residual) max(0, p−q) 归一化后采样（Leviathan et al. 2023）。
+#   提议是确定的（q 是 one-hot）时，这就是「以 p(x) 的概率接受，否则从去掉 x 的 p 里采样」：每个输出 token 的分布都与单独采样相同。
+#   `tests/unit/test_speculative.py` 用 10 000 次抽样的总变差距离 (total variation distance) 检查这一点（界写在测试里），
+#   也检查一个被拒时不用残差、直接从 p 采样的错误版本会被这个界拒掉；
+# - **提议者**：提示查找 (prompt lookup, n-gram)：找最后 n 个 token 在前文里最近一次出现的位置，提议它后面的 k 个 token，
+#   不需要第二个模型；`DraftModelProposer` 用一个更小的模型（字节词表，分词器天然相同）。
+#
+# 代码在 `course_lib/speculative.py`（提议者、`verify_greedy`、`verify_sampled`、`speculative_generate`）。
+# `generate(model, ids, n, speculative=SpecConfig(NgramProposer(), k=4))` 走这条路（batch 1），调用之后
+# `spec.stats` 里是每次验证产出的 token 数。引擎 `Engine(..., speculative=...)` 在每个解码步让每一行各自提议，
+# 所有行的「待喂 token + 提议」在**一次** ragged 前向里验证（`ModelRunner.verify`：短的行在右边补占位 token，
+# 因果注意力让它们影响不到任何真实 token）；被拒位置由 `BlockManager.truncate` 回滚，多出来的块还给池子。
+# 提议只用池子还空着的块，所以推测永远不会引起抢占。引擎验证时每个位置都用该请求自己的采样器抽一个 token，
+# 抽到与提议不同的就停：对确定的提议这正是上面的接受 / 拒绝规则，抽样的次数和顺序也与不推测时完全一样。
+
+# %%
+from course_lib.speculative import NgramProposer, SpecConfig
+
+for text in ["import os\nimport sys\nimport ", "class Model(nn.Module):\n    def __init__(self, cfg):\n"]:
+    ids = torch.tensor([tok.encode(text)])
+    spec = SpecConfig(NgramProposer(), k=4)
+    fast = generate(model, ids, 40, speculative=spec)
+    same = fast.tolist() == generate(model, ids, 40).tolist()
+    print(f"{text!r}: == plain greedy: {same} | {spec.stats.verify_steps} verify steps for 40 tokens, "
+          f"{spec.stats.tokens_per_step:.2f} tokens per step | per step: {spec.stats.per_step}")
+    assert same
+
+# %% [markdown]
+# 第一个 prompt 在重复自己（`import` 一行接一行），提示查找的 4 个提议每次都被接受，每次验证产出 5 个 token（上面逐步打印）；
+# 第二个 prompt 的续写重复得少，很多步只产出 1 个（提议在第一个 token 就被拒，或者前文里根本找不到可以提议的 n-gram）。
+# 两个 prompt 的输出都与普通贪心生成逐 token 相同（上面断言了）。
+#
+# 引擎里三者一起开：第 1 节的那 16 个请求（共享前缀、遇到 EOS 结束、小块池逼出抢占），前缀缓存 + 分块预填充 + 推测解码：
+
+# %%
+# NBVAL_CHECK_OUTPUT
+eng = Engine(model, eos_id=NL, max_batch=8, num_blocks=40, block_size=4, prefix_cache=True, prefill_chunk=8,
+             max_step_tokens=32, speculative=SpecConfig(NgramProposer(), k=4))
+reqs = []
+for i, (ids, m) in enumerate(trace):
+    reqs.append(eng.submit(ids, m))
+    if i % 2:
+        eng.step()
+eng.run_until_done()
+st = eng.spec_stats()
+print(f"{len(reqs)} requests, preemptions: {eng.stats['preemptions'] > 0}, cache hits: {eng.stats['cached_tokens'] > 0}, "
+      f"proposals accepted: {st['accepted'] > 0}")
+print("every request == generating it alone:", [r.output for r in reqs] == want)
+print("free blocks after the trace == pool size:", len(eng.pool.free) == eng.pool.num_blocks)
+
+# %% [markdown]
+# ### 测量：留出文本上每步产出几个 token，验证 k+1 个 token 又要多花多少
+#
+# 5 段留出文本 (held-out) 作 prompt（各 96 个 token），贪心续写，batch 1，k = 4；每一轮交替跑普通 `generate` 与推测解码，
+# 再单独计时一次「在缓存后面喂 1 个 token」和「喂 k+1 = 5 个 token」的前向。
+#
+# **先预测**：在留出文本上，每次验证前向平均产出多少个 token？（至少 1 个：模型自己的那个；全部猜对时 5 个。）
+
+# %%
+p = predict("4.2.6", "spec_tokens_per_step")
+
+# %%
+from course_lib.lab.serving import speculative_experiment
+from course_lib.pretrained import heldout_tokens
+
+held = heldout_tokens()
+prompts = [held[i * 997 : i * 997 + 96][None].long() for i in range(pick(5, 2))]
+rows = speculative_experiment(model, prompts, new=pick(96, 24), k=4, rounds=pick(3, 1))
+print_table([{"round": r["round"], "plain tok/s": f"{r['plain_tok_s']:.0f}", "speculative tok/s": f"{r['spec_tok_s']:.0f}",
+              "ratio": f"{r['spec_tok_s'] / r['plain_tok_s']:.2f}", "tokens per verify step": f"{r['tokens_per_step']:.2f}",
+              "acceptance": f"{r['acceptance']:.2f}", "1-token forward (ms)": f"{1000 * r['forward_1_s']:.2f}",
+              "5-token forward (ms)": f"{1000 * r['forward_k1_s']:.2f}",
+              "cost ratio": f"{r['forward_k1_s'] / r['forward_1_s']:.2f}"} for r in rows])
+med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+tps = med([r["tokens_per_step"] for r in rows])
+cost = med([r["forward_k1_s"] / r["forward_1_s"] for r in rows])
+speedup = med([r["spec_tok_s"] / r["plain_tok_s"] for r in rows])
+weights_mb = sum(t.numel() * t.element_size() for t in model.parameters()) / 1e6
+print(f"tokens per verify step per prompt (last round): {[round(x, 2) for x in rows[-1]['per_prompt']]}")
+print(f"median: {tps:.2f} tokens per verify step; a 5-token forward costs {cost:.2f}x a 1-token one; "
+      f"estimate tokens/step / cost = {tps / cost:.2f}x; measured speed-up {speedup:.2f}x")
+print(f"weights: {weights_mb:.1f} MB (fp32); torch threads: {torch.get_num_threads()}")
+assert cost < 4 and tps < 4, (cost, tps)  # five tokens cost far less than five forwards; far fewer than 5 kept
+
+# %%
+p.reveal(tps)
+
+# %% [markdown]
+# **读表：什么决定了加速**。一次验证产出「每步 token 数」个 token，却要付一次 k+1 个 token 的前向，所以加速比约为
+# 「每步 token 数 ÷ 前向代价比」（上面打印的估计）。各轮的绝对速度差别很大（本机同时被其他程序占用），看比值的中位数。逐项看：
+#
+# - **前向代价比**：喂 5 个 token 的前向只比喂 1 个贵打印出来的那个倍数，远小于 5 倍（上面断言了小于 4）。这个 1.6 M 参数的
+#   模型在 CPU 上是受固定开销限制的 (overhead-bound)：一次前向的时间主要花在与 token 数无关的部分（Python、每层十几个小算子的调度），
+#   所以一次验证多算几个 token 花不了多少，这一项对推测解码有利；
+# - **每步 token 数**：留出文本上，提示查找的提议大部分被拒（表里的接受率），每步产出的 token 数远少于 k+1 = 5，
+#   各个 prompt 之间也差得多（逐个打印了）；同一个提议者在自己重复的代码上（本节第一个单元格）每步产出 5 个。
+#   提示查找能拿到多少，取决于模型的续写有多像前文；
+# - **估计里没算的**：提议者自己的时间（提示查找是 Python 循环）和裁剪缓存的时间要加上；普通解码每步在模型调用之外的开销
+#   （采样、拼接）则被推测解码省掉的步数一起省掉了。所以实测的加速比可能略高于、也可能低于估计。
+#
+# 推测解码更划算的是另一种情况：解码受内存带宽限制 (bandwidth-bound) 的大模型（比如 GPU 上几十亿参数的模型），
+# 每一步都要把全部权重读一遍，一步本身就很贵，提议者的开销相对可以忽略；再配一个真正会写这类文本的草稿模型 (draft model)，
+# 每步 token 数才能更接近 k+1。本课没有训练这样的模型（在这台 CPU 上训练不动），所以这里不给那种情况的数字；
+# 上面的表只说明这台机器上的这个小模型（issue 给那种模型定的目标，本课没有测）。
+#
 # ## 小结
 #
 # - 前缀缓存：整块、链式哈希做键、引用计数、释放后留在 LRU 里；省下的是共享部分的预填充，输出不变。
 # - 分块预填充：每步 token 预算，长 prompt 分块，正在生成的请求不再被长停顿卡住；代价是长 prompt 自己的 TTFT。
-# - 两者都用同一个标准验证：每个请求都等于单独生成，块一个不漏地还回池里。
+# - 推测解码：提议 k 个、一次前向验证 k+1 个；贪心输出不变，采样分布不变；加速比约为「每步 token 数 ÷ 前向代价比」。
+# - 三者都用同一个标准验证：每个请求都等于单独生成，块一个不漏地还回池里。
 #
 # ## 练习
 #
@@ -232,4 +347,4 @@ q = quiz("4.2.6")
 #
 # - 在 `bench/prefix_cache.py` 里把共享比例从 80% 改成 20%，预测预填充 token 的比值会变成多少，再实测。
 # - 把 `prefill_chunk` 改成 8 和 128，看正在生成的请求的 p95 ITL 与长 prompt 的 TTFT 怎样此消彼长。
-# - 推测解码 (speculative decoding) 是另一条路：它不减少预填充，而是让一次验证前向确认多个 token。
+# - 把 `SpecConfig` 的 k 改成 1、2、8，预测每步 token 数和前向代价比各往哪个方向变，再用第 4 节的单元格实测。

@@ -1,4 +1,5 @@
-"""Prefix caching and chunked prefill: exact against generating each request alone, no leaked blocks."""
+"""Prefix caching, chunked prefill and speculative decoding: exact against generating each request
+alone, no leaked blocks (lesson 4.2.6's "must show"; the trace builder is shared with test_speculative)."""
 
 import random
 
@@ -10,6 +11,7 @@ from course_lib.engine import Engine
 from course_lib.generate import generate
 from course_lib.kv_cache import BlockPool
 from course_lib.pretrained import load_reference_model
+from course_lib.speculative import NgramProposer, SpecConfig
 
 NL = ord("\n")
 PREFIXES = [
@@ -69,8 +71,29 @@ def live_tables(eng):
     return [r.blocks.table for r in eng.running if r.blocks is not None]
 
 
-@pytest.mark.parametrize("prefix_cache,prefill_chunk", [(False, None), (True, None), (False, 8), (True, 8)])
-def test_random_trace_equals_generating_each_alone(model_tok, trace_and_oracle, prefix_cache, prefill_chunk):
+def check_blocks(eng):
+    """Counts == live tables, and a decoding row holds exactly the blocks its length needs (the blocks
+    of rejected speculative proposals went back to the pool)."""
+    eng.block_manager.check(live_tables(eng))
+    for r in eng.running:
+        if r.blocks is not None and not eng.scheduler.is_prefilling(r):
+            assert len(r.blocks.table) == eng.blocks_for(r.blocks.length), f"request {r.id} holds extra blocks"
+
+
+@pytest.mark.parametrize(
+    "prefix_cache,prefill_chunk,speculative",
+    [
+        (False, None, False),
+        (True, None, False),
+        (False, 8, False),
+        (True, 8, False),
+        (False, None, True),
+        (True, 8, True),
+    ],
+)
+def test_random_trace_equals_generating_each_alone(
+    model_tok, trace_and_oracle, prefix_cache, prefill_chunk, speculative
+):
     model, tok = model_tok
     trace, want = trace_and_oracle
     eng = Engine(
@@ -82,12 +105,13 @@ def test_random_trace_equals_generating_each_alone(model_tok, trace_and_oracle, 
         max_step_tokens=64,
         prefix_cache=prefix_cache,
         prefill_chunk=prefill_chunk,
+        speculative=SpecConfig(NgramProposer(), k=4) if speculative else None,
     )
     free0 = len(eng.pool.free)
     chunks = []
     prefill = eng.runner.prefill
     eng.runner.prefill = lambda seq, ids: chunks.append(len(ids)) or prefill(seq, ids)
-    reqs = replay(eng, trace, watch=lambda e: e.block_manager.check(live_tables(e)))
+    reqs = replay(eng, trace, watch=check_blocks)
     for r, w, (_, ids, _m) in zip(reqs, want, trace, strict=True):
         assert r.output == w, f"request {r.id} ({tok.decode(ids)!r}, preempted {r.preemptions}x): {r.output} != {w}"
     assert {r.finish_reason for r in reqs} == {"stop", "length"}
@@ -102,6 +126,12 @@ def test_random_trace_equals_generating_each_alone(model_tok, trace_and_oracle, 
         assert eng.block_manager.stats["evictions"] > 0, "a small pool should evict cached blocks"
     else:
         assert saved == 0
+    spec = eng.spec_stats()
+    if speculative:  # proposals were made, some kept, and the verify steps emitted more than one token each
+        assert spec["accepted"] > 0 and spec["tokens_per_step"] > 1.0, spec
+        assert eng.stats["decode_steps"] < sum(len(r.output) for r in reqs) - len(reqs)
+    else:
+        assert spec["verify_rows"] == 0
 
 
 def test_a_hit_reuses_blocks_but_never_the_last_prompt_token(model_tok):

@@ -22,7 +22,8 @@ from course_lib.distributed import free_port
 from course_lib.engine import Engine
 from course_lib.generate import generate
 from course_lib.pretrained import REFERENCE_DIR, load_reference_model
-from course_lib.serve import ServerThread, StopMatcher, create_app
+from course_lib.serve import ServerThread, StopMatcher, build_parser, create_app
+from course_lib.speculative import NgramProposer, SpecConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "reference_model"
@@ -306,16 +307,19 @@ def test_bad_model_dir_is_one_clear_line(tmp_path):
     assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_openai_client_with_prefix_caching_on_equals_greedy_alone(model_tok):
-    """Lesson 4.2.6 behind the server (``--prefix-cache``): requests sharing a long prompt prefix,
-    concurrently and streamed or not, each answer exactly what the model answers alone; the cache
-    was really used, and every KV block is back in the pool afterwards."""
+@pytest.mark.parametrize("speculative", [False, True], ids=["prefix-cache", "prefix-cache+speculative"])
+def test_openai_client_with_prefix_caching_on_equals_greedy_alone(model_tok, speculative):
+    """Lesson 4.2.6 behind the server (``--prefix-cache``, and with ``--speculative 4`` too): requests
+    sharing a long prompt prefix, concurrently and streamed or not, each answer exactly what the model
+    answers alone; the cache was really used, and every KV block is back in the pool afterwards."""
     model, tok = model_tok
+    args = build_parser().parse_args(["--prefix-cache"] + (["--speculative", "4"] if speculative else []))
+    spec = SpecConfig(NgramProposer(), k=args.speculative) if args.speculative else None
     prefix = "import os\nimport sys\n\n\ndef main(argv):\n    parser = argparse.ArgumentParser()\n" * 2
     prompts = [prefix + tail for tail in ("    return ", "    if ", "    for ", "    x = ")]
-    jobs = [(prompts[i % len(prompts)], 4 + i % 5, i % 2 == 0) for i in range(24)]
+    jobs = [(prompts[i % len(prompts)], 4 + i % 5, i % 2 == 0) for i in range(12 if speculative else 24)]
     want = {(p, n): greedy_alone(model, tok, p, n) for p, n, _ in jobs}
-    engine = Engine(model, eos_id=tok.eos_id, max_batch=4, num_blocks=48, prefix_cache=True)
+    engine = Engine(model, eos_id=tok.eos_id, max_batch=4, num_blocks=48, prefix_cache=True, speculative=spec)
     with ServerThread(create_app(engine, tok, NAME)) as srv:
         c = openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed", max_retries=0, timeout=120)
 
@@ -334,3 +338,4 @@ def test_openai_client_with_prefix_caching_on_equals_greedy_alone(model_tok):
         while engine.block_manager.num_free != engine.pool.num_blocks and time.time() < deadline:
             time.sleep(0.05)
         assert engine.block_manager.num_free == engine.pool.num_blocks, "KV blocks leaked with the prefix cache on"
+        assert (engine.spec_stats()["accepted"] > 0) == speculative
