@@ -391,7 +391,7 @@ def check_memory(ctx: Ctx) -> str:
 @item("largest-batch search")
 def check_max_batch(ctx: Ctx) -> str:
     from course_lib.config import ModelConfig
-    from course_lib.memory import estimate, find_max_batch_size, measure
+    from course_lib.memory import estimate, find_max_batch_size, measure_peak
 
     cfg = ModelConfig(**(TINY if ctx.dry else SMALL))
     seq = 32 if ctx.dry else 256
@@ -399,7 +399,7 @@ def check_max_batch(ctx: Ctx) -> str:
     b = find_max_batch_size(budget, cfg, seq)
     assert b >= 1, "not even batch 1 fits the budget"
     assert estimate(cfg, b + 1, seq).peak > budget
-    got = measure(cfg, b, seq, device=str(ctx.device))["peak"]
+    got = measure_peak(cfg, b, seq, device=str(ctx.device))["peak"]
     msg = f"budget {budget / 2**20:.0f} MiB -> batch {b}, measured peak {got / 2**20:.1f} MiB ({got / budget:.0%})"
     if ctx.dry:
         return msg + " (CPU profiler; checked against the budget on CUDA)"

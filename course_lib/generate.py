@@ -29,6 +29,7 @@ from .export import load_model_from_run
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 from .model import DIYModel
 from .tokenizer import token_bytes
+from .util import cdiv
 
 
 def sample_next(
@@ -90,7 +91,7 @@ def make_cache(kind: str, model, batch_size: int = 1, max_len: int | None = None
         return QuantizedKVCache()
     if kind == "paged":
         if pool is None:
-            n = -(-(max_len or model.config.max_seq_len) // block_size) * batch_size
+            n = cdiv(max_len or model.config.max_seq_len, block_size) * batch_size
             pool = BlockPool.for_model(model, num_blocks=n, block_size=block_size)
         return PagedKVCache(pool, batch_size)
     raise ValueError(f"unknown cache kind {kind!r}; choose one of {CACHE_KINDS}")

@@ -46,6 +46,7 @@ from .export import CONFIG_FILE, ExportError, load_inference, load_training_chec
 from .generate import generate
 from .pretrained import REFERENCE_DIR
 from .tokenizer import load_tokenizer, same_tokenizer, tokenizer_name
+from .util import cdiv
 
 IGNORE = -100
 Example = tuple[list[int], list[int]]  # (input ids, target ids with -100 off the assistant's tokens)
@@ -277,29 +278,12 @@ class PackedSFTDataset(StreamingTokenDataset):
     """Packed rows as a ``StreamingTokenDataset``: same order, sharding, workers and resumable position;
     a sample is a packed row instead of a window, and a batch is ``(x, y, document_ids)``."""
 
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        doc: Tensor,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        fingerprint: str = "",
-    ) -> None:
+    def __init__(self, x: Tensor, y: Tensor, doc: Tensor, batch_size: int, **sharding) -> None:
+        """``sharding``: ``seed``, ``rank``, ``world_size``, ``fingerprint``, as ``StreamingTokenDataset``."""
         self.x, self.y, self.doc = x, y, doc
         seq_len = x.shape[1]
         # the parent counts samples from a token stream: give it one of exactly rows * seq_len + 1 tokens
-        super().__init__(
-            torch.zeros(x.shape[0] * seq_len + 1, dtype=torch.int32),
-            seq_len,
-            batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            fingerprint=fingerprint,
-        )
+        super().__init__(torch.zeros(x.shape[0] * seq_len + 1, dtype=torch.int32), seq_len, batch_size, **sharding)
         self.tokens = None  # not used: make_batch reads the rows
 
     def make_batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -316,7 +300,7 @@ class SFTEval:
         return self.x.shape[0]
 
     def batches(self, batch_size: int, max_batches: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for b in range(min(max_batches, -(-len(self) // batch_size))):
+        for b in range(min(max_batches, cdiv(len(self), batch_size))):
             s = slice(b * batch_size, (b + 1) * batch_size)
             yield self.x[s], self.y[s], self.doc[s]
 

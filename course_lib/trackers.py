@@ -152,7 +152,17 @@ class TrackerCallback(Callback):
         raise NotImplementedError
 
 
-class WandbTracker(TrackerCallback):
+class _PackageTracker(TrackerCallback):
+    """A tracker backed by the package called ``name``: ``self.lib``, imported when the tracker is
+    made (a missing package is one clear line then, not a failure mid-run); ``self.run`` its run."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.lib = _import(self.name)
+        self.run = None
+
+
+class WandbTracker(_PackageTracker):
     """Weights & Biases. ``mode``: ``offline`` (default: files under ``out_dir/wandb``, no account),
     ``online`` (after ``wandb login``) or ``disabled``. The run id is wandb's ``id``; a resumed
     training run calls ``wandb.init(id=..., resume="allow")``, so ``wandb sync`` puts both parts
@@ -160,13 +170,8 @@ class WandbTracker(TrackerCallback):
 
     name = "wandb"
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.wandb = _import("wandb")
-        self.run = None
-
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
-        wandb = self.wandb
+        wandb = self.lib
         self.run = wandb.init(
             project=self.project,
             name=self.run_name,
@@ -193,7 +198,7 @@ class WandbTracker(TrackerCallback):
             self.run = None
 
 
-class SwanLabTracker(TrackerCallback):
+class SwanLabTracker(_PackageTracker):
     """SwanLab (swanlab.cn, popular with Chinese learners; minimind logs to it). ``mode``:
     ``offline`` (default: files under ``out_dir/swanlog``, upload later with ``swanlab sync``),
     ``local`` (the same files, viewed with ``swanlab watch``), ``online`` (after ``swanlab login``)
@@ -202,17 +207,12 @@ class SwanLabTracker(TrackerCallback):
 
     name = "swanlab"
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.swanlab = _import("swanlab")
-        self.run = None
-
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
         with _quiet():  # SwanLab prints banners with absolute paths on stdout; the trainer has its own log
             self._init(run_id, config)
 
     def _init(self, run_id: str, config: dict) -> None:
-        self.run = self.swanlab.init(
+        self.run = self.lib.init(
             project=self.project,
             name=self.run_name,
             config=config,

@@ -60,7 +60,7 @@ from ..kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from ..memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
 from ..model import DIYModel
 from ..quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
-from ..util import first_line
+from ..util import cdiv, first_line
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_si
     c = model.config
     p = next(model.parameters())
     bpv = p.element_size()
-    pool = BlockPool.for_model(model, num_blocks=sum(-(-n // block_size) for n in lengths), block_size=block_size)
+    pool = BlockPool.for_model(model, num_blocks=sum(cdiv(n, block_size) for n in lengths), block_size=block_size)
     caches = []
     with torch.no_grad():
         for n in lengths:
