@@ -443,39 +443,38 @@ def worker(kind: str) -> None:
 
 
 def spawn_workers(ctx: Ctx, kind: str, world: int, dev: str) -> None:
-    from course_lib.distributed import free_port
+    from course_lib.distributed import rendezvous_store
 
-    port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", kind],
-            cwd=ROOT,
-            env=env(
-                {
-                    "RANK": str(r),
-                    "LOCAL_RANK": str(r),
-                    "WORLD_SIZE": str(world),
-                    "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": port,
-                    "GPU_CHECK_DEVICE": dev,
-                }
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=ctx.timeout())
-            outs.append((p.returncode, out))
-    finally:
-        for p in procs:  # a rank that timed out must not outlive the check (nor keep the port)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    with rendezvous_store() as rdzv:  # bound before the ranks start: no port race
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", kind],
+                cwd=ROOT,
+                env=env(
+                    {
+                        "RANK": str(r),
+                        "LOCAL_RANK": str(r),
+                        "WORLD_SIZE": str(world),
+                        **rdzv,
+                        "GPU_CHECK_DEVICE": dev,
+                    }
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for r in range(world)
+        ]
+        outs = []
+        try:
+            for p in procs:
+                out, _ = p.communicate(timeout=ctx.timeout())
+                outs.append((p.returncode, out))
+        finally:
+            for p in procs:  # a rank that timed out must not outlive the check (nor keep the port)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     bad = [(rc, out.strip().splitlines()[-3:]) for rc, out in outs if rc != 0]
     assert not bad, f"{kind} workers failed: {bad}"
 

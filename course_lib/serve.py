@@ -1054,7 +1054,7 @@ class ServerThread:
                 self.__exit__()
                 raise RuntimeError(f"the server did not start within {self.start_timeout:.0f} s")
             time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = bound_port(self.server)
         self.url = f"http://{self.host}:{self.port}"
         return self
 
@@ -1063,9 +1063,25 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started uvicorn server listens on (the OS's choice when it was given port 0)."""
+    return server.servers[0].sockets[0].getsockname()[1]
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, except that after a graceful shutdown on SIGINT / SIGTERM it returns (so
-    ``main`` prints its last line and exits 0) instead of re-raising the signal (exit 143 / KeyboardInterrupt)."""
+    ``main`` prints its last line and exits 0) instead of re-raising the signal (exit 143 / KeyboardInterrupt),
+    and that it calls ``on_listening(port)`` once its socket is bound: with ``--port 0`` the banner
+    names the port the OS chose, and whoever started the process reads it there (no free-port race)."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[int], None]) -> None:
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.on_listening(bound_port(self))
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -1168,15 +1184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     name = args.name or Path(args.model).resolve().name
     app = create_app(engine, tok, name, max_body_bytes=args.max_body_bytes)
+
+    def banner(port: int) -> None:
+        print(
+            f"[serve] model {name!r} from {args.model}; OpenAI base_url http://{args.host}:{port}/v1 (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     server = _Server(
         uvicorn.Config(
             app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.shutdown_timeout
-        )
-    )
-    print(
-        f"[serve] model {name!r} from {args.model}; OpenAI base_url http://{args.host}:{args.port}/v1 (Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
+        ),
+        on_listening=banner,
     )
     # Ctrl-C / SIGTERM: stop accepting, let open requests finish for --shutdown-timeout seconds, cancel
     # the rest (their engine requests are aborted), then the lifespan stops the engine thread.

@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import ProfilerActivity, profile
 
 from ..config import ModelConfig, pick
-from ..distributed import free_port, subprocess_env
+from ..distributed import rendezvous_store, subprocess_env
 from ..export import artifact_size, save_inference
 from ..fsdp import apply_fsdp, rank_state_bytes
 from ..generate import (
@@ -538,47 +538,46 @@ def rank_state_run(
         }
         spec_path = Path(tmp, "spec.json")
         spec_path.write_text(json.dumps(spec))
-        port = str(free_port())
-        code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
-        procs = []
-        for r in range(world_size):
-            env = subprocess_env(
-                {
-                    "RANK": str(r),
-                    "LOCAL_RANK": str(r),
-                    "WORLD_SIZE": str(world_size),
-                    "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": port,
-                    "OMP_NUM_THREADS": "1",
-                    "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-                }
-            )
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", code, str(spec_path)],
-                    env=env,
-                    cwd=root,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
+        with rendezvous_store() as rdzv:  # bound before the ranks start: parallel runs cannot race
+            code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
+            procs = []
+            for r in range(world_size):
+                env = subprocess_env(
+                    {
+                        "RANK": str(r),
+                        "LOCAL_RANK": str(r),
+                        "WORLD_SIZE": str(world_size),
+                        **rdzv,
+                        "OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+                    }
                 )
-            )
-        errors = []
-        deadline = time.monotonic() + timeout_s
-        for r, p in enumerate(procs):
-            try:
-                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                raise RuntimeError(
-                    f"rank_state_run: rank {r} still running after {timeout_s:g} s "
-                    "(a busy machine? pass a larger timeout_s)"
-                ) from None
-            if p.returncode != 0 or not Path(tmp, f"rank{r}.json").exists():
-                errors.append(f"rank {r} exited with {p.returncode}:\n" + "\n".join(err.splitlines()[-15:]))
-        if errors:
-            raise RuntimeError("rank_state_run failed:\n" + "\n".join(errors))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", code, str(spec_path)],
+                        env=env,
+                        cwd=root,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
+                )
+            errors = []
+            deadline = time.monotonic() + timeout_s
+            for r, p in enumerate(procs):
+                try:
+                    _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    for q in procs:
+                        q.kill()
+                    raise RuntimeError(
+                        f"rank_state_run: rank {r} still running after {timeout_s:g} s "
+                        "(a busy machine? pass a larger timeout_s)"
+                    ) from None
+                if p.returncode != 0 or not Path(tmp, f"rank{r}.json").exists():
+                    errors.append(f"rank {r} exited with {p.returncode}:\n" + "\n".join(err.splitlines()[-15:]))
+            if errors:
+                raise RuntimeError("rank_state_run failed:\n" + "\n".join(errors))
         reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world_size)]
     return {
         "world_size": world_size,
