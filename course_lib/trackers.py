@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback
+from .fsio import atomic_write_text
 
 IDS_FILE = "trackers.json"
 METRICS = ("loss", "lr", "grad_norm")
@@ -64,9 +65,7 @@ def write_run_id(out_dir: str | os.PathLike, name: str, run_id: str) -> None:
     ids = read_run_ids(out_dir)
     ids[name] = run_id
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(ids, indent=2) + "\n")
 
 
 class TrackerCallback(Callback):

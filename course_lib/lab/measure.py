@@ -47,6 +47,7 @@ from ..config import ModelConfig, pick
 from ..distributed import rendezvous_store, subprocess_env
 from ..export import artifact_size, save_inference
 from ..fsdp import apply_fsdp, rank_state_bytes
+from ..fsio import atomic_write_text
 from ..generate import (
     compile_available,
     compiled_decode_step,
@@ -496,7 +497,7 @@ def rank_state_worker() -> None:
                 prof.stop()
         report[strategy] = {"state": rank_state_bytes(model, opt), "collectives": count_collectives(prof)}
         del forward, model, opt
-    Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(report))
+    atomic_write_text(Path(spec["out_dir"], f"rank{rank}.json"), json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()
     # torch + gloo can abort in C++ teardown at interpreter exit after a finished run (as
@@ -537,7 +538,7 @@ def rank_state_run(
             "out_dir": tmp,
         }
         spec_path = Path(tmp, "spec.json")
-        spec_path.write_text(json.dumps(spec))
+        atomic_write_text(spec_path, json.dumps(spec))
         with rendezvous_store() as rdzv:  # bound before the ranks start: parallel runs cannot race
             code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
             procs = []

@@ -29,7 +29,7 @@ import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from course_lib.lab.quiz_data import QUIZZES, TITLES
+from .quiz_data import QUIZZES, TITLES
 
 try:  # the notebook path; a terminal or test run works without them
     import ipywidgets as _widgets
