@@ -155,7 +155,18 @@ GONE = {
     ],
     "4.0.1": ["约为权重的 3 倍大", "目标 ≤ 5%"],
     "4.2.5": ["两种引擎花在等请求上的时间越多", "首 token 延迟优势越明显"],
-    "00": ["几秒钟"],
+    "00": ["几秒钟", "30 步训练用 1 个线程要"],
+    # the claims audit of every lesson (issue 21, item 3): sentences their own stored outputs did not back
+    "4.0.3": ["loss 曲线在尖峰之后停滞", "毁掉之后几百步"],
+    "4.0.6": ["- decode 在屋脊点左边", "- decode 的点在屋脊点左边"],
+    "4.1.1": ["再在第 5 步之后各 SIGKILL 一次"],
+    "4.1.2": ["两次的损失相同——恢复是精确的", "本次会话没有 GPU"],
+    "4.1.3": ["`workers>0` 通常不比 `workers=0` 快", "不能让生产整体变快"],
+    "4.1.5": ["CPU 上 fp16 很慢", "GPU 上激活值减半"],
+    "4.1.6": ["和分片后的状态差不多大", "加卡只加速"],
+    "4.2.2": ["在 CPU 上比 fp32 **更慢**", "组越小越准，但 scale 越多（文件越大）", "模型越小、固定开销占比越大"],
+    "4.2.4": ["吞吐就不再上升", "吞吐就饱和了", "总时间不变"],
+    "4.2.6": ["因为到达顺序不影响谁命中谁", "TTFT 的比值可以比 token 的比值还小"],
 }
 
 
@@ -180,6 +191,16 @@ def test_int8_cache_deviation_is_explained_by_its_measurement():
         assert "margin a-b, int8 cache" in outputs, "4.2.3: int8 的 DIFFERENT 应配上分叉那一步测得的 logit 差"
         assert "DIFFERENT" in markdown_of("4.2.3"), "4.2.3: 正文应解释表里 int8 的 DIFFERENT"
     assert "max |logit diff|" in outputs
+
+
+def test_later_lessons_point_back_to_the_save_order():
+    """The save order is explained once, in 4.0.1 section 3; the lessons that save checkpoints again
+    refer to it instead of repeating it (issue 21: repeated passages merged)."""
+    for lesson in ("4.1.1", "4.1.6"):
+        text = markdown_of(lesson)
+        assert "原子 rename" not in text and "4.0.1 第 3 节" in text, (
+            f"{lesson}: 保存顺序只在 4.0.1 第 3 节写一遍，这里应引用它（「见 4.0.1 第 3 节」），不要重写"
+        )
 
 
 def test_the_save_order_is_written_once():

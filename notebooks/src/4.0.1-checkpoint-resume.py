@@ -138,14 +138,15 @@ p.reveal(dup / INTERVAL)
 # %% [markdown]
 # 为什么能逐位相同？`Trainer.state_dict()` 保存了**所有**会影响后续计算的状态：
 #
-# | 状态 | 不保存会怎样 |
+# | 状态 | 不保存，恢复后哪里和不中断时不同 |
 # |---|---|
-# | 优化器 (AdamW 的一阶/二阶矩、步数) | 恢复后更新量变大，loss 跳一下 |
-# | 学习率调度器 (`last_epoch`) | warmup 重新开始 |
-# | GradScaler 的 scale (fp16) | 前几步被跳过或溢出 |
-# | RNG（python、numpy、torch CPU/CUDA） | dropout、采样不同 |
-# | 数据位置 (`batches_consumed`) | 重新看一遍同样的数据 |
+# | 优化器 (AdamW 的一阶/二阶矩、步数) | 矩从零重新累积，恢复后几步的更新量不同 |
+# | 学习率调度器 (`last_epoch`) | 学习率回到 warmup 的起点 |
+# | GradScaler 的 scale (fp16) | scale 回到初始值，要重新找合适的大小 |
+# | RNG（python、numpy、torch CPU/CUDA） | dropout、采样用的随机数不同 |
+# | 数据位置 (`batches_consumed`) | 从头读数据：已经训练过的批次又读一遍 |
 #
+# 本课只演示了全部都存的情形；漏掉其中几项时曲线怎样偏离，4.1.1 第 3 节实测，ex411 的评分器逐项检查。
 # 这些都是 HF Trainer、accelerate、torchtitan、Lightning 的 issue 里真实出现过的坑（例如 HF transformers #33336、accelerate #2016、torchtitan #809、Lightning #10766）。
 # 测试 `tests/reliability/test_kill_resume.py` 在 24 个随机位置（训练步中间、保存过程中间）杀掉进程，每次都要求逐位相同。
 
@@ -181,7 +182,7 @@ print("leftover temp dirs after the resume:", sorted(d.name for d in m.dir.glob(
 # ## 4. 坏文件：清楚的错误 + 回退到上一个好的
 #
 # 截断 (truncated)、0 字节、位翻转 (bit flip)、别人的文件 (foreign)、恶意 pickle：每一种都得到一条写明**文件名和问题**的错误；
-# 自动恢复跳过它，用上一个好的。（模型配置不同则是硬错误 `ConfigMismatchError`：那是另一个实验的目录，不能覆盖。）
+# 自动恢复跳过它，用上一个好的。下面演示位翻转和恶意 pickle 两种；五种全部由 `tests/reliability/test_bad_checkpoints.py` 检查。（模型配置不同则是硬错误 `ConfigMismatchError`：那是另一个实验的目录，不能覆盖。）
 
 # %%
 mgr = CheckpointManager(killed, verbose=False)
@@ -200,7 +201,8 @@ with warnings.catch_warnings(record=True) as w:
 print("fell back to:", folder.name, "| warning:", str(w[0].message)[:100], "...")
 
 # %% [markdown]
-# `torch.load` 默认会执行文件里的 pickle 代码。我们只用 `weights_only=True`（`safe_torch_load`）：
+# 完整的 pickle 加载（`torch.load(..., weights_only=False)`，torch 2.6 之前的默认）会执行文件里的代码。
+# 我们只用 `weights_only=True`（`safe_torch_load`）：
 
 # %%
 class Evil:
@@ -238,7 +240,7 @@ check("4.0.1");
 # %%
 from course_lib.lab.quiz import quiz
 
-q = quiz("4.0.1")   # 预测题在第 1 节之前已经问过
+q = quiz("4.0.1")   # 预测题在第 1 节的实验之前已经问过
 
 # %% [markdown]
 # ## 下一步

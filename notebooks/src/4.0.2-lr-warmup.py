@@ -50,7 +50,7 @@ ax.legend();
 # %% [markdown]
 # **两种 warmup 约定**：HF `get_*_schedule_with_warmup` 在第 `s` 步用 `s / warmup`，所以**第 0 步 lr = 0**（这一步只更新了 Adam 的矩估计，权重没动）；
 # Karpathy 的 build-nanogpt 用 `(s + 1) / warmup`，第 0 步就是 `1/warmup`，不浪费一步（`hf_convention=False` 就是这个形式）；
-# nanoGPT 的 `train.py` 又稍有不同：`(it + 1) / (warmup_iters + 1)`，第 0 步是 `1/(warmup+1)`，第 `warmup` 步才到峰值。
+# nanoGPT 的 `train.py` 又稍有不同：`(it + 1) / (warmup_iters + 1)`，第 0 步是 `1/(warmup+1)`，warmup 期间每一步都比 build-nanogpt 的小一截（下表：第 3 步 0.8 对 1.0）。
 # 三种写法只差一两步，但读别人的代码时要知道自己用的是哪一种。本课的 `course_lib` 默认 HF 约定（`hf_convention=True`），
 # 这样和 `transformers` 的数值逐一相同（`tests/unit/test_schedule.py` 以 transformers 为参照 oracle 检查）。
 
@@ -71,7 +71,8 @@ for s in range(4):
 #
 # 每个运行记两个数：
 # - **尖峰 (loss spike)**：整个运行中 loss 最多比第 1 步的 loss 高出多少（0 = 从没升高过；只看前几步会漏掉 warmup 结束、lr 到顶时才出现的尖峰）。
-#   随机初始化的模型第 1 步 loss ≈ ln 258 ≈ 5.55，升到它之上，说明更新把模型推得比随机猜还差；
+#   均匀乱猜 258 种 token 的 loss 是 ln 258 ≈ 5.55，随机初始化的模型第 1 步就在它附近（第 2 节曲线图的起点），
+#   升到它之上，说明更新把模型推得比随机猜还差；
 # - **末期 loss**：最后 10 步训练 loss 的平均。
 #
 # `course_lib.lab.experiments.lr_warmup_grid` 跑整个网格（进度条从第一秒起就在走，每个单元格跑完在它上方打印一行）。
@@ -166,7 +167,8 @@ p.reveal(spike_of(top, 0))
 # 更新 m̂/√v̂ 就被放大。warmup 让 lr 在这些步里很小，等 v̂ 攒够了样本、变得可靠，再用满学习率。
 #
 # **末期 loss**：这么短的运行里，被尖峰打乱的模型又爬回来了，各单元格末期 loss 的差别比尖峰小得多（右图）。
-# 小模型能恢复，大模型却常常不能：一次尖峰可能把训练推到再也回不来的地方（发散 (divergence)），所以大模型训练几乎都用 warmup。
+# 这里的小模型能恢复；大模型训练的报告里常见的是恢复不了：一次尖峰把训练推到再也回不来的地方（发散 (divergence)），
+# 所以大模型训练几乎都用 warmup（本课没有大模型可测，这一句是经验，不是本页的测量）。
 # 学习率偏小（表的左边）时，有没有 warmup 几乎没有差别：warmup 是为「偏大的学习率」准备的。
 
 # %% [markdown]

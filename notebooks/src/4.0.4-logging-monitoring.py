@@ -44,9 +44,8 @@ history = trainer.fit()
 # %% [markdown]
 # ## 1. JSONL：画图的依据
 # 每条记录一行 JSON（`course_lib.monitor.StepLogger`）。它是纯文本、只追加 (append-only)，每行写完就 `flush()`：
-# 进程被 SIGKILL 时，已经 flush 的行都在操作系统的页缓存 (page cache) 里，最多丢最后一行写了一半的（`read_jsonl` 会跳过它）。
-# **断电**不一样：flush 只把数据交给操作系统，没有 `fsync` 的行可能还没落盘，断电会丢掉最近几秒甚至更多的记录。
-# 日志丢几行可以接受（检查点才需要 fsync，见 4.0.1），所以这里不为每行付 fsync 的代价；kill 测试证明的只是前一种情况。
+# 进程被 SIGKILL 时，已经 flush 的行都还在，最多丢最后一行写了一半的（`read_jsonl` 会跳过它）；断电时没有 fsync 的行可能丢
+# （SIGKILL 与断电的区别见 4.0.1 第 1 节）。日志丢几行可以接受，检查点才需要 fsync，所以这里不为每行付 fsync 的代价。
 
 # %%
 recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
@@ -89,7 +88,7 @@ else:
 #
 # 怎么选：只有自己一台机器、不想注册账号就用 TensorBoard（一直开着）；要和别人分享曲线、比较很多次实验，选 wandb 或 SwanLab 之一，
 # 看你的团队已经在用哪个。两者在课程里都是 `Callback`（`course_lib/trackers.py`），命令行加 `--tracker wandb` 或 `--tracker swanlab`，
-# 默认离线模式，不需要账号。**恢复的训练继续同一个追踪 run**：run id 存在 `out_dir/trackers.json`，从 checkpoint 恢复时沿用。
+# 默认离线模式，不需要账号。**恢复的训练继续同一个追踪 run**：run id 存在 `out_dir/trackers.json`，从 checkpoint 恢复时沿用（这里不演示；`tests/unit/test_trackers.py` 对两种工具各检查一次）。
 # 下面用离线模式把一次短训练同时发给已安装的追踪工具（它们在可选的 `.[trackers]` 里；没装的会跳过并说明）：
 
 # %%
@@ -169,7 +168,7 @@ check("4.0.4");
 # %%
 from course_lib.lab.quiz import quiz
 
-q = quiz("4.0.4")   # 预测题在第 3 节的实验之前已经问过
+q = quiz("4.0.4")   # 预测题在第 4 节的实验之前已经问过
 
 # %% [markdown]
 # ## 下一步

@@ -191,7 +191,8 @@ profiling.plot_roofline(pts, PEAK, BW);
 
 # %% [markdown]
 # 读图（每句话下面都有打印或断言）：
-# - decode 的点在屋脊点左边，在带宽那条斜线下方：batch 1 每个权重只做 2 次运算，fp32 的算术强度约 0.5 FLOPs/字节。
+# - batch 1 的 decode 点在屋脊点左边，在带宽那条斜线下方：每个权重只做 2 次运算，fp32 的算术强度约 0.5 FLOPs/字节。
+#   batch 16 起 decode 的算术强度越过了屋脊点（表里 `bound by` 一栏变成 compute）。
 # - **batch** 让 B 行共用一次权重读取，算术强度和达到的 FLOP/s 都随 batch 上升；prefill 在屋脊点右边，已经受算力限制，
 #   batch 从 1 到 4 它的吞吐涨得比 decode 少。
 # - **量化**让 decode 每步要读的字节变少，点向右移（断言了）：在带宽那一段，这就是提速的空间；能不能兑现，要看 kernel
@@ -293,7 +294,8 @@ p.reveal(mbu[1])
 # - 一次计时会骗人：先预热，交替多轮，报告中位数和范围、线程数和负载；GPU 上计时前后 `torch.cuda.synchronize()`。
 # - `torch.profiler`：按 self 时间排序的算子表找热点，`record_shapes` 按形状分开，trace 在 Perfetto 里看时间轴。
 # - 两个极限：GEMV 探针（带宽）和 GEMM 探针（算力）；它们的比值是屋脊点。
-# - decode 在屋脊点左边：batch 和量化都把它往右推，所以有用；prefill 和训练在右边，受算力限制，它们帮不上。
+# - 小 batch 的 decode 在屋脊点左边：batch 和量化都把它往右推，所以有用；prefill 和训练步在右边，受算力限制：
+#   batch 给 prefill 带来的提升比 decode 小得多，int8 在本机反而让 prefill 变慢（第 5 节打印的倍数）。
 # - MFU = 达到的 FLOP/s ÷ 峰值（训练日志里有）；MBU = 需要的字节/秒 ÷ 带宽（`BENCHMARKS.md` 的 decode 行里有）。
 #
 # ## 练习

@@ -64,9 +64,9 @@ print("ckpt_interval =", ref.cfg.ckpt_interval, "| keep_last = 2 | on disk:", [p
 print("complete checkpoints kept:", len(mgr.list_complete()), "| newest is the final step:", mgr.latest().name.endswith(f"{STEPS:08d}"))
 
 # %% [markdown]
-# 保存顺序（`CheckpointManager.save`）：写 `state.pt` 到临时目录并 fsync → 写完成标记 `COMPLETE.json`（含大小和 SHA-256）并 fsync（连同目录）→ 原子 rename 成正式目录 → fsync 父目录 → 最后才轮换删除最旧的。
+# `CheckpointManager.save` 的保存顺序见 4.0.1 第 3 节；和轮换有关的只有最后一步：新检查点改名到位之后，才删除最旧的。
 # accelerate 的 `save_state` 在写新检查点**之前**先把旧的删到 `total_limit − 1` 个：如果写的时候崩溃，磁盘上只剩 `total_limit − 1` 个完整检查点——
-# `total_limit = 1` 时一个都不剩。先写新的、再删旧的，任何时刻崩溃都至少留下 K 个完整检查点中的最新一批。
+# `total_limit = 1` 时一个都不剩。先写新的、再删旧的：任何时刻崩溃，上一次保存后留下的那 K 个完整检查点都还在。
 #
 # ## 2. 状态里有什么，为什么
 
@@ -138,11 +138,11 @@ p.reveal(bad.history[1]["lr"] / good.history[1]["lr"])
 # ## 4. 已知陷阱（来自大项目的 issue）
 # - 恢复后 loss 跳变：没有恢复调度器、GradScaler、RNG 或数据位置（HF transformers #33336、#17032；accelerate #2016；torchtitan #809；Lightning #10766）。
 #   主流训练框架都不承诺逐位相同的恢复；本课承诺并测试它（`tests/unit/test_train.py`）。
-# - 先删旧检查点再写新的（accelerate 删到 `total_limit − 1`）：写的时候崩溃就少一个完整检查点，`total_limit = 1` 时一个都不剩。
+# - 先删旧检查点再写新的（accelerate，见第 1 节）。
 # - `torchrun --max-restarts` 重启**整个组**：脚本必须自己找到并加载最新检查点（4.1.2）。
-# - DDP：只有 rank 0 写；每个 rank 的 RNG 不同，要收集起来一起存；恢复时进程数必须相同（数据顺序依赖它）。
+# - DDP：只有 rank 0 写；每个 rank 的 RNG 不同，要收集起来一起存；恢复时进程数必须相同（数据顺序依赖它；分片检查点可以换卡数恢复，见 4.1.6）。
 # - 梯度累积：本课只在 optimizer step 之间保存，周期中间崩溃从周期开头恢复（4.1.4）。
-# - 加载用 `weights_only=True`：检查点文件可能被篡改，完整 pickle 会执行任意代码。
+# - 加载用 `weights_only=True`：完整 pickle 会执行文件里的代码（4.0.1 第 4 节演示过）。
 #
 # ## 小结
 # - 每 N 步保存、保留最近 K 个；先写后删；`COMPLETE.json` 最后写。
@@ -154,7 +154,7 @@ p.reveal(bad.history[1]["lr"] / good.history[1]["lr"])
 # 2. **综合练习** `exercises/ex411_train_script.py`：自己写一个完整的训练脚本。模型和数据由
 #    `course_lib` 给出，循环是你的：每 N 步保存（模型、优化器、scheduler、步数、RNG、数据位置、配置），
 #    启动时从最新的完整 checkpoint 自动恢复，LambdaLR 预热，梯度裁剪，日志。
-#    评分器 (grader) 把它当真正的进程运行：在第 6 步之后、在保存写到一半时、再在第 5 步之后各 SIGKILL 一次，
+#    评分器 (grader) 把它当真正的进程运行：先在第 6 步之后、再在保存时写第一个文件和第二个文件写到一半时、最后在写好的文件换名到位之前，各 SIGKILL 一次，
 #    每次用同一条命令重新启动，最后要求权重与不中断的运行 **逐位相同**；不同时会说出哪一项状态没有恢复
 #    （例如「恢复后的学习率与不中断时不同：scheduler 状态没有保存/恢复？」）。
 #    自己试：`python exercises/ex411_train_script.py --out-dir runs/my_script`，中途 Ctrl-C 再运行一次。

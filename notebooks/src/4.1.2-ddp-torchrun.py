@@ -83,7 +83,7 @@ print(" ".join(c if not c.startswith("/") else os.path.basename(c) for c in cmd)
 # ## 2. 启动 2 个进程，把 rank 0 的输出实时显示在这里
 #
 # `run_streaming` 逐行读取子进程的输出并立刻打印。只有 rank 0 打印 `[train]` 和 `step` 行（其他 rank 安静地训练）；
-# torchrun 自己的提示也会出现。`device=cpu`：这台机器没有 GPU 时用 gloo；有 GPU 时去掉 `--device cpu`，
+# torchrun 自己若有提示，也会原样出现（这次运行里它什么也没打印）。`device=cpu`：这台机器没有 GPU 时用 gloo；有 GPU 时去掉 `--device cpu`，
 # 同样的命令会自动用 nccl 和 `cuda:LOCAL_RANK`（需要至少 2 块 GPU 才能 `--nproc_per_node=2`）。
 
 # %%
@@ -210,7 +210,9 @@ ax.axvline(kill_at, color="red", ls="--", label=f"rank 1 killed after step {kill
 ax.legend();
 
 # %% [markdown]
-# 被杀之前记录的第 `ckpt_interval+1` 步在重启后又被算了一次（从检查点那一步重新开始），两次的损失相同——恢复是精确的。
+# rank 1 在第 `ckpt_interval+1` 步之后被杀，重启后从第 `ckpt_interval` 步的检查点开始，第 `ckpt_interval+1` 步又被算了一次
+# （`log_interval` 是 5，那一步没有记进日志）。之后记录的每一个 loss 都与不中断的运行相同（图里的叉落在粗线上；两段日志
+# 打印的数字逐位一样），上面还打印了最终权重与不中断的 DDP 运行逐位相同——恢复是精确的。
 #
 # ## 5. 多机 (multi-node)：同一个命令，多加几个参数
 #
@@ -226,7 +228,7 @@ ax.legend();
 # 并验证结果与单节点 2 进程逐位相同。端口由操作系统分配 (`free_port()`)，从不写死。
 #
 # **在 GPU 上**：去掉 `--device cpu`，后端自动变成 nccl、每个进程绑定 `cuda:LOCAL_RANK`。
-# 本节的数字都是在 CPU + gloo 上测得的；本次会话没有 GPU，nccl 路径没有在 GPU 上运行过（代码路径相同，见 `course_lib/distributed.py`）。
+# 本节的数字都是在 CPU + gloo 上测得的；构建这个 notebook 的机器没有 GPU（第一格打印了 `CUDA: False`），nccl 路径没有在 GPU 上运行过（代码路径相同，见 `course_lib/distributed.py`）。
 #
 # ## 小结
 # - 一个入口：`python -m course_lib.train`（单进程）和 `torchrun ... -m course_lib.train`（DDP）；rank/world 来自环境变量。
@@ -244,7 +246,7 @@ ax.legend();
 #    这正是 DDP 在底层做的事：构造时把 rank 0 的参数广播给所有进程，backward 时对梯度做 all-reduce 求平均，
 #    于是每个进程各自 `step()` 之后参数仍然一致。DDP 多做的是 **分桶 (bucketing)**：把许多小梯度按反向的顺序装进
 #    约 25 MB 的桶，一个桶满了就发起一次 all-reduce，与还在进行的反向计算重叠。逐参数的钩子也能重叠，但每个参数一次
-#    通信，小张量多时延迟开销很大；一次性在 backward 之后同步则完全不重叠。
+#    通信，小张量多时每次通信的固定延迟会一次次累加；一次性在 backward 之后同步则完全不重叠。
 #
 # 卡住时运行 `hint("ex412_ddp_by_hand")`，每次多给一层提示。
 

@@ -138,11 +138,14 @@ p.reveal(ratio["map w=2 pf=2 +2ms"])
 
 # %% [markdown]
 # **怎样读这些数字**（表下打印的两行是这次测到的方向）
-# - 我们的数据是已经分好词的内存张量，取一个样本只是切片：worker 进程的启动和进程间传输（pickle + 共享内存）
-#   和「读数据」本身差不多贵甚至更贵，所以在 2 核机器上 `workers>0` 通常不比 `workers=0` 快。这不是 bug：这种数据不需要 worker。
+# - map-style 数据集是已经分好词的内存张量，取一个样本只是切片：worker 进程的启动和进程间传输（pickle + 共享内存）
+#   比「读数据」本身还贵，所以表里 map 的 `w>0` 几行都比 `w=0` 慢（比例 < 1）。这不是 bug：这种数据不需要 worker。
+#   流式数据集在主进程里每个样本要做的事更多（它的 `w=0` 比 map 的慢得多）：这次 2 个 worker 比 `w=0` 快，1 个 worker 反而更慢。
+#   worker 有没有用，要看每个样本要花多少功夫。
 # - 当取样本要**等待**（磁盘、网络、解码）时，worker 能把等待重叠起来：`+2ms` 那两行的比例 > 1（完整模式下断言了）。
-# - `prefetch_factor` 是每个 worker 预先备好的批次数；它只在生产速度波动时有用，不能让生产整体变快。
-# - `pin_memory=True` 让主机→GPU 的拷贝可以异步 (`non_blocking=True`)，只在 CUDA 上有意义；本次会话没有 GPU，那一行没有测。
+# - `prefetch_factor` 是每个 worker 预先备好的批次数：队列深一点能垫平生产速度的波动，但不能让 worker 本身生产得更快；
+#   这次 pf=4 对流式快一些、对 map 慢一些，方向不一致。
+# - `pin_memory=True` 让主机→GPU 的拷贝可以异步 (`non_blocking=True`)，只在 CUDA 上有意义；构建这个 notebook 的机器没有 GPU（第一格打印了 `CUDA: False`），那一行没有测。
 # - 真正的判据：训练一步的时间里，等数据占多少？如果 GPU 在等数据（利用率低），再加 worker；否则保持 `num_workers=0` 最简单。
 #
 # `bench/data_loading.py` 打印同一张表（带 CUDA 时加 pin_memory 一行）。

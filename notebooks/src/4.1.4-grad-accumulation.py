@@ -170,7 +170,7 @@ print("bitwise equal to the uninterrupted run:",
 # ## 小结
 # - loss 除以 N、每周期一次 clip/step/scheduler；DDP 下只在最后一个小批次同步梯度。
 # - 累积 = 用时间换内存：有效批次不变，峰值内存随 micro-batch 变小。
-# - 崩溃在周期中间 → 从周期开头恢复（我们不保存半个周期的梯度；代价最多重算 N-1 个小批次）。
+# - 崩溃在周期中间 → 从周期开头恢复（我们不保存半个周期的梯度：除了上一个检查点之后的完整步，最多再多算 N−1 个小批次）。
 #
 # ## 练习
 # 打开 `exercises/ex414_grad_accumulation.py`：写一个与大批次等价的梯度累积步。

@@ -69,7 +69,8 @@ print("finfo eps  bf16:", torch.finfo(torch.bfloat16).eps, " fp16:", torch.finfo
 # 更新参数前再除回来 (unscale)；如果乘得太大出现 inf，就跳过这一步、把 scale 减半。这就是 GradScaler。
 # **bf16 的范围和 fp32 一样，小梯度不会下溢，所以通常不需要 scaler**；它付出的代价是精度低（7 位尾数），
 # 因此 autocast 按一张**运算清单**决定每个运算的精度：矩阵乘法、线性层这类「耗时多、对精度不太敏感」的运算降到 bf16。
-# 其余运算怎么处理，**CPU 和 CUDA 的清单不一样**：CUDA 的 autocast 把 softmax、log_softmax、layer_norm、exp、sum 等提升 (upcast) 到 fp32；
+# 其余运算怎么处理，**CPU 和 CUDA 的清单不一样**：按 PyTorch 文档，CUDA 的 autocast 把 softmax、log_softmax、layer_norm、exp、sum 等提升 (upcast) 到 fp32
+# （这台机器没有 GPU，下表只有 cpu 一列；有 GPU 时同一个单元格会多打印 cuda 一列）；
 # CPU 的 autocast 不提升它们——输入是 bf16（上一层矩阵乘法的输出），它们就在 bf16 上算、返回 bf16。不要背一张清单，
 # 在自己的设备上打印出来（下面的单元格把每个运算接在一次矩阵乘法后面，和模型里一样）。
 # 不管哪种设备，参数和优化器状态始终是 fp32：这才叫 *mixed* precision。
@@ -124,9 +125,9 @@ print(f"final loss fp32 {h32[-1]['loss']:.4f} | bf16 {hb16[-1]['loss']:.4f} | ev
 # ## 3. 速度与内存：这台机器上测得的数字
 
 # %% [markdown]
-# 上面两次训练的总耗时不能拿来比速度：先跑的 fp32 还要替后面的 bf16 付"热身"的钱（第一次分配内存、初始化线程池等），
-# 而且两次运行时机器上的其他负载也不一样。所以速度单独测：同一个模型、同一个 batch，两种精度**各先热身一次**，
-# 然后**交替轮次**计时（一轮里 fp32、bf16 各跑 2 步），每一轮算一个比值 fp32 时间 / bf16 时间（> 1 表示 bf16 更快），
+# 上面两次训练的总耗时不能拿来比速度：先跑的 fp32 还要付第一次分配内存、初始化线程池这类一次性开销，
+# 两次运行时机器上的其他负载也不一样。所以速度单独测，用 4.0.6 第 1 节的做法：同一个模型、同一个 batch，两种精度各先热身一次，
+# 再交替轮次计时（一轮里 fp32、bf16 各跑 2 步），每一轮算一个比值 fp32 时间 / bf16 时间（> 1 表示 bf16 更快），
 # 报告中位数和范围；计时时把 torch 线程数固定为 1。
 #
 # **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
@@ -164,8 +165,8 @@ p.reveal(speedup["median"])
 
 # %% [markdown]
 # 怎么读这张表：
-# - **内存**：反向传播要保存的激活值 (activations) 在 autocast 下大多是 bf16，只占 fp32 的一半；代价是 autocast 给每个权重多缓存一份
-#   bf16 副本、参数和 AdamW 状态仍是 fp32。这个模型的激活值比权重副本大，所以峰值内存下降（下面一行由测量结果生成，并断言方向）。
+# - **内存**：4.0.5 第 2 节算过这笔账——激活值里矩阵乘法的输出变成 bf16，但参数、梯度和 AdamW 状态仍是 fp32，autocast 还给每个权重
+#   多缓存一份 bf16 副本。这个模型的激活值比权重副本大，所以峰值内存下降（下面一行由测量结果生成，并断言方向）。
 # - **速度**：CPU 上 bf16 不一定更快——没有 AMX / AVX512-BF16 指令的 CPU 要把 bf16 转换后再算矩阵乘法，autocast 每一步还要做类型转换；
 #   有这些指令的 CPU（以及 GPU 的 tensor core）上 bf16 才快。速度的方向取决于这台机器，所以下面不断言它：只有**每一轮**都是同一个方向时，
 #   那一行才说"更快"或"更慢"，否则只报告比值。`bench/mixed_precision.py` 打印同样的比例。
@@ -184,7 +185,7 @@ assert mem_ratio < 1.0, f"bf16 autocast should lower the measured peak on this m
 
 # %% [markdown]
 #
-# **GPU 上会怎样**：激活值占大头时，bf16 把它们减半；tensor core 的 bf16/fp16 吞吐是 fp32 的数倍。
+# **GPU 上会怎样**：速度这里测不了（没有 GPU；GPU 的 tensor core 跑 16 位矩阵乘法比 fp32 快得多，这是厂商的数据）。内存可以估算：
 # 下面用 `course_lib.memory.estimate`（4.0.5 的估算器）算一个 GPT-2 small 规模的模型（12 层、d=768、GPT-2 的词表 50,257）
 # 在 batch 8 × 1024 token 下的内存——这些是**估算**，不是在 GPU 上的测量。注意词表：本课程的字节级模型只有 258 个 token，
 # 换成 50,257 之后，logits 以及 loss 反向时的 fp32 缓冲区每个就有 8 × 1024 × 50,257 × 4 字节 ≈ 1.5 GiB，成了激活值里的大头；
@@ -210,7 +211,7 @@ print(f"estimated peak bf16 / fp32 = {e16.peak / e32.peak:.2f} (activations {e16
 # `Trainer` 的 fp16 路径（`course_lib/train.py`）：`scaler.scale(loss).backward()` → `scaler.unscale_(optimizer)` →
 # 在**真实**梯度上 `clip_grad_norm_` → `scaler.step(optimizer)`（有 inf/NaN 就不更新）→ `scaler.update()`；
 # 如果 scale 变小了，说明这一步被跳过：`skipped_steps += 1`，**不**调用 `scheduler.step()`（否则学习率会比实际更新次数走得快）。
-# CPU 上 fp16 很慢，这里只做演示；在 GPU 上它是常用的选择（老 GPU 没有 bf16）。
+# 这里只跑 6 步做演示；在 GPU 上 fp16 是常用的选择（老 GPU 没有 bf16）。
 
 # %%
 class InfGradAt(Callback):
@@ -241,7 +242,7 @@ assert max(finite) < 1000, f"logged grad-norms must be unscaled (true size), got
 # ## 小结
 # - `torch.autocast(device_type, dtype)` 只降低部分运算的精度，哪些运算降、哪些提升到 fp32 因设备而异（CPU 上 softmax 等返回 bf16）；参数和优化器状态仍是 fp32。
 # - fp16 范围小 → 需要 GradScaler（scale、unscale_ 后裁剪、inf 时跳过并减半 scale、跳过时调度器不动）；bf16 范围与 fp32 相同 → 通常不需要。
-# - 速度和内存要在自己的硬件上量：CPU 上 bf16 可能更慢；GPU 上激活值减半、tensor core 更快。
+# - 速度和内存要在自己的硬件上量：本机 CPU 上 bf16 慢得多、峰值内存只降了一部分（第 3 节）；GPU 上要在 GPU 上量（第 3 节末尾的 GPT-2 估算只是估算）。
 #
 # ## 练习
 # 打开 `exercises/ex415_amp_step.py`，写出 autocast + GradScaler 的一个训练步。

@@ -21,7 +21,7 @@
 # - 用课程同一条 torchrun 命令加 `--strategy fsdp` 训练 2 个 rank，看分片检查点 (sharded checkpoint) 里每个 rank 写了什么、
 #   完成标记 (completion marker) 为什么最后写；然后**只用 1 个进程**接着训练（重新分片，resharding），损失曲线接得上、
 #   样本一个不多一个不少；最后导出成 4.2.1 的推理产物；
-# - 知道什么时候选 DDP、FSDP、FSDP + 激活检查点 (activation checkpointing)，以及这台笔记本电脑上的实验**证明不了什么**。
+# - 知道什么时候选 DDP、FSDP、FSDP + 激活检查点 (activation checkpointing)，以及这台只有 CPU 的机器上的实验**证明不了什么**。
 #
 # **前置知识**：4.0.5（显存估算），4.1.1（检查点管理），4.1.2（DDP 与 torchrun）。
 #
@@ -67,7 +67,7 @@ print("CUDA:", torch.cuda.is_available(), "| CPU cores:", os.cpu_count(), "| ste
 # ## 1. 每个 rank 持有什么：DDP 与 FSDP
 #
 # 4.0.5 的静态部分：fp32 训练时每个参数有 4 字节权重、4 字节梯度、AdamW 的两个状态 (exp_avg, exp_avg_sq) 共 8 字节，
-# 合计约 16 字节/参数。**DDP** 的每个 rank 都有完整的这一份：加卡只加速，不省内存。ZeRO 论文把这份状态分到各 rank 上：
+# 合计约 16 字节/参数。**DDP** 的每个 rank 都有完整的这一份：加卡不省每个 rank 的内存（下表 DDP 的 W=1 与 W=2 两行一样大）。ZeRO 论文把这份状态分到各 rank 上：
 #
 # | 分片 (shard) 的内容 | 名字 | PyTorch 里 |
 # |---|---|---|
@@ -108,7 +108,7 @@ print(f"\nFSDP, 2 ranks: rank 0's params + optimizer = {shard_ratio:.4f} x DDP's
 
 # %% [markdown]
 # 估算与测量**逐字节相同**（容差 0：公式数的就是张量里的元素）。W=1 时 FSDP 与 DDP 一样；W=2 时 FSDP 每个 rank 的
-# 参数 + 优化器状态是 DDP 的 1/2 再多一点点：多出来的是每个 rank 各有一份的 `step` 计数器（20 个参数张量 × 4 字节）。
+# 参数 + 优化器状态是 DDP 的 1/2 再多一点点：多出来的是每个 rank 各有一份的 `step` 计数器（每个参数张量 4 字节）。
 #
 # 这张表里没有的两样东西：
 # - **FSDP 临时聚齐的完整参数**：一个 block 计算前，它的参数被 all-gather 成完整的一份，算完（前向后、反向后）再释放；
@@ -133,8 +133,9 @@ ax.bar(["FSDP, rank 0"], [(est["gathered_unit"] + est["gathered_root"]) / 1024],
 ax.legend();
 
 # %% [markdown]
-# 对这个只有 2.7 万参数的模型，「临时聚齐」的那部分和分片后的状态差不多大：embedding (258 × 32) 占了参数的三分之一，
-# 而根在整个前向和反向期间都是完整的。模型越大、层越多，单个 block 和根相对全部参数就越小，FSDP 省下的比例就越接近 1 − 1/W。
+# 对这个只有 2.7 万参数的模型，「临时聚齐」的那部分（上一行打印的一个 block + 根）比这个 rank 分到的参数分片（表里 FSDP 的 params
+# 一栏）还大：embedding (258 × 32) 占了参数的三分之一，而根在整个前向和反向期间都是完整的。按同样的公式，模型越大、层越多，
+# 单个 block 和根相对全部参数就越小，FSDP 省下的比例就越接近 1 − 1/W（本课没有测大模型：「下一步」里有一个让你自己测的改法）。
 #
 # ## 2. FSDP 多了哪些集合通信，代价多大
 #
@@ -221,8 +222,8 @@ assert set(marker["files"]) == {p.name for p in files} - {"COMPLETE.json"}
 # - `__0_0.distcp`、`__1_0.distcp`：rank 0 和 rank 1 各自的模型 + 优化器分片，两个进程**同时**写；
 # - `.metadata`：DCP 的索引，记录每个张量的全局形状，以及哪个文件的哪段字节是它的哪一片；
 # - `trainer.pt`：步数、学习率调度器、每个 rank 的 RNG、以全局样本数记的数据位置、配置（rank 0 写）；
-# - `COMPLETE.json`：**最后写**，列出其余每个文件的大小和 SHA-256。保存先写进 `step_….tmp/`，所有 rank 的分片都落盘
-#   (fsync) 之后，rank 0 才写标记并改名。没有有效标记的文件夹一律不认，所以保存到一半被杀，上一个检查点仍然可用
+# - `COMPLETE.json`：**最后写**，列出其余每个文件的大小和 SHA-256。保存顺序与 4.0.1 第 3 节的单文件检查点相同，
+#   多出的一条是：所有 rank 的分片都落盘 (fsync) 之后，rank 0 才写标记并改名；保存到一半被杀，上一个检查点仍然可用
 #   （`tests/reliability/test_fsdp_torchrun.py` 在写分片的中途 SIGKILL 一个 rank 验证过）。torchtitan 也是这样做的。
 #
 # ## 4. 换卡数恢复：2 个 rank 写的检查点，1 个进程接着训练
@@ -308,7 +309,7 @@ assert same
 #
 # 先用第 1 节的估算算一遍：DDP 放得下就用 DDP。
 #
-# 这台笔记本电脑上的实验证明了**内存怎么分、通信调用几次传多少、检查点怎么换卡数恢复**；它证明不了**速度**：
+# 这台只有 CPU 的机器上的实验证明了**内存怎么分、通信调用几次传多少、检查点怎么换卡数恢复**；它证明不了**速度**：
 # CPU 上的 gloo 没有 NCCL、NVLink、通信与计算的重叠，小模型的时间全花在进程和调用的开销上，
 # 所以本课不给任何 FSDP 比 DDP 快或慢多少的数字。多 GPU 上的吞吐量要在那样的机器上测量。
 #

@@ -78,7 +78,7 @@ print("state.pt on disk:", round((ckpt_dir / "state.pt").stat().st_size / 1e6, 2
 # ## 3. 导出：`model.safetensors` + `config.json`
 #
 # `export_from_run` 读取最新的完整检查点，只取权重，写出两个文件。safetensors 是「JSON 头 + 原始张量字节」，
-# 读取时不执行任何代码；`torch.load` 读 pickle 文件理论上可以执行任意代码，所以推理产物一律用 safetensors。
+# 读取时不执行任何代码；完整的 pickle 加载会执行文件里的代码（4.0.1 第 4 节演示过），所以推理产物一律用 safetensors。
 #
 # **共享权重**：`lm_head.weight` 和 `embed_tokens.weight` 是同一个张量。safetensors 故意拒绝保存共享内存的张量
 # （加载方无从知道它们要保持共享），所以我们只存一次 `embed_tokens.weight`，在 `config.json` 里记下
@@ -131,7 +131,8 @@ p.reveal(rows[1]["vs_checkpoint"])
 # `load_inference` 加载课程附带的参考模型（也是 `export_from_run` 导出的产物文件夹），把它写的代码打印出来。
 #
 # 生成用的是人实际会用的采样设置 (sampling)：温度 (temperature) 0.8、top-k 40、固定随机种子 (seed)，遇到空行（两个换行）或 EOS 就停。
-# 贪心解码 (greedy decoding) 会让小模型陷入「the the the」式的循环；采样靠随机性跳出循环，固定种子让结果可复现。
+# 贪心解码 (greedy decoding) 每步都选概率最大的 token，小模型很容易陷进重复（4.2.3 第 1 节参考模型的贪心输出就是
+# `'protocol, protocol, '`）；采样靠随机性跳出来，固定种子让结果可复现。
 
 # %%
 # DEMO_TEXT

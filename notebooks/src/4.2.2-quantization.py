@@ -54,7 +54,8 @@ print(f"reference model: {model.num_parameters():,} params; held-out text: {len(
 # `q = round(w / scale)`。四舍五入的误差最多是半个步长 `scale / 2`。
 #
 # **int4 分组 (group-wise)**：4 位只有 16 个值（[-8, 7]），一行一个 scale 太粗，于是每 `group_size` 个输入一组，各有自己的 scale；
-# 两个 4 位值打包进一个 `uint8`。组越小越准，但 scale 越多（文件越大）。
+# 两个 4 位值打包进一个 `uint8`。组越小越准（下表的 `mean_err` 随组变小而下降），scale 也越多；输入维度不是组大小的倍数时，
+# 最后一组要补齐 (pad)：这个矩阵有 192 个输入，group 128 补到 256，所以下表里它反而最大。
 
 # %%
 w = model.layers[0].mlp.up_proj.weight.detach()
@@ -89,7 +90,7 @@ print(TORCHAO_REPLACEMENT)
 #
 # 逐元素四舍五入 (round-to-nearest, RTN) 只看权重本身。GPTQ 看的是**层的输出**：用一小批校准数据 (calibration set)
 # 得到输入的二阶统计 `H = XᵀX`，按列量化，每量化一列就把它的误差按 `H⁻¹` 分摊到还没量化的列上，让 `W·x` 尽量不变。
-# `course_lib.quantize.gptq_int4` 就是这个循环（约 20 行）。校准数据取自训练集，困惑度在留出集 (held-out) 上测。
+# `course_lib.quantize.gptq_int4` 就是这个循环（不到 30 行）。校准数据取自训练集，困惑度在留出集 (held-out) 上测。
 
 # %%
 calib = calibration_batch(pick(32, 8), 128)
@@ -166,23 +167,24 @@ p.reveal(by["int8"]["size_ratio"])
 # - 质量：int8 几乎无损（`ppl_ratio` ≤ 1.01）；int4 RTN 的代价明显大于 int8，GPTQ 用同样的位数把一部分代价补了回来（补回的比例见上面打印的一行）。
 # - 速度：学习计划说「2–3 倍加速」——看上表的 `decode_ratio_b1` 列，而不是相信这句话。
 #   课程的 `Int8Linear` / `Int4Linear` 各有两条路径：`forward_reference` 是读得懂的教学版——先把整个权重反量化成 fp32 再做矩阵乘法，
-#   多了一步而没有省掉任何一步，在 CPU 上比 fp32 **更慢**；`quantize_model` 默认再调用 `convert_for_runtime`（gpt-fast 的做法：
+#   多了一步而没有省掉任何一步，不是快路径（下面的表测的都是打包路径）；`quantize_model` 默认再调用 `convert_for_runtime`（gpt-fast 的做法：
 #   先生成量化后的 state dict，再把模块一次性转换成运行时形式），把权重**一次性**打包成 PyTorch 自带的低比特 kernel 要的布局：
 #   int8 用 `torch._weight_int8pack_mm`，int4 用 `_convert_weight_to_int4pack_for_cpu` + `_weight_int4pack_mm_for_cpu`。
-#   这些 kernel 直接读 1 字节 / 半字节的权重，激活用 bf16（同样的 kernel 配 fp32 激活反而比 fp32 矩阵乘法慢好几倍，
-#   见 `course_lib/quantize.py` 里的实测注释）；和教学版的差别只是 bf16 舍入，测试里规定了容差，困惑度变化在万分之几以内。
+#   这些 kernel 直接读 1 字节 / 半字节的权重，激活用 bf16（`course_lib/quantize.py` 的注释写了为什么不用 fp32 激活）；
+#   和教学版的差别只是 bf16 舍入，`tests/unit/test_quant_kernels.py` 规定了容差。
 #   保存格式不变：打包后的张量不进 state dict，加载时重新打包（代价：运行时 int4 层多占一份打包权重的内存，表里的 `memory_MB` 只算存储的张量）。
-#   参考模型的 fp32 权重只有几 MB（上面打印了准确的数），基本放得进 CPU 的缓存，batch 1 的一步 decode 有相当一部分花在 Python、
-#   算子调度这类**固定开销** (overhead) 上，读权重的字节数不是唯一的瓶颈，所以量化省下的字节换来的速度有限。下面 4c 换一个大模型再测。
+#   参考模型的 fp32 权重只有几 MB（上面打印了准确的数），batch 1 的一步 decode 很短，Python、算子调度这类**固定开销** (overhead)
+#   和机器负载的波动占的比例大（为什么，见 4.0.6 的 profile 与 roofline）：这次 int8 的 `decode_ratio_b1` < 1、int4 的 > 1，
+#   方向不一致，这张表上的速度不能下结论。下面 4c 换一个大模型、用交替轮次再测。
 #   `quantize_dynamic` 也用了真正的 int8 kernel（fbgemm），但它每步还要量化激活。
 #   CPU 同时被其它进程占用时，计时噪声可能比这些差别还大；大小和质量的数字不受影响。
 
 # ## 4c. 换一个受内存带宽限制的模型：22M 参数
 #
 # 速度只和形状有关、和权重学到了什么无关，所以这里用随机初始化的 `speed_config()`：d512 × 8 层、8 个 query 头 / 2 个 kv 头，
-# 约 2230 万参数，fp32 权重 89 MB，远大于 CPU 缓存。每一步 decode 都得把所有权重从内存读一遍，这时一步的时间由
+# 约 2230 万参数，fp32 权重 89 MB（下面打印），远大于常见 CPU 的末级缓存（4.0.6 第 3 节打印了本机的大小）。每一步 decode 都得把所有权重从内存读一遍，这时一步的时间由
 # **内存带宽** (memory-bandwidth-bound) 决定：权重字节减到 1/4（int8）或约 1/7（int4），读的时间跟着减少。
-# 每种方法轮流测、测几轮 (interleaved rounds)，报告中位数和范围：机器忙时范围会变宽，而不是悄悄给出一个错的数。
+# 每种方法轮流测、测几轮 (interleaved rounds)，报告中位数和范围（做法见 4.0.6 第 1 节）：负载的波动落在范围里，而不是悄悄变成一个错的数。
 # 快速模式 (quick mode) 下用 d256 × 4 层的小配置，只为检查代码能跑。
 
 # %%
@@ -208,8 +210,8 @@ if not quick_mode():   # the direction the text states: on the bandwidth-bound m
 
 # %% [markdown]
 # **怎么读**：看 `vs_fp32` 列和 `min`/`max` 范围。在大模型、batch 1 上，打包 kernel 的 int8 / int4 比 fp32 快（上面的断言在完整模式下检查了这一点；
-# 倍数随机器的内存带宽和负载变化，范围宽说明测量时机器忙）。把这一行和上面参考模型的 `decode_ratio_b1` 并排看：
-# 同样的 kernel，模型越小、固定开销占比越大，读权重省下的时间就越不显眼。
+# 倍数随机器的内存带宽和负载变化，范围宽说明测量时机器忙）。表下 `batch 1:` 那一行把它和上面参考模型的
+# `decode_ratio_b1` 并排放着：参考模型上两种方法的方向不一致，在这个读权重占主导的大模型上两者都比 fp32 快。
 # 最后三行比较 batch 1 和 batch 8：batch 8 时每读一次权重要服务 8 个 token，计算的比重上来了。只量化权重的 int8 / int4
 # (weight-only) 省的是读权重的字节，计算比重越大，这份节省越不显眼；动态量化 (`dynamic-int8`) 把激活也量化，用 int8 做矩阵乘法本身，
 # 省的是计算，所以 batch 变大时它的相对优势不一定缩小。打印出的 shrinks / grows 是这台机器这次测到的方向。
@@ -218,7 +220,7 @@ if not quick_mode():   # the direction the text states: on the bandwidth-bound m
 #
 # 学习计划提到的 `bitsandbytes` 是 Hugging Face 生态里最常用的量化库（`load_in_8bit=True` / `load_in_4bit=True` 背后就是它），只支持 GPU：
 # - **LLM.int8()**：按行 absmax 把权重量化成 int8；激活里少数**离群特征维** (outlier features，幅值 > 6) 拆出来用 fp16 算，其余用 int8 矩阵乘法，
-#   所以大模型量化到 8 位几乎不掉点。它省显存，但因为要拆分离群值，速度通常**不**比 fp16 快。
+#   所以大模型量化到 8 位几乎不掉点。它省显存，但因为要拆分离群值，速度通常**不**比 fp16 快（LLM.int8() 论文和 bitsandbytes 文档的说法；这里没有 GPU，测不了）。
 # - **NF4**（QLoRA 提出）：4 位的「正态浮点」——16 个量化格点按标准正态分布的分位数放置，正好匹配近似正态分布的权重；按 64 个值一组的
 #   absmax 缩放，缩放系数本身再量化一次（double quantization）。本课的 int4 是均匀格点 + 分组 scale，思路相同、格点不同。
 #
@@ -268,7 +270,7 @@ print("int4:", repr(generate_text(q4b, tok, "def __init__(self", 50)))
 # ## 小结
 #
 # - 量化 = 小整数 + 缩放因子。int8 逐通道几乎无损；int4 需要分组，RTN 有代价，GPTQ 用校准数据做误差补偿减小代价。
-# - 作用：**省内存/显存**（确定的收益）；**加速**只在有低比特 kernel、且内存带宽是瓶颈时出现——要量，不要假设。
+# - 作用：**省内存/显存**（确定的收益）；**加速**要有低比特 kernel，在内存带宽是瓶颈的大模型上才测得稳（4c）——要量，不要假设。
 # - `torch.ao.quantization.quantize_dynamic` 仍能用但已弃用，新代码用 torchao 的 `quantize_`。
 #
 # ## 练习

@@ -154,9 +154,9 @@ if not quick_mode():
 # %% [markdown]
 # ### 3b. 同样的测量，换一个 22M 参数的模型
 #
-# 参考模型很小（参数量和 fp32 权重大小在本课开头打印了），每步 decode 的算量很少，固定开销（Python、算子调度）占的比例就大。
-# `speed_config()` 是随机初始化的 d512 × 8 层的模型（参数量和权重大小在下面打印）：有缓存时每步要从内存读一遍全部权重，
-# 这一步由内存带宽决定；无缓存时每步要把整段上下文重新算一遍，算量随上下文线性增长，差距也就更大。
+# 参考模型很小（参数量和 fp32 权重大小在本课开头打印了），每步 decode 的算量很少。`speed_config()` 是随机初始化的
+# d512 × 8 层的模型（参数量和权重大小在下面打印），它的 decode 受内存带宽限制（4.0.6 的 roofline 量过同一个模型）；
+# 无缓存时每步要把整段上下文重新算一遍，算量随上下文线性增长。下表在同样的上下文长度上，缓存的倍数都比参考模型的大。
 # 快速模式下用小配置和短上下文，只检查代码能跑。
 
 # %%
@@ -182,7 +182,8 @@ if not quick_mode():   # quick mode's two short contexts are too close to tell a
 # %% [markdown]
 # ### 3c. 编译的快速路径：静态缓存 + `torch.compile`
 #
-# 有了缓存，一步 decode 只算一个 token，剩下的时间很大一部分是 Python 和算子调度的开销：几十个小算子，每个都要从 Python 发起。
+# 有了缓存，一步 decode 只算一个 token，剩下的时间有一部分是 Python 和算子调度的开销：几十个小算子，每个都要从 Python 发起
+# （4.0.6 第 2 节的 profile 量过这个模型的 decode 里矩阵乘法之外占多少）。
 # gpt-fast 的做法是把整个 decode 步骤交给 `torch.compile`，让它把这些小算子融合成少数几个生成的 C++（CPU）或 Triton（GPU）kernel。
 # 这要求每一步的形状都不变、也不依赖每步都变的 Python 数字，否则每个新位置都会触发重新编译：
 # - `TensorPositionCache`：预分配的静态缓存，下一个写入位置存在一个**张量**里（`index_copy_` 写入），每步返回整个缓存，
@@ -312,7 +313,7 @@ print_table([{"scheme": f"preallocated (max_len {max_len} each)", "MB": m["stati
 print(f"paged / preallocated = {m['paged_bytes'] / m['static_bytes']:.2f}x")
 
 # %% [markdown]
-# 分页后每个序列最多浪费不到一个块（< 16 个位置）；预分配浪费的是 `max_len − 实际长度`。省下来的内存可以拿去放更多并发序列——这正是 4.2.4 批量生成吞吐的来源。
+# 分页后每个序列最多浪费不到一个块（< 16 个位置）；预分配浪费的是 `max_len − 实际长度`。省下来的内存可以拿去放更多并发序列；4.2.4 测的就是并发 (batch) 越大、吞吐越高。
 
 # %% [markdown]
 # ## 小结

@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from course_lib.config import pick
+from course_lib.config import pick, quick_mode
 from course_lib.lab.demo import END, settings_line, stream_sample
 from course_lib.generate import generate, left_pad
 from course_lib.lab.measure import throughput_vs_batch
@@ -80,9 +80,9 @@ for i, p in enumerate(prompts):
 # %% [markdown]
 # ## 3. 吞吐量随 batch 变化
 #
-# decode 每步对整个 batch 做一次前向。batch 为 1 时，每步的时间主要花在固定开销上（Python、算子调度、读一遍权重）；
-# batch 变大时这些开销被分摊，矩阵乘法也更饱满，所以每秒生成的 token 数上升。当计算本身成为瓶颈（CPU 核数用满），
-# 每步时间开始随 batch 线性增长，吞吐就不再上升。
+# decode 每步对整个 batch 做一次前向。batch 为 1 时，每步的时间花在固定开销上（Python、算子调度、读一遍权重）；
+# batch 变大时这些开销被分摊，矩阵乘法也更饱满，所以每秒生成的 token 数上升（下表的 `vs_batch1`）。当计算本身成为瓶颈
+# （CPU 核数用满），每步时间随 batch 明显变长（`ms_per_step`），吞吐的增长就慢下来：batch 大了以后，`vs_batch1` 明显低于 batch 本身。
 #
 # **先预测**（点选后按「记下预测」，或 `p.guess("B")`；测量之后揭晓）：
 
@@ -114,22 +114,25 @@ if b8:
     print(f"batch 8 vs batch 1: {b8['vs_batch1']:.1f}x throughput (bench target >= 4x)")
 print(f"best: batch {best['batch_size']} at {best['decode_tok_s']:.0f} tok/s; "
       f"step latency grows from {rows[0]['ms_per_step']:.1f} ms to {rows[-1]['ms_per_step']:.1f} ms")
+if not quick_mode():   # the directions the text states (quick mode's few tokens are too noisy to tell)
+    assert rows[-1]["decode_tok_s"] > rows[0]["decode_tok_s"], rows
+    assert rows[-1]["ms_per_step"] > rows[0]["ms_per_step"], rows
 
 # %%
 p.reveal(b8["vs_batch1"])
 
 # %% [markdown]
-# 代价是**延迟**：batch 越大，每一步越慢，每个用户等每个 token 的时间越长。服务端在吞吐与延迟之间取舍；
+# 代价是**延迟**：大 batch 的每一步比 batch 1 慢（上面打印了 batch 1 和最大 batch 的每步时间，并断言它变长了），每个用户等每个 token 的时间更长。服务端在吞吐与延迟之间取舍；
 # 4.2.3 的分页缓存让同样的内存容纳更多并发序列，是把 batch 做大的前提。
 
 # %% [markdown]
-# ## 3b. 吞吐在哪里饱和：22M 参数的模型
+# ## 3b. 吞吐的增长在哪里放慢：22M 参数的模型
 #
-# 参考模型很小（开头打印了参数量和权重大小），权重基本放得进 CPU 缓存，batch 1 的一步有相当一部分是固定开销 (overhead)。
+# 参考模型很小（开头打印了参数量和权重大小），权重比本机的末级缓存还小（4.0.6 第 3 节打印了缓存的大小），batch 1 的一步有相当一部分是固定开销 (overhead)。
 # 换成 `speed_config()`（随机初始化的 d512 × 8 层，约 2230 万参数，fp32 权重 89 MB）：batch 1 时每一步都要把 89 MB 权重
-# 从内存读一遍，一步的时间由**内存带宽**决定 (memory-bandwidth-bound)；batch 变大时，同一次读权重服务更多 token，
-# 每步时间几乎不变，吞吐近似线性上升。当每步的矩阵乘法算量大到 CPU 算不过来（计算受限，compute-bound），
-# 每步时间开始随 batch 线性增长，吞吐就饱和了——上限大约就是 prefill 的吞吐（prefill 一次处理很多 token，本来就是计算受限）。
+# 从内存读一遍，一步的时间由**内存带宽**决定 (memory-bandwidth-bound，4.0.6 的 roofline 量过同一个模型)；batch 变大时，同一次读权重服务更多 token，
+# 每步时间涨得比 batch 慢得多，吞吐随 batch 上升。当每步的矩阵乘法算量大到 CPU 算不过来（计算受限，compute-bound），
+# 每步时间开始随 batch 变长，吞吐的增长就放慢，向一个上限靠拢——上限大约就是 prefill 的吞吐（prefill 一次处理很多 token，本来就是计算受限）。
 # 下表同时列出 prefill 吞吐作为这个上限；线程数也打印出来，因为上限随核数变化。快速模式下用小配置，只检查代码能跑。
 
 # %%
@@ -153,13 +156,14 @@ assert last["decode_tok_s"] < 1.25 * ceiling, "decode throughput should stay und
 knee = next((r for r in big_rows if r["ms_per_step"] >= 1.5 * big_rows[0]["ms_per_step"]), None)
 if knee:
     print(f"on this machine the step time stays within 1.5x of batch 1's {big_rows[0]['ms_per_step']:.1f} ms until "
-          f"batch {knee['batch_size']} ({knee['ms_per_step']:.1f} ms): from there throughput rises more slowly and saturates")
+          f"batch {knee['batch_size']} ({knee['ms_per_step']:.1f} ms): from there throughput rises more slowly, towards the prefill ceiling")
 else:
     print(f"the step time stayed within 1.5x of batch 1's up to batch {last['batch_size']}: not saturated yet on this machine")
 
 # %% [markdown]
 # 最后一行指出了这台机器上每一步的时间从哪个 batch 开始明显变长（超过 batch 1 的 1.5 倍）：在那之前，一次读权重服务更多 token，
-# 吞吐近似线性上升；从那里开始矩阵乘法的算量成为瓶颈，吞吐向 prefill 的上限靠拢。核数更多或换成 GPU，这个拐点会往后推。
+# 每步时间涨得比 batch 慢，吞吐上升得快；从那里开始矩阵乘法的算量成为瓶颈，吞吐向 prefill 的上限靠拢（单元格断言了 decode 吞吐低于 prefill 上限的 1.25 倍、增长慢于线性）。
+# 核数更多或换成 GPU，算力上限更高，这个拐点应当往后推（这里测不了）。
 
 # %% [markdown]
 # ## 4. 流式输出
@@ -206,8 +210,8 @@ assert "".join(pieces) == text
 # ## 小结
 #
 # - 批量生成 = 左填充 + 掩码 + 由掩码推出的位置编号；结束的行移出 batch。正确性标准：与逐个生成完全相同（`tests/unit/test_batched_generation.py`）。
-# - 吞吐随 batch 上升，直到计算饱和；代价是每步延迟变长。
-# - 流式输出改善的是「首个 token 的等待时间」，总时间不变。
+# - 吞吐随 batch 上升，越接近算力上限涨得越慢；代价是每步延迟变长。
+# - 流式输出改善的是「首个片段的等待时间」（第 4 节打印了首个片段和全部完成各用多久）；生成的 token 和算法都没变。
 #
 # ## 练习
 #
