@@ -340,6 +340,15 @@ def _autocast(dev: torch.device, dtype: str):
     return torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
+def _model_and_optimizer(
+    model_cfg: ModelConfig, seed: int, dev: torch.device, activation_checkpointing: bool, optimizer: str
+) -> tuple[DIYModel, torch.optim.Optimizer]:
+    """``DIYModel(model_cfg)`` initialised from ``seed`` on ``dev``, and its optimizer."""
+    torch.manual_seed(seed)
+    model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
+    return model, _make_optimizer(model, optimizer)
+
+
 def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, amp, steps: int) -> None:
     """``steps`` plain training steps (forward under ``amp``, backward, AdamW step, free grads)."""
     for _ in range(steps):
@@ -372,9 +381,7 @@ def measure_peak(
     amp = _autocast(dev, dtype)
 
     def run() -> None:
-        torch.manual_seed(seed)
-        model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
-        opt = _make_optimizer(model, optimizer)
+        model, opt = _model_and_optimizer(model_cfg, seed, dev, activation_checkpointing, optimizer)
         _train_steps(model, opt, x, y, amp, steps)
         del model, opt
 
@@ -422,9 +429,7 @@ def step_timer(
     so that no candidate gets the machine's quiet moment alone."""
     dev = torch.device(device)
     (x,) = _fixed_batch(model_cfg, batch_size, seq_len, seed, dev, 1)
-    torch.manual_seed(seed)
-    model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
-    opt = _make_optimizer(model, optimizer)
+    model, opt = _model_and_optimizer(model_cfg, seed, dev, activation_checkpointing, optimizer)
     amp = _autocast(dev, dtype)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
