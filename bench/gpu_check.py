@@ -391,7 +391,7 @@ def check_memory(ctx: Ctx) -> str:
 @item("largest-batch search")
 def check_max_batch(ctx: Ctx) -> str:
     from course_lib.config import ModelConfig
-    from course_lib.memory import estimate, find_max_batch_size, measure
+    from course_lib.memory import estimate, find_max_batch_size, measure_peak
 
     cfg = ModelConfig(**(TINY if ctx.dry else SMALL))
     seq = 32 if ctx.dry else 256
@@ -399,7 +399,7 @@ def check_max_batch(ctx: Ctx) -> str:
     b = find_max_batch_size(budget, cfg, seq)
     assert b >= 1, "not even batch 1 fits the budget"
     assert estimate(cfg, b + 1, seq).peak > budget
-    got = measure(cfg, b, seq, device=str(ctx.device))["peak"]
+    got = measure_peak(cfg, b, seq, device=str(ctx.device))["peak"]
     msg = f"budget {budget / 2**20:.0f} MiB -> batch {b}, measured peak {got / 2**20:.1f} MiB ({got / budget:.0%})"
     if ctx.dry:
         return msg + " (CPU profiler; checked against the budget on CUDA)"
@@ -443,39 +443,38 @@ def worker(kind: str) -> None:
 
 
 def spawn_workers(ctx: Ctx, kind: str, world: int, dev: str) -> None:
-    from course_lib.distributed import free_port
+    from course_lib.distributed import rendezvous_store
 
-    port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", kind],
-            cwd=ROOT,
-            env=env(
-                {
-                    "RANK": str(r),
-                    "LOCAL_RANK": str(r),
-                    "WORLD_SIZE": str(world),
-                    "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": port,
-                    "GPU_CHECK_DEVICE": dev,
-                }
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=ctx.timeout())
-            outs.append((p.returncode, out))
-    finally:
-        for p in procs:  # a rank that timed out must not outlive the check (nor keep the port)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    with rendezvous_store() as rdzv:  # bound before the ranks start: no port race
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", kind],
+                cwd=ROOT,
+                env=env(
+                    {
+                        "RANK": str(r),
+                        "LOCAL_RANK": str(r),
+                        "WORLD_SIZE": str(world),
+                        **rdzv,
+                        "GPU_CHECK_DEVICE": dev,
+                    }
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for r in range(world)
+        ]
+        outs = []
+        try:
+            for p in procs:
+                out, _ = p.communicate(timeout=ctx.timeout())
+                outs.append((p.returncode, out))
+        finally:
+            for p in procs:  # a rank that timed out must not outlive the check (nor keep the port)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
     bad = [(rc, out.strip().splitlines()[-3:]) for rc, out in outs if rc != 0]
     assert not bad, f"{kind} workers failed: {bad}"
 

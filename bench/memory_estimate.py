@@ -1,4 +1,4 @@
-"""Memory estimate vs measured peak: course_lib.memory.estimate() against measure() (CPU:
+"""Memory estimate vs measured peak: course_lib.memory.estimate() against measure_peak() (CPU:
 torch.profiler allocation events; CUDA: max_memory_allocated), 3 model sizes x fp32/bf16.
 
     python bench/memory_estimate.py          # COURSE_QUICK=1 for smaller batches

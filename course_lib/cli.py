@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+from typing import NoReturn
 
 from .config import (
     MAX_SEED,
@@ -41,7 +42,7 @@ EXIT_INPUT, EXIT_NONFINITE, EXIT_FAILED = 2, 3, 1  # bad input; NaN/Inf stop; an
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one ``error: ...`` line (no usage block), exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         message = message.removeprefix("argument ")
         self.exit(EXIT_INPUT, f"error: {message}; run with --help to see the accepted values\n")
 

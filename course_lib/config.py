@@ -381,6 +381,10 @@ class TrainConfig(_JsonMixin):
     def __post_init__(self) -> None:
         _check_types(self)
         n = type(self).__name__
+        self._check_steps_and_optimizer(n)
+        self._check_data_parallelism_and_paths(n)
+
+    def _check_steps_and_optimizer(self, n: str) -> None:
         pos_ints = (
             "seq_len",
             "batch_size",
@@ -427,6 +431,8 @@ class TrainConfig(_JsonMixin):
         self.betas = tuple(float(b) for b in self.betas)
         if not (self.grad_clip >= 0):
             _fail(n, "grad_clip", self.grad_clip, "must be >= 0", "0 disables clipping")
+
+    def _check_data_parallelism_and_paths(self, n: str) -> None:
         if not (0 <= self.val_fraction < 1):
             _fail(n, "val_fraction", self.val_fraction, "must be in [0, 1)")
         if self.loader not in LOADERS:

@@ -10,6 +10,7 @@ single-process ``DistInfo`` without touching torch.distributed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -129,10 +130,31 @@ def broadcast_from_rank0(obj):
 # Launching and testing helpers (used by tests, the 4.1.2 notebook and bench scripts)
 # ------------------------------------------------------------------------------------------
 def free_port() -> int:
-    """A TCP port that is free right now on 127.0.0.1 (ask the OS; never hard-code a port)."""
+    """A TCP port that is free right now on 127.0.0.1 (ask the OS; never hard-code a port).
+
+    Free *now*: another process may take it before whoever it is for binds it. For a process
+    group started by hand use ``rendezvous_store`` instead; a server should bind port 0 and
+    report the port it got."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rendezvous_store(host: str = "127.0.0.1", timeout_s: float = 300.0):
+    """A c10d ``TCPStore`` that this (launching) process hosts on a port the OS chooses, for ranks
+    started by hand; yields the environment that points every rank's ``init_process_group`` at it.
+
+    It is what torchrun's agent does: the launcher holds the store and each rank connects to it as a
+    client (``TORCHELASTIC_USE_AGENT_STORE=True``; without it rank 0 would try to host a store of
+    its own on ``MASTER_PORT``). The port is bound before any rank starts, so launches running in
+    parallel (test workers) cannot race for it. The store lives until the block ends: leave it
+    after the ranks have exited."""
+    store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
+    try:
+        yield {"MASTER_ADDR": host, "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    finally:
+        del store
 
 
 def torchrun_command(

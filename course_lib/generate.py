@@ -30,6 +30,7 @@ from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVC
 from .model import DIYModel
 from .speculative import SpecConfig, generate_speculative
 from .tokenizer import token_bytes
+from .util import cdiv
 
 
 def sample_next(
@@ -91,7 +92,7 @@ def make_cache(kind: str, model, batch_size: int = 1, max_len: int | None = None
         return QuantizedKVCache()
     if kind == "paged":
         if pool is None:
-            n = -(-(max_len or model.config.max_seq_len) // block_size) * batch_size
+            n = cdiv(max_len or model.config.max_seq_len, block_size) * batch_size
             pool = BlockPool.for_model(model, num_blocks=n, block_size=block_size)
         return PagedKVCache(pool, batch_size)
     raise ValueError(f"unknown cache kind {kind!r}; choose one of {CACHE_KINDS}")
@@ -242,60 +243,18 @@ def generate(
     B = input_ids.shape[0]
     device = input_ids.device
     if compile:
-        ok, why = compile_available()
-        if not ok:
-            raise RuntimeError(f"generate(compile=True): {why}; use compile=False")
-        if not use_cache or cache is not None:
-            raise ValueError("generate(compile=True) makes its own static cache: leave use_cache=True and cache=None")
-        if attention_mask is not None and not bool(attention_mask.all()):  # one host read, before the loop
-            raise ValueError(
-                "generate(compile=True) takes unpadded prompts of one length; for a left-padded batch use compile=False"
-            )
-        attention_mask = None
-        cache = make_compiled_cache(model, B, input_ids.shape[1] + max_new_tokens)
-        drop_finished = False
-    unpadded = attention_mask is None
-    if attention_mask is None and not compile:
-        attention_mask = torch.ones_like(input_ids)
-    if not compile:
-        check_room(model.config.max_seq_len, input_ids, attention_mask, max_new_tokens)
-    # An unpadded batch whose rows all stay in it (no EOS, or finished rows dropped) needs no mask in
-    # DIYModel: positions are then the cache length plus 0..T-1, and a decode step sees every key, so
-    # the model builds no mask and derives no positions on each step (the per-step work lesson 4.0.6
-    # profiles). Only when the caller gave no mask: reading a given one would be a host sync.
-    # Other models get the mask.
-    if isinstance(model, DIYModel) and unpadded and not compile and use_cache and (eos_id is None or drop_finished):
-        attention_mask = None
-    if isinstance(cache, str):
-        cache = make_cache(cache, model, B, max_len=input_ids.shape[1] + max_new_tokens)
-    if cache is not None and not isinstance(cache, Cache):
-        raise TypeError(
-            f"cache must be a course_lib.kv_cache.Cache or one of {CACHE_KINDS}, got {type(cache).__name__}"
-        )
-    past = (cache if cache is not None else DynamicCache()) if use_cache else None
+        cache = _compiled_cache_for(model, input_ids, max_new_tokens, attention_mask, use_cache, cache)
+        attention_mask, drop_finished = None, False
+    else:
+        attention_mask = _eager_mask(model, input_ids, attention_mask, max_new_tokens, use_cache, eos_id, drop_finished)
+    past = _past(cache, model, B, input_ids.shape[1] + max_new_tokens, use_cache)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     active = torch.arange(B, device=device)  # original row index of each running row
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # per running row
     seq, mask = input_ids, attention_mask
     steps = 0
     for step in range(max_new_tokens):
-        if not use_cache:
-            logits = model(seq, attention_mask=mask).logits[:, -1, :]
-        elif compile:
-            if step == 0:
-                logits = prefill(model, seq, None, past)
-                past.advance(seq.shape[1])
-            else:
-                # a fresh (B,) tensor with stride (1,): the compiled step is specialised to its
-                # inputs' strides, and a column of ``seq`` has stride seq_len, new every step
-                # (even at B=1, where .contiguous() keeps it) -> one recompile per step
-                last = seq[:, -1].clone(memory_format=torch.contiguous_format)
-                logits = compiled_decode_step()(model, last, past).clone()
-                past.advance(1)
-        elif step == 0:
-            logits = prefill(model, seq, mask, past)
-        else:
-            logits = decode_step(model, seq[:, -1], mask, past)
+        logits = _next_logits(model, step, seq, mask, past, compile)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
         if eos_id is not None:
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
@@ -318,14 +277,83 @@ def generate(
         if n_done == finished.numel():
             break
         if drop_finished and n_done:
-            # nonzero() syncs as well, but only on the steps where a row has just finished
-            # (finished rows leave the batch, so n_done is 0 again on the next step).
-            keep = (~finished).nonzero().squeeze(-1)
-            if past is not None:
-                past.reorder(keep)
-            seq, active, finished = seq[keep], active[keep], finished[keep]
-            mask = mask[keep] if mask is not None else None
+            seq, active, finished, mask = _drop_rows(finished, past, seq, active, mask)
     return out[:, :steps]
+
+
+def _past(cache, model, batch_size: int, max_len: int, use_cache: bool):
+    """The cache ``generate`` decodes into: the one given (an object or a ``CACHE_KINDS`` name), a
+    ``DynamicCache`` by default, ``None`` without a cache."""
+    if isinstance(cache, str):
+        cache = make_cache(cache, model, batch_size, max_len=max_len)
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(
+            f"cache must be a course_lib.kv_cache.Cache or one of {CACHE_KINDS}, got {type(cache).__name__}"
+        )
+    return (cache if cache is not None else DynamicCache()) if use_cache else None
+
+
+def _drop_rows(finished: Tensor, past, seq: Tensor, active: Tensor, mask: Tensor | None):
+    """The running batch without its finished rows (the cache too): ``seq, active, finished, mask``.
+    nonzero() syncs, but only on the steps where a row has just finished (finished rows leave the
+    batch, so none is finished on the next step)."""
+    keep = (~finished).nonzero().squeeze(-1)
+    if past is not None:
+        past.reorder(keep)
+    return seq[keep], active[keep], finished[keep], (mask[keep] if mask is not None else None)
+
+
+def _compiled_cache_for(model, input_ids: Tensor, max_new_tokens: int, attention_mask, use_cache: bool, cache):
+    """``generate(compile=True)``'s checks, then the static cache it decodes into."""
+    ok, why = compile_available()
+    if not ok:
+        raise RuntimeError(f"generate(compile=True): {why}; use compile=False")
+    if not use_cache or cache is not None:
+        raise ValueError("generate(compile=True) makes its own static cache: leave use_cache=True and cache=None")
+    if attention_mask is not None and not bool(attention_mask.all()):  # one host read, before the loop
+        raise ValueError(
+            "generate(compile=True) takes unpadded prompts of one length; for a left-padded batch use compile=False"
+        )
+    return make_compiled_cache(model, input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
+
+
+def _eager_mask(
+    model, input_ids: Tensor, attention_mask, max_new_tokens: int, use_cache: bool, eos_id, drop_finished: bool
+) -> Tensor | None:
+    """The attention mask the eager loop runs with (checked against ``max_seq_len``), or ``None``."""
+    unpadded = attention_mask is None
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    check_room(model.config.max_seq_len, input_ids, attention_mask, max_new_tokens)
+    # An unpadded batch whose rows all stay in it (no EOS, or finished rows dropped) needs no mask in
+    # DIYModel: positions are then the cache length plus 0..T-1, and a decode step sees every key, so
+    # the model builds no mask and derives no positions on each step (the per-step work lesson 4.0.6
+    # profiles). Only when the caller gave no mask: reading a given one would be a host sync.
+    # Other models get the mask.
+    if isinstance(model, DIYModel) and unpadded and use_cache and (eos_id is None or drop_finished):
+        return None
+    return attention_mask
+
+
+def _next_logits(model, step: int, seq: Tensor, mask: Tensor | None, past, compile: bool) -> Tensor:
+    """The last position's logits for step ``step``: recompute (no cache), compiled or eager decode."""
+    if past is None:
+        return model(seq, attention_mask=mask).logits[:, -1, :]
+    if compile:
+        if step == 0:
+            logits = prefill(model, seq, None, past)
+            past.advance(seq.shape[1])
+            return logits
+        # a fresh (B,) tensor with stride (1,): the compiled step is specialised to its
+        # inputs' strides, and a column of ``seq`` has stride seq_len, new every step
+        # (even at B=1, where .contiguous() keeps it) -> one recompile per step
+        last = seq[:, -1].clone(memory_format=torch.contiguous_format)
+        logits = compiled_decode_step()(model, last, past).clone()
+        past.advance(1)
+        return logits
+    if step == 0:
+        return prefill(model, seq, mask, past)
+    return decode_step(model, seq[:, -1], mask, past)
 
 
 def check_room(max_seq_len: int, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> None:

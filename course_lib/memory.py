@@ -20,7 +20,7 @@ gradient buffers) and the optimizer step (weights + optimizer state + all gradie
 With ``activation_checkpointing=True`` the forward keeps only each block's input, and a third
 kind of moment competes: the backward's recompute of one block (``_checkpointed_phases``).
 
-``measure(...)`` runs real training steps and reports the real peak:
+``measure_peak(...)`` runs real training steps and reports the real peak:
 
 * on CUDA, ``torch.cuda.max_memory_allocated()`` (the caching allocator's own counter);
 * on CPU there is no such counter, so we record every allocation and free of PyTorch's CPU
@@ -35,7 +35,7 @@ fp32 vs bf16 autocast (lesson 4.1.5).
 
 ``find_max_batch_size(budget_bytes, ...)`` searches the largest batch whose *estimated* peak
 fits the budget (the estimate is monotone in the batch size, so a doubling + bisection search
-is exact), and can confirm the answer with ``measure``.
+is exact), and can confirm the answer with ``measure_peak``.
 """
 
 from __future__ import annotations
@@ -324,6 +324,31 @@ def _make_optimizer(model: torch.nn.Module, optimizer: str) -> torch.optim.Optim
     return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9 if optimizer == "sgd_momentum" else 0.0)
 
 
+def _fixed_batch(
+    model_cfg: ModelConfig, batch_size: int, seq_len: int, seed: int, dev: torch.device, n: int
+) -> list[torch.Tensor]:
+    """``n`` random token batches (inputs, then targets) drawn in turn from one generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = min(256, model_cfg.vocab_size)
+    return [torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(dev) for _ in range(n)]
+
+
+def _autocast(dev: torch.device, dtype: str):
+    """Autocast to ``dtype`` ("bf16" or "fp16") on ``dev``; no autocast for "fp32"."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def _model_and_optimizer(
+    model_cfg: ModelConfig, seed: int, dev: torch.device, activation_checkpointing: bool, optimizer: str
+) -> tuple[DIYModel, torch.optim.Optimizer]:
+    """``DIYModel(model_cfg)`` initialised from ``seed`` on ``dev``, and its optimizer."""
+    torch.manual_seed(seed)
+    model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
+    return model, _make_optimizer(model, optimizer)
+
+
 def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, amp, steps: int) -> None:
     """``steps`` plain training steps (forward under ``amp``, backward, AdamW step, free grads)."""
     for _ in range(steps):
@@ -334,7 +359,7 @@ def _train_steps(model, opt, x: torch.Tensor, y: torch.Tensor, amp, steps: int) 
         opt.zero_grad(set_to_none=True)
 
 
-def measure(
+def measure_peak(
     model_cfg: ModelConfig,
     batch_size: int,
     seq_len: int,
@@ -352,19 +377,11 @@ def measure(
     ``activation_checkpointing=True`` trains with ``model.set_activation_checkpointing(True)``.
     """
     dev = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
-    y = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
-    amp = (
-        torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-        if dtype != "fp32"
-        else contextlib.nullcontext()
-    )
+    x, y = _fixed_batch(model_cfg, batch_size, seq_len, seed, dev, 2)
+    amp = _autocast(dev, dtype)
 
     def run() -> None:
-        torch.manual_seed(seed)
-        model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
-        opt = _make_optimizer(model, optimizer)
+        model, opt = _model_and_optimizer(model_cfg, seed, dev, activation_checkpointing, optimizer)
         _train_steps(model, opt, x, y, amp, steps)
         del model, opt
 
@@ -411,16 +428,9 @@ def step_timer(
     and lazy initialisation), then time them in turn with ``course_lib.lab.measure.interleaved_rounds``,
     so that no candidate gets the machine's quiet moment alone."""
     dev = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, min(256, model_cfg.vocab_size), (batch_size, seq_len), generator=g).to(dev)
-    torch.manual_seed(seed)
-    model = DIYModel(model_cfg).to(dev).set_activation_checkpointing(activation_checkpointing)
-    opt = _make_optimizer(model, optimizer)
-    amp = (
-        torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
-        if dtype != "fp32"
-        else contextlib.nullcontext()
-    )
+    (x,) = _fixed_batch(model_cfg, batch_size, seq_len, seed, dev, 1)
+    model, opt = _model_and_optimizer(model_cfg, seed, dev, activation_checkpointing, optimizer)
+    amp = _autocast(dev, dtype)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def run() -> float:
@@ -471,7 +481,7 @@ def compare(
 ) -> dict:
     """One row of the estimate-vs-measured table."""
     est = estimate(model_cfg, batch_size, seq_len, dtype, optimizer, activation_checkpointing)
-    got = measure(
+    got = measure_peak(
         model_cfg, batch_size, seq_len, dtype, optimizer, device, activation_checkpointing=activation_checkpointing
     )
     err = (est.peak - got["peak"]) / got["peak"]

@@ -261,7 +261,31 @@ def history_from_cache(cache: Any, input_ids: Tensor) -> Tensor:
     return hist[:, 0, :, 0].long()
 
 
-class HFCausalLM(nn.Module):
+class _RecomputeLM(nn.Module):
+    """Base of the wrappers that generate in recompute mode (``history_from_cache``): ``forward``
+    rebuilds the whole sequence from the cache, asks ``_all_logits`` for its logits, keeps the new
+    positions' and computes the loss from the course's aligned targets."""
+
+    def _all_logits(self, ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None, T: int) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        targets: Tensor | None = None,
+    ) -> ModelOutput:
+        T = input_ids.shape[1]
+        ids = history_from_cache(past_key_values, input_ids) if past_key_values is not None else input_ids
+        logits = self._all_logits(ids, attention_mask, position_ids, T)[:, -T:]
+        loss = aligned_loss(logits, targets) if targets is not None else None
+        return ModelOutput(logits=logits, loss=loss, past_key_values=past_key_values if use_cache else None)
+
+
+class HFCausalLM(_RecomputeLM):
     """A Hugging Face causal LM (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ...) as a ``CausalLM``.
 
     Training: HF's forward with the course's aligned targets (the loss is computed here, not by
@@ -282,17 +306,7 @@ class HFCausalLM(nn.Module):
             head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads),
         )
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool = False,
-        targets: Tensor | None = None,
-    ) -> ModelOutput:
-        T = input_ids.shape[1]
-        ids = history_from_cache(past_key_values, input_ids) if past_key_values is not None else input_ids
+    def _all_logits(self, ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None, T: int) -> Tensor:
         if attention_mask is not None and attention_mask.shape != ids.shape:
             raise ValueError(
                 f"attention_mask must cover past + new tokens: expected {tuple(ids.shape)}, "
@@ -303,9 +317,7 @@ class HFCausalLM(nn.Module):
         elif position_ids is not None and ids.shape[1] != T:
             raise ValueError("HFCausalLM: explicit position_ids with a cache are not supported (recompute mode)")
         out = self.hf(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        logits = out.logits[:, -T:]
-        loss = aligned_loss(logits, targets) if targets is not None else None
-        return ModelOutput(logits=logits, loss=loss, past_key_values=past_key_values if use_cache else None)
+        return out.logits
 
     def set_activation_checkpointing(self, enabled: bool = True) -> HFCausalLM:
         if enabled:
@@ -318,7 +330,7 @@ class HFCausalLM(nn.Module):
         return sum(p.numel() for p in self.hf.parameters())
 
 
-class PlainCausalLM(nn.Module):
+class PlainCausalLM(_RecomputeLM):
     """A stage-3 style model, ``forward(idx) -> logits`` or ``-> (logits, loss)`` (nanoGPT's shape),
     as a ``CausalLM``: the loss is computed here from aligned targets, generation runs in recompute
     mode (``history_from_cache``). Padded batches need the model to take an attention mask, which
@@ -340,23 +352,11 @@ class PlainCausalLM(nn.Module):
         # dummy targets to get all of them (its own loss is not used; ours ignores -100)
         self._dummy_targets = "targets" in inspect.signature(model.forward).parameters
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool = False,
-        targets: Tensor | None = None,
-    ) -> ModelOutput:
-        T = input_ids.shape[1]
-        ids = history_from_cache(past_key_values, input_ids) if past_key_values is not None else input_ids
+    def _all_logits(self, ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None, T: int) -> Tensor:
         if attention_mask is not None and not bool(attention_mask.all()):  # one host read per call
             raise ValueError(
                 "PlainCausalLM: this model takes no attention mask, so padded batches would be wrong; "
                 "generate prompts of one length, or give the model attention_mask support"
             )
         out = self.inner(ids, targets=torch.zeros_like(ids)) if self._dummy_targets else self.inner(ids)
-        logits = (out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out))[:, -T:]
-        loss = aligned_loss(logits, targets) if targets is not None else None
-        return ModelOutput(logits=logits, loss=loss, past_key_values=past_key_values if use_cache else None)
+        return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)

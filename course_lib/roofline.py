@@ -41,6 +41,7 @@ import torch
 
 from .config import ModelConfig
 from .memory import _native_stderr_silenced
+from .util import cdiv
 
 MiB = 2**20
 DEFAULT_LLC = 32 * MiB  # when the cache size cannot be read
@@ -104,7 +105,7 @@ def weight_bytes(cfg: ModelConfig, weight_bits: int = 32, group_size: int | None
     for out_f, in_f in shapes:
         total += out_f * in_f * weight_bits // 8
         if weight_bits < 16:
-            groups = 1 if group_size is None else math.ceil(in_f / group_size)
+            groups = 1 if group_size is None else cdiv(in_f, group_size)
             total += out_f * groups * scale_bytes
     norm_bytes = 4 if weight_bits < 16 else weight_bits // 8  # quantized models keep their norms in fp32
     return total + (2 * cfg.n_layers + 1) * d * norm_bytes
@@ -233,7 +234,7 @@ def bandwidth_probe(
     for mib in sizes_mib:
         n = max(16, int(math.sqrt(mib * MiB / esize)))
         wbytes = n * n * esize
-        copies = max(2, math.ceil(footprint / wbytes) + 1)
+        copies = max(2, cdiv(footprint, wbytes) + 1)
         ws = [torch.full((n, n), 1e-3, dtype=dtype, device=device) for _ in range(copies)]
         x = torch.full((n,), 1e-3, dtype=dtype, device=device)
         for w in ws[:2]:

@@ -59,25 +59,6 @@ def lr_multiplier(
     raise ValueError(f"unknown schedule {kind!r}; use constant, linear, cosine or wsd")
 
 
-def make_lr_lambda(
-    kind: str,
-    warmup_steps: int,
-    total_steps: int,
-    min_lr_ratio: float = 0.0,
-    decay_fraction: float = 0.2,
-    hf_convention: bool = True,
-) -> Callable[[int], float]:
-    return partial(
-        lr_multiplier,
-        kind=kind,
-        warmup_steps=warmup_steps,
-        total_steps=total_steps,
-        min_lr_ratio=min_lr_ratio,
-        decay_fraction=decay_fraction,
-        hf_convention=hf_convention,
-    )
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     kind: str,
@@ -93,7 +74,7 @@ def build_scheduler(
     function itself is rebuilt from the config.
     """
     return LambdaLR(
-        optimizer, make_lr_lambda(kind, warmup_steps, total_steps, min_lr_ratio, decay_fraction, hf_convention)
+        optimizer, _multiplier(kind, warmup_steps, total_steps, min_lr_ratio, decay_fraction, hf_convention)
     )
 
 
@@ -108,16 +89,20 @@ def schedule_values(
 ) -> list:
     """The lr for every step, for plots."""
     ratio = min_lr / peak_lr if peak_lr else 0.0
-    return [
-        peak_lr
-        * lr_multiplier(
-            s,
-            kind=kind,
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            min_lr_ratio=ratio,
-            decay_fraction=decay_fraction,
-            hf_convention=hf_convention,
-        )
-        for s in range(total_steps)
-    ]
+    f = _multiplier(kind, warmup_steps, total_steps, ratio, decay_fraction, hf_convention)
+    return [peak_lr * f(s) for s in range(total_steps)]
+
+
+def _multiplier(
+    kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float, decay_fraction: float, hf_convention: bool
+) -> Callable[[int], float]:
+    """``lr_multiplier`` with everything but the step fixed."""
+    return partial(
+        lr_multiplier,
+        kind=kind,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        min_lr_ratio=min_lr_ratio,
+        decay_fraction=decay_fraction,
+        hf_convention=hf_convention,
+    )

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -370,10 +370,10 @@ def parse_sampling(body: dict, max_tokens: int, user_stops_max: int = 4) -> Samp
     )
 
 
-COMPLETION_FIELDS = frozenset(
+# the request fields both endpoints read (sampling, streaming, logprobs), then each one's own
+SHARED_FIELDS = frozenset(
     {
         "model",
-        "prompt",
         "max_tokens",
         "temperature",
         "top_p",
@@ -384,33 +384,13 @@ COMPLETION_FIELDS = frozenset(
         "frequency_penalty",
         "presence_penalty",
         "logprobs",
-        "echo",
         "n",
-        "best_of",
         "user",
     }
 )
+COMPLETION_FIELDS = SHARED_FIELDS | {"prompt", "echo", "best_of"}
 COMPLETION_REFUSED = {"suffix": lambda x: x is not None, "logit_bias": _logit_bias}
-CHAT_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "seed",
-        "stop",
-        "stream",
-        "stream_options",
-        "frequency_penalty",
-        "presence_penalty",
-        "logprobs",
-        "top_logprobs",
-        "n",
-        "user",
-    }
-)
+CHAT_FIELDS = SHARED_FIELDS | {"messages", "max_completion_tokens", "top_logprobs"}
 CHAT_REFUSED = {
     "logit_bias": _logit_bias,
     "tools": _set,
@@ -792,6 +772,16 @@ def chat_logprobs(entries: list[TokenLogprob], tokenizer) -> dict:
     }
 
 
+def envelope(
+    rid: str, kind: str, created: int, model: str, choices: list[dict], usage: dict | None, with_usage: bool
+) -> dict:
+    """The fields around the choices of every OpenAI response body and stream chunk."""
+    out = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+    if with_usage:
+        out["usage"] = usage
+    return out
+
+
 def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -799,6 +789,34 @@ def sse(obj) -> str:
 def sse_error(e: BaseException) -> str:
     # headers are gone already: an error event (the openai client raises on it)
     return sse({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None, "code": None}})
+
+
+def sse_response(bodies: AsyncIterator[dict]) -> StreamingResponse:
+    """A streamed generation as server-sent events: one event per body, an error event if the
+    engine fails midway, then ``[DONE]``."""
+
+    async def events():
+        async with contextlib.aclosing(bodies):
+            try:
+                async for b in bodies:
+                    yield sse(b)
+            except EngineError as e:
+                yield sse_error(e)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def collected(gen: Generation, request: HTTPRequest, body: Callable[[list[Delta]], dict]):
+    """A non-streamed generation: ``body(merged deltas)``, or the error response when the engine
+    fails (500) or the client goes away meanwhile (499)."""
+    try:
+        merged = await gen.collect(request)
+    except EngineError as e:
+        return error_response(500, f"generation failed: {e}")
+    except ClientGone:
+        return error_response(499, "client closed the request")
+    return body(merged)
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,16 +871,8 @@ class OpenAIServer:
         echoed = [self.tokenizer.decode(p) if s.echo else "" for p in prompts]
 
         def body_of(choices: list[dict], usage: dict | None = None) -> dict:
-            out = {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.model_name,
-                "choices": choices,
-            }
-            if usage is not None or (s.stream and s.include_usage):
-                out["usage"] = usage
-            return out
+            with_usage = usage is not None or (s.stream and s.include_usage)
+            return envelope(cid, "text_completion", created, self.model_name, choices, usage, with_usage)
 
         def choice(d: Delta, text: str, offset0: int = 0) -> dict:
             lp = completion_logprobs(d.logprobs, offset0) if s.logprobs is not None else None
@@ -870,28 +880,21 @@ class OpenAIServer:
 
         if s.stream:
 
-            async def events():
-                try:
-                    for i, e in enumerate(echoed):
-                        if e:
-                            yield sse(body_of([choice(Delta(i), e)]))
-                    async for d in gen.deltas():
-                        yield sse(body_of([choice(d, d.text, len(echoed[d.index]))]))
-                    if s.include_usage:
-                        yield sse(body_of([], gen.usage))
-                except EngineError as e:
-                    yield sse_error(e)
-                yield "data: [DONE]\n\n"
+            async def bodies():
+                for i, e in enumerate(echoed):
+                    if e:
+                        yield body_of([choice(Delta(i), e)])
+                async for d in gen.deltas():
+                    yield body_of([choice(d, d.text, len(echoed[d.index]))])
+                if s.include_usage:
+                    yield body_of([], gen.usage)
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return sse_response(bodies())
 
-        try:
-            merged = await gen.collect(request)
-        except EngineError as e:
-            return error_response(500, f"generation failed: {e}")
-        except ClientGone:
-            return error_response(499, "client closed the request")
-        return body_of([choice(d, echoed[d.index] + d.text, len(echoed[d.index])) for d in merged], gen.usage)
+        def merged_body(merged: list[Delta]) -> dict:
+            return body_of([choice(d, echoed[d.index] + d.text, len(echoed[d.index])) for d in merged], gen.usage)
+
+        return await collected(gen, request, merged_body)
 
     # ---- /v1/chat/completions -------------------------------------------------------------------
     async def chat_completions(self, request: HTTPRequest):
@@ -906,65 +909,22 @@ class OpenAIServer:
         if s.stream:
 
             def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-                out = {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": self.model_name,
-                    "choices": choices,
-                }
+                return envelope(cid, "chat.completion.chunk", created, self.model_name, choices, usage, s.include_usage)
+
+            def one(index: int, delta: dict, lp: dict | None, finish_reason: str | None) -> dict:
+                return chunk([{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}])
+
+            async def bodies():
+                yield one(0, {"role": "assistant", "content": ""}, None, None)
+                async for d in gen.deltas():
+                    yield one(d.index, {"content": d.text} if d.text else {}, logprobs(d), d.finish_reason)
                 if s.include_usage:
-                    out["usage"] = usage
-                return out
+                    yield chunk([], gen.usage)
 
-            async def events():
-                try:
-                    yield sse(
-                        chunk(
-                            [
-                                {
-                                    "index": 0,
-                                    "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ]
-                        )
-                    )
-                    async for d in gen.deltas():
-                        delta = {"content": d.text} if d.text else {}
-                        yield sse(
-                            chunk(
-                                [
-                                    {
-                                        "index": d.index,
-                                        "delta": delta,
-                                        "logprobs": logprobs(d),
-                                        "finish_reason": d.finish_reason,
-                                    }
-                                ]
-                            )
-                        )
-                    if s.include_usage:
-                        yield sse(chunk([], gen.usage))
-                except EngineError as e:
-                    yield sse_error(e)
-                yield "data: [DONE]\n\n"
+            return sse_response(bodies())
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-
-        try:
-            merged = await gen.collect(request)
-        except EngineError as e:
-            return error_response(500, f"generation failed: {e}")
-        except ClientGone:
-            return error_response(499, "client closed the request")
-        return {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": self.model_name,
-            "choices": [
+        def merged_body(merged: list[Delta]) -> dict:
+            choices = [
                 {
                     "index": d.index,
                     "message": {"role": "assistant", "content": d.text},
@@ -972,9 +932,10 @@ class OpenAIServer:
                     "finish_reason": d.finish_reason,
                 }
                 for d in merged
-            ],
-            "usage": gen.usage,
-        }
+            ]
+            return envelope(cid, "chat.completion", created, self.model_name, choices, gen.usage, True)
+
+        return await collected(gen, request, merged_body)
 
 
 class QuietCancel:
@@ -1094,7 +1055,7 @@ class ServerThread:
                 self.__exit__()
                 raise RuntimeError(f"the server did not start within {self.start_timeout:.0f} s")
             time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = bound_port(self.server)
         self.url = f"http://{self.host}:{self.port}"
         return self
 
@@ -1103,9 +1064,25 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started uvicorn server listens on (the OS's choice when it was given port 0)."""
+    return server.servers[0].sockets[0].getsockname()[1]
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, except that after a graceful shutdown on SIGINT / SIGTERM it returns (so
-    ``main`` prints its last line and exits 0) instead of re-raising the signal (exit 143 / KeyboardInterrupt)."""
+    ``main`` prints its last line and exits 0) instead of re-raising the signal (exit 143 / KeyboardInterrupt),
+    and that it calls ``on_listening(port)`` once its socket is bound: with ``--port 0`` the banner
+    names the port the OS chose, and whoever started the process reads it there (no free-port race)."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[int], None]) -> None:
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.on_listening(bound_port(self))
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -1217,15 +1194,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     name = args.name or Path(args.model).resolve().name
     app = create_app(engine, tok, name, max_body_bytes=args.max_body_bytes)
+
+    def banner(port: int) -> None:
+        print(
+            f"[serve] model {name!r} from {args.model}; OpenAI base_url http://{args.host}:{port}/v1 (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     server = _Server(
         uvicorn.Config(
             app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.shutdown_timeout
-        )
-    )
-    print(
-        f"[serve] model {name!r} from {args.model}; OpenAI base_url http://{args.host}:{args.port}/v1 (Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
+        ),
+        on_listening=banner,
     )
     # Ctrl-C / SIGTERM: stop accepting, let open requests finish for --shutdown-timeout seconds, cancel
     # the rest (their engine requests are aborted), then the lifespan stops the engine thread.

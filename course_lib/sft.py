@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -43,9 +44,11 @@ from .chat import END_OF_TURN, encode_chat, messages_from_record, validate_messa
 from .config import ConfigError, pick
 from .data import _STDLIB_SKIP, Corpus, DataError, StreamingTokenDataset, _read_text
 from .export import CONFIG_FILE, ExportError, load_inference, load_training_checkpoint
+from .fsio import atomic_write_text
 from .generate import generate
 from .pretrained import REFERENCE_DIR
 from .tokenizer import load_tokenizer, same_tokenizer, tokenizer_name
+from .util import cdiv
 
 IGNORE = -100
 Example = tuple[list[int], list[int]]  # (input ids, target ids with -100 off the assistant's tokens)
@@ -147,7 +150,7 @@ def write_jsonl(records: Sequence[dict], path: str | os.PathLike) -> Path:
     """One JSON object per line (UTF-8, not ASCII-escaped)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    atomic_write_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return p
 
 
@@ -277,29 +280,12 @@ class PackedSFTDataset(StreamingTokenDataset):
     """Packed rows as a ``StreamingTokenDataset``: same order, sharding, workers and resumable position;
     a sample is a packed row instead of a window, and a batch is ``(x, y, document_ids)``."""
 
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        doc: Tensor,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        fingerprint: str = "",
-    ) -> None:
+    def __init__(self, x: Tensor, y: Tensor, doc: Tensor, batch_size: int, **sharding) -> None:
+        """``sharding``: ``seed``, ``rank``, ``world_size``, ``fingerprint``, as ``StreamingTokenDataset``."""
         self.x, self.y, self.doc = x, y, doc
         seq_len = x.shape[1]
         # the parent counts samples from a token stream: give it one of exactly rows * seq_len + 1 tokens
-        super().__init__(
-            torch.zeros(x.shape[0] * seq_len + 1, dtype=torch.int32),
-            seq_len,
-            batch_size,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            fingerprint=fingerprint,
-        )
+        super().__init__(torch.zeros(x.shape[0] * seq_len + 1, dtype=torch.int32), seq_len, batch_size, **sharding)
         self.tokens = None  # not used: make_batch reads the rows
 
     def make_batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -316,7 +302,7 @@ class SFTEval:
         return self.x.shape[0]
 
     def batches(self, batch_size: int, max_batches: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for b in range(min(max_batches, -(-len(self) // batch_size))):
+        for b in range(min(max_batches, cdiv(len(self), batch_size))):
             s = slice(b * batch_size, (b + 1) * batch_size)
             yield self.x[s], self.y[s], self.doc[s]
 
@@ -432,30 +418,26 @@ def chat_reply(
     return tokenizer.decode(new).split(END_OF_TURN)[0]
 
 
-def chat_demo(
-    model,
-    tokenizer,
-    n: int = 4,
-    max_new_tokens: int = 160,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-) -> str:
+def chat_demo(model, tokenizer, n: int = 4, **sampling) -> str:
     """Held-out stdlib instructions (functions SFT never saw), the model's answers and the reference
-    answers, with the sampling settings in the first line: the stored demo text."""
+    answers, with the sampling settings in the first line: the stored demo text. ``sampling``:
+    ``chat_reply``'s ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``."""
+    call = inspect.signature(chat_reply).bind(model, tokenizer, [], **sampling)
+    call.apply_defaults()
+    a = call.arguments
     held = stdlib_instruction_pairs().heldout
     picks = [r for r in held if r["kind"] == "doc2code"][: (n + 1) // 2] + [r for r in held if r["kind"] == "code2doc"][
         : n // 2
     ]
     lines = [
-        f"sampling: temperature={temperature} top_k={top_k} top_p={top_p} max_new_tokens={max_new_tokens} "
-        f"seed={seed} (temperature 0 = greedy); {len(held)} held-out conversations, none trained on",
+        f"sampling: temperature={a['temperature']} top_k={a['top_k']} top_p={a['top_p']} "
+        f"max_new_tokens={a['max_new_tokens']} seed={a['seed']} (temperature 0 = greedy); "
+        f"{len(held)} held-out conversations, none trained on",
         "",
     ]
     for r in picks:
         user, want = r["messages"][0]["content"], r["messages"][1]["content"]
-        got = chat_reply(model, tokenizer, r["messages"][:1], max_new_tokens, temperature, top_k, top_p, seed)
+        got = chat_reply(model, tokenizer, r["messages"][:1], **sampling)
         lines += [
             f"### held-out {r['kind']} ({r['source']})",
             "[user]",

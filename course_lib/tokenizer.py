@@ -37,6 +37,7 @@ from pathlib import Path
 from .chat import CHAT_TEMPLATE_JINJA, IM_END, IM_START
 from .data import ByteTokenizer, DataError, load_corpus
 from .fsio import atomic_write_text
+from .util import first_line
 
 PAD, EOS = "<pad>", "<eos>"
 SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END)  # ids 0, 1, 2, 3
@@ -127,7 +128,7 @@ class BPETokenizer:
             tok = _tokenizers().Tokenizer.from_str(text)
         except Exception as e:  # noqa: BLE001 - the Rust side raises plain Exception
             raise DataError(
-                f"{source or 'tokenizer'}: not a valid tokenizer.json ({str(e).splitlines()[0]}); "
+                f"{source or 'tokenizer'}: not a valid tokenizer.json ({first_line(e)}); "
                 "train one with: python -m course_lib.tokenizer --data FILE --out tokenizer.json"
             ) from None
         return cls(tok, source)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback
+from .fsio import atomic_write_text
 
 IDS_FILE = "trackers.json"
 METRICS = ("loss", "lr", "grad_norm")
@@ -64,9 +65,7 @@ def write_run_id(out_dir: str | os.PathLike, name: str, run_id: str) -> None:
     ids = read_run_ids(out_dir)
     ids[name] = run_id
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(ids, indent=2) + "\n")
 
 
 class TrackerCallback(Callback):
@@ -152,7 +151,17 @@ class TrackerCallback(Callback):
         raise NotImplementedError
 
 
-class WandbTracker(TrackerCallback):
+class _PackageTracker(TrackerCallback):
+    """A tracker backed by the package called ``name``: ``self.lib``, imported when the tracker is
+    made (a missing package is one clear line then, not a failure mid-run); ``self.run`` its run."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.lib = _import(self.name)
+        self.run = None
+
+
+class WandbTracker(_PackageTracker):
     """Weights & Biases. ``mode``: ``offline`` (default: files under ``out_dir/wandb``, no account),
     ``online`` (after ``wandb login``) or ``disabled``. The run id is wandb's ``id``; a resumed
     training run calls ``wandb.init(id=..., resume="allow")``, so ``wandb sync`` puts both parts
@@ -160,13 +169,8 @@ class WandbTracker(TrackerCallback):
 
     name = "wandb"
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.wandb = _import("wandb")
-        self.run = None
-
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
-        wandb = self.wandb
+        wandb = self.lib
         self.run = wandb.init(
             project=self.project,
             name=self.run_name,
@@ -193,7 +197,7 @@ class WandbTracker(TrackerCallback):
             self.run = None
 
 
-class SwanLabTracker(TrackerCallback):
+class SwanLabTracker(_PackageTracker):
     """SwanLab (swanlab.cn, popular with Chinese learners; minimind logs to it). ``mode``:
     ``offline`` (default: files under ``out_dir/swanlog``, upload later with ``swanlab sync``),
     ``local`` (the same files, viewed with ``swanlab watch``), ``online`` (after ``swanlab login``)
@@ -202,17 +206,12 @@ class SwanLabTracker(TrackerCallback):
 
     name = "swanlab"
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.swanlab = _import("swanlab")
-        self.run = None
-
     def _start(self, run_id: str, resuming: bool, config: dict) -> None:
         with _quiet():  # SwanLab prints banners with absolute paths on stdout; the trainer has its own log
             self._init(run_id, config)
 
     def _init(self, run_id: str, config: dict) -> None:
-        self.run = self.swanlab.init(
+        self.run = self.lib.init(
             project=self.project,
             name=self.run_name,
             config=config,

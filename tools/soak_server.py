@@ -20,9 +20,11 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from course_lib.chat import END_OF_TURN, render_chat  # noqa: E402
-from course_lib.distributed import free_port  # noqa: E402
 from course_lib.generate import generate  # noqa: E402
 from course_lib.pretrained import load_reference_model  # noqa: E402
 
@@ -193,8 +194,6 @@ def main() -> int:
     chat_want = [greedy_alone(model, tok, tok.encode(render_chat(m)), 24).split(END_OF_TURN)[0] for m in CHATS]
     del model
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [
@@ -204,7 +203,7 @@ def main() -> int:
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            "0",  # the OS chooses; the server names the port in its banner (no free-port race)
             "--num-blocks",
             str(args.num_blocks),
             "--shutdown-timeout",
@@ -215,6 +214,21 @@ def main() -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
+    err_lines: list[str] = []
+    port = None
+    for line in proc.stderr:  # up to the banner, which comes once the socket is bound
+        err_lines.append(line)
+        m = re.search(r"base_url http://127\.0\.0\.1:(\d+)/v1", line)
+        if m:
+            port = int(m[1])
+            break
+    if port is None:
+        print("".join(err_lines), file=sys.stderr)
+        proc.wait()
+        return 1
+    drain = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)  # keep the pipe drained
+    drain.start()
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -223,7 +237,7 @@ def main() -> int:
                 break
             except httpx.TransportError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    print(proc.stderr.read() if proc.stderr else "", file=sys.stderr)
+                    print("".join(err_lines), file=sys.stderr)
                     return 1
                 time.sleep(0.2)
         ps = psutil.Process(proc.pid)
@@ -242,7 +256,8 @@ def main() -> int:
         rss1 = ps.memory_info().rss
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
-        err = proc.stderr.read()
+        drain.join(timeout=10)  # the process is gone: its stderr ends
+        err = "".join(err_lines)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,12 +13,13 @@ every demo's generated text in a stored notebook and check it (``distinct_ngram_
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator
 
 import torch
 
-from course_lib.generate import stream_generate
+from ..generate import stream_generate
 
 TEMPERATURE = 0.8
 TOP_K = 40
@@ -73,33 +74,16 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int = 160, **kw) 
     return "".join(stream_sample(model, tokenizer, prompt, max_new_tokens, **kw))
 
 
-def show_sample(
-    model,
-    tokenizer,
-    prompt: str,
-    max_new_tokens: int = 160,
-    *,
-    seed: int = 0,
-    temperature: float = TEMPERATURE,
-    top_k: int | None = TOP_K,
-    top_p: float | None = None,
-    stop: str | None = STOP,
-) -> str:
-    """Print prompt + generated text between marker lines, streaming it; return the generated text."""
-    print(settings_line(seed, temperature, top_k, top_p))
+def show_sample(model, tokenizer, prompt: str, max_new_tokens: int = 160, **kw) -> str:
+    """Print prompt + generated text between marker lines, streaming it; return the generated text.
+    Same arguments as ``stream_sample``; the first line states the sampling settings used."""
+    call = inspect.signature(stream_sample).bind(model, tokenizer, prompt, max_new_tokens, **kw)
+    call.apply_defaults()
+    a = call.arguments
+    print(settings_line(a["seed"], a["temperature"], a["top_k"], a["top_p"]))
     print(prompt, end="", flush=True)
     pieces = []
-    for piece in stream_sample(
-        model,
-        tokenizer,
-        prompt,
-        max_new_tokens,
-        seed=seed,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        stop=stop,
-    ):
+    for piece in stream_sample(**a):
         pieces.append(piece)
         print(piece, end="", flush=True)
     print("\n" + END)

@@ -14,9 +14,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from course_lib.lab.threads import choose_threads, load_average  # no third-party import (works without torch)
-
 from ..config import quick_mode  # the one parser of COURSE_QUICK (config imports no third-party package)
+from .threads import choose_threads, load_average  # no third-party import (works without torch)
 
 # (import name, distribution name shown to the learner, required?)
 PACKAGES = [

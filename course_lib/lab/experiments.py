@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 from statistics import mean
 
-from course_lib.config import ModelConfig, TrainConfig
-from course_lib.lab.paths import runs_dir
-from course_lib.monitor import NonFiniteError
-from course_lib.train import Trainer
+from ..config import ModelConfig, TrainConfig
+from ..monitor import NonFiniteError
+from ..train import Trainer
+from .paths import runs_dir
 
 
 def lr_warmup_grid(

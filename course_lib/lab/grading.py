@@ -31,6 +31,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fsio import atomic_write_text
+
 STATUS_PASS = "通过"
 STATUS_FAIL = "未通过"
 STATUS_TODO = "未实现"
@@ -335,9 +337,7 @@ def _store_rows(key: str | None, name: str, rows: list[TestRow]) -> None:
     if key is None or not rows:
         return
     path = Path(os.environ[ORACLE_CACHE_ENV]) / f"grading-{key}-{name}.json"
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([r.__dict__ for r in rows], ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps([r.__dict__ for r in rows], ensure_ascii=False))
 
 
 def run_graders(

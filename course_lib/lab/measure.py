@@ -44,9 +44,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import ProfilerActivity, profile
 
 from ..config import ModelConfig, pick
-from ..distributed import free_port, subprocess_env
+from ..distributed import rendezvous_store, subprocess_env
 from ..export import artifact_size, save_inference
 from ..fsdp import apply_fsdp, rank_state_bytes
+from ..fsio import atomic_write_text
 from ..generate import (
     compile_available,
     compiled_decode_step,
@@ -60,7 +61,7 @@ from ..kv_cache import BlockPool, PagedKVCache, kv_cache_bytes_formula
 from ..memory import _native_stderr_silenced, collective_bytes_per_step, per_rank_state_bytes
 from ..model import DIYModel
 from ..quantize import compare_to_reference, dynamic_int8, model_nbytes, perplexity, quantize_model, save_quantized
-from ..util import first_line
+from ..util import cdiv, first_line
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ def paged_vs_static_memory(model, lengths: Sequence[int], max_len: int, block_si
     c = model.config
     p = next(model.parameters())
     bpv = p.element_size()
-    pool = BlockPool.for_model(model, num_blocks=sum(-(-n // block_size) for n in lengths), block_size=block_size)
+    pool = BlockPool.for_model(model, num_blocks=sum(cdiv(n, block_size) for n in lengths), block_size=block_size)
     caches = []
     with torch.no_grad():
         for n in lengths:
@@ -496,7 +497,7 @@ def rank_state_worker() -> None:
                 prof.stop()
         report[strategy] = {"state": rank_state_bytes(model, opt), "collectives": count_collectives(prof)}
         del forward, model, opt
-    Path(spec["out_dir"], f"rank{rank}.json").write_text(json.dumps(report))
+    atomic_write_text(Path(spec["out_dir"], f"rank{rank}.json"), json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()
     # torch + gloo can abort in C++ teardown at interpreter exit after a finished run (as
@@ -537,48 +538,47 @@ def rank_state_run(
             "out_dir": tmp,
         }
         spec_path = Path(tmp, "spec.json")
-        spec_path.write_text(json.dumps(spec))
-        port = str(free_port())
-        code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
-        procs = []
-        for r in range(world_size):
-            env = subprocess_env(
-                {
-                    "RANK": str(r),
-                    "LOCAL_RANK": str(r),
-                    "WORLD_SIZE": str(world_size),
-                    "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": port,
-                    "OMP_NUM_THREADS": "1",
-                    "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-                }
-            )
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", code, str(spec_path)],
-                    env=env,
-                    cwd=root,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
+        atomic_write_text(spec_path, json.dumps(spec))
+        with rendezvous_store() as rdzv:  # bound before the ranks start: parallel runs cannot race
+            code = "from course_lib.lab.measure import rank_state_worker; rank_state_worker()"
+            procs = []
+            for r in range(world_size):
+                env = subprocess_env(
+                    {
+                        "RANK": str(r),
+                        "LOCAL_RANK": str(r),
+                        "WORLD_SIZE": str(world_size),
+                        **rdzv,
+                        "OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+                    }
                 )
-            )
-        errors = []
-        deadline = time.monotonic() + timeout_s
-        for r, p in enumerate(procs):
-            try:
-                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                raise RuntimeError(
-                    f"rank_state_run: rank {r} still running after {timeout_s:g} s "
-                    "(a busy machine? pass a larger timeout_s)"
-                ) from None
-            if p.returncode != 0 or not Path(tmp, f"rank{r}.json").exists():
-                errors.append(f"rank {r} exited with {p.returncode}:\n" + "\n".join(err.splitlines()[-15:]))
-        if errors:
-            raise RuntimeError("rank_state_run failed:\n" + "\n".join(errors))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", code, str(spec_path)],
+                        env=env,
+                        cwd=root,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
+                )
+            errors = []
+            deadline = time.monotonic() + timeout_s
+            for r, p in enumerate(procs):
+                try:
+                    _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    for q in procs:
+                        q.kill()
+                    raise RuntimeError(
+                        f"rank_state_run: rank {r} still running after {timeout_s:g} s "
+                        "(a busy machine? pass a larger timeout_s)"
+                    ) from None
+                if p.returncode != 0 or not Path(tmp, f"rank{r}.json").exists():
+                    errors.append(f"rank {r} exited with {p.returncode}:\n" + "\n".join(err.splitlines()[-15:]))
+            if errors:
+                raise RuntimeError("rank_state_run failed:\n" + "\n".join(errors))
         reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world_size)]
     return {
         "world_size": world_size,

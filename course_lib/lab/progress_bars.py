@@ -22,12 +22,12 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from course_lib.monitor import read_jsonl
+from ..monitor import read_jsonl
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
@@ -58,6 +58,24 @@ def last_logged_step(out_dir: str | os.PathLike) -> int:
 
 
 @contextlib.contextmanager
+def _every(period_s: float, fn: Callable[[], object]):
+    """Call ``fn`` every ``period_s`` seconds from a background thread while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period_s):
+            fn()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
 def watch_steps(out_dir: str | os.PathLike, total_steps: int, desc: str = "train", poll_s: float = 0.5):
     """Show a bar for a training run that some blocking call drives (a subprocess helper, torchrun):
 
@@ -66,25 +84,18 @@ def watch_steps(out_dir: str | os.PathLike, total_steps: int, desc: str = "train
 
     A background thread follows out_dir/metrics.jsonl; the bar closes when the block ends.
     """
-    stop = threading.Event()
     bar = text_bar(total=total_steps, desc=desc)
 
-    def follow() -> None:
-        while not stop.wait(poll_s):
-            step = min(last_logged_step(out_dir), total_steps)
-            if step > bar.n:
-                bar.update(step - bar.n)
-
-    thread = threading.Thread(target=follow, daemon=True)
-    thread.start()
-    try:
-        yield bar
-    finally:
-        stop.set()
-        thread.join()
+    def catch_up() -> None:
         step = min(last_logged_step(out_dir), total_steps)
         if step > bar.n:
             bar.update(step - bar.n)
+
+    try:
+        with _every(poll_s, catch_up):
+            yield bar
+    finally:
+        catch_up()
         bar.close()
 
 
@@ -92,19 +103,10 @@ def watch_steps(out_dir: str | os.PathLike, total_steps: int, desc: str = "train
 def live_bar(total: int, desc: str = "", tick_s: float = 1.0):
     """A text bar drawn at once and redrawn every ``tick_s`` seconds, so the elapsed time moves
     even while one long item runs; print lines above it with ``bar.write(...)``."""
-    stop = threading.Event()
     bar = text_bar(total=total, desc=desc)
     bar.refresh()
-
-    def tick() -> None:
-        while not stop.wait(tick_s):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
     try:
-        yield bar
+        with _every(tick_s, bar.refresh):
+            yield bar
     finally:
-        stop.set()
-        thread.join()
         bar.close()

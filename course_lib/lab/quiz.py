@@ -29,7 +29,7 @@ import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from course_lib.lab.quiz_data import QUIZZES, TITLES
+from .quiz_data import QUIZZES, TITLES
 
 try:  # the notebook path; a terminal or test run works without them
     import ipywidgets as _widgets
@@ -120,12 +120,25 @@ def _display_once(widget, text: str) -> None:
     display(data, raw=True, metadata={"course_static_text": True})
 
 
+class _Shown:
+    """``show()`` for an object with ``as_text()`` and ``_widget()``."""
+
+    def show(self):
+        """Render once: a widget (with the text as its fallback) in a live kernel, else the text.
+        Returns the object itself."""
+        if not _live():
+            print(self.as_text())
+            return self
+        _display_once(self._widget(), self.as_text())
+        return self
+
+
 PREDICT_TAG = "〔先预测，再测量〕"
 REVEAL_HEAD = "〔揭晓〕"
 
 
 @dataclass
-class Quiz:
+class Quiz(_Shown):
     title: str
     questions: list[Item] = field(default_factory=list)
     measured: dict[str, float] = field(default_factory=dict)
@@ -186,14 +199,6 @@ class Quiz:
             boxes.append(w.VBox([w.HTML(f"<b>{i}. {q.prompt}</b>{tag}"), radio, btn, out]))
         return w.VBox(boxes)
 
-    def show(self) -> Quiz:
-        """Render once: a widget (with the text as its fallback) in a live kernel, else the text."""
-        if not _live():
-            print(self.as_text())
-            return self
-        _display_once(self._widget(), self.as_text())
-        return self
-
     def __repr__(self) -> str:
         return f'<Quiz {self.title!r}: {len(self.questions)} 题；q.answer(题号, "字母") 作答>'
 
@@ -210,7 +215,7 @@ _GUESSES: dict[tuple[str, str], int] = {}
 
 
 @dataclass
-class Prediction:
+class Prediction(_Shown):
     """One "predict the number" question, asked before the cell that measures it."""
 
     lesson: str
@@ -255,13 +260,6 @@ class Prediction:
 
         btn.on_click(on_click)
         return w.VBox([w.HTML(f"<b>{PREDICT_TAG} {self.item.prompt}</b>"), radio, btn, out])
-
-    def show(self) -> Prediction:
-        if not _live():
-            print(self.as_text())
-            return self
-        _display_once(self._widget(), self.as_text())
-        return self
 
     def reveal_text(self, value: float) -> str:
         m = {self.item.key: float(value)}

@@ -52,7 +52,7 @@ assert e.activations > e.params and e.peak < parts
 
 # %% [markdown]
 # ## 2. 估算 vs 实测
-# `measure` 真的跑两个训练步。GPU 上用 `torch.cuda.max_memory_allocated()`；CPU 上 PyTorch 没有峰值计数器，我们用
+# `measure_peak` 真的跑两个训练步。GPU 上用 `torch.cuda.max_memory_allocated()`；CPU 上 PyTorch 没有峰值计数器，我们用
 # `torch.profiler.profile(profile_memory=True)` 记录 CPU 分配器的每次分配和释放（带符号的字节数），累加得到任意时刻的在用内存，取最大值。
 # 进程 RSS 不适合：它还包含解释器和各个库，释放的内存也不一定还给操作系统。
 #
@@ -227,6 +227,6 @@ q = quiz("4.0.5")   # 预测题在第 2 节的测量之前已经问过
 # %% [markdown]
 # ## 下一步
 #
-# - 用计算器估算你自己的模型（换成你的 `d_model`、层数和序列长度），再用 `measure` 实测一次对照。
+# - 用计算器估算你自己的模型（换成你的 `d_model`、层数和序列长度），再用 `measure_peak` 实测一次对照。
 # - 4.1.4 梯度累积和 4.1.5 混合精度会用到这里的数字：激活值随 batch 增长；bf16 autocast 让一部分激活变成 16 位，但要多存一份 16 位权重副本（第 2 节测得峰值只降到 fp32 的约 0.77）。
-# - 有 GPU 时，给 `measure` / `compare` 传 `device="cuda"`，它们改用 CUDA 分配器的统计 (`torch.cuda.max_memory_allocated`)，同一张表可以直接对照显存。
+# - 有 GPU 时，给 `measure_peak` / `compare` 传 `device="cuda"`，它们改用 CUDA 分配器的统计 (`torch.cuda.max_memory_allocated`)，同一张表可以直接对照显存。

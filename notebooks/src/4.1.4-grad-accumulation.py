@@ -35,7 +35,7 @@ import time
 import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
-from course_lib.memory import measure
+from course_lib.memory import measure_peak
 from course_lib.lab.paths import runs_dir
 from course_lib.lab.plotting import new_axes, print_table
 from course_lib.train import Callback, ReplayDDPBatches, Trainer
@@ -111,7 +111,7 @@ p = predict("4.1.4", "mem_ratio_b2_vs_b16")
 combos = [(16, 1), (8, 2), (4, 4), (2, 8)]
 res = []
 for b, n in combos:
-    mem = measure(MC, batch_size=b, seq_len=64, dtype="fp32")["peak"] / 2**20
+    mem = measure_peak(MC, batch_size=b, seq_len=64, dtype="fp32")["peak"] / 2**20
     tr = Trainer(MC, cfg(f"t{b}", batch_size=b, accumulation_steps=n, max_steps=pick(6, 2)), console=False,
                  save_checkpoints=False)
     tr.train_step()

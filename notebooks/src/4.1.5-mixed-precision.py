@@ -34,7 +34,7 @@ import torch
 
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.lab.measure import interleaved_rounds, ratio_stats
-from course_lib.memory import estimate, measure, step_timer
+from course_lib.memory import estimate, measure_peak, step_timer
 from course_lib.lab.paths import runs_dir
 from course_lib.lab.plotting import new_axes, print_table, smooth
 from course_lib.monitor import ProgressBar
@@ -139,8 +139,8 @@ p = predict("4.1.5", "bf16_speedup")
 
 # %%
 B_MP, T_MP = 8, 128
-m32 = measure(MC, batch_size=B_MP, seq_len=T_MP, dtype="fp32")
-mb16 = measure(MC, batch_size=B_MP, seq_len=T_MP, dtype="bf16")
+m32 = measure_peak(MC, batch_size=B_MP, seq_len=T_MP, dtype="fp32")
+mb16 = measure_peak(MC, batch_size=B_MP, seq_len=T_MP, dtype="bf16")
 threads_before = torch.get_num_threads()
 torch.set_num_threads(1)   # pinned for the timing: the ratio compares precisions, not thread counts
 try:

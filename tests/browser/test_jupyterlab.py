@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from browser_support import ROOT, free_port, stop, wait_http
+from browser_support import LAB_TOKEN, ROOT, jupyterlab
 
 # The lesson whose interactive schedule explorer (ipywidgets sliders) the test drives.
 NOTEBOOK = os.environ.get("COURSE_BROWSER_NOTEBOOK", str(ROOT / "notebooks" / "4.0.2-lr-warmup.ipynb"))
-TOKEN = "course-browser-test"
+TOKEN = LAB_TOKEN
 
 
 @pytest.fixture
@@ -28,52 +26,10 @@ def lab(tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(src, root / src.name)
-    port = free_port()
-    # Render every cell (JupyterLab 4 virtualizes long notebooks: off-screen cells have no DOM,
-    # so their prompts could not be checked), and no news pop-up over the page.
-    settings = tmp_path / "settings"
-    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
-        '{"windowingMode": "none"}'
-    )
-    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
-        '{"fetchNews": "false", "checkForUpdates": false}'
-    )
-    env = dict(
-        os.environ,
-        COURSE_QUICK="1",
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-        JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
-        JUPYTERLAB_SETTINGS_DIR=str(settings),
-    )
-    log = open(tmp_path / "lab.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter",
-            "lab",
-            "--no-browser",
-            f"--port={port}",
-            "--ip=127.0.0.1",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={root}",
-            "--ServerApp.open_browser=False",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ]
-        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", timeout=120)
+    # jupyterlab() renders every cell (JupyterLab 4 virtualizes long notebooks: off-screen cells have
+    # no DOM, so their prompts could not be checked) and shows no news pop-up over the page.
+    with jupyterlab(root, tmp_path) as port:
         yield {"port": port, "name": src.name, "log": tmp_path / "lab.log"}
-    finally:
-        stop(proc)
-        log.close()
 
 
 def _executed_all(page) -> bool:

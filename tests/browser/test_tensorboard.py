@@ -10,7 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from browser_support import free_port, stop, wait_http
+from browser_support import port_from_log, stop, wait_http
 
 from course_lib.monitor import StepLogger
 
@@ -30,7 +30,6 @@ def test_tensorboard_serves_logged_scalars(tmp_path, browser, screenshot_dir):
         log.log(s, {"loss": loss, "lr": 1e-3, "grad_norm": 1.0})
     log.close()
 
-    port = free_port()
     out = open(tmp_path / "tb.log", "w")
     proc = subprocess.Popen(
         [
@@ -42,7 +41,7 @@ def test_tensorboard_serves_logged_scalars(tmp_path, browser, screenshot_dir):
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            "0",  # the OS chooses; TensorBoard names the port in its banner
             "--reload_interval",
             "1",
         ],
@@ -50,6 +49,8 @@ def test_tensorboard_serves_logged_scalars(tmp_path, browser, screenshot_dir):
         stderr=subprocess.STDOUT,
     )
     try:
+        port = port_from_log(tmp_path / "tb.log", r"TensorBoard \S+ at http://127\.0\.0\.1:(\d+)/", proc)
+        assert port is not None, (tmp_path / "tb.log").read_text()
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/data/runs", timeout=120)
         t0, tags = time.time(), {}

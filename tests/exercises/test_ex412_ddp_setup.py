@@ -13,7 +13,7 @@ import textwrap
 
 import torch
 
-from course_lib.distributed import free_port
+from course_lib.distributed import rendezvous_store
 
 EX = "ex412_ddp_setup"
 
@@ -55,38 +55,37 @@ WORKER = textwrap.dedent(r"""
 def run_two(path, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = str(free_port())
-    procs = []
-    for r in range(2):
-        env = dict(
-            os.environ,
-            RANK=str(r),
-            LOCAL_RANK=str(r),
-            WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(path)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
+    with rendezvous_store() as rdzv:  # the port is bound before the ranks start: no race
+        procs = []
+        for r in range(2):
+            env = dict(
+                os.environ,
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                WORLD_SIZE="2",
+                **rdzv,
+                OMP_NUM_THREADS="1",
             )
-        )
-    reps = []
-    try:
-        for r, p in enumerate(procs):
-            out, err = p.communicate(timeout=120)
-            line = [ln for ln in out.splitlines() if ln.startswith("REPORT")]
-            assert p.returncode == 0 and line, f"rank {r} 的进程失败了：\n{err[-2000:]}"
-            reps.append(json.loads(line[0][6:]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), str(path)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+            )
+        reps = []
+        try:
+            for r, p in enumerate(procs):
+                out, err = p.communicate(timeout=120)
+                line = [ln for ln in out.splitlines() if ln.startswith("REPORT")]
+                assert p.returncode == 0 and line, f"rank {r} 的进程失败了：\n{err[-2000:]}"
+                reps.append(json.loads(line[0][6:]))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
     return reps
 
 

@@ -15,6 +15,7 @@ small gradient entries, measured max difference ~1e-6).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -120,12 +121,14 @@ def test_only_rank0_writes(ddp_runs):
     assert steps == sorted(set(steps)), f"metrics.jsonl 里有重复的 step（不止一个 rank 在写日志）：{steps}"
 
 
-def test_two_nodes_on_loopback(ddp_runs, tmp_path):
-    """Two torchrun invocations (static rendezvous: --nnodes=2 --node-rank=0/1 --master-addr/port),
-    one process each, form one world of 2 and give bitwise the same weights as one node x 2."""
+def _port_taken(output: str) -> bool:
+    """Did node 0's agent fail to bind --master-port (another process took it after free_port)?"""
+    return "EADDRINUSE" in output or "address already in use" in output.lower()
+
+
+def _two_nodes(out, env):
+    """Both nodes on a fresh free port; ``None`` if node 0 could not bind it (node 1 is killed then)."""
     port = free_port()
-    out = tmp_path / "two_nodes"
-    env = subprocess_env({"OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"})
     procs = [
         subprocess.Popen(
             torchrun_command(cli_args(out), nproc_per_node=1, nnodes=2, node_rank=r, master_port=port),
@@ -138,12 +141,35 @@ def test_two_nodes_on_loopback(ddp_runs, tmp_path):
     ]
     outs = []
     try:
-        for p in procs:
+        for p in procs:  # node 0 first: it hosts the rendezvous store on the port
             outs.append(p.communicate(timeout=TIMEOUT)[0])
+            if p.returncode != 0 and _port_taken(outs[-1]):
+                return None
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+    return procs, outs
+
+
+def test_two_nodes_on_loopback(ddp_runs, tmp_path):
+    """Two torchrun invocations (static rendezvous: --nnodes=2 --node-rank=0/1 --master-addr/port),
+    one process each, form one world of 2 and give bitwise the same weights as one node x 2.
+
+    The static form needs the port before node 0 binds it (free_port): if another process (a
+    parallel test worker) takes it in between, node 0 fails with EADDRINUSE and the pair is
+    started again on another port."""
+    out = tmp_path / "two_nodes"
+    env = subprocess_env({"OMP_NUM_THREADS": "1", "COURSE_QUICK": "1"})
+    for _attempt in range(3):
+        got = _two_nodes(out, env)
+        if got is not None:
+            break
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        pytest.fail("node 0 could not bind a free --master-port three times")
+    procs, outs = got
     for r, (p, o) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"node {r} 失败：\n{o[-3000:]}"
     assert "world size 2" in outs[0] and "world size 2" not in outs[1], "只有 node 0 的 rank 0 应该打印日志"

@@ -12,7 +12,7 @@ import torch
 import course_lib.model as model_mod
 from course_lib.config import ModelConfig, TrainConfig, pick
 from course_lib.kv_cache import DynamicCache
-from course_lib.memory import compare, estimate, find_max_batch_size, measure, step_timer
+from course_lib.memory import compare, estimate, find_max_batch_size, measure_peak, step_timer
 from course_lib.model import DIYModel
 from course_lib.train import Callback, Trainer
 
@@ -84,8 +84,8 @@ def test_checkpoint_only_in_training_forwards(monkeypatch):
 
 def test_checkpointing_lowers_the_measured_peak():
     cfg = SIZES["small"]
-    without = measure(cfg, BATCH, SEQ)["peak"]
-    with_ac = measure(cfg, BATCH, SEQ, activation_checkpointing=True)["peak"]
+    without = measure_peak(cfg, BATCH, SEQ)["peak"]
+    with_ac = measure_peak(cfg, BATCH, SEQ, activation_checkpointing=True)["peak"]
     assert with_ac < 0.8 * without, f"实测峰值：不开 {without / 2**20:.1f} MiB，开 {with_ac / 2**20:.1f} MiB"
     assert estimate(cfg, BATCH, SEQ, activation_checkpointing=True).activations < estimate(cfg, BATCH, SEQ).activations
 

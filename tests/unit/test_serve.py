@@ -6,9 +6,11 @@ Ctrl-C (SIGINT).
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,6 @@ import openai
 import pytest
 import torch
 
-from course_lib.distributed import free_port
 from course_lib.engine import Engine
 from course_lib.generate import generate
 from course_lib.pretrained import REFERENCE_DIR, load_reference_model
@@ -216,71 +217,94 @@ def test_load_200_requests_none_lost_or_corrupted(server, client, model_tok):
     assert len(got) == 200 and not bad, f"{len(bad)} corrupted responses, e.g. {bad[:3]}"
 
 
-def test_python_m_serve_starts_answers_and_stops_on_ctrl_c():
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "course_lib.serve", "--model", str(REFERENCE_DIR), "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
+class ServeProcess:
+    """``python -m course_lib.serve --port 0 ARGS`` in a subprocess. The server binds a port the OS
+    chooses and names it in its banner line, read here from stderr: no port is picked before the
+    server binds it, so parallel test workers cannot race for one."""
+
+    BANNER = re.compile(r"base_url http://127\.0\.0\.1:(\d+)/v1")
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "course_lib.serve", "--port", "0", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self.banner = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            m = self.BANNER.search(line)
+            if m and self.port is None:
+                self.port = int(m[1])
+                self.banner.set()
+        self.banner.set()  # end of stderr: the process is gone
+
+    def err(self) -> str:
+        """All of stderr (call after the process has exited)."""
+        self.reader.join(timeout=30)
+        return "".join(self.lines)
+
+    def wait_healthy(self, timeout: float = 120) -> str:
+        """The server's base URL once /health answers 200."""
+        deadline = time.monotonic() + timeout
+        assert self.banner.wait(timeout) and self.port is not None, "no banner: " + "".join(self.lines)
+        url = f"http://127.0.0.1:{self.port}"
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return url
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.stderr.read().decode()
+            assert self.proc.poll() is None, self.err()
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.2)
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_python_m_serve_starts_answers_and_stops_on_ctrl_c():
+    srv = ServeProcess("--model", str(REFERENCE_DIR))
+    try:
+        url = srv.wait_healthy()
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         assert c.completions.create(model=NAME, prompt="def ", max_tokens=3, temperature=0).choices[0].text
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=60)
-        err = proc.stderr.read().decode()
+        srv.proc.send_signal(signal.SIGINT)
+        rc = srv.proc.wait(timeout=60)
+        err = srv.err()
         assert rc == 0, err
         assert "Traceback" not in err and "[serve] stopped" in err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        srv.stop()
 
 
 def test_sigterm_with_an_open_stream_stops_within_the_shutdown_timeout_exit_0():
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "course_lib.serve", "--port", str(port), "--shutdown-timeout", "0.3"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    srv = ServeProcess("--shutdown-timeout", "0.3")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        url = srv.wait_healthy()
         body = {"model": NAME, "prompt": "def ", "max_tokens": 240, "stream": True}
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as r:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
             t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            srv.proc.send_signal(signal.SIGTERM)
             rest = list(lines)
-            rc = proc.wait(timeout=60)
+            rc = srv.proc.wait(timeout=60)
             took = time.monotonic() - t0
-        err = proc.stderr.read().decode()
+        err = srv.err()
         # bounded: the 240-token stream is cancelled after 0.3 s (the in-process test times the bound;
         # here, on a shared CPU, interpreter exit alone can take seconds)
         assert rc == 0 and took < 60, (rc, took, err)
@@ -288,9 +312,7 @@ def test_sigterm_with_an_open_stream_stops_within_the_shutdown_timeout_exit_0():
         assert "Traceback" not in err and err.strip().splitlines()[-1] == "[serve] stopped", err
         assert "data: [DONE]" not in rest or len(rest) < 240
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        srv.stop()
 
 
 def test_bad_model_dir_is_one_clear_line(tmp_path):
