@@ -219,19 +219,15 @@ def generate(
     ``drop_finished`` they are also removed from the running batch (and from the cache, via
     ``cache.reorder``), so finished sequences stop costing compute.
 
-    Host syncs: the sequence length is checked once here, before the loop (the model then never
-    has to read positions back from the device). Inside the loop the only sync is the EOS check
-    (see there); without ``eos_id`` the loop never waits on the device.
+    Host syncs: the sequence length is checked once, before the loop; inside it the only sync is
+    the EOS check (see there): without ``eos_id`` the loop never waits on the device.
 
-    ``compile=True`` is the compiled fast path: a ``TensorPositionCache`` (fixed shapes, positions
-    in a tensor), the prompt prefilled eagerly, each decode step run by ``torch.compile``d code
-    (compiled once per process and batch size: the first call pays seconds to minutes, see
-    ``warm_up_compiled``). It needs unpadded prompts (one length) and keeps finished rows in the
-    batch; on CPU it needs a C++ compiler (``compile_available()``).
+    ``compile=True``: a ``TensorPositionCache`` (fixed shapes), eager prefill, each decode step by
+    ``torch.compile``d code (compiled once per process and batch size, see ``warm_up_compiled``);
+    unpadded prompts only, finished rows stay; on CPU it needs a C++ compiler (``compile_available()``).
 
-    ``speculative=SpecConfig(proposer, k)`` is speculative decoding (``speculative.py``, lesson 4.2.6):
-    one unpadded prompt; greedy output identical, sampling with the same distribution; the call's
-    tokens per verify step end up in ``speculative.stats``.
+    ``speculative=SpecConfig(proposer, k)``: speculative decoding (``speculative.py``, lesson 4.2.6) of
+    one unpadded prompt, greedy output identical; tokens per verify step in ``speculative.stats``.
     """
     if speculative is not None:  # its own loop: propose k, verify k + 1 in one forward, crop the cache
         return generate_speculative(
@@ -240,8 +236,7 @@ def generate(
             generator=generator, on_token=on_token, drop_finished=drop_finished, compile=compile,
         )  # fmt: skip
     model.eval()
-    B = input_ids.shape[0]
-    device = input_ids.device
+    B, device = input_ids.shape[0], input_ids.device
     if compile:
         cache = _compiled_cache_for(model, input_ids, max_new_tokens, attention_mask, use_cache, cache)
         attention_mask, drop_finished = None, False
@@ -261,13 +256,10 @@ def generate(
         out[active, step] = nxt
         steps = step + 1
         if on_token is not None:
-            col = torch.full((B,), pad_id, dtype=torch.long, device=device)
-            col[active] = nxt
-            on_token(col)
+            on_token(_full_column(nxt, active, B, pad_id))
         seq = torch.cat([seq, nxt[:, None]], dim=1)
-        if mask is not None:
-            new_mask_col = (~finished).long()[:, None]  # the EOS token itself is real; pads after it are not
-            mask = torch.cat([mask, new_mask_col], dim=1)
+        if mask is not None:  # the EOS token itself is real; pads after it are not
+            mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)
         if eos_id is None:
             continue
         finished = finished | (nxt == eos_id)
@@ -279,6 +271,13 @@ def generate(
         if drop_finished and n_done:
             seq, active, finished, mask = _drop_rows(finished, past, seq, active, mask)
     return out[:, :steps]
+
+
+def _full_column(nxt: Tensor, active: Tensor, batch_size: int, pad_id: int) -> Tensor:
+    """This step's tokens for every original row (``pad_id`` for rows already dropped)."""
+    col = torch.full((batch_size,), pad_id, dtype=torch.long, device=nxt.device)
+    col[active] = nxt
+    return col
 
 
 def _past(cache, model, batch_size: int, max_len: int, use_cache: bool):
