@@ -41,12 +41,6 @@ from torch import Tensor
 from .absmax import absmax_quantize, absmax_scale
 from .config import ModelConfig
 from .data import ByteTokenizer, eval_batches
-from .tokenizer import (
-    file_description,
-    load_artifact_tokenizer,
-    save_artifact_tokenizer,
-    tokenizer_from_description,
-)
 from .export import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -58,6 +52,12 @@ from .export import (
 )
 from .fsio import atomic_write_text
 from .model import DIYModel
+from .tokenizer import (
+    file_description,
+    load_artifact_tokenizer,
+    save_artifact_tokenizer,
+    tokenizer_from_description,
+)
 from .util import cdiv
 
 QFORMAT = "course_lib.quantized/1"

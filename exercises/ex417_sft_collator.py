@@ -41,4 +41,3 @@ def collate_packed(
         document_ids = [[0, 0, 1, 2, 2, 2]]
     """
     raise NotImplementedError("请实现 collate_packed")
-

@@ -96,6 +96,9 @@ tokenizers = {"bytes": ByteTokenizer(), "bpe": bpe}
 rows = tokens_per_char(tokenizers, texts["heldout"])
 print_table(rows)
 bpe_zh = next(r["bpe tokens/char"] for r in rows if r["text"] == "zh")
+ratio = {r["text"]: r["bpe/bytes"] for r in rows}
+assert max(ratio.values()) < 1 and ratio["zh"] > max(ratio["en"], ratio["code"]), ratio
+assert next(r["bytes/char"] for r in rows if r["text"] == "zh") < 3
 
 # %%
 p.reveal(bpe_zh)
@@ -127,15 +130,16 @@ by = {r["tokenizer"]: r for r in bpb}
 for kind in texts["heldout"]:
     a, b = by["bytes"][f"bits/byte {kind}"], by["bpe"][f"bits/byte {kind}"]
     print(f"{kind:5}: bpe / bytes bits per byte = {b / a:.2f} ({'bpe' if b < a else 'bytes'} is better)")
+assert by["bpe"]["tokens/s"] < by["bytes"]["tokens/s"]
 print(f"per second: tokens bpe / bytes = {by['bpe']['tokens/s'] / by['bytes']['tokens/s']:.2f}, "
       f"text bytes bpe / bytes = {by['bpe']['text bytes/s'] / by['bytes']['text bytes/s']:.2f}")
 
 # %% [markdown]
-# **读表**：`tokens/s` 是每秒训练的 token 数，`text bytes/s` 是这些 token 代表的文本字节数。BPE 模型每步要算
-# 4096 维的输出 softmax，这个小模型的大部分计算都花在那里，所以它每秒处理的 token 少；但每个 token 装着好几个字节，
-# 上面打印了两者每秒读过的文本之比。上下文同样是 128 个 token，BPE 模型一次看到的文本多得多。
+# **读表**：`tokens/s` 是每秒训练的 token 数，`text bytes/s` 是这些 token 代表的文本字节数。BPE 模型每个 token 要算
+# 4096 维的输出 softmax，词嵌入表（与输出层共享）也大得多（`params` 一列的差几乎全是它），所以它每秒处理的 token 少；
+# 但每个 token 装着好几个字节，上面打印了两者每秒读过的文本之比。训练窗口同样是 128 个 token，BPE 模型一次看到的文本多得多。
 # 最后几列是结论：同样的时间，哪个模型在留出文本上每字节比特数更低（打印在表下）。模型变大以后，词嵌入和输出层占的比例变小，
-# BPE 的代价更小：这正是大模型都用 BPE 的原因。这个小实验的时间预算只有几十秒，数字只代表本机这一次的测量。
+# BPE 每个 token 多出的这份代价也就相对变小。这个实验的时间预算只有几十秒，数字只代表本机这一次的测量。
 #
 # 下面回到参考模型：它是字节模型（它的产物里记着自己的分词器），SFT 保持它的分词器不变。
 # `--init` 一个 BPE 模型时，SFT 和导出用的就是它的 `tokenizer.json`，命令不变。
@@ -147,7 +151,7 @@ print(f"per second: tokens bpe / bytes = {by['bpe']['tokens/s'] / by['bytes']['t
 # 「根据 docstring 写函数」和「用一句话解释这个函数」。整个函数按哈希留出 (held out)：留出的函数两个方向都不训练。
 
 # %%
-from course_lib.chat import encode_chat, render_chat
+from course_lib.chat import render_chat
 from course_lib.sft import IGNORE, encode_example, pack_examples, pad_examples, stdlib_instruction_pairs, write_jsonl
 
 split = stdlib_instruction_pairs()

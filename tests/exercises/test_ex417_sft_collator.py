@@ -19,8 +19,8 @@ from course_lib.sft import IGNORE, encode_example, pack_examples, pad_examples
 
 EX = "ex417_sft_collator"
 TOK = ByteTokenizer()
-SEQ = 96
-TINY = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=128)
+SEQ = 200
+TINY = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=256)
 NAMES = ("input_ids", "labels", "position_ids", "document_ids")
 
 
@@ -83,7 +83,9 @@ def describe(convs, r, t, seq_len=SEQ):
     x, y, _, doc = oracle(convs, seq_len)
     d = int(doc[r, t])
     start = int((doc[r] == d).nonzero()[0])
-    ex_rows = [(rr, int(dd)) for rr in range(doc.shape[0]) for dd in doc[rr].unique() if (y[rr][doc[rr] == dd] != IGNORE).any()]
+    ex_rows = [
+        (rr, int(dd)) for rr in range(doc.shape[0]) for dd in doc[rr].unique() if (y[rr][doc[rr] == dd] != IGNORE).any()
+    ]
     if (r, d) not in ex_rows:
         return "行尾的 padding"
     return f"第 {ex_rows.index((r, d))} 条对话的第 {t - start} 个输入 token"
@@ -94,6 +96,13 @@ def test_labels_mask_everything_but_the_assistants_next_tokens(impl):
     (x, y, pos, doc), (wx, wy, wpos, wdoc) = run(impl, convs)
     if torch.equal(y, wy):
         return
+    has = y != IGNORE
+    if has.any() and torch.equal(y[has], x[has]):
+        raise AssertionError(
+            "labels 里每个保留下来的标签都等于同一位置的输入 token：标签没有错一位 (shift)。"
+            "DIYModel 不会在内部移位（Hugging Face 的模型才会）：labels[t] 必须是下一个 token ids[t+1]，"
+            "掩码也要看 mask[t+1]"
+        )
     r, t, got, want = first_diff(y, wy)
     where = f"labels[{r}, {t}]（{describe(convs, r, t)}）"
     if want == IGNORE:
@@ -129,9 +138,11 @@ def test_document_ids_number_the_conversations_of_each_row(impl):
     (_, _, _, doc), (*_, wdoc) = run(impl, convs)
     if not torch.equal(doc, wdoc):
         r, t, got, want = first_diff(doc, wdoc)
-        leak = " 同一行里的两条对话用了同一个 id，注意力会跨文档 (cross-document attention)：后一条对话能看到前一条" if (
-            doc[r] == doc[r, 0]
-        ).all() and (wdoc[r] != wdoc[r, 0]).any() else ""
+        leak = (
+            " 同一行里的两条对话用了同一个 id，注意力会跨文档 (cross-document attention)：后一条对话能看到前一条"
+            if (doc[r] == doc[r, 0]).all() and (wdoc[r] != wdoc[r, 0]).any()
+            else ""
+        )
         raise AssertionError(
             f"document_ids[{r}, {t}]（{describe(convs, r, t)}）应是 {want}，实际是 {got}：每行的对话依次编号 0, 1, 2…，"
             f"行尾的 padding 是再下一个编号。{leak}"
@@ -167,15 +178,17 @@ def test_packed_rows_train_exactly_like_one_padded_row_per_conversation(impl):
     with torch.no_grad():
         lp = token_losses(model(x, position_ids=pos, document_ids=doc).logits, y)
         lq = token_losses(model(xp).logits, yp)
-    spans = [(r, int(d)) for r in range(wdoc.shape[0]) for d in wdoc[r].unique() if (wy[r][wdoc[r] == d] != IGNORE).any()]
+    spans = [
+        (r, int(d)) for r in range(wdoc.shape[0]) for d in wdoc[r].unique() if (wy[r][wdoc[r] == d] != IGNORE).any()
+    ]
     for i, (r, d) in enumerate(spans):
         got, want = lp[r][(wdoc[r] == d) & (wy[r] != IGNORE)], lq[i][yp[i] != IGNORE]
-        same = got.shape == want.shape and torch.allclose(got, want, atol=2e-5, rtol=1e-5)
-        assert same, (
-            f"第 {i} 条对话：打包后它的 token loss 与单独一行（右侧 padding）时不同"
-            f"（打包 {got.sum():.5f}，单独 {want.sum():.5f}，{got.numel()} vs {want.numel()} 个计入 loss 的 token）。"
-            "检查 document_ids（同一行的对话不能互相看到）、position_ids（每条对话从 0 数起）和 labels"
-        )
+        if not (got.shape == want.shape and torch.allclose(got, want, atol=2e-5, rtol=1e-5)):
+            raise AssertionError(
+                f"第 {i} 条对话：打包后它的 token loss 与单独一行（右侧 padding）时不同"
+                f"（打包 {got.sum():.5f}，单独 {want.sum():.5f}，{got.numel()} vs {want.numel()} 个计入 loss 的 token）。"
+                "检查 document_ids（同一行的对话不能互相看到）、position_ids（每条对话从 0 数起）和 labels"
+            )
     # gradients of the summed loss: packed batch vs padded batch
     grads = []
     for inputs, targets, kw in ((x, y, {"position_ids": pos, "document_ids": doc}), (xp, yp, {})):
@@ -184,9 +197,11 @@ def test_packed_rows_train_exactly_like_one_padded_row_per_conversation(impl):
         grads.append([p.grad.clone() for p in model.parameters()])
     names = [n for n, _ in model.named_parameters()]
     for n, a, b in zip(names, *grads, strict=True):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4), (
-            f"参数 {n} 的梯度：打包的 batch 与一条对话一行的 batch 不同（最大差 {(a - b).abs().max():.2e}）：打包改变了训练"
-        )
+        if not torch.allclose(a, b, atol=1e-6, rtol=1e-4):
+            raise AssertionError(
+                f"参数 {n} 的梯度：打包的 batch 与一条对话一行的 batch 不同（最大差 {(a - b).abs().max():.2e}）："
+                "打包改变了训练（多算了或少算了某些位置的 loss，或对话之间互相看得到）"
+            )
 
 
 def test_a_conversation_filling_a_row_exactly_fits_and_a_longer_one_is_refused(impl):
@@ -194,6 +209,8 @@ def test_a_conversation_filling_a_row_exactly_fits_and_a_longer_one_is_refused(i
     ids, mask = learner_inputs(conversations()[:1])[0]
     n = len(ids) - 1
     x, y, pos, doc = mod.collate_packed([(ids, mask)], n, TOK.pad_id)
-    assert tuple(x.shape) == (1, n), f"一条 {n} 个输入的对话正好填满 seq_len={n} 的一行，结果应是 1 行，实际形状 {tuple(x.shape)}"
+    assert tuple(x.shape) == (1, n), (
+        f"一条 {n} 个输入的对话正好填满 seq_len={n} 的一行，结果应是 1 行，实际形状 {tuple(x.shape)}"
+    )
     with pytest.raises(ValueError):
         mod.collate_packed([(ids, mask)], n - 1, TOK.pad_id)

@@ -143,7 +143,9 @@ def test_a_bpe_quantized_artifact_loads_with_its_own_tokenizer(tmp_path):
 
     tok = train_bpe(["def add(a, b):\n    return a + b\n", "中文分词器 测试 emoji 🙂\n"] * 20, vocab_size=300)
     torch.manual_seed(0)
-    model = DIYModel(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64))
+    model = DIYModel(
+        ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64)
+    )
     save_quantized(quantize_model(model, "int8"), tmp_path / "q", tok)
     assert (tmp_path / "q" / "tokenizer.json").is_file()
     _, got, meta = load_quantized(tmp_path / "q")

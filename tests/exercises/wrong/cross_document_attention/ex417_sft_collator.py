@@ -35,7 +35,7 @@ def collate_packed(
     doc = torch.zeros((len(rows), seq_len), dtype=torch.long)
     for r, row in enumerate(rows):
         t = 0
-        for d, (inp, lab) in enumerate(row):
+        for _d, (inp, lab) in enumerate(row):
             n = len(inp)
             x[r, t : t + n] = torch.tensor(inp)
             y[r, t : t + n] = torch.tensor(lab)

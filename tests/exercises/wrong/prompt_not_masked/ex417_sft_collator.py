@@ -13,7 +13,7 @@ def collate_packed(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # 1. shift: inputs ids[:-1], labels ids[1:] where the *label* token is the assistant's
     examples = []
-    for i, (ids, mask) in enumerate(conversations):
+    for i, (ids, _mask) in enumerate(conversations):
         inp = list(ids[:-1])
         lab = list(ids[1:])  # WRONG: trains on the prompt and template tokens too
         if len(inp) > seq_len:
