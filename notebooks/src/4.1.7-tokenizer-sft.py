@@ -297,9 +297,12 @@ from course_lib.serve import ServerThread, create_app
 info = export_from_run(base / "sft", base / "sft_export")
 chat_model, chat_tok, _ = load_inference(base / "sft_export")
 print(f"exported step {info['step']} -> sft_export/ ({', '.join(sorted(f.name for f in (base / 'sft_export').iterdir()))})")
-held = [r for r in split.heldout if r["kind"] == "code2doc"][0]
+def room(text):  # how many tokens the 256-token context leaves for the answer
+    return chat_model.config.max_seq_len - len(chat_tok.encode(render_chat([{"role": "user", "content": text}])))
+
+held = min((r for r in split.heldout if r["kind"] == "code2doc"), key=lambda r: len(r["messages"][0]["content"]))
 question = held["messages"][0]["content"]
-SETTINGS = dict(temperature=0.0, max_tokens=pick(120, 24), seed=0)
+SETTINGS = dict(temperature=0.0, max_tokens=min(pick(100, 24), room(question)), seed=0)
 with ServerThread(create_app(Engine(chat_model, eos_id=chat_tok.eos_id, max_batch=4), chat_tok, "sft-4.1.7")) as srv:
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="not-needed")
     r = client.chat.completions.create(model="sft-4.1.7", messages=[{"role": "user", "content": question}], **SETTINGS)
@@ -312,7 +315,7 @@ with ServerThread(create_app(Engine(chat_model, eos_id=chat_tok.eos_id, max_batc
     other = [x for x in split.heldout if x["kind"] == "doc2code"][0]["messages"][0]["content"]
     print("\nstreamed:", other)
     for chunk in client.chat.completions.create(model="sft-4.1.7", messages=[{"role": "user", "content": other}],
-                                                stream=True, **SETTINGS):
+                                                stream=True, **{**SETTINGS, "max_tokens": min(pick(100, 24), room(other))}):
         if chunk.choices:
             print(chunk.choices[0].delta.content or "", end="|", flush=True)
     print()
