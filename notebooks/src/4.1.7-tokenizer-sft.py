@@ -99,6 +99,11 @@ bpe_zh = next(r["bpe tokens/char"] for r in rows if r["text"] == "zh")
 ratio = {r["text"]: r["bpe/bytes"] for r in rows}
 assert max(ratio.values()) < 1 and ratio["zh"] > max(ratio["en"], ratio["code"]), ratio
 assert next(r["bytes/char"] for r in rows if r["text"] == "zh") < 3
+pieces = [bpe.decode([i]) for i in range(4, bpe.vocab_size)]   # after the 4 special tokens
+n_zh = sum(any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in pieces)
+n_ascii = sum(t.isascii() for t in pieces)
+print(f"vocab entries holding a Chinese character: {n_zh}; pure ASCII (English, code, spaces): {n_ascii}")
+assert n_ascii > bpe.vocab_size / 2 > n_zh
 
 # %%
 p.reveal(bpe_zh)
@@ -106,7 +111,7 @@ p.reveal(bpe_zh)
 # %% [markdown]
 # **读表**：`bytes/char` 一列就是字节分词器每字符的 token 数：英文和代码每字符 1 个字节，中文课文里夹着英文术语和代码，
 # 平均每字符不到 3 个字节。BPE 在三种文本上都省了 token（`bpe/bytes` 一列），代码和英文省得最多：
-# 标准库占了语料的绝大部分，4096 个词表项大多给了英文单词、关键字和缩进。
+# 标准库占了语料的绝大部分，4096 个词表项大多给了英文单词、关键字和缩进（表下数了含汉字的和纯 ASCII 的词表项）。
 # 你阶段三的中文语料训练出的 BPE，在中文上会省得多得多；用 `tokens_per_char` 在自己的分词器上测一测。
 #
 # ## 2. 同样的训练时间：字节模型 vs BPE 模型，按每字节比特数比较
@@ -138,7 +143,8 @@ print(f"per second: tokens bpe / bytes = {by['bpe']['tokens/s'] / by['bytes']['t
 # **读表**：`tokens/s` 是每秒训练的 token 数，`text bytes/s` 是这些 token 代表的文本字节数。BPE 模型每个 token 要算
 # 4096 维的输出 softmax，词嵌入表（与输出层共享）也大得多（`params` 一列的差几乎全是它），所以它每秒处理的 token 少；
 # 但每个 token 装着好几个字节，上面打印了两者每秒读过的文本之比。训练窗口同样是 128 个 token，BPE 模型一次看到的文本多得多。
-# 最后几列是结论：同样的时间，哪个模型在留出文本上每字节比特数更低（打印在表下）。模型变大以后，词嵌入和输出层占的比例变小，
+# 最后几列是结论：同样的时间，哪个模型在留出文本上每字节比特数更低（打印在表下）。中文一列要和第 1 节一起读：
+# 训练语料里的中文只有两万多字（第一个代码单元格的 `train_zh_chars`），BPE 模型见到的每个中文 token 都很少。模型变大以后，词嵌入和输出层占的比例变小，
 # BPE 每个 token 多出的这份代价也就相对变小。这个实验的时间预算只有几十秒，数字只代表本机这一次的测量。
 #
 # 下面回到参考模型：它是字节模型（它的产物里记着自己的分词器），SFT 保持它的分词器不变。
