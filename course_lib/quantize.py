@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .absmax import absmax_quantize, absmax_scale
 from .config import ModelConfig
-from .data import ByteTokenizer, eval_batches, tokenizer_from_description
+from .data import ByteTokenizer, eval_batches
 from .export import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -53,6 +53,12 @@ from .export import (
 )
 from .fsio import atomic_write_text
 from .model import DIYModel
+from .tokenizer import (
+    file_description,
+    load_artifact_tokenizer,
+    save_artifact_tokenizer,
+    tokenizer_from_description,
+)
 from .util import cdiv
 
 QFORMAT = "course_lib.quantized/1"
@@ -444,9 +450,10 @@ def save_quantized(qmodel, out_dir: str | os.PathLike, tokenizer=None) -> dict:
         "format": QFORMAT,
         "model": qmodel.config.to_dict(),
         "quantization": spec,
-        "tokenizer": (tokenizer or ByteTokenizer()).describe(),
+        "tokenizer": file_description((tokenizer or ByteTokenizer()).describe()),
         "weights": WEIGHTS_FILE,
     }
+    save_artifact_tokenizer(tokenizer, out)  # a BPE goes with the weights as tokenizer.json (like save_inference)
     atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return {"dir": out, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
 
@@ -475,7 +482,11 @@ def load_quantized(path: str | os.PathLike, device="cpu"):
     check_tensors(expected, tensors, str(folder), check_dtype=True)
     qm.load_state_dict(tensors, strict=True)
     qm = convert_for_runtime(qm.to(device).eval())  # pack the loaded tensors, once
-    return qm, tokenizer_from_description(meta.get("tokenizer", {"type": "byte"})), meta
+    desc = meta.get("tokenizer", {"type": "byte"})
+    # the artefact's own tokenizer: bytes, its tokenizer.json (hash checked), or a BPE whose JSON an
+    # older artefact kept inside config.json
+    tok = tokenizer_from_description(desc) if "json" in desc else load_artifact_tokenizer(folder, desc)
+    return qm, tok, meta
 
 
 # --------------------------------------------------------------------------------------------

@@ -722,11 +722,15 @@ def _report_end(trainer: Trainer, history: list[dict], seconds: float) -> None:
         )
     else:
         print(f"[train] nothing to do: already at step {trainer.step} of {c.max_steps}")
-    print(
-        f"[train] checkpoints in {Path(c.out_dir) / 'checkpoints'}; try: "
-        f"python -m course_lib.generate --run {c.out_dir} --prompt 'def '",
-        flush=True,
-    )
+    if c.task == "sft":  # a chat model: talk to it through the chat template, not a raw prompt
+        hint = (
+            f"python -m course_lib.export {c.out_dir} {Path(c.out_dir) / 'export'} && "
+            f"python -m course_lib.serve --model {Path(c.out_dir) / 'export'}  "
+            "(then POST /v1/chat/completions with messages, e.g. the openai client's chat.completions.create)"
+        )
+    else:
+        hint = f"python -m course_lib.generate --run {c.out_dir} --prompt 'def '"
+    print(f"[train] checkpoints in {Path(c.out_dir) / 'checkpoints'}; try: {hint}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

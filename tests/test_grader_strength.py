@@ -39,6 +39,9 @@ MUST_NAME = {
     "sum_not_mean": ("ex412_ddp_by_hand", "平均"),
     "no_release": ("ex425_scheduler", "release"),
     "early_free": ("ex426_prefix_cache", "引用计数"),
+    "cross_document_attention": ("ex417_sft_collator", "跨文档"),
+    "prompt_not_masked": ("ex417_sft_collator", "应为 -100"),
+    "labels_not_shifted": ("ex417_sft_collator", "没有错一位"),
 }
 
 

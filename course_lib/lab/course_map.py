@@ -122,6 +122,14 @@ COURSE_MAP: list[dict] = [
         ],
     },
     {
+        "id": "4.1.7",
+        "notebook": "4.1.7-tokenizer-sft.ipynb",
+        "title_zh": "BPE 分词器与 SFT：从训练到聊天",
+        "study_plan_item": "阶段三 → 阶段四：自己的分词器 (BPE) 与 SFT 数据接上阶段四的训练、恢复与部署",
+        "exercises": ["ex417_sft_collator"],
+        "tests": ["tests/unit/test_sft.py", "tests/unit/test_tokenizer.py", "tests/reliability/test_sft_kill.py"],
+    },
+    {
         "id": "4.2.1",
         "notebook": "4.2.1-inference-artifacts.ipynb",
         "title_zh": "推理产物导出",

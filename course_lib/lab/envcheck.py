@@ -29,6 +29,7 @@ PACKAGES = [
     ("nbval", "nbval", True),
     ("jupyterlab", "jupyterlab", True),
     ("psutil", "psutil", True),
+    ("tokenizers", "tokenizers", True),  # the BPE tokenizer (course_lib.tokenizer, lesson 4.1.7)
     ("transformers", "transformers", False),  # only the HF-parity test needs it
 ]
 

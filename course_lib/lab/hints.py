@@ -206,6 +206,21 @@ HINTS: dict[str, list[str]] = {
         ),
         "用一个 `finished` 布尔向量：结束的行之后喂 pad、不再记录；全部结束就 break。",
     ],
+    "ex417_sft_collator": [
+        (
+            "先逐条做错一位：`inp = ids[:-1]`，`lab = [t if m else -100 for t, m in zip(ids[1:], mask[1:])]`——"
+            "掩码看的是**标签**那个 token（mask[1:]），不是输入那个（mask[:-1]）；`len(inp) > seq_len` 就 raise ValueError。"
+        ),
+        (
+            "打包：`rows = []`，`used = seq_len + 1`（逼第一条开新行）；每条 `if used + len(inp) > seq_len: rows.append([]); used = 0`，"
+            "再 `rows[-1].append(...)`，`used += len(inp)`。"
+        ),
+        (
+            "四个张量先用 `torch.full` / `torch.zeros` 建好（pad_id、-100、0、0），每行用游标 t 逐个文档写入："
+            "`pos[r, t:t+n] = torch.arange(n)`，`doc[r, t:t+n] = d`；行尾 `doc[r, t:] = len(row)`，"
+            "`pos[r, t:] = torch.arange(seq_len - t)`。"
+        ),
+    ],
     "ex425_scheduler": [
         "admit 只看 `engine.waiting[0]`：它放不下就 `break`，不要跳过它去看后面的请求（那会饿死大请求）。",
         (

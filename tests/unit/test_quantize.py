@@ -149,3 +149,21 @@ def test_dynamic_int8_still_works_and_reports_deprecation():
     # the original model is untouched (a copy was quantized)
     assert isinstance(m.layers[0].self_attn.q_proj, torch.nn.Linear)
     assert type(qm.layers[0].self_attn.q_proj) is not torch.nn.Linear
+
+
+def test_a_bpe_quantized_artifact_loads_with_its_own_tokenizer(tmp_path):
+    """save_quantized writes a BPE as tokenizer.json beside the weights (like save_inference) and
+    load_quantized returns that tokenizer, not the byte one."""
+    from course_lib.tokenizer import BPETokenizer, train_bpe
+
+    tok = train_bpe(["def add(a, b):\n    return a + b\n", "中文分词器 测试 emoji 🙂\n"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    model = DIYModel(
+        ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64)
+    )
+    save_quantized(quantize_model(model, "int8"), tmp_path / "q", tok)
+    assert (tmp_path / "q" / "tokenizer.json").is_file()
+    _, got, meta = load_quantized(tmp_path / "q")
+    assert isinstance(got, BPETokenizer) and got.sha256 == tok.sha256
+    assert "json" not in meta["tokenizer"]  # the JSON lives in tokenizer.json, config.json names its hash
+    assert got.encode("中文 🙂") == tok.encode("中文 🙂")

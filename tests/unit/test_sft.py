@@ -194,6 +194,7 @@ def test_task_sft_from_an_artefact_on_the_command_line(tmp_path, capsys):
     assert train_main(args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "eval loss" in out
+    assert "/v1/chat/completions" in out and "--prompt 'def '" not in out  # a chat model's hint: serve and chat
     # the run stored the init model's config (not the CLI default) and is itself an --init source
     cfg, tok, state = load_init(str(tmp_path / "run"))
     assert (
