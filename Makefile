@@ -47,14 +47,17 @@ lab: install
 refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
-# The whole suite (what CI runs, ~10-20 min on 2 cores): unit tests, graders, reliability, browser,
-# every notebook through nbval. TEST_JOBS=0 runs tests/ in one process; TEST_ARGS="--lf" reruns failures.
-# The notebooks run in a second pytest without xdist: nbval runs a notebook's cells in one kernel, in order.
+# The whole suite (what CI runs, ~10-12 min on 2 cores): unit tests, graders, reliability, browser,
+# every notebook through nbval, in one pytest with 2 xdist workers (conftest.py keeps each file,
+# and so each notebook's cells, on one worker, in order; longest files first). One torch thread per
+# process: two workers on two cores, each with torch's default of one thread per core, oversubscribe
+# the machine (the lessons' setup cells follow COURSE_THREADS too).
+# TEST_JOBS=0 runs everything in one process; TEST_ARGS="--lf" reruns what failed last time.
 TEST_JOBS ?= 2
 TEST_ARGS ?=
+TEST_ENV := COURSE_QUICK=1 COURSE_THREADS=1 OMP_NUM_THREADS=1
 test: install-test
-	COURSE_QUICK=1 $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup tests $(TEST_ARGS)
-	COURSE_QUICK=1 $(VPY) -m pytest -p no:xdist notebooks $(TEST_ARGS)
+	$(TEST_ENV) $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup tests notebooks $(TEST_ARGS)
 
 # The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
 # course_lib. Left out: files that train, spawn processes, compile or start a server, and the
@@ -63,7 +66,7 @@ UNIT_SLOW := accumulation activation_checkpointing amp batched_generation compil
              engine export fsdp fsdp_memory hf_export memory quant_kernels quantize runner serve train \
              demo measure quiz
 unit: install-test
-	COURSE_QUICK=1 $(VPY) -m pytest tests/unit $(foreach f,$(UNIT_SLOW),--ignore=tests/unit/test_$(f).py) \
+	$(TEST_ENV) $(VPY) -m pytest tests/unit $(foreach f,$(UNIT_SLOW),--ignore=tests/unit/test_$(f).py) \
 	  -q -x -n $(TEST_JOBS) --dist loadgroup $(TEST_ARGS)
 
 # Format and lint (ruff, configured in pyproject.toml); `make test` checks both.

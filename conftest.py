@@ -46,19 +46,72 @@ def pytest_unconfigure(config):
         end_run(path)
 
 
-# --------------------------------------------------------------------------- xdist grouping
+# --------------------------------------------------------------------------- xdist scheduling
 # `make test` runs with pytest-xdist (`-n 2 --dist loadgroup`). A test file's tests stay on one
 # worker, in order, so its module/session fixtures (a trained model, a grader's reference run)
 # are built once and an nbval notebook's cells run in one kernel. A module that sets
 # `XDIST_PER_TEST = True` (independent tests, each expensive) lets xdist spread its tests.
+#
+# The grouping is done by the scheduler below, not by xdist_group marks: with pytest 9.2 xdist's
+# loadgroup silently stops grouping (it appends "@group" to the legacy `_nodeid` field, which
+# pytest 9.2's structured node ids ignore: pytest-xdist issue #1386), and tests were spread one by
+# one, a notebook's cells over both workers.
+#
+# Longest first: xdist hands out work units in collection order, so a long file collected last
+# would run alone at the end while the other worker idles. These are the files that took longest
+# in a profiled run (CPU seconds, 2-core machine), longest first; everything else keeps its order.
+LONGEST_FIRST = (
+    "tests/test_learner_workspace.py",
+    "tests/test_grader_strength.py",
+    "tests/browser/test_jupyterlab.py",
+    "notebooks/00-setup.ipynb",
+    "tests/test_grader_proof.py",
+    "tests/reliability/test_fsdp_torchrun.py",
+    "tests/reliability/test_ddp_torchrun.py",
+    "tests/reliability/test_kill_resume.py",
+    "notebooks/4.0.2-lr-warmup.ipynb",
+    "notebooks/4.1.6-fsdp-sharded-checkpoints.ipynb",
+    "notebooks/4.2.3-kv-cache.ipynb",
+    "notebooks/4.1.2-ddp-torchrun.ipynb",
+    "notebooks/4.0.1-checkpoint-resume.ipynb",
+    "notebooks/99-capstone.ipynb",
+    "notebooks/4.1.7-tokenizer-sft.ipynb",
+    "tests/test_progress.py",
+    "tests/reliability/test_run_safety.py",
+    "tests/exercises/test_ex416_per_rank_memory.py",
+    "tests/unit/test_protocol.py",
+    "tests/exercises/test_ex411_train_script.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """One work unit per file (per test in an `XDIST_PER_TEST` module), in collection order."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+    per_test: dict[str, bool] = {}
+
+    def spread(path: str) -> bool:
+        if path not in per_test:
+            f = root / path
+            per_test[path] = f.suffix == ".py" and f.is_file() and "\nXDIST_PER_TEST = True" in f.read_text("utf-8")
+        return per_test[path]
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if spread(path) else path
+
+    return FileScheduling(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist") or getattr(config.option, "dist", "no") == "no":
+    # Runs in the workers, whose collection is what gets scheduled (xdist sets their `dist` to
+    # "no" and `loadgroup` to True).
+    if not getattr(config.option, "loadgroup", False):
         return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        module = getattr(item, "module", None)
-        if module is not None and getattr(module, "XDIST_PER_TEST", False):
-            continue
-        item.add_marker(pytest.mark.xdist_group(name=item.nodeid.split("::", 1)[0]))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order kept within

@@ -1,20 +1,22 @@
 """Proof that the graders grade: every exercise test FAILS on the untouched stubs and PASSES
 on the reference solutions. A test that passes on a stub checks nothing.
 
-Runs `python -m pytest tests/exercises --impl exercises|solutions` in subprocesses and
-compares their JUnit XML reports. The stubs are the COMMITTED ones (tests/committed.py): a learner
+Grades through the course's own grading (course_lib.lab.grading.run_graders: a pytest subprocess
+with the per-test time limit, the run behind check() and progress()) and compares test ids and
+outcomes. The stubs are the COMMITTED ones (tests/committed.py): a learner
 who has solved exercises in their checkout still gets a green `make test`; their own progress is
 `make progress` / `check()`.
 
 COURSE_PROOF_ONLY=ex402_lr_schedule,ex00_rmsnorm limits the proof to those exercises.
 
-No grader run twice: the run against the stubs is shared through tests/oracles.py (the
-learner-steps test runs this proof again in a copy of the same commit: same files, same result).
-The run against the solutions is skipped when this pytest session runs tests/exercises itself
-against the solutions (what `make test` does): those items are the proof that the solutions
-pass, and here the solutions are only *collected*, to check that both sides have the same test
-ids. COURSE_PROOF_SOLUTIONS=collect asks for the same from a session that does not hold them (the
-learner-steps test, whose outer session does); =run forces the full run.
+No grader run twice: grading's per-exercise results are shared for the whole test run
+(tests/oracles.py, $COURSE_ORACLE_CACHE), so the stubs graded here are the same results that
+test_progress.py, 00-setup's progress() cell, the lessons' check() cells and the learner-steps
+test's copy of this proof read. The run against the solutions is skipped when this pytest session
+runs tests/exercises itself against the solutions (what `make test` does): those items are the
+proof that the solutions pass, and here the solutions are only *collected*, to check that both
+sides have the same test ids. COURSE_PROOF_SOLUTIONS=collect asks for the same from a session that
+does not hold them (the learner-steps test, whose outer session does); =run forces the full run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from committed import course_copy  # noqa: E402
-from oracles import shared_file  # noqa: E402
 
 INTEGRITY = (
     "这是课程自带的完整性检查 (integrity check)，与你自己的练习进度无关；"
@@ -48,62 +48,19 @@ def course(tmp_path_factory) -> Path:
     return course_copy(tmp_path_factory.mktemp("course"))
 
 
-def grader_inputs(course: Path) -> list[Path]:
-    """Everything a grader run's outcome depends on (the oracle's cache key, tests/oracles.py)."""
-    return [
-        course / "exercises",
-        course / "solutions",
-        course / "tests" / "exercises",
-        course / "conftest.py",
-        course / "pytest.ini",
-        ROOT / "course_lib",
-    ]
-
-
 def run_graders(kind: str, tmp_path: Path, course: Path) -> dict[str, str]:
-    """Return {test id: 'passed' | 'failed' | 'error' | 'skipped'}. Computed once per test run for
-    the same files (the learner-steps test runs this proof again in a copy of the same commit)."""
-    targets = [f"tests/exercises/test_{n}.py" for n in only()] or ["tests/exercises"]
+    """Return {test id: 'passed' | 'failed' | 'skipped'}, graded by the course's own grading
+    (course_lib.lab.grading.run_graders: the run behind every lesson's check() and progress()).
+    Its per-exercise results are shared through $COURSE_ORACLE_CACHE (tests/oracles.py), so the
+    committed stubs are graded once per test run, whether the proof, progress on a fresh clone,
+    00-setup's progress() cell or a lesson's check() cell asks first."""
+    from course_lib.lab import grading
 
-    def compute(xml: Path) -> None:
-        env = dict(
-            os.environ,
-            COURSE_QUICK="1",
-            COURSE_ROOT=str(course),
-            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        )
-        env.pop("COURSE_IMPL", None)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            *targets,
-            "--impl",
-            kind,
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--junitxml={xml}",
-            "-o",
-            "junit_family=xunit2",
-        ]
-        proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=1800)
-        assert xml.exists(), f"pytest 没有生成报告 (report)：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-    xml = shared_file(f"graders-{kind}", grader_inputs(course), targets, compute)
-    outcomes: dict[str, str] = {}
-    for tc in ET.parse(xml).getroot().iter("testcase"):
-        tid = f"{tc.get('classname')}::{tc.get('name')}"
-        kinds = {child.tag for child in tc}
-        if "failure" in kinds:
-            outcomes[tid] = "failed"
-        elif "error" in kinds:
-            outcomes[tid] = "error"
-        elif "skipped" in kinds:
-            outcomes[tid] = "skipped"
-        else:
-            outcomes[tid] = "passed"
-    return outcomes
+    names = only() or sorted(p.stem.removeprefix("test_") for p in (course / "tests" / "exercises").glob("test_ex*.py"))
+    result = grading.run_graders(names, root=course, impl=kind)
+    assert result.rows, f"评分没有产生任何结果 (no report)：\n{result.output[-3000:]}"
+    outcome = {grading.STATUS_PASS: "passed", grading.STATUS_SKIP: "skipped"}
+    return {f"tests.exercises.test_{r.exercise}::{r.test}": outcome.get(r.status, "failed") for r in result.rows}
 
 
 def test_every_exercise_has_solution_and_grader(course):

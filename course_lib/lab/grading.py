@@ -17,6 +17,7 @@ such; with pytest-timeout installed each test also gets that limit, so the other
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import importlib.util
@@ -305,15 +306,18 @@ def _tree_digest(h, base: Path, pattern: str, skip: tuple[str, ...] = ()) -> Non
             h.update(rel.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
 
 
-def _oracle_key(root: Path, impl: str, per_test: float) -> str | None:
+def _oracle_key(root: Path, impl: str, per_test: float, name: str) -> str | None:
+    """The key of one exercise's grading result: every grader file (and the harnesses they share),
+    this exercise's implementation file only (a grader loads nothing but its own exercise), the
+    library, the interpreter and the time limit."""
     cache = os.environ.get(ORACLE_CACHE_ENV, "")
     if not cache or not Path(cache).is_dir():
         return None
-    h = hashlib.sha256(f"{sys.executable}\0{per_test:g}\0{_pytest_timeout_available()}".encode())
+    h = hashlib.sha256(f"{sys.executable}\0{per_test:g}\0{_pytest_timeout_available()}\0{name}".encode())
     lib = root / "course_lib" if (root / "course_lib").is_dir() else Path(__file__).resolve().parents[1]
     for tag, base, pattern, skip in (
         ("graders", root / "tests" / "exercises", "*", ("wrong/",)),
-        ("impl", root / impl, "ex*.py", ()),
+        ("impl", root / impl, f"{name}.py", ()),
         ("lib", lib, "*.py", ()),
     ):
         h.update(tag.encode())
@@ -340,6 +344,28 @@ def _store_rows(key: str | None, name: str, rows: list[TestRow]) -> None:
     atomic_write_text(path, json.dumps([r.__dict__ for r in rows], ensure_ascii=False))
 
 
+@contextlib.contextmanager
+def _computing(keys: dict[str, str | None], todo: list[str]):
+    """While the test suite's shared cache is on: an exclusive lock per set of grading keys, so two
+    test processes that need the same results compute them once. Otherwise (a learner's check())
+    nothing."""
+    if any(keys[n] is None for n in todo):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, at worst the same grading runs twice
+        yield
+        return
+    digest = hashlib.sha256("\0".join(sorted(keys[n] for n in todo)).encode()).hexdigest()[:24]
+    with open(Path(os.environ[ORACLE_CACHE_ENV]) / f"grading-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run_graders(
     names: list[str],
     root: Path | None = None,
@@ -355,16 +381,19 @@ def run_graders(
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise GradingError(f"缺少评分测试 (grader) 文件: {missing}")
-    key = _oracle_key(root, impl, per_test)
-    known = {n: rows for n in names if (rows := _cached_rows(key, n)) is not None}
+    keys = {n: _oracle_key(root, impl, per_test, n) for n in names}
+    known = {n: rows for n in names if (rows := _cached_rows(keys[n], n)) is not None}
     todo = [n for n in names if n not in known]
     output = ""
     if todo:
-        fresh, output, complete = _run_pytest(todo, root, impl, per_test)
-        for n in todo:
-            known[n] = [r for r in fresh if r.exercise == n]
-            if complete:
-                _store_rows(key, n, known[n])
+        with _computing(keys, todo):  # another test process grading the same files: wait, then reuse
+            known.update({n: rows for n in todo if (rows := _cached_rows(keys[n], n)) is not None})
+            todo = [n for n in names if n not in known]
+            fresh, output, complete = _run_pytest(todo, root, impl, per_test) if todo else ([], "", False)
+            for n in todo:
+                known[n] = [r for r in fresh if r.exercise == n]
+                if complete:
+                    _store_rows(keys[n], n, known[n])
     rows = [r for n in names for r in known[n]]
     return CheckResult(exercise_id or ",".join(names), names, rows, output)
 
