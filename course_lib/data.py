@@ -150,21 +150,33 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def stdlib_corpus(max_bytes: int | None = None) -> Corpus:
-    """The Python standard library's ``.py`` sources, in sorted path order, up to ``max_bytes``."""
-    max_bytes = max_bytes or pick(4_000_000, 400_000)
-    root = Path(sysconfig.get_paths()["stdlib"])
+def stdlib_py_files(root: Path) -> list[Path]:
+    """The standard library's ``.py`` files under ``root`` (test suites, GUI demos and the like
+    left out), in walk order: folders and files sorted within each folder."""
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
         paths.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
-    paths.sort(key=lambda p: p.relative_to(root).as_posix())
-    docs, files, total = [], [], 0
-    for p in paths:
+    return paths
+
+
+def stdlib_sources(root: Path, paths: Sequence[Path] | None = None) -> Iterator[tuple[Path, str]]:
+    """``(path, source)`` of every file of ``stdlib_py_files(root)`` (or ``paths``) that reads as UTF-8."""
+    for p in stdlib_py_files(root) if paths is None else paths:
         try:
             text = p.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue  # a handful of stdlib files are deliberately not UTF-8; skip them
+        yield p, text
+
+
+def stdlib_corpus(max_bytes: int | None = None) -> Corpus:
+    """The Python standard library's ``.py`` sources, in sorted path order, up to ``max_bytes``."""
+    max_bytes = max_bytes or pick(4_000_000, 400_000)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted(stdlib_py_files(root), key=lambda p: p.relative_to(root).as_posix())
+    docs, files, total = [], [], 0
+    for p, text in stdlib_sources(root, paths):
         if not text.strip():
             continue
         docs.append(text)

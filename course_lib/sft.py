@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .chat import END_OF_TURN, encode_chat, messages_from_record, validate_messages
 from .config import ConfigError, pick
-from .data import _STDLIB_SKIP, Corpus, DataError, StreamingTokenDataset, _read_text
+from .data import Corpus, DataError, StreamingTokenDataset, _read_text, stdlib_sources
 from .export import CONFIG_FILE, ExportError, load_inference, load_training_checkpoint
 from .fsio import atomic_write_text
 from .generate import generate
@@ -112,35 +112,26 @@ def stdlib_instruction_pairs(
     train, held = [], []
     h = hashlib.sha256()
     read = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
-        for f in sorted(filenames):
-            if not f.endswith(".py"):
-                continue
-            path = Path(dirpath) / f
-            try:
-                src = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            if limit is not None and read >= limit:
-                break
-            read += len(src)
-            module = path.relative_to(root).with_suffix("").as_posix().replace("/", ".")
-            for key, summary, code in _function_pairs(src, module, max_chars):
-                pairs = [
-                    ("doc2code", f"Write a Python function: {summary}", code),
-                    ("code2doc", f"Explain this Python function in one sentence:\n{code}", summary),
-                ]
-                dest = held if _heldout(key, heldout_fraction) else train
-                for kind, prompt, answer in pairs:
-                    dest.append(
-                        {
-                            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
-                            "source": key,
-                            "kind": kind,
-                        }
-                    )
-                    h.update(f"{key}\0{prompt}\0{answer}\0".encode())
+    for path, src in stdlib_sources(root):
+        if limit is not None and read >= limit:
+            break
+        read += len(src)
+        module = path.relative_to(root).with_suffix("").as_posix().replace("/", ".")
+        for key, summary, code in _function_pairs(src, module, max_chars):
+            pairs = [
+                ("doc2code", f"Write a Python function: {summary}", code),
+                ("code2doc", f"Explain this Python function in one sentence:\n{code}", summary),
+            ]
+            dest = held if _heldout(key, heldout_fraction) else train
+            for kind, prompt, answer in pairs:
+                dest.append(
+                    {
+                        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                        "source": key,
+                        "kind": kind,
+                    }
+                )
+                h.update(f"{key}\0{prompt}\0{answer}\0".encode())
     if not train:
         raise DataError(f"no documented functions found under {root}; pass your own SFT data with --data FILE.jsonl")
     return SFTSplit(train, held, source=f"stdlib-instructions:{root}", sha256=h.hexdigest())

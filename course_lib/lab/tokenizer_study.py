@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
-import os
 import re
 import sysconfig
 import time
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, pick
-from ..data import _STDLIB_SKIP
+from ..data import stdlib_sources
 from ..model import DIYModel
 from .paths import repo_root
 
@@ -65,30 +64,23 @@ def course_texts(max_code_bytes: int | None = None, heldout_fraction: float = 0.
     code_held: list[str] = []
     en_held: list[str] = []
     read = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
-        for f in sorted(filenames):
-            if not f.endswith(".py") or read >= limit:
-                continue
-            path = Path(dirpath) / f
-            try:
-                src = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            read += len(src.encode("utf-8"))
-            if not _held(path.relative_to(root).as_posix(), heldout_fraction):
-                train.append(src)
-                continue
-            code_held.append(src)
-            try:
-                tree = ast.parse(src)
-            except (SyntaxError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc and doc.isascii() and len(doc) > 40:
-                        en_held.append(doc)
+    for path, src in stdlib_sources(root):
+        if read >= limit:
+            break
+        read += len(src.encode("utf-8"))
+        if not _held(path.relative_to(root).as_posix(), heldout_fraction):
+            train.append(src)
+            continue
+        code_held.append(src)
+        try:
+            tree = ast.parse(src)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and doc.isascii() and len(doc) > 40:
+                    en_held.append(doc)
     zh_train, zh_held = [], []
     for p in sorted((repo_root() / "notebooks" / "src").glob("*.py")):
         (zh_held if p.name.startswith(heldout_lesson + "-") else zh_train).extend(_chinese_lines(p))
