@@ -214,7 +214,7 @@ def test_the_save_order_is_written_once():
 # Lessons whose quiz texts changed after their notebook was stored (the quiz-text audit in
 # docs/claims-audit.md; 4.1.6's predict options changed before it): their stored predict, reveal
 # and end-of-lesson quiz outputs wait for a rebuild. Empty this set once they are rebuilt.
-QUIZ_AWAITING_REBUILD = {"4.0.1", "4.0.3", "4.0.5", "4.0.6", "4.1.1", "4.1.3", "4.1.6", "4.2.2", "4.2.4"}
+QUIZ_AWAITING_REBUILD: set[str] = set()
 
 
 @pytest.mark.parametrize("nb", [p for p in NOTEBOOKS if lesson_of(p) in QUIZZES], ids=lambda p: p.stem)

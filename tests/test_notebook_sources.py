@@ -90,10 +90,7 @@ NOISE = [
 # Stored notebooks whose noise is already fixed at its cause but which wait for the lead's rebuild:
 # {stem: (cell index, what the old output still shows)}. Only that exact noise in that cell is let
 # through; delete the entry once the notebook is rebuilt.
-AWAITING_REBUILD = {
-    # course_lib.quantize.dynamic_int8 now drops torch's "(Triggered internally at /__w/...)"
-    "4.2.2-quantization": (6, "Triggered internally at /__w/"),
-}
+AWAITING_REBUILD: dict[str, tuple[int, str]] = {}
 
 
 def _output_text(output) -> str:
