@@ -47,7 +47,7 @@ lab: install
 refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
-# The whole suite (what CI runs, ~10-12 min on 2 cores): unit tests, graders, reliability, browser,
+# The whole suite (what CI runs, ~17 min on 2 cores): unit tests, graders, reliability, browser,
 # every notebook through nbval, in one pytest with 2 xdist workers (conftest.py keeps each file,
 # and so each notebook's cells, on one worker, in order; longest files first). One torch thread per
 # process: two workers on two cores, each with torch's default of one thread per core, oversubscribe
