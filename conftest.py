@@ -84,6 +84,7 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist comes with `make install-test`; a learner's `make lab` has no xdist
 def pytest_xdist_make_scheduler(config, log):
     """One work unit per file (per test in an `XDIST_PER_TEST` module), in collection order."""
     if config.getvalue("dist") != "loadgroup":
