@@ -8,7 +8,7 @@ PIP := $(VPY) -m pip install -q --disable-pip-version-check
 LAB_ARGS ?=
 NB ?=
 
-.PHONY: install install-test lab refresh-notebooks test unit lint notebooks bench benchmarks gpu-check progress clean
+.PHONY: install install-test lab refresh-notebooks test unit lint nbval notebooks bench benchmarks gpu-check progress clean
 
 install: $(STAMP)
 
@@ -48,8 +48,9 @@ refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
 # The whole suite (what CI runs, ~17 min on 2 cores): unit tests, graders, reliability, browser,
-# every notebook through nbval, in one pytest with 2 xdist workers (conftest.py keeps each file,
-# and so each notebook's cells, on one worker, in order; longest files first). One torch thread per
+# and every lesson run once by nbval the way a learner runs it (tests/test_learner_workspace.py:
+# the lab's copy of each notebook, every exercise solved), in one pytest with 2 xdist workers
+# (conftest.py keeps each file on one worker, in order; longest first). One torch thread per
 # process: two workers on two cores, each with torch's default of one thread per core, oversubscribe
 # the machine (the lessons' setup cells follow COURSE_THREADS too).
 # TEST_JOBS=0 runs everything in one process; TEST_ARGS="--lf" reruns what failed last time.
@@ -57,7 +58,11 @@ TEST_JOBS ?= 2
 TEST_ARGS ?=
 TEST_ENV := COURSE_QUICK=1 COURSE_THREADS=1 OMP_NUM_THREADS=1
 test: install-test
-	$(TEST_ENV) $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup tests notebooks $(TEST_ARGS)
+	$(TEST_ENV) $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup tests $(TEST_ARGS)
+
+# nbval on the stored notebooks exactly as they are here (with your exercises as they are): make nbval NB=4.0.1
+nbval: install-test
+	$(TEST_ENV) $(VPY) -m pytest notebooks/$(if $(NB),$(NB)*.ipynb,) -p no:xdist $(TEST_ARGS)
 
 # The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
 # course_lib. Left out: files that train, spawn processes, compile or start a server, and the

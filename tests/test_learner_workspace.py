@@ -39,8 +39,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -166,25 +164,27 @@ def test_progress_and_the_integrity_suite_after_solving_everything(tmp_path):
 @needs_git
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_a_lesson_run_and_saved_leaves_only_the_learners_exercises_changed(workspace, notebook):
-    """Step 3 for one notebook: run the copy in the lab's folder, save it; git sees only the
-    learner's exercises (the stored notebooks unchanged, nothing new beside them)."""
+    """Step 3 for one notebook: nbval runs the copy in the lab's folder (a kernel whose working
+    folder is my-notebooks/; every cell free of errors, the `# NBVAL_CHECK_OUTPUT` cells equal to
+    the stored outputs) and saves it; git sees only the learner's exercises (the stored notebooks
+    unchanged, nothing new beside them). This is the only place `make test` runs the lessons."""
     repo, stems = workspace
-    path = repo / LAB_DIR_NAME / notebook
-    nb = nbformat.read(path, as_version=4)
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(_env(repo))
-    try:
-        NotebookClient(
-            nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-        ).execute()
-    except CellExecutionError as e:
-        pytest.fail(f"学习者运行 {LAB_DIR_NAME}/{notebook} 时出错（所有练习都已完成）：\n{str(e)[-3000:]}")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    nbformat.write(nb, path)
+    rel = f"{LAB_DIR_NAME}/{notebook}"
+    # the save plugin is imported from tests/ by the pytest process only (sys.path, not PYTHONPATH,
+    # so the learner's kernel sees the course as a learner's kernel does)
+    run = (
+        "import sys; sys.path.insert(0, 'tests'); import pytest; "
+        f"sys.exit(pytest.main([{rel!r}, '-p', 'nbval_save', '-q', '-p', 'no:cacheprovider', '-o', 'addopts=', "
+        "'--nbval-lax', '--nbval-current-env', '--nbval-cell-timeout=900', '--tb=short']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", run], cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=3600, check=False
+    )
+    assert r.returncode == 0, f"学习者运行 {rel} 时出错（所有练习都已完成）：\n{(r.stdout + r.stderr)[-4000:]}"
+    nb = nbformat.read(repo / rel, as_version=4)
+    ran = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
+    assert ran, f"nbval 没有运行 {rel} 的任何单元：\n{r.stdout[-2000:]}"
     changed = _changed(repo)
     assert changed == sorted(f"exercises/{s}.py" for s in stems), (
-        f"运行并保存 {LAB_DIR_NAME}/{notebook} 之后，git status 应只显示你改过的练习文件，实际是：{changed}"
+        f"运行并保存 {rel} 之后，git status 应只显示你改过的练习文件，实际是：{changed}"
     )

@@ -106,3 +106,39 @@ def test_a_skipped_test_is_shown_apart_with_the_install_command(tmp_path):
     assert "make install-test" in by_name["ex402_lr_schedule"][4], prog.to_text()
     assert by_name["ex00_rmsnorm"][1] == "未通过", prog.to_text()
     assert prog.n_skipped == 1 and "1 个测试跳过" in prog.to_text(), prog.to_text()
+
+
+def test_every_lessons_check_cell_on_a_fresh_clone(tmp_path):
+    """A new learner's first Run All: every lesson's check()/progress() cell, on the stubs as
+    committed, runs without an error and shows no exercise passed (make test runs the whole lessons
+    once, with every exercise solved: tests/test_learner_workspace.py)."""
+    from committed import committed_names, stored_notebook
+
+    _copy_course(tmp_path)
+    cells = []
+    for path in committed_names("notebooks", ".ipynb"):
+        for cell in stored_notebook(path).cells:
+            if cell.cell_type == "code" and ("check(" in cell.source or "progress(" in cell.source):
+                cells.append((path.stem, cell.source))
+    assert len({stem for stem, _ in cells}) >= 20, [stem for stem, _ in cells]
+    script = (
+        "import sys\nfrom pathlib import Path\nROOT = Path.cwd()\n"
+        "from course_lib.lab.grading import CheckResult\nseen = []\n"
+        + "".join(
+            f"print('=== {stem}')\n"
+            f"exec(compile({src!r}, {stem!r}, 'exec'))\n"
+            "seen += [v for v in list(globals().values()) if isinstance(v, CheckResult) and v not in seen]\n"
+            for stem, src in cells
+        )
+        + "assert seen and not any(c.passed for c in seen), [c.summary() for c in seen]\n"
+        "print('checked', len(seen), 'results')\n"
+    )
+    env = dict(
+        os.environ,
+        COURSE_ROOT=str(tmp_path),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert r.returncode == 0, f"一节课的 check() 单元在全新克隆上出错：\n{(r.stdout + r.stderr)[-4000:]}"
