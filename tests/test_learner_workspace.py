@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nbformat
@@ -163,23 +164,31 @@ def test_progress_and_the_integrity_suite_after_solving_everything(tmp_path):
 
 @needs_git
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_a_lesson_run_and_saved_leaves_only_the_learners_exercises_changed(workspace, notebook):
+def test_a_lesson_run_and_saved_leaves_only_the_learners_exercises_changed(workspace, notebook, subtests, tmp_path):
     """Step 3 for one notebook: nbval runs the copy in the lab's folder (a kernel whose working
     folder is my-notebooks/; every cell free of errors, the `# NBVAL_CHECK_OUTPUT` cells equal to
     the stored outputs) and saves it; git sees only the learner's exercises (the stored notebooks
-    unchanged, nothing new beside them). This is the only place `make test` runs the lessons."""
+    unchanged, nothing new beside them). This is the only place `make test` runs the lessons; each
+    cell is reported as a subtest."""
     repo, stems = workspace
     rel = f"{LAB_DIR_NAME}/{notebook}"
+    xml = tmp_path / "cells.xml"
     # the save plugin is imported from tests/ by the pytest process only (sys.path, not PYTHONPATH,
     # so the learner's kernel sees the course as a learner's kernel does)
-    run = (
-        "import sys; sys.path.insert(0, 'tests'); import pytest; "
-        f"sys.exit(pytest.main([{rel!r}, '-p', 'nbval_save', '-q', '-p', 'no:cacheprovider', '-o', 'addopts=', "
-        "'--nbval-lax', '--nbval-current-env', '--nbval-cell-timeout=900', '--tb=short']))"
-    )
+    args = [rel, "-p", "nbval_save", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--nbval-lax"]
+    args += ["--nbval-current-env", "--nbval-cell-timeout=900", "--tb=short", f"--junitxml={xml}"]
+    run = f"import sys; sys.path.insert(0, 'tests'); import pytest; sys.exit(pytest.main({args!r}))"
     r = subprocess.run(
         [sys.executable, "-c", run], cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=3600, check=False
     )
+    cells = ET.parse(xml).getroot().iter("testcase") if xml.exists() else []
+    for tc in cells:
+        with subtests.test(msg=f"{notebook} {tc.get('name')}"):
+            bad = tc.find("failure") if tc.find("failure") is not None else tc.find("error")
+            if bad is not None:
+                pytest.fail(
+                    f"学习者运行 {rel} 的 {tc.get('name')} 出错（所有练习都已完成）：\n{(bad.text or '')[-3000:]}"
+                )
     assert r.returncode == 0, f"学习者运行 {rel} 时出错（所有练习都已完成）：\n{(r.stdout + r.stderr)[-4000:]}"
     nb = nbformat.read(repo / rel, as_version=4)
     ran = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
