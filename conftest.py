@@ -57,22 +57,28 @@ def pytest_unconfigure(config):
 # pytest 9.2's structured node ids ignore: pytest-xdist issue #1386), and tests were spread one by
 # one, a notebook's cells over both workers.
 #
-# Longest first: xdist hands out work units in collection order, so a long file collected last
-# would run alone at the end while the other worker idles. These are the files that took longest
-# in a profiled run (CPU seconds, 2-core machine), longest first; everything else keeps its order.
+# Order: xdist hands out work units in collection order (our scheduler turns off its own
+# reordering, which puts the files with the most tests first and so the few long tests last: a
+# long file collected last would run alone at the end while the other worker idles). First the
+# exercise graders on the solutions (under a minute in all: every file that passes here is shared
+# with the lessons' check() cells and progress() in the learner-steps test, which then need not
+# grade again: tests/exercises/conftest.py), then the files that took longest in a profiled run
+# (seconds on one worker of the 2-core machine), longest first; everything else keeps its order.
 LONGEST_FIRST = (
-    "tests/test_learner_workspace.py",
-    "tests/test_grader_strength.py",
-    "tests/browser/test_jupyterlab.py",
-    "tests/test_grader_proof.py",
-    "tests/reliability/test_fsdp_torchrun.py",
-    "tests/reliability/test_ddp_torchrun.py",
-    "tests/reliability/test_kill_resume.py",
-    "tests/test_progress.py",
-    "tests/reliability/test_run_safety.py",
-    "tests/exercises/test_ex416_per_rank_memory.py",
-    "tests/unit/test_protocol.py",
-    "tests/exercises/test_ex411_train_script.py",
+    "tests/exercises/",
+    "tests/test_learner_workspace.py",  # 391 s (24 tests, spread over both workers)
+    "tests/test_grader_strength.py",  # 306 s (21 tests, spread)
+    "tests/browser/test_jupyterlab.py",  # 51 s
+    "tests/reliability/test_fsdp_torchrun.py",  # 50 s
+    "tests/reliability/test_ddp_torchrun.py",  # 42 s
+    "tests/test_progress.py",  # 34 s
+    "tests/unit/test_gpu_check.py",  # 26 s
+    "tests/unit/test_protocol.py",  # 26 s
+    "tests/unit/test_serve.py",  # 25 s
+    "tests/test_grading_timeout.py",  # 23 s
+    "tests/unit/test_trackers.py",  # 21 s
+    "tests/reliability/test_kill_resume.py",  # 19 s
+    "tests/browser/test_tables.py",  # 15 s
 )
 
 
@@ -92,6 +98,8 @@ def pytest_xdist_make_scheduler(config, log):
             per_test[path] = f.suffix == ".py" and f.is_file() and "\nXDIST_PER_TEST = True" in f.read_text("utf-8")
         return per_test[path]
 
+    config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems made
+
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
@@ -106,5 +114,12 @@ def pytest_collection_modifyitems(config, items):
     # "no" and `loadgroup` to True).
     if not getattr(config.option, "loadgroup", False):
         return
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order kept within
+
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next(
+            (i for i, p in enumerate(LONGEST_FIRST) if path == p or path.startswith(p) and p.endswith("/")),
+            len(LONGEST_FIRST),
+        )
+
+    items.sort(key=rank)  # stable: the order within a file (and among the rest) is kept
