@@ -125,6 +125,7 @@ def run(quick: bool) -> list[dict]:
                 )
             ),
             "ours": lambda b=b, ids=ids: b * new / timed(lambda: generate(model, ids, new)),
+            "fused": lambda b=b, ids=ids: b * new / timed(lambda: generate(model, ids, new, cache="fused")),
         }
         if b == 1 and compile_available()[0]:
             warm = warm_up_compiled(model, b, prompt + new)
@@ -167,6 +168,26 @@ def run(quick: bool) -> list[dict]:
                 bw,
             )
         )
+        same_fused = generate(model, ids, new, cache="fused").tolist() == want[:, prompt:].tolist()
+        rows.append(
+            _with_mbu(
+                _row(
+                    f"fused-decode generate (cache='fused': stacked qkv / gate-up) vs HF generate (eager, batch {b}, "
+                    f"tokens identical: {same_fused})",
+                    v["fused"],
+                    v["hf"],
+                    "tok/s",
+                    1.3,
+                ),
+                st.median(v["fused"]),
+                b,
+                cfg,
+                ctx,
+                bw,
+                target=0.5 if b == 1 else None,
+            )
+        )
+        rows.append(_row(f"fused-decode generate vs generate (batch {b})", v["fused"], v["ours"], "tok/s"))
         if "compiled" in v:
             rows.append(
                 _with_mbu(

@@ -26,6 +26,7 @@ from torch import Tensor
 from .cli import EXIT_INPUT, build_generate_parser, check_generate_args, print_error
 from .config import ConfigError
 from .export import load_model_from_run
+from .fused_decode import FusedDecodeCache
 from .kv_cache import BlockPool, Cache, DynamicCache, PagedKVCache, QuantizedKVCache, StaticCache, TensorPositionCache
 from .model import DIYModel
 from .speculative import SpecConfig, generate_speculative
@@ -75,14 +76,16 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device=None) -> tu
     return ids.to(device), mask.to(device)
 
 
-CACHE_KINDS = ("dynamic", "static", "int8", "paged")
+CACHE_KINDS = ("dynamic", "static", "int8", "paged", "fused")
 
 
 def make_cache(kind: str, model, batch_size: int = 1, max_len: int | None = None, block_size: int = 16, pool=None):
-    """A fresh KV cache by name: ``dynamic`` | ``static`` | ``int8`` | ``paged``.
+    """A fresh KV cache by name: ``dynamic`` | ``static`` | ``int8`` | ``paged`` | ``fused``.
 
     ``static`` preallocates ``max_len`` positions (default: the model's ``max_seq_len``);
     ``paged`` takes blocks from ``pool`` (or a new pool sized for ``batch_size x max_len``).
+    ``fused`` is a static cache that runs the decode steps itself with stacked weights
+    (``fused_decode.py``: the same logits, fewer kernels; unpadded prompts, float DIYModel only).
     """
     if kind == "dynamic":
         return DynamicCache()
@@ -90,6 +93,8 @@ def make_cache(kind: str, model, batch_size: int = 1, max_len: int | None = None
         return StaticCache.for_model(model, batch_size, max_len)
     if kind == "int8":
         return QuantizedKVCache()
+    if kind == "fused":
+        return FusedDecodeCache.for_model(model, batch_size, max_len)
     if kind == "paged":
         if pool is None:
             n = cdiv(max_len or model.config.max_seq_len, block_size) * batch_size
@@ -104,7 +109,10 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor | None, cache) -> T
 
 
 def decode_step(model, next_ids: Tensor, attention_mask: Tensor | None, cache) -> Tensor:
-    """Phase 2: one new token per row; K/V of everything before comes from ``cache``."""
+    """Phase 2: one new token per row; K/V of everything before comes from ``cache`` (a
+    ``FusedDecodeCache`` runs the step itself: unpadded rows, so no mask)."""
+    if isinstance(cache, FusedDecodeCache):
+        return cache.decode(model, next_ids)
     return model(next_ids[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[
         :, -1, :
     ]
@@ -351,6 +359,8 @@ def _next_logits(model, step: int, seq: Tensor, mask: Tensor | None, past, compi
         past.advance(1)
         return logits
     if step == 0:
+        if isinstance(past, FusedDecodeCache) and mask is not None and not bool(mask.all()):
+            raise ValueError("cache='fused' decodes unpadded prompts only (every row at the same position)")
         return prefill(model, seq, mask, past)
     return decode_step(model, seq[:, -1], mask, past)
 

@@ -290,6 +290,39 @@ print(f"limit {BW / need:.0f} tok/s, measured {dec[1]['tokens_per_s']:.0f} tok/s
 p.reveal(mbu[1])
 
 # %% [markdown]
+# ## 7. 把 decode 往屋脊推一步
+# 上一行说：只剩矩阵乘法时 MBU 会高得多。剩下的时间花在两处：每层十几个小算子各自的固定开销，和矩阵乘法 kernel 本身没读满带宽。
+# `generate(..., cache="fused")`（`course_lib/fused_decode.py`）对准这两处，算术不变：
+# - q、k、v 三个投影的权重叠成一个矩阵 `W_qkv`，gate 和 up 叠成 `W_gate_up`：每层 5 次矩阵乘法变成 2 次，矩阵也更宽；
+# - CPU 上叠好的权重按 (in, out) 存，`x @ W_t` 对这种宽矩阵比 `F.linear` 读得快（`fused_decode.py` 的注释里有测量）；
+# - 每一行都在同一个位置上，所以不要 mask、不要位置张量（只接受没有 padding 的提示）。
+#
+# 其余的运算就是模型自己的（同样的 RMSNorm、RoPE、SDPA），所以 token 逐个相同（下面断言了）。可读的 `DIYModel.forward`
+# 仍是参照实现，`tests/unit/test_fused_decode.py` 逐步对照两者的 logits。两种 decode 交替测几轮：
+
+# %%
+from course_lib.generate import generate
+from course_lib.lab.measure import interleaved_rounds, measure_generation
+
+N_DEC = pick(32, 8)
+fused_runs = interleaved_rounds(
+    {k: (lambda k=k: measure_generation(model, 1, PROMPT, N_DEC, cache=k)["decode_tok_s"]) for k in ("dynamic", "fused")},
+    rounds=pick(5, 2),
+)
+ids = torch.randint(0, cfg.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+same = torch.equal(generate(model, ids, N_DEC), generate(model, ids, N_DEC, cache="fused"))
+for k, r in fused_runs.items():
+    print(f"{k:>8} decode, batch 1: {r['median']:.0f} tok/s (range {r['min']:.0f}-{r['max']:.0f}), "
+          f"MBU {r['median'] * need / BW:.2f}")
+print(f"fused / reference: x{fused_runs['fused']['median'] / fused_runs['dynamic']['median']:.2f}; "
+      f"greedy tokens identical: {same}")
+assert same
+
+# %% [markdown]
+# 打印的倍数就是这两处省下的时间；MBU 仍然到不了 1：这台 CPU 上单线程的 GEMV kernel 对这些形状本身就读不满探针测到的带宽。
+# `make benchmarks` 的 inference_peers 一节在 22 M 的模型上测同样的比较，并与 HF 的 `generate` 对照。
+
+# %% [markdown]
 # ## 小结
 # - 一次计时会骗人：先预热，交替多轮，报告中位数和范围、线程数和负载；GPU 上计时前后 `torch.cuda.synchronize()`。
 # - `torch.profiler`：按 self 时间排序的算子表找热点，`record_shapes` 按形状分开，trace 在 Perfetto 里看时间轴。
@@ -297,6 +330,7 @@ p.reveal(mbu[1])
 # - 小 batch 的 decode 在屋脊点左边：batch 和量化都把它往右推，所以有用；prefill 和训练步在右边，受算力限制：
 #   batch 给 prefill 带来的提升比 decode 小得多，int8 在本机反而让 prefill 变慢（第 5 节打印的倍数）。
 # - MFU = 达到的 FLOP/s ÷ 峰值（训练日志里有）；MBU = 需要的字节/秒 ÷ 带宽（`BENCHMARKS.md` 的 decode 行里有）。
+# - 让 decode 更接近带宽极限：少而大的矩阵乘法（`cache="fused"`），其余算术不变，token 逐个相同。
 #
 # ## 练习
 # 实现 `exercises/ex406_roofline_counts.py`：给一个配置，算出每个训练 token 的 FLOPs（别漏了注意力那一项）和每个 decode 步
