@@ -15,7 +15,7 @@ ML core, one module per concept (their files map onto the lessons)
   distributed, launch, fsdp, memory   process groups and torchrun; FSDP2; memory estimate vs measurement
   export, quantize, absmax   inference artefacts and HF export; int8 / int4 / GPTQ
   generate, engine, serve, pretrained   decoding; continuous batching; OpenAI-compatible server; reference model
-  fused_decode          a decode step with stacked q/k/v and gate/up weights (generate(..., cache="fused"))
+  fused_decode          a decode step with stacked q/k/v and gate/up weights, float or int8/int4 (cache="fused")
   scheduler, block_manager, model_runner   the engine's parts (nano-vllm's split): admission, chunked prefill
                          and preemption; block tables, refcounts, prefix cache; ragged paged forwards
 

@@ -20,9 +20,11 @@ masks, the cache bookkeeping) whose fixed cost per call adds up to about a fifth
 The prefill still goes through ``model.forward`` (it fills the static buffers). The stacked
 weights are a copy (about 70% of the model's bytes more memory), kept with the model and rebuilt
 when a weight changed (``stacked_weights``), so a model trained between two calls is never decoded
-with stale weights. Only
-plain ``nn.Linear`` float weights are stacked: a quantized model (``quantize.Int8Linear``, ...)
-keeps its own kernels and decodes with the reference path.
+with stale weights. A weight-only quantized model (``quantize.Int8Linear`` / ``Int4Linear``,
+one scale per output row or per row group) is stacked the same way: the int8 rows (or packed int4
+rows) and their scales are concatenated, which is exact because every output row keeps its own
+scales, and the stacked module runs the same kernel once instead of three or two times; the other
+modules (embedding, o/down projections, tied head) are called as they are.
 """
 
 from __future__ import annotations
@@ -36,32 +38,55 @@ from torch import Tensor
 
 from .kv_cache import StaticCache
 from .model import SDPA_GQA, DIYModel, rotate_half
+from .quantize import Int4Linear, Int8Linear
 
 _STACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _parts(model: DIYModel) -> list[list[Tensor]]:
+def _parts(model: DIYModel) -> list[list[nn.Module]]:
     return [
-        [b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight, b.mlp.gate_proj.weight]
-        + [b.mlp.up_proj.weight]
+        [b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj, b.mlp.gate_proj, b.mlp.up_proj]
         for b in model.layers
     ]
 
 
+def _stored(mod: nn.Module) -> Tensor:
+    """The tensor a projection's output is computed from (its version counter keys the stack)."""
+    return mod.weight if type(mod) is nn.Linear else mod.qweight
+
+
+def _stack(mods: list[nn.Module]) -> Tensor | nn.Module:
+    """One projection for several with the same input: a weight ``(out, in)`` (on CPU ``(in, out)``,
+    where ``x @ W_t`` is the faster GEMV for these wide matrices: 1 thread, cache-cold, 2752 x 512
+    at 22.7 GB/s vs 14.9 as ``(out, in)``; 768 x 512 16.2 vs 14.3), or a quantized module whose
+    rows are the parts' rows, scales included."""
+    first = mods[0]
+    if type(first) is nn.Linear:
+        w = torch.cat([m.weight for m in mods])
+        return w.t().contiguous() if w.device.type == "cpu" else w
+    out = sum(m.out_features for m in mods)
+    if type(first) is Int8Linear:
+        st = Int8Linear(first.in_features, out)
+        st.qweight, st.scale = torch.cat([m.qweight for m in mods]), torch.cat([m.scale for m in mods])
+    else:  # Int4Linear (checked in for_model)
+        st = Int4Linear(first.in_features, out, first.group_size)
+        st.qweight, st.scales = torch.cat([m.qweight for m in mods]), torch.cat([m.scales for m in mods])
+    st.convert_for_runtime(kernel=first.kernel)
+    return st
+
+
 @torch.no_grad()
-def stacked_weights(model: DIYModel) -> tuple[list[Tensor], list[Tensor]]:
-    """Per layer ``W_qkv`` (q, k, v stacked) and ``W_gate_up``, kept with the model between calls and
-    rebuilt when any of those weights changed: the key is each tensor's identity and its version
-    counter, which every in-place write bumps (``optimizer.step()``, ``load_state_dict``, ``copy_``)."""
+def stacked_weights(model: DIYModel) -> tuple[list, list]:
+    """Per layer the stacked q/k/v projection and the stacked gate/up one (``_stack``), kept with
+    the model between calls and rebuilt when any of those weights changed: the key is each
+    tensor's identity and its version counter, which every in-place write bumps
+    (``optimizer.step()``, ``load_state_dict``, ``copy_``), and a quantized layer's kernel switch."""
     parts = _parts(model)
-    key = tuple((id(w), w._version) for ws in parts for w in ws)
+    key = tuple((id(_stored(m)), _stored(m)._version, getattr(m, "kernel", None)) for ms in parts for m in ms)
     hit = _STACKED.get(model)
     if hit is None or hit[0] != key:
-        # stored (in, out) on CPU, where x @ W_t is the faster GEMV for these wide matrices
-        # (1 thread, cache-cold: 2752 x 512 at 22.7 GB/s vs 14.9 as (out, in); 768 x 512 16.2 vs 14.3)
-        t = (lambda w: w.t().contiguous()) if parts[0][0].device.type == "cpu" else (lambda w: w)
-        qkv = [t(torch.cat(ws[:3])) for ws in parts]
-        gate_up = [t(torch.cat(ws[3:])) for ws in parts]
+        qkv = [_stack(ms[:3]) for ms in parts]
+        gate_up = [_stack(ms[3:]) for ms in parts]
         _STACKED[model] = hit = (key, qkv, gate_up)
     return hit[1], hit[2]
 
@@ -73,12 +98,14 @@ class FusedDecodeCache(StaticCache):
     def for_model(cls, model, batch_size: int, max_len: int | None = None, **kw) -> FusedDecodeCache:
         if not isinstance(model, DIYModel):
             raise ValueError(f"cache='fused' needs a course_lib DIYModel, got {type(model).__name__}")
-        for name, mod in model.named_modules():
-            if name.endswith(("_proj", "lm_head")) and not (type(mod) is nn.Linear and mod.bias is None):
-                raise ValueError(
-                    f"cache='fused' stacks plain nn.Linear weights; {name} is {type(mod).__name__}: "
-                    "use cache='static' for a quantized model"
-                )
+        for i, ms in enumerate(_parts(model)):
+            for mod in ms:
+                plain = type(mod) is nn.Linear and mod.bias is None
+                if not (plain or type(mod) in (Int8Linear, Int4Linear)) or type(mod) is not type(ms[0]):
+                    raise ValueError(
+                        f"cache='fused' stacks bias-free nn.Linear, Int8Linear or Int4Linear projections of one "
+                        f"kind per layer; layer {i} has {type(mod).__name__}: use cache='static' for this model"
+                    )
         cache = super().for_model(model, batch_size, max_len, **kw)
         cache.w_qkv, cache.w_gate_up = stacked_weights(model)
         return cache
@@ -114,6 +141,9 @@ class FusedDecodeCache(StaticCache):
         return model.lm_head(model.norm(x))
 
 
-def _matmul(x: Tensor, w: Tensor) -> Tensor:
-    """``x @ W.T`` for a stacked weight kept as ``W`` (out, in) or, on CPU, as ``W.T`` (in, out)."""
+def _matmul(x: Tensor, w: Tensor | nn.Module) -> Tensor:
+    """The stacked projection of ``x``: a quantized module, or ``x @ W.T`` for a weight kept as
+    ``W`` (out, in) or, on CPU, as ``W.T`` (in, out)."""
+    if isinstance(w, nn.Module):
+        return w(x)
     return x @ w if w.device.type == "cpu" else F.linear(x, w)

@@ -85,7 +85,8 @@ def make_cache(kind: str, model, batch_size: int = 1, max_len: int | None = None
     ``static`` preallocates ``max_len`` positions (default: the model's ``max_seq_len``);
     ``paged`` takes blocks from ``pool`` (or a new pool sized for ``batch_size x max_len``).
     ``fused`` is a static cache that runs the decode steps itself with stacked weights
-    (``fused_decode.py``: the same logits, fewer kernels; unpadded prompts, float DIYModel only).
+    (``fused_decode.py``: the same logits, fewer kernels; unpadded prompts; a DIYModel, float or
+    int8 / int4 weight-only quantized).
     """
     if kind == "dynamic":
         return DynamicCache()

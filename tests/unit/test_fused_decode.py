@@ -52,15 +52,35 @@ def test_reference_model_generates_the_same_tokens():
     assert torch.equal(generate(model, two, 24, eos_id=eos, cache="fused"), generate(model, two, 24, eos_id=eos))
 
 
-def test_padded_prompts_and_quantized_models_are_refused():
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantized_models_decode_the_same_tokens(method):
+    """int8 / int4 weight-only layers are stacked row-wise with their scales: the same kernel over
+    the concatenated rows gives the separate projections' outputs, so the tokens are the same."""
+    from course_lib.quantize import Int4Linear, Int8Linear, quantize_model
+
+    model, tok = load_reference_model()
+    q = quantize_model(model, method, 64)
+    ids = torch.tensor([tok.encode("class Parser:\n    def ")])
+    cache = make_cache("fused", q, 1, 80)
+    assert all(type(w) is (Int8Linear if method == "int8" else Int4Linear) for w in cache.w_qkv + cache.w_gate_up)
+    assert cache.w_qkv[0].kernel == q.layers[0].self_attn.q_proj.kernel
+    assert torch.equal(generate(q, ids, 40, cache="fused"), generate(q, ids, 40, cache="static"))
+    # the kernel switch is part of the stack's key: the reference path is stacked again
+    from course_lib.quantize import convert_for_runtime
+
+    convert_for_runtime(q, kernel=False)
+    assert make_cache("fused", q, 1, 80).w_qkv[0].kernel is False
+
+
+def test_padded_prompts_and_unstackable_models_are_refused():
     model = _model("gqa")
     ids = torch.randint(0, 256, (2, 6))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
     with pytest.raises(ValueError, match="unpadded prompts only"):
         generate(model, ids, 4, attention_mask=mask, cache="fused")
-    from course_lib.quantize import quantize_model
+    from course_lib.quantize import dynamic_int8
 
-    q = quantize_model(_model("gqa"), "int8")
-    with pytest.raises(ValueError, match="plain nn.Linear"):
+    q = dynamic_int8(_model("gqa"))[0]
+    with pytest.raises(ValueError, match="use cache='static'"):
         FusedDecodeCache.for_model(q, 1, 32)
