@@ -58,11 +58,12 @@ TEST_JOBS ?= 2
 TEST_ARGS ?=
 TEST_ENV := COURSE_QUICK=1 COURSE_THREADS=1 OMP_NUM_THREADS=1
 test: install-test
-	$(TEST_ENV) $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup tests $(TEST_ARGS)
+	$(TEST_ENV) $(VPY) -m pytest -n $(TEST_JOBS) --dist loadgroup -p no:nbval tests $(TEST_ARGS)
 
 # nbval on the stored notebooks exactly as they are here (with your exercises as they are): make nbval NB=4.0.1
 nbval: install-test
-	$(TEST_ENV) $(VPY) -m pytest notebooks/$(if $(NB),$(NB)*.ipynb,) -p no:xdist $(TEST_ARGS)
+	$(TEST_ENV) $(VPY) -m pytest notebooks/$(if $(NB),$(NB)*.ipynb,) -p no:xdist --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=900 $(TEST_ARGS)
 
 # The core library's fast unit tests (under a minute on 2 cores): the quick loop while changing
 # course_lib. Left out: files that train, spawn processes, compile or start a server, and the

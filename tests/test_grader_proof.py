@@ -85,7 +85,20 @@ def collect_graders(kind: str, course: Path) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
     )
     env.pop("COURSE_IMPL", None)
-    cmd = [sys.executable, "-m", "pytest", *targets, "--impl", kind, "-q", "--collect-only", "-p", "no:cacheprovider"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *targets,
+        "--impl",
+        kind,
+        "-q",
+        "--collect-only",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:nbval",
+    ]
     proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"收集评分测试失败：\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = {}

@@ -151,7 +151,7 @@ def test_progress_and_the_integrity_suite_after_solving_everything(tmp_path):
     assert status[name] in ("部分通过", "未通过") and failing_test in line, p.stdout
 
     after = subprocess.run(
-        [sys.executable, "-m", "pytest", *INTEGRITY, "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", *INTEGRITY, "-q", "-p", "no:cacheprovider", "-p", "no:nbval"],
         cwd=repo,
         env=_env(repo, COURSE_PROOF_SOLUTIONS="collect"),
         capture_output=True,

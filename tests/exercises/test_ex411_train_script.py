@@ -14,6 +14,9 @@ values. A grader-side wrapper (train_script_harness.py) records, at every step, 
 weights, the batch, the RNG state, the optimizer state and the learning rate, so a failure names
 the state that was not restored instead of only saying "weights differ".
 
+On Linux the runs are forked from a server that has imported torch once (forkserver.py): real
+processes all the same, each killed with a real SIGKILL, without six torch imports per grading.
+
 What this proves: process death at any of those instants (SIGKILL runs no cleanup code) is
 survived. It does not prove survival of a power cut: the page cache outlives a SIGKILL.
 """
@@ -29,6 +32,9 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import forkserver  # noqa: E402  (same folder)
 
 EX = "ex411_train_script"
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,18 +70,19 @@ def cli_args(out_dir: Path) -> list[str]:
     return out
 
 
-def run_once(script: Path, out_dir: Path, trace: Path, kill: str) -> subprocess.CompletedProcess:
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(
-        os.environ,
-        HARNESS_TRACE=str(trace),
-        HARNESS_KILL=kill,
-        PYTHONPATH=pythonpath,
-        HARNESS_CKPT_DIR=str(out_dir / "checkpoints"),
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
+def run_once(script: Path, out_dir: Path, trace: Path, kill: str, server=None) -> subprocess.CompletedProcess:
+    """One run of the learner's script under the harness: a fresh ``python`` or, where the fork
+    server runs (forkserver.py: Linux), a process forked from it with torch already imported."""
+    env = dict(os.environ, **base_env(), HARNESS_TRACE=str(trace), HARNESS_KILL=kill)
+    env["HARNESS_CKPT_DIR"] = str(out_dir / "checkpoints")
     cmd = [sys.executable, str(HARNESS), str(script), *cli_args(out_dir)]
+    if server is not None:
+        out, err = trace.with_name(trace.stem + ".out"), trace.with_name(trace.stem + ".err")
+        rc = server.run(cmd[1:], ROOT, env, out, err, RUN_TIMEOUT)
+        stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if rc == 124:
+            stderr += f"\n你的脚本运行超过 {RUN_TIMEOUT} 秒，可能有死循环 (infinite loop)"
+        return subprocess.CompletedProcess(cmd, rc, stdout, stderr)
     try:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as e:
@@ -83,6 +90,11 @@ def run_once(script: Path, out_dir: Path, trace: Path, kill: str) -> subprocess.
         return subprocess.CompletedProcess(
             cmd, 124, out, f"你的脚本运行超过 {RUN_TIMEOUT} 秒，可能有死循环 (infinite loop)"
         )
+
+
+def base_env() -> dict[str, str]:
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def read_trace(trace: Path) -> list[list[dict]]:
@@ -130,23 +142,30 @@ def tail(proc: subprocess.CompletedProcess, n: int = 6) -> str:
 
 
 class Runs:
-    def __init__(self, script: Path, tmp: Path):
+    def __init__(self, script: Path, tmp: Path, server=None):
         self.script = script
         self.ref_dir, self.dir = tmp / "uninterrupted", tmp / "killed"
         self.ref_trace, self.trace = tmp / "ref.jsonl", tmp / "killed.jsonl"
-        self.ref = run_once(script, self.ref_dir, self.ref_trace, "")
+        self.ref = run_once(script, self.ref_dir, self.ref_trace, "", server)
         self.ref_steps = steps_of(read_trace(self.ref_trace)[0]) if read_trace(self.ref_trace) else []
         self.procs = []
         if self.ref.returncode == 0:
             for kill in KILLS:
-                self.procs.append(run_once(script, self.dir, self.trace, kill))
+                self.procs.append(run_once(script, self.dir, self.trace, kill, server))
                 if kill and self.procs[-1].returncode != -9:
                     break  # it should have been killed; something else happened
 
 
 @pytest.fixture(scope="module")
 def runs(impl_path, tmp_path_factory):
-    return Runs(impl_path(EX), tmp_path_factory.mktemp("train_script"))
+    server = None
+    if forkserver.available():
+        server = forkserver.ForkServer(ROOT, dict(os.environ, **base_env()))
+    try:
+        return Runs(impl_path(EX), tmp_path_factory.mktemp("train_script"), server)
+    finally:
+        if server is not None:
+            server.close()
 
 
 def require_reference(runs: Runs) -> None:
