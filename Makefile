@@ -47,7 +47,7 @@ lab: install
 refresh-notebooks: install
 	@$(VPY) tools/lab.py refresh
 
-# The whole suite (what CI runs, ~11 min of pytest on an idle 2-core machine): unit tests, graders, reliability, browser,
+# The whole suite (what CI runs, 11-13 min of pytest on an idle 2-core machine): unit tests, graders, reliability, browser,
 # and every lesson run once by nbval the way a learner runs it (tests/test_learner_workspace.py:
 # the lab's copy of each notebook, every exercise solved), in one pytest with 2 xdist workers
 # (conftest.py keeps each file on one worker, in order; longest first). One torch thread per
